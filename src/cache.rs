@@ -1,0 +1,280 @@
+//! A byte-budgeted LRU of decoded units (grains, clusters), shared by every disk of a mount.
+//!
+//! Memory stays under the budget whatever the disks' sizes: the least recently used units
+//! are evicted as new ones arrive. Decoding happens outside the lock; when several threads
+//! want the same missing unit, one decodes it and the others wait for its result
+//! ("in-flight de-duplication"), so concurrent kernel read-ahead never decodes a grain twice.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use lru::LruCache;
+
+use crate::error::Result;
+
+/// Identifies one decoded unit: which disk (an id unique within the mount) and which unit.
+pub type UnitKey = (u64, u64);
+
+/// Smallest budget accepted: enough for a few of the largest units, so that a read that
+/// spans two units can always hold both.
+pub const MIN_BUDGET_BYTES: u64 = 8 << 20;
+
+/// Hit/miss counters, for logs and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups answered from the cache (including waits on another thread's decode).
+    pub hits: u64,
+    /// Units decoded.
+    pub misses: u64,
+    /// Bytes currently held.
+    pub bytes: u64,
+    /// Units currently held.
+    pub units: u64,
+}
+
+/// A unit being decoded by some thread; waiters block on `done`.
+struct InFlight {
+    state: Mutex<Option<bool>>, // None: running; Some(true): in cache; Some(false): failed
+    done: Condvar,
+}
+
+struct Inner {
+    lru: LruCache<UnitKey, Arc<[u8]>>,
+    bytes: u64,
+    in_flight: HashMap<UnitKey, Arc<InFlight>>,
+}
+
+/// The shared unit cache.
+pub struct UnitCache {
+    inner: Mutex<Inner>,
+    budget_bytes: u64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl UnitCache {
+    /// A cache holding at most `budget_bytes` (raised to [`MIN_BUDGET_BYTES`]).
+    pub fn new(budget_bytes: u64) -> Self {
+        UnitCache {
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                in_flight: HashMap::new(),
+            }),
+            budget_bytes: budget_bytes.max(MIN_BUDGET_BYTES),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The budget in bytes.
+    pub fn budget_bytes(&self) -> u64 {
+        self.budget_bytes
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave `Inner` inconsistent in a way that
+        // matters (at worst a stale byte count), so recover from poisoning.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `key` is cached (without touching its recency).
+    pub fn contains(&self, key: UnitKey) -> bool {
+        let inner = self.lock();
+        inner.lru.contains(&key) || inner.in_flight.contains_key(&key)
+    }
+
+    /// Returns the unit `key`, decoding it with `decode` into a zeroed buffer of `len` bytes
+    /// if it is not cached. Concurrent callers for the same key share one decode.
+    pub fn get_or_decode(
+        &self,
+        key: UnitKey,
+        len: usize,
+        decode: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<Arc<[u8]>> {
+        let mut decode = Some(decode);
+        loop {
+            let waiting_on = {
+                let mut inner = self.lock();
+                if let Some(v) = inner.lru.get(&key) {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(v.clone());
+                }
+                match inner.in_flight.get(&key) {
+                    Some(f) => f.clone(),
+                    None => {
+                        let f = Arc::new(InFlight {
+                            state: Mutex::new(None),
+                            done: Condvar::new(),
+                        });
+                        inner.in_flight.insert(key, f.clone());
+                        drop(inner);
+                        // OK to unwrap: we only reach this arm once per call; after a
+                        // failed wait below we loop back and find no in-flight entry only
+                        // if nobody else is decoding, and `decode` is still unused then
+                        // because waiting never consumes it.
+                        #[allow(clippy::unwrap_used)]
+                        let d = decode.take().unwrap();
+                        return self.decode_and_publish(key, len, f, d);
+                    }
+                }
+            };
+            let mut state = waiting_on.state.lock().unwrap_or_else(|p| p.into_inner());
+            while state.is_none() {
+                state = waiting_on
+                    .done
+                    .wait(state)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            if *state == Some(false) {
+                // The other decode failed: decode ourselves so the caller gets a typed error.
+                drop(state);
+                let mut buf = vec![0u8; len];
+                #[allow(clippy::unwrap_used)] // OK: see above, `decode` is unused here
+                (decode.take().unwrap())(&mut buf)?;
+                return Ok(Arc::from(buf));
+            }
+            // Decoded by someone else: loop to pick it up (it may already be evicted, in
+            // which case we decode it ourselves on the next turn).
+        }
+    }
+
+    fn decode_and_publish(
+        &self,
+        key: UnitKey,
+        len: usize,
+        flight: Arc<InFlight>,
+        decode: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<Arc<[u8]>> {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let mut buf = vec![0u8; len];
+        let result = decode(&mut buf).map(|()| Arc::<[u8]>::from(buf));
+        {
+            let mut inner = self.lock();
+            inner.in_flight.remove(&key);
+            if let Ok(v) = &result {
+                self.insert_locked(&mut inner, key, v.clone());
+            }
+        }
+        let mut state = flight.state.lock().unwrap_or_else(|p| p.into_inner());
+        *state = Some(result.is_ok());
+        flight.done.notify_all();
+        result
+    }
+
+    fn insert_locked(&self, inner: &mut Inner, key: UnitKey, value: Arc<[u8]>) {
+        let size = value.len() as u64;
+        if let Some(old) = inner.lru.put(key, value) {
+            inner.bytes -= old.len() as u64;
+        }
+        inner.bytes += size;
+        while inner.bytes > self.budget_bytes {
+            match inner.lru.pop_lru() {
+                Some((_, v)) => inner.bytes -= v.len() as u64,
+                None => break,
+            }
+        }
+    }
+
+    /// Drops every unit of disk `disk_id` (used when a disk is found corrupt or replaced).
+    pub fn forget_disk(&self, disk_id: u64) {
+        let mut inner = self.lock();
+        let keys: Vec<UnitKey> = inner
+            .lru
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| k.0 == disk_id)
+            .collect();
+        for k in keys {
+            if let Some(v) = inner.lru.pop(&k) {
+                inner.bytes -= v.len() as u64;
+            }
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> CacheStats {
+        let inner = self.lock();
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            bytes: inner.bytes,
+            units: inner.lru.len() as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::thread;
+    use std::time::Duration;
+
+    #[test]
+    fn stays_under_budget_and_evicts_least_recent() {
+        let c = UnitCache::new(MIN_BUDGET_BYTES);
+        let unit = 1 << 20;
+        for u in 0..20u64 {
+            c.get_or_decode((1, u), unit, |b| {
+                b[0] = u as u8;
+                Ok(())
+            })
+            .unwrap();
+            assert!(c.stats().bytes <= MIN_BUDGET_BYTES);
+        }
+        assert_eq!(c.stats().units, 8);
+        assert!(!c.contains((1, 0)));
+        assert!(c.contains((1, 19)));
+        let v = c
+            .get_or_decode((1, 19), unit, |_| panic!("must be cached"))
+            .unwrap();
+        assert_eq!(v[0], 19);
+    }
+
+    #[test]
+    fn concurrent_requests_for_one_unit_decode_it_once() {
+        let c = Arc::new(UnitCache::new(MIN_BUDGET_BYTES));
+        let decodes = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let c = c.clone();
+                let decodes = decodes.clone();
+                thread::spawn(move || {
+                    c.get_or_decode((2, 5), 4096, |b| {
+                        decodes.fetch_add(1, Ordering::SeqCst);
+                        thread::sleep(Duration::from_millis(50));
+                        b.fill(9);
+                        Ok(())
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        for h in handles {
+            assert!(h.join().unwrap().iter().all(|&b| b == 9));
+        }
+        assert_eq!(decodes.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn failed_decodes_are_not_cached() {
+        let c = UnitCache::new(MIN_BUDGET_BYTES);
+        let e = c.get_or_decode((3, 1), 16, |_| Err(crate::error::Error::overflow("test")));
+        assert!(e.is_err());
+        assert!(!c.contains((3, 1)));
+        assert!(c.get_or_decode((3, 1), 16, |_| Ok(())).is_ok());
+    }
+
+    #[test]
+    fn forget_disk_drops_only_that_disk() {
+        let c = UnitCache::new(MIN_BUDGET_BYTES);
+        c.get_or_decode((1, 1), 16, |_| Ok(())).unwrap();
+        c.get_or_decode((2, 1), 16, |_| Ok(())).unwrap();
+        c.forget_disk(1);
+        assert!(!c.contains((1, 1)));
+        assert!(c.contains((2, 1)));
+        assert_eq!(c.stats().bytes, 16);
+    }
+}

@@ -1,0 +1,306 @@
+//! The read engine: turns reads of a flat disk into extent plans and runs them through the
+//! shared unit cache.
+//!
+//! [`FlatDisk`] is a [`ReadAt`] over a [`DiskImage`]: zero and unallocated extents are
+//! filled in place (or read from the parent disk of a delta), stored extents are read from
+//! the image's source, and compressed units are decoded through the [`UnitCache`], outside
+//! any lock. It also detects sequential reading and tells its caller which units to decode
+//! ahead; scheduling that work is the caller's business (the FUSE layer's worker pool).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{DiskError, DiskImage, Extent};
+use crate::cache::UnitCache;
+use crate::error::{Error, Result};
+use crate::io::{ReadAt, clamp_len};
+
+/// How far ahead of a sequential reader we decode, in bytes.
+pub const READ_AHEAD_BYTES: u64 = 4 << 20;
+
+/// Sequential reads in a row before read-ahead starts.
+const SEQUENTIAL_STREAK: u32 = 2;
+
+static NEXT_DISK_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Sequential-read detector state.
+#[derive(Default)]
+struct Sequence {
+    next_offset: u64,
+    streak: u32,
+    ahead_until: u64,
+}
+
+/// A flat (raw) view of a disk image.
+pub struct FlatDisk {
+    id: u64,
+    image: Arc<dyn DiskImage>,
+    parent: Option<Arc<dyn ReadAt>>,
+    cache: Arc<UnitCache>,
+    sequence: Mutex<Sequence>,
+}
+
+impl FlatDisk {
+    /// A flat view of `image` decoding through `cache`. `parent` supplies the bytes of
+    /// unallocated extents when the image is a delta disk; without one they read as zeros.
+    pub fn new(
+        image: Arc<dyn DiskImage>,
+        cache: Arc<UnitCache>,
+        parent: Option<Arc<dyn ReadAt>>,
+    ) -> Self {
+        FlatDisk {
+            id: NEXT_DISK_ID.fetch_add(1, Ordering::Relaxed),
+            image,
+            parent,
+            cache,
+            sequence: Mutex::new(Sequence::default()),
+        }
+    }
+
+    /// The parsed image.
+    pub fn image(&self) -> &Arc<dyn DiskImage> {
+        &self.image
+    }
+
+    /// Returns decoded unit `unit`, from the cache or by decoding it.
+    pub fn unit(&self, unit: u64) -> Result<Arc<[u8]>> {
+        let len = self.image.unit_len(unit);
+        let len = usize::try_from(len).map_err(|_| Error::overflow("unit length"))?;
+        self.cache.get_or_decode((self.id, unit), len, |out| {
+            self.image.decode_unit(unit, out)
+        })
+    }
+
+    /// Records a read of `[offset, offset+len)` and, if the disk is being read sequentially,
+    /// returns the units that should be decoded ahead of the reader (not yet cached).
+    pub fn note_read(&self, offset: u64, len: u64) -> Vec<u64> {
+        let end = offset.saturating_add(len).min(self.image.virtual_size());
+        let window_end = {
+            let mut s = self.sequence.lock().unwrap_or_else(|p| p.into_inner());
+            // Kernel read-ahead sends several requests at once, slightly out of order: treat
+            // anything that starts within one window of the expected offset as sequential.
+            let sequential = offset <= s.next_offset.saturating_add(READ_AHEAD_BYTES)
+                && offset.saturating_add(READ_AHEAD_BYTES) >= s.next_offset;
+            s.streak = if sequential {
+                s.streak.saturating_add(1)
+            } else {
+                0
+            };
+            s.next_offset = s.next_offset.max(end);
+            if !sequential {
+                s.next_offset = end;
+                s.ahead_until = end;
+            }
+            if s.streak < SEQUENTIAL_STREAK {
+                return Vec::new();
+            }
+            let from = s.ahead_until.max(end);
+            let to = end
+                .saturating_add(READ_AHEAD_BYTES)
+                .min(self.image.virtual_size());
+            if from >= to {
+                return Vec::new();
+            }
+            s.ahead_until = to;
+            (from, to)
+        };
+        self.units_in(window_end.0, window_end.1 - window_end.0)
+            .into_iter()
+            .filter(|&u| !self.cache.contains((self.id, u)))
+            .collect()
+    }
+
+    /// The encoded units that hold `[offset, offset+len)`, in order, without duplicates.
+    /// Mapping errors end the list early: read-ahead is only a hint.
+    pub fn units_in(&self, offset: u64, len: u64) -> Vec<u64> {
+        let size = self.image.virtual_size();
+        let end = offset.saturating_add(len).min(size);
+        let mut units = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let ext = match self.image.map(pos, end - pos) {
+                Ok(e) if e.len() > 0 && e.len() <= end - pos => e,
+                _ => break,
+            };
+            if let Extent::Unit { unit, .. } = ext {
+                if units.last() != Some(&unit) {
+                    units.push(unit);
+                }
+            }
+            pos += ext.len();
+        }
+        units
+    }
+
+    /// Decodes `unit` into the cache if it is not there (used by read-ahead workers).
+    pub fn prefetch(&self, unit: u64) {
+        if let Err(e) = self.unit(unit) {
+            log::debug!("read-ahead of unit {unit} failed: {e}");
+        }
+    }
+
+    fn fill(&self, offset: u64, ext: Extent, out: &mut [u8]) -> Result<()> {
+        match ext {
+            Extent::Zero { .. } => out.fill(0),
+            Extent::Unallocated { .. } => match &self.parent {
+                Some(p) => {
+                    let n = p.read_at(offset, out)?;
+                    out[n..].fill(0);
+                }
+                None => out.fill(0),
+            },
+            Extent::Stored { source_offset, .. } => {
+                self.image.source().read_exact_at(source_offset, out)?
+            }
+            Extent::Unit {
+                unit,
+                offset_in_unit,
+                ..
+            } => {
+                let data = self.unit(unit)?;
+                let start =
+                    usize::try_from(offset_in_unit).map_err(|_| Error::overflow("unit offset"))?;
+                let src = start
+                    .checked_add(out.len())
+                    .and_then(|end| data.get(start..end))
+                    .ok_or_else(|| DiskError::CorruptUnit {
+                        unit,
+                        reason: format!(
+                            "map asked for bytes {start}..+{} of a {}-byte unit",
+                            out.len(),
+                            data.len()
+                        ),
+                    })?;
+                out.copy_from_slice(src);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ReadAt for FlatDisk {
+    fn len(&self) -> u64 {
+        self.image.virtual_size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let n = clamp_len(offset, buf.len(), self.len());
+        let mut done = 0usize;
+        while done < n {
+            let pos = offset + done as u64;
+            let want = (n - done) as u64;
+            let ext = self.image.map(pos, want)?;
+            let len = ext.len();
+            if len == 0 || len > want {
+                return Err(DiskError::CorruptUnit {
+                    unit: pos / self.image.unit_bytes().max(1),
+                    reason: format!("map returned {len} bytes for a request of {want}"),
+                }
+                .into());
+            }
+            // OK to cast: len <= want <= n, a usize.
+            let end = done + len as usize;
+            self.fill(pos, ext, &mut buf[done..end])
+                .map_err(|e| e.context(format!("virtual offset {pos}")))?;
+            done = end;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::DiskFormat;
+
+    /// A toy format: 4 units of 1 KiB; unit u holds bytes of value u+1, unit 2 is a hole
+    /// (unallocated), unit 3 is "stored" verbatim.
+    struct Toy {
+        source: Vec<u8>,
+    }
+
+    impl DiskImage for Toy {
+        fn format(&self) -> DiskFormat {
+            DiskFormat::Raw
+        }
+        fn virtual_size(&self) -> u64 {
+            4000 // last unit partial: 928 bytes
+        }
+        fn unit_bytes(&self) -> u64 {
+            1024
+        }
+        fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
+            let unit = offset / 1024;
+            let in_unit = offset % 1024;
+            let len = (self.unit_len(unit) - in_unit).min(max_len);
+            Ok(match unit {
+                2 => Extent::Unallocated { len },
+                3 => Extent::Stored {
+                    source_offset: in_unit,
+                    len,
+                },
+                _ => Extent::Unit {
+                    unit,
+                    offset_in_unit: in_unit,
+                    len,
+                },
+            })
+        }
+        fn decode_unit(&self, unit: u64, out: &mut [u8]) -> Result<()> {
+            out.fill(unit as u8 + 1);
+            Ok(())
+        }
+        fn source(&self) -> &dyn ReadAt {
+            &self.source
+        }
+    }
+
+    fn toy() -> FlatDisk {
+        FlatDisk::new(
+            Arc::new(Toy {
+                source: vec![0xAB; 1024],
+            }),
+            Arc::new(UnitCache::new(0)),
+            None,
+        )
+    }
+
+    #[test]
+    fn reads_tile_across_every_extent_kind() {
+        let d = toy();
+        let mut buf = vec![0xFFu8; 5000];
+        assert_eq!(d.read_at(1000, &mut buf).unwrap(), 3000);
+        assert!(buf[..24].iter().all(|&b| b == 1));
+        assert!(buf[24..1048].iter().all(|&b| b == 2));
+        assert!(buf[1048..2072].iter().all(|&b| b == 0));
+        assert!(buf[2072..3000].iter().all(|&b| b == 0xAB));
+        assert_eq!(d.read_at(4000, &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn parent_supplies_unallocated_bytes() {
+        let parent: Arc<dyn ReadAt> = Arc::new(vec![7u8; 4000]);
+        let d = FlatDisk::new(
+            Arc::new(Toy {
+                source: vec![0; 1024],
+            }),
+            Arc::new(UnitCache::new(0)),
+            Some(parent),
+        );
+        let mut buf = vec![0u8; 10];
+        d.read_at(2048, &mut buf).unwrap();
+        assert_eq!(buf, vec![7u8; 10]);
+    }
+
+    #[test]
+    fn sequential_reads_trigger_read_ahead_and_random_ones_do_not() {
+        let d = toy();
+        assert!(d.note_read(0, 100).is_empty());
+        let ahead = d.note_read(100, 100);
+        assert_eq!(ahead, vec![0, 1]); // units 2 and 3 are not encoded
+        assert!(d.note_read(200, 100).is_empty(), "window already covered");
+        let d = toy();
+        assert!(d.note_read(0, 10).is_empty());
+        assert!(d.note_read(3_000_000_000, 10).is_empty());
+    }
+}

@@ -1,0 +1,202 @@
+//! The one public error type of ovafs.
+//!
+//! Every layer reports failures as an [`Error`]: a kind that names the broken rule with
+//! structured fields (so tests can assert the exact kind), optionally wrapped in context
+//! lines that say what was being done (which member, which disk, which operation).
+//! `Display` renders the whole chain on one line, which is what users see.
+//!
+//! Nothing here knows an errno: the FUSE layer maps kinds to errnos in one table.
+
+use std::fmt;
+use std::io;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, without the surrounding context.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// An operating-system I/O call failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What was being attempted ("read", "open /path", ...).
+        op: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A read wanted bytes that the source does not have (truncated file or member).
+    #[error(
+        "unexpected end of data: wanted {wanted} bytes at offset {offset}, only {available} exist"
+    )]
+    UnexpectedEof {
+        /// Offset of the read.
+        offset: u64,
+        /// Bytes wanted.
+        wanted: u64,
+        /// Length of the source.
+        available: u64,
+    },
+    /// A size or offset computation overflowed: the input claims impossible numbers.
+    #[error("arithmetic overflow computing {what}")]
+    Overflow {
+        /// Which quantity overflowed.
+        what: &'static str,
+    },
+    /// A size read from the input exceeds a limit that keeps memory bounded.
+    #[error("{what} is {value} bytes, above the limit of {limit}")]
+    LimitExceeded {
+        /// What was too large.
+        what: &'static str,
+        /// The size claimed.
+        value: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A tar archive is malformed.
+    #[error(transparent)]
+    Tar(#[from] crate::archive::TarError),
+    /// An OVF descriptor is malformed or violates a rule.
+    #[error(transparent)]
+    Ovf(#[from] crate::ovf::OvfError),
+    /// A package (archive + descriptor) is inconsistent.
+    #[error(transparent)]
+    Package(#[from] crate::package::PackageError),
+    /// A disk image is malformed.
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
+    /// A command-line or mount option is invalid.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// An error with optional context lines, outermost first.
+pub struct Error {
+    kind: Box<ErrorKind>,
+    context: Vec<String>,
+}
+
+impl Error {
+    /// Creates an error of the given kind without context.
+    pub fn new(kind: ErrorKind) -> Self {
+        Error {
+            kind: Box::new(kind),
+            context: Vec::new(),
+        }
+    }
+
+    /// Wraps an `io::Error` with the operation that failed.
+    pub fn io(op: impl Into<String>, source: io::Error) -> Self {
+        Error::new(ErrorKind::Io {
+            op: op.into(),
+            source,
+        })
+    }
+
+    /// A usage error (bad option, bad argument).
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Usage(msg.into()))
+    }
+
+    /// An overflow while computing `what`.
+    pub fn overflow(what: &'static str) -> Self {
+        Error::new(ErrorKind::Overflow { what })
+    }
+
+    /// The kind, ignoring context.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+
+    /// Adds an outer context line ("reading disk1.vmdk", "grain 17").
+    pub fn context(mut self, what: impl Into<String>) -> Self {
+        self.context.insert(0, what.into());
+        self
+    }
+
+    /// The raw OS error number, if this error came from the OS.
+    pub fn os_error(&self) -> Option<i32> {
+        match &*self.kind {
+            ErrorKind::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Self {
+        Error::new(kind)
+    }
+}
+
+/// Lets `?` turn each layer's own error enum into an [`Error`].
+macro_rules! from_layer_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::new(ErrorKind::from(e))
+            }
+        }
+    )*};
+}
+from_layer_error!(
+    crate::archive::TarError,
+    crate::ovf::OvfError,
+    crate::package::PackageError,
+    crate::disk::DiskError
+);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in &self.context {
+            write!(f, "{c}: ")?;
+        }
+        write!(f, "{}", self.kind)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Error({self}; kind = {:?})", self.kind)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.kind.source()
+    }
+}
+
+/// Adds context to results, like `anyhow::Context` but for our [`Error`].
+pub trait ResultExt<T> {
+    /// Adds a context line computed lazily.
+    fn with_context<S: Into<String>>(self, f: impl FnOnce() -> S) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> ResultExt<T> for std::result::Result<T, E> {
+    fn with_context<S: Into<String>>(self, f: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|e| e.into().context(f()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_one_line_with_context_outermost_first() {
+        let e = Error::new(ErrorKind::UnexpectedEof {
+            offset: 10,
+            wanted: 4,
+            available: 12,
+        })
+        .context("grain 3")
+        .context("disk1.vmdk");
+        let s = e.to_string();
+        assert_eq!(
+            s,
+            "disk1.vmdk: grain 3: unexpected end of data: wanted 4 bytes at offset 10, only 12 exist"
+        );
+        assert!(!s.contains('\n'));
+    }
+}
