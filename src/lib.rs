@@ -6,10 +6,15 @@
 #![deny(unsafe_code)]
 #![warn(clippy::unwrap_used)]
 
+pub mod appliance;
 pub mod archive;
 pub mod cache;
+pub mod cli;
 pub mod disk;
 pub mod error;
+pub mod fs;
 pub mod io;
+pub mod logging;
 pub mod ovf;
 pub mod package;
+pub mod units;

@@ -119,13 +119,13 @@ impl FlatDisk {
         let mut pos = offset;
         while pos < end {
             let ext = match self.image.map(pos, end - pos) {
-                Ok(e) if e.len() > 0 && e.len() <= end - pos => e,
+                Ok(e) if !e.is_empty() && e.len() <= end - pos => e,
                 _ => break,
             };
-            if let Extent::Unit { unit, .. } = ext {
-                if units.last() != Some(&unit) {
-                    units.push(unit);
-                }
+            if let Extent::Unit { unit, .. } = ext
+                && units.last() != Some(&unit)
+            {
+                units.push(unit);
             }
             pos += ext.len();
         }

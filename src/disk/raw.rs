@@ -21,7 +21,7 @@ impl RawImage {
     /// Accepts `source` as a raw image if its size is plausible for one.
     pub fn open(source: Arc<dyn ReadAt>) -> Result<Self> {
         let len = source.len();
-        if len == 0 || len % SECTOR_BYTES != 0 || len > MAX_VIRTUAL_BYTES {
+        if len == 0 || !len.is_multiple_of(SECTOR_BYTES) || len > MAX_VIRTUAL_BYTES {
             return Err(DiskError::Unrecognised {
                 reason: format!(
                     "no known header, and {len} bytes is not a whole number of 512-byte sectors"

@@ -1,0 +1,183 @@
+//! The command line: argument parsing into validated configurations, and the commands.
+//!
+//! `ovafs mount|umount|info|demo`, and the same binary called as `mount.ovafs SOURCE DIR -o
+//! OPTS` by `mount -t ovafs` and fstab. Every command returns an exit code; errors reach the
+//! user as one line on stderr.
+
+mod demo;
+mod info;
+mod mount;
+mod mountinfo;
+pub mod options;
+mod umount;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{Error, Result};
+use options::MountConfig;
+
+/// Exit code for success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code for a failure the user can fix (bad input, bad options, broken package).
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code for command-line usage errors (as clap uses).
+pub const EXIT_USAGE: i32 = 2;
+
+/// Mount an OVF appliance (OVA or OVF) as a directory.
+#[derive(Parser, Debug)]
+#[command(name = "ovafs", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Mount an appliance: members as files, each disk as disks/NAME.raw.
+    Mount {
+        /// Mount options, comma-separated (ro, allow_other, cache_size=SIZE, debug, ...).
+        #[arg(short = 'o', value_name = "OPT[,OPT...]")]
+        options: Vec<String>,
+        /// Stay in the foreground (log to stderr, unmount on Ctrl-C).
+        #[arg(short = 'f', long = "foreground")]
+        foreground: bool,
+        /// The appliance: an .ova archive or an .ovf descriptor.
+        source: PathBuf,
+        /// An existing directory to mount on.
+        mountpoint: PathBuf,
+    },
+    /// Unmount and wait until the filesystem daemon has finished.
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
+    /// Describe an appliance: virtual systems, disks, networks.
+    Info {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The appliance: an .ova archive or an .ovf descriptor.
+        source: PathBuf,
+    },
+    /// Build a sample appliance, mount it in a temporary folder, and show what to try.
+    Demo,
+}
+
+pub use mount::run_daemon;
+
+/// Runs the program with `args` (including argv[0]) and returns the exit code.
+pub fn run(args: Vec<OsString>) -> i32 {
+    let called_as_mount_helper = args
+        .first()
+        .and_then(|a| {
+            PathBuf::from(a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .is_some_and(|n| n.starts_with("mount.ovafs") || n.starts_with("mount.fuse.ovafs"));
+    if called_as_mount_helper {
+        return report(parse_mount_helper(&args[1..]).and_then(mount::run));
+    }
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match cli.command {
+        Command::Mount {
+            options,
+            foreground,
+            source,
+            mountpoint,
+        } => {
+            let config = (|| {
+                let mut c = MountConfig::new(source, mountpoint);
+                for o in &options {
+                    c.apply_options(o)?;
+                }
+                c.foreground |= foreground;
+                Ok(c)
+            })();
+            report(config.and_then(mount::run))
+        }
+        Command::Umount { mountpoint } => report(umount::run(&mountpoint)),
+        Command::Info { json, source } => report(info::run(&source, json)),
+        Command::Demo => report(demo::run()),
+    }
+}
+
+/// Prints an error as one line and turns a result into an exit code.
+fn report(result: Result<i32>) -> i32 {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ovafs: {e}");
+            match e.kind() {
+                crate::error::ErrorKind::Usage(_) => EXIT_USAGE,
+                _ => EXIT_FAILURE,
+            }
+        }
+    }
+}
+
+/// Parses `mount.ovafs SOURCE DIR [-o OPTS] [-f] [-n] [-s] [-v]`, the calling convention of
+/// mount(8) helpers (options may come before or after the two paths).
+fn parse_mount_helper(args: &[OsString]) -> Result<MountConfig> {
+    let mut positional: Vec<PathBuf> = Vec::new();
+    let mut options: Vec<String> = Vec::new();
+    let mut foreground = false;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.to_str() {
+            Some("-o") => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| Error::usage("-o needs an option list"))?;
+                options.push(v.to_string_lossy().into_owned());
+            }
+            Some(s) if s.starts_with("-o") && s.len() > 2 => options.push(s[2..].to_string()),
+            Some("-f") => foreground = true,
+            // -n (no mtab), -s (sloppy), -v (verbose): nothing for us to do.
+            Some("-n" | "-s" | "-v") => {}
+            Some(s) if s.starts_with('-') => {
+                return Err(Error::usage(format!("mount.ovafs: unknown flag '{s}'")));
+            }
+            _ => positional.push(PathBuf::from(arg)),
+        }
+    }
+    let [source, mountpoint] = <[PathBuf; 2]>::try_from(positional)
+        .map_err(|_| Error::usage("usage: mount.ovafs SOURCE MOUNTPOINT [-o OPTIONS]"))?;
+    let mut config = MountConfig::new(source, mountpoint);
+    for o in &options {
+        config.apply_options(o)?;
+    }
+    config.foreground |= foreground;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn mount_helper_takes_options_anywhere() {
+        let c = parse_mount_helper(&os(&["-o", "ro,cache_size=32M", "a.ova", "/mnt/x"])).unwrap();
+        assert_eq!(c.source, PathBuf::from("a.ova"));
+        assert_eq!(c.mountpoint, PathBuf::from("/mnt/x"));
+        assert!(c.read_only);
+        let c = parse_mount_helper(&os(&["a.ova", "/mnt/x", "-n", "-oallow_other"])).unwrap();
+        assert_eq!(c.access, options::Access::Everyone);
+        assert!(parse_mount_helper(&os(&["a.ova"])).is_err());
+        assert!(parse_mount_helper(&os(&["a.ova", "/m", "-o", "bogus"])).is_err());
+    }
+}

@@ -1,0 +1,264 @@
+//! `ovafs mount`: open the appliance, mount it, serve until unmounted.
+//!
+//! Without `-f` the command starts a copy of itself as the daemon (`ovafs __serve`) and waits
+//! for one line on the daemon's stdout: `ready` once the mount is usable, or `error: ...`.
+//! So `ovafs mount` exits 0 only with a working mount, and otherwise prints the daemon's
+//! one-line reason and leaves nothing mounted. The daemon starts its own session, works from
+//! `/`, and logs to syslog.
+//!
+//! The daemon holds a shared `flock` on the directory underneath the mount point for its
+//! whole life; `ovafs umount` takes that lock exclusively after unmounting, which is how it
+//! knows the daemon has finished (edits written, files closed).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use nix::sys::signal::{SigSet, Signal};
+
+use super::options::{Access, MountConfig};
+use super::{EXIT_FAILURE, EXIT_OK};
+use crate::appliance::Appliance;
+use crate::cache::UnitCache;
+use crate::error::{Error, Result};
+use crate::fs::OvaFs;
+
+/// Environment variable that tells a `__serve` daemon to report readiness on stdout.
+const NOTIFY_ENV: &str = "OVAFS_NOTIFY_STDOUT";
+
+/// Line the daemon prints when the mount is usable.
+const READY_LINE: &str = "ready";
+
+/// Runs `ovafs mount` with a validated configuration.
+pub fn run(mut config: MountConfig) -> Result<i32> {
+    config.source = std::path::absolute(&config.source)
+        .map_err(|e| Error::io(format!("cannot resolve {}", config.source.display()), e))?;
+    config.mountpoint = std::path::absolute(&config.mountpoint)
+        .map_err(|e| Error::io(format!("cannot resolve {}", config.mountpoint.display()), e))?;
+    if config.foreground {
+        crate::logging::init_stderr(config.debug);
+        serve(&config, None)
+    } else {
+        spawn_daemon(&config)
+    }
+}
+
+/// Entry point of the daemon process started by [`spawn_daemon`].
+pub fn run_daemon(config_json: &str) -> i32 {
+    let notify = std::env::var_os(NOTIFY_ENV).is_some();
+    crate::logging::init_syslog();
+    let config: MountConfig = match serde_json::from_str(config_json) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = notify_line(notify, &format!("error: bad daemon configuration: {e}"));
+            return EXIT_FAILURE;
+        }
+    };
+    // A daemon of its own: no controlling terminal, no signals from the shell's job control,
+    // and no working directory pinned.
+    let _ = nix::unistd::setsid();
+    let _ = std::env::set_current_dir("/");
+    let out = if notify {
+        Some(std::io::stdout())
+    } else {
+        None
+    };
+    match serve(&config, out) {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("{}: {e}", config.source.display());
+            let _ = notify_line(notify, &format!("error: {e}"));
+            EXIT_FAILURE
+        }
+    }
+}
+
+fn notify_line(enabled: bool, line: &str) -> std::io::Result<()> {
+    if enabled {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// Starts the daemon and waits for its verdict.
+fn spawn_daemon(config: &MountConfig) -> Result<i32> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("cannot find the ovafs binary", e))?;
+    let json = serde_json::to_string(config).map_err(|e| Error::usage(e.to_string()))?;
+    let mut child = Command::new(exe)
+        .arg("__serve")
+        .arg(json)
+        .env(NOTIFY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| Error::io("cannot start the mount daemon", e))?;
+    let mut line = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        let _ = BufReader::new(stdout).read_line(&mut line);
+    }
+    let line = line.trim_end();
+    if line == READY_LINE {
+        return Ok(EXIT_OK);
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Error::io("waiting for the mount daemon", e))?;
+    match line.strip_prefix("error: ") {
+        Some(msg) => eprintln!("ovafs: {msg}"),
+        None => eprintln!("ovafs: the mount daemon exited before the mount was ready ({status})"),
+    }
+    Ok(EXIT_FAILURE)
+}
+
+/// Mounts and serves until unmounted. `notify` receives the readiness line.
+fn serve(config: &MountConfig, notify: Option<std::io::Stdout>) -> Result<i32> {
+    // Signals are handled by one thread that unmounts; block them before any thread starts
+    // so every thread inherits the mask.
+    let signals = termination_signals();
+    signals
+        .thread_block()
+        .map_err(|e| Error::io("cannot block signals", e.into()))?;
+
+    check_mountpoint(&config.mountpoint)?;
+    let done_lock = hold_mountpoint_lock(&config.mountpoint)?;
+
+    let appliance = Appliance::open(&config.source)?;
+    let cache = Arc::new(UnitCache::new(config.cache_bytes));
+    let tree = appliance.build_tree(&cache);
+    let uid = nix::unistd::geteuid().as_raw();
+    let gid = nix::unistd::getegid().as_raw();
+    let fs = OvaFs::new(tree, config.threads, uid, gid)
+        .map_err(|e| Error::io("cannot start read workers", e))?;
+
+    let mut session =
+        fuser::Session::new(fs, &config.mountpoint, &fuser_config(config)).map_err(|e| {
+            Error::io(
+                format!("cannot mount on {}", config.mountpoint.display()),
+                e,
+            )
+        })?;
+    raise_read_ahead(&config.mountpoint);
+    log::info!(
+        "mounted {} on {} ({} disks, cache {} bytes)",
+        config.source.display(),
+        config.mountpoint.display(),
+        appliance.disks.len(),
+        cache.budget_bytes()
+    );
+
+    let mut unmounter = session.unmount_callable();
+    std::thread::Builder::new()
+        .name("ovafs-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                log::info!("{sig}: unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    log::error!("unmount after {sig} failed: {e}");
+                }
+            }
+        })
+        .map_err(|e| Error::io("cannot start the signal thread", e))?;
+
+    if notify.is_some() {
+        notify_line(true, READY_LINE).map_err(|e| Error::io("cannot report readiness", e))?;
+    }
+    let result = session.run();
+    drop(done_lock);
+    match result {
+        Ok(()) => Ok(EXIT_OK),
+        Err(e) => Err(Error::io("FUSE session failed", e)),
+    }
+}
+
+fn termination_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGHUP);
+    set
+}
+
+fn fuser_config(config: &MountConfig) -> fuser::Config {
+    use fuser::MountOption as M;
+    let mut opts = vec![
+        M::FSName(
+            config
+                .fsname
+                .clone()
+                .unwrap_or_else(|| config.source.display().to_string()),
+        ),
+        M::Subtype("ovafs".into()),
+        M::RO,
+        M::DefaultPermissions,
+        M::NoSuid,
+        M::NoDev,
+    ];
+    for flag in &config.kernel_flags {
+        opts.push(match flag.as_str() {
+            "suid" => M::Suid,
+            "dev" => M::Dev,
+            "noexec" => M::NoExec,
+            "exec" => M::Exec,
+            "noatime" => M::NoAtime,
+            "atime" => M::Atime,
+            "sync" => M::Sync,
+            "async" => M::Async,
+            "dirsync" => M::DirSync,
+            _ => continue, // nosuid/nodev are already set
+        });
+    }
+    let mut c = fuser::Config::default();
+    c.mount_options = opts;
+    c.acl = match config.access {
+        Access::Owner => fuser::SessionACL::Owner,
+        Access::OwnerAndRoot => fuser::SessionACL::RootAndOwner,
+        Access::Everyone => fuser::SessionACL::All,
+    };
+    c.n_threads = Some(1);
+    c
+}
+
+/// Refuses mount points that are missing, not folders, or stale FUSE mounts.
+fn check_mountpoint(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::usage(format!(
+            "mount point {} is not a directory",
+            path.display()
+        ))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(Error::usage(format!(
+            "{} is a stale mount (its daemon died): run 'fusermount3 -u {}' first",
+            path.display(),
+            path.display()
+        ))),
+        Err(e) => Err(Error::io(format!("mount point {}", path.display()), e)),
+    }
+}
+
+/// Takes the shared lock `ovafs umount` waits on (see the module comment).
+fn hold_mountpoint_lock(path: &Path) -> Result<File> {
+    let dir =
+        File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    dir.lock_shared()
+        .map_err(|e| Error::io(format!("cannot lock {}", path.display()), e))?;
+    Ok(dir)
+}
+
+/// Asks the kernel for 1 MiB read-ahead on this mount (root only; best effort): fewer,
+/// larger READ requests, each spanning many grains that decode in parallel.
+fn raise_read_ahead(mountpoint: &Path) {
+    // Not stat(): the session loop is not running yet, so a request to our own mount
+    // would wait forever. The mount table has the device number.
+    let Some(entry) = super::mountinfo::find(mountpoint) else {
+        return;
+    };
+    let path = format!("/sys/class/bdi/{}/read_ahead_kb", entry.device);
+    if let Err(e) = std::fs::write(&path, "1024") {
+        log::debug!("could not raise read-ahead ({path}): {e}");
+    }
+}

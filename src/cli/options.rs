@@ -1,0 +1,166 @@
+//! Mount options (`-o a,b=c`), validated into a [`MountConfig`].
+//!
+//! Conventions follow sshfs and archivemount: options come as comma-separated lists after
+//! `-o` (repeatable); generic kernel flags pass through; the bookkeeping options that
+//! `mount(8)` and fstab add (`defaults`, `noauto`, `user`, `nofail`, `_netdev`, `x-*`, ...)
+//! are accepted and ignored; anything else is refused by name.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::units::parse_size;
+
+/// Default grain cache budget.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+/// Read worker threads by default: two per core (reads also wait on I/O), at least four.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(4)
+        .max(4)
+}
+
+/// Who may use the mount besides its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Access {
+    /// Only the mounting user (FUSE's default).
+    Owner,
+    /// The mounting user and root (`allow_root`).
+    OwnerAndRoot,
+    /// Everyone, with kernel permission checks (`allow_other`).
+    Everyone,
+}
+
+/// Everything `ovafs mount` needs, validated.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MountConfig {
+    /// The appliance: an `.ova` file or an `.ovf` descriptor.
+    pub source: PathBuf,
+    /// Where to mount it.
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground (`-f`, implied by `debug`).
+    pub foreground: bool,
+    /// Mount read-only (`ro`).
+    pub read_only: bool,
+    /// Who may access the mount.
+    pub access: Access,
+    /// Grain cache budget in bytes (`cache_size=`).
+    pub cache_bytes: u64,
+    /// Debug logging (`debug`).
+    pub debug: bool,
+    /// Read worker threads (`threads=`).
+    pub threads: usize,
+    /// Generic kernel flags to pass on (`nosuid`, `nodev`, `noexec`, `noatime`, ...).
+    pub kernel_flags: Vec<String>,
+    /// Name shown as the mount source in `/proc/mounts` (`fsname=`).
+    pub fsname: Option<String>,
+}
+
+impl MountConfig {
+    /// A configuration with defaults for `source` and `mountpoint`.
+    pub fn new(source: PathBuf, mountpoint: PathBuf) -> Self {
+        MountConfig {
+            source,
+            mountpoint,
+            foreground: false,
+            read_only: false,
+            access: Access::Owner,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            debug: false,
+            threads: default_threads(),
+            kernel_flags: Vec::new(),
+            fsname: None,
+        }
+    }
+
+    /// Applies one `-o` argument (a comma-separated list).
+    pub fn apply_options(&mut self, list: &str) -> Result<()> {
+        for opt in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            self.apply_option(opt)?;
+        }
+        Ok(())
+    }
+
+    fn apply_option(&mut self, opt: &str) -> Result<()> {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        fn need_value<'a>(key: &str, v: Option<&'a str>) -> Result<&'a str> {
+            v.filter(|v| !v.is_empty())
+                .ok_or_else(|| Error::usage(format!("mount option '{key}' needs a value")))
+        }
+        match key {
+            "ro" => self.read_only = true,
+            "rw" => self.read_only = false,
+            "allow_other" => self.access = Access::Everyone,
+            "allow_root" => self.access = Access::OwnerAndRoot,
+            "default_permissions" => {} // always on
+            "debug" => {
+                self.debug = true;
+                self.foreground = true;
+            }
+            "cache_size" => {
+                let v = need_value(key, value)?;
+                self.cache_bytes = parse_size(v, 1).ok_or_else(|| {
+                    Error::usage(format!(
+                        "cache_size={v}: expected a size such as 256M or 1G"
+                    ))
+                })?;
+            }
+            "threads" => {
+                let v = need_value(key, value)?;
+                self.threads = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or_else(|| Error::usage(format!("threads={v}: expected 1 to 256")))?;
+            }
+            "fsname" => self.fsname = Some(need_value(key, value)?.to_string()),
+            "nosuid" | "suid" | "nodev" | "dev" | "noexec" | "exec" | "noatime" | "atime"
+            | "sync" | "async" | "dirsync" => self.kernel_flags.push(key.to_string()),
+            // Added by mount(8), fstab and systemd; meaningless to the filesystem itself.
+            "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "owner" | "group"
+            | "nofail" | "_netdev" | "subtype" | "relatime" | "norelatime" | "strictatime"
+            | "lazytime" | "nolazytime" | "comment" | "kernel_cache" | "auto_cache" => {}
+            k if k.starts_with("x-") => {}
+            _ => return Err(Error::usage(format!("unknown mount option '{opt}'"))),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(opts: &[&str]) -> Result<MountConfig> {
+        let mut c = MountConfig::new("a.ova".into(), "/mnt".into());
+        for o in opts {
+            c.apply_options(o)?;
+        }
+        Ok(c)
+    }
+
+    #[test]
+    fn known_options_apply() {
+        let c = cfg(&["ro,allow_other", "cache_size=256M,threads=3"]).unwrap();
+        assert!(c.read_only);
+        assert_eq!(c.access, Access::Everyone);
+        assert_eq!(c.cache_bytes, 256 << 20);
+        assert_eq!(c.threads, 3);
+        let c = cfg(&["debug,nosuid,noauto,x-systemd.automount,_netdev,defaults"]).unwrap();
+        assert!(c.debug && c.foreground);
+        assert_eq!(c.kernel_flags, vec!["nosuid".to_string()]);
+    }
+
+    #[test]
+    fn bad_options_are_refused_by_name() {
+        let e = cfg(&["ro,frobnicate"]).unwrap_err().to_string();
+        assert!(e.contains("frobnicate"), "{e}");
+        assert!(cfg(&["cache_size=lots"]).is_err());
+        assert!(cfg(&["cache_size"]).is_err());
+        assert!(cfg(&["threads=0"]).is_err());
+    }
+}
