@@ -17,4 +17,5 @@ pub mod io;
 pub mod logging;
 pub mod ovf;
 pub mod package;
+pub mod sample;
 pub mod units;

@@ -69,6 +69,19 @@ pub fn find(path: &Path) -> Option<MountEntry> {
         .rfind(|e| e.mount_point == wanted)
 }
 
+/// `path` with its parent folder canonicalised. The mount point itself is not resolved:
+/// stat() on a mount whose daemon died fails, and on a live one it asks the daemon.
+pub fn canonical_mount_path(path: &Path) -> std::path::PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map(|p| p.join(name))
+            .unwrap_or(abs.clone()),
+        _ => abs,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,18 +95,5 @@ mod tests {
         assert_eq!(e.source, "/tmp/a b.ova");
         assert!(e.is_fuse());
         assert!(parse_line("garbage").is_none());
-    }
-}
-
-/// `path` with its parent folder canonicalised. The mount point itself is not resolved:
-/// stat() on a mount whose daemon died fails, and on a live one it asks the daemon.
-pub fn canonical_mount_path(path: &Path) -> std::path::PathBuf {
-    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    match (abs.parent(), abs.file_name()) {
-        (Some(parent), Some(name)) => parent
-            .canonicalize()
-            .map(|p| p.join(name))
-            .unwrap_or(abs.clone()),
-        _ => abs,
     }
 }
