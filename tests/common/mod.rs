@@ -1,0 +1,393 @@
+//! Shared helpers for the integration tests: tools, fixtures, mounts that clean up.
+//!
+//! - [`tool`]: find an external program or fail the test naming it (never skip).
+//! - [`scattered_raw`]: a sparse raw image with deterministic data spread across it.
+//! - [`OvaBuilder`]: assembles an OVA (descriptor, manifest, disks) with GNU tar.
+//! - [`Mount`]: `ovafs mount` with a guard whose `Drop` unmounts (`fusermount3 -u`, then
+//!   `umount -l`), also when the test fails.
+#![allow(dead_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use sha2::{Digest, Sha256};
+
+/// The ovafs binary under test.
+pub fn ovafs() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ovafs"))
+}
+
+/// Path of an external tool; panics (failing the test) with its name if it is missing.
+pub fn tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "required tool '{name}' is not installed: run the README's test command \
+         (it installs fuse3, qemu-utils and qemu-system-x86)"
+    );
+}
+
+/// Runs a command and returns its output, panicking with stderr when it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `qemu-img ARGS`, which must succeed.
+pub fn qemu_img(args: &[&str]) -> Output {
+    run_ok(Command::new(tool("qemu-img")).args(args))
+}
+
+/// Converts `src` (format `fmt`) to a raw file at `dst` with qemu-img.
+pub fn qemu_to_raw(src: &Path, fmt: &str, dst: &Path) {
+    qemu_img(&[
+        "convert",
+        "-f",
+        fmt,
+        "-O",
+        "raw",
+        path_str(src),
+        path_str(dst),
+    ]);
+}
+
+/// `path` as `&str` (test paths are ASCII).
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// A small deterministic generator (xorshift64*), so fixtures are the same on every run.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded generator.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    /// Next value.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Fills `buf` with bytes that compress somewhat (text-like runs mixed with noise).
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        let mut i = 0;
+        while i < buf.len() {
+            let run = (self.next() % 64 + 1) as usize;
+            let v = self.next();
+            let end = (i + run).min(buf.len());
+            if v % 3 == 0 {
+                for (k, b) in buf[i..end].iter_mut().enumerate() {
+                    *b = (v >> ((k % 8) * 8)) as u8;
+                }
+            } else {
+                let c = b'a' + (v % 26) as u8;
+                buf[i..end].fill(c);
+            }
+            i = end;
+        }
+    }
+}
+
+/// Writes a sparse raw image of `size` bytes with `chunks` chunks of data (16 KiB to 1 MiB,
+/// at unaligned offsets) spread over the whole image, including its very start and end.
+pub fn scattered_raw(path: &Path, size: u64, chunks: usize, seed: u64) {
+    let f = File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let mut rng = Rng::new(seed);
+    let write_at = |off: u64, len: u64, rng: &mut Rng| {
+        let len = len.min(size - off);
+        let mut buf = vec![0u8; len as usize];
+        rng.fill(&mut buf);
+        f.write_all_at(&buf, off).unwrap();
+    };
+    write_at(0, 70_000.min(size), &mut rng);
+    write_at(size.saturating_sub(33_333), 33_333, &mut rng);
+    for _ in 0..chunks {
+        let off = rng.next() % size;
+        let len = 16_384 + rng.next() % (1 << 20);
+        write_at(off, len, &mut rng);
+    }
+}
+
+/// SHA-256 of everything `r` yields.
+pub fn sha256_reader(mut r: impl Read) -> String {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of a file.
+pub fn sha256_file(path: &Path) -> String {
+    sha256_reader(File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display())))
+}
+
+/// Asserts two files have identical bytes, reporting the first difference.
+pub fn assert_same_bytes(a: &Path, b: &Path) {
+    let (mut fa, mut fb) = (File::open(a).unwrap(), File::open(b).unwrap());
+    let (la, lb) = (fa.metadata().unwrap().len(), fb.metadata().unwrap().len());
+    assert_eq!(la, lb, "{} and {} differ in size", a.display(), b.display());
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut off = 0u64;
+    loop {
+        let n = read_full(&mut fa, &mut ba);
+        let m = read_full(&mut fb, &mut bb);
+        assert_eq!(n, m);
+        if n == 0 {
+            return;
+        }
+        if ba[..n] != bb[..n] {
+            let i = ba[..n]
+                .iter()
+                .zip(&bb[..n])
+                .position(|(x, y)| x != y)
+                .unwrap();
+            panic!(
+                "{} and {} differ at byte {}",
+                a.display(),
+                b.display(),
+                off + i as u64
+            );
+        }
+        off += n as u64;
+    }
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read(&mut buf[done..]).unwrap() {
+            0 => break,
+            n => done += n,
+        }
+    }
+    done
+}
+
+/// A disk to put in an OVA.
+pub struct DiskFile {
+    /// Image file.
+    pub path: PathBuf,
+    /// Virtual capacity.
+    pub capacity: u64,
+    /// ovf:format URI.
+    pub format_uri: String,
+}
+
+/// Builds an OVA: descriptor from `ovafs::sample`, SHA-256 manifest, disks, packed in that
+/// order by GNU tar (an independent producer) in the given tar format.
+pub struct OvaBuilder {
+    /// Folder holding the package files.
+    pub dir: PathBuf,
+    /// Base name (`name.ovf`, `name.mf`, `name.ova`).
+    pub name: String,
+    /// Disks.
+    pub disks: Vec<DiskFile>,
+    /// GNU tar `--format` value.
+    pub tar_format: String,
+}
+
+impl OvaBuilder {
+    /// A builder writing into `dir`.
+    pub fn new(dir: &Path, name: &str) -> Self {
+        fs::create_dir_all(dir).unwrap();
+        OvaBuilder {
+            dir: dir.into(),
+            name: name.into(),
+            disks: Vec::new(),
+            tar_format: "ustar".into(),
+        }
+    }
+
+    /// Adds a disk image (copied into the package folder under its own file name).
+    pub fn disk(mut self, image: &Path, capacity: u64, format_uri: &str) -> Self {
+        self.disks.push(DiskFile {
+            path: image.into(),
+            capacity,
+            format_uri: format_uri.into(),
+        });
+        self
+    }
+
+    /// Writes the descriptor and manifest and returns the package file names in order.
+    pub fn write_package(&self) -> Vec<String> {
+        let mut names = vec![format!("{}.ovf", self.name), format!("{}.mf", self.name)];
+        let mut specs = Vec::new();
+        for d in &self.disks {
+            let file = d.path.file_name().unwrap().to_str().unwrap().to_string();
+            let target = self.dir.join(&file);
+            if d.path != target {
+                fs::copy(&d.path, &target).unwrap();
+            }
+            specs.push(ovafs::sample::DiskSpec {
+                href: file.clone(),
+                file_bytes: fs::metadata(&target).unwrap().len(),
+                capacity_bytes: d.capacity,
+                format_uri: d.format_uri.clone(),
+            });
+            names.push(file);
+        }
+        let spec = ovafs::sample::ApplianceSpec {
+            name: self.name.clone(),
+            cpus: 2,
+            memory_mib: 1024,
+            network: "VM Network".into(),
+            disks: specs,
+        };
+        fs::write(
+            self.dir.join(&names[0]),
+            ovafs::sample::descriptor_xml(&spec),
+        )
+        .unwrap();
+        let listed: Vec<&str> = names
+            .iter()
+            .filter(|n| !n.ends_with(".mf"))
+            .map(|s| s.as_str())
+            .collect();
+        let mf = ovafs::sample::manifest(&self.dir, &listed).unwrap();
+        fs::write(self.dir.join(&names[1]), mf).unwrap();
+        names
+    }
+
+    /// Writes the package and packs it into `DIR/NAME.ova` with GNU tar.
+    pub fn build(&self) -> PathBuf {
+        let names = self.write_package();
+        let ova = self.dir.join(format!("{}.ova", self.name));
+        run_ok(
+            Command::new(tool("tar"))
+                .arg(format!("--format={}", self.tar_format))
+                .arg("-cf")
+                .arg(&ova)
+                .arg("-C")
+                .arg(&self.dir)
+                .args(&names),
+        );
+        ova
+    }
+}
+
+/// A live mount; unmounted when dropped.
+pub struct Mount {
+    /// The mount point.
+    pub dir: PathBuf,
+}
+
+impl Mount {
+    /// Mounts `source` on `dir` (created if needed) with `ovafs mount -o OPTS`.
+    pub fn new(source: &Path, dir: &Path, opts: &[&str]) -> Result<Mount, String> {
+        fs::create_dir_all(dir).unwrap();
+        let mut cmd = Command::new(ovafs());
+        cmd.arg("mount");
+        for o in opts {
+            cmd.arg("-o").arg(o);
+        }
+        let out = cmd
+            .arg(source)
+            .arg(dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(Mount { dir: dir.into() })
+        } else {
+            assert!(
+                !is_mounted(dir),
+                "a failed mount left {} mounted",
+                dir.display()
+            );
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Mounts and panics with the error if it fails.
+    pub fn ok(source: &Path, dir: &Path, opts: &[&str]) -> Mount {
+        Mount::new(source, dir, opts)
+            .unwrap_or_else(|e| panic!("mount {} failed: {e}", source.display()))
+    }
+
+    /// A path inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// Unmounts with `ovafs umount` (which waits for the daemon) and checks it worked.
+    pub fn umount(self) {
+        run_ok(Command::new(ovafs()).arg("umount").arg(&self.dir));
+        assert!(!is_mounted(&self.dir));
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.dir)
+                .stderr(Stdio::null())
+                .status();
+        }
+        if is_mounted(&self.dir) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Whether `dir` is a mount point in this process's mount table.
+pub fn is_mounted(dir: &Path) -> bool {
+    let table = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = dir
+        .to_str()
+        .unwrap()
+        .trim_end_matches('/')
+        .replace(' ', "\\040");
+    table
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// A fresh temporary folder (removed when dropped).
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ovafs-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// Appends `bytes` to the file at `path` (for corrupting fixtures).
+pub fn append(path: &Path, bytes: &[u8]) {
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
+}
