@@ -388,8 +388,8 @@ impl ScanReader<'_> {
 /// source, so it takes at most `len / 512` steps; at most [`MAX_SCANNED_GRAINS`] grains are
 /// recorded. Grain, table, directory, footer and progress markers are skipped by their
 /// declared lengths; unknown marker types, grains outside the capacity, misaligned or
-/// duplicate LBAs are refused. Reaching the end without an end-of-stream marker means the
-/// stream was truncated.
+/// duplicate LBAs are refused. Reaching the end without an end-of-stream marker, or a grain
+/// cut by the end, means the stream was truncated.
 pub fn scan_markers(
     source: &dyn ReadAt,
     geometry: Geometry,
@@ -404,6 +404,8 @@ pub fn scan_markers(
         start: 0,
         buf: Vec::new(),
     };
+    // Largest metadata block a producer writes: a marker and the grain directory or a table.
+    let plausible_metadata_sectors = 1 + geometry.gd_sectors.max(geometry.gt_sectors);
     let mut found: Vec<(u64, u64)> = Vec::new();
     let mut sector = start_sector;
     loop {
@@ -462,14 +464,26 @@ pub fn scan_markers(
             }
         };
         // needed_sectors >= 1: forward progress.
-        sector = sector
+        let next = sector
             .checked_add(needed_sectors)
-            .filter(|&next| next <= file_sectors)
-            .ok_or(VmdkError::MarkerOutOfBounds {
-                sector,
-                needed_sectors,
-                file_sectors,
-            })?;
+            .filter(|&next| next <= file_sectors);
+        sector = match next {
+            Some(next) => next,
+            // A grain (its size already bounded) or a metadata block of a plausible size cut
+            // by the end of the source: the stream was truncated, as uploads and downloads
+            // that stopped early leave it.
+            None if marker.is_grain() || needed_sectors <= plausible_metadata_sectors => {
+                return Err(VmdkError::StreamTruncated { sector }.into());
+            }
+            None => {
+                return Err(VmdkError::MarkerOutOfBounds {
+                    sector,
+                    needed_sectors,
+                    file_sectors,
+                }
+                .into());
+            }
+        };
     }
     // Producers write grains in LBA order; sorting is cheap when they did.
     found.sort_by_key(|&(grain, _)| grain);
