@@ -337,6 +337,19 @@ pub enum VmdkError {
         /// The limit.
         limit: u64,
     },
+    /// `map` was called outside the disk or for zero bytes (a caller bug; the trait requires
+    /// `offset < virtual_size` and `max_len > 0`).
+    #[error(
+        "VMDK map of {max_len} bytes at offset {offset} is outside the {virtual_size}-byte disk"
+    )]
+    MapOutOfRange {
+        /// Offset asked for.
+        offset: u64,
+        /// Length asked for.
+        max_len: u64,
+        /// Size of the disk.
+        virtual_size: u64,
+    },
     /// `decode_unit` was asked for a unit that is not a compressed grain.
     #[error("VMDK unit {unit} is not a stored compressed grain")]
     NotACompressedGrain {

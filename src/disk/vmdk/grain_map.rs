@@ -146,11 +146,13 @@ impl GrainDirectory {
             end: gd_end,
             name: "grain directory",
         };
-        let mut tables: Vec<(u64, u64)> = Vec::new();
+        // (sector, directory index) of every table; u32 halves the transient memory.
+        let mut tables: Vec<(u32, u32)> = Vec::new();
         for (index, &entry) in gd.iter().enumerate() {
             if entry == 0 {
                 continue;
             }
+            let index32 = u32::try_from(index).unwrap_or(u32::MAX); // < 4 Mi entries
             let index = index as u64;
             let start = u64::from(entry);
             let end = start + geometry.gt_sectors; // < 2^32 + 4: no overflow
@@ -173,18 +175,18 @@ impl GrainDirectory {
                 }
                 .into());
             }
-            tables.push((start, index));
+            tables.push((entry, index32));
         }
         // Two entries sharing (part of) a table would let a small file stand for a huge
         // disk and is never written by a real producer: refuse it (formats.md rule 18).
         tables.sort_unstable();
         for pair in tables.windows(2) {
             let ((a_start, a_index), (b_start, b_index)) = (pair[0], pair[1]);
-            if b_start < a_start + geometry.gt_sectors {
+            if u64::from(b_start) < u64::from(a_start) + geometry.gt_sectors {
                 return Err(VmdkError::GrainTablesOverlap {
-                    gde_index: a_index,
-                    other_gde_index: b_index,
-                    sector: b_start,
+                    gde_index: u64::from(a_index),
+                    other_gde_index: u64::from(b_index),
+                    sector: u64::from(b_start),
                 }
                 .into());
             }

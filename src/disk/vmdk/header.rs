@@ -47,6 +47,9 @@ pub const MIN_GRAIN_SECTORS: u64 = 8;
 /// grain, so this bounds the memory one read can demand.
 pub const MAX_GRAIN_SECTORS: u64 = 2048;
 
+// A grain is the decoded unit: the largest grain must fit the engine's unit limit.
+const _: () = assert!(MAX_GRAIN_SECTORS * SECTOR_BYTES <= crate::disk::MAX_UNIT_BYTES);
+
 /// Fewest grain table entries per table accepted (open-vmdk: one sector of entries).
 pub const MIN_GTES_PER_GT: u32 = 128;
 /// Most grain table entries per table accepted (qemu refuses more; VMware always writes 512).

@@ -466,10 +466,10 @@ impl DiskImage for SparseVmdk {
     fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
         let size = self.geometry.capacity_bytes;
         if offset >= size || max_len == 0 {
-            return Err(DiskError::Unrecognised {
-                reason: format!(
-                    "VMDK map of {max_len} bytes at {offset} outside the {size}-byte disk"
-                ),
+            return Err(VmdkError::MapOutOfRange {
+                offset,
+                max_len,
+                virtual_size: size,
             }
             .into());
         }

@@ -756,8 +756,18 @@ fn decode_unit_checks_its_arguments() {
             actual: 100
         })
     ));
-    assert!(img.map(64 * 512, 1).is_err());
-    assert!(img.map(0, 0).is_err());
+    assert_eq!(
+        vmdk_err(img.map(64 * 512, 1)),
+        VmdkError::MapOutOfRange {
+            offset: 64 * 512,
+            max_len: 1,
+            virtual_size: 64 * 512
+        }
+    );
+    assert!(matches!(
+        vmdk_err(img.map(0, 0)),
+        VmdkError::MapOutOfRange { max_len: 0, .. }
+    ));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1232,6 +1242,38 @@ fn engine_reads_writer_output_through_the_cache() {
         pos += n;
     }
     assert_eq!(got, raw);
+}
+
+#[test]
+fn concurrent_readers_see_the_same_bytes() {
+    // Grain size 8 sectors with 512-entry tables: 3 MiB spans 2 tables, so threads load
+    // tables and decode grains concurrently.
+    let raw = scattered_raw(3 * 1024 * 1024);
+    let img = open(write(&raw, &layout(StreamLayout::GdInFooter, 8))).unwrap();
+    let disk = Arc::new(FlatDisk::new(
+        Arc::new(img),
+        Arc::new(UnitCache::new(0)),
+        None,
+    ));
+    let raw = Arc::new(raw);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (disk, raw) = (disk.clone(), raw.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 12_345];
+                let size = raw.as_slice().len() as u64;
+                let mut pos = t * 100_003 % size;
+                for _ in 0..200 {
+                    let n = disk.read_at(pos, &mut buf).unwrap();
+                    assert_eq!(&buf[..n], &raw[pos as usize..pos as usize + n]);
+                    pos = (pos + 777_777) % size;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
 }
 
 // ---------------------------------------------------------------------------------------
