@@ -3,14 +3,14 @@
 //! Follows formats.md §4 (VMDK) and the validation rules 15-21 and 25 of §6. Opening reads
 //! metadata only: the header, the embedded descriptor (bounded), the footer when the header
 //! defers to it, and the grain directory. Grain tables are loaded lazily into a bounded
-//! LRU ([`grain_map`]); no grain is decoded at open. [`SparseVmdk::map`] answers from those
+//! LRU (`grain_map`); no grain is decoded at open. [`SparseVmdk::map`] answers from those
 //! tables; [`SparseVmdk::decode_unit`] reads one grain marker and inflates one grain.
 //!
 //! Layouts handled (formats.md §4.5):
 //! * grain directory in the footer (header gdOffset = `GD_AT_END`; VMware, VirtualBox);
 //! * grain directory in the header (qemu-img, open-vmdk), with or without a footer too;
 //! * no usable grain directory: header says `GD_AT_END` but there is no valid footer; the
-//!   grain map is rebuilt by scanning markers from overHead ([`grain_map::scan_markers`]).
+//!   grain map is rebuilt by scanning markers from overHead (`grain_map::scan_markers`).
 //!   A stream that ends without an end-of-stream marker is refused as truncated.
 //! * hosted sparse, uncompressed grains (`Extent::Stored`), zeroed-grain entries, and
 //!   compressed grains without markers (flag 16 only: each grain is `size u32` + data, as

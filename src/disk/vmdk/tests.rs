@@ -392,6 +392,19 @@ fn empty_disk_has_no_tables_and_reads_as_one_hole_per_table() {
         img.map(33 << 20, u64::MAX).unwrap(),
         Extent::Unallocated { len: 7 << 20 }
     );
+    // The other layouts of an empty disk: no tables, no grains.
+    let img = open(write(&raw, &layout(StreamLayout::GdInHeader, 128))).unwrap();
+    assert_eq!(img.stored_grain_tables(), Some(0));
+    assert_eq!(
+        img.map(0, u64::MAX).unwrap(),
+        Extent::Unallocated { len: 32 << 20 }
+    );
+    let img = open(write(&raw, &layout(StreamLayout::NoGrainDirectory, 128))).unwrap();
+    assert_eq!(img.scanned_grains(), Some(0));
+    assert_eq!(
+        img.map(0, u64::MAX).unwrap(),
+        Extent::Unallocated { len: 40 << 20 }
+    );
 }
 
 #[test]
