@@ -280,7 +280,7 @@ const HOSTED_CAPACITY_SECTORS: u64 = 8 * 300 + 3;
 /// * 1-2: descriptor
 /// * 3: grain directory (3 entries: 4, 0, 5), 128 entries per table, coverage 128 grains
 /// * 4: grain table 0: grain 0 -> 8, 1 -> 16 (contiguous), 2 -> 0, 3 -> 1 (zeroed), 5 -> 24
-/// * 5: grain table 2: grain 300 (partial) -> 32
+/// * 5: grain table 2: grain 300 (partial) -> 32; grain 350 (past the capacity) -> garbage
 /// * 8.., 16.., 24.., 32..: grains filled with 0x11, 0x22, 0x55, 0xAB
 fn hosted_sparse() -> (Vec<u8>, Vec<u8>) {
     let header = SparseExtentHeader {
@@ -312,6 +312,7 @@ createType=\"monolithicSparse\"\nRW 2403 SPARSE \"h.vmdk\"\n";
     put_u32(&mut b, 4 * 512 + 12, 1); // grain 3 zeroed
     put_u32(&mut b, 4 * 512 + 20, 24); // grain 5
     put_u32(&mut b, 5 * 512 + (300 - 256) * 4, 32); // grain 300
+    put_u32(&mut b, 5 * 512 + (350 - 256) * 4, u32::MAX); // past the capacity: ignored
     for (sector, byte) in [(8, 0x11), (16, 0x22), (24, 0x55), (32, 0xAB)] {
         b[sector * 512..(sector + 8) * 512].fill(byte);
     }
