@@ -13,6 +13,7 @@ pub mod engine;
 pub mod inflate;
 pub mod raw;
 pub mod vmdk;
+pub mod vmdk_writer;
 
 use std::fmt;
 use std::sync::Arc;
