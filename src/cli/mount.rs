@@ -39,7 +39,7 @@ pub fn run(mut config: MountConfig) -> Result<i32> {
         .map_err(|e| Error::io(format!("cannot resolve {}", config.mountpoint.display()), e))?;
     if config.foreground {
         crate::logging::init_stderr(config.debug);
-        serve(&config, None)
+        serve(&config, || Ok(()))
     } else {
         spawn_daemon(&config)
     }
@@ -60,12 +60,9 @@ pub fn run_daemon(config_json: &str) -> i32 {
     // and no working directory pinned.
     let _ = nix::unistd::setsid();
     let _ = std::env::set_current_dir("/");
-    let out = if notify {
-        Some(std::io::stdout())
-    } else {
-        None
-    };
-    match serve(&config, out) {
+    let ready =
+        || notify_line(notify, READY_LINE).map_err(|e| Error::io("cannot report readiness", e));
+    match serve(&config, ready) {
         Ok(code) => code,
         Err(e) => {
             log::error!("{}: {e}", config.source.display());
@@ -115,8 +112,9 @@ fn spawn_daemon(config: &MountConfig) -> Result<i32> {
     Ok(EXIT_FAILURE)
 }
 
-/// Mounts and serves until unmounted. `notify` receives the readiness line.
-fn serve(config: &MountConfig, notify: Option<std::io::Stdout>) -> Result<i32> {
+/// Mounts and serves until unmounted (by `ovafs umount`, `fusermount3 -u`, or a signal).
+/// `on_ready` runs once the mount is usable.
+pub(super) fn serve(config: &MountConfig, on_ready: impl FnOnce() -> Result<()>) -> Result<i32> {
     // Signals are handled by one thread that unmounts; block them before any thread starts
     // so every thread inherits the mask.
     let signals = termination_signals();
@@ -164,9 +162,7 @@ fn serve(config: &MountConfig, notify: Option<std::io::Stdout>) -> Result<i32> {
         })
         .map_err(|e| Error::io("cannot start the signal thread", e))?;
 
-    if notify.is_some() {
-        notify_line(true, READY_LINE).map_err(|e| Error::io("cannot report readiness", e))?;
-    }
+    on_ready()?;
     let result = session.run();
     drop(done_lock);
     match result {

@@ -235,6 +235,53 @@ pub fn write_ova(ova: &Path, dir: &Path, names: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// A sparse image held as a few chunks of data over zeros: lets the demo describe a large
+/// disk without allocating it.
+pub struct SparseImage {
+    size: u64,
+    chunks: Vec<(u64, Vec<u8>)>,
+}
+
+impl SparseImage {
+    /// An all-zero image of `size` bytes.
+    pub fn new(size: u64) -> Self {
+        SparseImage {
+            size,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Places `data` at `offset` (chunks must not overlap; later chunks win if they do).
+    pub fn put(&mut self, offset: u64, data: &[u8]) -> &mut Self {
+        self.chunks.push((offset, data.to_vec()));
+        self
+    }
+}
+
+impl crate::io::ReadAt for SparseImage {
+    fn len(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let n = crate::io::clamp_len(offset, buf.len(), self.size);
+        let buf = &mut buf[..n];
+        buf.fill(0);
+        let end = offset + n as u64;
+        for (start, data) in &self.chunks {
+            let chunk_end = start.saturating_add(data.len() as u64);
+            let (from, to) = (offset.max(*start), end.min(chunk_end));
+            if from < to {
+                // OK to cast: both differences are below buf.len() or data.len().
+                let dst = (from - offset) as usize..(to - offset) as usize;
+                let src = (from - start) as usize..(to - start) as usize;
+                buf[dst].copy_from_slice(&data[src]);
+            }
+        }
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +305,17 @@ mod tests {
         assert!(xml.contains("ovf:capacity=\"1073741824\""));
         assert!(xml.contains("<rasd:VirtualQuantity>1024</rasd:VirtualQuantity>"));
         assert!(xml.contains("demo &amp; co"));
+    }
+
+    #[test]
+    fn sparse_image_reads_chunks_over_zeros() {
+        use crate::io::ReadAt;
+        let mut img = SparseImage::new(100);
+        img.put(10, &[1, 2, 3]).put(98, &[9, 9, 9]);
+        let mut buf = [7u8; 8];
+        assert_eq!(img.read_at(8, &mut buf).unwrap(), 8);
+        assert_eq!(buf, [0, 0, 1, 2, 3, 0, 0, 0]);
+        assert_eq!(img.read_at(97, &mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], &[0, 9, 9]);
     }
 }
