@@ -385,12 +385,10 @@ pub fn index_with(src: &dyn ReadAt, limits: &Limits) -> Result<TarIndex> {
         };
         let typeflag = block[TYPEFLAG];
         let stored_size = header_size(&header, &block, off)?;
-        let mut data_offset = off
-            .checked_add(BLOCK_BYTES)
-            .ok_or(TarError::BadField {
-                offset: off,
-                field: "size",
-            })?;
+        let mut data_offset = off.checked_add(BLOCK_BYTES).ok_or(TarError::BadField {
+            offset: off,
+            field: "size",
+        })?;
         let next = |data_offset: u64, size: u64| {
             next_header(data_offset, size).ok_or(TarError::BadField {
                 offset: off,
@@ -424,16 +422,22 @@ pub fn index_with(src: &dyn ReadAt, limits: &Limits) -> Result<TarIndex> {
                     }
                     .into());
                 }
-                let payload = read_vec_at(src, "tar extension header", data_offset, stored_size, cap)?;
+                let payload =
+                    read_vec_at(src, "tar extension header", data_offset, stored_size, cap)?;
                 match typeflag {
                     b'L' => {
-                        let end = payload.iter().position(|&b| b == 0).unwrap_or(payload.len());
+                        let end = payload
+                            .iter()
+                            .position(|&b| b == 0)
+                            .unwrap_or(payload.len());
                         pending.long_name = Some(payload[..end].to_vec());
                         pending.start.get_or_insert(off);
                     }
                     b'x' => {
-                        let p = pax::parse(&payload)
-                            .map_err(|reason| TarError::BadPax { offset: off, reason })?;
+                        let p = pax::parse(&payload).map_err(|reason| TarError::BadPax {
+                            offset: off,
+                            reason,
+                        })?;
                         pending.pax.merge(p);
                         pending.start.get_or_insert(off);
                     }
@@ -441,8 +445,10 @@ pub fn index_with(src: &dyn ReadAt, limits: &Limits) -> Result<TarIndex> {
                         // Global pax records: only `mtime` is honoured. A global `path` or
                         // `size` would apply to every later member, which no OVA writer
                         // does and which would only produce duplicates; they are ignored.
-                        let p = pax::parse(&payload)
-                            .map_err(|reason| TarError::BadPax { offset: off, reason })?;
+                        let p = pax::parse(&payload).map_err(|reason| TarError::BadPax {
+                            offset: off,
+                            reason,
+                        })?;
                         if p.mtime.is_some() {
                             global_mtime = p.mtime;
                         }

@@ -133,8 +133,14 @@ mod tests {
         assert_eq!(normalize(b"./disk1.vmdk").unwrap(), "disk1.vmdk");
         assert_eq!(normalize(b"././a//b/./c/").unwrap(), "a/b/c");
         assert_eq!(normalize(b"dir/").unwrap(), "dir");
-        assert_eq!(normalize("虚拟机-1.vmdk".as_bytes()).unwrap(), "虚拟机-1.vmdk");
-        assert_eq!(normalize(b"w2k3 32bit-disk1.vmdk").unwrap(), "w2k3 32bit-disk1.vmdk");
+        assert_eq!(
+            normalize("虚拟机-1.vmdk".as_bytes()).unwrap(),
+            "虚拟机-1.vmdk"
+        );
+        assert_eq!(
+            normalize(b"w2k3 32bit-disk1.vmdk").unwrap(),
+            "w2k3 32bit-disk1.vmdk"
+        );
     }
 
     #[test]
@@ -155,7 +161,10 @@ mod tests {
         assert_eq!(normalize(b"a\0b"), Err(NameProblem::Nul));
         assert_eq!(normalize(b"a\nb"), Err(NameProblem::ControlChar));
         assert_eq!(normalize(b"a\x7fb"), Err(NameProblem::ControlChar));
-        assert_eq!(normalize("a\u{85}b".as_bytes()), Err(NameProblem::ControlChar));
+        assert_eq!(
+            normalize("a\u{85}b".as_bytes()),
+            Err(NameProblem::ControlChar)
+        );
         assert_eq!(normalize(b"\xff\xfe"), Err(NameProblem::NotUtf8));
         assert_eq!(normalize(&[b'a'; 4097]), Err(NameProblem::TooLong));
         assert_eq!(normalize(&[b'a'; 256]), Err(NameProblem::ComponentTooLong));

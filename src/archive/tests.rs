@@ -150,7 +150,10 @@ fn ustar_members_in_order_with_offsets_mode_and_mtime() {
         (a.name.as_str(), a.header_offset, a.data_offset, a.size),
         ("a.ovf", 0, 512, 11)
     );
-    assert_eq!((a.mode, a.mtime, a.kind), (0o644, 1_600_000_000, MemberKind::Regular));
+    assert_eq!(
+        (a.mode, a.mtime, a.kind),
+        (0o644, 1_600_000_000, MemberKind::Regular)
+    );
     let d = &idx.members[1];
     assert_eq!(
         (d.name.as_str(), d.header_offset, d.data_offset, d.size),
@@ -164,7 +167,11 @@ fn ustar_members_in_order_with_offsets_mode_and_mtime() {
 #[test]
 fn ustar_prefix_field_is_joined_to_the_name() {
     let bytes = Ar::default()
-        .header(Hdr::new(Fmt::Ustar, b"disk.vmdk", b'0', 3).prefix(b"some/dir").sealed())
+        .header(
+            Hdr::new(Fmt::Ustar, b"disk.vmdk", b'0', 3)
+                .prefix(b"some/dir")
+                .sealed(),
+        )
         .data(b"abc")
         .end();
     assert_eq!(index(&bytes).unwrap().members[0].name, "some/dir/disk.vmdk");
@@ -174,7 +181,11 @@ fn ustar_prefix_field_is_joined_to_the_name() {
 fn gnu_header_area_after_the_name_is_never_read_as_a_prefix() {
     // In GNU headers bytes 345.. hold atime/ctime, not a prefix.
     let bytes = Ar::default()
-        .header(Hdr::new(Fmt::Gnu, b"disk.vmdk", b'0', 3).prefix(b"14567123456").sealed())
+        .header(
+            Hdr::new(Fmt::Gnu, b"disk.vmdk", b'0', 3)
+                .prefix(b"14567123456")
+                .sealed(),
+        )
         .data(b"abc")
         .end();
     assert_eq!(index(&bytes).unwrap().members[0].name, "disk.vmdk");
@@ -210,7 +221,11 @@ fn gnu_long_link_name_is_skipped_and_links_are_other() {
         .file(Fmt::Gnu, "real", b"r")
         .end();
     let idx = index(&bytes).unwrap();
-    let kinds: Vec<_> = idx.members.iter().map(|m| (m.name.as_str(), m.kind)).collect();
+    let kinds: Vec<_> = idx
+        .members
+        .iter()
+        .map(|m| (m.name.as_str(), m.kind))
+        .collect();
     assert_eq!(
         kinds,
         [
@@ -230,7 +245,11 @@ fn gnu_base256_size_is_decoded() {
     field[0] = 0x80;
     field[11] = 5;
     let bytes = Ar::default()
-        .header(Hdr::new(Fmt::Gnu, b"big", b'0', 0).size_base256(field).sealed())
+        .header(
+            Hdr::new(Fmt::Gnu, b"big", b'0', 0)
+                .size_base256(field)
+                .sealed(),
+        )
         .data(b"12345")
         .end();
     assert_eq!(index(&bytes).unwrap().members[0].size, 5);
@@ -246,10 +265,20 @@ fn negative_or_oversized_base256_size_is_a_bad_field() {
     for field in [neg, huge] {
         let mut ar = Ar::default();
         ar.file(Fmt::Gnu, "first", b"x");
-        ar.header(Hdr::new(Fmt::Gnu, b"big", b'0', 0).size_base256(field).sealed());
+        ar.header(
+            Hdr::new(Fmt::Gnu, b"big", b'0', 0)
+                .size_base256(field)
+                .sealed(),
+        );
         let e = index(&ar.end()).unwrap_err();
         assert!(
-            matches!(tar_err(&e), TarError::BadField { offset: 1024, field: "size" }),
+            matches!(
+                tar_err(&e),
+                TarError::BadField {
+                    offset: 1024,
+                    field: "size"
+                }
+            ),
             "{e:?}"
         );
     }
@@ -261,7 +290,13 @@ fn garbage_octal_size_is_a_bad_field() {
     h.b[124..136].copy_from_slice(b"12z45\0\0\0\0\0\0\0");
     let bytes = Ar::default().header(h.sealed()).end();
     let e = index(&bytes).unwrap_err();
-    assert!(matches!(tar_err(&e), TarError::BadField { offset: 0, field: "size" }));
+    assert!(matches!(
+        tar_err(&e),
+        TarError::BadField {
+            offset: 0,
+            field: "size"
+        }
+    ));
 }
 
 #[test]
@@ -278,7 +313,10 @@ fn pax_path_size_and_mtime_override_the_header() {
     let idx = index(&bytes).unwrap();
     let m = &idx.members[0];
     assert_eq!(m.name, "folder/ünïcode name.vmdk");
-    assert_eq!((m.size, m.mtime, m.header_offset, m.data_offset), (7, 1_700_000_000, 0, 1024 + 512));
+    assert_eq!(
+        (m.size, m.mtime, m.header_offset, m.data_offset),
+        (7, 1_700_000_000, 0, 1024 + 512)
+    );
 }
 
 #[test]
@@ -360,13 +398,19 @@ fn extension_without_a_member_is_dangling() {
         .data(payload)
         .end();
     let e = index(&bytes).unwrap_err();
-    assert!(matches!(tar_err(&e), TarError::DanglingExtension { offset: 1024 }));
+    assert!(matches!(
+        tar_err(&e),
+        TarError::DanglingExtension { offset: 1024 }
+    ));
     // Same at end of file without zero blocks.
     let mut ar = Ar::default();
     ar.header(Hdr::new(Fmt::Gnu, b"././@LongLink", b'L', 5).sealed())
         .data(payload);
     let e = index(&ar.bytes).unwrap_err();
-    assert!(matches!(tar_err(&e), TarError::DanglingExtension { offset: 0 }));
+    assert!(matches!(
+        tar_err(&e),
+        TarError::DanglingExtension { offset: 0 }
+    ));
 }
 
 #[test]
@@ -374,7 +418,14 @@ fn extension_payload_past_the_end_is_truncated() {
     let mut ar = Ar::default();
     ar.header(Hdr::new(Fmt::Gnu, b"././@LongLink", b'L', 5000).sealed());
     let e = index(&ar.bytes).unwrap_err();
-    assert!(matches!(tar_err(&e), TarError::Truncated { data_end: 5512, archive_len: 512, .. }));
+    assert!(matches!(
+        tar_err(&e),
+        TarError::Truncated {
+            data_end: 5512,
+            archive_len: 512,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -423,9 +474,15 @@ fn bad_checksum_first_is_not_tar_later_is_bad_checksum() {
 
     let mut second = Hdr::new(Fmt::Ustar, b"b", b'0', 0).sealed();
     second[1] = b'x';
-    let bytes = Ar::default().file(Fmt::Ustar, "a", b"a").header(second).end();
+    let bytes = Ar::default()
+        .file(Fmt::Ustar, "a", b"a")
+        .header(second)
+        .end();
     let e = index(&bytes).unwrap_err();
-    assert!(matches!(tar_err(&e), TarError::BadChecksum { offset: 1024 }));
+    assert!(matches!(
+        tar_err(&e),
+        TarError::BadChecksum { offset: 1024 }
+    ));
 }
 
 #[test]
@@ -434,7 +491,10 @@ fn unknown_magic_first_is_not_tar_later_is_bad_magic() {
     h.b[257..263].copy_from_slice(b"USTAR\0");
     let e = index(&Ar::default().header(h.clone().sealed()).end()).unwrap_err();
     assert!(matches!(tar_err(&e), TarError::NotTar { .. }));
-    let bytes = Ar::default().file(Fmt::Ustar, "a", b"a").header(h.sealed()).end();
+    let bytes = Ar::default()
+        .file(Fmt::Ustar, "a", b"a")
+        .header(h.sealed())
+        .end();
     let e = index(&bytes).unwrap_err();
     assert!(matches!(tar_err(&e), TarError::BadMagic { offset: 1024 }));
 }
@@ -503,7 +563,10 @@ fn partial_trailing_header_is_truncated_header() {
     ar.file(Fmt::Ustar, "a", b"a");
     ar.bytes.extend([1u8; 100]);
     let e = index(&ar.bytes).unwrap_err();
-    assert!(matches!(tar_err(&e), TarError::TruncatedHeader { offset: 1024 }));
+    assert!(matches!(
+        tar_err(&e),
+        TarError::TruncatedHeader { offset: 1024 }
+    ));
 }
 
 #[test]
@@ -519,7 +582,19 @@ fn member_count_is_capped() {
     };
     let e = index_with(&bytes, &limits).unwrap_err();
     assert!(matches!(tar_err(&e), TarError::TooManyMembers { limit: 4 }));
-    assert_eq!(index_with(&bytes, &Limits { max_members: 5, ..limits }).unwrap().members.len(), 5);
+    assert_eq!(
+        index_with(
+            &bytes,
+            &Limits {
+                max_members: 5,
+                ..limits
+            }
+        )
+        .unwrap()
+        .members
+        .len(),
+        5
+    );
 }
 
 #[test]
@@ -588,7 +663,11 @@ fn duplicates_keep_the_later_member_at_its_position() {
         .file(Fmt::Ustar, "./a.ovf", b"second!")
         .end();
     let idx = index(&bytes).unwrap();
-    let got: Vec<_> = idx.members.iter().map(|m| (m.name.as_str(), m.size)).collect();
+    let got: Vec<_> = idx
+        .members
+        .iter()
+        .map(|m| (m.name.as_str(), m.size))
+        .collect();
     assert_eq!(got, [("b", 1), ("a.ovf", 7)]);
     assert_eq!(
         idx.duplicates,
@@ -614,7 +693,10 @@ fn gnu_old_sparse_member_skips_its_extension_blocks() {
     ar.data(&[9u8; 512]).file(Fmt::Gnu, "after", b"ok");
     let idx = index(&ar.end()).unwrap();
     let s = &idx.members[0];
-    assert_eq!((s.kind, s.data_offset, s.size), (MemberKind::Other, 1536, 512));
+    assert_eq!(
+        (s.kind, s.data_offset, s.size),
+        (MemberKind::Other, 1536, 512)
+    );
     assert_eq!(idx.members[1].name, "after");
     assert_eq!(idx.members[1].data_offset, 2560);
 }
@@ -626,7 +708,10 @@ fn gnu_old_sparse_extension_past_the_end_is_truncated_header() {
     let mut ar = Ar::default();
     ar.header(h.sealed());
     let e = index(&ar.bytes).unwrap_err();
-    assert!(matches!(tar_err(&e), TarError::TruncatedHeader { offset: 512 }));
+    assert!(matches!(
+        tar_err(&e),
+        TarError::TruncatedHeader { offset: 512 }
+    ));
 }
 
 /// A source that counts the bytes read from it.
