@@ -58,6 +58,7 @@ const CHKSUM_FIELD: std::ops::Range<usize> = 148..156;
 const TYPEFLAG: usize = 156;
 const MAGIC_FIELD: std::ops::Range<usize> = 257..263;
 const VERSION_FIELD: std::ops::Range<usize> = 263..265;
+const PREFIX_FIELD: std::ops::Range<usize> = 345..500;
 /// GNU old-sparse header: the `isextended` flag byte (after four 24-byte sparse entries).
 const GNU_ISEXTENDED: usize = 482;
 /// GNU sparse extension block: its own `isextended` flag byte (after 21 sparse entries).
@@ -262,7 +263,9 @@ fn flavour(block: &[u8; 512]) -> Option<Flavour> {
     let magic = &block[MAGIC_FIELD];
     let version = &block[VERSION_FIELD];
     match (magic, version) {
-        (b"ustar\0", b"00") => Some(Flavour::Ustar),
+        // POSIX says version "00"; VMware ovftool writes "ustar\0" with the GNU version " \0".
+        // GNU tar decides on the magic alone, and so do we.
+        (b"ustar\0", _) => Some(Flavour::Ustar),
         (b"ustar ", b" \0") => Some(Flavour::Gnu),
         _ if magic.iter().all(|&b| b == 0) => Some(Flavour::V7),
         _ => None,
@@ -301,6 +304,23 @@ fn header_size(header: &tar::Header, block: &[u8; 512], offset: u64) -> Result<u
         }
     }
     Ok(header.entry_size().map_err(|_| bad())?)
+}
+
+/// The name in the header itself: `prefix/name` for POSIX ustar headers with a prefix, else
+/// the name field (in GNU headers the prefix area holds other fields).
+fn header_name(header: &tar::Header, block: &[u8; 512], flavour: Flavour) -> Vec<u8> {
+    let until_nul = |f: &[u8]| -> Vec<u8> { f.iter().copied().take_while(|&b| b != 0).collect() };
+    let name = until_nul(&header.as_old().name);
+    if flavour != Flavour::Ustar {
+        return name;
+    }
+    let mut prefix = until_nul(&block[PREFIX_FIELD]);
+    if prefix.is_empty() {
+        return name;
+    }
+    prefix.push(b'/');
+    prefix.extend_from_slice(&name);
+    prefix
 }
 
 /// Offset of the next header after `size` data bytes starting at `data_offset`.
@@ -513,7 +533,7 @@ pub fn index_with(src: &dyn ReadAt, limits: &Limits) -> Result<TarIndex> {
         let raw_name: Vec<u8> = match (pending.pax.path.take(), pending.long_name.take()) {
             (Some(p), _) => p,
             (None, Some(l)) => l,
-            (None, None) => header.path_bytes().into_owned(),
+            (None, None) => header_name(&header, &block, flavour),
         };
         let data_end = data_offset.checked_add(size);
         if data_end.is_none_or(|end| end > len) {

@@ -178,6 +178,15 @@ fn ustar_prefix_field_is_joined_to_the_name() {
 }
 
 #[test]
+fn ovftool_hybrid_magic_is_ustar() {
+    // VMware ovftool writes the POSIX magic with the GNU version field.
+    let mut h = Hdr::new(Fmt::Ustar, b"disk.vmdk", b'0', 3).prefix(b"dir");
+    h.b[263..265].copy_from_slice(b" \0");
+    let bytes = Ar::default().header(h.sealed()).data(b"abc").end();
+    assert_eq!(index(&bytes).unwrap().members[0].name, "dir/disk.vmdk");
+}
+
+#[test]
 fn gnu_header_area_after_the_name_is_never_read_as_a_prefix() {
     // In GNU headers bytes 345.. hold atime/ctime, not a prefix.
     let bytes = Ar::default()
