@@ -343,6 +343,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn concat_reads_across_parts_and_skips_empty_ones() {
         let a: Arc<dyn ReadAt> = Arc::new(vec![1u8, 2, 3]);
         let e: Arc<dyn ReadAt> = Arc::new(Vec::<u8>::new());

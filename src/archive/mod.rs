@@ -53,7 +53,9 @@ pub const MAX_LONG_NAME_BYTES: u64 = 64 << 10;
 pub const MAX_PAX_BYTES: u64 = 1 << 20;
 
 /// Offsets of the header fields we read by hand (POSIX ustar layout, formats.md §1.2).
+const MODE_FIELD: std::ops::Range<usize> = 100..108;
 const SIZE_FIELD: std::ops::Range<usize> = 124..136;
+const MTIME_FIELD: std::ops::Range<usize> = 136..148;
 const CHKSUM_FIELD: std::ops::Range<usize> = 148..156;
 const TYPEFLAG: usize = 156;
 const MAGIC_FIELD: std::ops::Range<usize> = 257..263;
@@ -303,7 +305,16 @@ fn header_size(header: &tar::Header, block: &[u8; 512], offset: u64) -> Result<u
             return Err(bad().into());
         }
     }
+    if is_blank(field) {
+        return Ok(0);
+    }
     Ok(header.entry_size().map_err(|_| bad())?)
+}
+
+/// Whether a numeric field is all NULs and spaces. Some writers leave fields they do not
+/// care about blank; like Python's `tarfile` we read such a field as 0.
+fn is_blank(field: &[u8]) -> bool {
+    field.iter().all(|&b| b == 0 || b == b' ')
 }
 
 /// The name in the header itself: `prefix/name` for POSIX ustar headers with a prefix, else
@@ -548,12 +559,17 @@ pub fn index_with(src: &dyn ReadAt, limits: &Limits) -> Result<TarIndex> {
         if flavour == Flavour::V7 && kind == MemberKind::Regular && raw_name.ends_with(b"/") {
             kind = MemberKind::Directory;
         }
-        let mode = header.mode().map_err(|_| TarError::BadField {
-            offset: off,
-            field: "mode",
-        })? & 0o7777;
+        let mode = if is_blank(&block[MODE_FIELD]) {
+            0
+        } else {
+            header.mode().map_err(|_| TarError::BadField {
+                offset: off,
+                field: "mode",
+            })? & 0o7777
+        };
         let mtime = match pending.pax.mtime.or(global_mtime) {
             Some(t) => t,
+            None if is_blank(&block[MTIME_FIELD]) => 0,
             None => header.mtime().map_err(|_| TarError::BadField {
                 offset: off,
                 field: "mtime",
@@ -625,4 +641,5 @@ pub fn index_with(src: &dyn ReadAt, limits: &Limits) -> Result<TarIndex> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -294,6 +294,26 @@ fn negative_or_oversized_base256_size_is_a_bad_field() {
 }
 
 #[test]
+fn blank_numeric_fields_read_as_zero_and_garbage_is_a_bad_field() {
+    let mut h = Hdr::new(Fmt::Ustar, b"blank", b'0', 0);
+    h.b[100..108].fill(0);
+    h.b[124..136].fill(b' ');
+    h.b[136..148].fill(0);
+    let idx = index(&Ar::default().header(h.sealed()).end()).unwrap();
+    let m = &idx.members[0];
+    assert_eq!((m.mode, m.size, m.mtime), (0, 0, 0));
+    for (range, field) in [(100..108, "mode"), (136..148, "mtime")] {
+        let mut h = Hdr::new(Fmt::Ustar, b"x", b'0', 0);
+        h.b[range.start..range.start + 3].copy_from_slice(b"9z9");
+        let e = index(&Ar::default().header(h.sealed()).end()).unwrap_err();
+        assert!(
+            matches!(tar_err(&e), TarError::BadField { offset: 0, field: f } if *f == field),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
 fn garbage_octal_size_is_a_bad_field() {
     let mut h = Hdr::new(Fmt::Ustar, b"x", b'0', 0);
     h.b[124..136].copy_from_slice(b"12z45\0\0\0\0\0\0\0");

@@ -352,10 +352,8 @@ fn content(
                 product.get_or_insert(info);
                 properties.extend(props);
             }
-            Some("OperatingSystemSection") if kind == ContentKind::System => {
-                if os.is_none() {
-                    os = Some(os_section(tree, child)?);
-                }
+            Some("OperatingSystemSection") if kind == ContentKind::System && os.is_none() => {
+                os = Some(os_section(tree, child)?);
             }
             Some("VirtualHardwareSection") if kind == ContentKind::System => {
                 hardware.push(hardware_section(tree, child)?);
@@ -847,6 +845,7 @@ fn check_configurations(d: &Descriptor) -> Result<(), OvfError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

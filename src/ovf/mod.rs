@@ -286,4 +286,5 @@ impl Descriptor {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -49,7 +49,7 @@ fn parse_wraps_the_layer_error() {
 }
 
 /// The raw bytes of a span.
-fn raw<'a>(d: &'a Descriptor, s: Span) -> &'a str {
+fn raw(d: &Descriptor, s: Span) -> &str {
     std::str::from_utf8(s.slice(&d.bytes).expect("span inside")).expect("utf-8")
 }
 

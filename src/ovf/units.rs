@@ -48,6 +48,7 @@ pub fn byte_factor(units: &str) -> Result<u64, UnitsProblem> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -28,6 +28,7 @@ mod folder;
 mod ova;
 mod resolve;
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;
 
 use std::fmt;

@@ -373,6 +373,7 @@ fn make_unique<'a>(stems: impl Iterator<Item = &'a mut String>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
