@@ -241,13 +241,17 @@ pub(crate) fn build(tree: &Tree, bytes: Arc<[u8]>) -> Result<Descriptor, OvfErro
         )?;
     }
 
-    for section in disk_sections {
-        d.disk_section.get_or_insert(section.span);
-        for node in tree.children(section).filter(|n| n.is_ovf("Disk")) {
-            let disk = disk(node, &d)?;
-            d.disks.push(disk);
+    let mut disks = Vec::new();
+    {
+        let props = property_index(&d);
+        for section in &disk_sections {
+            for node in tree.children(section).filter(|n| n.is_ovf("Disk")) {
+                disks.push(disk(node, &props)?);
+            }
         }
     }
+    d.disk_section = disk_sections.first().map(|s| s.span);
+    d.disks = disks;
 
     check_disks(&d)?;
     check_hardware(&d)?;
@@ -617,15 +621,27 @@ fn summarise(vs: &mut VirtualSystem, config: Option<&str>) -> Result<(), OvfErro
     Ok(())
 }
 
+/// Properties by key and by full key (`class.key.instance`); the first one wins.
+type PropertyIndex<'a> = HashMap<String, &'a Property>;
+
+fn property_index(d: &Descriptor) -> PropertyIndex<'_> {
+    let mut map = HashMap::new();
+    for p in d.properties() {
+        map.entry(p.key.value.clone()).or_insert(p);
+        map.entry(p.full_key()).or_insert(p);
+    }
+    map
+}
+
 /// `DiskSection/Disk` with rule 11 (capacity units, overflow, `${property}`).
-fn disk(node: &Node, d: &Descriptor) -> Result<DiskDef, OvfError> {
+fn disk(node: &Node, props: &PropertyIndex<'_>) -> Result<DiskDef, OvfError> {
     let disk_id = required(node, "Disk", "diskId")?;
     // The schema requires ovf:capacity, but Ganeti omits it; the image header has the size
     // anyway, so a missing capacity is only an unknown one.
     let capacity_raw = node.ovf_attr("capacity").cloned();
     let capacity_units = node.ovf_attr("capacityAllocationUnits").cloned();
     let capacity_bytes = match &capacity_raw {
-        Some(raw) => capacity(&disk_id.value, raw, capacity_units.as_ref(), d)?,
+        Some(raw) => capacity(&disk_id.value, raw, capacity_units.as_ref(), props)?,
         None => {
             log::warn!("disk {:?} has no ovf:capacity", disk_id.value);
             None
@@ -648,15 +664,14 @@ fn capacity(
     disk_id: &str,
     raw: &Spanned<String>,
     units: Option<&Spanned<String>>,
-    d: &Descriptor,
+    props: &PropertyIndex<'_>,
 ) -> Result<Option<u64>, OvfError> {
     let text = raw.value.trim();
     let number = match text.strip_prefix("${").and_then(|s| s.strip_suffix('}')) {
         Some(key) => {
             let key = key.trim();
-            let prop = d
-                .properties()
-                .find(|p| p.key.value == key || p.full_key() == key)
+            let prop = props
+                .get(key)
                 .ok_or_else(|| OvfError::CapacityPropertyUnknown {
                     disk_id: disk_id.to_string(),
                     property: key.to_string(),
@@ -693,8 +708,36 @@ fn capacity(
         })
 }
 
+/// The first node on a cycle of `parent` links, visiting starts in `order`; linear time.
+fn find_cycle<'a>(order: &[&'a str], parent: &HashMap<&'a str, &'a str>) -> Option<&'a str> {
+    // 1 = on the path being walked, 2 = known to reach a root.
+    let mut state: HashMap<&str, u8> = HashMap::new();
+    for &start in order {
+        let mut path = Vec::new();
+        let mut at = start;
+        loop {
+            match state.get(at) {
+                Some(1) => return Some(at),
+                Some(_) => break,
+                None => {}
+            }
+            state.insert(at, 1);
+            path.push(at);
+            match parent.get(at) {
+                Some(&p) => at = p,
+                None => break,
+            }
+        }
+        for p in path {
+            state.insert(p, 2);
+        }
+    }
+    None
+}
+
 /// Rule 9 for disks: unique diskIds, known fileRefs; parentRefs name a disk, without cycles.
 fn check_disks(d: &Descriptor) -> Result<(), OvfError> {
+    let files: HashSet<&str> = d.files.iter().map(|f| f.id.value.as_str()).collect();
     let mut ids = HashSet::new();
     for disk in &d.disks {
         if !ids.insert(disk.disk_id.value.as_str()) {
@@ -703,48 +746,31 @@ fn check_disks(d: &Descriptor) -> Result<(), OvfError> {
             });
         }
     }
+    let mut parent: HashMap<&str, &str> = HashMap::new();
     for disk in &d.disks {
         if let Some(f) = &disk.file_ref
-            && d.file(&f.value).is_none()
+            && !files.contains(f.value.as_str())
         {
             return Err(OvfError::DiskFileRefUnknown {
                 disk_id: disk.disk_id.value.clone(),
                 file_ref: f.value.clone(),
             });
         }
-        if let Some(p) = &disk.parent_ref
-            && !ids.contains(p.value.as_str())
-        {
-            return Err(OvfError::DiskParentUnknown {
-                disk_id: disk.disk_id.value.clone(),
-                parent_ref: p.value.clone(),
-            });
-        }
-    }
-    let parent: HashMap<&str, &str> = d
-        .disks
-        .iter()
-        .filter_map(|x| {
-            Some((
-                x.disk_id.value.as_str(),
-                x.parent_ref.as_ref()?.value.as_str(),
-            ))
-        })
-        .collect();
-    for disk in &d.disks {
-        let mut at = disk.disk_id.value.as_str();
-        // A chain longer than the number of disks must revisit one.
-        for _ in 0..=d.disks.len() {
-            match parent.get(at) {
-                Some(&p) => at = p,
-                None => break,
-            }
-            if at == disk.disk_id.value {
-                return Err(OvfError::DiskParentCycle {
+        if let Some(p) = &disk.parent_ref {
+            if !ids.contains(p.value.as_str()) {
+                return Err(OvfError::DiskParentUnknown {
                     disk_id: disk.disk_id.value.clone(),
+                    parent_ref: p.value.clone(),
                 });
             }
+            parent.insert(disk.disk_id.value.as_str(), p.value.as_str());
         }
+    }
+    let order: Vec<&str> = d.disks.iter().map(|x| x.disk_id.value.as_str()).collect();
+    if let Some(disk_id) = find_cycle(&order, &parent) {
+        return Err(OvfError::DiskParentCycle {
+            disk_id: disk_id.to_string(),
+        });
     }
     Ok(())
 }
@@ -752,6 +778,8 @@ fn check_disks(d: &Descriptor) -> Result<(), OvfError> {
 /// Rule 12: HostResource syntax and target, Parent names an item of the same section, no
 /// Parent cycles.
 fn check_hardware(d: &Descriptor) -> Result<(), OvfError> {
+    let files: HashSet<&str> = d.files.iter().map(|f| f.id.value.as_str()).collect();
+    let disks: HashSet<&str> = d.disks.iter().map(|x| x.disk_id.value.as_str()).collect();
     for vs in &d.systems {
         for hw in &vs.hardware {
             let ids: HashSet<&str> = hw
@@ -760,6 +788,7 @@ fn check_hardware(d: &Descriptor) -> Result<(), OvfError> {
                 .filter_map(|i| i.instance_id().map(|s| s.value.as_str()))
                 .collect();
             let mut parent_of: HashMap<&str, &str> = HashMap::new();
+            let mut order = Vec::new();
             for item in &hw.items {
                 let iid = item.instance_id().map(|s| s.value.as_str()).unwrap_or("");
                 for h in item.fields.iter().filter(|f| f.name == "HostResource") {
@@ -770,8 +799,8 @@ fn check_hardware(d: &Descriptor) -> Result<(), OvfError> {
                         });
                     };
                     let known = match kind {
-                        HostResourceKind::Disk => d.disk(id).is_some(),
-                        HostResourceKind::File => d.file(id).is_some(),
+                        HostResourceKind::Disk => disks.contains(id),
+                        HostResourceKind::File => files.contains(id),
                     };
                     if !known {
                         return Err(OvfError::HostResourceUnknown {
@@ -789,21 +818,13 @@ fn check_hardware(d: &Descriptor) -> Result<(), OvfError> {
                         });
                     }
                     parent_of.insert(iid, p);
+                    order.push(iid);
                 }
             }
-            for &start in parent_of.keys() {
-                let mut at = start;
-                for _ in 0..=parent_of.len() {
-                    match parent_of.get(at) {
-                        Some(&p) => at = p,
-                        None => break,
-                    }
-                    if at == start {
-                        return Err(OvfError::ItemParentCycle {
-                            instance_id: start.to_string(),
-                        });
-                    }
-                }
+            if let Some(iid) = find_cycle(&order, &parent_of) {
+                return Err(OvfError::ItemParentCycle {
+                    instance_id: iid.to_string(),
+                });
             }
         }
     }
@@ -848,6 +869,22 @@ fn check_configurations(d: &Descriptor) -> Result<(), OvfError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cycles_are_found_in_linear_time() {
+        let n = 200_000;
+        let names: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        let order: Vec<&str> = names.iter().map(String::as_str).collect();
+        // A long chain 0 <- 1 <- 2 ... : no cycle.
+        let chain: HashMap<&str, &str> = (1..n).map(|i| (order[i], order[i - 1])).collect();
+        assert_eq!(find_cycle(&order, &chain), None);
+        let mut looped = chain.clone();
+        looped.insert(order[0], order[n - 1]);
+        assert!(find_cycle(&order, &looped).is_some());
+        let mut selfloop = HashMap::new();
+        selfloop.insert("a", "a");
+        assert_eq!(find_cycle(&["a"], &selfloop), Some("a"));
+    }
 
     #[test]
     fn host_resource_forms() {

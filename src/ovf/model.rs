@@ -9,6 +9,7 @@
 //! describe the *default* deployment configuration; the raw [`Item`]s keep their
 //! `ovf:configuration` lists for callers that need another one.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -390,27 +391,34 @@ impl VirtualHardware {
     /// `ovf:configuration` only), merged by InstanceID, in order of first appearance.
     pub fn effective_items(&self, config: Option<&str>) -> Vec<EffectiveItem> {
         let mut out: Vec<EffectiveItem> = Vec::new();
+        // InstanceID -> index in `out`; keeps merging linear on hostile inputs.
+        let mut by_id: HashMap<&str, usize> = HashMap::new();
         for (i, item) in self.items.iter().enumerate() {
             if !item.applies_to(config) {
                 continue;
             }
             let id = item.instance_id().map(|s| s.value.as_str());
-            let existing = id.and_then(|id| {
-                out.iter_mut()
-                    .find(|e| e.instance_id().map(|s| s.value.as_str()) == Some(id))
-            });
-            match existing {
+            match id
+                .and_then(|id| by_id.get(id))
+                .and_then(|&j| out.get_mut(j))
+            {
                 Some(e) => {
-                    let names: Vec<&str> = item.fields.iter().map(|f| f.name.as_str()).collect();
-                    e.fields.retain(|f| !names.contains(&f.name.as_str()));
+                    let names: HashSet<&str> =
+                        item.fields.iter().map(|f| f.name.as_str()).collect();
+                    e.fields.retain(|f| !names.contains(f.name.as_str()));
                     e.fields.extend(item.fields.iter().cloned());
                     e.sources.push(i);
                 }
-                None => out.push(EffectiveItem {
-                    kind: item.kind,
-                    fields: item.fields.clone(),
-                    sources: vec![i],
-                }),
+                None => {
+                    if let Some(id) = id {
+                        by_id.insert(id, out.len());
+                    }
+                    out.push(EffectiveItem {
+                        kind: item.kind,
+                        fields: item.fields.clone(),
+                        sources: vec![i],
+                    });
+                }
             }
         }
         out

@@ -960,3 +960,86 @@ fn attribute_values_span_between_the_quotes_with_either_quote() {
     assert_eq!(raw(&d, d.files[0].id.span), "a&amp;b");
     assert_eq!(raw(&d, d.files[0].href.span), "x y.vmdk");
 }
+
+/// A small xorshift generator: deterministic "random" mutations without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+#[test]
+fn mutated_and_truncated_descriptors_never_panic() {
+    let base = sample().into_bytes();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let interesting = b"<>/\"'&;=:x \n\0\xff\xc3";
+    for _ in 0..3000 {
+        let mut doc = base.clone();
+        for _ in 0..=rng.below(4) {
+            let at = rng.below(doc.len());
+            match rng.below(3) {
+                0 => doc[at] = interesting[rng.below(interesting.len())],
+                1 => {
+                    doc.remove(at);
+                }
+                _ => doc.insert(at, interesting[rng.below(interesting.len())]),
+            }
+        }
+        if let Ok(d) = parse_descriptor(&doc) {
+            // Whatever parses keeps its bytes and round-trips.
+            assert_eq!(d.with_edits(&[]).unwrap(), doc);
+        }
+    }
+    for cut in (0..base.len()).step_by(7) {
+        let _ = parse_descriptor(&base[..cut]);
+    }
+}
+
+#[test]
+fn hostile_sizes_stay_linear() {
+    let n = 20_000;
+    let files: String = (0..n)
+        .map(|i| format!("<File ovf:id=\"f{i}\" ovf:href=\"d{i}.vmdk\"/>"))
+        .collect();
+    let disks: String = (0..n)
+        .map(|i| {
+            let parent = if i > 0 {
+                format!(" ovf:parentRef=\"d{}\"", i - 1)
+            } else {
+                String::new()
+            };
+            format!("<Disk ovf:diskId=\"d{i}\" ovf:capacity=\"1\" ovf:fileRef=\"f{i}\"{parent}/>")
+        })
+        .collect();
+    let chain: String = (0..n)
+        .map(|i| {
+            let parent = if i > 0 {
+                format!("<rasd:Parent>{}</rasd:Parent>", i - 1)
+            } else {
+                String::new()
+            };
+            format!("<Item>{parent}<rasd:HostResource>ovf:/disk/d{i}</rasd:HostResource><rasd:InstanceID>{i}</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>")
+        })
+        .collect();
+    let same: String = (0..n)
+        .map(|_| "<Item><rasd:InstanceID>x</rasd:InstanceID><rasd:ElementName>e</rasd:ElementName></Item>")
+        .collect();
+    let doc = env(&format!(
+        "<References>{files}</References><DiskSection><Info>d</Info>{disks}</DiskSection>{}",
+        vs(&format!("{chain}{same}"), "")
+    ));
+    let started = std::time::Instant::now();
+    let d = ok(&doc);
+    assert_eq!(d.disks.len(), n);
+    assert_eq!(d.systems[0].disk_items.len(), n);
+    // Quadratic work here would take minutes; linear work takes well under a few seconds.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}

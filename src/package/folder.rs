@@ -90,6 +90,7 @@ pub(super) fn open(path: &Path) -> Result<Package> {
         root: root.clone(),
         by_name: HashMap::from([(desc_name.clone(), 0)]),
         members: vec![desc_member],
+        listings: HashMap::new(),
     };
     let files = resolve::resolve_files(&descriptor, "", &mut source, &mut warnings)
         .with_context(|| shown.clone())?;
@@ -170,6 +171,8 @@ struct FolderMembers {
     root: PathBuf,
     members: Vec<Member>,
     by_name: HashMap<String, usize>,
+    /// Directory listings already read (for chunk lookups), by member folder.
+    listings: HashMap<String, Vec<String>>,
 }
 
 impl MemberSource for FolderMembers {
@@ -212,10 +215,17 @@ impl MemberSource for FolderMembers {
     }
 
     fn chunk_indices(&mut self, name: &str) -> Result<Vec<u32>> {
-        let dir = self.root.join(parent(name));
+        let folder = parent(name);
+        if !self.listings.contains_key(folder) {
+            let listing = list_dir(&self.root.join(folder))?;
+            self.listings.insert(folder.to_string(), listing);
+        }
         let base = file_name(name);
-        let mut v: Vec<u32> = list_dir(&dir)?
-            .iter()
+        let mut v: Vec<u32> = self
+            .listings
+            .get(folder)
+            .into_iter()
+            .flatten()
             .filter_map(|n| chunk_index_of(base, n))
             .collect();
         v.sort_unstable();

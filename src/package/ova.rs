@@ -1,7 +1,7 @@
 //! Opening an OVA: index the tar, find the descriptor, manifest and certificate, resolve the
 //! Files (formats.md §1.1, §1.4, §1.7).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -172,10 +172,11 @@ pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> 
     })
 }
 
-/// Members of an archive, looked up by name.
+/// Members of an archive, looked up by name. The names are sorted in a map so that the
+/// chunks of a File (`NAME.NNNNNNNNN`) are one range scan, not a pass over every member.
 struct OvaMembers {
     members: Vec<Member>,
-    by_name: HashMap<String, usize>,
+    by_name: BTreeMap<String, usize>,
 }
 
 impl OvaMembers {
@@ -195,10 +196,12 @@ impl MemberSource for OvaMembers {
     }
 
     fn chunk_indices(&mut self, name: &str) -> Result<Vec<u32>> {
+        let prefix = format!("{name}.");
         let mut v: Vec<u32> = self
-            .members
-            .iter()
-            .filter_map(|m| chunk_index_of(name, &m.name))
+            .by_name
+            .range(prefix.clone()..)
+            .take_while(|(n, _)| n.starts_with(&prefix))
+            .filter_map(|(n, _)| chunk_index_of(name, n))
             .collect();
         v.sort_unstable();
         Ok(v)

@@ -274,15 +274,17 @@ fn member(src: &dyn MemberSource, i: usize) -> Result<&Member> {
 
 /// Resolves the disks of `desc` to the files already resolved.
 pub(super) fn resolve_disks(desc: &Descriptor, files: &[PackageFile]) -> Vec<PackageDisk> {
+    let mut by_id: HashMap<&str, usize> = HashMap::new();
+    for (i, f) in files.iter().enumerate() {
+        by_id.entry(f.file_id.as_str()).or_insert(i);
+    }
     let mut disks: Vec<PackageDisk> = desc
         .disks
         .iter()
         .map(|d| {
             let file_id = d.file_ref.as_ref().map(|f| f.value.clone());
             // The descriptor checked that every fileRef names a File.
-            let file = file_id
-                .as_deref()
-                .and_then(|id| files.iter().position(|f| f.file_id == id));
+            let file = file_id.as_deref().and_then(|id| by_id.get(id).copied());
             let pf = file.and_then(|i| files.get(i));
             let member = match pf.map(|f| &f.location) {
                 Some(FileLocation::Member(i)) => Some(*i),

@@ -785,3 +785,62 @@ fn folder_missing_descriptor_is_an_io_error() {
     let e = open(&t.path().join("none.ova")).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::Io { .. }));
 }
+
+/// A small xorshift generator for deterministic mutations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Recomputes the checksum of the 512-byte header at `at`.
+fn reseal(bytes: &mut [u8], at: usize) {
+    let block = &mut bytes[at..at + 512];
+    block[148..156].copy_from_slice(b"        ");
+    let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+    block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+#[test]
+fn mutated_archives_never_panic() {
+    let desc = descriptor(
+        &file("f", "disk.vmdk", r#" ovf:size="600" ovf:chunkSize="600""#),
+        &disk("d", "f"),
+    );
+    let base = ova(&[
+        ("x.ovf", desc.as_bytes()),
+        ("x.mf", b"m"),
+        ("disk.vmdk.000000000", &[1u8; 600]),
+    ]);
+    // Header offsets in this archive.
+    let desc_blocks = desc.len().div_ceil(512);
+    let headers = [0, 512 * (1 + desc_blocks), 512 * (3 + desc_blocks)];
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let interesting = [
+        0u8, b'0', b'7', b'x', b'L', b'g', b'S', b'5', b'/', b'.', 0x80, 0xff, b' ',
+    ];
+    for _ in 0..3000 {
+        let mut bytes = base.clone();
+        let h = headers[rng.below(headers.len())];
+        for _ in 0..=rng.below(3) {
+            let at = h + rng.below(512);
+            bytes[at] = interesting[rng.below(interesting.len())];
+        }
+        if rng.below(4) != 0 {
+            reseal(&mut bytes, h);
+        }
+        if rng.below(5) == 0 {
+            let cut = rng.below(bytes.len());
+            bytes.truncate(cut);
+        }
+        let _ = open_bytes(bytes);
+    }
+}
