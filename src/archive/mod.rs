@@ -380,12 +380,7 @@ pub fn index_with(src: &dyn ReadAt, limits: &Limits) -> Result<TarIndex> {
         }
         src.read_exact_at(off, &mut block)?;
         if block.iter().all(|&b| b == 0) {
-            if off == 0 {
-                return Err(TarError::NotTar {
-                    reason: "starts with an all-zero block".into(),
-                }
-                .into());
-            }
+            // Also at offset 0: that is how GNU tar writes an empty archive.
             break off;
         }
         headers += 1;

@@ -40,7 +40,7 @@ impl fmt::Display for OvfVersion {
 }
 
 /// A parsed descriptor.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Descriptor {
     /// The original bytes; every span indexes these.
     pub bytes: Arc<[u8]>,
@@ -68,6 +68,26 @@ pub struct Descriptor {
     pub systems: Vec<VirtualSystem>,
     /// Every VirtualSystemCollection, depth first in document order.
     pub collections: Vec<Collection>,
+}
+
+impl fmt::Debug for Descriptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Descriptor")
+            .field("bytes", &format_args!("<{} bytes>", self.bytes.len()))
+            .field("version", &self.version)
+            .field("namespace", &self.namespace)
+            .field("version_attr", &self.version_attr)
+            .field("envelope", &self.envelope)
+            .field("references", &self.references)
+            .field("files", &self.files)
+            .field("disk_section", &self.disk_section)
+            .field("disks", &self.disks)
+            .field("networks", &self.networks)
+            .field("configurations", &self.configurations)
+            .field("systems", &self.systems)
+            .field("collections", &self.collections)
+            .finish()
+    }
 }
 
 impl Descriptor {
