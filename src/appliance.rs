@@ -10,12 +10,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::archive::MemberKind;
 use crate::cache::UnitCache;
 use crate::disk::engine::FlatDisk;
 use crate::disk::{self, DiskImage};
 use crate::error::{Error, Result, ResultExt};
 use crate::fs::tree::{Content, FileEntry, Tree};
-use crate::package::{self, Package};
+use crate::package::{self, Encoding, Package};
 
 /// Folder of the mount that holds the flat images.
 pub const DISKS_DIR: &str = "disks";
@@ -26,8 +27,12 @@ pub struct ApplianceDisk {
     pub disk_id: String,
     /// Name stem of the flat image (`disks/<stem>.raw`).
     pub stem: String,
-    /// Index of the member holding the image.
-    pub member: usize,
+    /// The href of the file holding the image.
+    pub href: String,
+    /// Bytes of the image as stored in the package.
+    pub stored_bytes: u64,
+    /// Modification time of the image file.
+    pub mtime: SystemTime,
     /// The parsed image.
     pub image: Arc<dyn DiskImage>,
 }
@@ -48,46 +53,74 @@ impl Appliance {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         let package = package::open(path).with_context(|| path.display().to_string())?;
+        let source_mtime = meta.modified().unwrap_or(UNIX_EPOCH);
         let mut disks = Vec::new();
         for d in &package.disks {
-            let Some(member) = d.member else { continue };
-            let m = &package.members[member];
-            let image = disk::open(m.data.clone())
-                .with_context(|| format!("{}: disk {} ({})", path.display(), d.disk_id, m.name))?;
+            let Some(data) = &d.data else {
+                // A blank disk (created at deploy time) or a remote file: nothing to show.
+                continue;
+            };
+            let href = d
+                .file
+                .and_then(|i| package.files.get(i))
+                .map(|f| f.href.to_string())
+                .unwrap_or_default();
+            if d.encoding != Encoding::Identity {
+                log::warn!(
+                    "disk {} ({href}) is stored {:?}-encoded; its flat image is not shown",
+                    d.disk_id,
+                    d.encoding
+                );
+                continue;
+            }
+            let image = disk::open(data.clone())
+                .with_context(|| format!("{}: disk {} ({href})", path.display(), d.disk_id))?;
+            let mtime = d
+                .member
+                .and_then(|m| package.members.get(m))
+                .map(|m| UNIX_EPOCH + Duration::from_secs(m.mtime))
+                .unwrap_or(source_mtime);
             disks.push(ApplianceDisk {
                 disk_id: d.disk_id.clone(),
                 stem: d.stem.clone(),
-                member,
+                href,
+                stored_bytes: data.len(),
+                mtime,
                 image,
             });
         }
-        Ok(Appliance {
-            package,
-            disks,
-            source_mtime: meta.modified().unwrap_or(UNIX_EPOCH),
-        })
+        Ok(Appliance { package, disks, source_mtime })
     }
 
     /// The tree a mount shows: every member under its own name, then `disks/<stem>.raw`.
     pub fn build_tree(&self, cache: &Arc<UnitCache>) -> Tree {
         let mut tree = Tree::new(self.source_mtime);
         for m in &self.package.members {
-            tree.add_file(FileEntry {
-                path: m.name.clone(),
-                content: Content::Bytes(m.data.clone()),
-                mode: m.mode,
-                mtime: UNIX_EPOCH + Duration::from_secs(m.mtime),
-            });
+            let mtime = UNIX_EPOCH + Duration::from_secs(m.mtime);
+            match m.kind {
+                MemberKind::Regular => {
+                    tree.add_file(FileEntry {
+                        path: m.name.clone(),
+                        content: Content::Bytes(m.data.clone()),
+                        mode: m.mode,
+                        mtime,
+                    });
+                }
+                MemberKind::Directory => {
+                    tree.add_dir(&m.name, mtime);
+                }
+                // Links, devices and the like are never served.
+                MemberKind::Other => {}
+            }
         }
         tree.add_dir(DISKS_DIR, self.source_mtime);
         for d in &self.disks {
-            let member = &self.package.members[d.member];
             let flat = FlatDisk::new(d.image.clone(), cache.clone(), None);
             tree.add_file(FileEntry {
                 path: format!("{DISKS_DIR}/{}.raw", d.stem),
                 content: Content::Disk(Arc::new(flat)),
                 mode: 0o444,
-                mtime: UNIX_EPOCH + Duration::from_secs(member.mtime),
+                mtime: d.mtime,
             });
         }
         tree

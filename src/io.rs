@@ -204,6 +204,64 @@ impl ReadAt for Window {
     }
 }
 
+/// Several sources read as one, in order: the chunks of an OVF File split with
+/// `ovf:chunkSize` (formats.md §1.6), joined without copying.
+#[derive(Clone)]
+pub struct Concat {
+    parts: Vec<Arc<dyn ReadAt>>,
+    /// `starts[i]` is the offset of `parts[i]` in the joined source; one entry per part.
+    starts: Vec<u64>,
+    len: u64,
+}
+
+impl Concat {
+    /// Joins `parts` in order; fails if the total length overflows `u64`.
+    pub fn new(parts: Vec<Arc<dyn ReadAt>>) -> Result<Self> {
+        let mut starts = Vec::with_capacity(parts.len());
+        let mut len = 0u64;
+        for p in &parts {
+            starts.push(len);
+            len = len
+                .checked_add(p.len())
+                .ok_or_else(|| Error::overflow("concatenated length"))?;
+        }
+        Ok(Concat { parts, starts, len })
+    }
+
+    /// The parts, in order.
+    pub fn parts(&self) -> &[Arc<dyn ReadAt>] {
+        &self.parts
+    }
+}
+
+impl ReadAt for Concat {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let n = clamp_len(offset, buf.len(), self.len);
+        let mut done = 0usize;
+        while done < n {
+            // Cannot overflow: offset + done < self.len.
+            let pos = offset + done as u64;
+            // The last part starting at or before `pos`; parts of length 0 are skipped by
+            // `partition_point` picking the last of equal starts.
+            let i = self.starts.partition_point(|&s| s <= pos).saturating_sub(1);
+            let (Some(part), Some(&start)) = (self.parts.get(i), self.starts.get(i)) else {
+                break;
+            };
+            let got = part.read_at(pos - start, &mut buf[done..n])?;
+            if got == 0 {
+                // A part shorter than it claimed: report what we have, like a short file.
+                break;
+            }
+            done += got;
+        }
+        Ok(done)
+    }
+}
+
 impl ReadAt for Vec<u8> {
     fn len(&self) -> u64 {
         self.as_slice().len() as u64
@@ -282,6 +340,29 @@ mod tests {
             }
         ));
         assert!(v.read_exact_at(u64::MAX - 1, &mut buf).is_err());
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn concat_reads_across_parts_and_skips_empty_ones() {
+        let a: Arc<dyn ReadAt> = Arc::new(vec![1u8, 2, 3]);
+        let e: Arc<dyn ReadAt> = Arc::new(Vec::<u8>::new());
+        let b: Arc<dyn ReadAt> = Arc::new(vec![4u8, 5]);
+        let c: Arc<dyn ReadAt> = Arc::new(vec![6u8, 7, 8, 9]);
+        let j = Concat::new(vec![a, e.clone(), b, e, c]).unwrap();
+        assert_eq!(j.len(), 9);
+        let mut buf = [0u8; 9];
+        j.read_exact_at(0, &mut buf).unwrap();
+        assert_eq!(buf, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        let mut two = [0u8; 2];
+        j.read_exact_at(2, &mut two).unwrap();
+        assert_eq!(two, [3, 4]);
+        let mut four = [0u8; 4];
+        assert_eq!(j.read_at(7, &mut four).unwrap(), 2);
+        assert_eq!(&four[..2], &[8, 9]);
+        assert_eq!(j.read_at(9, &mut four).unwrap(), 0);
+        assert_eq!(j.read_at(u64::MAX, &mut four).unwrap(), 0);
+        assert_eq!(Concat::new(Vec::new()).unwrap().len(), 0);
     }
 
     #[test]

@@ -1,0 +1,343 @@
+//! An OVF package: an OVA archive or an unpacked folder, its descriptor, and every File the
+//! descriptor names resolved to a member (formats.md §1.1, §1.4-1.6, §6 rules 9, 10, 13).
+//!
+//! [`open`] decides by name: a path ending in `.ovf` (any case) is an unpacked package
+//! ([`SourceKind::Folder`]); anything else is read as a tar archive ([`SourceKind::Ova`]).
+//!
+//! OVA: the archive is indexed from its headers ([`crate::archive`]); the descriptor is the
+//! first member named `*.ovf` (VirtualBox's rule; later ones are logged and ignored) and may
+//! sit in a sub-folder, in which case hrefs resolve relative to that folder. The manifest
+//! and certificate are the members beside it named like it with `.mf` / `.cert`, compared
+//! case-insensitively. Opening reads the headers and the descriptor and nothing else; member
+//! data is only ever read through [`Member::data`].
+//!
+//! Folder: the members are the descriptor, the files its References name and the `.mf` /
+//! `.cert` beside it. Hrefs must stay inside the descriptor's folder: absolute paths and
+//! `..` are refused by name, and symlinks are followed only when their target stays inside.
+//!
+//! Both: an href with a URL scheme (`http:`, `file:`, ...) is never fetched or opened; the
+//! File is reported as [`FileLocation::Remote`]. Every other href must resolve to a member
+//! ([`PackageError::HrefNotFound`]); `ovf:chunkSize` Files resolve to the chunks
+//! `HREF.000000000`, `HREF.000000001`, ... joined with [`Concat`]; `ovf:size`, when present,
+//! must equal the stored size. A gzip-compressed File resolves to its member, and its disk is
+//! marked [`Encoding::Gzip`]: decoding is the disk layer's business.
+//!
+//! Not here: manifest and certificate checking, disk formats, FUSE.
+
+mod folder;
+mod ova;
+mod resolve;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::archive::names::NameProblem;
+use crate::archive::{MemberKind, TarIndex};
+use crate::error::Result;
+use crate::io::ReadAt;
+use crate::ovf::Descriptor;
+
+pub use crate::io::Concat;
+pub use resolve::has_url_scheme;
+
+/// Largest number of directory entries scanned when looking for chunks or the manifest of an
+/// unpacked package.
+pub const MAX_DIR_ENTRIES: u64 = 100_000;
+
+/// A package is inconsistent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PackageError {
+    /// No descriptor.
+    #[error("no OVF descriptor (.ovf) in the package")]
+    NoDescriptor,
+    /// The archive is compressed as a whole (`.ova.gz`, a `.tar.gz` named `.ova`).
+    #[error("{format}-compressed archive, not supported yet")]
+    CompressedArchive {
+        /// `gzip`, `xz`, `bzip2` or `zstd`.
+        format: &'static str,
+    },
+    /// An href that cannot name a member: absolute, `..`, control characters...
+    #[error("href {href:?} is refused: {problem}")]
+    BadHref {
+        /// The href.
+        href: String,
+        /// Why.
+        problem: NameProblem,
+    },
+    /// An href that names no member or file.
+    #[error("href {href:?} names no file in the package (looked for {name:?})")]
+    HrefNotFound {
+        /// The href.
+        href: String,
+        /// The member name looked for.
+        name: String,
+    },
+    /// An href that resolves, through a symlink, outside the package folder.
+    #[error("href {href:?} leads outside the package folder")]
+    HrefEscapes {
+        /// The href.
+        href: String,
+    },
+    /// An href that names a directory, device, FIFO or other non-regular file.
+    #[error("href {href:?} is not a regular file")]
+    NotARegularFile {
+        /// The href.
+        href: String,
+    },
+    /// A chunk of a chunked File is missing (formats.md §1.6, §6 rule 10).
+    #[error("href {href:?}: chunk {index} ({name:?}) is missing")]
+    MissingChunk {
+        /// The href.
+        href: String,
+        /// The chunk's member name.
+        name: String,
+        /// The chunk index.
+        index: u32,
+    },
+    /// A chunk other than the last is not `ovf:chunkSize` bytes, or the last is larger.
+    #[error("chunk {name:?} is {size} bytes; the chunk size is {chunk_size}")]
+    ChunkSizeMismatch {
+        /// The chunk's member name.
+        name: String,
+        /// Its size.
+        size: u64,
+        /// `ovf:chunkSize`.
+        chunk_size: u64,
+    },
+    /// `ovf:size` differs from the stored size (a truncated or corrupt package).
+    #[error("href {href:?}: ovf:size says {declared} bytes, the package holds {actual}")]
+    SizeMismatch {
+        /// The href.
+        href: String,
+        /// `ovf:size`.
+        declared: u64,
+        /// The stored size.
+        actual: u64,
+    },
+    /// Two Files resolve to the same member (formats.md §6 rule 9).
+    #[error("hrefs {first:?} and {second:?} both name {member:?}")]
+    HrefsShareMember {
+        /// The first href.
+        first: String,
+        /// The second href.
+        second: String,
+        /// The member name.
+        member: String,
+    },
+    /// A path of an unpacked package that is not UTF-8 (member names are strings).
+    #[error("path {path:?} is not UTF-8")]
+    PathNotUtf8 {
+        /// The path, lossily decoded.
+        path: String,
+    },
+}
+
+/// Where the package comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A tar archive.
+    Ova,
+    /// An unpacked folder (the path is its `.ovf`).
+    Folder,
+}
+
+/// One file of the package, as the mount shows it.
+#[derive(Clone)]
+pub struct Member {
+    /// Path relative to the package root, `/`-separated, normalised (see
+    /// [`crate::archive::names`]).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: u64,
+    /// The bytes: a [`crate::io::Window`] onto the archive, or a [`crate::io::FileSource`].
+    pub data: Arc<dyn ReadAt>,
+    /// Regular file or directory (other tar entries are not members).
+    pub kind: MemberKind,
+    /// Offset of the data in the archive (OVA only).
+    pub data_offset: Option<u64>,
+}
+
+impl fmt::Debug for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Member")
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("mtime", &self.mtime)
+            .field("kind", &self.kind)
+            .field("data_offset", &self.data_offset)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a File's stored bytes are encoded (`ovf:compression`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encoding {
+    /// Stored as is (`identity` or absent).
+    Identity,
+    /// gzip (RFC 1952): must be decoded before use; not supported yet by the disk layer.
+    Gzip,
+    /// Another value (`bzip2`, ...), as written.
+    Unsupported(String),
+}
+
+/// Where a File's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileLocation {
+    /// One member (index into [`Package::members`]).
+    Member(usize),
+    /// Chunks, in order (indices into [`Package::members`]).
+    Chunks(Vec<usize>),
+    /// An href with a URL scheme: never fetched, unavailable.
+    Remote,
+}
+
+/// A `References/File` resolved.
+#[derive(Clone)]
+pub struct PackageFile {
+    /// `ovf:id`.
+    pub file_id: String,
+    /// `ovf:href`.
+    pub href: String,
+    /// Where its bytes are.
+    pub location: FileLocation,
+    /// `ovf:compression`.
+    pub encoding: Encoding,
+    /// The stored bytes (the member, or the chunks joined); `None` when remote.
+    pub data: Option<Arc<dyn ReadAt>>,
+}
+
+impl fmt::Debug for PackageFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PackageFile")
+            .field("file_id", &self.file_id)
+            .field("href", &self.href)
+            .field("location", &self.location)
+            .field("encoding", &self.encoding)
+            .field("stored_bytes", &self.data.as_ref().map(|d| d.len()))
+            .finish()
+    }
+}
+
+/// A `DiskSection/Disk` resolved to its bytes.
+#[derive(Clone)]
+pub struct PackageDisk {
+    /// `ovf:diskId`.
+    pub disk_id: String,
+    /// `ovf:fileRef`; `None` for a blank disk.
+    pub file_id: Option<String>,
+    /// Index into [`Package::files`].
+    pub file: Option<usize>,
+    /// The member holding the image when it is one member; `None` for a blank disk, a remote
+    /// File or a chunked one (read [`PackageDisk::data`] then).
+    pub member: Option<usize>,
+    /// A file name stem for the flat image: the href's file name without its last extension
+    /// (and without `.gz` first when gzip-compressed), or the diskId for a blank disk; safe as
+    /// a file name and unique among the package's disks (`-2`, `-3`, ... appended in disk
+    /// order).
+    pub stem: String,
+    /// How the stored bytes are encoded.
+    pub encoding: Encoding,
+    /// The stored bytes of the image; `None` for a blank disk or a remote File.
+    pub data: Option<Arc<dyn ReadAt>>,
+}
+
+impl fmt::Debug for PackageDisk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PackageDisk")
+            .field("disk_id", &self.disk_id)
+            .field("file_id", &self.file_id)
+            .field("file", &self.file)
+            .field("member", &self.member)
+            .field("stem", &self.stem)
+            .field("encoding", &self.encoding)
+            .field("stored_bytes", &self.data.as_ref().map(|d| d.len()))
+            .finish()
+    }
+}
+
+/// An opened package.
+#[derive(Clone)]
+pub struct Package {
+    /// The path opened (the `.ova`, or the `.ovf` of a folder).
+    pub path: PathBuf,
+    /// Archive or folder.
+    pub kind: SourceKind,
+    /// The files of the package, as the mount shows them. For an OVA: the regular members
+    /// and directories in archive order; for a folder: the descriptor, then the referenced
+    /// files in References order, then manifest and certificate.
+    pub members: Vec<Member>,
+    /// Index of the descriptor in `members`.
+    pub descriptor_member: usize,
+    /// Index of the manifest (`<descriptor base>.mf`).
+    pub manifest_member: Option<usize>,
+    /// Index of the certificate (`<descriptor base>.cert`).
+    pub certificate_member: Option<usize>,
+    /// The parsed descriptor (it keeps its bytes).
+    pub descriptor: Descriptor,
+    /// References/File, resolved, in document order.
+    pub files: Vec<PackageFile>,
+    /// DiskSection/Disk, resolved, in document order.
+    pub disks: Vec<PackageDisk>,
+    /// The archive (OVA only).
+    pub archive: Option<Arc<dyn ReadAt>>,
+    /// The archive's index (OVA only): header offsets, skipped and duplicate members.
+    pub tar_index: Option<TarIndex>,
+    /// Things worth telling the user that did not stop the open (also logged).
+    pub warnings: Vec<String>,
+}
+
+impl fmt::Debug for Package {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Package")
+            .field("path", &self.path)
+            .field("kind", &self.kind)
+            .field("members", &self.members)
+            .field("descriptor_member", &self.descriptor_member)
+            .field("manifest_member", &self.manifest_member)
+            .field("certificate_member", &self.certificate_member)
+            .field("files", &self.files)
+            .field("disks", &self.disks)
+            .field("warnings", &self.warnings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Package {
+    /// The index of the member with exactly this name.
+    pub fn find_member(&self, name: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.name == name)
+    }
+
+    /// The descriptor member.
+    pub fn descriptor_file(&self) -> Option<&Member> {
+        self.members.get(self.descriptor_member)
+    }
+}
+
+/// Opens the package at `path`: a folder package when the name ends in `.ovf`, else an OVA.
+pub fn open(path: &Path) -> Result<Package> {
+    let is_ovf = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("ovf"));
+    if is_ovf {
+        folder::open(path)
+    } else {
+        ova::open(path)
+    }
+}
+
+/// Opens an OVA held in any byte source (`path` is recorded and used in messages only).
+pub fn open_ova_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> {
+    ova::open_source(src, path)
+}

@@ -1,0 +1,213 @@
+//! Opening an OVA: index the tar, find the descriptor, manifest and certificate, resolve the
+//! Files (formats.md §1.1, §1.4, §1.7).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::resolve::{self, MemberSource, chunk_index_of};
+use super::{Member, Package, PackageError, SourceKind};
+use crate::archive::names::{file_name, parent};
+use crate::archive::{self, MemberKind};
+use crate::error::{Result, ResultExt};
+use crate::io::{FileSource, ReadAt, Window, read_vec_at};
+use crate::ovf::{self, MAX_DESCRIPTOR_BYTES, OvfError};
+
+/// Opens the OVA at `path`.
+pub(super) fn open(path: &Path) -> Result<Package> {
+    let src: Arc<dyn ReadAt> = Arc::new(FileSource::open(path)?);
+    open_source(src, path)
+}
+
+/// Whole-archive compression, recognised by magic bytes.
+fn compression(head: &[u8]) -> Option<&'static str> {
+    match head {
+        [0x1f, 0x8b, ..] => Some("gzip"),
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Some("xz"),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("zstd"),
+        // "BZh" + block size digit + the block magic (pi): a tar name cannot look like this.
+        [
+            b'B',
+            b'Z',
+            b'h',
+            b'1'..=b'9',
+            0x31,
+            0x41,
+            0x59,
+            0x26,
+            0x53,
+            0x59,
+            ..,
+        ] => Some("bzip2"),
+        _ => None,
+    }
+}
+
+/// Opens an OVA held in `src`.
+pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> {
+    let shown = path.display().to_string();
+    let mut head = [0u8; 10];
+    let n = src.read_at(0, &mut head)?;
+    if let Some(format) = compression(&head[..n]) {
+        return Err(
+            crate::error::Error::from(PackageError::CompressedArchive { format }).context(shown),
+        );
+    }
+    let index = archive::index(&*src).with_context(|| shown.clone())?;
+    let mut warnings = Vec::new();
+    for s in &index.skipped {
+        warnings.push(format!("member {:?} skipped: {}", s.raw_name, s.problem));
+    }
+    for d in &index.duplicates {
+        warnings.push(format!(
+            "member {:?} appears more than once; the last one is used",
+            d.name
+        ));
+    }
+
+    let mut members = Vec::with_capacity(index.members.len());
+    for m in &index.members {
+        if m.kind == MemberKind::Other {
+            log::info!(
+                "{shown}: tar entry {:?} (type {:?}) is not a file; not shown",
+                m.name,
+                m.typeflag as char
+            );
+            continue;
+        }
+        members.push(Member {
+            name: m.name.clone(),
+            size: m.size,
+            mode: m.mode,
+            mtime: m.mtime,
+            data: Arc::new(Window::new(src.clone(), m.data_offset, m.size)?),
+            kind: m.kind,
+            data_offset: Some(m.data_offset),
+        });
+    }
+
+    let is_ovf = |m: &Member| {
+        m.kind == MemberKind::Regular
+            && m.name.len() > 4
+            && m.name
+                .get(m.name.len() - 4..)
+                .is_some_and(|e| e.eq_ignore_ascii_case(".ovf"))
+    };
+    let mut descriptors = members.iter().enumerate().filter(|(_, m)| is_ovf(m));
+    let Some((descriptor_member, desc)) = descriptors.next() else {
+        return Err(crate::error::Error::from(PackageError::NoDescriptor).context(shown));
+    };
+    for (_, other) in descriptors {
+        let msg = format!(
+            "more than one descriptor: using {:?}, ignoring {:?}",
+            desc.name, other.name
+        );
+        log::warn!("{shown}: {msg}");
+        warnings.push(msg);
+    }
+    if descriptor_member != 0 {
+        // VMware tools require the descriptor first; we do not.
+        log::info!(
+            "{shown}: the descriptor {:?} is not the first member",
+            desc.name
+        );
+    }
+
+    if desc.size > MAX_DESCRIPTOR_BYTES {
+        return Err(crate::error::Error::from(OvfError::TooLarge {
+            size: desc.size,
+            limit: MAX_DESCRIPTOR_BYTES,
+        })
+        .context(format!("{shown}: descriptor {}", desc.name)));
+    }
+    let bytes = read_vec_at(
+        &*desc.data,
+        "descriptor",
+        0,
+        desc.size,
+        MAX_DESCRIPTOR_BYTES,
+    )?;
+    let descriptor =
+        ovf::parse(&bytes).with_context(|| format!("{shown}: descriptor {}", desc.name))?;
+
+    let folder = parent(&desc.name).to_string();
+    let base = {
+        let f = file_name(&desc.name);
+        // `is_ovf` checked that the name ends with the ASCII ".ovf".
+        f.get(..f.len().saturating_sub(4)).unwrap_or(f).to_string()
+    };
+    let sibling = |ext: &str| -> Option<usize> {
+        let wanted = format!("{base}.{ext}");
+        let mut found = members.iter().enumerate().filter(|(_, m)| {
+            m.kind == MemberKind::Regular
+                && parent(&m.name) == folder
+                && file_name(&m.name).eq_ignore_ascii_case(&wanted)
+        });
+        let first = found.next().map(|(i, _)| i);
+        if found.next().is_some() {
+            log::warn!("{shown}: more than one {ext} member matches {wanted:?}; using the first");
+        }
+        first
+    };
+    let manifest_member = sibling("mf");
+    let certificate_member = sibling("cert");
+
+    let mut source = OvaMembers::new(members);
+    let files = resolve::resolve_files(&descriptor, &folder, &mut source, &mut warnings)
+        .with_context(|| shown.clone())?;
+    let disks = resolve::resolve_disks(&descriptor, &files);
+    Ok(Package {
+        path: path.to_path_buf(),
+        kind: SourceKind::Ova,
+        members: source.members,
+        descriptor_member,
+        manifest_member,
+        certificate_member,
+        descriptor,
+        files,
+        disks,
+        archive: Some(src),
+        tar_index: Some(index),
+        warnings,
+    })
+}
+
+/// Members of an archive, looked up by name. The names are sorted in a map so that the
+/// chunks of a File (`NAME.NNNNNNNNN`) are one range scan, not a pass over every member.
+struct OvaMembers {
+    members: Vec<Member>,
+    by_name: BTreeMap<String, usize>,
+}
+
+impl OvaMembers {
+    fn new(members: Vec<Member>) -> Self {
+        let by_name = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.clone(), i))
+            .collect();
+        OvaMembers { members, by_name }
+    }
+}
+
+impl MemberSource for OvaMembers {
+    fn get(&mut self, name: &str, _href: &str) -> Result<Option<usize>> {
+        Ok(self.by_name.get(name).copied())
+    }
+
+    fn chunk_indices(&mut self, name: &str) -> Result<Vec<u32>> {
+        let prefix = format!("{name}.");
+        let mut v: Vec<u32> = self
+            .by_name
+            .range(prefix.clone()..)
+            .take_while(|(n, _)| n.starts_with(&prefix))
+            .filter_map(|(n, _)| chunk_index_of(name, n))
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    fn members(&self) -> &[Member] {
+        &self.members
+    }
+}
