@@ -89,7 +89,11 @@ impl Appliance {
                 image,
             });
         }
-        Ok(Appliance { package, disks, source_mtime })
+        Ok(Appliance {
+            package,
+            disks,
+            source_mtime,
+        })
     }
 
     /// The tree a mount shows: every member under its own name, then `disks/<stem>.raw`.

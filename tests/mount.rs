@@ -312,6 +312,7 @@ fn huge_sparse_disk_reads_in_bounded_memory() {
     }
     let rss = daemon_rss(ova.canonicalize().as_deref().unwrap_or(&ova));
     assert!(rss < (16 << 20) + (50 << 20), "daemon peak RSS {rss} bytes");
+    drop(f);
     m.umount();
 }
 
@@ -356,6 +357,7 @@ fn corrupt_grain_fails_with_eio_and_mount_survives() {
             .unwrap()
             .starts_with(b"<?xml")
     );
+    drop(flat);
     m.umount();
 }
 
@@ -565,5 +567,6 @@ fn seek_and_read_like_a_program_would() {
             .open(m.path("disks/s.raw"))
             .is_err()
     );
+    drop(f);
     m.umount();
 }

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::EXIT_OK;
 use super::mountinfo;
@@ -25,9 +26,30 @@ pub fn run(mountpoint: &Path) -> Result<i32> {
             entry.fs_type
         )));
     }
-    unmount(&path)?;
+    unmount_retrying_while_busy(&path)?;
     wait_for_daemon(&path);
     Ok(EXIT_OK)
+}
+
+/// How long a busy mount is retried: the kernel sends RELEASE for a file asynchronously after
+/// close() returns and keeps the mount busy until the daemon answers, so a script that closes
+/// a file and unmounts at once briefly sees EBUSY.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+
+fn unmount_retrying_while_busy(path: &Path) -> Result<()> {
+    let deadline = Instant::now() + BUSY_RETRY;
+    loop {
+        match unmount(path) {
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_busy(e: &Error) -> bool {
+    matches!(e.kind(), crate::error::ErrorKind::Io { source, .. } if source.raw_os_error() == Some(libc::EBUSY))
 }
 
 /// Detaches the mount: `fusermount3 -u`, else umount(2).
@@ -46,10 +68,13 @@ pub fn unmount(path: &Path) -> Result<()> {
     };
     match nix::mount::umount(path) {
         Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EBUSY) => Err(Error::usage(format!(
-            "{} is busy: a program still uses files in it",
-            path.display()
-        ))),
+        Err(nix::errno::Errno::EBUSY) => Err(Error::io(
+            format!(
+                "{} is busy: a program still uses files in it",
+                path.display()
+            ),
+            std::io::Error::from_raw_os_error(libc::EBUSY),
+        )),
         Err(e) => Err(Error::usage(format!(
             "cannot unmount {}: {fusermount_error}; umount: {e}",
             path.display()
