@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::archive::MemberKind;
 use crate::cache::UnitCache;
 use crate::disk::engine::FlatDisk;
-use crate::disk::{self, DiskImage};
-use crate::error::{Error, Result, ResultExt};
+use crate::disk::{self, DiskError, DiskImage};
+use crate::error::{Error, ErrorKind, Result, ResultExt};
 use crate::fs::tree::{Content, FileEntry, Tree};
-use crate::package::{self, Encoding, Package};
+use crate::package::{self, Encoding, Package, PackageDisk};
 
 /// Folder of the mount that holds the flat images.
 pub const DISKS_DIR: &str = "disks";
@@ -47,53 +47,58 @@ pub struct Appliance {
     pub source_mtime: SystemTime,
 }
 
+/// What became of one Disk of the DiskSection when the appliance was opened.
+pub enum DiskStatus {
+    /// Parsed: its flat image is shown.
+    Ready(ApplianceDisk),
+    /// Not shown, for a reason that does not make the package unusable (blank disk, remote
+    /// file, an encoding or format ovafs cannot decode).
+    NotShown {
+        /// ovf:diskId.
+        disk_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The image is corrupt or inconsistent.
+    Broken {
+        /// ovf:diskId.
+        disk_id: String,
+        /// What is wrong, with the disk named in its context.
+        error: Error,
+    },
+}
+
 impl Appliance {
-    /// Opens the package at `path` and every disk image in it (metadata only).
+    /// Opens the package at `path` and every disk image in it (metadata only). A broken disk
+    /// fails the whole open.
     pub fn open(path: &Path) -> Result<Self> {
+        let (package, statuses, source_mtime) = Self::open_each(path)?;
+        let mut disks = Vec::new();
+        for status in statuses {
+            match status {
+                DiskStatus::Ready(d) => disks.push(d),
+                DiskStatus::NotShown { disk_id, reason } => {
+                    log::warn!("disk {disk_id}: {reason}; its flat image is not shown")
+                }
+                DiskStatus::Broken { error, .. } => return Err(error),
+            }
+        }
+        Ok(Appliance { package, disks, source_mtime })
+    }
+
+    /// Opens the package and reports on each disk without failing on broken ones (for
+    /// `ovafs info`).
+    pub fn open_each(path: &Path) -> Result<(Package, Vec<DiskStatus>, SystemTime)> {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         let package = package::open(path).with_context(|| path.display().to_string())?;
         let source_mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-        let mut disks = Vec::new();
-        for d in &package.disks {
-            let Some(data) = &d.data else {
-                // A blank disk (created at deploy time) or a remote file: nothing to show.
-                continue;
-            };
-            let href = d
-                .file
-                .and_then(|i| package.files.get(i))
-                .map(|f| f.href.to_string())
-                .unwrap_or_default();
-            if d.encoding != Encoding::Identity {
-                log::warn!(
-                    "disk {} ({href}) is stored {:?}-encoded; its flat image is not shown",
-                    d.disk_id,
-                    d.encoding
-                );
-                continue;
-            }
-            let image = disk::open(data.clone())
-                .with_context(|| format!("{}: disk {} ({href})", path.display(), d.disk_id))?;
-            let mtime = d
-                .member
-                .and_then(|m| package.members.get(m))
-                .map(|m| UNIX_EPOCH + Duration::from_secs(m.mtime))
-                .unwrap_or(source_mtime);
-            disks.push(ApplianceDisk {
-                disk_id: d.disk_id.clone(),
-                stem: d.stem.clone(),
-                href,
-                stored_bytes: data.len(),
-                mtime,
-                image,
-            });
-        }
-        Ok(Appliance {
-            package,
-            disks,
-            source_mtime,
-        })
+        let statuses = package
+            .disks
+            .iter()
+            .map(|d| open_disk(path, &package, d, source_mtime))
+            .collect();
+        Ok((package, statuses, source_mtime))
     }
 
     /// The tree a mount shows: every member under its own name, then `disks/<stem>.raw`.
@@ -128,5 +133,53 @@ impl Appliance {
             });
         }
         tree
+    }
+}
+
+/// The href of the file that holds disk `d` ("" for a blank disk).
+pub fn disk_href(package: &Package, d: &PackageDisk) -> String {
+    d.file.and_then(|i| package.files.get(i)).map(|f| f.href.to_string()).unwrap_or_default()
+}
+
+/// Opens one disk's image (metadata only) and classifies the outcome.
+fn open_disk(path: &Path, package: &Package, d: &PackageDisk, source_mtime: SystemTime) -> DiskStatus {
+    let disk_id = d.disk_id.clone();
+    let href = disk_href(package, d);
+    let Some(data) = &d.data else {
+        let reason = if d.file.is_none() {
+            "blank disk (no file; created at deploy time)".to_string()
+        } else {
+            format!("{href} is not in the package (remote reference)")
+        };
+        return DiskStatus::NotShown { disk_id, reason };
+    };
+    if d.encoding != Encoding::Identity {
+        let reason = format!("{href} is stored with {:?} encoding, which is not decoded yet", d.encoding);
+        return DiskStatus::NotShown { disk_id, reason };
+    }
+    match disk::open(data.clone()) {
+        Ok(image) => {
+            let mtime = d
+                .member
+                .and_then(|m| package.members.get(m))
+                .map(|m| UNIX_EPOCH + Duration::from_secs(m.mtime))
+                .unwrap_or(source_mtime);
+            DiskStatus::Ready(ApplianceDisk {
+                disk_id,
+                stem: d.stem.clone(),
+                href,
+                stored_bytes: data.len(),
+                mtime,
+                image,
+            })
+        }
+        // Recognised but not decodable: the rest of the package is still worth mounting.
+        Err(e) if matches!(e.kind(), ErrorKind::Disk(DiskError::Unsupported { .. })) => {
+            DiskStatus::NotShown { disk_id, reason: format!("{href}: {e}") }
+        }
+        Err(e) => {
+            let error = e.context(format!("{}: disk {disk_id} ({href})", path.display()));
+            DiskStatus::Broken { disk_id, error }
+        }
     }
 }

@@ -154,6 +154,12 @@ pub enum DiskError {
     /// A VMDK rule was broken.
     #[error(transparent)]
     Vmdk(#[from] vmdk::VmdkError),
+    /// A known format that ovafs cannot decode.
+    #[error("{format} images are not supported")]
+    Unsupported {
+        /// Format name.
+        format: &'static str,
+    },
     /// The content is not a disk image ovafs recognises.
     #[error("not a recognised disk image ({reason})")]
     Unrecognised {
@@ -180,15 +186,81 @@ pub enum DiskError {
     },
 }
 
+/// What the first bytes (and, for VHD, the last sector) of a source say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniffed {
+    /// A VMDK sparse extent (`KDMV`).
+    VmdkSparse,
+    /// A known format that ovafs cannot decode yet, by name.
+    Unsupported(&'static str),
+    /// No known signature.
+    Unknown,
+}
+
+/// Signatures of formats recognised but not decoded (yet), with the offset they sit at.
+const UNSUPPORTED_SIGNATURES: [(u64, &[u8], &str); 7] = [
+    (0, b"conectix", "VHD"),
+    (0, b"vhdxfile", "VHDX"),
+    (0, b"QFI\xfb", "qcow2"),
+    (0, b"COWD", "VMDK COWD (ESXi vmfsSparse)"),
+    (0, b"# Disk DescriptorFile", "VMDK descriptor file"),
+    (0, b"# Disk Descriptor File", "VMDK descriptor file"),
+    (0, b"\x1f\x8b", "gzip-compressed data"),
+];
+
+/// Recognises a disk image format by content, never by name.
+pub fn sniff(source: &dyn ReadAt) -> Result<Sniffed> {
+    let mut head = [0u8; 32];
+    let n = source.read_at(0, &mut head)?;
+    let head = &head[..n];
+    if head.starts_with(&vmdk::SPARSE_MAGIC) {
+        return Ok(Sniffed::VmdkSparse);
+    }
+    for (_, sig, name) in UNSUPPORTED_SIGNATURES {
+        if head.starts_with(sig) {
+            return Ok(Sniffed::Unsupported(name));
+        }
+    }
+    // A fixed VHD is raw data followed by a 512-byte footer (511 bytes in images older than
+    // Virtual PC 2004).
+    let len = source.len();
+    for footer in [SECTOR_BYTES, SECTOR_BYTES - 1] {
+        if len >= footer {
+            let mut cookie = [0u8; 8];
+            if source.read_at(len - footer, &mut cookie)? == 8 && &cookie == b"conectix" {
+                return Ok(Sniffed::Unsupported("VHD (fixed)"));
+            }
+        }
+    }
+    Ok(Sniffed::Unknown)
+}
+
 /// Opens the disk image held in `source`, recognising its format by content.
 ///
 /// A source with no known magic is accepted as a raw image only if its length is a non-zero
 /// multiple of the sector size; anything else (a 4-byte placeholder, text) is refused.
 pub fn open(source: Arc<dyn ReadAt>) -> Result<Arc<dyn DiskImage>> {
-    let mut magic = [0u8; 4];
-    let n = source.read_at(0, &mut magic)?;
-    if n == 4 && magic == vmdk::SPARSE_MAGIC {
-        return Ok(Arc::new(vmdk::SparseVmdk::open(source)?));
+    match sniff(&*source)? {
+        Sniffed::VmdkSparse => Ok(Arc::new(vmdk::SparseVmdk::open(source)?)),
+        Sniffed::Unsupported(name) => Err(DiskError::Unsupported { format: name }.into()),
+        Sniffed::Unknown => Ok(Arc::new(raw::RawImage::open(source)?)),
     }
-    Ok(Arc::new(raw::RawImage::open(source)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_by_content() {
+        let mut vhd_fixed = vec![0u8; 4096];
+        vhd_fixed[4096 - 512..4096 - 504].copy_from_slice(b"conectix");
+        assert_eq!(sniff(&vhd_fixed).unwrap(), Sniffed::Unsupported("VHD (fixed)"));
+        assert_eq!(sniff(&b"QFI\xfb\0\0\0\x03".to_vec()).unwrap(), Sniffed::Unsupported("qcow2"));
+        assert_eq!(sniff(&b"KDMV".to_vec()).unwrap(), Sniffed::VmdkSparse);
+        assert_eq!(sniff(&vec![0u8; 1024]).unwrap(), Sniffed::Unknown);
+        assert_eq!(sniff(&Vec::new()).unwrap(), Sniffed::Unknown);
+        let e = open(Arc::new(vhd_fixed)).err().unwrap();
+        assert!(e.to_string().contains("VHD"), "{e}");
+    }
 }
