@@ -14,7 +14,7 @@ use crate::archive::MemberKind;
 use crate::cache::UnitCache;
 use crate::disk::engine::FlatDisk;
 use crate::disk::{self, DiskError, DiskImage};
-use crate::error::{Error, ErrorKind, Result, ResultExt};
+use crate::error::{Error, ErrorKind, Result};
 use crate::fs::tree::{Content, FileEntry, Tree};
 use crate::package::{self, Encoding, Package, PackageDisk};
 
@@ -83,7 +83,11 @@ impl Appliance {
                 DiskStatus::Broken { error, .. } => return Err(error),
             }
         }
-        Ok(Appliance { package, disks, source_mtime })
+        Ok(Appliance {
+            package,
+            disks,
+            source_mtime,
+        })
     }
 
     /// Opens the package and reports on each disk without failing on broken ones (for
@@ -91,7 +95,8 @@ impl Appliance {
     pub fn open_each(path: &Path) -> Result<(Package, Vec<DiskStatus>, SystemTime)> {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-        let package = package::open(path).with_context(|| path.display().to_string())?;
+        // Package errors already name the source.
+        let package = package::open(path)?;
         let source_mtime = meta.modified().unwrap_or(UNIX_EPOCH);
         let statuses = package
             .disks
@@ -138,11 +143,19 @@ impl Appliance {
 
 /// The href of the file that holds disk `d` ("" for a blank disk).
 pub fn disk_href(package: &Package, d: &PackageDisk) -> String {
-    d.file.and_then(|i| package.files.get(i)).map(|f| f.href.to_string()).unwrap_or_default()
+    d.file
+        .and_then(|i| package.files.get(i))
+        .map(|f| f.href.to_string())
+        .unwrap_or_default()
 }
 
 /// Opens one disk's image (metadata only) and classifies the outcome.
-fn open_disk(path: &Path, package: &Package, d: &PackageDisk, source_mtime: SystemTime) -> DiskStatus {
+fn open_disk(
+    path: &Path,
+    package: &Package,
+    d: &PackageDisk,
+    source_mtime: SystemTime,
+) -> DiskStatus {
     let disk_id = d.disk_id.clone();
     let href = disk_href(package, d);
     let Some(data) = &d.data else {
@@ -154,7 +167,10 @@ fn open_disk(path: &Path, package: &Package, d: &PackageDisk, source_mtime: Syst
         return DiskStatus::NotShown { disk_id, reason };
     };
     if d.encoding != Encoding::Identity {
-        let reason = format!("{href} is stored with {:?} encoding, which is not decoded yet", d.encoding);
+        let reason = format!(
+            "{href} is stored with {:?} encoding, which is not decoded yet",
+            d.encoding
+        );
         return DiskStatus::NotShown { disk_id, reason };
     }
     match disk::open(data.clone()) {
@@ -175,7 +191,10 @@ fn open_disk(path: &Path, package: &Package, d: &PackageDisk, source_mtime: Syst
         }
         // Recognised but not decodable: the rest of the package is still worth mounting.
         Err(e) if matches!(e.kind(), ErrorKind::Disk(DiskError::Unsupported { .. })) => {
-            DiskStatus::NotShown { disk_id, reason: format!("{href}: {e}") }
+            DiskStatus::NotShown {
+                disk_id,
+                reason: format!("{href}: {e}"),
+            }
         }
         Err(e) => {
             let error = e.context(format!("{}: disk {disk_id} ({href})", path.display()));

@@ -88,18 +88,27 @@ pub fn run(source: &Path, json: bool) -> Result<i32> {
     if json {
         match serde_json::to_string_pretty(&summary) {
             Ok(text) => println!("{text}"),
-            Err(e) => return Err(crate::error::Error::usage(format!("cannot write JSON: {e}"))),
+            Err(e) => {
+                return Err(crate::error::Error::usage(format!(
+                    "cannot write JSON: {e}"
+                )));
+            }
         }
     } else {
         print_text(&summary);
     }
-    let broken = statuses.iter().any(|s| matches!(s, DiskStatus::Broken { .. }));
+    let broken = statuses
+        .iter()
+        .any(|s| matches!(s, DiskStatus::Broken { .. }));
     Ok(if broken { EXIT_FAILURE } else { EXIT_OK })
 }
 
 fn summarise(source: &Path, package: &Package, statuses: &[DiskStatus]) -> Summary {
     let d = &package.descriptor;
-    let member_name = |i: Option<usize>| i.and_then(|i| package.members.get(i)).map(|m| m.name.clone());
+    let member_name = |i: Option<usize>| {
+        i.and_then(|i| package.members.get(i))
+            .map(|m| m.name.clone())
+    };
     Summary {
         source: source.display().to_string(),
         kind: match package.kind {
@@ -111,7 +120,12 @@ fn summarise(source: &Path, package: &Package, statuses: &[DiskStatus]) -> Summa
         manifest: member_name(package.manifest_member),
         certificate: member_name(package.certificate_member),
         systems: d.systems.iter().map(|s| system_summary(d, s)).collect(),
-        disks: package.disks.iter().zip(statuses).map(|(pd, st)| disk_summary(package, pd, st)).collect(),
+        disks: package
+            .disks
+            .iter()
+            .zip(statuses)
+            .map(|(pd, st)| disk_summary(package, pd, st))
+            .collect(),
         networks: d
             .networks
             .iter()
@@ -131,7 +145,10 @@ fn system_summary(_d: &Descriptor, s: &VirtualSystem) -> SystemSummary {
         collections: s.path.clone(),
         os_id: s.os.as_ref().map(|o| *o.id),
         os: s.os.as_ref().and_then(|o| {
-            o.description.as_ref().map(|x| x.to_string()).or_else(|| o.vmw_os_type.as_ref().map(|x| x.to_string()))
+            o.description
+                .as_ref()
+                .map(|x| x.to_string())
+                .or_else(|| o.vmw_os_type.as_ref().map(|x| x.to_string()))
         }),
         cpus: s.cpus.as_ref().map(|c| **c),
         memory_mib: s.memory_mib,
@@ -155,7 +172,11 @@ fn system_summary(_d: &Descriptor, s: &VirtualSystem) -> SystemSummary {
     }
 }
 
-fn disk_summary(package: &Package, pd: &crate::package::PackageDisk, status: &DiskStatus) -> DiskSummary {
+fn disk_summary(
+    package: &Package,
+    pd: &crate::package::PackageDisk,
+    status: &DiskStatus,
+) -> DiskSummary {
     let def = package.descriptor.disk(&pd.disk_id);
     let href = disk_href(package, pd);
     let mut s = DiskSummary {
@@ -201,9 +222,13 @@ fn print_text(s: &Summary) {
             line += &format!(" (in {})", v.collections.join(" / "));
         }
         println!("{line}");
-        let cpus = v.cpus.map(|c| format!("{c} CPU{}", if c == 1 { "" } else { "s" }));
+        let cpus = v
+            .cpus
+            .map(|c| format!("{c} CPU{}", if c == 1 { "" } else { "s" }));
         let mem = v.memory_mib.map(|m| format!("{m} MiB memory"));
-        let os = v.os.clone().or_else(|| v.os_id.map(|i| format!("OS type {i}")));
+        let os =
+            v.os.clone()
+                .or_else(|| v.os_id.map(|i| format!("OS type {i}")));
         let facts: Vec<String> = [cpus, mem, os].into_iter().flatten().collect();
         if !facts.is_empty() {
             println!("    {}", facts.join(", "));
@@ -213,7 +238,10 @@ fn print_text(s: &Summary) {
                 "    NIC {}: {} on {}",
                 i + 1,
                 n.adapter.as_deref().unwrap_or("adapter"),
-                n.network.as_deref().map(|x| format!("\"{x}\"")).unwrap_or_else(|| "no network".into())
+                n.network
+                    .as_deref()
+                    .map(|x| format!("\"{x}\""))
+                    .unwrap_or_else(|| "no network".into())
             );
         }
         if let Some(p) = &v.product {
@@ -241,10 +269,10 @@ fn print_text(s: &Summary) {
         if let Some(f) = &d.flat_image {
             println!("    flat image: {f}");
         }
-        if let (Some(a), Some(b)) = (d.capacity_bytes, d.declared_capacity_bytes) {
-            if a != b {
-                println!("    note: the descriptor declares {b} bytes, the image header {a}");
-            }
+        if let (Some(a), Some(b)) = (d.capacity_bytes, d.declared_capacity_bytes)
+            && a != b
+        {
+            println!("    note: the descriptor declares {b} bytes, the image header {a}");
         }
         if let Some(p) = &d.problem {
             println!("    {p}");

@@ -255,8 +255,14 @@ mod tests {
     fn sniffs_by_content() {
         let mut vhd_fixed = vec![0u8; 4096];
         vhd_fixed[4096 - 512..4096 - 504].copy_from_slice(b"conectix");
-        assert_eq!(sniff(&vhd_fixed).unwrap(), Sniffed::Unsupported("VHD (fixed)"));
-        assert_eq!(sniff(&b"QFI\xfb\0\0\0\x03".to_vec()).unwrap(), Sniffed::Unsupported("qcow2"));
+        assert_eq!(
+            sniff(&vhd_fixed).unwrap(),
+            Sniffed::Unsupported("VHD (fixed)")
+        );
+        assert_eq!(
+            sniff(&b"QFI\xfb\0\0\0\x03".to_vec()).unwrap(),
+            Sniffed::Unsupported("qcow2")
+        );
         assert_eq!(sniff(&b"KDMV".to_vec()).unwrap(), Sniffed::VmdkSparse);
         assert_eq!(sniff(&vec![0u8; 1024]).unwrap(), Sniffed::Unknown);
         assert_eq!(sniff(&Vec::new()).unwrap(), Sniffed::Unknown);

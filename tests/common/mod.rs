@@ -94,7 +94,7 @@ impl Rng {
             let run = (self.next() % 64 + 1) as usize;
             let v = self.next();
             let end = (i + run).min(buf.len());
-            if v % 3 == 0 {
+            if v.is_multiple_of(3) {
                 for (k, b) in buf[i..end].iter_mut().enumerate() {
                     *b = (v >> ((k % 8) * 8)) as u8;
                 }
