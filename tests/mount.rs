@@ -570,3 +570,81 @@ fn seek_and_read_like_a_program_would() {
     drop(f);
     m.umount();
 }
+
+#[test]
+fn every_stream_layout_mounts_byte_exact() {
+    use ovafs::disk::vmdk_writer::{StreamLayout, StreamWriterOptions, write_stream_optimized};
+    let tmp = tempdir();
+    let size = 40 * 1024 * 1024 + 3 * 512; // two grain tables, a partial last grain
+    let raw = tmp.path().join("layout.img");
+    scattered_raw(&raw, size, 12, 12);
+    let src = ovafs::io::FileSource::open(&raw).unwrap();
+    for layout in [
+        StreamLayout::GdInFooter,
+        StreamLayout::GdInHeader,
+        StreamLayout::NoGrainDirectory,
+    ] {
+        let name = format!("{layout:?}").to_lowercase();
+        let vmdk = tmp.path().join(format!("{name}.vmdk"));
+        let opts = StreamWriterOptions {
+            layout,
+            extent_file_name: format!("{name}.vmdk"),
+            ..Default::default()
+        };
+        let mut out = std::io::BufWriter::new(File::create(&vmdk).unwrap());
+        write_stream_optimized(&src, &mut out, &opts).unwrap();
+        drop(out);
+        let ova = OvaBuilder::new(&tmp.path().join(&name), &name)
+            .disk(&vmdk, size, STREAM)
+            .build();
+        let m = Mount::ok(&ova, &tmp.path().join(format!("mnt-{name}")), &[]);
+        assert_same_bytes(&m.path(&format!("disks/{name}.raw")), &raw);
+        m.umount();
+    }
+}
+
+#[test]
+fn demo_mounts_a_sample_and_cleans_up_on_ctrl_c() {
+    use std::io::BufRead;
+    let mut child = Command::new(ovafs())
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut mnt = None;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("Mounted on ") {
+            mnt = Some(PathBuf::from(rest.split(". Try").next().unwrap()));
+            break;
+        }
+    }
+    let mnt = mnt.expect("demo printed where it mounted");
+    let guard = Mount { dir: mnt.clone() };
+    assert!(is_mounted(&mnt));
+    let flat = mnt.join("disks/demo-disk1.raw");
+    assert_eq!(fs::metadata(&flat).unwrap().len(), 256 << 20);
+    let f = File::open(&flat).unwrap();
+    let mut sector = vec![0u8; 512];
+    f.read_exact_at(&mut sector, 0).unwrap();
+    assert_eq!(&sector[510..], &[0x55, 0xAA], "the demo disk is bootable");
+    f.read_exact_at(&mut sector, 409_600 * 512).unwrap();
+    assert!(String::from_utf8_lossy(&sector).starts_with("Hello from ovafs"));
+    drop(f);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!is_mounted(&mnt));
+    assert!(
+        !mnt.parent().unwrap().exists(),
+        "the demo folder is removed"
+    );
+    drop(guard);
+}
