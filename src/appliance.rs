@@ -15,7 +15,7 @@ use crate::cache::UnitCache;
 use crate::disk::engine::FlatDisk;
 use crate::disk::{self, DiskError, DiskImage};
 use crate::error::{Error, ErrorKind, Result};
-use crate::fs::tree::{Content, FileEntry, Tree};
+use crate::fs::tree::{Content, Tree};
 use crate::package::{self, Encoding, Package, PackageDisk};
 
 /// Folder of the mount that holds the flat images.
@@ -106,36 +106,28 @@ impl Appliance {
         Ok((package, statuses, source_mtime))
     }
 
-    /// The tree a mount shows: every member under its own name, then `disks/<stem>.raw`.
-    pub fn build_tree(&self, cache: &Arc<UnitCache>) -> Tree {
+    /// The tree a mount shows: every member under its own name (except those in `served`,
+    /// which a backend serves as live files), then `disks/<stem>.raw`.
+    pub fn build_tree(&self, cache: &Arc<UnitCache>, served: &[usize]) -> Tree {
         let mut tree = Tree::new(self.source_mtime);
-        for m in &self.package.members {
+        for (i, m) in self.package.members.iter().enumerate() {
             let mtime = UNIX_EPOCH + Duration::from_secs(m.mtime);
             match m.kind {
-                MemberKind::Regular => {
-                    tree.add_file(FileEntry {
-                        path: m.name.clone(),
-                        content: Content::Bytes(m.data.clone()),
-                        mode: m.mode,
-                        mtime,
-                    });
+                MemberKind::Regular if !served.contains(&i) => {
+                    tree.add_static(&m.name, Content::Bytes(m.data.clone()), m.mode, mtime);
                 }
                 MemberKind::Directory => {
-                    tree.add_dir(&m.name, mtime);
+                    tree.ensure_dir(&m.name, 0o555, mtime, false);
                 }
                 // Links, devices and the like are never served.
-                MemberKind::Other => {}
+                _ => {}
             }
         }
-        tree.add_dir(DISKS_DIR, self.source_mtime);
+        tree.ensure_dir(DISKS_DIR, 0o555, self.source_mtime, false);
         for d in &self.disks {
             let flat = FlatDisk::new(d.image.clone(), cache.clone(), None);
-            tree.add_file(FileEntry {
-                path: format!("{DISKS_DIR}/{}.raw", d.stem),
-                content: Content::Disk(Arc::new(flat)),
-                mode: 0o444,
-                mtime: d.mtime,
-            });
+            let path = format!("{DISKS_DIR}/{}.raw", d.stem);
+            tree.add_static(&path, Content::Disk(Arc::new(flat)), 0o444, d.mtime);
         }
         tree
     }

@@ -65,6 +65,13 @@ pub enum ErrorKind {
     /// A disk image is malformed.
     #[error(transparent)]
     Disk(#[from] crate::disk::DiskError),
+    /// A new value for a setting (or a new descriptor) is not acceptable; the message says
+    /// why in the user's terms.
+    #[error("{0}")]
+    InvalidEdit(String),
+    /// A write was attempted on something read-only.
+    #[error("{0}")]
+    ReadOnly(String),
     /// A command-line or mount option is invalid.
     #[error("{0}")]
     Usage(String),

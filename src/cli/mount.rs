@@ -23,7 +23,7 @@ use super::{EXIT_FAILURE, EXIT_OK};
 use crate::appliance::Appliance;
 use crate::cache::UnitCache;
 use crate::error::{Error, Result};
-use crate::fs::OvaFs;
+use crate::fs::{FsOptions, OvaFs};
 
 /// Environment variable that tells a `__serve` daemon to report readiness on stdout.
 const NOTIFY_ENV: &str = "OVAFS_NOTIFY_STDOUT";
@@ -127,10 +127,14 @@ pub(super) fn serve(config: &MountConfig, on_ready: impl FnOnce() -> Result<()>)
 
     let appliance = Appliance::open(&config.source)?;
     let cache = Arc::new(UnitCache::new(config.cache_bytes));
-    let tree = appliance.build_tree(&cache);
-    let uid = nix::unistd::geteuid().as_raw();
-    let gid = nix::unistd::getegid().as_raw();
-    let fs = OvaFs::new(tree, config.threads, uid, gid)
+    let tree = appliance.build_tree(&cache, &[]);
+    let fs_options = FsOptions {
+        threads: config.threads,
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        read_only: true,
+    };
+    let fs = OvaFs::new(tree, None, &fs_options)
         .map_err(|e| Error::io("cannot start read workers", e))?;
 
     let mut session =

@@ -1,10 +1,18 @@
-//! The node table of a mount: directories and read-only files, built once at mount time.
+//! The node table of a mount: folders, files and symlinks, with stable inode numbers.
 //!
-//! Inode numbers are indexes into the table (root = 1), so they are stable for the life of
-//! the mount. Entries arrive as slash-separated relative paths; intermediate directories are
-//! created as needed. A path that collides with an existing entry (a member named like a
-//! folder ovafs creates, say) is skipped with a warning: the first entry wins, and entries
-//! are added members first, so archive content always shows as stored.
+//! Inode numbers are slots in the table (root = 1) and are never reused within a mount, so
+//! they stay stable for the life of the mount even as editors create and delete their
+//! temporary files. Three kinds of files:
+//! - static files (archive members, flat disks): immutable content;
+//! - live files (the descriptor, the manifest, settings): content produced by the
+//!   [`Backend`](super::backend::Backend) on demand, named by their path in the mount;
+//! - scratch files: editors' temporary, swap and backup files, held in memory; they never
+//!   become settings and never reach the OVA (unless renamed over a setting, which is a
+//!   write of that setting).
+//!
+//! Entries arrive as slash-separated relative paths; intermediate folders are created as
+//! needed. A path that collides with an existing entry is skipped with a warning: the first
+//! entry wins, and members are added first, so archive content always shows as stored.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +24,10 @@ use crate::io::ReadAt;
 /// Inode number of the root directory (FUSE's fixed value).
 pub const ROOT_INO: u64 = 1;
 
-/// What a file serves.
+/// Deepest folder nesting accepted when walking paths (bounds every loop on names).
+const MAX_DEPTH: usize = 256;
+
+/// What a static file serves.
 #[derive(Clone)]
 pub enum Content {
     /// Bytes as stored (an archive member, a file of an unpacked package).
@@ -35,29 +46,24 @@ impl Content {
     }
 }
 
-/// A file to place in the tree.
-pub struct FileEntry {
-    /// Relative path, `/`-separated, already validated (no `..`, no empty components).
-    pub path: String,
-    /// What reading it returns.
-    pub content: Content,
-    /// Permission bits (write bits are cleared: the tree is read-only).
-    pub mode: u32,
-    /// Modification time.
-    pub mtime: SystemTime,
+/// The kinds of file.
+pub enum FileKind {
+    /// Immutable content.
+    Static(Content),
+    /// Content from the backend, named by this path in the mount.
+    Live(String),
+    /// An editor's temporary file, in memory.
+    Scratch(Vec<u8>),
 }
 
-/// One node.
+/// One node's kind.
 pub enum NodeKind {
-    /// A directory and its children by name.
+    /// A folder and its children by name.
     Dir(BTreeMap<String, u64>),
-    /// A read-only file.
-    File {
-        /// What it serves.
-        content: Content,
-        /// Its size in bytes.
-        size: u64,
-    },
+    /// A file.
+    File(FileKind),
+    /// A symbolic link and its target.
+    Symlink(String),
 }
 
 /// A node of the table.
@@ -70,119 +76,256 @@ pub struct Node {
     pub mode: u32,
     /// Modification time.
     pub mtime: SystemTime,
-    /// Directory or file.
+    /// Folder, file or link.
     pub kind: NodeKind,
+    /// Whether the node came from the backend's live entries (settings folders, links,
+    /// live files), so that a resync may remove it.
+    pub live: bool,
+}
+
+impl Node {
+    /// Whether this is a folder.
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, NodeKind::Dir(_))
+    }
 }
 
 /// The whole tree.
 pub struct Tree {
-    nodes: Vec<Node>,
+    nodes: Vec<Option<Node>>,
 }
 
 impl Tree {
     /// An empty tree whose root has `mtime`.
     pub fn new(root_mtime: SystemTime) -> Self {
         Tree {
-            nodes: vec![Node {
+            nodes: vec![Some(Node {
                 name: String::new(),
                 parent: ROOT_INO,
                 mode: 0o555,
                 mtime: root_mtime,
                 kind: NodeKind::Dir(BTreeMap::new()),
-            }],
+                live: false,
+            })],
         }
     }
 
     /// The node with inode `ino`.
     pub fn get(&self, ino: u64) -> Option<&Node> {
-        let idx = ino.checked_sub(1)?;
-        self.nodes.get(usize::try_from(idx).ok()?)
+        let idx = usize::try_from(ino.checked_sub(1)?).ok()?;
+        self.nodes.get(idx)?.as_ref()
     }
 
-    /// Number of nodes.
+    /// The node with inode `ino`, mutably.
+    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
+        let idx = usize::try_from(ino.checked_sub(1)?).ok()?;
+        self.nodes.get_mut(idx)?.as_mut()
+    }
+
+    /// Number of live nodes.
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.nodes.iter().filter(|n| n.is_some()).count()
     }
 
     /// Whether the tree holds only its root.
     pub fn is_empty(&self) -> bool {
-        self.nodes.len() <= 1
+        self.len() <= 1
     }
 
-    /// Total bytes of all files (for statfs).
+    /// Total bytes of static files (for statfs).
     pub fn total_bytes(&self) -> u64 {
         self.nodes
             .iter()
+            .flatten()
             .map(|n| match &n.kind {
-                NodeKind::File { size, .. } => *size,
-                NodeKind::Dir(_) => 0,
+                NodeKind::File(FileKind::Static(c)) => c.reader().len(),
+                NodeKind::File(FileKind::Scratch(d)) => d.len() as u64,
+                _ => 0,
             })
             .fold(0u64, u64::saturating_add)
     }
 
-    /// Child `name` of directory `parent`.
+    /// Child `name` of folder `parent`.
     pub fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
         match &self.get(parent)?.kind {
             NodeKind::Dir(children) => children.get(name).copied(),
-            NodeKind::File { .. } => None,
+            _ => None,
         }
     }
 
-    /// Adds a file, creating its folders. Returns its inode, or `None` (with a warning) if
-    /// the path collides with an existing entry.
-    pub fn add_file(&mut self, entry: FileEntry) -> Option<u64> {
-        let mut parts: Vec<&str> = entry.path.split('/').filter(|p| !p.is_empty()).collect();
-        let file_name = parts.pop()?;
-        let mut dir = ROOT_INO;
-        for part in parts {
-            dir = match self.lookup(dir, part) {
-                Some(ino) if matches!(self.get(ino)?.kind, NodeKind::Dir(_)) => ino,
-                Some(_) => {
-                    log::warn!(
-                        "{}: a file named {part:?} is in the way; entry not shown",
-                        entry.path
-                    );
-                    return None;
+    /// The inode at `path` (relative, `/`-separated).
+    pub fn resolve(&self, path: &str) -> Option<u64> {
+        let mut ino = ROOT_INO;
+        for part in path.split('/').filter(|p| !p.is_empty()).take(MAX_DEPTH) {
+            ino = self.lookup(ino, part)?;
+        }
+        Some(ino)
+    }
+
+    /// The path of `ino` inside the mount, without a leading slash ("" for the root).
+    pub fn path_of(&self, ino: u64) -> String {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT_INO && parts.len() < MAX_DEPTH {
+            match self.get(cur) {
+                Some(n) => {
+                    parts.push(n.name.as_str());
+                    cur = n.parent;
                 }
-                None => self.push(
-                    dir,
-                    part,
-                    0o555,
-                    entry.mtime,
-                    NodeKind::Dir(BTreeMap::new()),
-                ),
-            };
+                None => break,
+            }
         }
-        if self.lookup(dir, file_name).is_some() {
-            log::warn!("{}: duplicate name; entry not shown", entry.path);
-            return None;
-        }
-        let size = entry.content.reader().len();
-        let mode = (entry.mode & 0o555) | 0o400;
-        Some(self.push(
-            dir,
-            file_name,
-            mode,
-            entry.mtime,
-            NodeKind::File {
-                content: entry.content,
-                size,
-            },
-        ))
+        parts.reverse();
+        parts.join("/")
     }
 
-    /// Makes sure directory `path` exists (empty folders such as `disks/` on a package with
-    /// no disks).
-    pub fn add_dir(&mut self, path: &str, mtime: SystemTime) -> Option<u64> {
+    /// Makes sure folder `path` exists; returns its inode, or `None` if a non-folder is in
+    /// the way. New folders get `mode` and `mtime` and are marked `live` as asked.
+    pub fn ensure_dir(
+        &mut self,
+        path: &str,
+        mode: u32,
+        mtime: SystemTime,
+        live: bool,
+    ) -> Option<u64> {
         let mut dir = ROOT_INO;
-        for part in path.split('/').filter(|p| !p.is_empty()) {
+        for part in path.split('/').filter(|p| !p.is_empty()).take(MAX_DEPTH) {
             dir = match self.lookup(dir, part) {
-                Some(ino) if matches!(self.get(ino)?.kind, NodeKind::Dir(_)) => ino,
+                Some(ino) if self.get(ino)?.is_dir() => ino,
                 Some(_) => return None,
-                None => self.push(dir, part, 0o555, mtime, NodeKind::Dir(BTreeMap::new())),
+                None => self.push(dir, part, mode, mtime, NodeKind::Dir(BTreeMap::new()), live),
             };
         }
         Some(dir)
+    }
+
+    /// Adds a node at `path`, creating its folders. Returns its inode, or `None` (with a
+    /// warning) if the path collides with an existing entry.
+    pub fn add(
+        &mut self,
+        path: &str,
+        kind: NodeKind,
+        mode: u32,
+        mtime: SystemTime,
+        live: bool,
+    ) -> Option<u64> {
+        let (dir_path, name) = match path.rsplit_once('/') {
+            Some((d, n)) => (d, n),
+            None => ("", path),
+        };
+        if name.is_empty() {
+            return None;
+        }
+        let Some(dir) = self.ensure_dir(dir_path, 0o555, mtime, live) else {
+            log::warn!("{path}: a file is in the way of its folder; entry not shown");
+            return None;
+        };
+        if self.lookup(dir, name).is_some() {
+            log::warn!("{path}: duplicate name; entry not shown");
+            return None;
+        }
+        Some(self.push(dir, name, mode, mtime, kind, live))
+    }
+
+    /// Adds a static file (write bits cleared, owner can always read).
+    pub fn add_static(
+        &mut self,
+        path: &str,
+        content: Content,
+        mode: u32,
+        mtime: SystemTime,
+    ) -> Option<u64> {
+        let mode = (mode & 0o555) | 0o400;
+        self.add(
+            path,
+            NodeKind::File(FileKind::Static(content)),
+            mode,
+            mtime,
+            false,
+        )
+    }
+
+    /// Creates a scratch file `name` in folder `parent`.
+    pub fn add_scratch(&mut self, parent: u64, name: &str, mode: u32) -> Option<u64> {
+        if !self.get(parent)?.is_dir() || self.lookup(parent, name).is_some() {
+            return None;
+        }
+        let kind = NodeKind::File(FileKind::Scratch(Vec::new()));
+        Some(self.push(parent, name, mode & 0o7777, SystemTime::now(), kind, false))
+    }
+
+    /// Removes `ino` (and, for a folder, everything under it) from the tree.
+    pub fn remove(&mut self, ino: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let Some(node) = self.get(ino) else { return };
+        let (parent, name) = (node.parent, node.name.clone());
+        if let Some(Node {
+            kind: NodeKind::Dir(children),
+            ..
+        }) = self.get_mut(parent)
+        {
+            children.remove(&name);
+        }
+        let mut stack = vec![ino];
+        while let Some(i) = stack.pop() {
+            if let Some(Node {
+                kind: NodeKind::Dir(children),
+                ..
+            }) = self.get(i)
+            {
+                stack.extend(children.values().copied());
+            }
+            if let Some(slot) = usize::try_from(i - 1)
+                .ok()
+                .and_then(|s| self.nodes.get_mut(s))
+            {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Moves `ino` to `new_parent` under `new_name`, replacing nothing (the caller removes
+    /// any target first).
+    pub fn rename(&mut self, ino: u64, new_parent: u64, new_name: &str) -> bool {
+        let Some(node) = self.get(ino) else {
+            return false;
+        };
+        let (old_parent, old_name) = (node.parent, node.name.clone());
+        if self.lookup(new_parent, new_name).is_some()
+            || !self.get(new_parent).is_some_and(Node::is_dir)
+        {
+            return false;
+        }
+        if let Some(Node {
+            kind: NodeKind::Dir(children),
+            ..
+        }) = self.get_mut(old_parent)
+        {
+            children.remove(&old_name);
+        }
+        if let Some(Node {
+            kind: NodeKind::Dir(children),
+            ..
+        }) = self.get_mut(new_parent)
+        {
+            children.insert(new_name.to_string(), ino);
+        }
+        if let Some(n) = self.get_mut(ino) {
+            n.parent = new_parent;
+            n.name = new_name.to_string();
+            n.mtime = SystemTime::now();
+        }
+        true
+    }
+
+    /// Paths of every node marked `live`, with their inodes.
+    pub fn live_nodes(&self) -> Vec<(String, u64)> {
+        (1..=self.nodes.len() as u64)
+            .filter(|&ino| self.get(ino).is_some_and(|n| n.live))
+            .map(|ino| (self.path_of(ino), ino))
+            .collect()
     }
 
     fn push(
@@ -192,21 +335,21 @@ impl Tree {
         mode: u32,
         mtime: SystemTime,
         kind: NodeKind,
+        live: bool,
     ) -> u64 {
-        self.nodes.push(Node {
+        self.nodes.push(Some(Node {
             name: name.to_string(),
             parent,
             mode,
             mtime,
             kind,
-        });
+            live,
+        }));
         let ino = self.nodes.len() as u64;
         if let Some(Node {
             kind: NodeKind::Dir(children),
             ..
-        }) = usize::try_from(parent - 1)
-            .ok()
-            .and_then(|i| self.nodes.get_mut(i))
+        }) = self.get_mut(parent)
         {
             children.insert(name.to_string(), ino);
         }
@@ -222,22 +365,19 @@ mod tests {
         Content::Bytes(Arc::new(vec![0u8; n]))
     }
 
-    fn entry(path: &str, n: usize) -> FileEntry {
-        FileEntry {
-            path: path.into(),
-            content: bytes(n),
-            mode: 0o644,
-            mtime: SystemTime::UNIX_EPOCH,
-        }
-    }
-
     #[test]
     fn builds_folders_and_keeps_inodes_stable() {
         let mut t = Tree::new(SystemTime::UNIX_EPOCH);
-        let a = t.add_file(entry("a.ovf", 10)).unwrap();
-        let b = t.add_file(entry("disks/b.raw", 20)).unwrap();
+        let a = t
+            .add_static("a.ovf", bytes(10), 0o644, SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let b = t
+            .add_static("disks/b.raw", bytes(20), 0o644, SystemTime::UNIX_EPOCH)
+            .unwrap();
         let disks = t.lookup(ROOT_INO, "disks").unwrap();
         assert_eq!(t.lookup(disks, "b.raw"), Some(b));
+        assert_eq!(t.resolve("disks/b.raw"), Some(b));
+        assert_eq!(t.path_of(b), "disks/b.raw");
         assert_eq!(t.lookup(ROOT_INO, "a.ovf"), Some(a));
         assert_eq!(t.total_bytes(), 30);
         assert_eq!(t.get(a).unwrap().mode, 0o444, "write bits cleared");
@@ -246,11 +386,38 @@ mod tests {
     #[test]
     fn collisions_keep_the_first_entry() {
         let mut t = Tree::new(SystemTime::UNIX_EPOCH);
-        t.add_file(entry("disks", 1)).unwrap();
-        assert!(t.add_file(entry("disks/x.raw", 2)).is_none());
-        assert!(t.add_file(entry("disks", 3)).is_none());
+        t.add_static("disks", bytes(1), 0o644, SystemTime::UNIX_EPOCH)
+            .unwrap();
+        assert!(
+            t.add_static("disks/x.raw", bytes(2), 0o644, SystemTime::UNIX_EPOCH)
+                .is_none()
+        );
+        assert!(
+            t.add_static("disks", bytes(3), 0o644, SystemTime::UNIX_EPOCH)
+                .is_none()
+        );
         assert_eq!(t.total_bytes(), 1);
         assert!(t.get(0).is_none());
         assert!(t.get(u64::MAX).is_none());
+    }
+
+    #[test]
+    fn scratch_files_rename_and_removal_never_reuse_inodes() {
+        let mut t = Tree::new(SystemTime::UNIX_EPOCH);
+        let dir = t
+            .ensure_dir("vms/vm1", 0o755, SystemTime::UNIX_EPOCH, true)
+            .unwrap();
+        let s = t.add_scratch(dir, ".cpus.swp", 0o600).unwrap();
+        assert!(t.add_scratch(dir, ".cpus.swp", 0o600).is_none());
+        assert!(t.rename(s, ROOT_INO, "moved"));
+        assert_eq!(t.resolve("moved"), Some(s));
+        t.remove(s);
+        assert!(t.get(s).is_none());
+        let s2 = t.add_scratch(dir, "x", 0o600).unwrap();
+        assert!(s2 > s);
+        let vms = t.resolve("vms").unwrap();
+        t.remove(vms);
+        assert!(t.get(dir).is_none() && t.get(s2).is_none());
+        assert_eq!(t.live_nodes().len(), 0);
     }
 }
