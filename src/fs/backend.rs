@@ -17,6 +17,8 @@ pub enum LiveKind {
     File {
         /// Accepts writes.
         writable: bool,
+        /// Holds a secret (a password property): readable by its owner only.
+        secret: bool,
     },
     /// A folder (settings folders; `mkdir` inside some of them creates entries).
     Dir,

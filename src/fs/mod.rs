@@ -168,8 +168,13 @@ impl OvaFs {
                 LiveKind::Dir => {
                     tree.ensure_dir(&e.path, dir_mode, now, true);
                 }
-                LiveKind::File { writable } => {
-                    let mode = if *writable { file_mode } else { 0o444 };
+                LiveKind::File { writable, secret } => {
+                    let mode = match (*writable, *secret) {
+                        (true, false) => file_mode,
+                        (true, true) => file_mode & 0o600,
+                        (false, false) => 0o444,
+                        (false, true) => 0o400,
+                    };
                     tree.add(
                         &e.path,
                         NodeKind::File(FileKind::Live(e.path.clone())),

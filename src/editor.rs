@@ -1,0 +1,224 @@
+//! The editing backend of a mount: settings files, the descriptor and the manifest as live
+//! files, every accepted change committed into the package before the call returns.
+//!
+//! It glues three layers together: [`crate::settings`] turns a new value into splice edits
+//! of the descriptor, [`crate::ovf`] applies and re-parses them, and [`crate::commit`]
+//! persists the new descriptor with a refreshed manifest (in place under a journal, or by an
+//! atomic rewrite). One mutex serialises changes, so each commit sees the previous one.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::commit::Committer;
+use crate::error::{Error, ErrorKind, Result};
+use crate::fs::backend::{Backend, LiveEntry, LiveKind};
+use crate::ovf::{self, Descriptor};
+use crate::package::Package;
+use crate::settings::{self, EntryKind, SettingError};
+
+/// Largest settings value accepted (a property can hold a certificate or a script).
+const MAX_SETTING_BYTES: u64 = 1 << 20;
+
+struct State {
+    descriptor: Descriptor,
+    /// The descriptor as stored (with any padding the commit layer keeps after it).
+    stored_descriptor: Arc<[u8]>,
+    manifest: Option<Arc<[u8]>>,
+    certificate: Option<Arc<[u8]>>,
+    /// `None` for a read-only mount.
+    committer: Option<Committer>,
+}
+
+/// The editing side of one mount.
+pub struct Editor {
+    state: Mutex<State>,
+    descriptor_path: String,
+    manifest_path: Option<String>,
+    certificate_path: Option<String>,
+    members: Vec<String>,
+}
+
+impl Editor {
+    /// An editor for `package`; `committer` is `None` for a read-only mount.
+    pub fn new(package: &Package, committer: Option<Committer>) -> Result<Self> {
+        let member_bytes = |i: Option<usize>| -> Result<Option<(String, Arc<[u8]>)>> {
+            let Some(m) = i.and_then(|i| package.members.get(i)) else { return Ok(None) };
+            let bytes = crate::io::read_vec_at(&*m.data, "member", 0, m.size, crate::commit::MAX_MANIFEST_BYTES)?;
+            Ok(Some((m.name.clone(), Arc::from(bytes))))
+        };
+        let manifest = member_bytes(package.manifest_member)?;
+        let certificate = member_bytes(package.certificate_member)?;
+        let descriptor_path = package
+            .members
+            .get(package.descriptor_member)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let stored: Arc<[u8]> = match &committer {
+            Some(c) => Arc::from(c.descriptor()),
+            None => package.descriptor.bytes.clone(),
+        };
+        Ok(Editor {
+            state: Mutex::new(State {
+                descriptor: package.descriptor.clone(),
+                stored_descriptor: stored,
+                manifest: manifest.as_ref().map(|(_, b)| b.clone()),
+                certificate: certificate.as_ref().map(|(_, b)| b.clone()),
+                committer,
+            }),
+            descriptor_path,
+            manifest_path: manifest.map(|(n, _)| n),
+            certificate_path: certificate.map(|(n, _)| n),
+            members: package.members.iter().map(|m| m.name.clone()).collect(),
+        })
+    }
+
+    /// The package members this editor serves as live files (so the static tree skips them).
+    pub fn served_members(package: &Package) -> Vec<usize> {
+        [Some(package.descriptor_member), package.manifest_member, package.certificate_member]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn writable(&self) -> bool {
+        self.state().committer.is_some()
+    }
+
+    /// The new descriptor bytes that writing `data` to `path` asks for (`None`: no change).
+    fn new_descriptor(&self, st: &State, path: &str, data: &[u8]) -> Result<Option<Vec<u8>>> {
+        if path == self.descriptor_path {
+            let members: Vec<&str> = self.members.iter().map(String::as_str).collect();
+            settings::check_replacement(&st.descriptor, data, &members).map_err(setting_error)?;
+            return Ok((data != &*st.stored_descriptor).then(|| data.to_vec()));
+        }
+        let edits = settings::write(&st.descriptor, path, data).map_err(setting_error)?;
+        if edits.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(ovf::edit::splice(&st.descriptor.bytes, &edits)?))
+    }
+
+    /// Commits `new` as the descriptor and updates the state.
+    fn commit(&self, st: &mut State, new: Vec<u8>) -> Result<()> {
+        // The model must accept what we are about to store; a settings bug must never
+        // reach the package.
+        ovf::parse(&new).map_err(|e| e.context("the edited descriptor does not parse (not stored)"))?;
+        let committer = st
+            .committer
+            .as_mut()
+            .ok_or_else(|| Error::new(ErrorKind::ReadOnly("the mount is read-only".into())))?;
+        let report = committer.commit(&new)?;
+        log::info!(
+            "committed the descriptor ({:?}, {} bytes written, {:?})",
+            report.path,
+            report.bytes_written,
+            report.elapsed
+        );
+        if let Some(name) = &report.certificate_dropped {
+            log::warn!("{name} no longer matches the manifest and was removed");
+            st.certificate = None;
+        }
+        st.descriptor = ovf::parse(&new)?;
+        st.stored_descriptor = Arc::from(report.descriptor);
+        if let Some(m) = report.manifest {
+            st.manifest = Some(Arc::from(m));
+        }
+        Ok(())
+    }
+}
+
+/// A settings refusal as the FUSE layer's error kind (EINVAL, ENOENT for unknown paths).
+fn setting_error(e: SettingError) -> Error {
+    match e {
+        SettingError::NotFound { path } => {
+            Error::io(path, std::io::Error::from_raw_os_error(libc::ENOENT))
+        }
+        other => Error::new(ErrorKind::InvalidEdit(other.to_string())),
+    }
+}
+
+impl Backend for Editor {
+    fn entries(&self) -> Vec<LiveEntry> {
+        let st = self.state();
+        let writable = st.committer.is_some();
+        let mut out = vec![LiveEntry {
+            path: self.descriptor_path.clone(),
+            kind: LiveKind::File { writable, secret: false },
+        }];
+        if let Some(p) = &self.manifest_path {
+            out.push(LiveEntry { path: p.clone(), kind: LiveKind::File { writable: false, secret: false } });
+        }
+        if let (Some(p), Some(_)) = (&self.certificate_path, &st.certificate) {
+            out.push(LiveEntry { path: p.clone(), kind: LiveKind::File { writable: false, secret: false } });
+        }
+        for e in settings::tree(&st.descriptor) {
+            let kind = match e.kind {
+                EntryKind::File => LiveKind::File { writable, secret: e.secret },
+                EntryKind::Dir => LiveKind::Dir,
+                EntryKind::Symlink(t) => LiveKind::Symlink(t),
+            };
+            out.push(LiveEntry { path: e.path, kind });
+        }
+        out
+    }
+
+    fn read(&self, path: &str) -> Result<Arc<[u8]>> {
+        let st = self.state();
+        if path == self.descriptor_path {
+            return Ok(st.stored_descriptor.clone());
+        }
+        if Some(path) == self.manifest_path.as_deref() {
+            return st.manifest.clone().ok_or_else(|| gone(path));
+        }
+        if Some(path) == self.certificate_path.as_deref() {
+            return st.certificate.clone().ok_or_else(|| gone(path));
+        }
+        let text = settings::read(&st.descriptor, path).map_err(setting_error)?;
+        Ok(Arc::from(text.into_bytes()))
+    }
+
+    fn max_len(&self, path: &str) -> u64 {
+        if path == self.descriptor_path { ovf::MAX_DESCRIPTOR_BYTES } else { MAX_SETTING_BYTES }
+    }
+
+    fn check(&self, path: &str, data: &[u8]) -> Result<()> {
+        if path == self.descriptor_path {
+            // Written in several calls: checked whole when stored.
+            return Ok(());
+        }
+        let st = self.state();
+        settings::write(&st.descriptor, path, data).map(|_| ()).map_err(setting_error)
+    }
+
+    fn store(&self, path: &str, data: &[u8]) -> Result<()> {
+        if !self.writable() {
+            return Err(Error::new(ErrorKind::ReadOnly(format!("{path}: the mount is read-only"))));
+        }
+        let mut st = self.state();
+        match self.new_descriptor(&st, path, data)? {
+            Some(new) => self.commit(&mut st, new),
+            None => Ok(()),
+        }
+    }
+
+    fn mkdir(&self, path: &str) -> Result<()> {
+        let mut st = self.state();
+        let edits = settings::mkdir(&st.descriptor, path).map_err(setting_error)?;
+        let new = ovf::edit::splice(&st.descriptor.bytes, &edits)?;
+        self.commit(&mut st, new)
+    }
+
+    fn rmdir(&self, path: &str) -> Result<()> {
+        let mut st = self.state();
+        let edits = settings::rmdir(&st.descriptor, path).map_err(setting_error)?;
+        let new = ovf::edit::splice(&st.descriptor.bytes, &edits)?;
+        self.commit(&mut st, new)
+    }
+}
+
+fn gone(path: &str) -> Error {
+    Error::io(format!("{path} was removed"), std::io::Error::from_raw_os_error(libc::ENOENT))
+}
