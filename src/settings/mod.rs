@@ -685,15 +685,19 @@ pub fn write(desc: &Descriptor, path: &str, new: &[u8]) -> Result<Vec<Edit>, Set
     let r = resolve(&ctx, path).ok_or_else(|| SettingError::NotFound {
         path: path.to_string(),
     })?;
-    if !matches!((r.setting.read)(&ctx, &r.target), Ok(Some(_))) {
+    let Ok(Some(current)) = (r.setting.read)(&ctx, &r.target) else {
         return Err(SettingError::NotFound {
             path: path.to_string(),
         });
-    }
+    };
     let text = std::str::from_utf8(new).map_err(|_| SettingError::NotUtf8 {
         setting: path.to_string(),
     })?;
     let text = values::strip_newline(text);
+    // The file's own content written back changes nothing, whatever the setting.
+    if text == current {
+        return Ok(Vec::new());
+    }
     let applied = (r.setting.write)(&ctx, &r.target, text).map_err(|e| e.at(path, text))?;
     if applied.edits.is_empty() {
         return Ok(applied.edits);

@@ -158,6 +158,9 @@ fn quoted_list(args: &str) -> Vec<String> {
             Some(q) if c == q => quote = None,
             Some(_) => cur.push(c),
             None if c == '"' || c == '\'' => {
+                if !quoted && cur.trim().is_empty() {
+                    cur.clear();
+                }
                 quote = Some(c);
                 quoted = true;
             }
