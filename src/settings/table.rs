@@ -615,7 +615,7 @@ fn write_system_type(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, Settin
             })?;
             let xml = v.element_like(sibling, "VirtualSystemType", &value);
             let edit = v.insert_child_ordered(node, &xml, &|k| {
-                v.node(k).local.to_ascii_lowercase() > "virtualsystemtype".to_string()
+                v.node(k).local.to_ascii_lowercase().as_str() > "virtualsystemtype"
             })?;
             Ok(applied(vec![edit], value))
         }
@@ -796,7 +796,7 @@ fn memory_bytes(h: &Hw<'_, '_>, e: &Eff) -> Option<u64> {
 }
 
 fn mem_text(bytes: u64) -> String {
-    if bytes % MIB == 0 {
+    if bytes.is_multiple_of(MIB) {
         (bytes / MIB).to_string()
     } else {
         format!("{bytes} B")
@@ -1222,15 +1222,9 @@ pub(crate) fn add_network(c: &Ctx<'_>, name: &str) -> Result<Vec<Edit>, SettingE
         network_xml(v, root, name, &inner, &outer),
     ];
     let xml = v.new_section(root, "NetworkSection", "", &kids);
-    let anchor = v
-        .node(root)
-        .children
-        .iter()
-        .copied()
-        .filter(|&k| {
-            section_name(v.node(k)) == Some("DiskSection") || v.node(k).is_ovf("References")
-        })
-        .next_back();
+    let anchor = v.node(root).children.iter().copied().rfind(|&k| {
+        section_name(v.node(k)) == Some("DiskSection") || v.node(k).is_ovf("References")
+    });
     let edit = match anchor {
         Some(a) => v.insert_after(a, &xml),
         None => match v.node(root).children.first() {

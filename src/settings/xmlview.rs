@@ -607,8 +607,7 @@ impl<'d> View<'d> {
         let anchor = kids
             .iter()
             .copied()
-            .filter(|&c| section_name(self.node(c)).is_some())
-            .next_back()
+            .rfind(|&c| section_name(self.node(c)).is_some())
             .or_else(|| self.ovf_child(content, "Name"))
             .or_else(|| self.ovf_child(content, "Info"));
         match anchor {
