@@ -18,4 +18,5 @@ pub mod logging;
 pub mod ovf;
 pub mod package;
 pub mod sample;
+pub mod settings;
 pub mod units;

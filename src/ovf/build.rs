@@ -32,14 +32,14 @@ const RT_STORAGE_EXTENT: u16 = 19;
 
 /// Which content element.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ContentKind {
+pub(crate) enum ContentKind {
     System,
     Collection,
 }
 
 /// The section name of an OVF section element: the element name for 1.x/2.x
 /// (`DiskSection`), or the `xsi:type` of a 0.9 `<Section>` without prefix and `_Type`.
-fn section_name(node: &Node) -> Option<&str> {
+pub(crate) fn section_name(node: &Node) -> Option<&str> {
     if !matches!(node.ns, Ns::Ovf | Ns::None) {
         return None;
     }
@@ -57,7 +57,7 @@ fn section_name(node: &Node) -> Option<&str> {
 }
 
 /// Whether `node` is a VirtualSystem or VirtualSystemCollection (0.9: `Content xsi:type`).
-fn content_kind(node: &Node) -> Option<ContentKind> {
+pub(crate) fn content_kind(node: &Node) -> Option<ContentKind> {
     if node.is_ovf("VirtualSystem") {
         return Some(ContentKind::System);
     }

@@ -22,6 +22,7 @@ pub mod xml;
 use std::sync::Arc;
 
 pub use build::parse_host_resource;
+pub(crate) use build::{content_kind, section_name};
 pub use edit::{Edit, splice};
 pub use model::*;
 
