@@ -47,7 +47,7 @@ fn tempdir() -> tempfile::TempDir {
 /// rewrite when there is no slack), odd steps change the CPU count in place.
 fn loop_descriptor(base: &str, i: usize) -> String {
     let grown = with_annotation(base, 700 * (i / 2 + 1));
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         grown
     } else {
         with_cpus(&grown, 1 + (i % 9) as u32)

@@ -648,3 +648,49 @@ fn bench_commit_on_4_gib_ova() {
     );
     assert!(leftovers(&ova).is_empty());
 }
+
+/// Rewrite timings on an OVA with a 1 GiB disk of real (non-sparse) data, then the fast path
+/// on the rewritten archive. Ignored by default (it writes 2 GiB); `scripts/bench-commit`
+/// runs it.
+#[test]
+#[ignore]
+fn bench_rewrite_on_1_gib_ova() {
+    let t = tempfile::Builder::new()
+        .prefix("ovafs-bench-")
+        .tempdir_in(
+            std::env::var_os("OVAFS_BENCH_DIR").unwrap_or_else(|| std::env::temp_dir().into()),
+        )
+        .unwrap();
+    let size = 1u64 << 30;
+    let (_fx, ova, desc) = big_package(t.path(), size);
+    {
+        // Fill the disk member with data so that nothing is sparse.
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&ova).unwrap();
+        let listing = tar_list(&ova);
+        let start = support::data_offset(&ova, listing[2].block);
+        let chunk: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let mut off = 0;
+        while off < size {
+            f.write_all_at(&chunk, start + off).unwrap();
+            off += chunk.len() as u64;
+        }
+        f.sync_all().unwrap();
+    }
+    let mut c = committer(&ova);
+    let desc = String::from_utf8(desc).unwrap();
+    let start = Instant::now();
+    let r = c.commit(with_annotation(&desc, 3000).as_bytes()).unwrap();
+    let rewrite = start.elapsed();
+    assert_eq!(r.path, CommitPath::Rewrite);
+    let start = Instant::now();
+    let r = c
+        .commit(with_annotation(&with_cpus(&desc, 4), 3100).as_bytes())
+        .unwrap();
+    let fast = start.elapsed();
+    assert_eq!(r.path, CommitPath::InPlace);
+    println!(
+        "rewrite, 1 GiB OVA: {rewrite:?} ({:.0} MiB/s); the next edit in place: {fast:?}",
+        (size >> 20) as f64 / rewrite.as_secs_f64()
+    );
+}
