@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::journal::{Identity, Journal, Kind, Op};
@@ -61,6 +62,8 @@ fn write_temp(dir: &Path, prefix: &str, bytes: &[u8], like: &Path) -> Result<Str
         tmp.as_file()
             .set_permissions(meta.permissions())
             .map_err(io)?;
+        // Best effort: only root may give a file away.
+        let _ = std::os::unix::fs::fchown(tmp.as_file(), Some(meta.uid()), Some(meta.gid()));
     }
     tmp.write_all(bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;

@@ -51,7 +51,7 @@ mod recover;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -400,10 +400,13 @@ fn lock_dir(dir: &Path) -> Result<Flock<File>> {
 /// Writes a journal and makes it durable (file and folder), stopping at the fault points.
 fn write_journal(path: &Path, bytes: &[u8], opts: &CommitOptions) -> Result<()> {
     let io = |e| Error::io(format!("write journal {}", path.display()), e);
+    // A new file only (recovery ran under the same lock, so none is there), never through a
+    // symlink, readable by the owner only: it holds descriptor bytes.
     let mut f = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(io)?;
     let half = bytes.len() / 2;

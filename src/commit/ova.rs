@@ -648,17 +648,19 @@ impl OvaCommitter {
             let e = &self.layout.entries[i];
             let out = tmp.as_file_mut();
             if i == self.layout.descriptor || Some(i) == self.layout.manifest {
-                let bytes = if i == self.layout.descriptor {
-                    &stored
+                let (bytes, member_mtime) = if i == self.layout.descriptor {
+                    (&stored[..], mtime)
+                } else if manifest_changed {
+                    (manifest_bytes.as_deref().unwrap_or_default(), mtime)
                 } else {
-                    manifest_bytes.as_deref().unwrap_or_default()
+                    (manifest_bytes.as_deref().unwrap_or_default(), e.mtime)
                 };
                 let h = write::member_headers(
                     &e.header,
                     &MemberHeader {
                         name: &e.name,
                         size: bytes.len() as u64,
-                        mtime,
+                        mtime: member_mtime,
                         typeflag: b'0',
                     },
                 )

@@ -3,7 +3,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::journal::{Identity, Journal, Kind, MAX_JOURNAL_BYTES, Op};
@@ -104,7 +104,11 @@ fn replay(jpath: &Path, real: &Path, dir: &Path) -> Result<JournalOutcome> {
             reason: reason.to_string(),
         })
     };
-    let f = fs::File::open(jpath).map_err(|e| Error::io(format!("open {}", jpath.display()), e))?;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(jpath)
+        .map_err(|e| Error::io(format!("open {}", jpath.display()), e))?;
     let mut bytes = Vec::new();
     f.take(MAX_JOURNAL_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -147,9 +151,37 @@ fn replay(jpath: &Path, real: &Path, dir: &Path) -> Result<JournalOutcome> {
                 .sync_data()
                 .map_err(|e| Error::io(format!("fsync {}", real.display()), e))?;
         }
-        Kind::Folder => super::folder::apply_ops(dir, &journal.ops, &CommitOptions::default())?,
+        Kind::Folder => {
+            let name = real
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if let Some(op) = journal.ops.iter().find(|op| !folder_op_allowed(name, op)) {
+                log::warn!(
+                    "{}: journal operation {op:?} is outside the package",
+                    real.display()
+                );
+                return discarded("it names files that are not this package's");
+            }
+            super::folder::apply_ops(dir, &journal.ops, &CommitOptions::default())?
+        }
     }
     Ok(JournalOutcome::Completed)
+}
+
+/// Whether a folder journal operation stays within the package whose descriptor is `ovf`:
+/// renames come from its temporary files and land on its `.ovf` or `.mf`; removals take its
+/// `.cert` (names compared case-insensitively, as the package layer finds them).
+fn folder_op_allowed(ovf: &str, op: &Op) -> bool {
+    let base = ovf.get(..ovf.len().saturating_sub(4)).unwrap_or(ovf);
+    let is = |name: &str, ext: &str| name.eq_ignore_ascii_case(&format!("{base}.{ext}"));
+    match op {
+        Op::Rename { from, to } => {
+            from.starts_with(&temp_prefix(ovf)) && (to == ovf || is(to, "mf"))
+        }
+        Op::Remove { name } => is(name, "cert"),
+        Op::Write { .. } => false,
+    }
 }
 
 /// Deletes `.NAME.ovafs-tmp-*` regular files in `dir`.
