@@ -694,3 +694,100 @@ fn bench_rewrite_on_1_gib_ova() {
         (size >> 20) as f64 / rewrite.as_secs_f64()
     );
 }
+
+#[test]
+fn rewrite_keeps_a_stream_optimized_vmdk_readable_by_qemu_img() {
+    let t = tempdir();
+    let fx = Fixture::new(t.path(), "vm");
+    let pkg = t.path().join("pkg");
+    fs::create_dir_all(&pkg).unwrap();
+    let raw = t.path().join("disk.raw");
+    fs::write(&raw, fx.disk()).unwrap();
+    let vmdk = pkg.join("vm-disk1.vmdk");
+    run(std::process::Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+        ])
+        .arg(&raw)
+        .arg(&vmdk));
+    let vmdk_bytes = fs::read(&vmdk).unwrap();
+    let desc = ovafs::sample::descriptor_xml(&ovafs::sample::ApplianceSpec {
+        name: "vm".into(),
+        cpus: 2,
+        memory_mib: 1024,
+        network: "VM Network".into(),
+        disks: vec![ovafs::sample::DiskSpec {
+            href: "vm-disk1.vmdk".into(),
+            file_bytes: vmdk_bytes.len() as u64,
+            capacity_bytes: fx.disk_bytes as u64,
+            format_uri: ovafs::sample::VMDK_STREAM_URI.into(),
+        }],
+    });
+    fs::write(pkg.join("vm.ovf"), &desc).unwrap();
+    fs::write(
+        pkg.join("vm.mf"),
+        format!(
+            "SHA256(vm.ovf)= {}\nSHA256(vm-disk1.vmdk)= {}\n",
+            support::sha256(desc.as_bytes()),
+            support::sha256(&vmdk_bytes)
+        ),
+    )
+    .unwrap();
+    let ova = t.path().join("vm.ova");
+    run(std::process::Command::new("tar")
+        .args(["--format=ustar", "-cf"])
+        .arg(&ova)
+        .arg("-C")
+        .arg(&pkg)
+        .args(["vm.ovf", "vm.mf", "vm-disk1.vmdk"]));
+    let mut c = committer(&ova);
+    let r = c.commit(with_annotation(&desc, 5000).as_bytes()).unwrap();
+    assert_eq!(r.path, CommitPath::Rewrite);
+    let r = c.commit(with_cpus(&desc, 3).as_bytes()).unwrap();
+    assert_eq!(r.path, CommitPath::InPlace);
+
+    // qemu-img reads the VMDK in place inside the archive, and after extraction by GNU tar.
+    let listing = tar_list(&ova);
+    let member = listing.iter().find(|l| l.name == "vm-disk1.vmdk").unwrap();
+    let inside = format!(
+        r#"json:{{"driver":"vmdk","file":{{"driver":"raw","offset":{},"size":{},"file":{{"driver":"file","filename":"{}"}}}}}}"#,
+        support::data_offset(&ova, member.block),
+        member.size,
+        ova.display()
+    );
+    let info = run(std::process::Command::new("qemu-img").args(["info", &inside]));
+    assert!(info.contains("vmdk"), "{info}");
+    run(std::process::Command::new("qemu-img")
+        .args(["compare", "-F", "raw", &inside])
+        .arg(&raw));
+    let x = t.path().join("x");
+    fs::create_dir_all(&x).unwrap();
+    run(std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&ova)
+        .arg("-C")
+        .arg(&x));
+    assert_eq!(fs::read(x.join("vm-disk1.vmdk")).unwrap(), vmdk_bytes);
+    run(std::process::Command::new("qemu-img")
+        .args(["compare", "-f", "vmdk", "-F", "raw"])
+        .arg(x.join("vm-disk1.vmdk"))
+        .arg(&raw));
+    let mf = fs::read_to_string(x.join("vm.mf")).unwrap();
+    let sums: String = mf
+        .lines()
+        .map(|l| {
+            let (a, hex) = l.split_once(")= ").unwrap();
+            format!("{hex}  {}\n", &a["SHA256(".len()..])
+        })
+        .collect();
+    fs::write(x.join("sums"), sums).unwrap();
+    run(std::process::Command::new("sha256sum")
+        .args(["-c", "--strict", "sums"])
+        .current_dir(&x));
+}
