@@ -10,6 +10,7 @@ pub mod appliance;
 pub mod archive;
 pub mod cache;
 pub mod cli;
+pub mod commit;
 pub mod disk;
 pub mod error;
 pub mod fs;

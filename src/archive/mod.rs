@@ -30,6 +30,7 @@
 
 pub mod names;
 pub mod pax;
+pub mod write;
 
 use std::collections::HashMap;
 

@@ -1,0 +1,394 @@
+//! The redo journal written beside a package before it is changed in place.
+//!
+//! A journal says what the package will look like, not how it looked: every operation is
+//! idempotent (write these bytes at this offset; rename this temporary file over that name if
+//! it is still there; remove that file if it is still there), so recovery can replay a journal
+//! any number of times, from any point. It is written and made durable (file and folder
+//! fsynced) before the package is touched, and deleted once the package is durable, so:
+//! - no journal: the package is whole (old or new);
+//! - a journal whose checksum is right: the commit was decided; replaying it completes it;
+//! - a journal whose checksum is wrong or that is cut short: the commit stopped while the
+//!   journal was being written, before the package was touched; it is deleted.
+//!
+//! Format, version 1, integers little-endian:
+//! ```text
+//! magic      8  "OVAFSJNL"
+//! version    4  1
+//! kind       4  1 = archive (writes into the OVA), 2 = folder (renames and removals)
+//! size       8  archive: the OVA's size (patches never change it); folder: 0
+//! dev        8  archive: st_dev of the OVA; folder: 0
+//! ino        8  archive: st_ino of the OVA; folder: 0
+//! count      4  number of operations
+//! operations:
+//!   tag 1 = write:  offset u64, length u32, the bytes
+//!   tag 2 = rename: from-length u16, from, to-length u16, to   (names in the same folder)
+//!   tag 3 = remove: length u16, name
+//! checksum  32  SHA-256 of every byte before it
+//! ```
+//! The identity (size, dev, ino) makes sure a journal is only ever replayed onto the file it
+//! was written for: an OVA replaced since (copied over, restored from a backup) is not
+//! patched. Names are single path components (no `/`, not `.` or `..`, no NUL).
+
+use sha2::{Digest, Sha256};
+
+/// First bytes of a journal.
+pub const MAGIC: &[u8; 8] = b"OVAFSJNL";
+
+/// The format version written and read.
+pub const VERSION: u32 = 1;
+
+/// Largest journal read back: two descriptors at their limit and a manifest, with room to
+/// spare. A larger file is not one of ours.
+pub const MAX_JOURNAL_BYTES: u64 = 128 << 20;
+
+/// Length of the fixed header before the operations.
+const HEADER_BYTES: usize = 8 + 4 + 4 + 8 + 8 + 8 + 4;
+
+/// Length of the trailing checksum.
+const CHECKSUM_BYTES: usize = 32;
+
+/// Most operations in one journal: a commit writes at most a handful.
+const MAX_OPS: u32 = 64;
+
+/// What the journal changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Writes into an OVA.
+    Archive,
+    /// Renames and removals in an unpacked package's folder.
+    Folder,
+}
+
+/// The file an archive journal was written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// Size in bytes.
+    pub size: u64,
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+}
+
+/// One idempotent operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Write `data` at `offset` in the archive.
+    Write {
+        /// Offset in the archive.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Rename `from` over `to` if `from` still exists.
+    Rename {
+        /// Temporary file name.
+        from: String,
+        /// Final name.
+        to: String,
+    },
+    /// Remove `name` if it exists.
+    Remove {
+        /// File name.
+        name: String,
+    },
+}
+
+/// A decoded journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Journal {
+    /// Archive or folder.
+    pub kind: Kind,
+    /// The target (archive journals only; zero for folders).
+    pub target: Identity,
+    /// The operations, in order.
+    pub ops: Vec<Op>,
+}
+
+/// Why a journal file was not accepted.
+pub type Invalid = &'static str;
+
+/// Whether `name` is a single path component we may rename or remove.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0')
+        && name.len() <= usize::from(u16::MAX)
+}
+
+fn put_name(out: &mut Vec<u8>, name: &str) {
+    // Names were checked by `is_plain_name`: at most u16::MAX bytes.
+    let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&name.as_bytes()[..usize::from(len)]);
+}
+
+impl Journal {
+    /// The journal's bytes, checksum included. Writes must be below 4 GiB each (a commit
+    /// writes a descriptor and a manifest, both capped far lower).
+    pub fn encode(&self) -> Vec<u8> {
+        let payload: usize = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Write { data, .. } => 13 + data.len(),
+                Op::Rename { from, to } => 5 + from.len() + to.len(),
+                Op::Remove { name } => 3 + name.len(),
+            })
+            .sum();
+        let mut out = Vec::with_capacity(HEADER_BYTES + payload + CHECKSUM_BYTES);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        let kind: u32 = match self.kind {
+            Kind::Archive => 1,
+            Kind::Folder => 2,
+        };
+        out.extend_from_slice(&kind.to_le_bytes());
+        out.extend_from_slice(&self.target.size.to_le_bytes());
+        out.extend_from_slice(&self.target.dev.to_le_bytes());
+        out.extend_from_slice(&self.target.ino.to_le_bytes());
+        let count = u32::try_from(self.ops.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&count.to_le_bytes());
+        for op in &self.ops {
+            match op {
+                Op::Write { offset, data } => {
+                    out.push(1);
+                    out.extend_from_slice(&offset.to_le_bytes());
+                    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                    out.extend_from_slice(&len.to_le_bytes());
+                    out.extend_from_slice(&data[..len as usize]);
+                }
+                Op::Rename { from, to } => {
+                    out.push(2);
+                    put_name(&mut out, from);
+                    put_name(&mut out, to);
+                }
+                Op::Remove { name } => {
+                    out.push(3);
+                    put_name(&mut out, name);
+                }
+            }
+        }
+        let sum = Sha256::digest(&out);
+        out.extend_from_slice(&sum);
+        out
+    }
+
+    /// Decodes and checks a journal: checksum first, then every field, and every byte must
+    /// be consumed.
+    pub fn decode(bytes: &[u8]) -> Result<Journal, Invalid> {
+        if bytes.len() < HEADER_BYTES + CHECKSUM_BYTES {
+            return Err("shorter than a journal header");
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - CHECKSUM_BYTES);
+        if !body.starts_with(MAGIC) {
+            return Err("not an ovafs journal (bad magic)");
+        }
+        if Sha256::digest(body).as_slice() != sum {
+            return Err("checksum mismatch (the journal was cut short while being written)");
+        }
+        let mut r = Reader { buf: body, pos: 8 };
+        if r.u32()? != VERSION {
+            return Err("unknown journal version");
+        }
+        let kind = match r.u32()? {
+            1 => Kind::Archive,
+            2 => Kind::Folder,
+            _ => return Err("unknown journal kind"),
+        };
+        let target = Identity {
+            size: r.u64()?,
+            dev: r.u64()?,
+            ino: r.u64()?,
+        };
+        let count = r.u32()?;
+        if count > MAX_OPS {
+            return Err("too many operations");
+        }
+        let mut ops = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let op = match r.u8()? {
+                1 => {
+                    let offset = r.u64()?;
+                    let len = r.u32()? as usize;
+                    let data = r.take(len)?.to_vec();
+                    if offset
+                        .checked_add(len as u64)
+                        .is_none_or(|e| e > target.size)
+                    {
+                        return Err("write past the end of the archive");
+                    }
+                    Op::Write { offset, data }
+                }
+                2 => Op::Rename {
+                    from: r.name()?,
+                    to: r.name()?,
+                },
+                3 => Op::Remove { name: r.name()? },
+                _ => return Err("unknown operation"),
+            };
+            match (&op, kind) {
+                (Op::Write { .. }, Kind::Archive) => {}
+                (Op::Rename { .. } | Op::Remove { .. }, Kind::Folder) => {}
+                _ => return Err("operation does not belong to this kind of journal"),
+            }
+            ops.push(op);
+        }
+        if r.pos != body.len() {
+            return Err("trailing bytes after the operations");
+        }
+        Ok(Journal { kind, target, ops })
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Invalid> {
+        let end = self.pos.checked_add(n).ok_or("length overflow")?;
+        let s = self.buf.get(self.pos..end).ok_or("cut short")?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, Invalid> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, Invalid> {
+        let mut a = [0u8; 2];
+        a.copy_from_slice(self.take(2)?);
+        Ok(u16::from_le_bytes(a))
+    }
+    fn u32(&mut self) -> Result<u32, Invalid> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+    fn u64(&mut self) -> Result<u64, Invalid> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn name(&mut self) -> Result<String, Invalid> {
+        let len = usize::from(self.u16()?);
+        let s = std::str::from_utf8(self.take(len)?).map_err(|_| "name is not UTF-8")?;
+        if !is_plain_name(s) {
+            return Err("name is not a plain file name");
+        }
+        Ok(s.to_string())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn archive_journal() -> Journal {
+        Journal {
+            kind: Kind::Archive,
+            target: Identity {
+                size: 10_240,
+                dev: 2049,
+                ino: 77,
+            },
+            ops: vec![
+                Op::Write {
+                    offset: 0,
+                    data: vec![1; 1024],
+                },
+                Op::Write {
+                    offset: 2048,
+                    data: b"SHA1".to_vec(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let j = archive_journal();
+        assert_eq!(Journal::decode(&j.encode()).unwrap(), j);
+        let f = Journal {
+            kind: Kind::Folder,
+            target: Identity::default(),
+            ops: vec![
+                Op::Rename {
+                    from: ".a.ovf.ovafs-tmp-1".into(),
+                    to: "a.ovf".into(),
+                },
+                Op::Remove {
+                    name: "a.cert".into(),
+                },
+            ],
+        };
+        assert_eq!(Journal::decode(&f.encode()).unwrap(), f);
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_byte_is_refused() {
+        let bytes = archive_journal().encode();
+        for n in 0..bytes.len() {
+            assert!(Journal::decode(&bytes[..n]).is_err(), "cut at {n}");
+        }
+        for i in (0..bytes.len()).step_by(7) {
+            let mut b = bytes.clone();
+            b[i] ^= 0x20;
+            assert!(Journal::decode(&b).is_err(), "flip at {i}");
+        }
+    }
+
+    /// Encodes a journal with a valid checksum over hand-made bytes.
+    fn sealed(mut body: Vec<u8>) -> Vec<u8> {
+        let sum = Sha256::digest(&body);
+        body.extend_from_slice(&sum);
+        body
+    }
+
+    #[test]
+    fn well_sealed_but_hostile_journals_are_refused() {
+        let header = |kind: u32, size: u64, count: u32| {
+            let mut v = MAGIC.to_vec();
+            v.extend_from_slice(&1u32.to_le_bytes());
+            v.extend_from_slice(&kind.to_le_bytes());
+            v.extend_from_slice(&size.to_le_bytes());
+            v.extend_from_slice(&[0; 16]);
+            v.extend_from_slice(&count.to_le_bytes());
+            v
+        };
+        // A write past the end of the target.
+        let mut v = header(1, 100, 1);
+        v.push(1);
+        v.extend_from_slice(&90u64.to_le_bytes());
+        v.extend_from_slice(&20u32.to_le_bytes());
+        v.extend_from_slice(&[0; 20]);
+        assert!(Journal::decode(&sealed(v)).is_err());
+        // A rename out of the folder.
+        let mut v = header(2, 0, 1);
+        v.push(2);
+        for name in [&b"x"[..], b"../etc/passwd"] {
+            v.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            v.extend_from_slice(name);
+        }
+        assert!(Journal::decode(&sealed(v)).is_err());
+        // A write in a folder journal.
+        let mut v = header(2, 100, 1);
+        v.push(1);
+        v.extend_from_slice(&0u64.to_le_bytes());
+        v.extend_from_slice(&1u32.to_le_bytes());
+        v.push(0);
+        assert!(Journal::decode(&sealed(v)).is_err());
+        // A huge operation count.
+        assert!(Journal::decode(&sealed(header(1, 0, u32::MAX))).is_err());
+        // A length that runs past the end.
+        let mut v = header(1, u64::MAX, 1);
+        v.push(1);
+        v.extend_from_slice(&0u64.to_le_bytes());
+        v.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Journal::decode(&sealed(v)).is_err());
+    }
+}

@@ -1,0 +1,449 @@
+//! Persisting an edited descriptor into its package: in place under a redo journal when it
+//! fits, else by an atomic rewrite (design.md "Commit", formats.md §1.2-1.4, §3, §6 rule 26).
+//!
+//! [`Committer::open`] captures the package's on-disk layout (every member's header and
+//! offsets, the descriptor, manifest and certificate members). [`Committer::commit`] then
+//! writes a new descriptor:
+//!
+//! - The **manifest** is refreshed in its own algorithm and line style: only the value on the
+//!   lines naming the descriptor changes ([`manifest`]). A manifest that does not list the
+//!   descriptor is left alone.
+//! - A **certificate** signs the manifest bytes, so when the manifest changes it no longer
+//!   matches: it is removed with a warning (re-signing is a later feature). When the manifest
+//!   does not change, the certificate stays.
+//! - **In place** (OVA): when the new descriptor fills the same number of tar blocks as the
+//!   old one ([`padding`]: it may be padded with trailing whitespace, and a rewrite leaves
+//!   slack for this), and the manifest keeps its block count, and no certificate has to go,
+//!   the descriptor's header and data and the manifest's are patched. The patches are first
+//!   written to a journal beside the OVA (`NAME.ova.ovafs-journal`, [`journal`]), which is
+//!   fsynced with its folder; then the OVA is patched and fsynced and the journal deleted.
+//!   The cost is a few fsyncs and two descriptor-sized writes, whatever the archive's size.
+//! - **Rewrite** (OVA): otherwise a new archive is written to `.NAME.ova.ovafs-tmp-*` in the
+//!   same folder: descriptor first (with slack after it), manifest next, then every other
+//!   member in its original order, data copied byte for byte (`copy_file_range`), headers
+//!   rebuilt as ustar (GNU only for members of 8 GiB and more or names that need it; never
+//!   pax). It is fsynced, checked by indexing it again, renamed over the original, and the
+//!   folder is fsynced.
+//! - **Folder** packages: the new `.ovf` and `.mf` are written to temporary files and
+//!   fsynced; a journal listing the renames (and the certificate's removal) is made durable;
+//!   then the renames are done and the folder fsynced.
+//!
+//! Crash safety: at every moment the package is the old version, the new one, or a journal
+//! beside it that [`recover`] completes (a journal with a valid checksum is replayed; one cut
+//! short is deleted, the package having not been touched yet). [`recover`] also deletes
+//! temporary files of an interrupted rewrite. Commits and recovery of packages in one folder
+//! are serialised by an `flock` on the folder, so `ovafs umount` recovering while a daemon
+//! commits waits for the commit instead of racing it.
+//!
+//! A source that is read-only (no write permission bit, a read-only file system, a folder we
+//! cannot write) cannot be committed to: [`Committer::open`] fails with an error for which
+//! [`is_read_only`] is true, and the mount should be read-only.
+//!
+//! Not here: building the new descriptor (settings), FUSE, signing.
+
+mod folder;
+pub mod journal;
+pub mod manifest;
+mod ova;
+pub mod padding;
+mod recover;
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::{Error, Result};
+use crate::package::{Package, SourceKind};
+
+pub use recover::{JournalOutcome, RecoveryReport, recover};
+
+/// Suffix of the journal file beside a package: `NAME.ova.ovafs-journal`.
+pub const JOURNAL_SUFFIX: &str = ".ovafs-journal";
+
+/// Infix of temporary files: `.NAME.ova.ovafs-tmp-XXXXXX`.
+pub const TEMP_INFIX: &str = ".ovafs-tmp-";
+
+/// Largest manifest read into memory: far above any real manifest (a line per file).
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// A commit cannot be done.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitError {
+    /// The descriptor, manifest or certificate member named at open is no longer there.
+    #[error("member {name:?} is not in the archive any more")]
+    MemberMissing {
+        /// The member.
+        name: String,
+    },
+    /// The manifest cannot be refreshed.
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    /// The archive cannot be rewritten without losing something.
+    #[error("the archive cannot be rewritten: {reason}")]
+    CannotRewrite {
+        /// Why.
+        reason: String,
+    },
+    /// The rewritten archive does not read back as written (a bug or a failing disk); the
+    /// original was left in place.
+    #[error("the rewritten archive does not read back as written: {reason}")]
+    RewriteCheck {
+        /// What differs.
+        reason: String,
+    },
+    /// A tar header cannot be written.
+    #[error(transparent)]
+    Header(#[from] crate::archive::write::WriteError),
+    /// A path that cannot be used (no file name, not UTF-8).
+    #[error("cannot commit to {path:?}: {reason}")]
+    BadPath {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A new descriptor above [`crate::ovf::MAX_DESCRIPTOR_BYTES`].
+    #[error("the new descriptor is {size} bytes, above the limit of {limit}")]
+    DescriptorTooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+impl From<CommitError> for Error {
+    fn from(e: CommitError) -> Self {
+        // `ErrorKind` has no commit variant yet: carry it as the source of an I/O error so
+        // that callers can still reach it with [`commit_error`].
+        Error::io("commit", std::io::Error::other(e))
+    }
+}
+
+/// The [`CommitError`] inside `e`, if it is one.
+pub fn commit_error(e: &Error) -> Option<&CommitError> {
+    match e.kind() {
+        crate::error::ErrorKind::Io { source, .. } => source.get_ref()?.downcast_ref(),
+        _ => None,
+    }
+}
+
+/// Whether `e` says the package cannot be written (read-only file, file system or folder).
+pub fn is_read_only(e: &Error) -> bool {
+    matches!(
+        e.os_error(),
+        Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM)
+    )
+}
+
+fn read_only(path: &Path, why: &str) -> Error {
+    Error::io(
+        format!("{} is read-only ({why})", path.display()),
+        std::io::Error::from_raw_os_error(libc::EROFS),
+    )
+}
+
+/// A step of a commit, for tests that stop a commit there ([`CommitOptions::fault_hook`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FaultPoint {
+    /// Half of the journal is written; nothing is synced.
+    JournalPartial,
+    /// The journal is durable; the package is untouched.
+    JournalDurable,
+    /// Archive: half (`half` 0) or all (`half` 1) of write `op` is done. Folder: rename or
+    /// removal `op` is done (`half` 1).
+    Applied {
+        /// Operation index.
+        op: usize,
+        /// 0 after the first half, 1 after the whole operation.
+        half: u8,
+    },
+    /// The package is durable; the journal is still there.
+    AppliedDurable,
+    /// The journal is unlinked; the folder is not synced yet.
+    JournalRemoved,
+    /// Rewrite: `count` members are in the temporary file.
+    RewriteMember {
+        /// Members written so far.
+        count: usize,
+    },
+    /// Rewrite: the temporary file is complete and durable, not renamed yet.
+    RewriteDurable,
+    /// Rewrite: renamed over the original; the folder is not synced yet.
+    Renamed,
+    /// Folder: the temporary files are durable; no journal yet.
+    TempsDurable,
+}
+
+/// A callback run at every [`FaultPoint`] (tests use it to kill the process there).
+pub type FaultHook = Arc<dyn Fn(FaultPoint) + Send + Sync>;
+
+/// Tuning and test hooks.
+#[derive(Clone, Default)]
+pub struct CommitOptions {
+    /// Slack left after the descriptor when rewriting; default [`padding::default_slack`].
+    pub slack_bytes: Option<u64>,
+    /// The mtime given to the descriptor and manifest members; default: now. Tests fix it to
+    /// compare archives byte for byte.
+    pub mtime: Option<u64>,
+    /// Called at every step of a commit.
+    pub fault_hook: Option<FaultHook>,
+}
+
+impl fmt::Debug for CommitOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommitOptions")
+            .field("slack_bytes", &self.slack_bytes)
+            .field("mtime", &self.mtime)
+            .field("fault_hook", &self.fault_hook.is_some())
+            .finish()
+    }
+}
+
+impl CommitOptions {
+    fn fault(&self, point: FaultPoint) {
+        if let Some(h) = &self.fault_hook {
+            h(point);
+        }
+    }
+
+    fn mtime_now(&self) -> u64 {
+        self.mtime.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        })
+    }
+}
+
+/// Which way a commit went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitPath {
+    /// The new descriptor equals the stored one: nothing was written.
+    Unchanged,
+    /// Patched in place under a journal.
+    InPlace,
+    /// The whole archive was rewritten and renamed over the original.
+    Rewrite,
+    /// Folder package: new files renamed over the old ones under a journal.
+    Folder,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone)]
+pub struct CommitReport {
+    /// The path taken.
+    pub path: CommitPath,
+    /// The descriptor as now stored (the new descriptor plus any padding after it; see
+    /// [`padding::split_padding`]).
+    pub descriptor: Vec<u8>,
+    /// The manifest as now stored, when the package has one.
+    pub manifest: Option<Vec<u8>>,
+    /// Whether the manifest changed.
+    pub manifest_changed: bool,
+    /// The certificate removed because it no longer matches the manifest.
+    pub certificate_dropped: Option<String>,
+    /// Bytes written to the package, its journal and temporary files.
+    pub bytes_written: u64,
+    /// Wall time of the commit.
+    pub elapsed: Duration,
+    /// Whether the package file was replaced by a new one (rewrite, folder): readers must
+    /// reopen it; member offsets changed.
+    pub replaced: bool,
+}
+
+/// Persists new descriptors into one package.
+pub struct Committer {
+    inner: Inner,
+    options: CommitOptions,
+}
+
+enum Inner {
+    Ova(Box<ova::OvaCommitter>),
+    Folder(folder::FolderCommitter),
+}
+
+impl fmt::Debug for Committer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Committer")
+            .field("source", &self.source())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Committer {
+    /// Captures the layout of `pkg` for commits, with default options. Fails when the source
+    /// is read-only ([`is_read_only`]) or a journal is waiting beside it (run [`recover`]
+    /// before opening the package).
+    pub fn open(pkg: &Package) -> Result<Committer> {
+        Committer::open_with(pkg, CommitOptions::default())
+    }
+
+    /// [`Committer::open`] with options.
+    pub fn open_with(pkg: &Package, options: CommitOptions) -> Result<Committer> {
+        let inner = match pkg.kind {
+            SourceKind::Ova => Inner::Ova(Box::new(ova::OvaCommitter::open(pkg)?)),
+            SourceKind::Folder => Inner::Folder(folder::FolderCommitter::open(pkg)?),
+        };
+        Ok(Committer { inner, options })
+    }
+
+    /// The package file this committer writes (the real path of the `.ova` or `.ovf`).
+    pub fn source(&self) -> &Path {
+        match &self.inner {
+            Inner::Ova(c) => c.path(),
+            Inner::Folder(c) => c.path(),
+        }
+    }
+
+    /// The descriptor bytes as stored now.
+    pub fn descriptor(&self) -> &[u8] {
+        match &self.inner {
+            Inner::Ova(c) => c.descriptor(),
+            Inner::Folder(c) => c.descriptor(),
+        }
+    }
+
+    /// Writes `new_descriptor` into the package with a refreshed manifest. Durable when it
+    /// returns. On error the package is the old version, or the new one, or has a journal
+    /// beside it that the next commit or [`recover`] completes.
+    pub fn commit(&mut self, new_descriptor: &[u8]) -> Result<CommitReport> {
+        let start = Instant::now();
+        let limit = crate::ovf::MAX_DESCRIPTOR_BYTES;
+        if new_descriptor.len() as u64 > limit {
+            return Err(CommitError::DescriptorTooLarge {
+                size: new_descriptor.len() as u64,
+                limit,
+            }
+            .into());
+        }
+        let mut report = match &mut self.inner {
+            Inner::Ova(c) => c.commit(new_descriptor, &self.options)?,
+            Inner::Folder(c) => c.commit(new_descriptor, &self.options)?,
+        };
+        report.elapsed = start.elapsed();
+        if let Some(cert) = &report.certificate_dropped {
+            log::warn!(
+                "{}: certificate {cert:?} removed: it signed the old manifest (re-signing is not supported)",
+                self.source().display()
+            );
+        }
+        log::info!(
+            "{}: committed {} descriptor bytes ({:?}, {} bytes written, {:?})",
+            self.source().display(),
+            report.descriptor.len(),
+            report.path,
+            report.bytes_written,
+            report.elapsed
+        );
+        Ok(report)
+    }
+}
+
+// ---- helpers shared by the OVA and folder committers and by recovery ----
+
+/// The folder and file name of `path`, following symlinks to the real file when it exists
+/// (so the journal and temporary files sit beside the file actually changed).
+fn split_path(path: &Path) -> Result<(PathBuf, PathBuf, String)> {
+    let real = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let name = real
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| CommitError::BadPath {
+            path: path.to_path_buf(),
+            reason: "no UTF-8 file name",
+        })?
+        .to_string();
+    let dir = match real.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((real, dir, name))
+}
+
+fn journal_path(dir: &Path, file_name: &str) -> PathBuf {
+    dir.join(format!("{file_name}{JOURNAL_SUFFIX}"))
+}
+
+fn temp_prefix(file_name: &str) -> String {
+    format!(".{file_name}{TEMP_INFIX}")
+}
+
+/// fsync of a folder: makes creations, renames and removals in it durable.
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("fsync folder {}", dir.display()), e))
+}
+
+/// An exclusive `flock` on the folder, held for a commit or a recovery.
+fn lock_dir(dir: &Path) -> Result<Flock<File>> {
+    let d = File::open(dir).map_err(|e| Error::io(format!("open folder {}", dir.display()), e))?;
+    Flock::lock(d, FlockArg::LockExclusive).map_err(|(_, errno)| {
+        Error::io(
+            format!("lock folder {}", dir.display()),
+            std::io::Error::from(errno),
+        )
+    })
+}
+
+/// Writes a journal and makes it durable (file and folder), stopping at the fault points.
+fn write_journal(path: &Path, bytes: &[u8], opts: &CommitOptions) -> Result<()> {
+    let io = |e| Error::io(format!("write journal {}", path.display()), e);
+    // A new file only (recovery ran under the same lock, so none is there), never through a
+    // symlink, readable by the owner only: it holds descriptor bytes.
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io)?;
+    let half = bytes.len() / 2;
+    f.write_all(&bytes[..half]).map_err(io)?;
+    opts.fault(FaultPoint::JournalPartial);
+    f.write_all(&bytes[half..]).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    opts.fault(FaultPoint::JournalDurable);
+    Ok(())
+}
+
+/// Deletes a journal once the package is durable, and makes that durable.
+fn remove_journal(path: &Path, opts: &CommitOptions) -> Result<()> {
+    fs::remove_file(path)
+        .map_err(|e| Error::io(format!("remove journal {}", path.display()), e))?;
+    opts.fault(FaultPoint::JournalRemoved);
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Whether a file with these metadata may be written: a write permission bit must be set
+/// (root bypasses permission checks, but a file marked read-only stays read-only for us).
+fn check_writable(path: &Path, meta: &fs::Metadata) -> Result<()> {
+    if meta.mode() & 0o222 == 0 {
+        return Err(read_only(path, "no write permission bit"));
+    }
+    Ok(())
+}
+
+/// Whether we may create and rename files in `dir`.
+fn check_dir_writable(dir: &Path) -> Result<()> {
+    match nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK) {
+        Ok(()) => Ok(()),
+        Err(errno) => Err(Error::io(
+            format!("{} is read-only (cannot create files in it)", dir.display()),
+            std::io::Error::from(errno),
+        )),
+    }
+}

@@ -1,0 +1,184 @@
+//! `commit::recover` on journals and temporary files found beside a package.
+//!
+//! Contents:
+//! - `valid_journal_is_replayed_*`: a journal for this very file is completed (also twice).
+//! - `torn_journal_is_discarded_*`: every truncation of a journal is deleted, the OVA untouched.
+//! - `journal_for_another_file_is_discarded`: the OVA was replaced since: not patched.
+//! - `hostile_folder_journal_is_discarded`: renames that leave the package's own files.
+//! - `journal_symlink_is_refused`: a symlink at the journal's name is neither followed nor
+//!   deleted.
+//! - `stale_temporary_files_are_removed_and_others_kept`.
+
+#[path = "commit_support.rs"]
+mod support;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use ovafs::commit::journal::{Identity, Journal, Kind, Op};
+use ovafs::commit::{self, JournalOutcome};
+use support::{Fixture, tar_list};
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ovafs-recover-")
+        .tempdir()
+        .unwrap()
+}
+
+fn identity(p: &Path) -> Identity {
+    let m = fs::metadata(p).unwrap();
+    Identity {
+        size: m.len(),
+        dev: m.dev(),
+        ino: m.ino(),
+    }
+}
+
+/// A journal that overwrites the first four bytes of the descriptor's data with "XXXX"
+/// (harmless to GNU tar: data, not headers).
+fn patch_journal(ova: &Path) -> (Journal, u64) {
+    let listing = tar_list(ova);
+    let offset = support::data_offset(ova, listing[0].block) + 100;
+    (
+        Journal {
+            kind: Kind::Archive,
+            target: identity(ova),
+            ops: vec![Op::Write {
+                offset,
+                data: b"XXXX".to_vec(),
+            }],
+        },
+        offset,
+    )
+}
+
+fn journal_path(source: &Path) -> std::path::PathBuf {
+    let name = source.file_name().unwrap().to_str().unwrap();
+    source.with_file_name(format!("{name}.ovafs-journal"))
+}
+
+#[test]
+fn valid_journal_is_replayed_and_replaying_again_is_harmless() {
+    let t = tempdir();
+    let fx = Fixture::new(t.path(), "j");
+    let ova = fx.build();
+    let (j, offset) = patch_journal(&ova);
+    let bytes = j.encode();
+    for round in 0..2 {
+        fs::write(journal_path(&ova), &bytes).unwrap();
+        let r = commit::recover(&ova).unwrap();
+        assert_eq!(r.journal, JournalOutcome::Completed, "round {round}");
+        assert!(!journal_path(&ova).exists());
+        let data = fs::read(&ova).unwrap();
+        assert_eq!(&data[offset as usize..offset as usize + 4], b"XXXX");
+    }
+    assert!(commit::recover(&ova).unwrap().is_clean());
+}
+
+#[test]
+fn torn_journal_is_discarded_and_the_ova_untouched() {
+    let t = tempdir();
+    let fx = Fixture::new(t.path(), "torn");
+    let ova = fx.build();
+    let before = fs::read(&ova).unwrap();
+    let bytes = patch_journal(&ova).0.encode();
+    for n in [0, 1, 8, 40, bytes.len() / 2, bytes.len() - 1] {
+        fs::write(journal_path(&ova), &bytes[..n]).unwrap();
+        let r = commit::recover(&ova).unwrap();
+        assert!(
+            matches!(r.journal, JournalOutcome::Discarded { .. }),
+            "cut at {n}: {r:?}"
+        );
+        assert!(!journal_path(&ova).exists());
+        assert_eq!(fs::read(&ova).unwrap(), before);
+    }
+}
+
+#[test]
+fn journal_for_another_file_is_discarded() {
+    let t = tempdir();
+    let fx = Fixture::new(t.path(), "moved");
+    let ova = fx.build();
+    let bytes = patch_journal(&ova).0.encode();
+    // The OVA is replaced by a copy (new inode) before recovery.
+    let copy = t.path().join("copy");
+    fs::copy(&ova, &copy).unwrap();
+    fs::rename(&copy, &ova).unwrap();
+    let before = fs::read(&ova).unwrap();
+    fs::write(journal_path(&ova), &bytes).unwrap();
+    let r = commit::recover(&ova).unwrap();
+    assert!(
+        matches!(r.journal, JournalOutcome::Discarded { .. }),
+        "{r:?}"
+    );
+    assert_eq!(fs::read(&ova).unwrap(), before);
+}
+
+#[test]
+fn hostile_folder_journal_is_discarded() {
+    let t = tempdir();
+    let fx = Fixture::new(t.path(), "pkg");
+    fx.write_files();
+    let dir = t.path().join("pkg");
+    let ovf = dir.join(fx.ovf());
+    let before = support::sha256(&fs::read(&ovf).unwrap());
+    for ops in [
+        vec![Op::Rename {
+            from: fx.disk_name.clone(),
+            to: fx.ovf(),
+        }],
+        vec![Op::Remove {
+            name: fx.disk_name.clone(),
+        }],
+        vec![Op::Rename {
+            from: format!(".{}.ovafs-tmp-x", fx.ovf()),
+            to: fx.disk_name.clone(),
+        }],
+    ] {
+        let j = Journal {
+            kind: Kind::Folder,
+            target: Identity::default(),
+            ops,
+        };
+        fs::write(journal_path(&ovf), j.encode()).unwrap();
+        let r = commit::recover(&ovf).unwrap();
+        assert!(
+            matches!(r.journal, JournalOutcome::Discarded { .. }),
+            "{r:?}"
+        );
+        assert!(dir.join(&fx.disk_name).exists());
+        assert_eq!(support::sha256(&fs::read(&ovf).unwrap()), before);
+    }
+}
+
+#[test]
+fn journal_symlink_is_refused() {
+    let t = tempdir();
+    let fx = Fixture::new(t.path(), "link");
+    let ova = fx.build();
+    let victim = t.path().join("victim");
+    fs::write(&victim, b"keep me").unwrap();
+    std::os::unix::fs::symlink(&victim, journal_path(&ova)).unwrap();
+    assert!(commit::recover(&ova).is_err());
+    assert_eq!(fs::read(&victim).unwrap(), b"keep me");
+    assert!(fs::symlink_metadata(journal_path(&ova)).is_ok());
+}
+
+#[test]
+fn stale_temporary_files_are_removed_and_others_kept() {
+    let t = tempdir();
+    let fx = Fixture::new(t.path(), "tmp");
+    let ova = fx.build();
+    let stale = t.path().join(".tmp.ova.ovafs-tmp-abc123");
+    let other = t.path().join(".other.ova.ovafs-tmp-abc123");
+    let dot = t.path().join(".tmp.ova.swp");
+    for p in [&stale, &other, &dot] {
+        fs::write(p, b"x").unwrap();
+    }
+    let r = commit::recover(&ova).unwrap();
+    assert_eq!(r.journal, JournalOutcome::None);
+    assert_eq!(r.removed_temp_files, vec![stale.clone()]);
+    assert!(!stale.exists() && other.exists() && dot.exists());
+}
