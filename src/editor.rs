@@ -41,8 +41,16 @@ impl Editor {
     /// An editor for `package`; `committer` is `None` for a read-only mount.
     pub fn new(package: &Package, committer: Option<Committer>) -> Result<Self> {
         let member_bytes = |i: Option<usize>| -> Result<Option<(String, Arc<[u8]>)>> {
-            let Some(m) = i.and_then(|i| package.members.get(i)) else { return Ok(None) };
-            let bytes = crate::io::read_vec_at(&*m.data, "member", 0, m.size, crate::commit::MAX_MANIFEST_BYTES)?;
+            let Some(m) = i.and_then(|i| package.members.get(i)) else {
+                return Ok(None);
+            };
+            let bytes = crate::io::read_vec_at(
+                &*m.data,
+                "member",
+                0,
+                m.size,
+                crate::commit::MAX_MANIFEST_BYTES,
+            )?;
             Ok(Some((m.name.clone(), Arc::from(bytes))))
         };
         let manifest = member_bytes(package.manifest_member)?;
@@ -73,10 +81,14 @@ impl Editor {
 
     /// The package members this editor serves as live files (so the static tree skips them).
     pub fn served_members(package: &Package) -> Vec<usize> {
-        [Some(package.descriptor_member), package.manifest_member, package.certificate_member]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            Some(package.descriptor_member),
+            package.manifest_member,
+            package.certificate_member,
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -105,7 +117,8 @@ impl Editor {
     fn commit(&self, st: &mut State, new: Vec<u8>) -> Result<()> {
         // The model must accept what we are about to store; a settings bug must never
         // reach the package.
-        ovf::parse(&new).map_err(|e| e.context("the edited descriptor does not parse (not stored)"))?;
+        ovf::parse(&new)
+            .map_err(|e| e.context("the edited descriptor does not parse (not stored)"))?;
         let committer = st
             .committer
             .as_mut()
@@ -146,17 +159,35 @@ impl Backend for Editor {
         let writable = st.committer.is_some();
         let mut out = vec![LiveEntry {
             path: self.descriptor_path.clone(),
-            kind: LiveKind::File { writable, secret: false },
+            kind: LiveKind::File {
+                writable,
+                secret: false,
+            },
         }];
         if let Some(p) = &self.manifest_path {
-            out.push(LiveEntry { path: p.clone(), kind: LiveKind::File { writable: false, secret: false } });
+            out.push(LiveEntry {
+                path: p.clone(),
+                kind: LiveKind::File {
+                    writable: false,
+                    secret: false,
+                },
+            });
         }
         if let (Some(p), Some(_)) = (&self.certificate_path, &st.certificate) {
-            out.push(LiveEntry { path: p.clone(), kind: LiveKind::File { writable: false, secret: false } });
+            out.push(LiveEntry {
+                path: p.clone(),
+                kind: LiveKind::File {
+                    writable: false,
+                    secret: false,
+                },
+            });
         }
         for e in settings::tree(&st.descriptor) {
             let kind = match e.kind {
-                EntryKind::File => LiveKind::File { writable, secret: e.secret },
+                EntryKind::File => LiveKind::File {
+                    writable,
+                    secret: e.secret,
+                },
                 EntryKind::Dir => LiveKind::Dir,
                 EntryKind::Symlink(t) => LiveKind::Symlink(t),
             };
@@ -181,7 +212,11 @@ impl Backend for Editor {
     }
 
     fn max_len(&self, path: &str) -> u64 {
-        if path == self.descriptor_path { ovf::MAX_DESCRIPTOR_BYTES } else { MAX_SETTING_BYTES }
+        if path == self.descriptor_path {
+            ovf::MAX_DESCRIPTOR_BYTES
+        } else {
+            MAX_SETTING_BYTES
+        }
     }
 
     fn check(&self, path: &str, data: &[u8]) -> Result<()> {
@@ -190,12 +225,16 @@ impl Backend for Editor {
             return Ok(());
         }
         let st = self.state();
-        settings::write(&st.descriptor, path, data).map(|_| ()).map_err(setting_error)
+        settings::write(&st.descriptor, path, data)
+            .map(|_| ())
+            .map_err(setting_error)
     }
 
     fn store(&self, path: &str, data: &[u8]) -> Result<()> {
         if !self.writable() {
-            return Err(Error::new(ErrorKind::ReadOnly(format!("{path}: the mount is read-only"))));
+            return Err(Error::new(ErrorKind::ReadOnly(format!(
+                "{path}: the mount is read-only"
+            ))));
         }
         let mut st = self.state();
         match self.new_descriptor(&st, path, data)? {
@@ -220,5 +259,8 @@ impl Backend for Editor {
 }
 
 fn gone(path: &str) -> Error {
-    Error::io(format!("{path} was removed"), std::io::Error::from_raw_os_error(libc::ENOENT))
+    Error::io(
+        format!("{path} was removed"),
+        std::io::Error::from_raw_os_error(libc::ENOENT),
+    )
 }

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod cli;
 pub mod commit;
 pub mod disk;
+pub mod editor;
 pub mod error;
 pub mod fs;
 pub mod io;

@@ -32,7 +32,7 @@ pub fn run() -> Result<i32> {
     std::fs::create_dir(&mnt).map_err(|e| Error::io("cannot create the mount point", e))?;
     let mut config = MountConfig::new(ova.clone(), mnt.clone());
     config.foreground = true;
-    let code = mount::serve(&config, || {
+    let code = mount::serve(&config, |_| {
         print_instructions(&ova, &mnt);
         Ok(())
     })?;

@@ -22,6 +22,8 @@ use super::options::{Access, MountConfig};
 use super::{EXIT_FAILURE, EXIT_OK};
 use crate::appliance::Appliance;
 use crate::cache::UnitCache;
+use crate::commit::{self, Committer};
+use crate::editor::Editor;
 use crate::error::{Error, Result};
 use crate::fs::{FsOptions, OvaFs};
 
@@ -39,7 +41,12 @@ pub fn run(mut config: MountConfig) -> Result<i32> {
         .map_err(|e| Error::io(format!("cannot resolve {}", config.mountpoint.display()), e))?;
     if config.foreground {
         crate::logging::init_stderr(config.debug);
-        serve(&config, || Ok(()))
+        serve(&config, |read_only| {
+            if let Some(reason) = read_only {
+                eprintln!("ovafs: {reason}");
+            }
+            Ok(())
+        })
     } else {
         spawn_daemon(&config)
     }
@@ -60,8 +67,13 @@ pub fn run_daemon(config_json: &str) -> i32 {
     // and no working directory pinned.
     let _ = nix::unistd::setsid();
     let _ = std::env::set_current_dir("/");
-    let ready =
-        || notify_line(notify, READY_LINE).map_err(|e| Error::io("cannot report readiness", e));
+    let ready = |read_only: Option<&str>| {
+        let line = match read_only {
+            Some(reason) => format!("{READY_LINE} {reason}"),
+            None => READY_LINE.to_string(),
+        };
+        notify_line(notify, &line).map_err(|e| Error::io("cannot report readiness", e))
+    };
     match serve(&config, ready) {
         Ok(code) => code,
         Err(e) => {
@@ -102,6 +114,13 @@ fn spawn_daemon(config: &MountConfig) -> Result<i32> {
     if line == READY_LINE {
         return Ok(EXIT_OK);
     }
+    if let Some(notice) = line
+        .strip_prefix(READY_LINE)
+        .and_then(|r| r.strip_prefix(' '))
+    {
+        eprintln!("ovafs: {notice}");
+        return Ok(EXIT_OK);
+    }
     let status = child
         .wait()
         .map_err(|e| Error::io("waiting for the mount daemon", e))?;
@@ -113,8 +132,12 @@ fn spawn_daemon(config: &MountConfig) -> Result<i32> {
 }
 
 /// Mounts and serves until unmounted (by `ovafs umount`, `fusermount3 -u`, or a signal).
-/// `on_ready` runs once the mount is usable.
-pub(super) fn serve(config: &MountConfig, on_ready: impl FnOnce() -> Result<()>) -> Result<i32> {
+/// `on_ready` runs once the mount is usable, with the reason the mount is read-only when
+/// the user did not ask for that (the source file is not writable).
+pub(super) fn serve(
+    config: &MountConfig,
+    on_ready: impl FnOnce(Option<&str>) -> Result<()>,
+) -> Result<i32> {
     // Signals are handled by one thread that unmounts; block them before any thread starts
     // so every thread inherits the mask.
     let signals = termination_signals();
@@ -125,20 +148,33 @@ pub(super) fn serve(config: &MountConfig, on_ready: impl FnOnce() -> Result<()>)
     check_mountpoint(&config.mountpoint)?;
     let done_lock = hold_mountpoint_lock(&config.mountpoint)?;
 
+    // An interrupted commit is completed (or discarded) before anything reads the package.
+    std::fs::metadata(&config.source)
+        .map_err(|e| Error::io(format!("cannot open {}", config.source.display()), e))?;
+    let recovery = commit::recover(&config.source)?;
+    if !recovery.is_clean() {
+        log::warn!(
+            "{}: recovered an interrupted commit: {recovery:?}",
+            config.source.display()
+        );
+    }
     let appliance = Appliance::open(&config.source)?;
+    let (committer, read_only_reason) = open_committer(config, &appliance)?;
+    let read_only = committer.is_none();
+    let editor = Arc::new(Editor::new(&appliance.package, committer)?);
     let cache = Arc::new(UnitCache::new(config.cache_bytes));
-    let tree = appliance.build_tree(&cache, &[]);
+    let tree = appliance.build_tree(&cache, &Editor::served_members(&appliance.package));
     let fs_options = FsOptions {
         threads: config.threads,
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
-        read_only: true,
+        read_only,
     };
-    let fs = OvaFs::new(tree, None, &fs_options)
+    let fs = OvaFs::new(tree, Some(editor), &fs_options)
         .map_err(|e| Error::io("cannot start read workers", e))?;
 
-    let mut session =
-        fuser::Session::new(fs, &config.mountpoint, &fuser_config(config)).map_err(|e| {
+    let mut session = fuser::Session::new(fs, &config.mountpoint, &fuser_config(config, read_only))
+        .map_err(|e| {
             Error::io(
                 format!("cannot mount on {}", config.mountpoint.display()),
                 e,
@@ -166,7 +202,7 @@ pub(super) fn serve(config: &MountConfig, on_ready: impl FnOnce() -> Result<()>)
         })
         .map_err(|e| Error::io("cannot start the signal thread", e))?;
 
-    on_ready()?;
+    on_ready(read_only_reason.as_deref())?;
     let result = session.run();
     drop(done_lock);
     match result {
@@ -183,7 +219,26 @@ fn termination_signals() -> SigSet {
     set
 }
 
-fn fuser_config(config: &MountConfig) -> fuser::Config {
+/// The committer for a writable mount, or why the mount is read-only.
+fn open_committer(
+    config: &MountConfig,
+    appliance: &Appliance,
+) -> Result<(Option<Committer>, Option<String>)> {
+    if config.read_only {
+        return Ok((None, None));
+    }
+    match Committer::open(&appliance.package) {
+        Ok(c) => Ok((Some(c), None)),
+        Err(e) if commit::is_read_only(&e) => {
+            let reason = format!("{e}; mounted read-only");
+            log::warn!("{reason}");
+            Ok((None, Some(reason)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn fuser_config(config: &MountConfig, read_only: bool) -> fuser::Config {
     use fuser::MountOption as M;
     let mut opts = vec![
         M::FSName(
@@ -193,7 +248,7 @@ fn fuser_config(config: &MountConfig) -> fuser::Config {
                 .unwrap_or_else(|| config.source.display().to_string()),
         ),
         M::Subtype("ovafs".into()),
-        M::RO,
+        if read_only { M::RO } else { M::RW },
         M::DefaultPermissions,
         M::NoSuid,
         M::NoDev,

@@ -28,6 +28,18 @@ pub fn run(mountpoint: &Path) -> Result<i32> {
     }
     unmount_retrying_while_busy(&path)?;
     wait_for_daemon(&path);
+    // A daemon killed in the middle of a commit leaves a journal: complete it now, so that
+    // the package holds every acknowledged edit when this command returns.
+    let source = Path::new(&entry.source);
+    if source.is_file() {
+        let report = crate::commit::recover(source)?;
+        if !report.is_clean() {
+            log::warn!(
+                "{}: recovered an interrupted commit: {report:?}",
+                source.display()
+            );
+        }
+    }
     Ok(EXIT_OK)
 }
 
