@@ -75,8 +75,24 @@ struct LiveHandle {
     buf: Option<Vec<u8>>,
     /// The buffer differs from what was last stored.
     dirty: bool,
-    /// Why the last write was refused, repeated at close.
+    /// Something was written (or explicitly truncated) through this handle. A buffer that
+    /// was only emptied by `O_TRUNC` is not stored at `flush`: a shell's `echo 4 > cpus`
+    /// closes a duplicate of the descriptor before it writes.
+    written: bool,
+    /// Why the last write was refused, repeated at every close.
     refused: Option<String>,
+}
+
+impl LiveHandle {
+    fn new(path: String, truncated: bool) -> Self {
+        LiveHandle {
+            path,
+            buf: truncated.then(Vec::new),
+            dirty: truncated,
+            written: false,
+            refused: None,
+        }
+    }
 }
 
 /// The mounted filesystem.
@@ -299,14 +315,15 @@ impl OvaFs {
         }
     }
 
-    /// Persists a live handle's buffer if it changed; used by flush, fsync and release.
-    fn store_handle(&self, fh: u64) -> Result<()> {
+    /// Persists a live handle's buffer if it changed: at flush and fsync when something was
+    /// written, at release whatever made it dirty (a bare truncation, say).
+    fn store_handle(&self, fh: u64, releasing: bool) -> Result<()> {
         let pending = match self.handles().get_mut(&fh) {
             Some(Handle::Live(h)) => {
-                if let Some(why) = h.refused.take() {
-                    return Err(Error::new(ErrorKind::InvalidEdit(why)));
+                if let Some(why) = &h.refused {
+                    return Err(Error::new(ErrorKind::InvalidEdit(why.clone())));
                 }
-                match (&h.buf, h.dirty) {
+                match (&h.buf, h.dirty && (h.written || releasing)) {
                     (Some(buf), true) => Some((h.path.clone(), buf.clone())),
                     _ => None,
                 }
@@ -553,14 +570,7 @@ impl Filesystem for OvaFs {
                         Errno::EACCES
                     });
                 }
-                let buf = (writing && truncate).then(Vec::new);
-                let dirty = buf.is_some();
-                let h = Handle::Live(LiveHandle {
-                    path,
-                    buf,
-                    dirty,
-                    refused: None,
-                });
+                let h = Handle::Live(LiveHandle::new(path, writing && truncate));
                 reply.opened(self.new_handle(h), FopenFlags::FOPEN_DIRECT_IO);
             }
             NodeKind::File(FileKind::Scratch(_)) => {
@@ -685,7 +695,7 @@ impl Filesystem for OvaFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.store_handle(fh.0) {
+        match self.store_handle(fh.0, false) {
             Ok(()) => reply.ok(),
             Err(e) => {
                 let path = self.handle_path(fh.0);
@@ -702,7 +712,7 @@ impl Filesystem for OvaFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.store_handle(fh.0) {
+        match self.store_handle(fh.0, false) {
             Ok(()) => reply.ok(),
             Err(e) => {
                 let path = self.handle_path(fh.0);
@@ -721,11 +731,16 @@ impl Filesystem for OvaFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        // Normally flush already stored the content; this catches writers that never
-        // flushed (mmap). Errors here cannot reach the program any more: log them.
-        if let Err(e) = self.store_handle(fh.0) {
-            let path = self.handle_path(fh.0);
-            let _ = self.fail("release", &path, &e);
+        // Normally flush already stored the content; this catches bare truncations and
+        // writers that never flushed (mmap). Errors here cannot reach the program any more,
+        // and a refused value was already reported: log only new failures.
+        let refused =
+            matches!(self.handles().get(&fh.0), Some(Handle::Live(h)) if h.refused.is_some());
+        if !refused {
+            if let Err(e) = self.store_handle(fh.0, true) {
+                let path = self.handle_path(fh.0);
+                let _ = self.fail("release", &path, &e);
+            }
         }
         self.handles().remove(&fh.0);
         reply.ok();
@@ -769,12 +784,7 @@ impl Filesystem for OvaFs {
             let tree = self.tree();
             match tree.get(ino).map(|n| (&n.kind, n.mode)) {
                 Some((NodeKind::File(FileKind::Live(path)), mode)) if mode & 0o200 != 0 => {
-                    Handle::Live(LiveHandle {
-                        path: path.clone(),
-                        buf: Some(Vec::new()),
-                        dirty: true,
-                        refused: None,
-                    })
+                    Handle::Live(LiveHandle::new(path.clone(), true))
                 }
                 Some((NodeKind::File(FileKind::Scratch(_)), _)) => Handle::Scratch,
                 Some((NodeKind::Dir(_), _)) => return reply.error(Errno::EISDIR),
@@ -1094,12 +1104,15 @@ impl OvaFs {
             Ok(()) => {
                 h.buf = Some(buf);
                 h.dirty = true;
+                h.written = true;
                 h.refused = None;
                 Ok(())
             }
             Err(e) => {
-                // The refused bytes are dropped; the old value stays; close says so again.
+                // The refused bytes are dropped and nothing of this handle is stored: the old
+                // value stays; every close says so again.
                 h.refused = Some(e.to_string());
+                h.dirty = false;
                 drop(handles);
                 Err(self.fail("write", path, &e))
             }
@@ -1138,6 +1151,7 @@ impl OvaFs {
                 Some(Handle::Live(h)) => {
                     h.buf = Some(buf);
                     h.dirty = true;
+                    h.written = true;
                     Ok(())
                 }
                 _ => Err(Errno::EBADF),
