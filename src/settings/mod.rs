@@ -33,7 +33,9 @@ mod table;
 mod values;
 mod xmlview;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
 
 use crate::ovf::{self, Descriptor, Edit, VirtualSystem};
 
@@ -199,7 +201,7 @@ impl Applied {
 }
 
 /// A VirtualSystem or a collection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Owner {
     /// Index in [`Descriptor::systems`].
     System(usize),
@@ -243,6 +245,11 @@ pub(crate) struct Ctx<'d> {
     pub networks: Vec<String>,
     /// Safe names of the configurations, in order.
     pub configs: Vec<String>,
+    /// Memoised per call: item nodes by system, merged items by (system, configuration,
+    /// ResourceType), property names by owner. Listing a large descriptor stays linear.
+    hw_nodes: RefCell<HashMap<usize, Rc<Vec<Option<usize>>>>>,
+    typed: RefCell<HashMap<(usize, Option<String>, u16), Rc<Vec<hw::Eff>>>>,
+    prop_names: RefCell<HashMap<Owner, Rc<Vec<String>>>>,
 }
 
 impl<'d> Ctx<'d> {
@@ -287,6 +294,9 @@ impl<'d> Ctx<'d> {
             contents,
             networks,
             configs,
+            hw_nodes: RefCell::default(),
+            typed: RefCell::default(),
+            prop_names: RefCell::default(),
         })
     }
 
@@ -351,13 +361,55 @@ impl<'d> Ctx<'d> {
     }
 
     /// Safe names of the owner's properties (same order as [`Ctx::properties`]).
-    pub fn property_names(&self, owner: Owner) -> Vec<String> {
+    pub fn property_names(&self, owner: Owner) -> Rc<Vec<String>> {
+        if let Some(n) = self.prop_names.borrow().get(&owner) {
+            return Rc::clone(n);
+        }
         let keys: Vec<String> = self
             .properties(owner)
             .iter()
             .map(|p| p.full_key())
             .collect();
-        unique_names(&keys.iter().map(String::as_str).collect::<Vec<_>>())
+        let names = Rc::new(unique_names(
+            &keys.iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
+        self.prop_names
+            .borrow_mut()
+            .insert(owner, Rc::clone(&names));
+        names
+    }
+
+    /// The hardware of a target's system.
+    pub fn hw(&self, t: &Target) -> Option<hw::Hw<'_, 'd>> {
+        let Owner::System(i) = t.owner else {
+            return None;
+        };
+        let sys = self.desc.systems.get(i)?;
+        let nodes = {
+            let mut cache = self.hw_nodes.borrow_mut();
+            Rc::clone(
+                cache
+                    .entry(i)
+                    .or_insert_with(|| Rc::new(hw::Hw::item_nodes(&self.view, sys))),
+            )
+        };
+        hw::Hw::with_nodes(&self.view, sys, nodes)
+    }
+
+    /// The merged items of type `rt` a target sees (in its configuration).
+    pub fn of_type(&self, t: &Target, rt: u16) -> Option<(hw::Hw<'_, 'd>, Rc<Vec<hw::Eff>>)> {
+        let h = self.hw(t)?;
+        let Owner::System(i) = t.owner else {
+            return None;
+        };
+        let config = self.hw_config(t);
+        let key = (i, config.map(str::to_string), rt);
+        if let Some(v) = self.typed.borrow().get(&key) {
+            return Some((h, Rc::clone(v)));
+        }
+        let v = Rc::new(h.of_type(config, rt));
+        self.typed.borrow_mut().insert(key, Rc::clone(&v));
+        Some((h, v))
     }
 
     /// Whether a property is listed in a target's folder: every property at the top, and in
@@ -371,11 +423,9 @@ impl<'d> Ctx<'d> {
 
     /// Number of network adapters a target sees.
     pub fn nic_count(&self, t: &Target) -> usize {
-        let Some(sys) = self.system(t) else { return 0 };
-        match hw::Hw::of(&self.view, sys) {
-            Some(h) => h.of_type(self.hw_config(t), hw::RT_ETHERNET).len(),
-            None => 0,
-        }
+        self.of_type(t, hw::RT_ETHERNET)
+            .map(|(_, v)| v.len())
+            .unwrap_or(0)
     }
 }
 
@@ -560,7 +610,7 @@ fn instances(ctx: &Ctx<'_>, s: &Setting, base: &str, t: Target) -> Vec<(String, 
         }
         Place::Property => {
             let props = ctx.properties(t.owner);
-            for (i, name) in ctx.property_names(t.owner).into_iter().enumerate() {
+            for (i, name) in ctx.property_names(t.owner).iter().enumerate() {
                 let Some(p) = props.get(i) else { continue };
                 if !ctx.property_listed(&t, p) {
                     continue;

@@ -674,9 +674,8 @@ fn write_transport(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingE
 
 /// The first merged item of type `rt` in the target's configuration.
 fn hw_item<'v, 'd>(c: &'v Ctx<'d>, t: &Target, rt: u16) -> Option<(Hw<'v, 'd>, Eff)> {
-    let sys = c.system(t)?;
-    let h = Hw::of(&c.view, sys)?;
-    let e = h.of_type(c.hw_config(t), rt).into_iter().next()?;
+    let (h, list) = c.of_type(t, rt)?;
+    let e = list.first()?.clone();
     Some((h, e))
 }
 
@@ -867,12 +866,8 @@ fn write_memory(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingErro
 // Network adapters
 
 fn nic<'v, 'd>(c: &'v Ctx<'d>, t: &Target) -> Option<(Hw<'v, 'd>, Eff)> {
-    let sys = c.system(t)?;
-    let h = Hw::of(&c.view, sys)?;
-    let e = h
-        .of_type(c.hw_config(t), RT_ETHERNET)
-        .into_iter()
-        .nth(t.nic)?;
+    let (h, list) = c.of_type(t, RT_ETHERNET)?;
+    let e = list.get(t.nic)?.clone();
     Some((h, e))
 }
 
