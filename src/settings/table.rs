@@ -679,6 +679,16 @@ fn hw_item<'v, 'd>(c: &'v Ctx<'d>, t: &Target, rt: u16) -> Option<(Hw<'v, 'd>, E
     Some((h, e))
 }
 
+/// Why a hardware setting has nothing to change.
+fn missing_item(c: &Ctx<'_>, t: &Target, what: &str, rt: u16) -> String {
+    let mut s = format!("this virtual system has no {what} item (ResourceType {rt})");
+    if let Some(cfg) = c.hw_config(t) {
+        s.push_str(&format!(" in configuration {cfg:?}"));
+    }
+    s.push_str("; add one by writing the whole descriptor");
+    s
+}
+
 fn vq() -> Key {
     Key::cim("VirtualQuantity")
 }
@@ -700,11 +710,8 @@ fn read_cpus(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
 
 fn write_cpus(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
     let n = uint(s, 1, 4096).map_err(inv)?;
-    let (h, e) = hw_item(c, t, RT_PROCESSOR).ok_or_else(|| {
-        unsupported(
-            "this virtual system has no processor item (ResourceType 3) in this configuration",
-        )
-    })?;
+    let (h, e) = hw_item(c, t, RT_PROCESSOR)
+        .ok_or_else(|| unsupported(missing_item(c, t, "processor", RT_PROCESSOR)))?;
     if h.get_text(&e, &vq())
         .and_then(|x| x.trim().parse::<u64>().ok())
         == Some(n)
@@ -827,9 +834,8 @@ fn write_memory(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingErro
     if bytes % MIB != 0 {
         return Err(invalid("memory must be a whole number of MiB"));
     }
-    let (h, e) = hw_item(c, t, RT_MEMORY).ok_or_else(|| {
-        unsupported("this virtual system has no memory item (ResourceType 4) in this configuration")
-    })?;
+    let (h, e) = hw_item(c, t, RT_MEMORY)
+        .ok_or_else(|| unsupported(missing_item(c, t, "memory", RT_MEMORY)))?;
     let expect = mem_text(bytes);
     if memory_bytes(&h, &e) == Some(bytes) {
         return Ok(Applied::none(expect));
