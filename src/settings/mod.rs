@@ -1,30 +1,41 @@
 //! Settings files: an appliance's hardware and product settings as small text files
 //! (issue 4), from a parsed [`Descriptor`] to file values and validated [`Edit`]s.
 //!
-//! Pure logic: no FUSE, no file writing. The FUSE layer lists [`tree`], answers reads with
-//! [`read`], and turns a saved file into [`write`] edits (or [`mkdir`]/[`rmdir`] for
-//! networks), which the commit layer splices into the descriptor with
-//! [`crate::ovf::splice`]. A new descriptor written whole goes through
-//! [`check_replacement`].
+//! Pure logic: no FUSE, no file writing. The FUSE layer lists [`tree`] (or [`read_all`] for
+//! the values too), answers reads with [`read`], and turns a saved file into [`write()`] edits
+//! (or [`mkdir`]/[`rmdir`] for networks), which the commit layer splices into the
+//! descriptor with [`crate::ovf::splice()`]. A new descriptor written whole goes through
+//! [`check_replacement`]. Every function takes the descriptor as it is now and never
+//! panics; errors are [`SettingError`]s whose messages are meant for the user's log.
 //!
-//! One static table ([`table::SETTINGS`]) lists every setting with its path, its
-//! documentation line, its reader and its writer; the same table generates the man page
-//! section ([`man_section`]), and a test checks that `man/ovafs.1` carries it verbatim.
+//! One static table (`table::SETTINGS`) lists every setting with its path, its
+//! documentation, its reader and its writer; the same table generates the man page section
+//! ([`man_section`]), and a test checks that `man/ovafs.1` carries it verbatim (set
+//! `OVAFS_REGENERATE_MAN=1` when running that test to rewrite the section).
 //!
 //! The tree (paths relative to the mount's settings root):
 //! - `vms/ID/` for every VirtualSystem and VirtualSystemCollection, nested collections
 //!   flattened (every content element has a unique `ovf:id` in practice; duplicates get
 //!   `~2`, `~3`). `ID` is the `ovf:id` made safe as a file name: `%` and `/` are written
-//!   `%25` and `%2F`, `.` and `..` become `%2E` and `%2E%2E`, the empty id `%00`.
-//!   `vm` is a symbolic link to `vms/ID` when there is exactly one VirtualSystem.
+//!   `%25` and `%2F`, NUL `%00`, `.` and `..` become `%2E` and `%2E%2E`, the empty id `%00`,
+//!   and names are cut to 240 bytes. `vm` is a symbolic link to `vms/ID` when there is
+//!   exactly one VirtualSystem.
 //! - Settings of the default deployment configuration in `vms/ID/`; per-configuration ones
-//!   in `vms/ID/configs/CONFIG/` (see [`hw`] for how an item shared by several
-//!   configurations is split so that the others do not change).
-//! - `networks/NAME/description` for every Network; `mkdir networks/NAME` adds a Network,
-//!   `rmdir` removes one that no adapter uses.
+//!   (`cpus`, `cores_per_socket`, `memory`, `nics/N/*`, `properties/KEY`) in
+//!   `vms/ID/configs/CONFIG/`. A hardware item shared by several configurations is copied
+//!   for the one edited, so the others do not change (see `hw`). A property's top-level
+//!   file is its default value (`ovf:value`), which every configuration without a `Value`
+//!   of its own uses (that is what COT and most tools read and write); the file under
+//!   `configs/CONFIG/` is the value in that configuration, kept in a `Value` element.
+//! - `networks/NAME/description` for every Network; `mkdir networks/NAME` adds a Network
+//!   (and the NetworkSection when there is none), `rmdir` removes one that no adapter uses
+//!   in any configuration.
+//! - Password properties read like the others (the descriptor holds them in clear text
+//!   anyway); [`Entry::secret`] tells the FUSE layer to give them mode 0600.
 //!
 //! Every write is checked after the fact: the edits are spliced, the result re-parsed and the
-//! setting read back; a mismatch is refused as an internal error instead of being written.
+//! setting read back; a mismatch is refused as [`SettingError::Internal`] instead of being
+//! written. Writing a file's own content back is never an edit.
 
 mod hw;
 mod os_types;
