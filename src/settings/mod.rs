@@ -246,6 +246,9 @@ impl Target {
     }
 }
 
+/// (system, configuration, ResourceType) of a memoised list of merged items.
+type TypedKey = (usize, Option<String>, u16);
+
 /// Everything a reader or writer needs.
 pub(crate) struct Ctx<'d> {
     pub desc: &'d Descriptor,
@@ -259,7 +262,7 @@ pub(crate) struct Ctx<'d> {
     /// Memoised per call: item nodes by system, merged items by (system, configuration,
     /// ResourceType), property names by owner. Listing a large descriptor stays linear.
     hw_nodes: RefCell<HashMap<usize, Rc<Vec<Option<usize>>>>>,
-    typed: RefCell<HashMap<(usize, Option<String>, u16), Rc<Vec<hw::Eff>>>>,
+    typed: RefCell<HashMap<TypedKey, Rc<Vec<hw::Eff>>>>,
     prop_names: RefCell<HashMap<Owner, Rc<Vec<String>>>>,
 }
 
