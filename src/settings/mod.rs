@@ -486,16 +486,23 @@ pub(crate) fn unsafe_name(s: &str) -> String {
 
 /// Safe names for `ids`, made unique with `~2`, `~3`, ... in order.
 fn unique_names(ids: &[&str]) -> Vec<String> {
-    let mut used: HashSet<String> = HashSet::new();
     let base: Vec<String> = ids.iter().map(|s| safe_name(s)).collect();
     let all: HashSet<&str> = base.iter().map(String::as_str).collect();
+    let mut used: HashSet<String> = HashSet::new();
+    // The next suffix to try for each base, so that many equal ids stay linear.
+    let mut next: HashMap<&str, usize> = HashMap::new();
     let mut out = Vec::with_capacity(ids.len());
     for b in &base {
         let mut name = b.clone();
-        let mut n = 2usize;
-        while used.contains(&name) || (name != *b && all.contains(name.as_str())) {
-            name = format!("{b}~{n}");
-            n += 1;
+        if used.contains(&name) {
+            let n = next.entry(b.as_str()).or_insert(2);
+            loop {
+                name = format!("{b}~{n}");
+                *n += 1;
+                if !used.contains(&name) && !all.contains(name.as_str()) {
+                    break;
+                }
+            }
         }
         used.insert(name.clone());
         out.push(name);
