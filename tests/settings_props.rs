@@ -509,3 +509,85 @@ proptest! {
         }
     }
 }
+
+/// Applies one structural mutation to a document: delete, duplicate or move a range of
+/// lines, or replace a value with junk.
+fn mutate(doc: &str, op: usize, a: usize, b: usize, junk: &str) -> String {
+    let lines: Vec<&str> = doc.lines().collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let n = lines.len();
+    let (i, j) = (a % n, b % n);
+    let (lo, hi) = (i.min(j), i.max(j));
+    let mut out: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    match op % 4 {
+        0 => {
+            out.drain(lo..=hi.min(out.len().saturating_sub(1)));
+        }
+        1 => {
+            let chunk: Vec<String> = out[lo..=hi].to_vec();
+            let at = (a / 7) % (out.len() + 1);
+            for (k, l) in chunk.into_iter().enumerate() {
+                out.insert(at + k, l);
+            }
+        }
+        2 => {
+            let line = out[lo].clone();
+            if let (Some(s), Some(e)) = (line.find('>'), line.rfind('<'))
+                && s < e
+            {
+                out[lo] = format!("{}{junk}{}", &line[..=s], &line[e..]);
+            }
+        }
+        _ => {
+            let line = out[lo].clone();
+            if let Some(q) = line.find("=\"") {
+                out[lo] = format!("{}=\"{junk}{}", &line[..q], &line[q + 2..]);
+            }
+        }
+    }
+    out.join("\n")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 300,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Mutated descriptors that still parse never make the settings layer panic, and
+    /// whatever a write accepts re-parses (the write verifies it) and reads back.
+    #[test]
+    fn mutated_descriptors_do_not_panic(
+        doc in 0usize..5,
+        ops in proptest::collection::vec((0usize..4, any::<usize>(), any::<usize>(), "[a-z0-9 ]{0,6}"), 1..4),
+        value in "[a-zA-Z0-9:. ]{0,12}",
+    ) {
+        let docs = documents();
+        let mut text = docs[doc].0.clone();
+        for (op, a, b, junk) in &ops {
+            text = mutate(&text, *op, *a, *b, junk);
+        }
+        let Ok(d) = ovf::parse_descriptor(text.as_bytes()) else {
+            return Ok(());
+        };
+        let all = settings::read_all(&d);
+        for (path, cur) in &all {
+            let got = settings::read(&d, path).ok();
+            prop_assert_eq!(got.as_ref(), Some(cur));
+            for v in [cur.as_str(), value.as_str(), "2", "true", "lab"] {
+                if let Ok(edits) = settings::write(&d, path, v.as_bytes())
+                    && !edits.is_empty()
+                {
+                    let bytes = ovf::splice(&d.bytes, &edits).unwrap();
+                    prop_assert!(ovf::parse_descriptor(&bytes).is_ok());
+                }
+            }
+        }
+        let _ = settings::mkdir(&d, "networks/new");
+        let _ = settings::rmdir(&d, "networks/lab");
+        let _ = settings::check_replacement(&d, text.as_bytes(), &[]);
+    }
+}

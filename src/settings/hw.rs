@@ -19,6 +19,8 @@
 //! namespace declarations kept) in schema order. Removing a child for one configuration
 //! when it is shared cannot be expressed by merging and is refused.
 
+use std::rc::Rc;
+
 use crate::ovf::edit::Edit;
 use crate::ovf::xml::{Node, Ns};
 use crate::ovf::{Descriptor, Item, OvfVersion, VirtualHardware, VirtualSystem};
@@ -127,14 +129,26 @@ pub(crate) struct Change {
 pub(crate) struct Hw<'v, 'd> {
     pub view: &'v View<'d>,
     pub hw: &'d VirtualHardware,
-    nodes: Vec<Option<usize>>,
+    nodes: Rc<Vec<Option<usize>>>,
 }
 
 impl<'v, 'd> Hw<'v, 'd> {
-    /// The hardware of `sys`, if it has a VirtualHardwareSection.
-    pub fn of(view: &'v View<'d>, sys: &'d VirtualSystem) -> Option<Hw<'v, 'd>> {
+    /// The tree node of every item of `sys`'s first hardware section.
+    pub fn item_nodes(view: &View<'d>, sys: &'d VirtualSystem) -> Vec<Option<usize>> {
+        sys.hardware
+            .first()
+            .map(|hw| hw.items.iter().map(|i| view.find(i.element)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The hardware of `sys` with its item nodes (from [`Hw::item_nodes`]), if it has a
+    /// VirtualHardwareSection.
+    pub fn with_nodes(
+        view: &'v View<'d>,
+        sys: &'d VirtualSystem,
+        nodes: Rc<Vec<Option<usize>>>,
+    ) -> Option<Hw<'v, 'd>> {
         let hw = sys.hardware.first()?;
-        let nodes = hw.items.iter().map(|i| view.find(i.element)).collect();
         Some(Hw { view, hw, nodes })
     }
 
@@ -248,16 +262,15 @@ impl<'v, 'd> Hw<'v, 'd> {
         let Some(item) = self.item(s) else {
             return Vec::new();
         };
+        // Later items of the same InstanceID that have this child hide `s` from the
+        // configurations they apply to.
+        let hiders: Vec<&Item> = (s + 1..self.hw.items.len())
+            .filter(|&j| self.iid(j) == Some(iid) && self.has_key(j, key))
+            .filter_map(|j| self.item(j))
+            .collect();
         Self::all_configs(desc)
             .into_iter()
-            .filter(|&c| {
-                item.applies_to(c)
-                    && !(s + 1..self.hw.items.len()).any(|j| {
-                        self.iid(j) == Some(iid)
-                            && self.item(j).is_some_and(|it| it.applies_to(c))
-                            && self.has_key(j, key)
-                    })
-            })
+            .filter(|&c| item.applies_to(c) && !hiders.iter().any(|h| h.applies_to(c)))
             .map(|c| c.map(str::to_string))
             .collect()
     }
@@ -426,8 +439,14 @@ impl<'v, 'd> Hw<'v, 'd> {
         let conf = crate::ovf::edit::escape_attr(config).into_owned();
         match &a_item.configurations {
             Some(list) => {
-                let (s, t) = (list.span.start - tag_start, list.span.end - tag_start);
-                tag.replace_range(s..t, &conf);
+                let range = list.span.start.checked_sub(tag_start).and_then(|s| {
+                    let t = list.span.end.checked_sub(tag_start)?;
+                    tag.get(s..t).map(|_| s..t)
+                });
+                let range = range.ok_or_else(|| {
+                    SettingError::Internal("ovf:configuration outside its start tag".into())
+                })?;
+                tag.replace_range(range, &conf);
                 // Take `config` out of the shared item's list.
                 if list.value.iter().any(|c| c == config) {
                     let rest: Vec<&str> = list
@@ -444,7 +463,11 @@ impl<'v, 'd> Hw<'v, 'd> {
             }
             None => {
                 let (name, decl) = v.ovf_attr_name(a_node, "configuration");
-                let at = st.attr_insert - tag_start;
+                let at = st
+                    .attr_insert
+                    .checked_sub(tag_start)
+                    .filter(|&at| tag.is_char_boundary(at))
+                    .ok_or_else(|| SettingError::Internal("start tag out of place".into()))?;
                 tag.insert_str(at, &format!("{decl} {name}=\"{conf}\""));
             }
         }

@@ -1,30 +1,41 @@
 //! Settings files: an appliance's hardware and product settings as small text files
 //! (issue 4), from a parsed [`Descriptor`] to file values and validated [`Edit`]s.
 //!
-//! Pure logic: no FUSE, no file writing. The FUSE layer lists [`tree`], answers reads with
-//! [`read`], and turns a saved file into [`write`] edits (or [`mkdir`]/[`rmdir`] for
-//! networks), which the commit layer splices into the descriptor with
-//! [`crate::ovf::splice`]. A new descriptor written whole goes through
-//! [`check_replacement`].
+//! Pure logic: no FUSE, no file writing. The FUSE layer lists [`tree`] (or [`read_all`] for
+//! the values too), answers reads with [`read`], and turns a saved file into [`write()`] edits
+//! (or [`mkdir`]/[`rmdir`] for networks), which the commit layer splices into the
+//! descriptor with [`crate::ovf::splice()`]. A new descriptor written whole goes through
+//! [`check_replacement`]. Every function takes the descriptor as it is now and never
+//! panics; errors are [`SettingError`]s whose messages are meant for the user's log.
 //!
-//! One static table ([`table::SETTINGS`]) lists every setting with its path, its
-//! documentation line, its reader and its writer; the same table generates the man page
-//! section ([`man_section`]), and a test checks that `man/ovafs.1` carries it verbatim.
+//! One static table (`table::SETTINGS`) lists every setting with its path, its
+//! documentation, its reader and its writer; the same table generates the man page section
+//! ([`man_section`]), and a test checks that `man/ovafs.1` carries it verbatim (set
+//! `OVAFS_REGENERATE_MAN=1` when running that test to rewrite the section).
 //!
 //! The tree (paths relative to the mount's settings root):
 //! - `vms/ID/` for every VirtualSystem and VirtualSystemCollection, nested collections
 //!   flattened (every content element has a unique `ovf:id` in practice; duplicates get
 //!   `~2`, `~3`). `ID` is the `ovf:id` made safe as a file name: `%` and `/` are written
-//!   `%25` and `%2F`, `.` and `..` become `%2E` and `%2E%2E`, the empty id `%00`.
-//!   `vm` is a symbolic link to `vms/ID` when there is exactly one VirtualSystem.
+//!   `%25` and `%2F`, NUL `%00`, `.` and `..` become `%2E` and `%2E%2E`, the empty id `%00`,
+//!   and names are cut to 240 bytes. `vm` is a symbolic link to `vms/ID` when there is
+//!   exactly one VirtualSystem.
 //! - Settings of the default deployment configuration in `vms/ID/`; per-configuration ones
-//!   in `vms/ID/configs/CONFIG/` (see [`hw`] for how an item shared by several
-//!   configurations is split so that the others do not change).
-//! - `networks/NAME/description` for every Network; `mkdir networks/NAME` adds a Network,
-//!   `rmdir` removes one that no adapter uses.
+//!   (`cpus`, `cores_per_socket`, `memory`, `nics/N/*`, `properties/KEY`) in
+//!   `vms/ID/configs/CONFIG/`. A hardware item shared by several configurations is copied
+//!   for the one edited, so the others do not change (see `hw`). A property's top-level
+//!   file is its default value (`ovf:value`), which every configuration without a `Value`
+//!   of its own uses (that is what COT and most tools read and write); the file under
+//!   `configs/CONFIG/` is the value in that configuration, kept in a `Value` element.
+//! - `networks/NAME/description` for every Network; `mkdir networks/NAME` adds a Network
+//!   (and the NetworkSection when there is none), `rmdir` removes one that no adapter uses
+//!   in any configuration.
+//! - Password properties read like the others (the descriptor holds them in clear text
+//!   anyway); [`Entry::secret`] tells the FUSE layer to give them mode 0600.
 //!
 //! Every write is checked after the fact: the edits are spliced, the result re-parsed and the
-//! setting read back; a mismatch is refused as an internal error instead of being written.
+//! setting read back; a mismatch is refused as [`SettingError::Internal`] instead of being
+//! written. Writing a file's own content back is never an edit.
 
 mod hw;
 mod os_types;
@@ -33,7 +44,9 @@ mod table;
 mod values;
 mod xmlview;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
 
 use crate::ovf::{self, Descriptor, Edit, VirtualSystem};
 
@@ -199,7 +212,7 @@ impl Applied {
 }
 
 /// A VirtualSystem or a collection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Owner {
     /// Index in [`Descriptor::systems`].
     System(usize),
@@ -233,6 +246,9 @@ impl Target {
     }
 }
 
+/// (system, configuration, ResourceType) of a memoised list of merged items.
+type TypedKey = (usize, Option<String>, u16);
+
 /// Everything a reader or writer needs.
 pub(crate) struct Ctx<'d> {
     pub desc: &'d Descriptor,
@@ -243,6 +259,11 @@ pub(crate) struct Ctx<'d> {
     pub networks: Vec<String>,
     /// Safe names of the configurations, in order.
     pub configs: Vec<String>,
+    /// Memoised per call: item nodes by system, merged items by (system, configuration,
+    /// ResourceType), property names by owner. Listing a large descriptor stays linear.
+    hw_nodes: RefCell<HashMap<usize, Rc<Vec<Option<usize>>>>>,
+    typed: RefCell<HashMap<TypedKey, Rc<Vec<hw::Eff>>>>,
+    prop_names: RefCell<HashMap<Owner, Rc<Vec<String>>>>,
 }
 
 impl<'d> Ctx<'d> {
@@ -287,6 +308,9 @@ impl<'d> Ctx<'d> {
             contents,
             networks,
             configs,
+            hw_nodes: RefCell::default(),
+            typed: RefCell::default(),
+            prop_names: RefCell::default(),
         })
     }
 
@@ -351,13 +375,55 @@ impl<'d> Ctx<'d> {
     }
 
     /// Safe names of the owner's properties (same order as [`Ctx::properties`]).
-    pub fn property_names(&self, owner: Owner) -> Vec<String> {
+    pub fn property_names(&self, owner: Owner) -> Rc<Vec<String>> {
+        if let Some(n) = self.prop_names.borrow().get(&owner) {
+            return Rc::clone(n);
+        }
         let keys: Vec<String> = self
             .properties(owner)
             .iter()
             .map(|p| p.full_key())
             .collect();
-        unique_names(&keys.iter().map(String::as_str).collect::<Vec<_>>())
+        let names = Rc::new(unique_names(
+            &keys.iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
+        self.prop_names
+            .borrow_mut()
+            .insert(owner, Rc::clone(&names));
+        names
+    }
+
+    /// The hardware of a target's system.
+    pub fn hw(&self, t: &Target) -> Option<hw::Hw<'_, 'd>> {
+        let Owner::System(i) = t.owner else {
+            return None;
+        };
+        let sys = self.desc.systems.get(i)?;
+        let nodes = {
+            let mut cache = self.hw_nodes.borrow_mut();
+            Rc::clone(
+                cache
+                    .entry(i)
+                    .or_insert_with(|| Rc::new(hw::Hw::item_nodes(&self.view, sys))),
+            )
+        };
+        hw::Hw::with_nodes(&self.view, sys, nodes)
+    }
+
+    /// The merged items of type `rt` a target sees (in its configuration).
+    pub fn of_type(&self, t: &Target, rt: u16) -> Option<(hw::Hw<'_, 'd>, Rc<Vec<hw::Eff>>)> {
+        let h = self.hw(t)?;
+        let Owner::System(i) = t.owner else {
+            return None;
+        };
+        let config = self.hw_config(t);
+        let key = (i, config.map(str::to_string), rt);
+        if let Some(v) = self.typed.borrow().get(&key) {
+            return Some((h, Rc::clone(v)));
+        }
+        let v = Rc::new(h.of_type(config, rt));
+        self.typed.borrow_mut().insert(key, Rc::clone(&v));
+        Some((h, v))
     }
 
     /// Whether a property is listed in a target's folder: every property at the top, and in
@@ -371,11 +437,9 @@ impl<'d> Ctx<'d> {
 
     /// Number of network adapters a target sees.
     pub fn nic_count(&self, t: &Target) -> usize {
-        let Some(sys) = self.system(t) else { return 0 };
-        match hw::Hw::of(&self.view, sys) {
-            Some(h) => h.of_type(self.hw_config(t), hw::RT_ETHERNET).len(),
-            None => 0,
-        }
+        self.of_type(t, hw::RT_ETHERNET)
+            .map(|(_, v)| v.len())
+            .unwrap_or(0)
     }
 }
 
@@ -422,16 +486,23 @@ pub(crate) fn unsafe_name(s: &str) -> String {
 
 /// Safe names for `ids`, made unique with `~2`, `~3`, ... in order.
 fn unique_names(ids: &[&str]) -> Vec<String> {
-    let mut used: HashSet<String> = HashSet::new();
     let base: Vec<String> = ids.iter().map(|s| safe_name(s)).collect();
     let all: HashSet<&str> = base.iter().map(String::as_str).collect();
+    let mut used: HashSet<String> = HashSet::new();
+    // The next suffix to try for each base, so that many equal ids stay linear.
+    let mut next: HashMap<&str, usize> = HashMap::new();
     let mut out = Vec::with_capacity(ids.len());
     for b in &base {
         let mut name = b.clone();
-        let mut n = 2usize;
-        while used.contains(&name) || (name != *b && all.contains(name.as_str())) {
-            name = format!("{b}~{n}");
-            n += 1;
+        if used.contains(&name) {
+            let n = next.entry(b.as_str()).or_insert(2);
+            loop {
+                name = format!("{b}~{n}");
+                *n += 1;
+                if !used.contains(&name) && !all.contains(name.as_str()) {
+                    break;
+                }
+            }
         }
         used.insert(name.clone());
         out.push(name);
@@ -560,7 +631,7 @@ fn instances(ctx: &Ctx<'_>, s: &Setting, base: &str, t: Target) -> Vec<(String, 
         }
         Place::Property => {
             let props = ctx.properties(t.owner);
-            for (i, name) in ctx.property_names(t.owner).into_iter().enumerate() {
+            for (i, name) in ctx.property_names(t.owner).iter().enumerate() {
                 let Some(p) = props.get(i) else { continue };
                 if !ctx.property_listed(&t, p) {
                     continue;

@@ -674,10 +674,19 @@ fn write_transport(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingE
 
 /// The first merged item of type `rt` in the target's configuration.
 fn hw_item<'v, 'd>(c: &'v Ctx<'d>, t: &Target, rt: u16) -> Option<(Hw<'v, 'd>, Eff)> {
-    let sys = c.system(t)?;
-    let h = Hw::of(&c.view, sys)?;
-    let e = h.of_type(c.hw_config(t), rt).into_iter().next()?;
+    let (h, list) = c.of_type(t, rt)?;
+    let e = list.first()?.clone();
     Some((h, e))
+}
+
+/// Why a hardware setting has nothing to change.
+fn missing_item(c: &Ctx<'_>, t: &Target, what: &str, rt: u16) -> String {
+    let mut s = format!("this virtual system has no {what} item (ResourceType {rt})");
+    if let Some(cfg) = c.hw_config(t) {
+        s.push_str(&format!(" in configuration {cfg:?}"));
+    }
+    s.push_str("; add one by writing the whole descriptor");
+    s
 }
 
 fn vq() -> Key {
@@ -701,11 +710,8 @@ fn read_cpus(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
 
 fn write_cpus(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
     let n = uint(s, 1, 4096).map_err(inv)?;
-    let (h, e) = hw_item(c, t, RT_PROCESSOR).ok_or_else(|| {
-        unsupported(
-            "this virtual system has no processor item (ResourceType 3) in this configuration",
-        )
-    })?;
+    let (h, e) = hw_item(c, t, RT_PROCESSOR)
+        .ok_or_else(|| unsupported(missing_item(c, t, "processor", RT_PROCESSOR)))?;
     if h.get_text(&e, &vq())
         .and_then(|x| x.trim().parse::<u64>().ok())
         == Some(n)
@@ -828,9 +834,8 @@ fn write_memory(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingErro
     if bytes % MIB != 0 {
         return Err(invalid("memory must be a whole number of MiB"));
     }
-    let (h, e) = hw_item(c, t, RT_MEMORY).ok_or_else(|| {
-        unsupported("this virtual system has no memory item (ResourceType 4) in this configuration")
-    })?;
+    let (h, e) = hw_item(c, t, RT_MEMORY)
+        .ok_or_else(|| unsupported(missing_item(c, t, "memory", RT_MEMORY)))?;
     let expect = mem_text(bytes);
     if memory_bytes(&h, &e) == Some(bytes) {
         return Ok(Applied::none(expect));
@@ -867,12 +872,8 @@ fn write_memory(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingErro
 // Network adapters
 
 fn nic<'v, 'd>(c: &'v Ctx<'d>, t: &Target) -> Option<(Hw<'v, 'd>, Eff)> {
-    let sys = c.system(t)?;
-    let h = Hw::of(&c.view, sys)?;
-    let e = h
-        .of_type(c.hw_config(t), RT_ETHERNET)
-        .into_iter()
-        .nth(t.nic)?;
+    let (h, list) = c.of_type(t, RT_ETHERNET)?;
+    let e = list.get(t.nic)?.clone();
     Some((h, e))
 }
 
