@@ -378,3 +378,60 @@ fn crash_random_kills_during_repeated_commits() {
         "{rounds} kills: {replayed} journals replayed, {discarded} discarded, {temps} with temporary files removed, {clean} clean"
     );
 }
+
+/// A commit that fails part-way (here: a panic from the fault hook, standing in for an I/O
+/// error) leaves the committer able to go on: the next commit completes or discards what
+/// was left, reads the archive again and commits.
+#[test]
+fn failure_mid_commit_then_the_next_commit_goes_on() {
+    let stops = [
+        FaultPoint::JournalPartial,
+        FaultPoint::Applied { op: 0, half: 0 },
+        FaultPoint::AppliedDurable,
+        FaultPoint::RewriteMember { count: 2 },
+        FaultPoint::RewriteDurable,
+        FaultPoint::Renamed,
+    ];
+    for stop in stops {
+        let t = tempdir();
+        let fx = Fixture::new(t.path(), "fail");
+        let ova = fx.build();
+        let armed = Arc::new(Mutex::new(true));
+        let trigger = armed.clone();
+        let hook: commit::FaultHook = Arc::new(move |p| {
+            if p == stop && std::mem::replace(&mut *trigger.lock().unwrap(), false) {
+                panic!("injected failure at {p:?}");
+            }
+        });
+        let pkg = ovafs::package::open(&ova).unwrap();
+        let mut c = Committer::open_with(
+            &pkg,
+            CommitOptions {
+                fault_hook: Some(hook),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let first = if matches!(
+            stop,
+            FaultPoint::RewriteMember { .. } | FaultPoint::RewriteDurable | FaultPoint::Renamed
+        ) {
+            with_annotation(&fx.descriptor(), 3000)
+        } else {
+            with_cpus(&fx.descriptor(), 4)
+        };
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.commit(first.as_bytes())));
+        assert!(r.is_err(), "{stop:?}: the hook did not fire");
+        let second = with_cpus(&first, 6);
+        let r = c.commit(second.as_bytes()).unwrap();
+        let got = check_ova(&fx, &ova, t.path());
+        assert_eq!(
+            padding::split_padding(&got.descriptor).0,
+            second.as_bytes(),
+            "{stop:?}"
+        );
+        assert_eq!(got.descriptor, r.descriptor);
+        assert!(leftovers(&ova).is_empty(), "{stop:?}");
+    }
+}

@@ -344,20 +344,56 @@ fn rewrite_puts_the_descriptor_first() {
 #[test]
 fn rewrite_long_names_use_ustar_prefix_or_gnu_long_names() {
     for (disk_name, format, gnu_long) in [
-        (format!("{}/disk.img", "d".repeat(120)), "ustar", false),
+        (
+            format!("{}/{}/disk.img", "a".repeat(60), "b".repeat(59)),
+            "ustar",
+            false,
+        ),
         (format!("{}.img", "n".repeat(150)), "gnu", true),
     ] {
         let t = tempdir();
         let mut fx = Fixture::new(t.path(), "long");
         fx.tar_format = format;
+        // The disk's parent folders as members too (directories are rebuilt with `/`).
+        let mut parent = String::new();
+        for part in disk_name
+            .split('/')
+            .rev()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            parent = if parent.is_empty() {
+                part.to_string()
+            } else {
+                format!("{parent}/{part}")
+            };
+            fx.dirs.push(parent.clone());
+        }
         fx.disk_name = disk_name;
         let ova = fx.build();
+        let before = tar_list(&ova);
         let mut c = committer(&ova);
         let r = c
             .commit(with_annotation(&fx.descriptor(), 2000).as_bytes())
             .unwrap();
         assert_eq!(r.path, CommitPath::Rewrite);
-        check_ova(&fx, &ova, t.path());
+        let after = check_ova(&fx, &ova, t.path()).listing;
+        let shape = |l: &[support::Listed]| {
+            l.iter()
+                .filter(|m| !m.name.ends_with(".ovf") && !m.name.ends_with(".mf"))
+                .map(|m| {
+                    (
+                        m.name.clone(),
+                        m.perms.clone(),
+                        m.owner.clone(),
+                        m.when.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shape(&before), shape(&after));
         let bytes = fs::read(&ova).unwrap();
         assert_eq!(
             bytes.windows(13).any(|w| w == b"././@LongLink"),

@@ -110,6 +110,8 @@ pub struct Fixture {
     pub disk_bytes: usize,
     /// Disk file name (long names test the ustar prefix and GNU long names).
     pub disk_name: String,
+    /// Directory members to put before the disk (they must be the disk's parents).
+    pub dirs: Vec<String>,
 }
 
 impl Fixture {
@@ -124,6 +126,7 @@ impl Fixture {
             cert: false,
             disk_bytes: 256 << 10,
             disk_name: format!("{name}-disk1.img"),
+            dirs: Vec::new(),
         }
     }
 
@@ -210,6 +213,7 @@ impl Fixture {
             fs::write(pkg.join(self.cert_name()), cert).unwrap();
             names.push(self.cert_name());
         }
+        names.extend(self.dirs.iter().cloned());
         match self.order {
             Order::Spec => names.push(self.disk_name.clone()),
             Order::ManifestLast => names.insert(1, self.disk_name.clone()),
@@ -226,6 +230,7 @@ impl Fixture {
             .arg(format!("--format={}", self.tar_format))
             .arg("--owner=builder:1234")
             .arg("--group=staff:50")
+            .arg("--no-recursion")
             .arg("-cf")
             .arg(&ova)
             .arg("-C")
