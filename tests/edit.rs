@@ -547,9 +547,10 @@ fn kill_9_during_edits_never_loses_an_acknowledged_edit() {
         let cpus = m.path("vm/cpus");
         let writer = std::thread::spawn(move || {
             let mut last_ok = None;
-            for v in 1..200u32 {
-                let value = 10 + v;
-                if fs::write(&cpus, format!("{value}\n")).is_ok() {
+            // Values grow across rounds too, so "stored >= acknowledged" is the whole rule.
+            for v in 1..300u32 {
+                let value = round * 300 + v + 2;
+                if write_and_close(&cpus, format!("{value}\n").as_bytes()).is_ok() {
                     last_ok = Some(value);
                 } else {
                     break;
@@ -607,6 +608,18 @@ fn kill_9_during_edits_never_loses_an_acknowledged_edit() {
         assert!(leftovers.is_empty(), "round {round}: {leftovers:?}");
         acknowledged = cpus as u32;
     }
+}
+
+/// Writes `data` to `path` and closes it, reporting close()'s own result (std ignores it):
+/// an edit is acknowledged only when close() succeeds.
+fn write_and_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    f.write_all(data)?;
+    nix::unistd::close(f.into_raw_fd()).map_err(std::io::Error::from)
 }
 
 /// PID of the daemon serving `ova`.
