@@ -125,20 +125,45 @@ const MUST_SHOW: &[(&str, &[&str])] = &[
 ];
 
 #[test]
-fn ganeti_gzip_disk_folder_package_shows_its_disk() {
+fn ganeti_gzip_compressed_disk_is_shown() {
     let Some(corpus) = corpus() else { return };
     let oracles = oracles(&corpus);
     let tmp = tempdir();
-    // An unpacked package read in place: gzip_disk.ovf names compr_disk.vmdk.gz with
-    // ovf:compression="gzip".
-    let m = Mount::ok(
-        &corpus.join("ganeti/gzip_disk.ovf"),
-        &tmp.path().join("mnt"),
-        &[],
+    // compr_disk.vmdk.gz (gzip of a monolithicSparse VMDK) referenced with
+    // ovf:compression="gzip", as ganeti/gzip_disk.ovf does; that descriptor itself is refused
+    // (an Item's Parent names no Item), so the package gets a generated one.
+    let disk = corpus.join("ganeti/compr_disk.vmdk.gz");
+    let pkg = tmp.path().join("pkg");
+    fs::create_dir(&pkg).unwrap();
+    let spec = ovafs::sample::ApplianceSpec {
+        name: "ganeti".into(),
+        cpus: 1,
+        memory_mib: 64,
+        network: "net".into(),
+        disks: vec![ovafs::sample::DiskSpec {
+            href: "compr_disk.vmdk.gz".into(),
+            file_bytes: fs::metadata(&disk).unwrap().len(),
+            capacity_bytes: 51200,
+            format_uri: "http://www.vmware.com/specifications/vmdk.html#sparse".into(),
+            compression: Some("gzip".into()),
+        }],
+    };
+    fs::write(pkg.join("ganeti.ovf"), ovafs::sample::descriptor_xml(&spec)).unwrap();
+    let ova = pkg.join("ganeti.ova");
+    run_ok(
+        Command::new(tool("tar"))
+            .arg("-cf")
+            .arg(&ova)
+            .arg("-C")
+            .arg(&pkg)
+            .arg("ganeti.ovf")
+            .arg("-C")
+            .arg(disk.parent().unwrap())
+            .arg("compr_disk.vmdk.gz"),
     );
-    let hashes = flat_hashes(&m);
+    let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
     assert_eq!(
-        hashes,
+        flat_hashes(&m),
         [(
             "compr_disk".to_string(),
             oracles["ganeti/compr_disk.vmdk.gz"].clone()
@@ -146,7 +171,7 @@ fn ganeti_gzip_disk_folder_package_shows_its_disk() {
     );
     assert_eq!(
         sha256_file(&m.path("compr_disk.vmdk.gz")),
-        sha256_file(&corpus.join("ganeti/compr_disk.vmdk.gz"))
+        sha256_file(&disk)
     );
     m.umount();
 }
