@@ -606,3 +606,87 @@ impl BitWriter {
         self.out
     }
 }
+
+/// Process CPU time (user + system) in seconds, from `/proc/self/stat` (ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
+}
+
+/// Figures for `scripts/bench-gzip` (which sets `OVAFS_BENCH_GZ` to a gzip file): one plain
+/// inflate pass with the same inflater (CRC checked, no checkpoints), the index build
+/// ([`GzipReader::open`]), then reads after the index is built: the last MiB (first read,
+/// so it restores a checkpoint), the last MiB again, and random 1 MiB reads.
+#[test]
+#[ignore = "benchmark: run by scripts/bench-gzip"]
+fn bench_index_build_and_reads() {
+    use std::time::Instant;
+    let Some(path) = std::env::var_os("OVAFS_BENCH_GZ") else {
+        println!("OVAFS_BENCH_GZ is not set: nothing to measure");
+        return;
+    };
+    let src: Arc<dyn ReadAt> =
+        Arc::new(crate::io::FileSource::open(std::path::Path::new(&path)).unwrap());
+
+    let (w, c) = (Instant::now(), cpu_seconds());
+    let mut cur = Cursor::at_start(true);
+    let mut events = 0u64;
+    while cur.step(&*src).unwrap() != Event::End {
+        events += 1;
+    }
+    let (plain_wall, plain_cpu) = (w.elapsed().as_secs_f64(), cpu_seconds() - c);
+    println!(
+        "plain inflate pass (miniz_oxide, CRC checked, no index): {:.2} s wall, {:.2} s CPU, \
+         {} bytes ({:.0} MB/s of CPU), {events} steps",
+        plain_wall,
+        plain_cpu,
+        cur.out,
+        cur.out as f64 / plain_cpu.max(0.01) / 1e6
+    );
+
+    let (w, c) = (Instant::now(), cpu_seconds());
+    let r = GzipReader::open(src.clone()).unwrap();
+    let (build_wall, build_cpu) = (w.elapsed().as_secs_f64(), cpu_seconds() - c);
+    let s = r.stats();
+    println!(
+        "index build (GzipReader::open): {build_wall:.2} s wall, {build_cpu:.2} s CPU = {:.2}x \
+         the plain pass's CPU; {} checkpoints every {} bytes, {} bytes of index",
+        build_cpu / plain_cpu.max(0.01),
+        s.checkpoints,
+        s.spacing_bytes,
+        s.index_bytes
+    );
+
+    let mib = 1usize << 20;
+    let mut buf = vec![0u8; mib];
+    let last = r.len().saturating_sub(mib as u64);
+    let t = Instant::now();
+    r.read_exact_at(last, &mut buf).unwrap();
+    let first = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    r.read_exact_at(last, &mut buf).unwrap();
+    let again = t.elapsed().as_secs_f64() * 1e3;
+    println!("last MiB after the index is built: {first:.1} ms (again: {again:.1} ms)");
+
+    let mut rng = Rng::new(99);
+    let mut times: Vec<f64> = (0..50)
+        .map(|_| {
+            let off = rng.below(r.len().saturating_sub(mib as u64).max(1));
+            let t = Instant::now();
+            r.read_exact_at(off, &mut buf).unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    println!(
+        "random 1 MiB reads (50): median {:.1} ms, max {:.1} ms",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+}
