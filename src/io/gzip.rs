@@ -800,7 +800,9 @@ fn build_index(src: &dyn ReadAt, opts: &GzipOptions) -> Result<(Index, u64)> {
         spacing: opts.min_spacing_bytes.max(1),
         bytes: 0,
     };
-    let mut compressor = Compressor::new(CompressionLvl::fastest());
+    // Level 1: the fastest level that compresses (libdeflate's level 0 only stores).
+    let level = CompressionLvl::new(1).map_err(|_| Error::overflow("compression level"))?;
+    let mut compressor = Compressor::new(level);
     let mut next_progress = PROGRESS_STEP_BYTES;
     let total_in = src.len();
     loop {

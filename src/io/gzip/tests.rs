@@ -124,6 +124,20 @@ fn random_reads_match_the_data() {
 }
 
 #[test]
+fn compressible_windows_are_stored_deflated() {
+    let mut data = disk_like(2 << 20, 20);
+    data.extend(vec![0u8; 2 << 20]);
+    let r = open(gzip(&data), small_spacing()).unwrap();
+    let s = r.stats();
+    let deflated = r.index.checkpoints.iter().filter(|c| c.deflated).count();
+    assert!(deflated * 2 > s.checkpoints, "{deflated} deflated windows; {s:?}");
+    let windows: usize = r.index.checkpoints.iter().map(|c| c.window_len).sum();
+    let stored: usize = r.index.checkpoints.iter().map(|c| c.window.len()).sum();
+    assert!(stored * 2 < windows, "{stored} bytes stored for {windows}");
+    assert_eq!(read(&r, 0, data.len()), data);
+}
+
+#[test]
 fn sequential_and_backward_reads_match() {
     let data = disk_like(3 << 20, 3);
     let r = open(gzip(&data), small_spacing()).unwrap();
