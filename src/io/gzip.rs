@@ -20,13 +20,15 @@
 //!   same information as zlib's `inflatePrime`); and, only for streams whose blocks run
 //!   longer than twice the spacing without a boundary (no ordinary encoder writes those, a
 //!   hostile one can), a clone of the whole decoder state taken mid-block;
-//! - the last 32 KiB of output of the member (the deflate window), stored raw-deflated when
-//!   that is smaller (zeros and text shrink a lot).
+//! - the last 32 KiB of output of the member (the deflate window), stored raw until the
+//!   index reaches its cap, then deflated at level 1 when that is smaller (zeros and text
+//!   shrink a lot), so streams of a few GiB pay nothing for it.
 //!
 //! Checkpoints are recorded at the first block boundary at least `spacing` bytes after the
 //! previous one; `spacing` starts at [`GzipOptions::min_spacing_bytes`] (1 MiB). The index
-//! never exceeds [`GzipOptions::max_index_bytes`]: when it would, every second checkpoint
-//! is dropped and the spacing doubles, so the spacing ends up about
+//! never exceeds [`GzipOptions::max_index_bytes`]: when it would, the windows are deflated,
+//! and if that is not enough every second checkpoint is dropped and the spacing doubles
+//! (as often as needed), so the spacing ends up about
 //! `max(1 MiB, size * checkpoint_bytes / cap)` without knowing the size in advance.
 //!
 //! # Reads
@@ -800,9 +802,7 @@ fn build_index(src: &dyn ReadAt, opts: &GzipOptions) -> Result<(Index, u64)> {
         spacing: opts.min_spacing_bytes.max(1),
         bytes: 0,
     };
-    // Level 1: the fastest level that compresses (libdeflate's level 0 only stores).
-    let level = CompressionLvl::new(1).map_err(|_| Error::overflow("compression level"))?;
-    let mut compressor = Compressor::new(level);
+    let mut packer = WindowPacker::new()?;
     let mut next_progress = PROGRESS_STEP_BYTES;
     let total_in = src.len();
     loop {
@@ -831,10 +831,10 @@ fn build_index(src: &dyn ReadAt, opts: &GzipOptions) -> Result<(Index, u64)> {
             _ => None,
         };
         if let Some(resume) = resume {
-            let cp = checkpoint(&cur, resume, &mut compressor);
+            let cp = checkpoint(&cur, resume, &mut packer);
             index.bytes = index.bytes.saturating_add(cp.bytes());
             index.checkpoints.push(cp);
-            thin(&mut index, opts.max_index_bytes);
+            fit(&mut index, opts.max_index_bytes, &mut packer);
         }
         match event {
             Event::MemberEnd => index.members += 1,
@@ -862,32 +862,69 @@ fn build_index(src: &dyn ReadAt, opts: &GzipOptions) -> Result<(Index, u64)> {
     Ok((index, cur.out))
 }
 
-/// A checkpoint at the cursor's position.
-fn checkpoint(cur: &Cursor, resume: Resume, compressor: &mut Compressor) -> Checkpoint {
-    let window = cur.window();
-    let mut packed = vec![0u8; compressor.deflate_compress_bound(window.len())];
-    let stored = match compressor.deflate_compress(window, &mut packed) {
-        Ok(n) if n < window.len() => {
-            packed.truncate(n);
-            Some(packed.into_boxed_slice())
+/// Stores checkpoint windows: raw while the index is small, deflated (level 1) once it has
+/// reached its cap, so a stream of a few GiB costs no compression at all.
+struct WindowPacker {
+    compressor: Compressor,
+    /// Whether windows are deflated (set at the first pressure, never cleared).
+    enabled: bool,
+}
+
+impl WindowPacker {
+    fn new() -> Result<Self> {
+        // Level 1: the fastest level that compresses (libdeflate's level 0 only stores).
+        let level = CompressionLvl::new(1).map_err(|_| Error::overflow("compression level"))?;
+        Ok(WindowPacker {
+            compressor: Compressor::new(level),
+            enabled: false,
+        })
+    }
+
+    /// The window as stored, and whether it is deflated.
+    fn pack(&mut self, window: &[u8]) -> (Box<[u8]>, bool) {
+        if self.enabled {
+            let mut packed = vec![0u8; self.compressor.deflate_compress_bound(window.len())];
+            if let Ok(n) = self.compressor.deflate_compress(window, &mut packed)
+                && n < window.len()
+            {
+                packed.truncate(n);
+                return (packed.into_boxed_slice(), true);
+            }
         }
-        _ => None,
-    };
-    let deflated = stored.is_some();
+        (window.into(), false)
+    }
+}
+
+/// A checkpoint at the cursor's position.
+fn checkpoint(cur: &Cursor, resume: Resume, packer: &mut WindowPacker) -> Checkpoint {
+    let window = cur.window();
+    let (stored, deflated) = packer.pack(window);
     Checkpoint {
         out: cur.out,
         input: cur.input,
         member: cur.member,
         resume,
         window_len: window.len(),
-        window: stored.unwrap_or_else(|| window.into()),
+        window: stored,
         deflated,
     }
 }
 
-/// Drops every second checkpoint (never the first) and doubles the spacing until the index
-/// fits `cap`.
-fn thin(index: &mut Index, cap: u64) {
+/// Brings the index under `cap`: first by deflating the windows (once), then by dropping
+/// every second checkpoint (never the first) and doubling the spacing, as often as needed.
+fn fit(index: &mut Index, cap: u64, packer: &mut WindowPacker) {
+    if index.bytes <= cap {
+        return;
+    }
+    if !packer.enabled {
+        packer.enabled = true;
+        for cp in index.checkpoints.iter_mut().filter(|c| !c.deflated) {
+            let (stored, deflated) = packer.pack(&cp.window);
+            cp.window = stored;
+            cp.deflated = deflated;
+        }
+        index.bytes = index.checkpoints.iter().map(Checkpoint::bytes).sum();
+    }
     while index.bytes > cap && index.checkpoints.len() > 1 {
         let mut i = 0usize;
         index.checkpoints.retain(|_| {

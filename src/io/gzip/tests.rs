@@ -127,10 +127,25 @@ fn random_reads_match_the_data() {
 fn compressible_windows_are_stored_deflated() {
     let mut data = disk_like(2 << 20, 20);
     data.extend(vec![0u8; 2 << 20]);
+    // Without pressure, windows stay raw.
     let r = open(gzip(&data), small_spacing()).unwrap();
+    assert!(r.index.checkpoints.iter().all(|c| !c.deflated));
+    // At the cap, they are deflated.
+    let r = open(
+        gzip(&data),
+        GzipOptions {
+            max_index_bytes: 400 * 1024,
+            ..small_spacing()
+        },
+    )
+    .unwrap();
     let s = r.stats();
+    assert!(s.index_bytes <= 400 * 1024, "{s:?}");
     let deflated = r.index.checkpoints.iter().filter(|c| c.deflated).count();
-    assert!(deflated * 2 > s.checkpoints, "{deflated} deflated windows; {s:?}");
+    assert!(
+        deflated * 2 > s.checkpoints,
+        "{deflated} deflated windows; {s:?}"
+    );
     let windows: usize = r.index.checkpoints.iter().map(|c| c.window_len).sum();
     let stored: usize = r.index.checkpoints.iter().map(|c| c.window.len()).sum();
     assert!(stored * 2 < windows, "{stored} bytes stored for {windows}");
