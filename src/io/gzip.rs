@@ -59,11 +59,13 @@
 //!
 //! miniz_oxide (`#![forbid(unsafe_code)]`) with its `block-boundary` feature: it stops at
 //! every deflate block boundary, exposes the leftover bits, resumes from them and a window,
-//! and its decoder state is `Clone`. zlib-rs (alone or through flate2) inflates about 25%
-//! faster here (1.26 s against 1.60 s of CPU for 1 GiB of gzip -6 data; `gzip -dc` takes
-//! 4.9 s), but its safe API offers neither `inflatePrime` nor the bit position at a block
-//! boundary (`data_type`), so it cannot resume mid-stream without `unsafe`. libdeflate is
-//! buffer-to-buffer only. CRC-32 uses libdeflate's (already a dependency, SIMD).
+//! and its decoder state is `Clone`. zlib-rs (alone or through flate2 with
+//! `runtime_detection`) inflates about 25% faster (1.26 s against 1.60 s of CPU for 1 GiB of
+//! gzip -6 data, a tar of /usr/lib then zeros; `gzip -dc` took 4.9 s), but its safe API
+//! (`zlib_rs::Inflate`, `flate2::Decompress`) offers neither `inflatePrime` nor the bit
+//! position at a block boundary (zlib's `data_type`): its `inflate::prime` needs an
+//! `InflateStream` that only `unsafe` code can drive. libdeflate is buffer-to-buffer only.
+//! CRC-32 is libdeflate's (already a dependency, SIMD).
 //!
 //! Not here: knowing what the decompressed bytes are (the package and disk layers do).
 
