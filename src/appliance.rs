@@ -16,7 +16,7 @@ use crate::disk::engine::FlatDisk;
 use crate::disk::{self, DiskError, DiskImage};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fs::tree::{Content, Tree};
-use crate::package::{self, Encoding, Package, PackageDisk};
+use crate::package::{self, Package, PackageDisk};
 
 /// Folder of the mount that holds the flat images.
 pub const DISKS_DIR: &str = "disks";
@@ -158,14 +158,22 @@ fn open_disk(
         };
         return DiskStatus::NotShown { disk_id, reason };
     };
-    if d.encoding != Encoding::Identity {
-        let reason = format!(
-            "{href} is stored with {:?} encoding, which is not decoded yet",
-            d.encoding
-        );
-        return DiskStatus::NotShown { disk_id, reason };
-    }
-    match disk::open(data.clone()) {
+    // gzip-compressed Files (ovf:compression="gzip") are read through a GzipReader.
+    let image_data = match package::decode(&d.encoding, data.clone(), &href) {
+        Ok(Some(decoded)) => decoded,
+        Ok(None) => {
+            let reason = format!(
+                "{href} is stored with {:?} encoding, which ovafs does not decode",
+                d.encoding
+            );
+            return DiskStatus::NotShown { disk_id, reason };
+        }
+        Err(e) => {
+            let error = e.context(format!("{}: disk {disk_id} ({href})", path.display()));
+            return DiskStatus::Broken { disk_id, error };
+        }
+    };
+    match disk::open(image_data) {
         Ok(image) => {
             let mtime = d
                 .member

@@ -188,10 +188,14 @@ const OVAS: &[(&str, OvaCheck)] = &[
         );
     }),
     ("ganeti/ova.ova", |r| {
-        assert!(matches!(
-            pkg(&refused(r)),
-            PackageError::CompressedArchive { format: "gzip" }
-        ));
+        // A gzip-compressed tar, read through a GzipReader.
+        let p = opened(r);
+        assert_eq!(p.archive_compression, Some("gzip"));
+        let names: Vec<&str> = p.members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["ganeti.ovf", "new_disk.vmdk"]);
+        assert_eq!(p.members[1].size, 1_114_624);
+        assert_eq!(p.disks.len(), 1);
+        assert_eq!(p.disks[0].member, Some(1));
     }),
     ("open-ovf/ourOVF.ova", |r| {
         // Its descriptor has no VirtualSystem at all.

@@ -69,6 +69,7 @@ fn build_sample(dir: &Path) -> Result<std::path::PathBuf> {
             file_bytes: summary.bytes_written,
             capacity_bytes: DISK_BYTES,
             format_uri: sample::VMDK_STREAM_URI.into(),
+            compression: None,
         }],
     };
     std::fs::write(dir.join("demo.ovf"), sample::descriptor_xml(&spec))

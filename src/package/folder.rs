@@ -121,6 +121,7 @@ pub(super) fn open(path: &Path) -> Result<Package> {
         files,
         disks,
         archive: None,
+        archive_compression: None,
         tar_index: None,
         warnings,
     })

@@ -48,11 +48,17 @@ pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> 
     let shown = path.display().to_string();
     let mut head = [0u8; 10];
     let n = src.read_at(0, &mut head)?;
-    if let Some(format) = compression(&head[..n]) {
-        return Err(
-            crate::error::Error::from(PackageError::CompressedArchive { format }).context(shown),
-        );
-    }
+    let archive_compression = compression(&head[..n]);
+    let src = match archive_compression {
+        None => src,
+        Some("gzip") => Arc::new(super::gunzip(src, &shown).with_context(|| shown.clone())?),
+        Some(format) => {
+            return Err(
+                crate::error::Error::from(PackageError::CompressedArchive { format })
+                    .context(shown),
+            );
+        }
+    };
     let index = archive::index(&*src).with_context(|| shown.clone())?;
     let mut warnings = Vec::new();
     for s in &index.skipped {
@@ -167,6 +173,7 @@ pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> 
         files,
         disks,
         archive: Some(src),
+        archive_compression,
         tar_index: Some(index),
         warnings,
     })

@@ -155,9 +155,8 @@ fn no_descriptor() {
 }
 
 #[test]
-fn compressed_archives_are_refused_by_magic() {
+fn compressed_archives_other_than_gzip_are_refused_by_magic() {
     for (head, format) in [
-        (&[0x1f, 0x8b, 8, 0][..], "gzip"),
         (&[0xfd, b'7', b'z', b'X', b'Z', 0][..], "xz"),
         (&[0x28, 0xb5, 0x2f, 0xfd][..], "zstd"),
         (&b"BZh91AY&SY"[..], "bzip2"),
@@ -169,8 +168,65 @@ fn compressed_archives_are_refused_by_magic() {
             matches!(pkg_err(&e), PackageError::CompressedArchive { format: f } if *f == format),
             "{e}"
         );
-        assert!(e.to_string().contains("not supported yet"));
+        assert!(e.to_string().contains("decompress it first"));
     }
+}
+
+fn gzip_bytes(data: &[u8]) -> Vec<u8> {
+    let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::default());
+    let mut out = vec![0u8; c.gzip_compress_bound(data.len())];
+    let n = c.gzip_compress(data, &mut out).unwrap();
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn gzip_compressed_ova_is_read_through_its_index() {
+    let desc = descriptor(&file("f1", "disk1.vmdk", ""), &disk("d1", "f1"));
+    let image: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let tar = ova(&[("a.ovf", desc.as_bytes()), ("disk1.vmdk", &image)]);
+    let mut gz = gzip_bytes(&tar[..1000]);
+    gz.extend(gzip_bytes(&tar[1000..])); // two members, as pigz or a split writer makes
+    gz.extend([0u8; 300]); // padding after the last member
+    let p = open_bytes(gz).unwrap();
+    assert_eq!(p.archive_compression, Some("gzip"));
+    assert_eq!(p.archive.as_ref().unwrap().len(), tar.len() as u64);
+    let m = &p.members[p.find_member("disk1.vmdk").unwrap()];
+    assert_eq!(read_all(&*m.data), image);
+    assert_eq!(read_all(&*p.disks[0].data.clone().unwrap()), image);
+}
+
+#[test]
+fn corrupt_gzip_ova_is_a_gzip_error() {
+    let mut bytes = vec![0x1f, 0x8b, 8, 0];
+    bytes.resize(2048, 0);
+    let e = open_bytes(bytes).unwrap_err();
+    assert!(
+        matches!(
+            crate::io::gzip::GzipError::of(&e),
+            Some(crate::io::gzip::GzipError::CorruptDeflate { .. })
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn decode_gives_the_decompressed_bytes() {
+    let data = b"disk image bytes".repeat(1000);
+    let stored: Arc<dyn ReadAt> = Arc::new(gzip_bytes(&data));
+    let d = decode(&Encoding::Gzip, stored.clone(), "test")
+        .unwrap()
+        .unwrap();
+    assert_eq!(read_all(&*d), data);
+    let same = decode(&Encoding::Identity, stored.clone(), "test")
+        .unwrap()
+        .unwrap();
+    assert_eq!(same.len(), stored.len());
+    assert!(
+        decode(&Encoding::Unsupported("bzip2".into()), stored, "test")
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]

@@ -25,7 +25,7 @@ pub const VMDK_SPARSE_URI: &str =
     "http://www.vmware.com/interfaces/specifications/vmdk.html#sparse";
 
 /// One disk of a sample appliance.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DiskSpec {
     /// File name of the image in the package (`disk1.vmdk`).
     pub href: String,
@@ -35,6 +35,8 @@ pub struct DiskSpec {
     pub capacity_bytes: u64,
     /// ovf:format URI.
     pub format_uri: String,
+    /// `ovf:compression` of the File (`Some("gzip")`); `None` writes no attribute.
+    pub compression: Option<String>,
 }
 
 /// What a sample appliance describes.
@@ -68,9 +70,14 @@ pub fn descriptor_xml(spec: &ApplianceSpec) -> String {
     let mut items = String::new();
     for (i, d) in spec.disks.iter().enumerate() {
         let n = i + 1;
+        let compression = d
+            .compression
+            .as_ref()
+            .map(|c| format!(" ovf:compression=\"{}\"", xml_escape(c)))
+            .unwrap_or_default();
         let _ = writeln!(
             refs,
-            "    <File ovf:href=\"{}\" ovf:id=\"file{n}\" ovf:size=\"{}\"/>",
+            "    <File{compression} ovf:href=\"{}\" ovf:id=\"file{n}\" ovf:size=\"{}\"/>",
             xml_escape(&d.href),
             d.file_bytes
         );
@@ -293,15 +300,25 @@ mod tests {
             cpus: 2,
             memory_mib: 1024,
             network: "VM Network".into(),
-            disks: vec![DiskSpec {
-                href: "d1.vmdk".into(),
-                file_bytes: 100,
-                capacity_bytes: 1 << 30,
-                format_uri: VMDK_STREAM_URI.into(),
-            }],
+            disks: vec![
+                DiskSpec {
+                    href: "d1.vmdk".into(),
+                    file_bytes: 100,
+                    capacity_bytes: 1 << 30,
+                    format_uri: VMDK_STREAM_URI.into(),
+                    compression: None,
+                },
+                DiskSpec {
+                    href: "d2.img.gz".into(),
+                    compression: Some("gzip".into()),
+                    ..DiskSpec::default()
+                },
+            ],
         };
         let xml = descriptor_xml(&spec);
         assert!(xml.contains("ovf:href=\"d1.vmdk\""));
+        assert!(xml.contains("<File ovf:compression=\"gzip\" ovf:href=\"d2.img.gz\""));
+        assert_eq!(xml.matches("ovf:compression").count(), 1);
         assert!(xml.contains("ovf:capacity=\"1073741824\""));
         assert!(xml.contains("<rasd:VirtualQuantity>1024</rasd:VirtualQuantity>"));
         assert!(xml.contains("demo &amp; co"));

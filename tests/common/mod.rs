@@ -197,6 +197,8 @@ pub struct DiskFile {
     pub capacity: u64,
     /// ovf:format URI.
     pub format_uri: String,
+    /// Stored gzip-compressed by GNU gzip as `NAME.gz`, with `ovf:compression="gzip"`.
+    pub gzip: bool,
 }
 
 /// Builds an OVA: descriptor from `ovafs::sample`, SHA-256 manifest, disks, packed in that
@@ -210,6 +212,8 @@ pub struct OvaBuilder {
     pub disks: Vec<DiskFile>,
     /// GNU tar `--format` value.
     pub tar_format: String,
+    /// Compress the whole archive with gzip (`tar -czf`).
+    pub gzip_archive: bool,
 }
 
 impl OvaBuilder {
@@ -221,6 +225,7 @@ impl OvaBuilder {
             name: name.into(),
             disks: Vec::new(),
             tar_format: "ustar".into(),
+            gzip_archive: false,
         }
     }
 
@@ -230,6 +235,19 @@ impl OvaBuilder {
             path: image.into(),
             capacity,
             format_uri: format_uri.into(),
+            gzip: false,
+        });
+        self
+    }
+
+    /// Adds a disk image stored gzip-compressed (GNU gzip, `-6`) as `NAME.gz` and referenced
+    /// with `ovf:compression="gzip"`.
+    pub fn gzip_disk(mut self, image: &Path, capacity: u64, format_uri: &str) -> Self {
+        self.disks.push(DiskFile {
+            path: image.into(),
+            capacity,
+            format_uri: format_uri.into(),
+            gzip: true,
         });
         self
     }
@@ -239,9 +257,21 @@ impl OvaBuilder {
         let mut names = vec![format!("{}.ovf", self.name), format!("{}.mf", self.name)];
         let mut specs = Vec::new();
         for d in &self.disks {
-            let file = d.path.file_name().unwrap().to_str().unwrap().to_string();
+            let mut file = d.path.file_name().unwrap().to_str().unwrap().to_string();
+            if d.gzip {
+                file.push_str(".gz");
+                let out = File::create(self.dir.join(&file)).unwrap();
+                let st = Command::new(tool("gzip"))
+                    .arg("-6")
+                    .arg("-c")
+                    .arg(&d.path)
+                    .stdout(out)
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "gzip {} failed", d.path.display());
+            }
             let target = self.dir.join(&file);
-            if d.path != target {
+            if d.path != target && !d.gzip {
                 fs::copy(&d.path, &target).unwrap();
             }
             specs.push(ovafs::sample::DiskSpec {
@@ -249,6 +279,7 @@ impl OvaBuilder {
                 file_bytes: fs::metadata(&target).unwrap().len(),
                 capacity_bytes: d.capacity,
                 format_uri: d.format_uri.clone(),
+                compression: d.gzip.then(|| "gzip".to_string()),
             });
             names.push(file);
         }
@@ -274,14 +305,15 @@ impl OvaBuilder {
         names
     }
 
-    /// Writes the package and packs it into `DIR/NAME.ova` with GNU tar.
+    /// Writes the package and packs it into `DIR/NAME.ova` with GNU tar (`-czf` when
+    /// `gzip_archive`).
     pub fn build(&self) -> PathBuf {
         let names = self.write_package();
         let ova = self.dir.join(format!("{}.ova", self.name));
         run_ok(
             Command::new(tool("tar"))
                 .arg(format!("--format={}", self.tar_format))
-                .arg("-cf")
+                .arg(if self.gzip_archive { "-czf" } else { "-cf" })
                 .arg(&ova)
                 .arg("-C")
                 .arg(&self.dir)

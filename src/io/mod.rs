@@ -6,7 +6,12 @@
 //! inside a tar is just a window handed to the VMDK parser, and unit tests hand parsers a
 //! `Vec<u8>`.
 //!
-//! This module does no caching and no decoding.
+//! This module does no caching and no decoding, except [`gzip`]: random access into
+//! gzip-compressed bytes ([`GzipReader`]).
+
+pub mod gzip;
+
+pub use gzip::GzipReader;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
