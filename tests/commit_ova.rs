@@ -466,6 +466,7 @@ fn big_package(t: &Path, size: u64) -> (Fixture, std::path::PathBuf, Vec<u8>) {
             file_bytes: size,
             capacity_bytes: size,
             format_uri: "http://www.gnu.org/software/qemu/raw".into(),
+            ..Default::default()
         }],
     });
     let mf = format!("SHA256(big.ovf)= {}\n", support::sha256(desc.as_bytes()));
@@ -763,6 +764,7 @@ fn rewrite_keeps_a_stream_optimized_vmdk_readable_by_qemu_img() {
             file_bytes: vmdk_bytes.len() as u64,
             capacity_bytes: fx.disk_bytes as u64,
             format_uri: ovafs::sample::VMDK_STREAM_URI.into(),
+            ..Default::default()
         }],
     });
     fs::write(pkg.join("vm.ovf"), &desc).unwrap();

@@ -176,6 +176,7 @@ impl Fixture {
                 file_bytes: self.disk_bytes as u64,
                 capacity_bytes: self.disk_bytes as u64,
                 format_uri: "http://www.gnu.org/software/qemu/raw".into(),
+                ..Default::default()
             }],
         })
     }

@@ -230,7 +230,11 @@ fn open_committer(
     match Committer::open(&appliance.package) {
         Ok(c) => Ok((Some(c), None)),
         Err(e) if commit::is_read_only(&e) => {
-            let reason = format!("{e}; mounted read-only");
+            log::debug!("{e}");
+            let reason = format!(
+                "{} is not writable; mounted read-only",
+                config.source.display()
+            );
             log::warn!("{reason}");
             Ok((None, Some(reason)))
         }

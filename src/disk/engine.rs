@@ -132,6 +132,37 @@ impl FlatDisk {
         units
     }
 
+    /// `SEEK_DATA` / `SEEK_HOLE` over the flat image: the first offset at or after
+    /// `offset` that holds data (`data`) or reads as a hole, `None` when there is none before
+    /// the end (for a hole, the end itself counts: every file ends in an implicit hole).
+    /// Stored and encoded extents are data; zero extents are holes, and so are unallocated
+    /// ones unless a parent disk supplies them. Only tables are consulted, no grain is read.
+    pub fn seek(&self, offset: u64, data: bool) -> Result<Option<u64>> {
+        let size = self.image.virtual_size();
+        let mut pos = offset;
+        while pos < size {
+            let ext = self.image.map(pos, size - pos)?;
+            let len = ext.len();
+            if len == 0 || len > size - pos {
+                return Err(DiskError::CorruptUnit {
+                    unit: pos / self.image.unit_bytes().max(1),
+                    reason: format!("map returned {len} bytes at offset {pos}"),
+                }
+                .into());
+            }
+            let is_hole = match ext {
+                Extent::Zero { .. } => true,
+                Extent::Unallocated { .. } => self.parent.is_none(),
+                Extent::Stored { .. } | Extent::Unit { .. } => false,
+            };
+            if is_hole != data {
+                return Ok(Some(pos));
+            }
+            pos += len;
+        }
+        Ok(if data { None } else { Some(size.max(offset)) })
+    }
+
     /// Decodes `unit` into the cache if it is not there (used by read-ahead workers).
     pub fn prefetch(&self, unit: u64) {
         if let Err(e) = self.unit(unit) {
@@ -290,6 +321,17 @@ mod tests {
         let mut buf = vec![0u8; 10];
         d.read_at(2048, &mut buf).unwrap();
         assert_eq!(buf, vec![7u8; 10]);
+    }
+
+    #[test]
+    fn seek_finds_data_and_holes_from_the_tables() {
+        let d = toy();
+        // Units 0 and 1 are encoded (data), unit 2 unallocated (hole), unit 3 stored (data).
+        assert_eq!(d.seek(0, true).unwrap(), Some(0));
+        assert_eq!(d.seek(0, false).unwrap(), Some(2048));
+        assert_eq!(d.seek(2100, true).unwrap(), Some(3072));
+        assert_eq!(d.seek(3100, false).unwrap(), Some(4000));
+        assert_eq!(d.seek(4000, true).unwrap(), None);
     }
 
     #[test]

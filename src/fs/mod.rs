@@ -25,8 +25,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
-    TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::error::{Error, ErrorKind, Result};
@@ -1050,6 +1050,62 @@ impl Filesystem for OvaFs {
             255,
             STATFS_BSIZE,
         );
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            // Plain seeks never reach the filesystem; anything else is not ours to answer.
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        let found = {
+            let tree = self.tree();
+            match tree.get(ino.0).map(|n| &n.kind) {
+                Some(NodeKind::File(FileKind::Static(Content::Disk(disk)))) => {
+                    let disk = disk.clone();
+                    drop(tree);
+                    disk.seek(offset, data)
+                }
+                Some(NodeKind::File(kind)) => {
+                    // Members, live and scratch files are all data.
+                    let len = match kind {
+                        FileKind::Static(c) => c.reader().len(),
+                        FileKind::Scratch(d) => d.len() as u64,
+                        FileKind::Live(p) => {
+                            let p = p.clone();
+                            drop(tree);
+                            self.live_bytes(&p, Some(fh.0))
+                                .map(|b| b.len() as u64)
+                                .unwrap_or(0)
+                        }
+                    };
+                    Ok(match (offset < len, data) {
+                        (true, true) => Some(offset),
+                        (true, false) => Some(len),
+                        (false, _) => None,
+                    })
+                }
+                Some(_) => return reply.error(Errno::EINVAL),
+                None => return reply.error(Errno::ENOENT),
+            }
+        };
+        match found {
+            Ok(Some(at)) => reply.offset(i64::try_from(at).unwrap_or(i64::MAX)),
+            Ok(None) => reply.error(Errno::ENXIO),
+            Err(e) => reply.error(self.fail("lseek", &self.tree().path_of(ino.0), &e)),
+        }
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

@@ -142,6 +142,49 @@ pub fn sha256_reader(mut r: impl Read) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// SHA-256 of a file, reading only its data regions: holes found with `SEEK_HOLE` are
+/// hashed as zeros from memory (ovafs answers `SEEK_DATA`/`SEEK_HOLE` from its tables, so a
+/// huge sparse flat image hashes without reading its empty space through FUSE).
+pub fn sha256_sparse(path: &Path) -> String {
+    let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let len = f.metadata().unwrap().len();
+    let seek = |off: u64, whence: nix::unistd::Whence| -> Option<u64> {
+        nix::unistd::lseek(&f, off as i64, whence)
+            .ok()
+            .map(|o| o as u64)
+    };
+    let mut h = Sha256::new();
+    let zeros = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < len {
+        let data = seek(pos, nix::unistd::Whence::SeekData)
+            .unwrap_or(len)
+            .min(len);
+        let mut z = data - pos;
+        while z > 0 {
+            let n = z.min(zeros.len() as u64) as usize;
+            h.update(&zeros[..n]);
+            z -= n as u64;
+        }
+        if data >= len {
+            break;
+        }
+        let hole = seek(data, nix::unistd::Whence::SeekHole)
+            .unwrap_or(len)
+            .min(len);
+        let mut at = data;
+        while at < hole {
+            let n = (hole - at).min(buf.len() as u64) as usize;
+            f.read_exact_at(&mut buf[..n], at).unwrap();
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
+        pos = hole;
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// SHA-256 of a file.
 pub fn sha256_file(path: &Path) -> String {
     sha256_reader(File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display())))
