@@ -648,3 +648,48 @@ fn demo_mounts_a_sample_and_cleans_up_on_ctrl_c() {
     );
     drop(guard);
 }
+
+#[test]
+fn seek_data_and_hole_follow_the_disk_tables() {
+    use nix::unistd::{Whence, lseek};
+    let tmp = tempdir();
+    let size = 96u64 << 20;
+    let (raw, vmdk) = qemu_stream_vmdk(tmp.path(), "sparse", size, 6, 13);
+    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "holes")
+        .disk(&vmdk, size, STREAM)
+        .build();
+    let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
+    let flat = File::open(m.path("disks/sparse.raw")).unwrap();
+    let original = File::open(&raw).unwrap();
+    // Every byte ovafs calls a hole is zero in the original; there are holes and data.
+    let (mut pos, mut holes, mut data) = (0u64, 0u64, 0u64);
+    while pos < size {
+        let hole = lseek(&flat, pos as i64, Whence::SeekHole).unwrap() as u64;
+        data += hole - pos;
+        if hole >= size {
+            break;
+        }
+        let next = lseek(&flat, hole as i64, Whence::SeekData)
+            .map(|o| o as u64)
+            .unwrap_or(size);
+        let mut buf = vec![0u8; (next - hole).min(8 << 20) as usize];
+        original.read_exact_at(&mut buf, hole).unwrap();
+        assert!(
+            buf.iter().all(|&b| b == 0),
+            "non-zero bytes in the hole at {hole}"
+        );
+        holes += next - hole;
+        pos = next;
+    }
+    assert!(holes > size / 2 && data > 0, "holes {holes}, data {data}");
+    assert_eq!(
+        sha256_sparse(&m.path("disks/sparse.raw")),
+        sha256_file(&raw)
+    );
+    // qemu-img, which follows SEEK_DATA, converts the flat image exactly.
+    let back = tmp.path().join("back.raw");
+    qemu_to_raw(&m.path("disks/sparse.raw"), "raw", &back);
+    assert_same_bytes(&back, &raw);
+    drop((flat, original));
+    m.umount();
+}
