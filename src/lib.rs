@@ -19,3 +19,4 @@ pub mod ovf;
 pub mod package;
 pub mod sample;
 pub mod units;
+pub mod verify;
