@@ -539,3 +539,27 @@ fn no_manifest_fails() {
     assert_eq!(code, 1);
     assert!(failures(&v).starts_with("no manifest"), "{v:#}");
 }
+
+#[test]
+fn broken_descriptor_is_checked_at_the_archive_level() {
+    let f = Fixture::new();
+    // ovf:size no longer matches disk2.img: the package cannot be mounted, but the manifest
+    // still covers the bytes as stored.
+    let ovf = fs::read_to_string(f.path("x.ovf"))
+        .unwrap()
+        .replace("ovf:size=\"1000\"", "ovf:size=\"999\"");
+    fs::write(f.path("x.ovf"), ovf).unwrap();
+    fs::write(f.path("x.mf"), f.mixed_manifest()).unwrap();
+    let ova = f.ova(&["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
+    let (code, v) = verify_json(&[p(&ova)]);
+    assert_eq!(code, 0, "{v:#}");
+    assert!(
+        v["packageError"].as_str().unwrap().contains("ovf:size"),
+        "{v:#}"
+    );
+    assert!(files(&v).iter().all(|(_, s)| s == "ok"), "{v:#}");
+    // The same for the unpacked package.
+    let (code, v) = verify_json(&[p(&f.path("x.ovf"))]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(files(&v).len(), 3, "{v:#}");
+}
