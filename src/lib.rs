@@ -22,3 +22,4 @@ pub mod package;
 pub mod sample;
 pub mod settings;
 pub mod units;
+pub mod verify;

@@ -1,6 +1,6 @@
 //! The command line: argument parsing into validated configurations, and the commands.
 //!
-//! `ovafs mount|umount|info|demo`, and the same binary called as `mount.ovafs SOURCE DIR -o
+//! `ovafs mount|umount|info|verify|demo`, and the same binary called as `mount.ovafs SOURCE DIR -o
 //! OPTS` by `mount -t ovafs` and fstab. Every command returns an exit code; errors reach the
 //! user as one line on stderr.
 
@@ -10,6 +10,7 @@ mod mount;
 mod mountinfo;
 pub mod options;
 mod umount;
+mod verify;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -62,6 +63,21 @@ enum Command {
         /// The appliance: an .ova archive or an .ovf descriptor.
         source: PathBuf,
     },
+    /// Check the manifest digests and the certificate: exit 0 if all check out, 1 if
+    /// anything fails, 2 if the source cannot be read.
+    Verify {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Fail unless the signature chains to a trusted root and the certificate is valid now.
+        #[arg(long)]
+        require_trusted: bool,
+        /// Trust the certificates of this PEM file instead of the system's store.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// The appliance: an .ova archive or an .ovf descriptor.
+        source: PathBuf,
+    },
     /// Build a sample appliance, mount it in a temporary folder, and show what to try.
     Demo,
 }
@@ -108,6 +124,17 @@ pub fn run(args: Vec<OsString>) -> i32 {
         }
         Command::Umount { mountpoint } => report(umount::run(&mountpoint)),
         Command::Info { json, source } => report(info::run(&source, json)),
+        Command::Verify {
+            json,
+            require_trusted,
+            ca_file,
+            source,
+        } => report(verify::run(&verify::VerifyArgs {
+            source,
+            json,
+            require_trusted,
+            ca_file,
+        })),
         Command::Demo => report(demo::run()),
     }
 }

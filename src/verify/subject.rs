@@ -1,0 +1,287 @@
+//! What verification looks at: the members of a package, which of them are the descriptor,
+//! the manifest and the certificate, and the chunked Files.
+//!
+//! Normally this comes from an opened [`Package`] ([`Subject::from_package`]). But a manifest
+//! covers stored bytes, which do not depend on the descriptor being valid: a package that the
+//! package layer refuses because of its descriptor (an `ovf:size` that disagrees with a
+//! truncated member, a descriptor without a VirtualSystem, an href that names nothing) can
+//! still be checked against its manifest. [`Subject::open`] then falls back to the archive
+//! level: the tar index (or, for an unpacked package, the descriptor's folder), the first
+//! `*.ovf` member as descriptor and the `.mf` / `.cert` beside it named like it, exactly as
+//! the package layer finds them. The refusal is recorded in [`Subject::package_error`].
+//!
+//! Archive-level errors (not a tar, a truncated archive, I/O errors, a compressed archive)
+//! are not recovered from: the source cannot be read.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::archive::names::{file_name, join, normalize_str, parent};
+use crate::archive::{self, MemberKind};
+use crate::error::{Error, ErrorKind, Result, ResultExt};
+use crate::io::{FileSource, ReadAt, Window};
+use crate::package::{self, FileLocation, Member, Package, PackageError, SourceKind};
+
+/// A chunked File (`ovf:chunkSize`): its whole name and its chunks.
+#[derive(Clone)]
+pub struct ChunkedFile {
+    /// The href joined to the descriptor's folder and normalised.
+    pub name: String,
+    /// The chunk members, in order.
+    pub chunks: Vec<usize>,
+    /// The chunks joined.
+    pub data: Arc<dyn ReadAt>,
+}
+
+/// The members verification looks at.
+#[derive(Clone)]
+pub struct Subject {
+    /// The path opened.
+    pub path: PathBuf,
+    /// Archive or folder.
+    pub kind: SourceKind,
+    /// Members, as the package layer lists them (all regular members for an archive).
+    pub members: Vec<Member>,
+    /// The descriptor.
+    pub descriptor_member: usize,
+    /// The manifest.
+    pub manifest_member: Option<usize>,
+    /// The certificate.
+    pub certificate_member: Option<usize>,
+    /// The descriptor's folder inside the package (`""` at the root).
+    pub folder: String,
+    /// Chunked Files (empty when the descriptor could not be used).
+    pub chunked: Vec<ChunkedFile>,
+    /// Canonical folder of an unpacked package, where listed files that are not members are
+    /// looked up.
+    pub root: Option<PathBuf>,
+    /// Why the package layer refused the package, when the archive-level fallback was used.
+    pub package_error: Option<String>,
+    /// The package layer's warnings.
+    pub warnings: Vec<String>,
+}
+
+impl Subject {
+    /// From an opened package.
+    pub fn from_package(pkg: &Package) -> Self {
+        let folder = pkg
+            .descriptor_file()
+            .map(|d| parent(&d.name).to_string())
+            .unwrap_or_default();
+        let chunked = pkg
+            .files
+            .iter()
+            .filter_map(|f| match (&f.location, &f.data) {
+                (FileLocation::Chunks(c), Some(data)) => Some(ChunkedFile {
+                    name: join(&folder, &normalize_str(&f.href).ok()?),
+                    chunks: c.clone(),
+                    data: data.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        Subject {
+            path: pkg.path.clone(),
+            kind: pkg.kind,
+            members: pkg.members.clone(),
+            descriptor_member: pkg.descriptor_member,
+            manifest_member: pkg.manifest_member,
+            certificate_member: pkg.certificate_member,
+            folder,
+            chunked,
+            root: folder_root(pkg.kind, &pkg.path),
+            package_error: None,
+            warnings: pkg.warnings.clone(),
+        }
+    }
+
+    /// Opens `path` as the package layer does; when it refuses the package because of the
+    /// descriptor or its references, falls back to the archive level (see the module
+    /// comment).
+    pub fn open(path: &Path) -> Result<Self> {
+        let err = match package::open(path) {
+            Ok(pkg) => return Ok(Subject::from_package(&pkg)),
+            Err(e) => e,
+        };
+        let recoverable = match err.kind() {
+            ErrorKind::Ovf(_) => true,
+            ErrorKind::Package(p) => !matches!(
+                p,
+                PackageError::NoDescriptor | PackageError::CompressedArchive { .. }
+            ),
+            _ => false,
+        };
+        if !recoverable {
+            return Err(err);
+        }
+        let mut s = match folder_root(SourceKind::Folder, path) {
+            Some(root) if is_ovf_name(&path.to_string_lossy()) => open_folder(path, root)?,
+            _ => open_archive(path)?,
+        };
+        s.package_error = Some(err.to_string());
+        Ok(s)
+    }
+}
+
+fn is_ovf_name(name: &str) -> bool {
+    name.len() > 4
+        && name
+            .get(name.len() - 4..)
+            .is_some_and(|e| e.eq_ignore_ascii_case(".ovf"))
+}
+
+/// The canonical folder of an unpacked package.
+fn folder_root(kind: SourceKind, path: &Path) -> Option<PathBuf> {
+    if kind != SourceKind::Folder {
+        return None;
+    }
+    std::fs::canonicalize(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+}
+
+/// The member of `members` beside `desc` named like it with extension `ext`, compared
+/// case-insensitively (the package layer's rule).
+fn sibling(members: &[Member], desc: &str, ext: &str) -> Option<usize> {
+    let folder = parent(desc);
+    let f = file_name(desc);
+    let wanted = format!("{}.{ext}", f.get(..f.len().saturating_sub(4)).unwrap_or(f));
+    members.iter().position(|m| {
+        m.kind == MemberKind::Regular
+            && parent(&m.name) == folder
+            && file_name(&m.name).eq_ignore_ascii_case(&wanted)
+    })
+}
+
+/// Archive-level fallback for an OVA.
+fn open_archive(path: &Path) -> Result<Subject> {
+    let shown = path.display().to_string();
+    let src: Arc<dyn ReadAt> = Arc::new(FileSource::open(path)?);
+    let index = archive::index(&*src).with_context(|| shown.clone())?;
+    let mut members = Vec::new();
+    for m in index
+        .members
+        .iter()
+        .filter(|m| m.kind == MemberKind::Regular)
+    {
+        members.push(Member {
+            name: m.name.clone(),
+            size: m.size,
+            mode: m.mode,
+            mtime: m.mtime,
+            data: Arc::new(Window::new(src.clone(), m.data_offset, m.size)?),
+            kind: m.kind,
+            data_offset: Some(m.data_offset),
+        });
+    }
+    let descriptor_member = members
+        .iter()
+        .position(|m| is_ovf_name(&m.name))
+        .ok_or_else(|| Error::from(PackageError::NoDescriptor).context(shown))?;
+    let desc = members
+        .get(descriptor_member)
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    Ok(Subject {
+        path: path.to_path_buf(),
+        kind: SourceKind::Ova,
+        manifest_member: sibling(&members, &desc, "mf"),
+        certificate_member: sibling(&members, &desc, "cert"),
+        descriptor_member,
+        folder: parent(&desc).to_string(),
+        members,
+        chunked: Vec::new(),
+        root: None,
+        package_error: None,
+        warnings: Vec::new(),
+    })
+}
+
+/// Archive-level fallback for an unpacked package: the descriptor, and the `.mf` / `.cert`
+/// beside it.
+fn open_folder(path: &Path, root: PathBuf) -> Result<Subject> {
+    let desc_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| {
+            Error::from(PackageError::PathNotUtf8 {
+                path: path.display().to_string(),
+            })
+        })?
+        .to_string();
+    let mut members = Vec::new();
+    let mut add = |name: &str| -> Option<usize> {
+        let data = super::open_inside(&root, name)?;
+        members.push(Member {
+            name: name.to_string(),
+            size: data.len(),
+            mode: 0o444,
+            mtime: 0,
+            data,
+            kind: MemberKind::Regular,
+            data_offset: None,
+        });
+        Some(members.len() - 1)
+    };
+    let descriptor_member = add(&desc_name).ok_or_else(|| {
+        Error::from(PackageError::NotARegularFile {
+            href: path.display().to_string(),
+        })
+    })?;
+    let base = desc_name
+        .get(..desc_name.len().saturating_sub(4))
+        .unwrap_or(&desc_name)
+        .to_string();
+    let listing = list_dir(&root)?;
+    let mut find = |ext: &str| {
+        let wanted = format!("{base}.{ext}");
+        let mut m: Vec<&String> = listing
+            .iter()
+            .filter(|n| n.eq_ignore_ascii_case(&wanted))
+            .collect();
+        m.sort();
+        let name = if m.iter().any(|n| **n == wanted) {
+            Some(wanted)
+        } else {
+            m.first().map(|n| n.to_string())
+        };
+        name.and_then(|n| add(&n))
+    };
+    let manifest_member = find("mf");
+    let certificate_member = find("cert");
+    Ok(Subject {
+        path: path.to_path_buf(),
+        kind: SourceKind::Folder,
+        members,
+        descriptor_member,
+        manifest_member,
+        certificate_member,
+        folder: String::new(),
+        chunked: Vec::new(),
+        root: Some(root),
+        package_error: None,
+        warnings: Vec::new(),
+    })
+}
+
+/// The UTF-8 names in `dir`, at most [`package::MAX_DIR_ENTRIES`].
+fn list_dir(dir: &Path) -> Result<Vec<String>> {
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
+    let mut out = Vec::new();
+    for (n, entry) in rd.enumerate() {
+        if n as u64 >= package::MAX_DIR_ENTRIES {
+            return Err(ErrorKind::LimitExceeded {
+                what: "directory entries",
+                value: n as u64 + 1,
+                limit: package::MAX_DIR_ENTRIES,
+            }
+            .into());
+        }
+        let entry = entry.map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
+        if let Some(name) = entry.file_name().to_str() {
+            out.push(name.to_string());
+        }
+    }
+    Ok(out)
+}
