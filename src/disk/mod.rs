@@ -385,6 +385,14 @@ pub enum DiskError {
         /// Package-relative names that were looked up.
         candidates: Vec<String>,
     },
+    /// The Disk an OVF delta disk (`ovf:parentRef`) names as its parent cannot be read.
+    #[error("parent disk {parent} cannot be read: {reason}")]
+    ParentDiskUnavailable {
+        /// diskId of the parent.
+        parent: String,
+        /// Why.
+        reason: String,
+    },
     /// A chain of parents deeper than accepted.
     #[error("{image}: chain of parent images is deeper than {limit}")]
     ParentChainTooDeep {
