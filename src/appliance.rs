@@ -334,7 +334,11 @@ fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -
         Broken(Error),
     }
     let below = |i: usize| -> Below {
-        let top = package.disks.get(i).map_or("", |d| d.disk_id.as_str()).to_string();
+        let top = package
+            .disks
+            .get(i)
+            .map_or("", |d| d.disk_id.as_str())
+            .to_string();
         let mut chain = Vec::new();
         let mut seen = vec![i];
         let mut at = i;

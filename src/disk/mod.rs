@@ -235,8 +235,7 @@ impl ParentRef {
     pub fn candidates(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let push = |s: &str, out: &mut Vec<String>| {
-            if !s.is_empty() && out.len() < MAX_PARENT_CANDIDATES && !out.iter().any(|o| o == s)
-            {
+            if !s.is_empty() && out.len() < MAX_PARENT_CANDIDATES && !out.iter().any(|o| o == s) {
                 out.push(s.to_string());
             }
         };
@@ -266,10 +265,14 @@ fn clean_name(raw: &str) -> (String, bool) {
     if let Some(rest) = s.strip_prefix("file://") {
         s = rest.strip_prefix("localhost").unwrap_or(rest);
         absolute = s.starts_with('/') && !s.starts_with("/.");
-        s = s.strip_prefix('/').filter(|r| r.starts_with('.')).unwrap_or(s);
+        s = s
+            .strip_prefix('/')
+            .filter(|r| r.starts_with('.'))
+            .unwrap_or(s);
     }
     let mut name = s.replace('\\', "/");
-    let drive = name.len() >= 2 && name.as_bytes()[1] == b':' && name.as_bytes()[0].is_ascii_alphabetic();
+    let drive =
+        name.len() >= 2 && name.as_bytes()[1] == b':' && name.as_bytes()[0].is_ascii_alphabetic();
     absolute |= name.starts_with('/') || drive;
     while let Some(rest) = name.strip_prefix("./") {
         name = rest.to_string();

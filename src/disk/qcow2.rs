@@ -132,7 +132,9 @@ pub enum Qcow2Error {
     },
     /// A version 3 header_length below 104, not a multiple of 8, or beyond the first
     /// cluster.
-    #[error("qcow2 header_length {header_length} is invalid (>= 104, multiple of 8, within the {cluster_bytes}-byte first cluster)")]
+    #[error(
+        "qcow2 header_length {header_length} is invalid (>= 104, multiple of 8, within the {cluster_bytes}-byte first cluster)"
+    )]
     InvalidHeaderLength {
         /// header_length field.
         header_length: u32,
@@ -150,13 +152,17 @@ pub enum Qcow2Error {
     #[error("qcow2 image keeps its data in an external data file, which is not supported")]
     ExternalDataFile,
     /// The image is encrypted.
-    #[error("qcow2 image is encrypted (crypt_method {crypt_method}); encrypted images are not supported")]
+    #[error(
+        "qcow2 image is encrypted (crypt_method {crypt_method}); encrypted images are not supported"
+    )]
     Encrypted {
         /// crypt_method field.
         crypt_method: u32,
     },
     /// Unknown compression type, or a type that disagrees with incompatible bit 3.
-    #[error("qcow2 compression type {compression_type} does not fit incompatible features {features:#x}")]
+    #[error(
+        "qcow2 compression type {compression_type} does not fit incompatible features {features:#x}"
+    )]
     InvalidCompressionType {
         /// compression_type field.
         compression_type: u8,
@@ -164,7 +170,9 @@ pub enum Qcow2Error {
         features: u64,
     },
     /// Extended L2 entries with clusters smaller than 16 KiB.
-    #[error("qcow2 extended L2 entries need clusters of at least 16 KiB (cluster_bits {cluster_bits})")]
+    #[error(
+        "qcow2 extended L2 entries need clusters of at least 16 KiB (cluster_bits {cluster_bits})"
+    )]
     ExtendedL2ClusterTooSmall {
         /// cluster_bits field.
         cluster_bits: u32,
@@ -202,7 +210,9 @@ pub enum Qcow2Error {
         entries: u64,
     },
     /// An L1 entry points at an unaligned L2 table or one (partly) outside the file.
-    #[error("qcow2 L1 entry {l1_index} points its L2 table at {offset}, unaligned or outside the file")]
+    #[error(
+        "qcow2 L1 entry {l1_index} points its L2 table at {offset}, unaligned or outside the file"
+    )]
     L2TableOutOfBounds {
         /// L1 index.
         l1_index: u64,
@@ -236,7 +246,9 @@ pub enum Qcow2Error {
         offset: u64,
     },
     /// A data cluster or compressed cluster starts past the end of the file.
-    #[error("qcow2 cluster {cluster}: data at {offset:#x} is past the end of the {file_len}-byte file")]
+    #[error(
+        "qcow2 cluster {cluster}: data at {offset:#x} is past the end of the {file_len}-byte file"
+    )]
     ClusterOutOfBounds {
         /// Guest cluster.
         cluster: u64,
@@ -255,7 +267,9 @@ pub enum Qcow2Error {
         bitmap: u64,
     },
     /// `map` outside the disk or for zero bytes (a caller bug).
-    #[error("qcow2 map of {max_len} bytes at offset {offset} is outside the {virtual_size}-byte disk")]
+    #[error(
+        "qcow2 map of {max_len} bytes at offset {offset} is outside the {virtual_size}-byte disk"
+    )]
     MapOutOfRange {
         /// Offset asked for.
         offset: u64,
@@ -586,7 +600,8 @@ impl Qcow2 {
             if off == 0 {
                 continue;
             }
-            if off % cluster_bytes != 0 || off.checked_add(cluster_bytes).is_none_or(|e| e > file_len)
+            if off % cluster_bytes != 0
+                || off.checked_add(cluster_bytes).is_none_or(|e| e > file_len)
             {
                 return Err(Qcow2Error::L2TableOutOfBounds {
                     l1_index: i as u64,
@@ -749,7 +764,8 @@ impl Qcow2 {
 fn zstd_exact(input: &[u8], out: &mut [u8], unit: u64) -> Result<()> {
     use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
     use std::io::Read;
-    let corrupt = |reason: String| -> crate::error::Error { DiskError::CorruptUnit { unit, reason }.into() };
+    let corrupt =
+        |reason: String| -> crate::error::Error { DiskError::CorruptUnit { unit, reason }.into() };
     let expected = out.len() as u64;
     let mut dec = FrameDecoder::new();
     dec.set_max_window_size(MAX_ZSTD_WINDOW_BYTES);
@@ -923,7 +939,8 @@ impl DiskImage for Qcow2 {
         let first_len = max_len.min(self.cluster_bytes - in_cluster);
         let Some((entry, bitmap)) = self.l2_entry(cluster)? else {
             // The whole L2 table's coverage is unallocated.
-            let left = (self.l2_entries - cluster % self.l2_entries) * self.cluster_bytes - in_cluster;
+            let left =
+                (self.l2_entries - cluster % self.l2_entries) * self.cluster_bytes - in_cluster;
             return Ok(Extent::Unallocated {
                 len: max_len.min(left),
             });

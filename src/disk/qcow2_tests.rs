@@ -85,11 +85,7 @@ impl Q {
         let cb = 1u64 << self.cluster_bits;
         let l2_entries = cb / if self.extended_l2 { 16 } else { 8 };
         let l1_size = self.size.div_ceil(cb * l2_entries).max(1);
-        let mut tables: Vec<u64> = self
-            .clusters
-            .iter()
-            .map(|(c, _)| c / l2_entries)
-            .collect();
+        let mut tables: Vec<u64> = self.clusters.iter().map(|(c, _)| c / l2_entries).collect();
         tables.sort_unstable();
         tables.dedup();
         let mut out = vec![0u8; (2 * cb) as usize];
@@ -283,8 +279,14 @@ fn standard_zero_unallocated_and_compressed_clusters() {
             assert_eq!(img.format(), DiskFormat::Qcow2);
             assert!(img.parent().is_none());
             // Clusters 0 and 1 are stored back to back: one extent.
-            assert!(matches!(img.map(0, 4096).unwrap(), Extent::Stored { len: 1024, .. }));
-            assert_eq!(img.map(1024, 4096).unwrap(), Extent::Unallocated { len: 512 });
+            assert!(matches!(
+                img.map(0, 4096).unwrap(),
+                Extent::Stored { len: 1024, .. }
+            ));
+            assert_eq!(
+                img.map(1024, 4096).unwrap(),
+                Extent::Unallocated { len: 512 }
+            );
             assert_eq!(img.map(3 * 512, 4096).unwrap(), Extent::Zero { len: 512 });
             assert_eq!(
                 img.map(5 * 512 + 7, 4096).unwrap(),
@@ -304,7 +306,10 @@ fn unallocated_l1_entries_span_their_whole_table() {
     let mut q = Q::new(9, 1 << 20); // 64 clusters per L2 table (32 KiB)
     q.clusters = vec![(200, C::Data(noise(512, 1)))];
     let img = open(q.build()).unwrap();
-    assert_eq!(img.map(100, 1 << 20).unwrap(), Extent::Unallocated { len: 32768 - 100 });
+    assert_eq!(
+        img.map(100, 1 << 20).unwrap(),
+        Extent::Unallocated { len: 32768 - 100 }
+    );
     assert_eq!(flat(&img), expected(&q, None));
 }
 
@@ -349,9 +354,15 @@ fn extended_l2_subclusters() {
     let want = expected(&q, Some(&parent));
     assert_eq!(flat_with_parent(&img, Some(&parent)), want);
     check_tiling(&img, &want, Some(&parent), 3);
-    assert!(matches!(img.map(0, 1 << 20).unwrap(), Extent::Stored { len: 1024, .. }));
+    assert!(matches!(
+        img.map(0, 1 << 20).unwrap(),
+        Extent::Stored { len: 1024, .. }
+    ));
     assert_eq!(img.map(1024, 1 << 20).unwrap(), Extent::Zero { len: 512 });
-    assert_eq!(img.map(5 * 512, 1 << 20).unwrap(), Extent::Unallocated { len: 26 * 512 });
+    assert_eq!(
+        img.map(5 * 512, 1 << 20).unwrap(),
+        Extent::Unallocated { len: 26 * 512 }
+    );
 
     // A subcluster both allocated and zero; allocation without a host cluster.
     for (data, bitmap) in [(Some(noise(16384, 1)), 1 | 1 << 32), (None, 1)] {
@@ -417,7 +428,9 @@ fn header_rules() {
         Qcow2Error::UnknownIncompatibleFeatures { features: 1 << 5 }
     );
     assert_eq!(
-        q_err(open(with_header(|h| h.incompatible_features = INCOMPAT_DATA_FILE))),
+        q_err(open(with_header(
+            |h| h.incompatible_features = INCOMPAT_DATA_FILE
+        ))),
         Qcow2Error::ExternalDataFile
     );
     assert_eq!(
@@ -432,7 +445,9 @@ fn header_rules() {
         }
     );
     assert_eq!(
-        q_err(open(with_header(|h| h.incompatible_features = INCOMPAT_COMPRESSION))),
+        q_err(open(with_header(
+            |h| h.incompatible_features = INCOMPAT_COMPRESSION
+        ))),
         Qcow2Error::InvalidCompressionType {
             compression_type: 0,
             features: INCOMPAT_COMPRESSION
@@ -457,24 +472,26 @@ fn header_rules() {
     );
     let mut b = with_header(|_| {});
     b[0] = b'X';
-    assert_eq!(
-        q_err(open(b)),
-        Qcow2Error::BadMagic {
-            found: *b"XFI\xfb"
-        }
-    );
+    assert_eq!(q_err(open(b)), Qcow2Error::BadMagic { found: *b"XFI\xfb" });
     assert_eq!(
         q_err(open(vec![0x51, 0x46, 0x49, 0xfb])),
         Qcow2Error::TooShort { len_bytes: 4 }
     );
     // Dirty and corrupt bits are read (qemu opens such images read-only).
-    assert!(open(with_header(|h| h.incompatible_features = INCOMPAT_DIRTY | INCOMPAT_CORRUPT)).is_ok());
+    assert!(
+        open(with_header(
+            |h| h.incompatible_features = INCOMPAT_DIRTY | INCOMPAT_CORRUPT
+        ))
+        .is_ok()
+    );
 }
 
 #[test]
 fn l1_rules_and_huge_claims_do_not_allocate() {
     assert_eq!(
-        q_err(open(with_header(|h| h.l1_size = (MAX_L1_ENTRIES + 1) as u32))),
+        q_err(open(with_header(
+            |h| h.l1_size = (MAX_L1_ENTRIES + 1) as u32
+        ))),
         Qcow2Error::L1TooLarge {
             entries: MAX_L1_ENTRIES + 1,
             limit: MAX_L1_ENTRIES
@@ -624,7 +641,10 @@ fn corrupt_compressed_clusters_fail_instead_of_reading_zeros() {
 #[test]
 fn zstd_output_must_be_exactly_one_cluster() {
     let mut out = vec![0u8; 512];
-    let short = ruzstd::encoding::compress_to_vec(&[1u8; 100][..], ruzstd::encoding::CompressionLevel::Fastest);
+    let short = ruzstd::encoding::compress_to_vec(
+        &[1u8; 100][..],
+        ruzstd::encoding::CompressionLevel::Fastest,
+    );
     assert!(matches!(
         disk_err(zstd_exact(&short, &mut out, 3)),
         DiskError::UnitSizeMismatch {
@@ -633,7 +653,10 @@ fn zstd_output_must_be_exactly_one_cluster() {
             actual: 100
         }
     ));
-    let long = ruzstd::encoding::compress_to_vec(&[1u8; 5000][..], ruzstd::encoding::CompressionLevel::Fastest);
+    let long = ruzstd::encoding::compress_to_vec(
+        &[1u8; 5000][..],
+        ruzstd::encoding::CompressionLevel::Fastest,
+    );
     assert!(matches!(
         disk_err(zstd_exact(&long, &mut out, 3)),
         DiskError::UnitSizeMismatch { actual: 513, .. }
@@ -642,7 +665,10 @@ fn zstd_output_must_be_exactly_one_cluster() {
         disk_err(zstd_exact(b"not zstd at all", &mut out, 4)),
         DiskError::CorruptUnit { unit: 4, .. }
     ));
-    let exact = ruzstd::encoding::compress_to_vec(&[9u8; 512][..], ruzstd::encoding::CompressionLevel::Fastest);
+    let exact = ruzstd::encoding::compress_to_vec(
+        &[9u8; 512][..],
+        ruzstd::encoding::CompressionLevel::Fastest,
+    );
     let mut with_garbage = exact.clone();
     with_garbage.extend_from_slice(&[0xAB; 300]); // the rest of the last sector
     zstd_exact(&with_garbage, &mut out, 5).unwrap();

@@ -109,7 +109,9 @@ pub enum VhdError {
     },
     /// The footer at the end of the file names another type than fixed (qemu: "invalid
     /// VPC image"); dynamic disks carry a footer copy at offset 0.
-    #[error("VHD footer at the end of the file says disk type {disk_type}, and offset 0 has no footer copy")]
+    #[error(
+        "VHD footer at the end of the file says disk type {disk_type}, and offset 0 has no footer copy"
+    )]
     EndFooterNotFixed {
         /// Disk type field.
         disk_type: u32,
@@ -203,7 +205,9 @@ pub enum VhdError {
         file_len: u64,
     },
     /// A parent locator's data lies (partly) outside the file or is larger than accepted.
-    #[error("VHD parent locator {index} at {offset} (+{len} bytes) is outside the file or too large")]
+    #[error(
+        "VHD parent locator {index} at {offset} (+{len} bytes) is outside the file or too large"
+    )]
     LocatorOutOfBounds {
         /// Locator index (0..8).
         index: usize,
@@ -213,7 +217,9 @@ pub enum VhdError {
         len: u64,
     },
     /// `map` outside the disk or for zero bytes (a caller bug).
-    #[error("VHD map of {max_len} bytes at offset {offset} is outside the {virtual_size}-byte disk")]
+    #[error(
+        "VHD map of {max_len} bytes at offset {offset} is outside the {virtual_size}-byte disk"
+    )]
     MapOutOfRange {
         /// Offset asked for.
         offset: u64,
@@ -641,7 +647,8 @@ impl Vhd {
             .into());
         }
         let block_bytes = u64::from(header.block_size);
-        if !block_bytes.is_power_of_two() || !(MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&block_bytes)
+        if !block_bytes.is_power_of_two()
+            || !(MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&block_bytes)
         {
             return Err(VhdError::InvalidBlockSize {
                 block_bytes,
@@ -798,8 +805,7 @@ fn parent_names(src: &dyn ReadAt, h: &DynamicDiskHeader) -> Result<ParentRef> {
         if len == 0 {
             continue;
         }
-        if len > MAX_LOCATOR_BYTES || l.data_offset.checked_add(len).is_none_or(|e| e > file_len)
-        {
+        if len > MAX_LOCATOR_BYTES || l.data_offset.checked_add(len).is_none_or(|e| e > file_len) {
             return Err(VhdError::LocatorOutOfBounds {
                 index,
                 offset: l.data_offset,

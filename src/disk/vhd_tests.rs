@@ -220,7 +220,10 @@ fn fixed_disk_with_512_and_legacy_511_byte_footers() {
     legacy.pop(); // the last reserved byte of pre-2004 footers is missing
     let img = open(legacy.clone()).unwrap();
     assert_eq!(flat(&img), raw);
-    assert_eq!(crate::disk::sniff(&legacy).unwrap(), crate::disk::Sniffed::Vhd);
+    assert_eq!(
+        crate::disk::sniff(&legacy).unwrap(),
+        crate::disk::Sniffed::Vhd
+    );
 }
 
 #[test]
@@ -236,7 +239,10 @@ fn dynamic_disk_with_partial_last_block_and_holes() {
     assert_eq!(img.unit_bytes(), 4096);
     assert_eq!(flat(&img), raw);
     check_tiling(&img, &raw, None, 4);
-    assert_eq!(img.map(4096, 100_000).unwrap(), Extent::Unallocated { len: 4096 });
+    assert_eq!(
+        img.map(4096, 100_000).unwrap(),
+        Extent::Unallocated { len: 4096 }
+    );
     assert_eq!(img.map(4 * 4096 + 10, 100_000).unwrap().len(), 1526);
     assert!(img.parent().is_none());
 }
@@ -301,7 +307,10 @@ fn differencing_disk_reads_its_sectors_and_the_parent_elsewhere() {
             len: 1024
         }
     );
-    assert_eq!(img.map(1024, 4096).unwrap(), Extent::Unallocated { len: 2560 });
+    assert_eq!(
+        img.map(1024, 4096).unwrap(),
+        Extent::Unallocated { len: 2560 }
+    );
     assert_eq!(img.map(1000, 100).unwrap().len(), 24); // a run ends at a sector edge
     let p = img.parent().unwrap();
     assert_eq!(
@@ -353,7 +362,9 @@ fn size_comes_from_geometry_only_for_virtual_pc_and_old_qemu() {
     assert_eq!(f.virtual_sectors() * 512, 136_363_130_880); // qemu/virtualpc-dynamic.vhd
     f.creator_application = *b"qemu";
     assert_eq!(f.virtual_sectors() * 512, 136_363_130_880);
-    for creator in [b"win ", b"d2v ", b"qem2", b"tap\0", b"wa\0\0", b"vbox", b"CTXS"] {
+    for creator in [
+        b"win ", b"d2v ", b"qem2", b"tap\0", b"wa\0\0", b"vbox", b"CTXS",
+    ] {
         f.creator_application = *creator;
         assert_eq!(f.virtual_sectors() * 512, 136_365_211_648, "{creator:?}");
     }
@@ -384,10 +395,15 @@ fn footer_rules() {
     let base = plain(&noise(8192, 1), 4096, &|_| true);
     let mut b = base.clone();
     edit_footer(&mut b, 0, true, |f| f.disk_type = 5);
-    assert_eq!(vhd_err(open(b)), VhdError::UnsupportedDiskType { disk_type: 5 });
+    assert_eq!(
+        vhd_err(open(b)),
+        VhdError::UnsupportedDiskType { disk_type: 5 }
+    );
 
     let mut b = base.clone();
-    edit_footer(&mut b, 0, true, |f| f.current_size = (MAX_VIRTUAL_SECTORS + 1) * 512);
+    edit_footer(&mut b, 0, true, |f| {
+        f.current_size = (MAX_VIRTUAL_SECTORS + 1) * 512
+    });
     assert_eq!(
         vhd_err(open(b)),
         VhdError::VirtualSizeTooLarge {
@@ -530,7 +546,9 @@ fn bat_entries_past_the_end_are_refused() {
 fn huge_claims_in_a_small_file_do_not_allocate() {
     // 2040 GiB with 512-byte blocks: 4 Gi entries needed, above the BAT limit.
     let mut b = plain(&noise(8192, 1), 4096, &|_| true);
-    edit_footer(&mut b, 0, true, |f| f.current_size = MAX_VIRTUAL_SECTORS * 512);
+    edit_footer(&mut b, 0, true, |f| {
+        f.current_size = MAX_VIRTUAL_SECTORS * 512
+    });
     edit_header(&mut b, true, |h| {
         h.block_size = 512;
         h.max_table_entries = u32::MAX;
@@ -546,7 +564,10 @@ fn huge_claims_in_a_small_file_do_not_allocate() {
     edit_header(&mut b, true, |h| h.block_size = 2 << 20);
     assert!(matches!(
         vhd_err(open(b)),
-        VhdError::TableOutOfBounds { bytes: 4_177_920, .. }
+        VhdError::TableOutOfBounds {
+            bytes: 4_177_920,
+            ..
+        }
     ));
 }
 

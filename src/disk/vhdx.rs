@@ -186,7 +186,9 @@ pub enum VhdxError {
     #[error("not a VHDX file: no \"vhdxfile\" identifier")]
     BadSignature,
     /// Neither header has a valid signature, version 1 and CRC-32C.
-    #[error("VHDX has no valid header (signature, version 1 and CRC-32C checked at 64 and 128 KiB)")]
+    #[error(
+        "VHDX has no valid header (signature, version 1 and CRC-32C checked at 64 and 128 KiB)"
+    )]
     NoValidHeader,
     /// Both headers are valid with the same sequence number but differ.
     #[error("VHDX headers differ but share sequence number {sequence}")]
@@ -312,7 +314,9 @@ pub enum VhdxError {
         problem: &'static str,
     },
     /// `map` outside the disk or for zero bytes (a caller bug).
-    #[error("VHDX map of {max_len} bytes at offset {offset} is outside the {virtual_size}-byte disk")]
+    #[error(
+        "VHDX map of {max_len} bytes at offset {offset} is outside the {virtual_size}-byte disk"
+    )]
     MapOutOfRange {
         /// Offset asked for.
         offset: u64,
@@ -462,7 +466,8 @@ fn read_header(src: &dyn ReadAt, i: usize) -> Result<Option<(VhdxHeader, Vec<u8>
         HEADER_BYTES,
     )?;
     let h = VhdxHeader::parse(&raw);
-    let valid = &h.signature == b"head" && h.version == 1 && crc32c_with_zeroed(&raw, 4) == h.checksum;
+    let valid =
+        &h.signature == b"head" && h.version == 1 && crc32c_with_zeroed(&raw, 4) == h.checksum;
     Ok(valid.then_some((h, raw)))
 }
 
@@ -566,7 +571,9 @@ impl Vhdx {
         if header.log_length > 0 {
             used.push((
                 header.log_offset,
-                header.log_offset.saturating_add(u64::from(header.log_length)),
+                header
+                    .log_offset
+                    .saturating_add(u64::from(header.log_length)),
                 "log",
             ));
         }
@@ -592,7 +599,9 @@ impl Vhdx {
                 problem,
             };
             if r.offset % MIB != 0 || r.len % MIB != 0 || r.len == 0 {
-                return Err(invalid("not a non-empty multiple of 1 MiB at a 1 MiB boundary").into());
+                return Err(
+                    invalid("not a non-empty multiple of 1 MiB at a 1 MiB boundary").into(),
+                );
             }
             let end = r.offset.checked_add(r.len).filter(|&e| e <= file_len);
             let Some(end) = end else {
@@ -639,7 +648,10 @@ impl Vhdx {
         for k in 0..count as usize {
             let at = 32 + 32 * k;
             let id = guid_at(&table, at);
-            let span = (u64::from(le32(&table, at + 16)), u64::from(le32(&table, at + 20)));
+            let span = (
+                u64::from(le32(&table, at + 16)),
+                u64::from(le32(&table, at + 20)),
+            );
             let flags = le32(&table, at + 24);
             let (slot, name) = match id {
                 FILE_PARAMETERS_GUID => (&mut items.file_parameters, "file parameters"),
@@ -661,7 +673,11 @@ impl Vhdx {
                     continue;
                 }
             };
-            if span.0.checked_add(span.1).is_none_or(|e| e > metadata_region.len) {
+            if span
+                .0
+                .checked_add(span.1)
+                .is_none_or(|e| e > metadata_region.len)
+            {
                 return Err(VhdxError::InvalidMetadataItem {
                     name,
                     problem: "outside the metadata region",
@@ -676,26 +692,27 @@ impl Vhdx {
                 .into());
             }
         }
-        let item = |span: Option<(u64, u64)>, name: &'static str, min_len: u64| -> Result<Vec<u8>> {
-            let (off, len) = span.ok_or(VhdxError::InvalidMetadataItem {
-                name,
-                problem: "missing",
-            })?;
-            if len < min_len || len > MAX_METADATA_ITEM_BYTES {
-                return Err(VhdxError::InvalidMetadataItem {
+        let item =
+            |span: Option<(u64, u64)>, name: &'static str, min_len: u64| -> Result<Vec<u8>> {
+                let (off, len) = span.ok_or(VhdxError::InvalidMetadataItem {
                     name,
-                    problem: "wrong length",
+                    problem: "missing",
+                })?;
+                if len < min_len || len > MAX_METADATA_ITEM_BYTES {
+                    return Err(VhdxError::InvalidMetadataItem {
+                        name,
+                        problem: "wrong length",
+                    }
+                    .into());
                 }
-                .into());
-            }
-            read_vec_at(
-                src,
-                "VHDX metadata item",
-                metadata_region.offset + off,
-                len,
-                MAX_METADATA_ITEM_BYTES,
-            )
-        };
+                read_vec_at(
+                    src,
+                    "VHDX metadata item",
+                    metadata_region.offset + off,
+                    len,
+                    MAX_METADATA_ITEM_BYTES,
+                )
+            };
         let params = item(items.file_parameters, "file parameters", 8)?;
         let block_bytes = u64::from(le32(&params, 0));
         let flags = le32(&params, 4);
@@ -706,7 +723,8 @@ impl Vhdx {
             0,
         ));
         item(items.physical_sector_size, "physical sector size", 4)?;
-        if !block_bytes.is_power_of_two() || !(MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&block_bytes)
+        if !block_bytes.is_power_of_two()
+            || !(MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&block_bytes)
         {
             return Err(VhdxError::InvalidBlockSize { block_bytes }.into());
         }
@@ -766,7 +784,10 @@ impl Vhdx {
                 MIB
             } else {
                 match state {
-                    PAYLOAD_NOT_PRESENT | PAYLOAD_UNDEFINED | PAYLOAD_ZERO | PAYLOAD_UNMAPPED
+                    PAYLOAD_NOT_PRESENT
+                    | PAYLOAD_UNDEFINED
+                    | PAYLOAD_ZERO
+                    | PAYLOAD_UNMAPPED
                     | PAYLOAD_UNMAPPED_V095 => continue,
                     PAYLOAD_FULLY_PRESENT => {}
                     PAYLOAD_PARTIALLY_PRESENT if has_parent => {}
@@ -792,14 +813,17 @@ impl Vhdx {
             if offset.checked_add(len).is_none_or(|end| end > file_len) {
                 return Err(out("past the end of the file (truncated image?)").into());
             }
-            if used.iter().any(|&(s, end, _)| offset < end && s < offset + len) {
+            if used
+                .iter()
+                .any(|&(s, end, _)| offset < end && s < offset + len)
+            {
                 return Err(out("overlaps the headers, the log or a metadata region").into());
             }
         }
         let bitmaps = has_parent.then(|| {
             let block_bitmap_bytes = block_bytes / sector_bytes / 8; // 32 B ..= 64 KiB
-            let count = usize::try_from(MAX_CACHED_BITMAP_BYTES / block_bitmap_bytes)
-                .unwrap_or(usize::MAX);
+            let count =
+                usize::try_from(MAX_CACHED_BITMAP_BYTES / block_bitmap_bytes).unwrap_or(usize::MAX);
             Bitmaps {
                 cache: Mutex::new(LruCache::new(
                     NonZeroUsize::new(count).unwrap_or(NonZeroUsize::MIN),

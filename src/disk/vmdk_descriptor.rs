@@ -27,7 +27,9 @@
 use std::sync::Arc;
 
 use super::vmdk::header::SparseExtentHeader;
-use super::vmdk::{EmbeddedDescriptor, MAX_DESCRIPTOR_SECTORS, SPARSE_MAGIC, SparseVmdk, parse_extent_line};
+use super::vmdk::{
+    EmbeddedDescriptor, MAX_DESCRIPTOR_SECTORS, SPARSE_MAGIC, SparseVmdk, parse_extent_line,
+};
 use super::{
     DiskError, DiskFormat, DiskImage, Extent, MAX_VIRTUAL_BYTES, OpenContext, ParentRef,
     SECTOR_BYTES,
@@ -97,7 +99,9 @@ pub enum DescriptorError {
         len_bytes: u64,
     },
     /// A sparse extent's capacity is smaller than its descriptor line says.
-    #[error("VMDK sparse extent {name:?} has {capacity_sectors} sectors, the descriptor says {needed_sectors}")]
+    #[error(
+        "VMDK sparse extent {name:?} has {capacity_sectors} sectors, the descriptor says {needed_sectors}"
+    )]
     SparseExtentTooSmall {
         /// File name.
         name: String,
@@ -113,7 +117,9 @@ pub enum DescriptorError {
         limit_bytes: u64,
     },
     /// `map` outside the disk or for zero bytes (a caller bug).
-    #[error("VMDK map of {max_len} bytes at offset {offset} is outside the {virtual_size}-byte disk")]
+    #[error(
+        "VMDK map of {max_len} bytes at offset {offset} is outside the {virtual_size}-byte disk"
+    )]
     MapOutOfRange {
         /// Offset asked for.
         offset: u64,
@@ -165,7 +171,9 @@ pub fn looks_like_descriptor(head: &[u8]) -> bool {
 enum Part {
     Zero,
     /// Offset in the joined source of the extent's first byte.
-    Flat { base: u64 },
+    Flat {
+        base: u64,
+    },
     /// A sparse extent; `base` is the offset of its file in the joined source, `first_unit`
     /// the number of its first grain in this image's unit numbering.
     Sparse {
@@ -206,9 +214,7 @@ impl std::fmt::Debug for DescriptorVmdk {
 fn format_of(create_type: Option<&str>) -> DiskFormat {
     match create_type.map(str::to_ascii_lowercase).as_deref() {
         Some("monolithicflat") => DiskFormat::VmdkMonolithicFlat,
-        Some("twogbmaxextentsparse" | "2gbmaxextentsparse") => {
-            DiskFormat::VmdkTwoGbMaxExtentSparse
-        }
+        Some("twogbmaxextentsparse" | "2gbmaxextentsparse") => DiskFormat::VmdkTwoGbMaxExtentSparse,
         Some("twogbmaxextentflat" | "2gbmaxextentflat") => DiskFormat::VmdkTwoGbMaxExtentFlat,
         Some("vmfs" | "vmfspreallocated" | "vmfseagerzeroedthick" | "vmfsthin") => {
             DiskFormat::VmdkVmfs
@@ -318,9 +324,11 @@ impl DescriptorVmdk {
                         ("FLAT", None) => return Err(bad("FLAT extent without an offset").into()),
                         _ => 0,
                     };
-                    let file = ctx.resolve(name).ok_or_else(|| DescriptorError::MissingExtent {
-                        name: name.to_string(),
-                    })?;
+                    let file = ctx
+                        .resolve(name)
+                        .ok_or_else(|| DescriptorError::MissingExtent {
+                            name: name.to_string(),
+                        })?;
                     let start = offset_sectors.checked_mul(SECTOR_BYTES);
                     let needed = start.and_then(|s| s.checked_add(bytes));
                     let start = match (start, needed) {
@@ -343,9 +351,11 @@ impl DescriptorVmdk {
                 }
                 "SPARSE" => {
                     let name = e.file_name.as_deref().ok_or_else(|| bad("no file name"))?;
-                    let file = ctx.resolve(name).ok_or_else(|| DescriptorError::MissingExtent {
-                        name: name.to_string(),
-                    })?;
+                    let file = ctx
+                        .resolve(name)
+                        .ok_or_else(|| DescriptorError::MissingExtent {
+                            name: name.to_string(),
+                        })?;
                     let image = SparseVmdk::open(file.clone())
                         .map_err(|err| err.context(format!("extent {name:?}")))?;
                     let capacity_sectors = image.virtual_size() / SECTOR_BYTES;
@@ -457,7 +467,10 @@ impl DiskImage for DescriptorVmdk {
             }
             .into());
         }
-        let i = self.starts.partition_point(|&s| s <= offset).saturating_sub(1);
+        let i = self
+            .starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
         let (Some(&start), Some(part)) = (self.starts.get(i), self.parts.get(i)) else {
             return Err(DescriptorError::MapOutOfRange {
                 offset,

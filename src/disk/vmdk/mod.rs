@@ -29,8 +29,8 @@ mod tests;
 
 use std::sync::Arc;
 
-pub use descriptor::{EmbeddedDescriptor, ExtentLine, MAX_DESCRIPTOR_SECTORS};
 pub(crate) use descriptor::parse_extent_line;
+pub use descriptor::{EmbeddedDescriptor, ExtentLine, MAX_DESCRIPTOR_SECTORS};
 pub use error::VmdkError;
 pub use grain_map::{MAX_CACHED_GRAIN_TABLES, MAX_SCANNED_GRAINS};
 pub use header::{Geometry, Marker, MarkerType, SPARSE_MAGIC, SparseExtentHeader};
