@@ -556,18 +556,109 @@ mod tests {
     fn sniffs_by_content() {
         let mut vhd_fixed = vec![0u8; 4096];
         vhd_fixed[4096 - 512..4096 - 504].copy_from_slice(b"conectix");
-        assert_eq!(
-            sniff(&vhd_fixed).unwrap(),
-            Sniffed::Unsupported("VHD (fixed)")
-        );
+        assert_eq!(sniff(&vhd_fixed).unwrap(), Sniffed::Vhd);
+        assert_eq!(sniff(&b"conectix".to_vec()).unwrap(), Sniffed::Vhd);
+        assert_eq!(sniff(&b"vhdxfile".to_vec()).unwrap(), Sniffed::Vhdx);
         assert_eq!(
             sniff(&b"QFI\xfb\0\0\0\x03".to_vec()).unwrap(),
-            Sniffed::Unsupported("qcow2")
+            Sniffed::Qcow2
         );
         assert_eq!(sniff(&b"KDMV".to_vec()).unwrap(), Sniffed::VmdkSparse);
+        assert_eq!(
+            sniff(&b"# Disk DescriptorFile\nversion=1\n".to_vec()).unwrap(),
+            Sniffed::VmdkDescriptor
+        );
+        // qemu's probe: comments and blank lines, then version=.
+        assert_eq!(
+            sniff(&b"# a comment\n   \r\nversion=2\r\nCID=1\n".to_vec()).unwrap(),
+            Sniffed::VmdkDescriptor
+        );
+        assert_eq!(
+            sniff(&b"hello\nversion=1\n".to_vec()).unwrap(),
+            Sniffed::Unknown
+        );
+        assert_eq!(
+            sniff(&b"COWD".to_vec()).unwrap(),
+            Sniffed::Unsupported("VMDK COWD (ESXi vmfsSparse)")
+        );
+        assert_eq!(
+            sniff(&b"\x1f\x8b\x08".to_vec()).unwrap(),
+            Sniffed::Unsupported("gzip-compressed data")
+        );
         assert_eq!(sniff(&vec![0u8; 1024]).unwrap(), Sniffed::Unknown);
         assert_eq!(sniff(&Vec::new()).unwrap(), Sniffed::Unknown);
+        // A bare footer cookie with a bad checksum is a VHD that fails to open.
         let e = open(Arc::new(vhd_fixed)).err().unwrap();
         assert!(e.to_string().contains("VHD"), "{e}");
+        let e = open(Arc::new(b"COWD".to_vec())).err().unwrap();
+        assert!(matches!(
+            e.kind(),
+            ErrorKind::Disk(DiskError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn parent_candidates_follow_the_path_rules() {
+        let p = ParentRef {
+            names: vec![
+                ".\\base.vhd".into(),
+                "sub\\dir\\base.vhd".into(),
+                "C:\\Projects\\test\\fat-parent.vhd".into(),
+                "file://localhost/Users/me/vm/base.vhd".into(),
+                "file://./rel.vhd".into(),
+                "/abs/olute.qcow2".into(),
+                "../up.qcow2".into(),
+                "\\\\server\\share\\unc.vhd".into(),
+                "".into(),
+            ],
+            format: None,
+        };
+        assert_eq!(
+            p.candidates(),
+            vec![
+                "base.vhd",
+                "sub/dir/base.vhd",
+                "rel.vhd",
+                "../up.qcow2",
+                "fat-parent.vhd",
+                "olute.qcow2",
+                "up.qcow2",
+                "unc.vhd",
+            ]
+        );
+        assert_eq!(p.display_name(), ".\\base.vhd");
+        assert_eq!(ParentRef::named("x").candidates(), vec!["x"]);
+        assert!(ParentRef::default().candidates().is_empty());
+    }
+
+    #[test]
+    fn format_uris_name_families() {
+        for (uri, family) in [
+            (
+                "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized",
+                Some("vmdk"),
+            ),
+            (
+                "http://www.microsoft.com/technet/virtualserver/downloads/vhdspec.mspx",
+                Some("vhd"),
+            ),
+            (
+                "http://technet.microsoft.com/en-us/virtualserver/bb676673.aspx",
+                Some("vhd"),
+            ),
+            (
+                "http://www.gnome.org/~markmc/qcow-image-format.html",
+                Some("qcow2"),
+            ),
+            ("urn:example:vhdx", Some("vhdx")),
+            ("http://example.com/unknown", None),
+        ] {
+            assert_eq!(uri_family(uri), family, "{uri}");
+        }
+        assert_eq!(DiskFormat::VhdDifferencing.family(), "vhd");
+        assert_eq!(
+            DiskFormat::VmdkMonolithicFlat.name(),
+            "vmdk (monolithicFlat)"
+        );
     }
 }
