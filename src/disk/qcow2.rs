@@ -477,6 +477,9 @@ thread_local! {
     static COMPRESSED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// L2 slices by (table offset, slice index), raw `u64` words.
+type L2Cache = LruCache<(u64, u64), Arc<[u64]>>;
+
 /// A parsed qcow2 image.
 pub struct Qcow2 {
     source: Arc<dyn ReadAt>,
@@ -489,7 +492,7 @@ pub struct Qcow2 {
     /// The active L1 entries the disk needs, all checked.
     l1: Box<[u64]>,
     /// L2 slices by (table offset, slice index), raw `u64` words.
-    l2_cache: Mutex<LruCache<(u64, u64), Arc<[u64]>>>,
+    l2_cache: Mutex<L2Cache>,
     /// Logical entries per slice.
     slice_entries: u64,
     backing: Option<ParentRef>,
@@ -575,7 +578,7 @@ impl Qcow2 {
             .into());
         }
         let l1_bytes = needed * 8; // <= 32 MiB
-        if header.l1_table_offset % cluster_bytes != 0
+        if !header.l1_table_offset.is_multiple_of(cluster_bytes)
             || header
                 .l1_table_offset
                 .checked_add(l1_bytes)
@@ -600,7 +603,7 @@ impl Qcow2 {
             if off == 0 {
                 continue;
             }
-            if off % cluster_bytes != 0
+            if !off.is_multiple_of(cluster_bytes)
                 || off.checked_add(cluster_bytes).is_none_or(|e| e > file_len)
             {
                 return Err(Qcow2Error::L2TableOutOfBounds {
@@ -704,7 +707,7 @@ impl Qcow2 {
         if host == 0 {
             return Ok(Kind::Unallocated);
         }
-        if host % self.cluster_bytes != 0 {
+        if !host.is_multiple_of(self.cluster_bytes) {
             return Err(Qcow2Error::ClusterUnaligned {
                 cluster,
                 offset: host,

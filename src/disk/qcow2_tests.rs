@@ -742,7 +742,7 @@ fn try_flat(img: &Qcow2) -> Result<()> {
     let mut pos = 0;
     while pos < size {
         let e = img.map(pos, size - pos)?;
-        assert!(e.len() >= 1 && pos + e.len() <= size);
+        assert!(!e.is_empty() && pos + e.len() <= size);
         if let Extent::Unit { unit, .. } = e {
             let mut out = vec![0u8; img.unit_len(unit) as usize];
             img.decode_unit(unit, &mut out)?;

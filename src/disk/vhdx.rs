@@ -731,7 +731,7 @@ impl Vhdx {
         if sector_bytes != 512 && sector_bytes != 4096 {
             return Err(VhdxError::InvalidSectorSize { sector_bytes }.into());
         }
-        if size == 0 || size > MAX_VIRTUAL_BYTES || size % sector_bytes != 0 {
+        if size == 0 || size > MAX_VIRTUAL_BYTES || !size.is_multiple_of(sector_bytes) {
             return Err(VhdxError::InvalidVirtualSize {
                 size,
                 limit: MAX_VIRTUAL_BYTES,
@@ -776,7 +776,7 @@ impl Vhdx {
             let index = index as u64;
             let state = e & 7;
             let offset = (e >> 20) << 20;
-            let is_bitmap = (index + 1) % (chunk_ratio + 1) == 0;
+            let is_bitmap = (index + 1).is_multiple_of(chunk_ratio + 1);
             let len = if is_bitmap {
                 if state != SB_PRESENT || !has_parent {
                     continue; // not present, or ignored in a disk without parent (qemu)
@@ -932,7 +932,7 @@ fn parse_parent_locator(raw: &[u8]) -> Result<ParentRef> {
         let start = off as usize;
         let end = start
             .checked_add(usize::from(len))
-            .filter(|&e| e <= raw.len() && len % 2 == 0)
+            .filter(|&e| e <= raw.len() && len.is_multiple_of(2))
             .ok_or(bad("key or value outside the item"))?;
         let units: Vec<u16> = raw[start..end]
             .chunks_exact(2)

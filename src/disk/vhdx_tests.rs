@@ -641,7 +641,7 @@ fn short_foreign_and_mutated_files_never_panic() {
                 let Ok(e) = img.map(pos, size - pos) else {
                     break;
                 };
-                assert!(e.len() >= 1 && pos + e.len() <= size);
+                assert!(!e.is_empty() && pos + e.len() <= size);
                 pos += e.len();
             }
         }

@@ -245,10 +245,7 @@ impl DescriptorVmdk {
         let h = SparseExtentHeader::parse(&raw);
         debug_assert_eq!(h.magic_number, SPARSE_MAGIC);
         let size = h.descriptor_size_sectors.min(MAX_DESCRIPTOR_SECTORS) * SECTOR_BYTES;
-        let offset = h
-            .descriptor_offset_sectors
-            .checked_mul(SECTOR_BYTES)
-            .unwrap_or(u64::MAX);
+        let offset = h.descriptor_offset_sectors.saturating_mul(SECTOR_BYTES);
         let size = size.min(source.len().saturating_sub(offset));
         let text = read_vec_at(
             source,

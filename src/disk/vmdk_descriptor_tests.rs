@@ -104,11 +104,9 @@ fn create_types_and_delta_links() {
         assert_eq!(img.format(), want, "{ct}");
         assert_eq!(img.create_type(), Some(ct));
     }
-    let text = format!(
-        "# Disk DescriptorFile\nversion=1\nparentCID=12345678\n\
-parentFileNameHint=\"C:\\VMs\\base.vmdk\"\nRW 8 FLAT \"x-flat.vmdk\" 0\n"
-    );
-    let p = files.open(&text).unwrap().parent().unwrap();
+    let text = "# Disk DescriptorFile\nversion=1\nparentCID=12345678\n\
+parentFileNameHint=\"C:\\VMs\\base.vmdk\"\nRW 8 FLAT \"x-flat.vmdk\" 0\n";
+    let p = files.open(text).unwrap().parent().unwrap();
     assert_eq!(p.names, vec!["C:\\VMs\\base.vmdk".to_string()]);
     assert_eq!(p.candidates(), vec!["base.vmdk".to_string()]);
 }
