@@ -240,6 +240,9 @@ fn vmdk_descriptor_files() {
     }
     let ova = b.build();
     check_mount(&ova, &dir.join("mnt"), &expected);
+    // The same package unpacked (mounted by its .ovf): extent files that References does
+    // not name are found in the descriptor's folder.
+    check_mount(&pkg.join("vmdks.ovf"), &dir.join("mnt-folder"), &expected);
 
     // The same descriptor without its extent file is refused, naming the file.
     let pkg2 = dir.join("pkg2");
@@ -251,6 +254,69 @@ fn vmdk_descriptor_files() {
         err.contains("mono-flat.vmdk") && err.lines().count() == 1,
         "{err}"
     );
+    // In an unpacked package, an extent that is a symlink leading outside the package
+    // folder is never opened: the extent is missing.
+    let pkg3 = dir.join("pkg3");
+    OvaBuilder::new(&pkg3, "escape")
+        .disk(&dir.join("mono.vmdk"), RAW_BYTES, VMDK_URI)
+        .write_package();
+    std::os::unix::fs::symlink(dir.join("mono-flat.vmdk"), pkg3.join("mono-flat.vmdk")).unwrap();
+    let err = Mount::new(&pkg3.join("escape.ovf"), &dir.join("mnt3"), &[]).unwrap_err();
+    assert!(
+        err.contains("mono-flat.vmdk") && err.contains("not in the package"),
+        "{err}"
+    );
+}
+
+#[test]
+fn parent_chain_limits() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let create = |name: &str, backing: Option<&str>| {
+        let p = dir.join(name);
+        let mut args = vec!["create", "-f", "qcow2"];
+        if let Some(b) = backing {
+            args.extend_from_slice(&["-u", "-b", b, "-F", "qcow2"]);
+        }
+        args.push(path_str(&p));
+        args.push("1M");
+        qemu_img(&args);
+        p
+    };
+    // c0 <- c1 <- ... <- c17: seventeen parents below the top, one more than accepted.
+    let mut chain = vec![create("c0.qcow2", None)];
+    for i in 1..=17 {
+        chain.push(create(
+            &format!("c{i}.qcow2"),
+            Some(&format!("c{}.qcow2", i - 1)),
+        ));
+    }
+    let mut b = OvaBuilder::new(&dir.join("deep"), "deep").disk(&chain[17], 1 << 20, QCOW_URI);
+    for c in &chain[..17] {
+        b = b.file(c);
+    }
+    let err = Mount::new(&b.build(), &dir.join("mnt1"), &[]).unwrap_err();
+    assert!(err.contains("deeper than 16"), "{err}");
+    // Sixteen parents are fine.
+    let mut b = OvaBuilder::new(&dir.join("ok"), "ok").disk(&chain[16], 1 << 20, QCOW_URI);
+    for c in &chain[..16] {
+        b = b.file(c);
+    }
+    let m = Mount::ok(&b.build(), &dir.join("mnt2"), &[]);
+    assert_eq!(
+        fs::metadata(m.path("disks/c16.raw")).unwrap().len(),
+        1 << 20
+    );
+    m.umount();
+    // a -> b -> a.
+    let a = create("a.qcow2", Some("b.qcow2"));
+    let bb = create("b.qcow2", Some("a.qcow2"));
+    let ova = OvaBuilder::new(&dir.join("loop"), "loop")
+        .disk(&a, 1 << 20, QCOW_URI)
+        .file(&bb)
+        .build();
+    let err = Mount::new(&ova, &dir.join("mnt3"), &[]).unwrap_err();
+    assert!(err.contains("loops back to a.qcow2"), "{err}");
 }
 
 /// Turns qemu's dynamic VHD `child` into a differencing VHD over `parent_name`: disk type
