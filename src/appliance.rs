@@ -5,18 +5,45 @@
 //! every Disk with a file is opened here, at mount time, reading metadata only. A disk whose
 //! content is not a readable image fails the whole open with an error naming the disk, so a
 //! broken package is refused up front instead of failing later reads.
+//!
+//! Other files of the package that an image needs are found here too, by one mechanism
+//! ([`PackageFiles`]): the extents a VMDK descriptor names (handed to
+//! [`disk::open_with`]), and the parent of a differencing or backed image
+//! ([`DiskImage::parent`]), which is opened recursively into a chain of at most
+//! [`MAX_CHAIN_DEPTH`] images, each looked up relative to the folder of the image that names
+//! it. A Disk with `ovf:parentRef` (an OVF delta disk) takes the referenced Disk's flat image
+//! as its parent instead. A parent that cannot be found is an error naming it: a delta read
+//! without its parent would show zeros where the parent's data belongs.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::archive::MemberKind;
+use crate::archive::names::{self, join};
 use crate::cache::UnitCache;
 use crate::disk::engine::FlatDisk;
-use crate::disk::{self, DiskError, DiskImage};
+use crate::disk::{self, DiskError, DiskImage, OpenContext};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fs::tree::{Content, Tree};
-use crate::package::{self, Package, PackageDisk};
+use crate::io::{FileSource, ReadAt};
+use crate::package::{self, FileLocation, Package, PackageDisk, SourceKind};
+
+/// Longest chain of parent images below a disk (qemu has no fixed limit; real chains of
+/// snapshots are a handful deep).
+pub const MAX_CHAIN_DEPTH: usize = 16;
+
+/// One image below a disk in its parent chain.
+#[derive(Clone)]
+pub struct ChainLink {
+    /// The file holding it (package-relative name), or `disk <id>` for an OVF parent disk.
+    pub name: String,
+    /// The parsed image.
+    pub image: Arc<dyn DiskImage>,
+}
 
 /// Folder of the mount that holds the flat images.
 pub const DISKS_DIR: &str = "disks";
@@ -35,6 +62,10 @@ pub struct ApplianceDisk {
     pub mtime: SystemTime,
     /// The parsed image.
     pub image: Arc<dyn DiskImage>,
+    /// The images below it, nearest first: the parent (backing) files the images name, or
+    /// for an OVF delta disk the referenced disk's image and its own chain. Empty for a
+    /// disk with no parent.
+    pub parents: Vec<ChainLink>,
 }
 
 /// A package plus its opened disks.
@@ -98,11 +129,13 @@ impl Appliance {
         // Package errors already name the source.
         let package = package::open(path)?;
         let source_mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-        let statuses = package
+        let files = PackageFiles::new(&package);
+        let statuses: Vec<DiskStatus> = package
             .disks
             .iter()
-            .map(|d| open_disk(path, &package, d, source_mtime))
+            .map(|d| open_disk(path, &package, &files, d, source_mtime))
             .collect();
+        let statuses = link_ovf_parents(path, &package, statuses);
         Ok((package, statuses, source_mtime))
     }
 
@@ -125,12 +158,25 @@ impl Appliance {
         }
         tree.ensure_dir(DISKS_DIR, 0o555, self.source_mtime, false);
         for d in &self.disks {
-            let flat = FlatDisk::new(d.image.clone(), cache.clone(), None);
+            let flat = flat_chain(d, cache);
             let path = format!("{DISKS_DIR}/{}.raw", d.stem);
             tree.add_static(&path, Content::Disk(Arc::new(flat)), 0o444, d.mtime);
         }
         tree
     }
+}
+
+/// The flat image of `d` with its parent chain below it.
+pub fn flat_chain(d: &ApplianceDisk, cache: &Arc<UnitCache>) -> FlatDisk {
+    let mut parent: Option<Arc<dyn ReadAt>> = None;
+    for link in d.parents.iter().rev() {
+        parent = Some(Arc::new(FlatDisk::new(
+            link.image.clone(),
+            cache.clone(),
+            parent,
+        )));
+    }
+    FlatDisk::new(d.image.clone(), cache.clone(), parent)
 }
 
 /// The href of the file that holds disk `d` ("" for a blank disk).
@@ -141,10 +187,12 @@ pub fn disk_href(package: &Package, d: &PackageDisk) -> String {
         .unwrap_or_default()
 }
 
-/// Opens one disk's image (metadata only) and classifies the outcome.
+/// Opens one disk's image (metadata only), with the chain of parents its files name unless
+/// the Disk is an OVF delta disk (see [`link_ovf_parents`]), and classifies the outcome.
 fn open_disk(
     path: &Path,
     package: &Package,
+    files: &PackageFiles<'_>,
     d: &PackageDisk,
     source_mtime: SystemTime,
 ) -> DiskStatus {
@@ -173,8 +221,29 @@ fn open_disk(
             return DiskStatus::Broken { disk_id, error };
         }
     };
-    match disk::open(image_data) {
-        Ok(image) => {
+    let def = package.descriptor.disk(&d.disk_id);
+    let ovf_delta = def.is_some_and(|x| x.parent_ref.is_some());
+    let (name, folder) = disk_location(package, d, &href);
+    let opened = open_image(files, &folder, &name, image_data).and_then(|image| {
+        let parents = if ovf_delta {
+            Vec::new()
+        } else {
+            files.chain(&name, &folder, &image)?
+        };
+        Ok((image, parents))
+    });
+    match opened {
+        Ok((image, parents)) => {
+            if let Some(uri) = def.and_then(|x| x.format_uri.as_ref())
+                && let Some(family) = disk::uri_family(&uri.value)
+                && family != image.format().family()
+            {
+                log::warn!(
+                    "disk {disk_id} ({href}): ovf:format {:?} names {family}, but the image is {}",
+                    uri.value,
+                    image.format()
+                );
+            }
             let mtime = d
                 .member
                 .and_then(|m| package.members.get(m))
@@ -187,6 +256,7 @@ fn open_disk(
                 stored_bytes: data.len(),
                 mtime,
                 image,
+                parents,
             })
         }
         // Recognised but not decodable: the rest of the package is still worth mounting.
@@ -201,4 +271,273 @@ fn open_disk(
             DiskStatus::Broken { disk_id, error }
         }
     }
+}
+
+/// The package-relative name of the file holding disk `d` and the folder it sits in
+/// (names the image gives for other files are relative to that folder).
+fn disk_location(package: &Package, d: &PackageDisk, href: &str) -> (String, String) {
+    let member = d.member.or_else(|| {
+        let f = d.file.and_then(|i| package.files.get(i))?;
+        match &f.location {
+            FileLocation::Chunks(c) => c.first().copied(),
+            FileLocation::Member(m) => Some(*m),
+            FileLocation::Remote => None,
+        }
+    });
+    match member.and_then(|m| package.members.get(m)) {
+        Some(m) => {
+            // A chunk is named `NAME.000000000`: the disk's name is the href's.
+            let folder = names::parent(&m.name).to_string();
+            let file = names::normalize_str(href)
+                .map(|n| names::file_name(&n).to_string())
+                .unwrap_or_else(|_| names::file_name(&m.name).to_string());
+            (join(&folder, &file), folder)
+        }
+        None => (href.to_string(), String::new()),
+    }
+}
+
+/// Opens `data` (the file `name`) as a disk image whose extents are found in `folder`.
+fn open_image(
+    files: &PackageFiles<'_>,
+    folder: &str,
+    name: &str,
+    data: Arc<dyn ReadAt>,
+) -> Result<Arc<dyn DiskImage>> {
+    let resolver = |n: &str| files.lookup(folder, n).map(|(_, d)| d);
+    let ctx = OpenContext {
+        resolver: &resolver,
+    };
+    disk::open_with(data, &ctx).map_err(|e| {
+        if name.is_empty() {
+            e
+        } else {
+            e.context(name.to_string())
+        }
+    })
+}
+
+/// Gives every OVF delta disk (`ovf:parentRef`) the flat image of the Disk it references as
+/// its parent: the referenced disk's image and its own chain. A delta whose parent disk is
+/// broken is broken; one whose parent is not shown (remote, undecoded) is not shown either;
+/// a blank parent disk (no file) reads as zeros, so the delta keeps no parent.
+fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -> Vec<DiskStatus> {
+    let parent_of = |i: usize| -> Option<usize> {
+        let id = &package.disks.get(i)?.disk_id;
+        let pref = package.descriptor.disk(id)?.parent_ref.as_ref()?;
+        package.disks.iter().position(|d| d.disk_id == pref.value)
+    };
+    // The chain below disk i, or why there is none.
+    enum Below {
+        Chain(Vec<ChainLink>),
+        NotShown(String),
+        Broken(Error),
+    }
+    let below = |i: usize| -> Below {
+        let top = package
+            .disks
+            .get(i)
+            .map_or("", |d| d.disk_id.as_str())
+            .to_string();
+        let mut chain = Vec::new();
+        let mut seen = vec![i];
+        let mut at = i;
+        while let Some(p) = parent_of(at) {
+            if seen.contains(&p) {
+                return Below::Broken(
+                    DiskError::ParentCycle {
+                        image: format!("disk {top}"),
+                        repeated: format!("disk {}", package.disks[p].disk_id),
+                    }
+                    .into(),
+                );
+            }
+            if seen.len() > MAX_CHAIN_DEPTH {
+                return Below::Broken(
+                    DiskError::ParentChainTooDeep {
+                        image: format!("disk {top}"),
+                        limit: MAX_CHAIN_DEPTH,
+                    }
+                    .into(),
+                );
+            }
+            seen.push(p);
+            match statuses.get(p) {
+                Some(DiskStatus::Ready(pd)) => {
+                    chain.push(ChainLink {
+                        name: format!("disk {}", pd.disk_id),
+                        image: pd.image.clone(),
+                    });
+                    if parent_of(p).is_none() {
+                        chain.extend(pd.parents.iter().cloned());
+                    }
+                }
+                Some(DiskStatus::NotShown { disk_id, reason }) => {
+                    if package.disks.get(p).is_some_and(|d| d.file.is_none()) {
+                        break; // a blank disk: zeros
+                    }
+                    return Below::NotShown(format!(
+                        "its parent disk {disk_id} is not shown ({reason})"
+                    ));
+                }
+                Some(DiskStatus::Broken { disk_id, error }) => {
+                    return Below::Broken(
+                        DiskError::ParentDiskUnavailable {
+                            parent: disk_id.clone(),
+                            reason: error.to_string(),
+                        }
+                        .into(),
+                    );
+                }
+                None => break,
+            }
+            at = p;
+        }
+        Below::Chain(chain)
+    };
+    let linked: Vec<Option<Below>> = (0..statuses.len())
+        .map(|i| parent_of(i).map(|_| below(i)))
+        .collect();
+    statuses
+        .into_iter()
+        .zip(linked)
+        .map(|(status, link)| match (status, link) {
+            (DiskStatus::Ready(mut d), Some(Below::Chain(chain))) => {
+                if let Some(own) = d.image.parent() {
+                    log::info!(
+                        "disk {}: using its ovf:parentRef disk as parent; the image itself names {:?}",
+                        d.disk_id,
+                        own.display_name()
+                    );
+                }
+                d.parents = chain;
+                DiskStatus::Ready(d)
+            }
+            (DiskStatus::Ready(d), Some(Below::NotShown(reason))) => DiskStatus::NotShown {
+                disk_id: d.disk_id,
+                reason,
+            },
+            (DiskStatus::Ready(d), Some(Below::Broken(e))) => DiskStatus::Broken {
+                error: e.context(format!("{}: disk {} ({})", path.display(), d.disk_id, d.href)),
+                disk_id: d.disk_id,
+            },
+            (status, _) => status,
+        })
+        .collect()
+}
+
+/// Finds the files of a package by name, relative to a folder, under the package's path
+/// rules: names are normalised (no absolute paths, no `..`); an OVA's members are looked up
+/// exactly, then ignoring ASCII case when that is unambiguous; a folder package may also
+/// open files that its References do not name, as long as they stay inside its folder
+/// (symlinks included) and are regular files.
+pub struct PackageFiles<'a> {
+    package: &'a Package,
+    /// The canonical folder of a folder package's descriptor.
+    root: Option<PathBuf>,
+}
+
+impl<'a> PackageFiles<'a> {
+    /// The files of `package`.
+    pub fn new(package: &'a Package) -> Self {
+        let root = (package.kind == SourceKind::Folder)
+            .then(|| std::fs::canonicalize(&package.path).ok())
+            .flatten()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        PackageFiles { package, root }
+    }
+
+    /// The package-relative name and bytes of the file `name` seen from `folder`.
+    pub fn lookup(&self, folder: &str, name: &str) -> Option<(String, Arc<dyn ReadAt>)> {
+        let rel = names::normalize_str(name).ok()?;
+        let full = join(folder, &rel);
+        let members = &self.package.members;
+        let regular = |m: &&package::Member| m.kind == MemberKind::Regular;
+        if let Some(m) = members.iter().filter(regular).find(|m| m.name == full) {
+            return Some((m.name.clone(), m.data.clone()));
+        }
+        let mut folded = members
+            .iter()
+            .filter(regular)
+            .filter(|m| m.name.eq_ignore_ascii_case(&full));
+        if let (Some(m), None) = (folded.next(), folded.next()) {
+            return Some((m.name.clone(), m.data.clone()));
+        }
+        let root = self.root.as_ref()?;
+        let real = std::fs::canonicalize(root.join(&full)).ok()?;
+        if !real.starts_with(root) {
+            log::warn!("{full:?} leads outside the package folder; not opened");
+            return None;
+        }
+        let file = open_regular(&real)?;
+        let src = FileSource::from_file(file, &real).ok()?;
+        Some((full, Arc::new(src)))
+    }
+
+    /// The chain of parents below `image` (the file `name` in `folder`), nearest first.
+    fn chain(
+        &self,
+        name: &str,
+        folder: &str,
+        image: &Arc<dyn DiskImage>,
+    ) -> Result<Vec<ChainLink>> {
+        let mut chain: Vec<ChainLink> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::from([name.to_string()]);
+        let mut current = image.clone();
+        let mut folder = folder.to_string();
+        while let Some(pref) = current.parent() {
+            if chain.len() >= MAX_CHAIN_DEPTH {
+                return Err(DiskError::ParentChainTooDeep {
+                    image: name.to_string(),
+                    limit: MAX_CHAIN_DEPTH,
+                }
+                .into());
+            }
+            let candidates = pref.candidates();
+            let Some((pname, data)) = candidates.iter().find_map(|c| self.lookup(&folder, c))
+            else {
+                return Err(DiskError::ParentNotFound {
+                    image: chain.last().map_or(name, |l| l.name.as_str()).to_string(),
+                    parent: pref.display_name().to_string(),
+                    candidates,
+                }
+                .into());
+            };
+            if !seen.insert(pname.clone()) {
+                return Err(DiskError::ParentCycle {
+                    image: name.to_string(),
+                    repeated: pname,
+                }
+                .into());
+            }
+            let pfolder = names::parent(&pname).to_string();
+            let parent = open_image(self, &pfolder, &pname, data)?;
+            if let Some(f) = &pref.format
+                && !f.eq_ignore_ascii_case(parent.format().family())
+                && !(f.eq_ignore_ascii_case("vpc") && parent.format().family() == "vhd")
+            {
+                log::warn!(
+                    "{name}: parent {pname} is said to be {f}, but it is {}",
+                    parent.format()
+                );
+            }
+            chain.push(ChainLink {
+                name: pname,
+                image: parent.clone(),
+            });
+            current = parent;
+            folder = pfolder;
+        }
+        Ok(chain)
+    }
+}
+
+/// Opens a regular file without following a final symlink and without blocking on a FIFO.
+fn open_regular(path: &Path) -> Option<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    file.metadata().ok()?.is_file().then_some(file)
 }

@@ -85,6 +85,7 @@ impl Fixture {
                 file_bytes: fs::metadata(dir.join(n)).unwrap().len(),
                 capacity_bytes: 8 << 20,
                 format_uri: "http://example.org/raw".into(),
+                compression: None,
             })
             .collect();
         let spec = ovafs::sample::ApplianceSpec {

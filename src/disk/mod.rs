@@ -7,18 +7,35 @@
 //! [`ReadAt`] window and never know about archives, so unit tests hand them a `Vec<u8>`.
 //!
 //! Formats (sniffed by content, never by name): stream-optimized and hosted-sparse VMDK
-//! ([`vmdk`]), and plain raw images ([`raw`]).
+//! ([`vmdk`]), VMDK descriptor files with flat, sparse and zero extents
+//! ([`vmdk_descriptor`]), VHD fixed, dynamic and differencing ([`vhd`]), VHDX ([`vhdx`]),
+//! qcow2 v2 and v3 ([`qcow2`]), and plain raw images ([`raw`]).
+//!
+//! Images that need other files of the package (the extents a VMDK descriptor names; the
+//! parent of a differencing VHD/VHDX, the backing file of a qcow2, the parent of a VMDK
+//! delta link) get them through one mechanism: [`open_with`] takes an [`OpenContext`] whose
+//! resolver maps a file name, relative to the image's own folder in the package, to its
+//! bytes. Extents are needed to open at all; parents are only named by the image
+//! ([`DiskImage::parent`], a [`ParentRef`]) and opened by the caller (the appliance), which
+//! builds the chain of flat disks.
 
 pub mod engine;
 pub mod inflate;
+pub mod qcow2;
 pub mod raw;
+pub mod vhd;
+pub mod vhdx;
 pub mod vmdk;
+pub mod vmdk_descriptor;
 pub mod vmdk_writer;
+
+#[cfg(test)]
+pub(crate) mod testutil;
 
 use std::fmt;
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::io::ReadAt;
 
 /// Sector size used by every format here (bytes).
@@ -91,6 +108,30 @@ pub enum DiskFormat {
     VmdkStreamOptimized,
     /// Hosted sparse VMDK (monolithicSparse), optionally with compressed grains.
     VmdkSparse,
+    /// VMDK descriptor file, createType monolithicFlat: one flat extent.
+    VmdkMonolithicFlat,
+    /// VMDK descriptor file, createType twoGbMaxExtentSparse: hosted sparse extents.
+    VmdkTwoGbMaxExtentSparse,
+    /// VMDK descriptor file, createType twoGbMaxExtentFlat: flat extents.
+    VmdkTwoGbMaxExtentFlat,
+    /// VMDK descriptor file, createType vmfs (and its preallocated/thin variants).
+    VmdkVmfs,
+    /// VMDK descriptor file of another createType (custom, monolithicSparse, ...).
+    VmdkDescriptor,
+    /// VHD, fixed: raw data followed by a footer.
+    VhdFixed,
+    /// VHD, dynamic: block allocation table.
+    VhdDynamic,
+    /// VHD, differencing: dynamic with per-sector bitmaps over a parent.
+    VhdDifferencing,
+    /// VHDX whose blocks are all allocated (LeaveBlocksAllocated).
+    VhdxFixed,
+    /// VHDX, dynamic.
+    VhdxDynamic,
+    /// VHDX, differencing (has a parent).
+    VhdxDifferencing,
+    /// qcow2, version 2 or 3.
+    Qcow2,
     /// A plain raw image.
     Raw,
 }
@@ -101,8 +142,172 @@ impl DiskFormat {
         match self {
             DiskFormat::VmdkStreamOptimized => "vmdk (streamOptimized)",
             DiskFormat::VmdkSparse => "vmdk (monolithicSparse)",
+            DiskFormat::VmdkMonolithicFlat => "vmdk (monolithicFlat)",
+            DiskFormat::VmdkTwoGbMaxExtentSparse => "vmdk (twoGbMaxExtentSparse)",
+            DiskFormat::VmdkTwoGbMaxExtentFlat => "vmdk (twoGbMaxExtentFlat)",
+            DiskFormat::VmdkVmfs => "vmdk (vmfs)",
+            DiskFormat::VmdkDescriptor => "vmdk (descriptor file)",
+            DiskFormat::VhdFixed => "vhd (fixed)",
+            DiskFormat::VhdDynamic => "vhd (dynamic)",
+            DiskFormat::VhdDifferencing => "vhd (differencing)",
+            DiskFormat::VhdxFixed => "vhdx (fixed)",
+            DiskFormat::VhdxDynamic => "vhdx (dynamic)",
+            DiskFormat::VhdxDifferencing => "vhdx (differencing)",
+            DiskFormat::Qcow2 => "qcow2",
             DiskFormat::Raw => "raw",
         }
+    }
+
+    /// The family the format belongs to, as a Disk's `ovf:format` URI names it:
+    /// `vmdk`, `vhd`, `vhdx`, `qcow2` or `raw`.
+    pub fn family(self) -> &'static str {
+        match self {
+            DiskFormat::VmdkStreamOptimized
+            | DiskFormat::VmdkSparse
+            | DiskFormat::VmdkMonolithicFlat
+            | DiskFormat::VmdkTwoGbMaxExtentSparse
+            | DiskFormat::VmdkTwoGbMaxExtentFlat
+            | DiskFormat::VmdkVmfs
+            | DiskFormat::VmdkDescriptor => "vmdk",
+            DiskFormat::VhdFixed | DiskFormat::VhdDynamic | DiskFormat::VhdDifferencing => "vhd",
+            DiskFormat::VhdxFixed | DiskFormat::VhdxDynamic | DiskFormat::VhdxDifferencing => {
+                "vhdx"
+            }
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        }
+    }
+}
+
+/// The format family a Disk's `ovf:format` URI names (formats.md §2.3), matched
+/// case-insensitively; `None` for a URI ovafs does not know (no judgement then).
+pub fn uri_family(uri: &str) -> Option<&'static str> {
+    let u = uri.to_ascii_lowercase();
+    if u.contains("vmdk") {
+        Some("vmdk")
+    } else if u.contains("vhdx") {
+        Some("vhdx")
+    } else if u.contains("vhdspec") || u.contains("virtualserver") || u.contains("vhd") {
+        Some("vhd")
+    } else if u.contains("qcow") {
+        Some("qcow2")
+    } else if u.contains("ecma-119") || u.contains("raw") {
+        // An ISO 9660 image or a raw disk: read as raw.
+        Some("raw")
+    } else {
+        None
+    }
+}
+
+/// The file an image names as its parent: the parent of a differencing VHD or VHDX, the
+/// backing file of a qcow2, the parent of a VMDK delta link (`parentFileNameHint`).
+///
+/// The names are what the image says, before any path rule: Windows paths, `file://` URLs,
+/// paths of the machine that wrote the image. [`ParentRef::candidates`] turns them into
+/// package-relative names to look up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParentRef {
+    /// Names as the image gives them, most specific first (e.g. a VHD's relative locator,
+    /// then its absolute one, then the parent's bare file name).
+    pub names: Vec<String>,
+    /// The parent's format when the image says it (qcow2's backing format extension).
+    pub format: Option<String>,
+}
+
+/// Most candidate names [`ParentRef::candidates`] returns (two per name).
+pub const MAX_PARENT_CANDIDATES: usize = 32;
+
+impl ParentRef {
+    /// A parent known by one name.
+    pub fn named(name: impl Into<String>) -> Self {
+        ParentRef {
+            names: vec![name.into()],
+            format: None,
+        }
+    }
+
+    /// The names to look up in the package, relative to the image's folder, best first:
+    /// each name with `\` read as a separator and a `file://` scheme (with `localhost`)
+    /// removed, as it is when it is relative; then the bare file name of each. An absolute
+    /// path (`/x`, `C:\x`, `\\server\x`) is only tried by its file name: the parent of an
+    /// image in a package sits beside it, wherever it sat on the machine that made it.
+    /// Duplicates and empty names are dropped.
+    pub fn candidates(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let push = |s: &str, out: &mut Vec<String>| {
+            if !s.is_empty() && out.len() < MAX_PARENT_CANDIDATES && !out.iter().any(|o| o == s) {
+                out.push(s.to_string());
+            }
+        };
+        let cleaned: Vec<(String, bool)> = self.names.iter().map(|n| clean_name(n)).collect();
+        for (name, absolute) in &cleaned {
+            if !absolute {
+                push(name, &mut out);
+            }
+        }
+        for (name, _) in &cleaned {
+            push(name.rsplit('/').next().unwrap_or(name), &mut out);
+        }
+        out
+    }
+
+    /// The first name, for messages.
+    pub fn display_name(&self) -> &str {
+        self.names.first().map_or("", String::as_str)
+    }
+}
+
+/// A parent name with `\` as `/`, `file://[localhost]` and leading `./` removed, NULs and
+/// surrounding blanks trimmed; and whether it is absolute.
+fn clean_name(raw: &str) -> (String, bool) {
+    let mut s = raw.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    let mut absolute = false;
+    if let Some(rest) = s.strip_prefix("file://") {
+        s = rest.strip_prefix("localhost").unwrap_or(rest);
+        absolute = s.starts_with('/') && !s.starts_with("/.");
+        s = s
+            .strip_prefix('/')
+            .filter(|r| r.starts_with('.'))
+            .unwrap_or(s);
+    }
+    let mut name = s.replace('\\', "/");
+    let drive =
+        name.len() >= 2 && name.as_bytes()[1] == b':' && name.as_bytes()[0].is_ascii_alphabetic();
+    absolute |= name.starts_with('/') || drive;
+    while let Some(rest) = name.strip_prefix("./") {
+        name = rest.to_string();
+    }
+    (name, absolute)
+}
+
+/// Looks up a file of the package by name, relative to the folder of the image being
+/// opened; `None` when there is no such file or the name is refused by the package's path
+/// rules (absolute, `..`, escaping the package).
+pub type Resolver<'a> = dyn Fn(&str) -> Option<Arc<dyn ReadAt>> + 'a;
+
+/// What [`open_with`] may use besides the image's own bytes.
+pub struct OpenContext<'a> {
+    /// Finds the other files of the package (extents of a VMDK descriptor).
+    pub resolver: &'a Resolver<'a>,
+}
+
+fn no_files(_name: &str) -> Option<Arc<dyn ReadAt>> {
+    None
+}
+
+impl OpenContext<'static> {
+    /// A context with no other files: an image that needs extents fails to open.
+    pub fn standalone() -> Self {
+        OpenContext {
+            resolver: &no_files,
+        }
+    }
+}
+
+impl OpenContext<'_> {
+    /// The bytes of the package file `name`, if there is one.
+    pub fn resolve(&self, name: &str) -> Option<Arc<dyn ReadAt>> {
+        (self.resolver)(name)
     }
 }
 
@@ -145,6 +350,12 @@ pub trait DiskImage: Send + Sync {
 
     /// The bytes `Extent::Stored` offsets refer to.
     fn source(&self) -> &dyn ReadAt;
+
+    /// The parent (backing) file the image names, if it has one. An image that names a
+    /// parent must not be read without it: its unallocated extents are the parent's bytes.
+    fn parent(&self) -> Option<ParentRef> {
+        None
+    }
 }
 
 /// A disk image is malformed or unsupported.
@@ -154,6 +365,53 @@ pub enum DiskError {
     /// A VMDK rule was broken.
     #[error(transparent)]
     Vmdk(#[from] vmdk::VmdkError),
+    /// A VMDK descriptor file is malformed or names extents that cannot be read.
+    #[error(transparent)]
+    VmdkDescriptor(#[from] vmdk_descriptor::DescriptorError),
+    /// A VHD rule was broken.
+    #[error(transparent)]
+    Vhd(#[from] vhd::VhdError),
+    /// A VHDX rule was broken.
+    #[error(transparent)]
+    Vhdx(#[from] vhdx::VhdxError),
+    /// A qcow2 rule was broken.
+    #[error(transparent)]
+    Qcow2(#[from] qcow2::Qcow2Error),
+    /// The image names a parent (backing) file that is not in the package. Reading it
+    /// without its parent would show zeros where the parent's data belongs, so it is refused.
+    #[error("{image}: parent file {parent:?} is not in the package (looked for {candidates:?})")]
+    ParentNotFound {
+        /// The image that names the parent.
+        image: String,
+        /// The name the image gives (first of its names).
+        parent: String,
+        /// Package-relative names that were looked up.
+        candidates: Vec<String>,
+    },
+    /// The Disk an OVF delta disk (`ovf:parentRef`) names as its parent cannot be read.
+    #[error("parent disk {parent} cannot be read: {reason}")]
+    ParentDiskUnavailable {
+        /// diskId of the parent.
+        parent: String,
+        /// Why.
+        reason: String,
+    },
+    /// A chain of parents deeper than accepted.
+    #[error("{image}: chain of parent images is deeper than {limit}")]
+    ParentChainTooDeep {
+        /// The image at the top of the chain.
+        image: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// A chain of parents that comes back to an image already in it.
+    #[error("{image}: parent chain loops back to {repeated}")]
+    ParentCycle {
+        /// The image at the top of the chain.
+        image: String,
+        /// The file met twice.
+        repeated: String,
+    },
     /// A known format that ovafs cannot decode.
     #[error("{format} images are not supported")]
     Unsupported {
@@ -191,57 +449,100 @@ pub enum DiskError {
 pub enum Sniffed {
     /// A VMDK sparse extent (`KDMV`).
     VmdkSparse,
-    /// A known format that ovafs cannot decode yet, by name.
+    /// A VMDK text descriptor file.
+    VmdkDescriptor,
+    /// A VHD: footer copy at 0 (dynamic, differencing) or footer at the end (fixed).
+    Vhd,
+    /// A VHDX (`vhdxfile`).
+    Vhdx,
+    /// A qcow image (`QFI\xfb`; the version decides whether it is readable).
+    Qcow2,
+    /// A known format that ovafs cannot decode, by name.
     Unsupported(&'static str),
     /// No known signature.
     Unknown,
 }
 
-/// Signatures of formats recognised but not decoded (yet), with the offset they sit at.
-const UNSUPPORTED_SIGNATURES: [(u64, &[u8], &str); 7] = [
-    (0, b"conectix", "VHD"),
-    (0, b"vhdxfile", "VHDX"),
-    (0, b"QFI\xfb", "qcow2"),
+/// Signatures of formats recognised but not decoded, with the offset they sit at.
+const UNSUPPORTED_SIGNATURES: [(u64, &[u8], &str); 3] = [
     (0, b"COWD", "VMDK COWD (ESXi vmfsSparse)"),
-    (0, b"# Disk DescriptorFile", "VMDK descriptor file"),
-    (0, b"# Disk Descriptor File", "VMDK descriptor file"),
+    (0, &[0xbe, 0xba, 0xfe, 0xca], "VMDK seSparse"),
     (0, b"\x1f\x8b", "gzip-compressed data"),
 ];
 
+/// Bytes read from the start of a source to sniff it (enough for a descriptor's comment
+/// lines before `version=`).
+const SNIFF_BYTES: usize = 1024;
+
 /// Recognises a disk image format by content, never by name.
 pub fn sniff(source: &dyn ReadAt) -> Result<Sniffed> {
-    let mut head = [0u8; 32];
+    let mut head = [0u8; SNIFF_BYTES];
     let n = source.read_at(0, &mut head)?;
     let head = &head[..n];
     if head.starts_with(&vmdk::SPARSE_MAGIC) {
         return Ok(Sniffed::VmdkSparse);
+    }
+    if head.starts_with(&vhd::FOOTER_COOKIE) {
+        return Ok(Sniffed::Vhd);
+    }
+    if head.starts_with(&vhdx::FILE_SIGNATURE) {
+        return Ok(Sniffed::Vhdx);
+    }
+    if head.starts_with(&qcow2::MAGIC) {
+        return Ok(Sniffed::Qcow2);
     }
     for (_, sig, name) in UNSUPPORTED_SIGNATURES {
         if head.starts_with(sig) {
             return Ok(Sniffed::Unsupported(name));
         }
     }
+    if vmdk_descriptor::looks_like_descriptor(head) {
+        return Ok(Sniffed::VmdkDescriptor);
+    }
     // A fixed VHD is raw data followed by a 512-byte footer (511 bytes in images older than
     // Virtual PC 2004).
-    let len = source.len();
-    for footer in [SECTOR_BYTES, SECTOR_BYTES - 1] {
-        if len >= footer {
-            let mut cookie = [0u8; 8];
-            if source.read_at(len - footer, &mut cookie)? == 8 && &cookie == b"conectix" {
-                return Ok(Sniffed::Unsupported("VHD (fixed)"));
-            }
-        }
+    if vhd::fixed_footer_offset(source)?.is_some() {
+        return Ok(Sniffed::Vhd);
     }
     Ok(Sniffed::Unknown)
 }
 
-/// Opens the disk image held in `source`, recognising its format by content.
+/// Opens the disk image held in `source`, recognising its format by content, with no other
+/// files of the package at hand (see [`open_with`]).
 ///
 /// A source with no known magic is accepted as a raw image only if its length is a non-zero
 /// multiple of the sector size; anything else (a 4-byte placeholder, text) is refused.
 pub fn open(source: Arc<dyn ReadAt>) -> Result<Arc<dyn DiskImage>> {
+    open_with(source, &OpenContext::standalone())
+}
+
+/// Opens the disk image held in `source`, recognising its format by content. Files the
+/// image needs to be read at all (the extents of a VMDK descriptor) are found through
+/// `ctx`; a parent the image names is only reported ([`DiskImage::parent`]).
+pub fn open_with(source: Arc<dyn ReadAt>, ctx: &OpenContext<'_>) -> Result<Arc<dyn DiskImage>> {
     match sniff(&*source)? {
-        Sniffed::VmdkSparse => Ok(Arc::new(vmdk::SparseVmdk::open(source)?)),
+        Sniffed::VmdkSparse => match vmdk::SparseVmdk::open(source.clone()) {
+            Ok(v) => Ok(Arc::new(v)),
+            // A sparse header with no capacity of its own that wraps a descriptor naming
+            // other extents (qemu reads these the same way).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::Disk(DiskError::Vmdk(vmdk::VmdkError::DescriptorWrapper { .. }))
+                ) =>
+            {
+                Ok(Arc::new(vmdk_descriptor::DescriptorVmdk::open_wrapper(
+                    &*source, ctx,
+                )?))
+            }
+            Err(e) => Err(e),
+        },
+        Sniffed::VmdkDescriptor => Ok(Arc::new(vmdk_descriptor::DescriptorVmdk::open(
+            &*source, ctx,
+        )?)),
+        Sniffed::Vhd => Ok(Arc::new(vhd::Vhd::open(source)?)),
+        Sniffed::Vhdx => Ok(Arc::new(vhdx::Vhdx::open(source)?)),
+        Sniffed::Qcow2 => Ok(Arc::new(qcow2::Qcow2::open(source)?)),
         Sniffed::Unsupported(name) => Err(DiskError::Unsupported { format: name }.into()),
         Sniffed::Unknown => Ok(Arc::new(raw::RawImage::open(source)?)),
     }
@@ -255,18 +556,109 @@ mod tests {
     fn sniffs_by_content() {
         let mut vhd_fixed = vec![0u8; 4096];
         vhd_fixed[4096 - 512..4096 - 504].copy_from_slice(b"conectix");
-        assert_eq!(
-            sniff(&vhd_fixed).unwrap(),
-            Sniffed::Unsupported("VHD (fixed)")
-        );
+        assert_eq!(sniff(&vhd_fixed).unwrap(), Sniffed::Vhd);
+        assert_eq!(sniff(&b"conectix".to_vec()).unwrap(), Sniffed::Vhd);
+        assert_eq!(sniff(&b"vhdxfile".to_vec()).unwrap(), Sniffed::Vhdx);
         assert_eq!(
             sniff(&b"QFI\xfb\0\0\0\x03".to_vec()).unwrap(),
-            Sniffed::Unsupported("qcow2")
+            Sniffed::Qcow2
         );
         assert_eq!(sniff(&b"KDMV".to_vec()).unwrap(), Sniffed::VmdkSparse);
+        assert_eq!(
+            sniff(&b"# Disk DescriptorFile\nversion=1\n".to_vec()).unwrap(),
+            Sniffed::VmdkDescriptor
+        );
+        // qemu's probe: comments and blank lines, then version=.
+        assert_eq!(
+            sniff(&b"# a comment\n   \r\nversion=2\r\nCID=1\n".to_vec()).unwrap(),
+            Sniffed::VmdkDescriptor
+        );
+        assert_eq!(
+            sniff(&b"hello\nversion=1\n".to_vec()).unwrap(),
+            Sniffed::Unknown
+        );
+        assert_eq!(
+            sniff(&b"COWD".to_vec()).unwrap(),
+            Sniffed::Unsupported("VMDK COWD (ESXi vmfsSparse)")
+        );
+        assert_eq!(
+            sniff(&b"\x1f\x8b\x08".to_vec()).unwrap(),
+            Sniffed::Unsupported("gzip-compressed data")
+        );
         assert_eq!(sniff(&vec![0u8; 1024]).unwrap(), Sniffed::Unknown);
         assert_eq!(sniff(&Vec::new()).unwrap(), Sniffed::Unknown);
+        // A bare footer cookie with a bad checksum is a VHD that fails to open.
         let e = open(Arc::new(vhd_fixed)).err().unwrap();
         assert!(e.to_string().contains("VHD"), "{e}");
+        let e = open(Arc::new(b"COWD".to_vec())).err().unwrap();
+        assert!(matches!(
+            e.kind(),
+            ErrorKind::Disk(DiskError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn parent_candidates_follow_the_path_rules() {
+        let p = ParentRef {
+            names: vec![
+                ".\\base.vhd".into(),
+                "sub\\dir\\base.vhd".into(),
+                "C:\\Projects\\test\\fat-parent.vhd".into(),
+                "file://localhost/Users/me/vm/base.vhd".into(),
+                "file://./rel.vhd".into(),
+                "/abs/olute.qcow2".into(),
+                "../up.qcow2".into(),
+                "\\\\server\\share\\unc.vhd".into(),
+                "".into(),
+            ],
+            format: None,
+        };
+        assert_eq!(
+            p.candidates(),
+            vec![
+                "base.vhd",
+                "sub/dir/base.vhd",
+                "rel.vhd",
+                "../up.qcow2",
+                "fat-parent.vhd",
+                "olute.qcow2",
+                "up.qcow2",
+                "unc.vhd",
+            ]
+        );
+        assert_eq!(p.display_name(), ".\\base.vhd");
+        assert_eq!(ParentRef::named("x").candidates(), vec!["x"]);
+        assert!(ParentRef::default().candidates().is_empty());
+    }
+
+    #[test]
+    fn format_uris_name_families() {
+        for (uri, family) in [
+            (
+                "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized",
+                Some("vmdk"),
+            ),
+            (
+                "http://www.microsoft.com/technet/virtualserver/downloads/vhdspec.mspx",
+                Some("vhd"),
+            ),
+            (
+                "http://technet.microsoft.com/en-us/virtualserver/bb676673.aspx",
+                Some("vhd"),
+            ),
+            (
+                "http://www.gnome.org/~markmc/qcow-image-format.html",
+                Some("qcow2"),
+            ),
+            ("urn:example:vhdx", Some("vhdx")),
+            ("http://example.com/unknown", None),
+        ] {
+            assert_eq!(uri_family(uri), family, "{uri}");
+        }
+        assert_eq!(DiskFormat::VhdDifferencing.family(), "vhd");
+        assert_eq!(
+            DiskFormat::VmdkMonolithicFlat.name(),
+            "vmdk (monolithicFlat)"
+        );
     }
 }

@@ -257,6 +257,10 @@ pub struct OvaBuilder {
     pub tar_format: String,
     /// Compress the whole archive with gzip (`tar -czf`).
     pub gzip_archive: bool,
+    /// Other files packed after the disks (extents, parent images), not in References.
+    pub extra_files: Vec<PathBuf>,
+    /// Text replacements applied to the generated descriptor (e.g. to add `ovf:parentRef`).
+    pub descriptor_edits: Vec<(String, String)>,
 }
 
 impl OvaBuilder {
@@ -269,7 +273,22 @@ impl OvaBuilder {
             disks: Vec::new(),
             tar_format: "ustar".into(),
             gzip_archive: false,
+            extra_files: Vec::new(),
+            descriptor_edits: Vec::new(),
         }
+    }
+
+    /// Adds a file that is not a Disk (an extent or a parent image), copied into the
+    /// package folder under its own name and packed after the disks.
+    pub fn file(mut self, path: &Path) -> Self {
+        self.extra_files.push(path.into());
+        self
+    }
+
+    /// Replaces `from` by `to` in the generated descriptor.
+    pub fn edit_descriptor(mut self, from: &str, to: &str) -> Self {
+        self.descriptor_edits.push((from.into(), to.into()));
+        self
     }
 
     /// Adds a disk image (copied into the package folder under its own file name).
@@ -333,11 +352,20 @@ impl OvaBuilder {
             network: "VM Network".into(),
             disks: specs,
         };
-        fs::write(
-            self.dir.join(&names[0]),
-            ovafs::sample::descriptor_xml(&spec),
-        )
-        .unwrap();
+        for f in &self.extra_files {
+            let file = f.file_name().unwrap().to_str().unwrap().to_string();
+            let target = self.dir.join(&file);
+            if *f != target {
+                fs::copy(f, &target).unwrap();
+            }
+            names.push(file);
+        }
+        let mut xml = ovafs::sample::descriptor_xml(&spec);
+        for (from, to) in &self.descriptor_edits {
+            assert!(xml.contains(from.as_str()), "descriptor has no {from:?}");
+            xml = xml.replace(from.as_str(), to);
+        }
+        fs::write(self.dir.join(&names[0]), xml).unwrap();
         let listed: Vec<&str> = names
             .iter()
             .filter(|n| !n.ends_with(".mf"))
@@ -367,6 +395,7 @@ impl OvaBuilder {
 }
 
 /// A live mount; unmounted when dropped.
+#[derive(Debug)]
 pub struct Mount {
     /// The mount point.
     pub dir: PathBuf,

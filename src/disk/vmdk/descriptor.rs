@@ -37,6 +37,8 @@ pub struct EmbeddedDescriptor {
     pub cid: Option<u32>,
     /// `parentCID` (`ffffffff` = no parent).
     pub parent_cid: Option<u32>,
+    /// `parentFileNameHint`: the parent of a delta link.
+    pub parent_file_name_hint: Option<String>,
     /// Extent lines, in order.
     pub extents: Vec<ExtentLine>,
 }
@@ -62,6 +64,8 @@ impl EmbeddedDescriptor {
                     d.cid = u32::from_str_radix(value, 16).ok();
                 } else if key.eq_ignore_ascii_case("parentCID") {
                     d.parent_cid = u32::from_str_radix(value, 16).ok();
+                } else if key.eq_ignore_ascii_case("parentFileNameHint") {
+                    d.parent_file_name_hint = Some(value.to_string());
                 }
                 continue;
             }
@@ -83,7 +87,7 @@ fn unquote(v: &str) -> &str {
 }
 
 /// Parses `ACCESS SECTORS TYPE ["FILENAME" [OFFSET]]`; `None` if the line is not one.
-fn parse_extent_line(line: &str) -> Option<ExtentLine> {
+pub(crate) fn parse_extent_line(line: &str) -> Option<ExtentLine> {
     let mut rest = line;
     let mut word = || {
         let s = rest.trim_start();

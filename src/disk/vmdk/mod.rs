@@ -29,6 +29,7 @@ mod tests;
 
 use std::sync::Arc;
 
+pub(crate) use descriptor::parse_extent_line;
 pub use descriptor::{EmbeddedDescriptor, ExtentLine, MAX_DESCRIPTOR_SECTORS};
 pub use error::VmdkError;
 pub use grain_map::{MAX_CACHED_GRAIN_TABLES, MAX_SCANNED_GRAINS};
@@ -554,6 +555,17 @@ impl DiskImage for SparseVmdk {
 
     fn source(&self) -> &dyn ReadAt {
         &*self.source
+    }
+
+    /// The delta link's parent: `parentFileNameHint` of the embedded descriptor (qemu
+    /// opens it as the backing file whenever the hint is there).
+    fn parent(&self) -> Option<super::ParentRef> {
+        self.descriptor
+            .as_ref()?
+            .parent_file_name_hint
+            .as_deref()
+            .filter(|h| !h.trim().is_empty())
+            .map(super::ParentRef::named)
     }
 }
 
