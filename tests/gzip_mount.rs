@@ -113,7 +113,16 @@ fn gzip_disks_match_qemu_and_members_are_byte_exact() {
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
     assert_eq!(
         listing(&m.dir),
-        ["app.mf", "app.ovf", "data.img.gz", "disks", "sys.vmdk.gz"]
+        [
+            "app.mf",
+            "app.ovf",
+            "data.img.gz",
+            "disks",
+            "networks",
+            "sys.vmdk.gz",
+            "vm",
+            "vms"
+        ]
     );
     for member in ["app.ovf", "app.mf", "sys.vmdk.gz", "data.img.gz"] {
         assert_same_bytes(&m.path(member), &extracted.join(member));
@@ -160,7 +169,16 @@ fn tar_gz_ova_mounts() {
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
     assert_eq!(
         listing(&m.dir),
-        ["disks", "root.vmdk", "swap.img.gz", "targz.mf", "targz.ovf"]
+        [
+            "disks",
+            "networks",
+            "root.vmdk",
+            "swap.img.gz",
+            "targz.mf",
+            "targz.ovf",
+            "vm",
+            "vms"
+        ]
     );
     for member in ["targz.ovf", "targz.mf", "root.vmdk", "swap.img.gz"] {
         assert_same_bytes(&m.path(member), &extracted.join(member));

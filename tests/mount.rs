@@ -82,7 +82,9 @@ fn members_are_byte_exact_and_disks_match_qemu() {
     names.sort();
     assert_eq!(
         names,
-        ["app.mf", "app.ovf", "big.vmdk", "disks", "odd.vmdk"]
+        [
+            "app.mf", "app.ovf", "big.vmdk", "disks", "networks", "odd.vmdk", "vm", "vms"
+        ]
     );
     for member in ["app.ovf", "app.mf", "big.vmdk", "odd.vmdk"] {
         assert_same_bytes(&m.path(member), &extracted.join(member));

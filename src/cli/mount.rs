@@ -227,6 +227,15 @@ fn open_committer(
     if config.read_only {
         return Ok((None, None));
     }
+    if let Some(format) = appliance.package.archive_compression {
+        // Edits are patched into the archive in place; a compressed archive would have to
+        // be recompressed whole for every one of them.
+        let reason = format!(
+            "{} is a {format}-compressed archive; mounted read-only",
+            config.source.display()
+        );
+        return Ok((None, Some(reason)));
+    }
     match Committer::open(&appliance.package) {
         Ok(c) => Ok((Some(c), None)),
         Err(e) if commit::is_read_only(&e) => {
