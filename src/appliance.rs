@@ -56,6 +56,8 @@ pub struct ApplianceDisk {
     pub stem: String,
     /// The href of the file holding the image.
     pub href: String,
+    /// The package-relative name of that file (the member name in an archive).
+    pub file: String,
     /// Bytes of the image as stored in the package.
     pub stored_bytes: u64,
     /// Modification time of the image file.
@@ -66,6 +68,16 @@ pub struct ApplianceDisk {
     /// for an OVF delta disk the referenced disk's image and its own chain. Empty for a
     /// disk with no parent.
     pub parents: Vec<ChainLink>,
+}
+
+/// A flat image as the mount shows it, with the package files its bytes come from.
+pub struct ShownDisk {
+    /// Its path in the mount (`disks/NAME.raw`).
+    pub path: String,
+    /// Package-relative names of the files it is decoded from: its own, then its parents'.
+    pub files: Vec<String>,
+    /// The flat image.
+    pub flat: Arc<FlatDisk>,
 }
 
 /// A package plus its opened disks.
@@ -141,7 +153,7 @@ impl Appliance {
 
     /// The tree a mount shows: every member under its own name (except those in `served`,
     /// which a backend serves as live files), then `disks/<stem>.raw`.
-    pub fn build_tree(&self, cache: &Arc<UnitCache>, served: &[usize]) -> Tree {
+    pub fn build_tree(&self, cache: &Arc<UnitCache>, served: &[usize]) -> (Tree, Vec<ShownDisk>) {
         let mut tree = Tree::new(self.source_mtime);
         for (i, m) in self.package.members.iter().enumerate() {
             let mtime = UNIX_EPOCH + Duration::from_secs(m.mtime);
@@ -157,12 +169,16 @@ impl Appliance {
             }
         }
         tree.ensure_dir(DISKS_DIR, 0o555, self.source_mtime, false);
+        let mut shown = Vec::new();
         for d in &self.disks {
-            let flat = flat_chain(d, cache);
+            let flat = Arc::new(flat_chain(d, cache));
             let path = format!("{DISKS_DIR}/{}.raw", d.stem);
-            tree.add_static(&path, Content::Disk(Arc::new(flat)), 0o444, d.mtime);
+            tree.add_static(&path, Content::Disk(flat.clone()), 0o444, d.mtime);
+            let mut files = vec![d.file.clone()];
+            files.extend(d.parents.iter().map(|p| p.name.clone()));
+            shown.push(ShownDisk { path, files, flat });
         }
-        tree
+        (tree, shown)
     }
 }
 
@@ -252,6 +268,7 @@ fn open_disk(
             DiskStatus::Ready(ApplianceDisk {
                 disk_id,
                 stem: d.stem.clone(),
+                file: name.clone(),
                 href,
                 stored_bytes: data.len(),
                 mtime,

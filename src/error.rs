@@ -69,6 +69,9 @@ pub enum ErrorKind {
     /// why in the user's terms.
     #[error("{0}")]
     InvalidEdit(String),
+    /// The package failed an integrity check (manifest digests, certificate signature).
+    #[error("{0}")]
+    Verification(String),
     /// A write was attempted on something read-only.
     #[error("{0}")]
     ReadOnly(String),

@@ -15,6 +15,7 @@ pub mod disk;
 pub mod editor;
 pub mod error;
 pub mod fs;
+pub mod integrity;
 pub mod io;
 pub mod logging;
 pub mod ovf;

@@ -114,6 +114,7 @@ fn gzip_disks_match_qemu_and_members_are_byte_exact() {
     assert_eq!(
         listing(&m.dir),
         [
+            ".ovafs",
             "app.mf",
             "app.ovf",
             "data.img.gz",
@@ -170,6 +171,7 @@ fn tar_gz_ova_mounts() {
     assert_eq!(
         listing(&m.dir),
         [
+            ".ovafs",
             "disks",
             "networks",
             "root.vmdk",

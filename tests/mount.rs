@@ -83,7 +83,7 @@ fn members_are_byte_exact_and_disks_match_qemu() {
     assert_eq!(
         names,
         [
-            "app.mf", "app.ovf", "big.vmdk", "disks", "networks", "odd.vmdk", "vm", "vms"
+            ".ovafs", "app.mf", "app.ovf", "big.vmdk", "disks", "networks", "odd.vmdk", "vm", "vms"
         ]
     );
     for member in ["app.ovf", "app.mf", "big.vmdk", "odd.vmdk"] {

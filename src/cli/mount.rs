@@ -25,7 +25,10 @@ use crate::cache::UnitCache;
 use crate::commit::{self, Committer};
 use crate::editor::Editor;
 use crate::error::{Error, Result};
+use crate::fs::backend::Backend;
 use crate::fs::{FsOptions, OvaFs};
+use crate::integrity::{self, Integrity, VerifyMode};
+use crate::verify::Subject;
 
 /// Environment variable that tells a `__serve` daemon to report readiness on stdout.
 const NOTIFY_ENV: &str = "OVAFS_NOTIFY_STDOUT";
@@ -159,18 +162,27 @@ pub(super) fn serve(
         );
     }
     let appliance = Appliance::open(&config.source)?;
+    // verify=strict: nothing is served until everything checks out.
+    let strict_report = match config.verify {
+        VerifyMode::Strict => Some(integrity::verify_strict(&Subject::from_package(
+            &appliance.package,
+        ))?),
+        _ => None,
+    };
     let (committer, read_only_reason) = open_committer(config, &appliance)?;
     let read_only = committer.is_none();
     let editor = Arc::new(Editor::new(&appliance.package, committer)?);
     let cache = Arc::new(UnitCache::new(config.cache_bytes));
-    let tree = appliance.build_tree(&cache, &Editor::served_members(&appliance.package));
+    let (tree, shown) = appliance.build_tree(&cache, &Editor::served_members(&appliance.package));
+    let integrity = Integrity::new(config.verify, &shown, strict_report);
     let fs_options = FsOptions {
         threads: config.threads,
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
         read_only,
     };
-    let fs = OvaFs::new(tree, Some(editor), &fs_options)
+    let backends: Vec<Arc<dyn Backend>> = vec![editor, integrity.clone()];
+    let fs = OvaFs::new(tree, backends, &fs_options)
         .map_err(|e| Error::io("cannot start read workers", e))?;
 
     let mut session = fuser::Session::new(fs, &config.mountpoint, &fuser_config(config, read_only))
@@ -203,6 +215,7 @@ pub(super) fn serve(
         .map_err(|e| Error::io("cannot start the signal thread", e))?;
 
     on_ready(read_only_reason.as_deref())?;
+    integrity.start(Subject::from_package(&appliance.package));
     let result = session.run();
     drop(done_lock);
     match result {

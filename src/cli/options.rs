@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::integrity::VerifyMode;
 use crate::units::parse_size;
 
 /// Default grain cache budget.
@@ -55,6 +56,8 @@ pub struct MountConfig {
     pub kernel_flags: Vec<String>,
     /// Name shown as the mount source in `/proc/mounts` (`fsname=`).
     pub fsname: Option<String>,
+    /// When to check the manifest digests and the certificate (`verify=`).
+    pub verify: VerifyMode,
 }
 
 impl MountConfig {
@@ -71,6 +74,7 @@ impl MountConfig {
             threads: default_threads(),
             kernel_flags: Vec::new(),
             fsname: None,
+            verify: VerifyMode::default(),
         }
     }
 
@@ -118,6 +122,12 @@ impl MountConfig {
                     .ok_or_else(|| Error::usage(format!("threads={v}: expected 1 to 256")))?;
             }
             "fsname" => self.fsname = Some(need_value(key, value)?.to_string()),
+            "verify" => {
+                let v = need_value(key, value)?;
+                self.verify = VerifyMode::parse(v).ok_or_else(|| {
+                    Error::usage(format!("verify={v}: expected lazy, strict or off"))
+                })?;
+            }
             "nosuid" | "suid" | "nodev" | "dev" | "noexec" | "exec" | "noatime" | "atime"
             | "sync" | "async" | "dirsync" => self.kernel_flags.push(key.to_string()),
             // Added by mount(8), fstab and systemd; meaningless to the filesystem itself.

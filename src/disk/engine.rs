@@ -38,6 +38,9 @@ pub struct FlatDisk {
     parent: Option<Arc<dyn ReadAt>>,
     cache: Arc<UnitCache>,
     sequence: Mutex<Sequence>,
+    /// Set when the bytes this image is decoded from failed an integrity check: every read
+    /// fails from then on.
+    failed: std::sync::OnceLock<String>,
 }
 
 impl FlatDisk {
@@ -54,7 +57,14 @@ impl FlatDisk {
             parent,
             cache,
             sequence: Mutex::new(Sequence::default()),
+            failed: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes every later read fail with `reason` (its source failed verification).
+    pub fn fail(&self, reason: String) {
+        let _ = self.failed.set(reason);
+        self.cache.forget_disk(self.id);
     }
 
     /// The parsed image.
@@ -215,6 +225,12 @@ impl ReadAt for FlatDisk {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if let Some(reason) = self.failed.get() {
+            return Err(DiskError::Integrity {
+                reason: reason.clone(),
+            }
+            .into());
+        }
         let n = clamp_len(offset, buf.len(), self.len());
         let mut done = 0usize;
         while done < n {

@@ -412,6 +412,12 @@ pub enum DiskError {
         /// The file met twice.
         repeated: String,
     },
+    /// The stored bytes failed an integrity check (manifest digest).
+    #[error("integrity check failed: {reason}")]
+    Integrity {
+        /// What failed.
+        reason: String,
+    },
     /// A known format that ovafs cannot decode.
     #[error("{format} images are not supported")]
     Unsupported {

@@ -98,7 +98,9 @@ impl LiveHandle {
 /// The mounted filesystem.
 pub struct OvaFs {
     tree: Arc<RwLock<Tree>>,
-    backend: Option<Arc<dyn Backend>>,
+    backends: Vec<Arc<dyn Backend>>,
+    /// Which backend serves each live path (rebuilt by `resync`).
+    routes: RwLock<HashMap<String, usize>>,
     pool: Pool,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
@@ -120,15 +122,17 @@ pub struct FsOptions {
 }
 
 impl OvaFs {
-    /// A filesystem serving `tree`; `backend` serves its live files.
+    /// A filesystem serving `tree`; `backends` serve its live files, each the paths its
+    /// entries list.
     pub fn new(
         tree: Tree,
-        backend: Option<Arc<dyn Backend>>,
+        backends: Vec<Arc<dyn Backend>>,
         opts: &FsOptions,
     ) -> std::io::Result<Self> {
         let fs = OvaFs {
             tree: Arc::new(RwLock::new(tree)),
-            backend,
+            backends,
+            routes: RwLock::new(HashMap::new()),
             pool: Pool::new(opts.threads)?,
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -158,10 +162,17 @@ impl OvaFs {
         FileHandle(fh)
     }
 
-    /// Brings the settings part of the tree in line with the backend's entries.
+    /// Brings the live part of the tree in line with the backends' entries.
     fn resync(&self) {
-        let Some(backend) = &self.backend else { return };
-        let entries = backend.entries();
+        let mut entries = Vec::new();
+        let mut routes = HashMap::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            for e in b.entries() {
+                routes.insert(e.path.clone(), i);
+                entries.push(e);
+            }
+        }
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
         let mut tree = self.tree_mut();
         let wanted: HashMap<&str, &LiveKind> =
             entries.iter().map(|e| (e.path.as_str(), &e.kind)).collect();
@@ -214,12 +225,24 @@ impl OvaFs {
                 return Ok(Arc::from(buf.as_slice()));
             }
         }
-        match &self.backend {
-            Some(b) => b.read(path),
-            None => Err(Error::new(ErrorKind::ReadOnly(format!(
-                "{path}: no backend"
-            )))),
-        }
+        self.backend_for(path)?.read(path)
+    }
+
+    /// The backend serving `path` (for a path that does not exist yet, the one serving its
+    /// folder).
+    fn backend_for(&self, path: &str) -> Result<&Arc<dyn Backend>> {
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        let folder = path.rsplit_once('/').map_or("", |(d, _)| d);
+        routes
+            .get(path)
+            .or_else(|| routes.get(folder))
+            .and_then(|&i| self.backends.get(i))
+            .ok_or_else(|| {
+                Error::io(
+                    path.to_string(),
+                    std::io::Error::from_raw_os_error(libc::ENOENT),
+                )
+            })
     }
 
     fn attr(&self, tree: &Tree, ino: u64, node: &Node, fh: Option<u64>) -> (FileAttr, Duration) {
@@ -357,12 +380,12 @@ impl OvaFs {
     }
 
     fn writable_backend(&self, path: &str) -> Result<&Arc<dyn Backend>> {
-        match &self.backend {
-            Some(b) if !self.read_only => Ok(b),
-            _ => Err(Error::new(ErrorKind::ReadOnly(format!(
+        if self.read_only {
+            return Err(Error::new(ErrorKind::ReadOnly(format!(
                 "{path}: the mount is read-only"
-            )))),
+            ))));
         }
+        self.backend_for(path)
     }
 
     /// Logs a failed operation once and returns its errno.

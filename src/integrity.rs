@@ -1,0 +1,343 @@
+//! Integrity checking at mount time (`-o verify=lazy|strict|off`) and the status files that
+//! report it (`.ovafs/status`, `.ovafs/status.json`).
+//!
+//! The checks themselves are [`crate::verify`]'s: every manifest digest over the bytes as
+//! stored, and the certificate's signature over the manifest. This module decides when they
+//! run and what a failure does:
+//! - `strict`: before the mount exists; any failure refuses the mount.
+//! - `lazy` (default): in the background after the mount is ready, on one thread so that
+//!   readers keep the other cores; a flat image decoded from a file whose digest does not
+//!   match fails every later read with EIO, and the mismatch is logged.
+//! - `off`: nothing is checked.
+//!
+//! Edits made through the mount rewrite the descriptor and the manifest together, so the
+//! report stays about the package as it was mounted; the status file says so.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use crate::appliance::ShownDisk;
+use crate::error::{Error, ErrorKind, Result};
+use crate::fs::backend::{Backend, LiveEntry, LiveKind};
+use crate::verify::digest::{DigestOptions, Progress};
+use crate::verify::{FileStatus, Subject, VerifyOptions, VerifyReport, verify_subject};
+
+/// Folder of the status files in the mount.
+pub const STATUS_DIR: &str = ".ovafs";
+const STATUS_TEXT: &str = ".ovafs/status";
+const STATUS_JSON: &str = ".ovafs/status.json";
+
+/// When to verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    /// In the background after mounting; mismatching disks fail their reads.
+    #[default]
+    Lazy,
+    /// Before mounting; any failure refuses the mount.
+    Strict,
+    /// Never.
+    Off,
+}
+
+impl VerifyMode {
+    /// Parses the `verify=` option value.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "lazy" => Some(VerifyMode::Lazy),
+            "strict" => Some(VerifyMode::Strict),
+            "off" | "no" | "none" => Some(VerifyMode::Off),
+            _ => None,
+        }
+    }
+}
+
+/// Where verification stands.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+enum State {
+    Off,
+    Running { done_bytes: u64, total_bytes: u64 },
+    Done { report: Box<VerifyReport> },
+    Failed { error: String },
+}
+
+/// The integrity side of a mount.
+pub struct Integrity {
+    mode: VerifyMode,
+    state: RwLock<State>,
+    disks: Vec<(Vec<String>, String, Arc<crate::disk::engine::FlatDisk>)>,
+    done_bytes: AtomicU64,
+    total_bytes: AtomicU64,
+}
+
+/// Options for verifying at mount: digests on `threads` threads, trust reported, not
+/// required.
+fn options(threads: usize) -> VerifyOptions {
+    VerifyOptions {
+        digest: DigestOptions {
+            threads,
+            ..DigestOptions::default()
+        },
+        ..VerifyOptions::default()
+    }
+}
+
+/// Runs the strict check: `Ok` with the report if everything checks out, else an error
+/// naming what failed.
+pub fn verify_strict(subject: &Subject) -> Result<VerifyReport> {
+    let report = verify_subject(subject, &options(0), &|_| {})?;
+    if report.passed {
+        Ok(report)
+    } else {
+        Err(Error::new(ErrorKind::Verification(format!(
+            "verify=strict: {}",
+            report.failures.join("; ")
+        ))))
+    }
+}
+
+impl Integrity {
+    /// The integrity side for `mode`; `disks` are the flat images shown, so that a failed
+    /// digest can fail their reads. `report` is the strict check's result, if it ran.
+    pub fn new(mode: VerifyMode, disks: &[ShownDisk], report: Option<VerifyReport>) -> Arc<Self> {
+        let state = match (mode, report) {
+            (_, Some(report)) => State::Done {
+                report: Box::new(report),
+            },
+            (VerifyMode::Off, None) => State::Off,
+            (_, None) => State::Running {
+                done_bytes: 0,
+                total_bytes: 0,
+            },
+        };
+        Arc::new(Integrity {
+            mode,
+            state: RwLock::new(state),
+            disks: disks
+                .iter()
+                .map(|d| (d.files.clone(), d.path.clone(), d.flat.clone()))
+                .collect(),
+            done_bytes: AtomicU64::new(0),
+            total_bytes: AtomicU64::new(0),
+        })
+    }
+
+    /// Starts the background check (lazy mode) on its own thread.
+    pub fn start(self: &Arc<Self>, subject: Subject) {
+        if self.mode != VerifyMode::Lazy {
+            return;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ovafs-verify".into())
+            .spawn(move || {
+                let progress = |p: Progress| {
+                    me.done_bytes.store(p.done_bytes, Ordering::Relaxed);
+                    me.total_bytes.store(p.total_bytes, Ordering::Relaxed);
+                };
+                // One thread: the reader of the mount keeps the other cores.
+                let result = verify_subject(&subject, &options(1), &progress);
+                me.finish(result);
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start background verification: {e}");
+            *self.state_mut() = State::Failed {
+                error: e.to_string(),
+            };
+        }
+    }
+
+    fn state_mut(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn finish(&self, result: Result<VerifyReport>) {
+        match result {
+            Ok(report) => {
+                for check in report
+                    .files
+                    .iter()
+                    .filter(|c| c.failed && c.status == FileStatus::Mismatch)
+                {
+                    let file = check.member.as_deref().unwrap_or(&check.name);
+                    log::error!("integrity: {file}: digest does not match the manifest");
+                    for (files, path, flat) in &self.disks {
+                        if files
+                            .iter()
+                            .any(|f| f == file || f.ends_with(&format!("/{}", check.name)))
+                        {
+                            log::error!("integrity: /{path} now fails every read");
+                            flat.fail(format!("{file} does not match its manifest digest"));
+                        }
+                    }
+                }
+                if report.passed {
+                    log::info!("integrity: every digest and the signature check out");
+                } else {
+                    log::warn!("integrity: {}", report.failures.join("; "));
+                }
+                *self.state_mut() = State::Done {
+                    report: Box::new(report),
+                };
+            }
+            Err(e) => {
+                log::error!("integrity check could not run: {e}");
+                *self.state_mut() = State::Failed {
+                    error: e.to_string(),
+                };
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mode = format!("{:?}", self.mode).to_lowercase();
+        let mut out = String::new();
+        match state {
+            State::Off => out.push_str("verification: off (mounted with verify=off)\n"),
+            State::Running { .. } => {
+                let (done, total) = (
+                    self.done_bytes.load(Ordering::Relaxed),
+                    self.total_bytes.load(Ordering::Relaxed),
+                );
+                let pct = if total > 0 {
+                    done.saturating_mul(100) / total
+                } else {
+                    0
+                };
+                out.push_str(&format!(
+                    "verification: running ({mode}), {pct}% ({done} of {total} bytes)\n"
+                ));
+            }
+            State::Failed { error } => {
+                out.push_str(&format!("verification: could not run: {error}\n"))
+            }
+            State::Done { report } => {
+                let verdict = if report.passed { "passed" } else { "FAILED" };
+                out.push_str(&format!("verification: {verdict} ({mode})\n"));
+                if let Some(m) = &report.manifest {
+                    out.push_str(&format!("manifest: {m}\n"));
+                }
+                for f in &report.files {
+                    let alg = f.algorithm.as_deref().unwrap_or("-");
+                    out.push_str(&format!("{:<11} {:<7} {}\n", f.status.word(), alg, f.name));
+                }
+                if let Some(c) = &report.certificate {
+                    let sig = if c.signature_ok {
+                        "signature ok"
+                    } else {
+                        "signature BAD"
+                    };
+                    let chain = if c.chain_trusted {
+                        "chain trusted"
+                    } else {
+                        "chain not trusted"
+                    };
+                    let who = c
+                        .signer
+                        .as_ref()
+                        .map(|s| s.subject.clone())
+                        .unwrap_or_default();
+                    out.push_str(&format!(
+                        "certificate: {} ({sig}, {chain}) {who}\n",
+                        c.member
+                    ));
+                }
+                for f in &report.failures {
+                    out.push_str(&format!("failure: {f}\n"));
+                }
+                for w in &report.warnings {
+                    out.push_str(&format!("warning: {w}\n"));
+                }
+            }
+        }
+        out.push_str("note: this is the package as mounted; edits rewrite the descriptor and its manifest line together\n");
+        out
+    }
+
+    fn json(&self) -> String {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Json<'a> {
+            mode: VerifyMode,
+            #[serde(flatten)]
+            state: &'a State,
+            done_bytes: u64,
+            total_bytes: u64,
+        }
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let j = Json {
+            mode: self.mode,
+            state: &state,
+            done_bytes: self.done_bytes.load(Ordering::Relaxed),
+            total_bytes: self.total_bytes.load(Ordering::Relaxed),
+        };
+        serde_json::to_string_pretty(&j).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+            + "\n"
+    }
+}
+
+impl Backend for Integrity {
+    fn entries(&self) -> Vec<LiveEntry> {
+        let file = LiveKind::File {
+            writable: false,
+            secret: false,
+        };
+        vec![
+            LiveEntry {
+                path: STATUS_DIR.into(),
+                kind: LiveKind::Dir,
+            },
+            LiveEntry {
+                path: STATUS_TEXT.into(),
+                kind: file.clone(),
+            },
+            LiveEntry {
+                path: STATUS_JSON.into(),
+                kind: file,
+            },
+        ]
+    }
+
+    fn read(&self, path: &str) -> Result<Arc<[u8]>> {
+        match path {
+            STATUS_TEXT => Ok(Arc::from(self.text().into_bytes())),
+            STATUS_JSON => Ok(Arc::from(self.json().into_bytes())),
+            _ => Err(Error::io(
+                path,
+                std::io::Error::from_raw_os_error(libc::ENOENT),
+            )),
+        }
+    }
+
+    fn max_len(&self, _path: &str) -> u64 {
+        0
+    }
+
+    fn check(&self, path: &str, _data: &[u8]) -> Result<()> {
+        Err(Error::new(ErrorKind::ReadOnly(format!(
+            "{path} is read-only"
+        ))))
+    }
+
+    fn store(&self, path: &str, _data: &[u8]) -> Result<()> {
+        Err(Error::new(ErrorKind::ReadOnly(format!(
+            "{path} is read-only"
+        ))))
+    }
+
+    fn mkdir(&self, path: &str) -> Result<()> {
+        Err(Error::new(ErrorKind::ReadOnly(format!(
+            "{path}: cannot create folders here"
+        ))))
+    }
+
+    fn rmdir(&self, path: &str) -> Result<()> {
+        Err(Error::new(ErrorKind::ReadOnly(format!(
+            "{path}: cannot remove"
+        ))))
+    }
+}
