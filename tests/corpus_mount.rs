@@ -19,17 +19,7 @@ use std::process::Command;
 use common::*;
 
 fn corpus() -> Option<PathBuf> {
-    match std::env::var_os("OVAFS_CORPUS") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            assert!(
-                std::env::var("CI").map(|v| v != "true").unwrap_or(true),
-                "OVAFS_CORPUS is not set under CI: the corpus tests cannot run"
-            );
-            eprintln!("corpus mount test skipped: OVAFS_CORPUS is not set");
-            None
-        }
-    }
+    corpus_dir("corpus mount test")
 }
 
 /// "raw SHA-256" oracles from SOURCES.md, keyed `folder/file` for loose files and

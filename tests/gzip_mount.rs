@@ -28,17 +28,7 @@ fn qemu_stream_vmdk(dir: &Path, name: &str, size: u64, seed: u64) -> (PathBuf, P
     let raw = dir.join(format!("{name}.img"));
     let vmdk = dir.join(format!("{name}.vmdk"));
     scattered_raw(&raw, size, 12, seed);
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        path_str(&raw),
-        path_str(&vmdk),
-    ]);
+    to_stream_vmdk(&raw, &vmdk);
     (raw, vmdk)
 }
 

@@ -21,17 +21,7 @@ fn packages(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let raw = dir.join("disk.img");
     let vmdk = dir.join("disk.vmdk");
     scattered_raw(&raw, 8 << 20, 4, 77);
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        path_str(&raw),
-        path_str(&vmdk),
-    ]);
+    to_stream_vmdk(&raw, &vmdk);
     let good = OvaBuilder::new(&dir.join("good"), "good")
         .disk(&vmdk, 8 << 20, STREAM)
         .build();
@@ -162,12 +152,7 @@ fn verification_off_checks_nothing() {
 
 #[test]
 fn signed_corpus_ova_verifies_at_mount() {
-    let Some(corpus) = std::env::var_os("OVAFS_CORPUS").map(PathBuf::from) else {
-        assert!(
-            std::env::var("CI").map(|v| v != "true").unwrap_or(true),
-            "OVAFS_CORPUS unset under CI"
-        );
-        eprintln!("signed corpus mount test skipped: OVAFS_CORPUS is not set");
+    let Some(corpus) = corpus_dir("signed corpus mount test") else {
         return;
     };
     let tmp = tempdir();

@@ -41,17 +41,7 @@ fn qemu_stream_vmdk(
     let raw = dir.join(format!("{name}.img"));
     let vmdk = dir.join(format!("{name}.vmdk"));
     scattered_raw(&raw, size, chunks, seed);
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        path_str(&raw),
-        path_str(&vmdk),
-    ]);
+    to_stream_vmdk(&raw, &vmdk);
     (raw, vmdk)
 }
 
@@ -207,17 +197,7 @@ fn qemu_boots_from_the_flat_disk() {
         .unwrap();
     }
     let vmdk = tmp.path().join("boot.vmdk");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        path_str(&raw),
-        path_str(&vmdk),
-    ]);
+    to_stream_vmdk(&raw, &vmdk);
     let ova = OvaBuilder::new(&tmp.path().join("pkg"), "bootable")
         .disk(&vmdk, size, STREAM)
         .build();

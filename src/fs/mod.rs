@@ -718,13 +718,7 @@ impl Filesystem for OvaFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.store_handle(fh.0, false) {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                let path = self.handle_path(fh.0);
-                reply.error(self.fail("close", &path, &e));
-            }
-        }
+        self.reply_store(fh.0, "close", reply);
     }
 
     fn fsync(
@@ -735,13 +729,7 @@ impl Filesystem for OvaFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.store_handle(fh.0, false) {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                let path = self.handle_path(fh.0);
-                reply.error(self.fail("fsync", &path, &e));
-            }
-        }
+        self.reply_store(fh.0, "fsync", reply);
     }
 
     fn release(
@@ -1143,6 +1131,17 @@ impl Filesystem for OvaFs {
 }
 
 impl OvaFs {
+    /// Stores a handle's new content (flush, fsync) and answers with the outcome.
+    fn reply_store(&self, fh: u64, op: &str, reply: ReplyEmpty) {
+        match self.store_handle(fh, false) {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                let path = self.handle_path(fh);
+                reply.error(self.fail(op, &path, &e));
+            }
+        }
+    }
+
     fn handle_path(&self, fh: u64) -> String {
         match self.handles().get(&fh) {
             Some(Handle::Live(h)) => h.path.clone(),

@@ -35,6 +35,22 @@ pub fn tool(name: &str) -> PathBuf {
     );
 }
 
+/// The shared corpus folder from `OVAFS_CORPUS`, or `None` (with a line saying that `what`
+/// is skipped) when it is unset outside CI; under CI (`CI=true`) an unset variable fails.
+pub fn corpus_dir(what: &str) -> Option<PathBuf> {
+    match std::env::var_os("OVAFS_CORPUS") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            assert!(
+                std::env::var("CI").map(|v| v != "true").unwrap_or(true),
+                "OVAFS_CORPUS is not set under CI: {what} cannot run"
+            );
+            eprintln!("{what} skipped: OVAFS_CORPUS is not set");
+            None
+        }
+    }
+}
+
 /// Runs a command and returns its output, panicking with stderr when it fails.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd
@@ -52,6 +68,22 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 /// `qemu-img ARGS`, which must succeed.
 pub fn qemu_img(args: &[&str]) -> Output {
     run_ok(Command::new(tool("qemu-img")).args(args))
+}
+
+/// Converts the raw image `raw` to a stream-optimized VMDK at `vmdk` with qemu-img (an
+/// independent producer: its layout keeps the grain directory in the header).
+pub fn to_stream_vmdk(raw: &Path, vmdk: &Path) {
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        path_str(raw),
+        path_str(vmdk),
+    ]);
 }
 
 /// Converts `src` (format `fmt`) to a raw file at `dst` with qemu-img.
