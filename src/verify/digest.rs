@@ -14,7 +14,8 @@
 //! at run time (no `asm` feature: deps.md item 6).
 //!
 //! Memory: at most `workers × (RING_BUFFERS × chunk)` bytes of buffers (48 MiB with two
-//! workers and the defaults). Not here: what to hash (the caller maps manifest entries to
+//! workers and the defaults). With [`DigestOptions::threads`] = 1 everything runs on the
+//! calling thread, reads not overlapped with hashing, and no thread is started. Not here: what to hash (the caller maps manifest entries to
 //! sources) and comparing digests.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -91,7 +92,8 @@ pub struct DigestJob {
 /// How to run [`compute`].
 #[derive(Debug, Clone, Copy)]
 pub struct DigestOptions {
-    /// Worker threads; 0 means one per available core.
+    /// Worker threads; 0 means one per available core; 1 hashes on the calling thread
+    /// without starting any thread (no read-ahead).
     pub threads: usize,
     /// Bytes per read.
     pub chunk_bytes: usize,
@@ -147,34 +149,44 @@ pub fn compute(
         });
     };
     let mut results: Vec<Option<JobDigests>> = (0..jobs.len()).map(|_| None).collect();
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((&i, job)) = order.get(k).and_then(|i| Some((i, jobs.get(*i)?)))
-                        else {
-                            break;
-                        };
-                        mine.push((i, hash_job(job, chunk, &report)));
-                    }
-                    mine
+    if threads == 1 {
+        // One thread asked for: everything on the calling thread, reads not overlapped.
+        for &i in &order {
+            if let (Some(job), Some(slot)) = (jobs.get(i), results.get_mut(i)) {
+                *slot = Some(hash_job(job, chunk, false, &report));
+            }
+        }
+    } else {
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            let Some((&i, job)) =
+                                order.get(k).and_then(|i| Some((i, jobs.get(*i)?)))
+                            else {
+                                break;
+                            };
+                            mine.push((i, hash_job(job, chunk, true, &report)));
+                        }
+                        mine
+                    })
                 })
-            })
-            .collect();
-        for w in workers {
-            // A worker only panics if a hasher does; report that as a failed job below.
-            if let Ok(mine) = w.join() {
-                for (i, r) in mine {
-                    if let Some(slot) = results.get_mut(i) {
-                        *slot = Some(r);
+                .collect();
+            for w in workers {
+                // A worker only panics if a hasher does; report that as a failed job below.
+                if let Ok(mine) = w.join() {
+                    for (i, r) in mine {
+                        if let Some(slot) = results.get_mut(i) {
+                            *slot = Some(r);
+                        }
                     }
                 }
             }
-        }
-    });
+        });
+    }
     results
         .into_iter()
         .map(|r| {
@@ -188,11 +200,32 @@ pub fn compute(
         .collect()
 }
 
-/// Hashes one job: small sources in one read, large ones through a read-ahead thread.
-fn hash_job(job: &DigestJob, chunk: usize, report: &(dyn Fn(u64) + Sync)) -> JobDigests {
+/// Hashes one job: small sources in one read, large ones chunk by chunk, through a
+/// read-ahead thread when `read_ahead_thread` is set (else on this thread alone).
+fn hash_job(
+    job: &DigestJob,
+    chunk: usize,
+    read_ahead_thread: bool,
+    report: &(dyn Fn(u64) + Sync),
+) -> JobDigests {
     let len = job.data.len();
     let mut hashers: Vec<_> = job.algorithms.iter().map(|a| a.hasher()).collect();
-    if len <= chunk as u64 {
+    if !read_ahead_thread {
+        let mut buf = vec![0u8; usize::try_from(len).map_or(chunk, |l| l.min(chunk))];
+        let mut offset = 0u64;
+        while offset < len {
+            let want = usize::try_from(len - offset).map_or(buf.len(), |r| r.min(buf.len()));
+            let part = buf
+                .get_mut(..want)
+                .ok_or_else(|| crate::error::Error::overflow("digest buffer"))?;
+            job.data.read_exact_at(offset, part)?;
+            for h in &mut hashers {
+                h.update(part);
+            }
+            report(want as u64);
+            offset += want as u64;
+        }
+    } else if len <= chunk as u64 {
         // OK to cast: len <= chunk, a usize.
         let mut buf = vec![0u8; len as usize];
         job.data.read_exact_at(0, &mut buf)?;
@@ -334,6 +367,45 @@ mod tests {
             assert!(calls.iter().all(|p| p.total_bytes == start));
         }
         assert!(compute(&[], &DigestOptions::default(), &|_| {}).is_empty());
+    }
+
+    /// Found by fuzzing (`package` target): LeakSanitizer flagged the read-ahead thread's
+    /// handle, which a scoped thread frees only after the scope has returned. A caller that
+    /// asks for one thread now gets no thread at all: every chunk is hashed on its own thread.
+    #[test]
+    fn one_thread_hashes_on_the_calling_thread_found_by_fuzzing() {
+        let caller = std::thread::current().id();
+        let src: Arc<dyn ReadAt> = Arc::new(data(50_000, 3));
+        let jobs = vec![DigestJob {
+            data: src,
+            algorithms: vec![DigestAlgorithm::Sha256, DigestAlgorithm::Sha1],
+            position: 0,
+        }];
+        let threads_seen = Mutex::new(Vec::new());
+        let opts = DigestOptions {
+            threads: 1,
+            chunk_bytes: 4096,
+        };
+        let out = compute(&jobs, &opts, &|p| {
+            threads_seen
+                .lock()
+                .unwrap()
+                .push((std::thread::current().id(), p.done_bytes));
+        });
+        let seen = threads_seen.into_inner().unwrap();
+        assert_eq!(seen.len(), 13, "one report per 4 KiB chunk");
+        assert!(seen.iter().all(|(t, _)| *t == caller));
+        assert_eq!(seen.last().unwrap().1, 50_000);
+        assert_eq!(
+            out[0].as_ref().unwrap()[0],
+            DigestAlgorithm::Sha256.digest(&data(50_000, 3))
+        );
+        let short = vec![DigestJob {
+            data: Arc::new(Liar(data(5000, 1))),
+            algorithms: vec![DigestAlgorithm::Sha1],
+            position: 0,
+        }];
+        assert!(compute(&short, &opts, &|_| {})[0].is_err());
     }
 
     /// A source that claims more bytes than it has, like a file truncated under us.
