@@ -45,6 +45,20 @@ struct Inner {
     in_flight: HashMap<UnitKey, Arc<InFlight>>,
 }
 
+/// Decodes a unit into a fresh zeroed allocation of `len` bytes that becomes the cached
+/// value itself (a `Vec` turned into an `Arc<[u8]>` would be copied: one more 64 KiB
+/// allocation and memcpy per grain).
+fn decode_into_new_unit(
+    len: usize,
+    decode: impl FnOnce(&mut [u8]) -> Result<()>,
+) -> Result<Arc<[u8]>> {
+    let mut unit: Arc<[u8]> = std::iter::repeat_n(0u8, len).collect();
+    // OK: the Arc was created just above and has not been shared.
+    #[allow(clippy::unwrap_used)]
+    decode(Arc::get_mut(&mut unit).unwrap())?;
+    Ok(unit)
+}
+
 /// The shared unit cache.
 pub struct UnitCache {
     inner: Mutex<Inner>,
@@ -130,10 +144,8 @@ impl UnitCache {
             if *state == Some(false) {
                 // The other decode failed: decode ourselves so the caller gets a typed error.
                 drop(state);
-                let mut buf = vec![0u8; len];
                 #[allow(clippy::unwrap_used)] // OK: see above, `decode` is unused here
-                (decode.take().unwrap())(&mut buf)?;
-                return Ok(Arc::from(buf));
+                return decode_into_new_unit(len, decode.take().unwrap());
             }
             // Decoded by someone else: loop to pick it up (it may already be evicted, in
             // which case we decode it ourselves on the next turn).
@@ -148,8 +160,7 @@ impl UnitCache {
         decode: impl FnOnce(&mut [u8]) -> Result<()>,
     ) -> Result<Arc<[u8]>> {
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let mut buf = vec![0u8; len];
-        let result = decode(&mut buf).map(|()| Arc::<[u8]>::from(buf));
+        let result = decode_into_new_unit(len, decode);
         {
             let mut inner = self.lock();
             inner.in_flight.remove(&key);
