@@ -204,11 +204,7 @@ impl Integrity {
                     self.done_bytes.load(Ordering::Relaxed),
                     self.total_bytes.load(Ordering::Relaxed),
                 );
-                let pct = if total > 0 {
-                    done.saturating_mul(100) / total
-                } else {
-                    0
-                };
+                let pct = done.saturating_mul(100).checked_div(total).unwrap_or(0);
                 out.push_str(&format!(
                     "verification: running ({mode}), {pct}% ({done} of {total} bytes)\n"
                 ));

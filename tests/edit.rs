@@ -230,7 +230,8 @@ fn every_editor_saves() {
     fs::write(vm_dir.join(".scratch.swp"), b"anything").unwrap();
     assert_eq!(fs::read(vm_dir.join(".scratch.swp")).unwrap(), b"anything");
     fs::remove_file(vm_dir.join(".scratch.swp")).unwrap();
-    for backup in ["cpus~"] {
+    {
+        let backup = "cpus~";
         let _ = fs::remove_file(vm_dir.join(backup));
     }
     assert_eq!(

@@ -166,9 +166,7 @@ fn a_capacity_of_two_to_the_64_is_refused() {
     let (_, mut vmdk) = header_gd_vmdk(tmp.path(), 1 << 20, 3);
     vmdk[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
     let (mounted, _) = pack_with_healthy_neighbour(tmp.path(), "huge", &vmdk, 1 << 20);
-    let err = mounted
-        .err()
-        .expect("a capacity of 2^64 sectors is refused");
+    let err = mounted.expect_err("a capacity of 2^64 sectors is refused");
     assert_one_line(&err);
     assert!(err.contains("huge.vmdk"), "{err}");
 }
@@ -240,9 +238,7 @@ fn entity_bombs_and_external_entities_are_refused() {
                 .arg(&dir)
                 .args(&names),
         );
-        let err = Mount::new(&ova, &dir.join("mnt"), &[])
-            .err()
-            .expect("refused");
+        let err = Mount::new(&ova, &dir.join("mnt"), &[]).expect_err("refused");
         assert_one_line(&err);
         assert!(
             err.to_lowercase().contains("dtd") || err.contains("DOCTYPE"),

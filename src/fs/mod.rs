@@ -220,10 +220,10 @@ impl OvaFs {
     /// Current bytes of a live file: the open handle's buffer if it has one, else the
     /// backend's.
     fn live_bytes(&self, path: &str, fh: Option<u64>) -> Result<Arc<[u8]>> {
-        if let Some(fh) = fh {
-            if let Some(Handle::Live(LiveHandle { buf: Some(buf), .. })) = self.handles().get(&fh) {
-                return Ok(Arc::from(buf.as_slice()));
-            }
+        if let Some(fh) = fh
+            && let Some(Handle::Live(LiveHandle { buf: Some(buf), .. })) = self.handles().get(&fh)
+        {
+            return Ok(Arc::from(buf.as_slice()));
         }
         self.backend_for(path)?.read(path)
     }
@@ -357,10 +357,10 @@ impl OvaFs {
             return Ok(());
         };
         self.store(&path, &data)?;
-        if let Some(Handle::Live(h)) = self.handles().get_mut(&fh) {
-            if h.buf.as_deref() == Some(data.as_slice()) {
-                h.dirty = false;
-            }
+        if let Some(Handle::Live(h)) = self.handles().get_mut(&fh)
+            && h.buf.as_deref() == Some(data.as_slice())
+        {
+            h.dirty = false;
         }
         Ok(())
     }
@@ -563,10 +563,8 @@ impl Filesystem for OvaFs {
                 let scratch = matches!(node.kind, NodeKind::File(FileKind::Scratch(_)));
                 // Editors copy modes and times onto the files they write; they matter only
                 // for scratch files (settings keep their modes, members are immutable).
-                if scratch {
-                    if let Some(m) = mode {
-                        node.mode = m & 0o7777;
-                    }
+                if scratch && let Some(m) = mode {
+                    node.mode = m & 0o7777;
                 }
                 if scratch || kind_path.is_some() {
                     match mtime {
@@ -623,12 +621,12 @@ impl Filesystem for OvaFs {
             }
             NodeKind::File(FileKind::Scratch(_)) => {
                 drop(tree);
-                if writing && truncate {
-                    if let Some(NodeKind::File(FileKind::Scratch(d))) =
+                if writing
+                    && truncate
+                    && let Some(NodeKind::File(FileKind::Scratch(d))) =
                         self.tree_mut().get_mut(ino.0).map(|n| &mut n.kind)
-                    {
-                        d.clear();
-                    }
+                {
+                    d.clear();
                 }
                 reply.opened(
                     self.new_handle(Handle::Scratch),
@@ -719,13 +717,13 @@ impl Filesystem for OvaFs {
         match live_path {
             None => {
                 let mut tree = self.tree_mut();
-                if let Some(node) = tree.get_mut(ino.0) {
-                    if let NodeKind::File(FileKind::Scratch(d)) = &mut node.kind {
-                        if let Err(e) = write_into(d, offset, data, MAX_SCRATCH_BYTES) {
-                            return reply.error(e);
-                        }
-                        node.mtime = SystemTime::now();
+                if let Some(node) = tree.get_mut(ino.0)
+                    && let NodeKind::File(FileKind::Scratch(d)) = &mut node.kind
+                {
+                    if let Err(e) = write_into(d, offset, data, MAX_SCRATCH_BYTES) {
+                        return reply.error(e);
                     }
+                    node.mtime = SystemTime::now();
                 }
                 reply.written(written);
             }
@@ -773,11 +771,9 @@ impl Filesystem for OvaFs {
         // and a refused value was already reported: log only new failures.
         let refused =
             matches!(self.handles().get(&fh.0), Some(Handle::Live(h)) if h.refused.is_some());
-        if !refused {
-            if let Err(e) = self.store_handle(fh.0, true) {
-                let path = self.handle_path(fh.0);
-                let _ = self.fail("release", &path, &e);
-            }
+        if !refused && let Err(e) = self.store_handle(fh.0, true) {
+            let path = self.handle_path(fh.0);
+            let _ = self.fail("release", &path, &e);
         }
         self.handles().remove(&fh.0);
         reply.ok();
@@ -828,12 +824,12 @@ impl Filesystem for OvaFs {
                 _ => return reply.error(Errno::EACCES),
             }
         };
-        if matches!(handle, Handle::Scratch) && flags & libc::O_TRUNC != 0 {
-            if let Some(NodeKind::File(FileKind::Scratch(d))) =
+        if matches!(handle, Handle::Scratch)
+            && flags & libc::O_TRUNC != 0
+            && let Some(NodeKind::File(FileKind::Scratch(d))) =
                 self.tree_mut().get_mut(ino).map(|n| &mut n.kind)
-            {
-                d.clear();
-            }
+        {
+            d.clear();
         }
         let fh = self.new_handle(handle);
         let tree = self.tree();
