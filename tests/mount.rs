@@ -519,10 +519,71 @@ fn foreground_mount_stops_on_sigterm() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let status = child.wait().unwrap();
+    let status = wait_or_kill(&mut child, 30);
     assert!(status.success(), "{status}");
     assert!(!is_mounted(&mnt));
     drop(guard);
+}
+
+/// A file still open in the mount when SIGTERM arrives makes a plain unmount fail with
+/// EBUSY; the daemon must then detach the mount and end once the file is closed, not serve
+/// on forever (found when a parallel test's fork briefly inherited a descriptor).
+#[test]
+fn foreground_mount_stops_on_sigterm_while_a_file_is_open() {
+    let tmp = tempdir();
+    let (_, vmdk) = qemu_stream_vmdk(tmp.path(), "busy", 1 << 20, 1, 12);
+    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "busy")
+        .disk(&vmdk, 1 << 20, STREAM)
+        .build();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mut child = Command::new(ovafs())
+        .args(["mount", "-f"])
+        .arg(&ova)
+        .arg(&mnt)
+        .spawn()
+        .unwrap();
+    let guard = Mount { dir: mnt.clone() };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !is_mounted(&mnt) {
+        assert!(std::time::Instant::now() < deadline, "mount never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let open_file = File::open(mnt.join("disks/busy.raw")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // Detached after the busy retries: gone from the namespace while the file is open.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while is_mounted(&mnt) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mount stayed after SIGTERM with a file open"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(open_file);
+    let status = wait_or_kill(&mut child, 30);
+    assert!(status.success(), "{status}");
+    drop(guard);
+}
+
+/// Waits for `child`, killing it and failing the test after `secs` seconds.
+fn wait_or_kill(child: &mut std::process::Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the daemon did not exit within {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -202,13 +202,14 @@ pub(super) fn serve(
     );
 
     let mut unmounter = session.unmount_callable();
+    let mountpoint = config.mountpoint.clone();
     std::thread::Builder::new()
         .name("ovafs-signals".into())
         .spawn(move || {
             if let Ok(sig) = signals.wait() {
                 log::info!("{sig}: unmounting");
                 if let Err(e) = unmounter.unmount() {
-                    log::error!("unmount after {sig} failed: {e}");
+                    detach_after_failed_unmount(&mountpoint, sig, &e);
                 }
             }
         })
@@ -221,6 +222,21 @@ pub(super) fn serve(
     match result {
         Ok(()) => Ok(EXIT_OK),
         Err(e) => Err(Error::io("FUSE session failed", e)),
+    }
+}
+
+/// Unmounts after a signal when fuser's own unmount failed: retried while busy as
+/// `ovafs umount` does, then detached (`fusermount3 -u -z`), so that the session ends
+/// instead of serving on with nobody left to stop it. A plain unmount fails with EBUSY while
+/// any process has a file open in the mount, even for a moment (a child forked by another
+/// thread holds inherited descriptors until it execs); libfuse detaches on exit for the
+/// same reason. The kernel ends the session once the last open file is closed.
+fn detach_after_failed_unmount(mountpoint: &Path, sig: Signal, error: &std::io::Error) {
+    log::warn!("unmount after {sig} failed ({error}); retrying, then detaching");
+    let result = super::umount::unmount_retrying_while_busy(mountpoint)
+        .or_else(|_| super::umount::unmount(mountpoint, true));
+    if let Err(e) = result {
+        log::error!("cannot unmount {} after {sig}: {e}", mountpoint.display());
     }
 }
 

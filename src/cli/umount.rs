@@ -48,10 +48,10 @@ pub fn run(mountpoint: &Path) -> Result<i32> {
 /// a file and unmounts at once briefly sees EBUSY.
 const BUSY_RETRY: Duration = Duration::from_secs(2);
 
-fn unmount_retrying_while_busy(path: &Path) -> Result<()> {
+pub(super) fn unmount_retrying_while_busy(path: &Path) -> Result<()> {
     let deadline = Instant::now() + BUSY_RETRY;
     loop {
-        match unmount(path) {
+        match unmount(path, false) {
             Err(e) if is_busy(&e) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50))
             }
@@ -64,10 +64,12 @@ fn is_busy(e: &Error) -> bool {
     matches!(e.kind(), crate::error::ErrorKind::Io { source, .. } if source.raw_os_error() == Some(libc::EBUSY))
 }
 
-/// Detaches the mount: `fusermount3 -u`, else umount(2).
-pub fn unmount(path: &Path) -> Result<()> {
+/// Detaches the mount: `fusermount3 -u`, else umount(2). `lazy` detaches it even while
+/// files in it are open (`-z`, `MNT_DETACH`): it leaves the namespace at once and the
+/// kernel ends the session when the last of them is closed.
+pub fn unmount(path: &Path, lazy: bool) -> Result<()> {
     let fusermount = Command::new("fusermount3")
-        .arg("-u")
+        .arg(if lazy { "-uz" } else { "-u" })
         .arg(path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -78,7 +80,12 @@ pub fn unmount(path: &Path) -> Result<()> {
         Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
         Err(e) => format!("fusermount3: {e}"),
     };
-    match nix::mount::umount(path) {
+    let flags = if lazy {
+        nix::mount::MntFlags::MNT_DETACH
+    } else {
+        nix::mount::MntFlags::empty()
+    };
+    match nix::mount::umount2(path, flags) {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EBUSY) => Err(Error::io(
             format!(
