@@ -488,41 +488,54 @@ fn mount_helper_argv0() {
     m.umount();
 }
 
-#[test]
-fn foreground_mount_stops_on_sigterm() {
-    let tmp = tempdir();
-    let (_, vmdk) = qemu_stream_vmdk(tmp.path(), "fg", 1 << 20, 1, 10);
-    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "fg")
+/// Starts `ovafs mount -f` of a one-disk OVA (disk `NAME.raw`) and waits for the mount.
+fn start_foreground(tmp: &Path, name: &str, seed: u64) -> (std::process::Child, Mount) {
+    let (_, vmdk) = qemu_stream_vmdk(tmp, name, 1 << 20, 1, seed);
+    let ova = OvaBuilder::new(&tmp.join("pkg"), name)
         .disk(&vmdk, 1 << 20, STREAM)
         .build();
-    let mnt = tmp.path().join("mnt");
+    let mnt = tmp.join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let mut child = Command::new(ovafs())
-        .arg("mount")
-        .arg("-f")
+    let child = Command::new(ovafs())
+        .args(["mount", "-f"])
         .arg(&ova)
         .arg(&mnt)
         .spawn()
         .unwrap();
     let guard = Mount { dir: mnt.clone() };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !is_mounted(&mnt) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "foreground mount never appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(fs::read_dir(&mnt).unwrap().count() > 0);
+    wait_until("the foreground mount to appear", 10, || is_mounted(&mnt));
+    (child, guard)
+}
+
+fn sigterm(child: &std::process::Child) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
+}
+
+/// Polls `done` every 20 ms, failing the test after `secs` seconds.
+fn wait_until(what: &str, secs: u64, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {secs} s for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn foreground_mount_stops_on_sigterm() {
+    let tmp = tempdir();
+    let (mut child, guard) = start_foreground(tmp.path(), "fg", 10);
+    assert!(fs::read_dir(&guard.dir).unwrap().count() > 0);
+    sigterm(&child);
     let status = wait_or_kill(&mut child, 30);
     assert!(status.success(), "{status}");
-    assert!(!is_mounted(&mnt));
-    drop(guard);
+    assert!(!is_mounted(&guard.dir));
 }
 
 /// A file still open in the mount when SIGTERM arrives makes a plain unmount fail with
@@ -531,43 +544,14 @@ fn foreground_mount_stops_on_sigterm() {
 #[test]
 fn foreground_mount_stops_on_sigterm_while_a_file_is_open() {
     let tmp = tempdir();
-    let (_, vmdk) = qemu_stream_vmdk(tmp.path(), "busy", 1 << 20, 1, 12);
-    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "busy")
-        .disk(&vmdk, 1 << 20, STREAM)
-        .build();
-    let mnt = tmp.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
-    let mut child = Command::new(ovafs())
-        .args(["mount", "-f"])
-        .arg(&ova)
-        .arg(&mnt)
-        .spawn()
-        .unwrap();
-    let guard = Mount { dir: mnt.clone() };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !is_mounted(&mnt) {
-        assert!(std::time::Instant::now() < deadline, "mount never appeared");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let open_file = File::open(mnt.join("disks/busy.raw")).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    let (mut child, guard) = start_foreground(tmp.path(), "busy", 12);
+    let open_file = File::open(guard.dir.join("disks/busy.raw")).unwrap();
+    sigterm(&child);
     // Detached after the busy retries: gone from the namespace while the file is open.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while is_mounted(&mnt) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the mount stayed after SIGTERM with a file open"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until("the mount to be detached", 20, || !is_mounted(&guard.dir));
     drop(open_file);
     let status = wait_or_kill(&mut child, 30);
     assert!(status.success(), "{status}");
-    drop(guard);
 }
 
 /// Waits for `child`, killing it and failing the test after `secs` seconds.
