@@ -463,9 +463,9 @@ fn read_slice(data: &[u8], offset: u64, size: u32) -> &[u8] {
 const KEPT_READ_BUFFER_BYTES: usize = 4 << 20;
 
 thread_local! {
-    /// Each read worker's reusable buffer. A fresh `vec![0; 1 MiB]` per read costs 256 page
-    /// faults and a memset in the kernel, about a quarter of the daemon's CPU time during a
-    /// sequential copy, and the freed buffers fragment malloc's arenas.
+    /// Each read worker's reusable buffer. A fresh `vec![0; 1 MiB]` per read costs page
+    /// faults and zeroing on every read, and the freed buffers fragmented malloc's arenas
+    /// (part of the memory overshoot described in BENCHMARKS.md).
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
