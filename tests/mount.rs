@@ -23,7 +23,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
 use common::*;
 
@@ -149,32 +148,7 @@ fn concurrent_random_readers_are_byte_exact() {
         .disk(&vmdk, size, STREAM)
         .build();
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &["cache_size=8M"]);
-    let flat = Arc::new(m.path("disks/r.raw"));
-    let raw = Arc::new(raw);
-    let threads: Vec<_> = (0..4u64)
-        .map(|t| {
-            let (flat, raw) = (flat.clone(), raw.clone());
-            std::thread::spawn(move || {
-                let (f, r) = (File::open(&*flat).unwrap(), File::open(&*raw).unwrap());
-                let mut rng = Rng::new(100 + t);
-                for _ in 0..300 {
-                    let off = rng.next() % size;
-                    let len = (1 + rng.next() % (300 << 10)) as usize;
-                    let (mut a, mut b) = (vec![0u8; len], vec![0u8; len]);
-                    let n = f.read_at(&mut a, off).unwrap();
-                    let k = r.read_at(&mut b, off).unwrap();
-                    assert_eq!(n, k);
-                    assert!(
-                        a[..n] == b[..k],
-                        "thread {t}: bytes differ in {len} at {off}"
-                    );
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    concurrent_reads_match(&m.path("disks/r.raw"), &raw, size, 300, 100);
     m.umount();
 }
 

@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -526,4 +527,40 @@ pub fn append(path: &Path, bytes: &[u8]) {
         .unwrap()
         .write_all(bytes)
         .unwrap();
+}
+
+/// Reads `reads` random ranges (up to 300 KiB each) of `flat` from each of 4 threads, thread
+/// `t` seeded with `seed + t`, and compares them with `reference`.
+pub fn concurrent_reads_match(flat: &Path, reference: &Path, size: u64, reads: u32, seed: u64) {
+    let (flat, reference) = (
+        Arc::new(flat.to_path_buf()),
+        Arc::new(reference.to_path_buf()),
+    );
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (flat, reference) = (flat.clone(), reference.clone());
+            std::thread::spawn(move || {
+                let (f, r) = (
+                    File::open(&*flat).unwrap(),
+                    File::open(&*reference).unwrap(),
+                );
+                let mut rng = Rng::new(seed + t);
+                for _ in 0..reads {
+                    let off = rng.next() % size;
+                    let len = (1 + rng.next() % (300 << 10)) as usize;
+                    let (mut a, mut b) = (vec![0u8; len], vec![0u8; len]);
+                    let n = f.read_at(&mut a, off).unwrap();
+                    let k = r.read_at(&mut b, off).unwrap();
+                    assert_eq!(n, k);
+                    assert!(
+                        a[..n] == b[..k],
+                        "thread {t}: bytes differ in {len} at {off}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
 }
