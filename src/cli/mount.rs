@@ -149,7 +149,7 @@ pub(super) fn serve(
         .map_err(|e| Error::io("cannot block signals", e.into()))?;
 
     check_mountpoint(&config.mountpoint)?;
-    let done_lock = hold_mountpoint_lock(&config.mountpoint)?;
+    hold_mountpoint_lock_until_exit(&config.mountpoint)?;
 
     // An interrupted commit is completed (or discarded) before anything reads the package.
     std::fs::metadata(&config.source)
@@ -217,9 +217,7 @@ pub(super) fn serve(
 
     on_ready(read_only_reason.as_deref())?;
     integrity.start(Subject::from_package(&appliance.package));
-    let result = session.run();
-    drop(done_lock);
-    match result {
+    match session.run() {
         Ok(()) => Ok(EXIT_OK),
         Err(e) => Err(Error::io("FUSE session failed", e)),
     }
@@ -337,13 +335,17 @@ fn check_mountpoint(path: &Path) -> Result<()> {
     }
 }
 
-/// Takes the shared lock `ovafs umount` waits on (see the module comment).
-fn hold_mountpoint_lock(path: &Path) -> Result<File> {
+/// Takes the shared lock `ovafs umount` waits on (see the module comment). The descriptor is
+/// never closed by the daemon: the kernel releases the lock when the process exits, after
+/// the session, the read workers and the verification thread are gone. Releasing it at the
+/// end of `serve` let `ovafs umount` return while the daemon was still tearing down.
+fn hold_mountpoint_lock_until_exit(path: &Path) -> Result<()> {
     let dir =
         File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     dir.lock_shared()
         .map_err(|e| Error::io(format!("cannot lock {}", path.display()), e))?;
-    Ok(dir)
+    std::mem::forget(dir);
+    Ok(())
 }
 
 /// Asks the kernel for 1 MiB read-ahead on this mount (root only; best effort): fewer,
