@@ -459,6 +459,19 @@ fn mount_helper_argv0() {
     );
     let m = Mount { dir: mnt };
     assert_same_bytes(&m.path("disks/h.raw"), &raw);
+    // The mount table names the filesystem as sshfs and archivemount do (fuse.NAME), so
+    // `findmnt -t fuse.ovafs` and `umount -t fuse.ovafs` find it.
+    let out = Command::new(tool("findmnt"))
+        .args(["-n", "-o", "FSTYPE,SOURCE", "-t", "fuse.ovafs"])
+        .arg(&m.dir)
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>(),
+        ["fuse.ovafs", ova.to_str().unwrap()],
+        "findmnt: {line}"
+    );
     m.umount();
 }
 

@@ -287,7 +287,10 @@ fn fuser_config(config: &MountConfig, read_only: bool) -> fuser::Config {
                 .clone()
                 .unwrap_or_else(|| config.source.display().to_string()),
         ),
-        M::Subtype("ovafs".into()),
+        // As a kernel option rather than `Subtype`: fuser hands `Subtype` only to fusermount3,
+        // so a mount made directly as root would show as plain "fuse" in /proc/mounts.
+        // fusermount3 and the kernel both understand `subtype=`.
+        M::CUSTOM("subtype=ovafs".into()),
         if read_only { M::RO } else { M::RW },
         M::DefaultPermissions,
         M::NoSuid,
