@@ -16,9 +16,11 @@ pub struct MountEntry {
 }
 
 impl MountEntry {
-    /// Whether this is a FUSE mount.
-    pub fn is_fuse(&self) -> bool {
-        self.fs_type == "fuse" || self.fs_type.starts_with("fuse.")
+    /// Whether this can be an ovafs mount: `fuse.ovafs`, or plain `fuse` (what mounts made
+    /// by root before ovafs passed its subtype to the kernel show). Other FUSE file systems
+    /// (`fuse.sshfs`, ...) are not ours to unmount.
+    pub fn is_ovafs(&self) -> bool {
+        self.fs_type == "fuse" || self.fs_type == "fuse.ovafs"
     }
 }
 
@@ -93,7 +95,11 @@ mod tests {
         assert_eq!(e.device, "0:52");
         assert_eq!(e.mount_point, "/mnt/my app");
         assert_eq!(e.source, "/tmp/a b.ova");
-        assert!(e.is_fuse());
+        assert!(e.is_ovafs());
         assert!(parse_line("garbage").is_none());
+        let sshfs = l.replace(" - fuse ", " - fuse.sshfs ");
+        assert!(!parse_line(&sshfs).unwrap().is_ovafs());
+        let ours = l.replace(" - fuse ", " - fuse.ovafs ");
+        assert!(parse_line(&ours).unwrap().is_ovafs());
     }
 }

@@ -19,7 +19,7 @@ pub fn run(mountpoint: &Path) -> Result<i32> {
     let path = mountinfo::canonical_mount_path(mountpoint);
     let entry = mountinfo::find(&path)
         .ok_or_else(|| Error::usage(format!("{} is not mounted", mountpoint.display())))?;
-    if !entry.is_fuse() {
+    if !entry.is_ovafs() {
         return Err(Error::usage(format!(
             "{} is a {} mount, not an ovafs one",
             mountpoint.display(),
