@@ -20,7 +20,7 @@ mod common;
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -718,6 +718,22 @@ fn seek_data_and_hole_follow_the_disk_tables() {
     let back = tmp.path().join("back.raw");
     qemu_to_raw(&m.path("disks/sparse.raw"), "raw", &back);
     assert_same_bytes(&back, &raw);
+    // The allocated blocks are the data bytes (what `du` shows), so GNU cp sees a sparse
+    // file, follows SEEK_DATA and leaves the holes unwritten.
+    let blocks = fs::metadata(m.path("disks/sparse.raw")).unwrap().blocks();
+    assert_eq!(blocks * 512, data, "st_blocks of the flat image");
+    let copy = tmp.path().join("copy.raw");
+    run_ok(
+        Command::new(tool("cp"))
+            .arg(m.path("disks/sparse.raw"))
+            .arg(&copy),
+    );
+    assert_same_bytes(&copy, &raw);
+    let copied_blocks = fs::metadata(&copy).unwrap().blocks();
+    assert!(
+        copied_blocks * 512 < size / 2,
+        "cp wrote {copied_blocks} blocks of a {size}-byte disk with {holes} bytes of holes"
+    );
     drop((flat, original));
     m.umount();
 }

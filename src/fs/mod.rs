@@ -246,6 +246,10 @@ impl OvaFs {
     }
 
     fn attr(&self, tree: &Tree, ino: u64, node: &Node, fh: Option<u64>) -> (FileAttr, Duration) {
+        let allocated = match &node.kind {
+            NodeKind::File(FileKind::Static(Content::Disk(disk))) => Some(disk.allocated_bytes()),
+            _ => None,
+        };
         let (kind, size, blksize, nlink, ttl) = match &node.kind {
             NodeKind::Dir(children) => {
                 let subdirs = children
@@ -299,7 +303,7 @@ impl OvaFs {
         let attr = FileAttr {
             ino: INodeNo(ino),
             size,
-            blocks: size.div_ceil(512),
+            blocks: allocated.unwrap_or(size).div_ceil(512),
             atime: node.mtime,
             mtime: node.mtime,
             ctime: node.mtime,
