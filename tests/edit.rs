@@ -262,6 +262,26 @@ fn extract(ova: &Path, into: &Path) -> PathBuf {
     into.to_path_buf()
 }
 
+/// sha256sum verifies the manifest `mf` of the extracted package in `dir` (converted to
+/// coreutils' format).
+fn sha256sum_checks_manifest(dir: &Path, mf: &str) {
+    let mut check = String::new();
+    for line in read(&dir.join(mf)).lines() {
+        let (name, hex) = line
+            .strip_prefix("SHA256(")
+            .and_then(|l| l.split_once(")= "))
+            .unwrap();
+        check += &format!("{hex}  {name}\n");
+    }
+    fs::write(dir.join("check.sha256"), check).unwrap();
+    run_ok(
+        Command::new(tool("sha256sum"))
+            .arg("-c")
+            .arg("check.sha256")
+            .current_dir(dir),
+    );
+}
+
 #[test]
 fn edited_ova_is_valid_for_every_tool() {
     let tmp = tempdir();
@@ -282,22 +302,7 @@ fn edited_ova_is_valid_for_every_tool() {
     m.umount();
 
     let after = extract(&ova, &tmp.path().join("after"));
-    // sha256sum verifies the manifest (converted to coreutils' format).
-    let mut check = String::new();
-    for line in read(&after.join("judged.mf")).lines() {
-        let (name, hex) = line
-            .strip_prefix("SHA256(")
-            .and_then(|l| l.split_once(")= "))
-            .unwrap();
-        check += &format!("{hex}  {name}\n");
-    }
-    fs::write(after.join("check.sha256"), check).unwrap();
-    run_ok(
-        Command::new(tool("sha256sum"))
-            .arg("-c")
-            .arg("check.sha256")
-            .current_dir(&after),
-    );
+    sha256sum_checks_manifest(&after, "judged.mf");
     // The disk is untouched and qemu-img reads it.
     assert_same_bytes(
         &after.join("judged-disk1.vmdk"),
@@ -621,4 +626,67 @@ fn daemon_pid(ova: &Path) -> i32 {
         }
     }
     panic!("no daemon for {needle}");
+}
+
+/// What VirtualBox imports from a descriptor's machine settings (it prefers them to the
+/// hardware items), read by Python's XML parser: (CPU count, RAMSize).
+fn virtualbox_cpus_and_memory(ovf: &Path) -> (String, String) {
+    let script = r#"
+import sys, xml.etree.ElementTree as ET
+OVF = "{http://schemas.dmtf.org/ovf/envelope/1}"
+VBOX = "{http://www.virtualbox.org/ovf/machine}"
+hw = ET.parse(sys.argv[1]).getroot().find(f"{OVF}VirtualSystem/{VBOX}Machine/{OVF}Hardware")
+cpu = hw.find(f"{OVF}CPU")
+print(cpu.get("count", "1") if cpu is not None else "1", hw.find(f"{OVF}Memory").get("RAMSize"))
+"#;
+    let out = run_ok(Command::new(tool("python3")).arg("-c").arg(script).arg(ovf));
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    let (cpus, mem) = out.trim().split_once(' ').unwrap();
+    (cpus.to_string(), mem.to_string())
+}
+
+#[test]
+fn virtualbox_machine_settings_follow_edits() {
+    let tmp = tempdir();
+    let raw = tmp.path().join("vb.img");
+    let vmdk = tmp.path().join("vb-disk1.vmdk");
+    scattered_raw(&raw, 4 << 20, 2, 7);
+    to_stream_vmdk(&raw, &vmdk);
+    // The machine settings as VirtualBox exports them, in step with the sample's 2 CPUs and
+    // 1024 MiB.
+    let machine = r#"    <vbox:Machine xmlns:vbox="http://www.virtualbox.org/ovf/machine" ovf:required="false" version="1.16-linux" uuid="{0b8ae1a4-50c9-4e8e-8f34-5b3c4c3c2f10}" name="vb" OSType="Ubuntu_64">
+      <ovf:Info>Complete VirtualBox machine configuration in VirtualBox format</ovf:Info>
+      <Hardware>
+        <CPU count="2" hotplug="false">
+          <PAE enabled="true"/>
+        </CPU>
+        <Memory RAMSize="1024" PageFusion="false"/>
+        <Chipset type="PIIX3"/>
+      </Hardware>
+    </vbox:Machine>
+  </VirtualSystem>"#;
+    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "vb")
+        .disk(&vmdk, 4 << 20, STREAM)
+        .edit_descriptor("  </VirtualSystem>", machine)
+        .build();
+    let before = extract(&ova, &tmp.path().join("before"));
+    assert_eq!(
+        virtualbox_cpus_and_memory(&before.join("vb.ovf")),
+        ("2".into(), "1024".into())
+    );
+    let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
+    let out = sh(&format!(
+        "echo 4 > '{}' && echo 3G > '{}'",
+        m.path("vm/cpus").display(),
+        m.path("vm/memory").display()
+    ));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    m.umount();
+    let after = extract(&ova, &tmp.path().join("after"));
+    sha256sum_checks_manifest(&after, "vb.mf");
+    assert_eq!(
+        virtualbox_cpus_and_memory(&after.join("vb.ovf")),
+        ("4".into(), "3072".into()),
+        "VirtualBox would import the old values"
+    );
 }

@@ -126,6 +126,9 @@ pub(crate) enum Ns {
     Cim,
     /// VMware extensions.
     Vmw,
+    /// VirtualBox's machine settings (`vbox:Machine`), kept because VirtualBox imports its
+    /// CPU count and memory from there (see `settings::vbox`).
+    Vbox,
     /// XML Schema instance (`xsi:type`).
     Xsi,
     /// XML Schema (`xs:name`, an Open-OVF quirk).
@@ -149,6 +152,7 @@ pub(crate) const ENVELOPE_2: &str = "http://schemas.dmtf.org/ovf/envelope/2";
 const CIM_PREFIX: &str = "http://schemas.dmtf.org/wbem/wscim/";
 const CIM_SCHEMA: &str = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/";
 const VMW: &str = "http://www.vmware.com/schema/ovf";
+pub(crate) const VBOX: &str = "http://www.virtualbox.org/ovf/machine";
 const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 const XS: &str = "http://www.w3.org/2001/XMLSchema";
 
@@ -163,6 +167,7 @@ pub(crate) fn classify(uri: &str) -> Ns {
     match uri {
         ENVELOPE_0_9 | ENVELOPE_DRAFT | ENVELOPE_1 | ENVELOPE_2 => return Ns::Ovf,
         VMW => return Ns::Vmw,
+        VBOX => return Ns::Vbox,
         XSI => return Ns::Xsi,
         XS => return Ns::Xs,
         _ => {}

@@ -42,6 +42,7 @@ mod os_types;
 mod props;
 mod table;
 mod values;
+mod vbox;
 mod xmlview;
 
 use std::cell::RefCell;

@@ -11,6 +11,7 @@ use super::hw::{Change, Eff, Hw, Key, RT_ETHERNET, RT_MEMORY, RT_PROCESSOR};
 use super::os_types::{os_id, os_name};
 use super::props::{PropType, Qualifiers, validate};
 use super::values::{self, block, boolean, line, mac, token, token_list, uint};
+use super::vbox;
 use super::xmlview::{VMW_URI, View, escape_attr};
 use super::{Applied, Ctx, SettingError, Target, invalid, unsupported};
 
@@ -101,7 +102,7 @@ pub(crate) static SETTINGS: &[Setting] = &[
     Setting {
         path: "cpus",
         place: Place::Hardware,
-        doc: "Number of virtual CPUs (VirtualQuantity of the processor item): a whole number from 1 to 4096, a multiple of cores_per_socket when that is set. Refused when the system has no processor item.",
+        doc: "Number of virtual CPUs (VirtualQuantity of the processor item): a whole number from 1 to 4096, a multiple of cores_per_socket when that is set. Refused when the system has no processor item. In a VirtualBox export the CPU count of its vbox:Machine settings changes too, since VirtualBox imports it from there.",
         read: read_cpus,
         write: write_cpus,
     },
@@ -115,7 +116,7 @@ pub(crate) static SETTINGS: &[Setting] = &[
     Setting {
         path: "memory",
         place: Place::Hardware,
-        doc: "Memory in MiB, read as a plain integer (a size that is not a whole number of MiB reads in bytes, e.g. \"1000000 B\"). Write 512, 512M, 512 MiB, 1G or 1 GiB (binary units; a bare number is MiB); it must be more than 0 and a whole number of MiB. The memory item keeps its AllocationUnits when the size fits them, else gets byte * 2^20 (MegaBytes in documents that use that spelling). Refused when the system has no memory item.",
+        doc: "Memory in MiB, read as a plain integer (a size that is not a whole number of MiB reads in bytes, e.g. \"1000000 B\"). Write 512, 512M, 512 MiB, 1G or 1 GiB (binary units; a bare number is MiB); it must be more than 0 and a whole number of MiB. The memory item keeps its AllocationUnits when the size fits them, else gets byte * 2^20 (MegaBytes in documents that use that spelling). Refused when the system has no memory item. In a VirtualBox export the RAMSize of its vbox:Machine settings changes too, since VirtualBox imports it from there.",
         read: read_memory,
         write: write_memory,
     },
@@ -728,7 +729,7 @@ fn write_cpus(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError>
             "{n} CPUs do not split into sockets of {cores} cores (cores_per_socket); change that first"
         )));
     }
-    let edits = h.edit(
+    let mut edits = h.edit(
         c.hw_config(t),
         &e,
         &[Change {
@@ -736,6 +737,9 @@ fn write_cpus(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError>
             value: Some(n.to_string()),
         }],
     )?;
+    if t.config.is_none() {
+        edits.extend(vbox::set_cpus(&c.view, c.owner_node(t.owner)?, n)?);
+    }
     Ok(applied(edits, n.to_string()))
 }
 
@@ -864,7 +868,14 @@ fn write_memory(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingErro
             ]
         }
     };
-    let edits = h.edit(c.hw_config(t), &e, &changes)?;
+    let mut edits = h.edit(c.hw_config(t), &e, &changes)?;
+    if t.config.is_none() {
+        edits.extend(vbox::set_memory(
+            &c.view,
+            c.owner_node(t.owner)?,
+            bytes / MIB,
+        )?);
+    }
     Ok(applied(edits, expect))
 }
 

@@ -1117,3 +1117,79 @@ fn large_descriptors_list_in_linear_time() {
     let d2 = apply(&d, "vms/vm1/nics/2999/type", "E1000");
     assert_eq!(rd(&d2, "vms/vm1/nics/2999/type"), "E1000");
 }
+
+/// V2 with the machine settings VirtualBox exports inside the VirtualSystem.
+fn with_vbox_machine(hardware: &str) -> String {
+    let machine = format!(
+        r#"    <vbox:Machine ovf:required="false" version="1.16-linux" uuid="{{40a22499-f787-4d19-a8d7-238eca2aae88}}" name="ubuntu" OSType="Ubuntu_64">
+      <ovf:Info>Complete VirtualBox machine configuration in VirtualBox format</ovf:Info>
+      {hardware}
+    </vbox:Machine>
+  </VirtualSystem>"#
+    );
+    V2.replace(
+        "xmlns:ovf=\"http://schemas.dmtf.org/ovf/envelope/2\"",
+        "xmlns:ovf=\"http://schemas.dmtf.org/ovf/envelope/2\" xmlns:vbox=\"http://www.virtualbox.org/ovf/machine\"",
+    )
+    .replace("  </VirtualSystem>", &machine)
+}
+
+#[test]
+fn virtualbox_machine_settings_follow_cpus_and_memory() {
+    let d = parse(&with_vbox_machine(
+        r#"<Hardware>
+        <CPU count="1" hotplug="false">
+          <PAE enabled="false"/>
+        </CPU>
+        <Memory RAMSize="512" PageFusion="false"/>
+        <Network>
+          <Adapter slot="0" enabled="true" MACAddress="080027939672" type="82540EM"/>
+        </Network>
+      </Hardware>"#,
+    ));
+    let d = apply(&d, "vms/ubuntu/cpus", "4");
+    let t = text(&d);
+    assert!(t.contains(r#"<CPU count="4" hotplug="false">"#), "{t}");
+    let d = apply(&d, "vms/ubuntu/memory", "2 GiB");
+    let t = text(&d);
+    assert!(t.contains(r#"<Memory RAMSize="2048" PageFusion="false"/>"#), "{t}");
+    assert_eq!(rd(&d, "vms/ubuntu/cpus"), "4");
+    assert_eq!(rd(&d, "vms/ubuntu/memory"), "2048");
+    // The descriptor's own items changed as always; nothing else in the machine settings.
+    assert!(t.contains("<rasd:VirtualQuantity>4</rasd:VirtualQuantity>"));
+    assert!(t.contains(r#"<Adapter slot="0" enabled="true""#));
+}
+
+#[test]
+fn virtualbox_machine_settings_get_missing_cpu_and_memory() {
+    // A count left out means 1 CPU; missing elements are added in VirtualBox's order.
+    let d = parse(&with_vbox_machine(
+        "<Hardware>\n        <CPU hotplug=\"false\"/>\n        <Chipset type=\"PIIX3\"/>\n      </Hardware>",
+    ));
+    let d = apply(&d, "vms/ubuntu/cpus", "2");
+    let t = text(&d);
+    assert!(t.contains(r#"<CPU hotplug="false" count="2"/>"#), "{t}");
+    let d = apply(&d, "vms/ubuntu/memory", "1024");
+    let t = text(&d);
+    let (cpu, mem, chipset) = (
+        t.find("<CPU ").unwrap(),
+        t.find(r#"<Memory RAMSize="1024"/>"#).expect(&t),
+        t.find("<Chipset").unwrap(),
+    );
+    assert!(cpu < mem && mem < chipset, "{t}");
+
+    let d = parse(&with_vbox_machine("<Hardware/>"));
+    let edits = write(&d, "vms/ubuntu/cpus", b"1").unwrap();
+    assert!(edits.is_empty(), "1 CPU is what the descriptor and VirtualBox both say");
+    let d = apply(&d, "vms/ubuntu/cpus", "3");
+    let t = text(&d);
+    assert!(t.contains(r#"<CPU count="3"/>"#), "{t}");
+}
+
+#[test]
+fn descriptors_without_machine_settings_are_unchanged_by_the_sync() {
+    // V2 has no vbox:Machine: the edit is the VirtualQuantity alone.
+    let d = parse(V2);
+    let edits = write(&d, "vms/ubuntu/cpus", b"2").unwrap();
+    assert_eq!(edits.len(), 1, "{edits:?}");
+}
