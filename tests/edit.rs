@@ -680,7 +680,11 @@ fn virtualbox_machine_settings_follow_edits() {
         m.path("vm/cpus").display(),
         m.path("vm/memory").display()
     ));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     m.umount();
     let after = extract(&ova, &tmp.path().join("after"));
     sha256sum_checks_manifest(&after, "vb.mf");

@@ -441,7 +441,11 @@ fn umount_waits_for_the_daemon() {
     // Another file system on a mount point is not ours to unmount: a tmpfs here (an
     // sshfs mount would be refused the same way, by its type fuse.sshfs).
     fs::create_dir_all(&dir).unwrap();
-    run_ok(Command::new(tool("mount")).args(["-t", "tmpfs", "tmpfs"]).arg(&dir));
+    run_ok(
+        Command::new(tool("mount"))
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&dir),
+    );
     let e = Command::new(ovafs())
         .arg("umount")
         .arg(&dir)
@@ -449,7 +453,10 @@ fn umount_waits_for_the_daemon() {
         .unwrap();
     let refused = is_mounted(&dir);
     let _ = Command::new("umount").arg(&dir).status();
-    assert!(!e.status.success() && refused, "ovafs umount unmounted a tmpfs");
+    assert!(
+        !e.status.success() && refused,
+        "ovafs umount unmounted a tmpfs"
+    );
     let e = String::from_utf8_lossy(&e.stderr);
     assert!(e.contains("is a tmpfs mount, not an ovafs one"), "{e}");
 }

@@ -1152,7 +1152,10 @@ fn virtualbox_machine_settings_follow_cpus_and_memory() {
     assert!(t.contains(r#"<CPU count="4" hotplug="false">"#), "{t}");
     let d = apply(&d, "vms/ubuntu/memory", "2 GiB");
     let t = text(&d);
-    assert!(t.contains(r#"<Memory RAMSize="2048" PageFusion="false"/>"#), "{t}");
+    assert!(
+        t.contains(r#"<Memory RAMSize="2048" PageFusion="false"/>"#),
+        "{t}"
+    );
     assert_eq!(rd(&d, "vms/ubuntu/cpus"), "4");
     assert_eq!(rd(&d, "vms/ubuntu/memory"), "2048");
     // The descriptor's own items changed as always; nothing else in the machine settings.
@@ -1180,7 +1183,10 @@ fn virtualbox_machine_settings_get_missing_cpu_and_memory() {
 
     let d = parse(&with_vbox_machine("<Hardware/>"));
     let edits = write(&d, "vms/ubuntu/cpus", b"1").unwrap();
-    assert!(edits.is_empty(), "1 CPU is what the descriptor and VirtualBox both say");
+    assert!(
+        edits.is_empty(),
+        "1 CPU is what the descriptor and VirtualBox both say"
+    );
     let d = apply(&d, "vms/ubuntu/cpus", "3");
     let t = text(&d);
     assert!(t.contains(r#"<CPU count="3"/>"#), "{t}");

@@ -28,11 +28,7 @@ pub(super) fn set_cpus(v: &View<'_>, system: usize, n: u64) -> Result<Vec<Edit>,
 }
 
 /// Edits that make VirtualBox import `mib` MiB of memory (none without machine settings).
-pub(super) fn set_memory(
-    v: &View<'_>,
-    system: usize,
-    mib: u64,
-) -> Result<Vec<Edit>, SettingError> {
+pub(super) fn set_memory(v: &View<'_>, system: usize, mib: u64) -> Result<Vec<Edit>, SettingError> {
     set_hardware_attr(v, system, "Memory", "RAMSize", mib, None)
 }
 
