@@ -168,12 +168,7 @@ impl FlatDisk {
                 }
                 .into());
             }
-            let is_hole = match ext {
-                Extent::Zero { .. } => true,
-                Extent::Unallocated { .. } => self.parent.is_none(),
-                Extent::Stored { .. } | Extent::Unit { .. } => false,
-            };
-            if is_hole != data {
+            if self.holds_data(&ext) == data {
                 return Ok(Some(pos));
             }
             pos += len;
@@ -210,12 +205,7 @@ impl FlatDisk {
             if len == 0 || len > size - pos {
                 return None;
             }
-            let is_data = match ext {
-                Extent::Zero { .. } => false,
-                Extent::Unallocated { .. } => self.parent.is_some(),
-                Extent::Stored { .. } | Extent::Unit { .. } => true,
-            };
-            if is_data {
+            if self.holds_data(&ext) {
                 data += len;
             }
             pos += len;
@@ -226,6 +216,16 @@ impl FlatDisk {
             started.elapsed()
         );
         Some(data)
+    }
+
+    /// Whether an extent reads as data rather than a hole: stored and encoded extents, and
+    /// unallocated ones when a parent disk supplies them.
+    fn holds_data(&self, ext: &Extent) -> bool {
+        match ext {
+            Extent::Zero { .. } => false,
+            Extent::Unallocated { .. } => self.parent.is_some(),
+            Extent::Stored { .. } | Extent::Unit { .. } => true,
+        }
     }
 
     /// Decodes `unit` into the cache if it is not there (used by read-ahead workers).
@@ -379,16 +379,21 @@ mod tests {
         assert_eq!(d.read_at(4000, &mut buf).unwrap(), 0);
     }
 
-    #[test]
-    fn parent_supplies_unallocated_bytes() {
+    /// The toy as a delta disk whose parent reads 7 everywhere.
+    fn toy_delta() -> FlatDisk {
         let parent: Arc<dyn ReadAt> = Arc::new(vec![7u8; 4000]);
-        let d = FlatDisk::new(
+        FlatDisk::new(
             Arc::new(Toy {
                 source: vec![0; 1024],
             }),
             Arc::new(UnitCache::new(0)),
             Some(parent),
-        );
+        )
+    }
+
+    #[test]
+    fn parent_supplies_unallocated_bytes() {
+        let d = toy_delta();
         let mut buf = vec![0u8; 10];
         d.read_at(2048, &mut buf).unwrap();
         assert_eq!(buf, vec![7u8; 10]);
@@ -409,15 +414,11 @@ mod tests {
     fn allocated_bytes_count_data_extents_only() {
         // Units 0, 1 (encoded) and 3 (stored, 928 bytes) hold data; unit 2 is a hole.
         assert_eq!(toy().allocated_bytes(), 1024 + 1024 + 928);
-        let parent: Arc<dyn ReadAt> = Arc::new(vec![7u8; 4000]);
-        let delta = FlatDisk::new(
-            Arc::new(Toy {
-                source: vec![0; 1024],
-            }),
-            Arc::new(UnitCache::new(0)),
-            Some(parent),
+        assert_eq!(
+            toy_delta().allocated_bytes(),
+            4000,
+            "the parent's bytes are data"
         );
-        assert_eq!(delta.allocated_bytes(), 4000, "the parent's bytes are data");
     }
 
     #[test]
