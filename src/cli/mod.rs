@@ -84,7 +84,7 @@ enum Command {
 
 pub use mount::run_daemon;
 
-/// Runs the program with `args` (including argv[0]) and returns the exit code.
+/// Runs the program with `args` (including `argv[0]`) and returns the exit code.
 pub fn run(args: Vec<OsString>) -> i32 {
     let called_as_mount_helper = args
         .first()

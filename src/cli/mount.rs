@@ -55,7 +55,7 @@ pub fn run(mut config: MountConfig) -> Result<i32> {
     }
 }
 
-/// Entry point of the daemon process started by [`spawn_daemon`].
+/// Entry point of the daemon process started by `spawn_daemon`.
 pub fn run_daemon(config_json: &str) -> i32 {
     let notify = std::env::var_os(NOTIFY_ENV).is_some();
     crate::logging::init_syslog();

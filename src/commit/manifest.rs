@@ -1,165 +1,33 @@
 //! Manifest refresh for commits: find the lines that name the descriptor, recompute their
-//! digests in each line's own algorithm, keep every other byte (formats.md §3.1).
+//! values in each line's own algorithm, keep every other byte (formats.md §3.1).
 //!
-//! The locator is lenient, like the readers in the wild: leading blanks, `ALG(name)= hex`,
+//! Lines are found by the one manifest parser ([`crate::verify::manifest`]), so a commit
+//! refreshes every dialect that `ovafs verify` reads: leading blanks, `ALG(name)= hex`,
 //! `ALG (name) = hex` (BSD / VirtualBox), `SHA2-256(...)` (OpenSSL 3), CRLF line ends,
 //! upper-case hex, blank lines and trailing space padding (ovftool 4.0 pads the whole file
-//! with spaces) are all found. A refreshed digest keeps the case of the one it replaces, so
-//! line ends, spacing and padding stay byte for byte. When a digest's length changes (only
-//! `SIZE(...)` lines, or a malformed digest) and the file ends in space padding, the padding
-//! absorbs the difference so the file keeps its length.
+//! with spaces). Only the value's bytes are replaced, in the case of the value they
+//! replace, so line ends, spacing and padding stay byte for byte. When a value's length
+//! changes (`SIZE(...)` lines, or a malformed digest) and the file ends in space padding,
+//! the padding absorbs the difference so the file keeps its length.
 //!
 //! A manifest that does not list the descriptor is left as it is. Lines naming other files
 //! are never touched: only the descriptor changes in a commit.
-//!
-//! This is deliberately minimal and self-contained; the full manifest parser and verifier
-//! live in `verify` and the two can be unified later.
 
-use std::ops::Range;
-
-use sha1::Sha1;
-use sha2::{Digest, Sha224, Sha256, Sha384, Sha512};
-
-/// A digest algorithm a manifest line can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    /// SHA-1 (OVF 1.x, ovftool before 4.2).
-    Sha1,
-    /// SHA-224.
-    Sha224,
-    /// SHA-256 (OVF 2.x, ovftool 4.2+).
-    Sha256,
-    /// SHA-384.
-    Sha384,
-    /// SHA-512 (open-vmdk for vmx-15+).
-    Sha512,
-    /// `SIZE(name)= <decimal>` (accepted by VirtualBox's IPRT).
-    Size,
-}
-
-impl Algorithm {
-    /// The algorithm a line's label names: case-insensitive, dashes ignored, `SHA2-256`
-    /// read as SHA-256. `None` for anything else (MD5, unknown labels).
-    pub fn from_label(label: &str) -> Option<Algorithm> {
-        let norm: String = label
-            .chars()
-            .filter(|&c| c != '-' && c != '_')
-            .map(|c| c.to_ascii_uppercase())
-            .collect();
-        Some(match norm.as_str() {
-            "SHA1" => Algorithm::Sha1,
-            "SHA224" | "SHA2224" => Algorithm::Sha224,
-            "SHA256" | "SHA2256" => Algorithm::Sha256,
-            "SHA384" | "SHA2384" => Algorithm::Sha384,
-            "SHA512" | "SHA2512" => Algorithm::Sha512,
-            "SIZE" => Algorithm::Size,
-            _ => return None,
-        })
-    }
-
-    /// The value of a line for `data`: lowercase hex digest, or the decimal size.
-    pub fn value(self, data: &[u8]) -> String {
-        fn hex(bytes: &[u8]) -> String {
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
-        }
-        match self {
-            Algorithm::Sha1 => hex(&Sha1::digest(data)),
-            Algorithm::Sha224 => hex(&Sha224::digest(data)),
-            Algorithm::Sha256 => hex(&Sha256::digest(data)),
-            Algorithm::Sha384 => hex(&Sha384::digest(data)),
-            Algorithm::Sha512 => hex(&Sha512::digest(data)),
-            Algorithm::Size => data.len().to_string(),
-        }
-    }
-}
-
-/// One manifest line, located by byte ranges into the manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
-    /// The algorithm label as written (`SHA256`, `SHA2-256`, `sha1`...).
-    pub label: Range<usize>,
-    /// The file name between the parentheses.
-    pub name: Range<usize>,
-    /// The digest (or size) value.
-    pub value: Range<usize>,
-}
-
-fn is_blank(b: u8) -> bool {
-    b == b' ' || b == b'\t'
-}
-
-/// Locates the line `mf[start..end]` (without its `\n`), or `None` when it is not a digest
-/// line (blank, padding, garbage).
-fn parse_line(mf: &[u8], start: usize, end: usize) -> Option<Line> {
-    let line = &mf[start..end];
-    let mut i = line.iter().position(|&b| !is_blank(b))?;
-    let label_start = i;
-    while i < line.len() && (line[i].is_ascii_alphanumeric() || line[i] == b'-') {
-        i += 1;
-    }
-    if i == label_start {
-        return None;
-    }
-    let label = label_start..i;
-    while i < line.len() && is_blank(line[i]) {
-        i += 1;
-    }
-    if line.get(i) != Some(&b'(') {
-        return None;
-    }
-    let name_start = i + 1;
-    // The name runs to the last `)` that is followed by optional blanks and `=`: names may
-    // themselves hold parentheses.
-    let close = (name_start..line.len()).rev().find(|&j| {
-        line[j] == b')'
-            && line[j + 1..]
-                .iter()
-                .find(|&&b| !is_blank(b))
-                .is_some_and(|&b| b == b'=')
-    })?;
-    let eq = close + 1 + line[close + 1..].iter().position(|&b| b == b'=')?;
-    let mut v = eq + 1;
-    while v < line.len() && is_blank(line[v]) {
-        v += 1;
-    }
-    let value_start = v;
-    while v < line.len() && line[v].is_ascii_hexdigit() {
-        v += 1;
-    }
-    if v == value_start
-        || !line[v..]
-            .iter()
-            .all(|&b| is_blank(b) || b == b'\r' || b == 0)
-    {
-        return None;
-    }
-    Some(Line {
-        label: start + label.start..start + label.end,
-        name: start + name_start..start + close,
-        value: start + value_start..start + v,
-    })
-}
-
-/// Every digest line of `mf`, in order. Bounded by the manifest's length: one pass.
-pub fn lines(mf: &[u8]) -> Vec<Line> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < mf.len() {
-        let end = mf[start..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(mf.len(), |p| start + p);
-        if let Some(l) = parse_line(mf, start, end) {
-            out.push(l);
-        }
-        start = end + 1;
-    }
-    out
-}
+use crate::verify::digest::DigestAlgorithm;
+use crate::verify::manifest::{self as mf, Algorithm, HexCase};
 
 /// Whether a line's name designates `file_name` (a name in the manifest's own folder).
-fn names_file(listed: &[u8], file_name: &str) -> bool {
-    listed == file_name.as_bytes() || listed.strip_prefix(b"./") == Some(file_name.as_bytes())
+fn names_file(listed: &str, file_name: &str) -> bool {
+    listed == file_name || listed.strip_prefix("./") == Some(file_name)
+}
+
+/// The value a line of algorithm `alg` holds for `data`: lowercase hex digest, or the
+/// decimal size; `None` for an algorithm ovafs cannot compute.
+fn value_for(alg: &Algorithm, data: &[u8]) -> Option<String> {
+    match alg {
+        Algorithm::Size => Some(data.len().to_string()),
+        other => DigestAlgorithm::from_algorithm(other).map(|d| mf::to_hex(&d.digest(data))),
+    }
 }
 
 /// A manifest cannot be refreshed.
@@ -174,6 +42,9 @@ pub enum ManifestError {
         /// The label as written.
         label: String,
     },
+    /// The manifest is beyond the parser's limits (size, lines, entries).
+    #[error(transparent)]
+    Unreadable(#[from] mf::ManifestError),
 }
 
 /// The manifest after a refresh.
@@ -191,55 +62,59 @@ pub struct Refresh {
 /// Other bytes are kept; when the length changes, trailing space padding absorbs the
 /// difference if there is enough of it.
 pub fn refresh(mf: &[u8], file_name: &str, content: &[u8]) -> Result<Refresh, ManifestError> {
+    let parsed = mf::parse(mf)?;
     let mut out = Vec::with_capacity(mf.len());
     let mut listed = false;
     let mut last = 0;
-    for line in lines(mf) {
-        if !names_file(&mf[line.name.clone()], file_name) {
-            continue;
-        }
+    for entry in parsed
+        .entries
+        .iter()
+        .filter(|e| names_file(&e.name, file_name))
+    {
         listed = true;
-        let label = String::from_utf8_lossy(&mf[line.label.clone()]).into_owned();
-        let alg =
-            Algorithm::from_label(&label).ok_or_else(|| ManifestError::UnsupportedAlgorithm {
+        let mut new = value_for(&entry.algorithm, content).ok_or_else(|| {
+            ManifestError::UnsupportedAlgorithm {
                 name: file_name.to_string(),
-                label: label.clone(),
-            })?;
-        let old = &mf[line.value.clone()];
-        let mut new = alg.value(content).into_bytes();
-        let upper =
-            old.iter().any(u8::is_ascii_uppercase) && !old.iter().any(u8::is_ascii_lowercase);
-        if upper {
+                label: entry.algorithm_token.clone(),
+            }
+        })?;
+        if entry.style.hex_case == HexCase::Upper {
             new.make_ascii_uppercase();
         }
-        out.extend_from_slice(&mf[last..line.value.start]);
-        out.extend_from_slice(&new);
-        last = line.value.end;
+        let span = entry.value_span();
+        out.extend_from_slice(&mf[last..span.start]);
+        out.extend_from_slice(new.as_bytes());
+        last = span.end;
     }
     out.extend_from_slice(&mf[last..]);
-
-    // Trailing space padding (ovftool 4.0) keeps the file's length when it can.
-    if out.len() != mf.len() {
-        let pad = mf.iter().rev().take_while(|&&b| b == b' ').count();
-        if pad > 0 {
-            if out.len() > mf.len() {
-                let excess = out.len() - mf.len();
-                // The padding is still at the end of `out` (only digests changed before it).
-                let out_pad = out.iter().rev().take_while(|&&b| b == b' ').count();
-                if out_pad >= excess {
-                    out.truncate(mf.len());
-                }
-            } else {
-                out.resize(mf.len(), b' ');
-            }
-        }
-    }
+    keep_length_with_padding(mf, &mut out);
     let changed = out != mf;
     Ok(Refresh {
         bytes: out,
         listed,
         changed,
     })
+}
+
+/// Trailing space padding (ovftool 4.0) keeps the file's length when it can.
+fn keep_length_with_padding(old: &[u8], out: &mut Vec<u8>) {
+    if out.len() == old.len() {
+        return;
+    }
+    let pad = old.iter().rev().take_while(|&&b| b == b' ').count();
+    if pad == 0 {
+        return;
+    }
+    if out.len() > old.len() {
+        let excess = out.len() - old.len();
+        // The padding is still at the end of `out` (only values changed before it).
+        let out_pad = out.iter().rev().take_while(|&&b| b == b' ').count();
+        if out_pad >= excess {
+            out.truncate(old.len());
+        }
+    } else {
+        out.resize(old.len(), b' ');
+    }
 }
 
 #[cfg(test)]
@@ -250,7 +125,23 @@ mod tests {
     const D: &[u8] = b"<Envelope/>\n";
 
     fn sha(alg: Algorithm) -> String {
-        alg.value(D)
+        value_for(&alg, D).unwrap()
+    }
+
+    /// Refreshes `template` of `a.ovf` lines whose `{}` are filled with zeros, and expects
+    /// each `{}` filled with the digest of `D` in the algorithm at its position.
+    fn assert_refreshed(template: &str, algs: &[Algorithm]) {
+        let fill = |value: &dyn Fn(&Algorithm) -> String| {
+            algs.iter()
+                .fold(template.to_string(), |t, a| t.replacen("{}", &value(a), 1))
+        };
+        let old = fill(&|a| "0".repeat(sha(a.clone()).len()));
+        let r = refresh(old.as_bytes(), "a.ovf", D).unwrap();
+        assert_eq!(
+            String::from_utf8(r.bytes).unwrap(),
+            fill(&|a| sha(a.clone())),
+            "{template}"
+        );
     }
 
     #[test]
@@ -267,7 +158,7 @@ mod tests {
 
     #[test]
     fn styles_are_kept_byte_for_byte() {
-        let cases: &[(&str, Algorithm)] = &[
+        let cases = [
             (
                 "SHA1 (a.ovf) = {}\r\nSHA1 (d.vmdk) = ff\r\n",
                 Algorithm::Sha1,
@@ -277,14 +168,14 @@ mod tests {
             ("SHA256(./a.ovf)= {}", Algorithm::Sha256),
         ];
         for (template, alg) in cases {
-            let old = template.replace("{}", &"0".repeat(alg.value(b"").len()));
+            let old = template.replace("{}", &"0".repeat(value_for(&alg, b"").unwrap().len()));
             let r = refresh(old.as_bytes(), "a.ovf", D).unwrap();
             let listed = !template.contains("( a.ovf)");
             assert_eq!(r.listed, listed, "{template}");
             if listed {
                 assert_eq!(
                     String::from_utf8(r.bytes).unwrap(),
-                    template.replace("{}", &sha(*alg)),
+                    template.replace("{}", &sha(alg.clone())),
                     "{template}"
                 );
             } else {
@@ -344,33 +235,40 @@ mod tests {
     #[test]
     fn names_with_parentheses_and_garbage_lines() {
         let old = "garbage\n\nSHA1(a (1).ovf)= 00\n(no label)= 1\nSHA1(x)= zz\n";
-        let ls = lines(old.as_bytes());
-        assert_eq!(ls.len(), 1);
-        assert_eq!(&old.as_bytes()[ls[0].name.clone()], b"a (1).ovf");
         let r = refresh(old.as_bytes(), "a (1).ovf", D).unwrap();
-        assert!(r.changed);
+        let want = old.replace("= 00", &format!("= {}", sha(Algorithm::Sha1)));
+        assert_eq!(String::from_utf8(r.bytes).unwrap(), want);
+        // A malformed digest of the descriptor is replaced by a good one.
+        let r = refresh(b"SHA1(a.ovf)= zz\n", "a.ovf", D).unwrap();
+        assert_eq!(
+            r.bytes,
+            format!("SHA1(a.ovf)= {}\n", sha(Algorithm::Sha1)).into_bytes()
+        );
+    }
+
+    #[test]
+    fn sha224_lines_are_refreshed() {
+        assert_refreshed("SHA224(a.ovf)= {}\n", &[Algorithm::Sha224]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_kept() {
+        assert_refreshed("\u{feff}SHA256(a.ovf)= {}\r\n", &[Algorithm::Sha256]);
     }
 
     #[test]
     fn every_line_naming_the_file_is_refreshed() {
-        let old = format!(
+        assert_refreshed(
             "SHA1(a.ovf)= {}\nSHA256(a.ovf)= {}\n",
-            "0".repeat(40),
-            "0".repeat(64)
+            &[Algorithm::Sha1, Algorithm::Sha256],
         );
-        let r = refresh(old.as_bytes(), "a.ovf", D).unwrap();
-        let want = format!(
-            "SHA1(a.ovf)= {}\nSHA256(a.ovf)= {}\n",
-            sha(Algorithm::Sha1),
-            sha(Algorithm::Sha256)
-        );
-        assert_eq!(String::from_utf8(r.bytes).unwrap(), want);
     }
 
     #[test]
     fn labels_normalise() {
-        assert_eq!(Algorithm::from_label("sha-256"), Some(Algorithm::Sha256));
-        assert_eq!(Algorithm::from_label("SHA2-512"), Some(Algorithm::Sha512));
-        assert_eq!(Algorithm::from_label("MD5"), None);
+        assert_refreshed(
+            "sha-256(a.ovf)= {}\nSHA2-512(a.ovf)= {}\n",
+            &[Algorithm::Sha256, Algorithm::Sha512],
+        );
     }
 }

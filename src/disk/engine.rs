@@ -179,8 +179,9 @@ impl FlatDisk {
     /// How many bytes of the flat image hold data: what `seek` calls data, from the tables
     /// alone. The file system reports it as the file's allocated blocks, so `du` shows what
     /// the disk really holds and `cp` and `tar -S` see a sparse file and skip its holes
-    /// (GNU cp only asks `SEEK_DATA` of files whose blocks are fewer than their size). Computed once; a disk with more extents than [`MAX_COUNTED_EXTENTS`] (or
-    /// tables that fail to map) counts as fully allocated rather than stall a `stat`.
+    /// (GNU cp only asks `SEEK_DATA` of files whose blocks are fewer than their size).
+    /// Computed once; a disk with more extents than `MAX_COUNTED_EXTENTS` (or tables that
+    /// fail to map) counts as fully allocated rather than stall a `stat`.
     pub fn allocated_bytes(&self) -> u64 {
         *self
             .allocated

@@ -310,6 +310,7 @@ impl fmt::Display for SignatureCheck {
 fn message_digest(alg: &Algorithm) -> Option<MessageDigest> {
     match alg {
         Algorithm::Sha1 => Some(MessageDigest::sha1()),
+        Algorithm::Sha224 => Some(MessageDigest::sha224()),
         Algorithm::Sha256 => Some(MessageDigest::sha256()),
         Algorithm::Sha384 => Some(MessageDigest::sha384()),
         Algorithm::Sha512 => Some(MessageDigest::sha512()),

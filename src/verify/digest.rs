@@ -39,6 +39,8 @@ const RING_BUFFERS: usize = 3;
 pub enum DigestAlgorithm {
     /// SHA-1.
     Sha1,
+    /// SHA-224.
+    Sha224,
     /// SHA-256.
     Sha256,
     /// SHA-384.
@@ -52,6 +54,7 @@ impl DigestAlgorithm {
     pub fn from_algorithm(alg: &Algorithm) -> Option<Self> {
         match alg {
             Algorithm::Sha1 => Some(DigestAlgorithm::Sha1),
+            Algorithm::Sha224 => Some(DigestAlgorithm::Sha224),
             Algorithm::Sha256 => Some(DigestAlgorithm::Sha256),
             Algorithm::Sha384 => Some(DigestAlgorithm::Sha384),
             Algorithm::Sha512 => Some(DigestAlgorithm::Sha512),
@@ -63,6 +66,7 @@ impl DigestAlgorithm {
     pub fn hasher(self) -> Box<dyn DynDigest + Send> {
         match self {
             DigestAlgorithm::Sha1 => Box::new(sha1::Sha1::default()),
+            DigestAlgorithm::Sha224 => Box::new(sha2::Sha224::default()),
             DigestAlgorithm::Sha256 => Box::new(sha2::Sha256::default()),
             DigestAlgorithm::Sha384 => Box::new(sha2::Sha384::default()),
             DigestAlgorithm::Sha512 => Box::new(sha2::Sha512::default()),
@@ -324,6 +328,10 @@ mod tests {
             super::super::manifest::to_hex(&DigestAlgorithm::Sha1.digest(b"abc")),
             "a9993e364706816aba3e25717850c26c9cd0d89d"
         );
+        assert_eq!(
+            super::super::manifest::to_hex(&DigestAlgorithm::Sha224.digest(b"abc")),
+            "23097d223405d8228642a477bda255b32aadbce4bda0b3f7e36c9da7"
+        );
         assert_eq!(DigestAlgorithm::Sha384.digest(b"").len(), 48);
         assert_eq!(DigestAlgorithm::Sha512.digest(b"").len(), 64);
     }
@@ -332,6 +340,7 @@ mod tests {
     fn many_jobs_several_algorithms_small_chunks_match_one_shot_digests() {
         let all = [
             DigestAlgorithm::Sha1,
+            DigestAlgorithm::Sha224,
             DigestAlgorithm::Sha256,
             DigestAlgorithm::Sha384,
             DigestAlgorithm::Sha512,

@@ -5,7 +5,7 @@
 //! Canonical line (DSP0243): `SHA256(name)= hex\n`. Also read:
 //! - `SHA256 (name) = hex` (BSD / `sha256sum --tag` / VirtualBox's IPRT writer),
 //! - `SHA2-256(name)= hex` (OpenSSL 3 `openssl sha256`), `SHA-256(...)`, lowercase names,
-//! - `SHA1`, `SHA384`, `SHA512`; `MD5(...)` and `SIZE(...)= <decimal>` (IPRT) are parsed and
+//! - `SHA1`, `SHA224`, `SHA384`, `SHA512`; `MD5(...)` and `SIZE(...)= <decimal>` (IPRT) are parsed and
 //!   reported as unsupported, never checked,
 //! - CRLF line ends, blank lines, leading and trailing whitespace, the space padding ovftool
 //!   appends to fill its last block, a UTF-8 byte order mark, uppercase hex, names with spaces
@@ -19,8 +19,10 @@
 //! length). What is a failure is decided by the caller ([`super::verify_package`]).
 //!
 //! [`format_line`] writes `ALG(name)= hex` in a given style; re-formatting an entry in its own
-//! style reproduces the original line byte for byte (tested for every dialect), so a later
-//! feature can regenerate a line after an edit without changing the manifest's dialect.
+//! style reproduces the original line byte for byte (tested for every dialect).
+//! [`ManifestEntry::value_span`] locates a value in the manifest, which is how a commit
+//! (`crate::commit::manifest`) refreshes the descriptor's digest and nothing else: this is
+//! the one manifest parser, for verifying and for writing.
 //!
 //! Not here: reading members, computing digests, the certificate.
 
@@ -74,6 +76,8 @@ pub enum ManifestError {
 pub enum Algorithm {
     /// SHA-1 (OVF 1.x, ovftool before 4.2).
     Sha1,
+    /// SHA-224 (rare; accepted by OpenSSL-based checkers).
+    Sha224,
     /// SHA-256 (OVF 2.x, ovftool 4.2+).
     Sha256,
     /// SHA-384.
@@ -99,6 +103,7 @@ impl Algorithm {
             .collect();
         match t.as_str() {
             "SHA1" => Algorithm::Sha1,
+            "SHA224" | "SHA2224" => Algorithm::Sha224,
             "SHA256" | "SHA2256" => Algorithm::Sha256,
             "SHA384" | "SHA2384" => Algorithm::Sha384,
             "SHA512" | "SHA2512" => Algorithm::Sha512,
@@ -112,6 +117,7 @@ impl Algorithm {
     pub fn name(&self) -> &str {
         match self {
             Algorithm::Sha1 => "SHA1",
+            Algorithm::Sha224 => "SHA224",
             Algorithm::Sha256 => "SHA256",
             Algorithm::Sha384 => "SHA384",
             Algorithm::Sha512 => "SHA512",
@@ -125,6 +131,7 @@ impl Algorithm {
     pub fn digest_len(&self) -> Option<usize> {
         match self {
             Algorithm::Sha1 => Some(20),
+            Algorithm::Sha224 => Some(28),
             Algorithm::Sha256 => Some(32),
             Algorithm::Sha384 => Some(48),
             Algorithm::Sha512 => Some(64),
@@ -137,7 +144,11 @@ impl Algorithm {
     pub fn is_supported(&self) -> bool {
         matches!(
             self,
-            Algorithm::Sha1 | Algorithm::Sha256 | Algorithm::Sha384 | Algorithm::Sha512
+            Algorithm::Sha1
+                | Algorithm::Sha224
+                | Algorithm::Sha256
+                | Algorithm::Sha384
+                | Algorithm::Sha512
         )
     }
 }
@@ -240,9 +251,11 @@ impl ManifestStyle {
         let base = match (alg, self.spelling) {
             (Algorithm::Other(s), _) => return s.clone(),
             (Algorithm::Sha1, AlgSpelling::Dash) => "SHA-1",
+            (Algorithm::Sha224, AlgSpelling::Dash) => "SHA-224",
             (Algorithm::Sha256, AlgSpelling::Dash) => "SHA-256",
             (Algorithm::Sha384, AlgSpelling::Dash) => "SHA-384",
             (Algorithm::Sha512, AlgSpelling::Dash) => "SHA-512",
+            (Algorithm::Sha224, AlgSpelling::Sha2Dash) => "SHA2-224",
             (Algorithm::Sha256, AlgSpelling::Sha2Dash) => "SHA2-256",
             (Algorithm::Sha384, AlgSpelling::Sha2Dash) => "SHA2-384",
             (Algorithm::Sha512, AlgSpelling::Sha2Dash) => "SHA2-512",
@@ -336,6 +349,17 @@ pub struct ManifestEntry {
 }
 
 impl ManifestEntry {
+    /// Byte range of the value in the manifest (inside [`ManifestEntry::span`]), so that a
+    /// new value can replace it and leave every other byte of the line as it was.
+    pub fn value_span(&self) -> Range<usize> {
+        let end = self
+            .span
+            .end
+            .saturating_sub(self.style.line_end.as_str().len())
+            .saturating_sub(self.style.trailing.len());
+        end.saturating_sub(self.value.len())..end
+    }
+
     /// The digest, lowercase hex, when it is valid.
     pub fn digest_hex(&self) -> Option<String> {
         self.digest.as_deref().map(to_hex)

@@ -2,7 +2,7 @@
 //! (formats.md §3, §6 rule 14). [`verify_package`] is what `ovafs verify` runs.
 //!
 //! - [`manifest`]: lenient parser for every manifest dialect, style-preserving formatter.
-//! - [`digest`]: SHA-1/SHA-256/SHA-384/SHA-512 of many members in one pass, on every core.
+//! - [`digest`]: SHA-1/SHA-224/SHA-256/SHA-384/SHA-512 of many members in one pass, on every core.
 //! - [`cert`]: the `.cert` file, the signature over the manifest, the chain of trust.
 //!
 //! # What is checked, and what fails
