@@ -141,33 +141,30 @@ pub fn is_gnu(block: &[u8; BLOCK]) -> bool {
 /// Stores `size` in the size field: octal when it fits, else base-256 when `gnu` (the header
 /// uses the GNU magic), else fails.
 pub fn set_size(block: &mut [u8; BLOCK], size: u64, gnu: bool) -> Result<(), WriteError> {
-    if size <= MAX_OCTAL_SIZE {
-        // Cannot fail: 11 digits hold MAX_OCTAL_SIZE.
-        put_octal(&mut block[SIZE], size);
-        return Ok(());
-    }
-    if !gnu {
-        return Err(WriteError::FieldTooLarge {
-            field: "size",
-            value: size,
-        });
-    }
-    put_base256(&mut block[SIZE], size);
-    Ok(())
+    set_number(block, SIZE, "size", size, gnu)
 }
 
 /// Stores `mtime` in the mtime field: octal when it fits, else base-256 when `gnu`.
 pub fn set_mtime(block: &mut [u8; BLOCK], mtime: u64, gnu: bool) -> Result<(), WriteError> {
-    if put_octal(&mut block[MTIME], mtime) {
+    set_number(block, MTIME, "mtime", mtime, gnu)
+}
+
+/// Stores `value` in the numeric field at `range` (called `name` in errors): octal when it
+/// fits, else GNU base-256 when `gnu`, else fails.
+fn set_number(
+    block: &mut [u8; BLOCK],
+    range: Range<usize>,
+    name: &'static str,
+    value: u64,
+    gnu: bool,
+) -> Result<(), WriteError> {
+    if put_octal(&mut block[range.clone()], value) {
         return Ok(());
     }
     if !gnu {
-        return Err(WriteError::FieldTooLarge {
-            field: "mtime",
-            value: mtime,
-        });
+        return Err(WriteError::FieldTooLarge { field: name, value });
     }
-    put_base256(&mut block[MTIME], mtime);
+    put_base256(&mut block[range], value);
     Ok(())
 }
 
@@ -331,6 +328,20 @@ mod tests {
         t
     }
 
+    /// The headers of a regular file `name` of `size` bytes, from the template.
+    fn file_headers(name: &str, size: u64, mtime: u64) -> Vec<u8> {
+        member_headers(
+            &template(),
+            &MemberHeader {
+                name,
+                size,
+                mtime,
+                typeflag: b'0',
+            },
+        )
+        .unwrap()
+    }
+
     /// Parses our output back with the `tar` crate (an independent reader of the fields).
     fn parsed(bytes: &[u8]) -> tar::Header {
         let mut h = tar::Header::new_old();
@@ -351,16 +362,7 @@ mod tests {
 
     #[test]
     fn plain_ustar_header_keeps_owner_fields() {
-        let out = member_headers(
-            &template(),
-            &MemberHeader {
-                name: "disk1.vmdk",
-                size: 12345,
-                mtime: 1_700_000_000,
-                typeflag: b'0',
-            },
-        )
-        .unwrap();
+        let out = file_headers("disk1.vmdk", 12345, 1_700_000_000);
         assert_eq!(out.len(), BLOCK);
         let h = parsed(&out);
         assert_eq!(&out[MAGIC], b"ustar\0");
@@ -378,16 +380,7 @@ mod tests {
     fn long_name_uses_ustar_prefix_when_a_slash_allows_it() {
         let name = format!("{}/{}", "d".repeat(120), "f".repeat(90));
         assert_eq!(name_layout(name.as_bytes()), NameLayout::UstarPrefix(120));
-        let out = member_headers(
-            &template(),
-            &MemberHeader {
-                name: &name,
-                size: 1,
-                mtime: 0,
-                typeflag: b'0',
-            },
-        )
-        .unwrap();
+        let out = file_headers(&name, 1, 0);
         assert_eq!(out.len(), BLOCK);
         assert_eq!(&out[MAGIC], b"ustar\0");
         assert_eq!(parsed(&out).path_bytes().as_ref(), name.as_bytes());
@@ -397,16 +390,7 @@ mod tests {
     fn name_of_exactly_100_bytes_is_plain() {
         let name = "n".repeat(100);
         assert_eq!(name_layout(name.as_bytes()), NameLayout::Plain);
-        let out = member_headers(
-            &template(),
-            &MemberHeader {
-                name: &name,
-                size: 1,
-                mtime: 0,
-                typeflag: b'0',
-            },
-        )
-        .unwrap();
+        let out = file_headers(&name, 1, 0);
         assert_eq!(&out[NAME], name.as_bytes());
     }
 
@@ -414,16 +398,7 @@ mod tests {
     fn long_name_without_split_uses_gnu_longlink() {
         let name = "x".repeat(150);
         assert_eq!(name_layout(name.as_bytes()), NameLayout::GnuLongName);
-        let out = member_headers(
-            &template(),
-            &MemberHeader {
-                name: &name,
-                size: 7,
-                mtime: 5,
-                typeflag: b'0',
-            },
-        )
-        .unwrap();
+        let out = file_headers(&name, 7, 5);
         // Long-link header, one block of payload (151 bytes), the header.
         assert_eq!(out.len(), 3 * BLOCK);
         assert_eq!(&out[..13], GNU_LONGLINK);
@@ -438,30 +413,12 @@ mod tests {
     #[test]
     fn size_above_8_gib_is_gnu_base256() {
         let size = 9 << 30;
-        let out = member_headers(
-            &template(),
-            &MemberHeader {
-                name: "big.vmdk",
-                size,
-                mtime: 0,
-                typeflag: b'0',
-            },
-        )
-        .unwrap();
+        let out = file_headers("big.vmdk", size, 0);
         assert_eq!(&out[MAGIC], b"ustar ");
         assert_eq!(out[SIZE.start], 0x80);
         assert_eq!(parsed(&out).entry_size().unwrap(), size);
         // 8 GiB - 1 still fits octal, in a ustar header.
-        let out = member_headers(
-            &template(),
-            &MemberHeader {
-                name: "edge.vmdk",
-                size: MAX_OCTAL_SIZE,
-                mtime: 0,
-                typeflag: b'0',
-            },
-        )
-        .unwrap();
+        let out = file_headers("edge.vmdk", MAX_OCTAL_SIZE, 0);
         assert_eq!(&out[MAGIC], b"ustar\0");
         assert_eq!(&out[SIZE], b"77777777777\0");
     }
@@ -469,16 +426,7 @@ mod tests {
     #[test]
     fn big_member_with_split_name_gets_a_gnu_long_name() {
         let name = format!("{}/{}", "d".repeat(120), "f".repeat(90));
-        let out = member_headers(
-            &template(),
-            &MemberHeader {
-                name: &name,
-                size: 9 << 30,
-                mtime: 0,
-                typeflag: b'0',
-            },
-        )
-        .unwrap();
+        let out = file_headers(&name, 9 << 30, 0);
         assert_eq!(out[TYPEFLAG], b'L');
         assert_eq!(&out[out.len() - BLOCK..][MAGIC], b"ustar ");
     }
