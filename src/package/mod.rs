@@ -175,6 +175,26 @@ pub struct Member {
     pub data_offset: Option<u64>,
 }
 
+impl Member {
+    /// The member of an archive `src` that tar entry `entry` describes (its data a window
+    /// onto the archive); fails when the entry's data lies outside the archive.
+    pub fn from_tar(entry: &crate::archive::TarMember, src: &Arc<dyn ReadAt>) -> Result<Self> {
+        Ok(Member {
+            name: entry.name.clone(),
+            size: entry.size,
+            mode: entry.mode,
+            mtime: entry.mtime,
+            data: Arc::new(crate::io::Window::new(
+                src.clone(),
+                entry.data_offset,
+                entry.size,
+            )?),
+            kind: entry.kind,
+            data_offset: Some(entry.data_offset),
+        })
+    }
+}
+
 impl fmt::Debug for Member {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Member")

@@ -10,7 +10,7 @@ use super::{Member, Package, PackageError, SourceKind};
 use crate::archive::names::{file_name, parent};
 use crate::archive::{self, MemberKind};
 use crate::error::{Result, ResultExt};
-use crate::io::{FileSource, ReadAt, Window, read_vec_at};
+use crate::io::{FileSource, ReadAt, read_vec_at};
 use crate::ovf::{self, MAX_DESCRIPTOR_BYTES, OvfError};
 
 /// Opens the OVA at `path`.
@@ -81,15 +81,7 @@ pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> 
             );
             continue;
         }
-        members.push(Member {
-            name: m.name.clone(),
-            size: m.size,
-            mode: m.mode,
-            mtime: m.mtime,
-            data: Arc::new(Window::new(src.clone(), m.data_offset, m.size)?),
-            kind: m.kind,
-            data_offset: Some(m.data_offset),
-        });
+        members.push(Member::from_tar(m, &src)?);
     }
 
     let is_ovf = |m: &Member| {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::archive::names::{file_name, join, normalize_str, parent};
 use crate::archive::{self, MemberKind};
 use crate::error::{Error, ErrorKind, Result, ResultExt};
-use crate::io::{FileSource, ReadAt, Window};
+use crate::io::{FileSource, ReadAt};
 use crate::package::{self, FileLocation, Member, Package, PackageError, SourceKind};
 
 /// A chunked File (`ovf:chunkSize`): its whole name and its chunks.
@@ -158,22 +158,12 @@ fn open_archive(path: &Path) -> Result<Subject> {
     let shown = path.display().to_string();
     let src: Arc<dyn ReadAt> = Arc::new(FileSource::open(path)?);
     let index = archive::index(&*src).with_context(|| shown.clone())?;
-    let mut members = Vec::new();
-    for m in index
+    let members = index
         .members
         .iter()
         .filter(|m| m.kind == MemberKind::Regular)
-    {
-        members.push(Member {
-            name: m.name.clone(),
-            size: m.size,
-            mode: m.mode,
-            mtime: m.mtime,
-            data: Arc::new(Window::new(src.clone(), m.data_offset, m.size)?),
-            kind: m.kind,
-            data_offset: Some(m.data_offset),
-        });
-    }
+        .map(|m| Member::from_tar(m, &src))
+        .collect::<Result<Vec<_>>>()?;
     let descriptor_member = members
         .iter()
         .position(|m| is_ovf_name(&m.name))
