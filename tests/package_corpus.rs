@@ -11,25 +11,14 @@
 //! Without `OVAFS_CORPUS` the tests print a skip line and pass, except in CI (`CI=true`),
 //! where they fail.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use ovafs::archive::TarError;
 use ovafs::error::{Error, ErrorKind, Result};
 use ovafs::ovf::{Descriptor, HostResourceKind, OvfError, OvfVersion};
 use ovafs::package::{Encoding, FileLocation, Package, PackageError, SourceKind};
-
-fn corpus() -> Option<PathBuf> {
-    match std::env::var_os("OVAFS_CORPUS") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("OVAFS_CORPUS must be set in CI");
-            }
-            println!("skipped: OVAFS_CORPUS is not set");
-            None
-        }
-    }
-}
 
 /// Every `.ova`, `.ovf` and `.ovf.expected` file one folder down, relative, sorted.
 fn corpus_files(root: &Path, suffixes: &[&str]) -> Vec<String> {
@@ -484,7 +473,9 @@ const FOLDERS: &[(&str, FolderCheck)] = &[
 
 #[test]
 fn corpus_ovas() {
-    let Some(root) = corpus() else { return };
+    let Some(root) = common::corpus_dir("package corpus test") else {
+        return;
+    };
     let found = corpus_files(&root, &[".ova"]);
     let listed: Vec<_> = OVAS.iter().map(|(n, _)| n.to_string()).collect();
     let mut sorted = listed.clone();
@@ -502,7 +493,9 @@ fn corpus_ovas() {
 
 #[test]
 fn corpus_descriptors() {
-    let Some(root) = corpus() else { return };
+    let Some(root) = common::corpus_dir("package corpus test") else {
+        return;
+    };
     let found = corpus_files(&root, &[".ovf", ".ovf.expected"]);
     let mut listed: Vec<_> = OVFS.iter().map(|(n, _)| n.to_string()).collect();
     listed.sort();
@@ -520,7 +513,9 @@ fn corpus_descriptors() {
 
 #[test]
 fn corpus_unpacked_packages() {
-    let Some(root) = corpus() else { return };
+    let Some(root) = common::corpus_dir("package corpus test") else {
+        return;
+    };
     for (name, check) in FOLDERS {
         println!("{name}");
         let p = ovafs::package::open(&root.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));

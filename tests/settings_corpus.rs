@@ -12,24 +12,13 @@
 //!
 //! Without `OVAFS_CORPUS` the tests print a skip line and pass, except in CI (`CI=true`).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ovafs::ovf::{self, Descriptor};
 use ovafs::settings::{self, EntryKind};
-
-fn corpus() -> Option<PathBuf> {
-    match std::env::var_os("OVAFS_CORPUS") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("OVAFS_CORPUS must be set in CI");
-            }
-            println!("skipped: OVAFS_CORPUS is not set");
-            None
-        }
-    }
-}
 
 /// Every parseable descriptor of the corpus, by relative path.
 fn descriptors(root: &Path) -> Vec<(String, Descriptor)> {
@@ -75,7 +64,9 @@ fn snapshot(d: &Descriptor) -> BTreeMap<String, String> {
 
 #[test]
 fn corpus_settings_round_trip() {
-    let Some(root) = corpus() else { return };
+    let Some(root) = common::corpus_dir("settings corpus test") else {
+        return;
+    };
     let all = descriptors(&root);
     assert!(all.len() >= 20, "only {} descriptors parsed", all.len());
     for (name, d) in &all {
@@ -202,7 +193,9 @@ fn alias(d: &Descriptor, path: &str, other: &str) -> bool {
 
 #[test]
 fn corpus_settings_edits() {
-    let Some(root) = corpus() else { return };
+    let Some(root) = common::corpus_dir("settings corpus test") else {
+        return;
+    };
     let mut accepted = 0usize;
     let mut refused = 0usize;
     for (name, d) in descriptors(&root) {

@@ -18,7 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Rng, run_ok, tempdir, tool};
+use common::{Rng, report_failures, report_files, run_ok, tempdir, tool};
 use serde_json::Value;
 
 /// Runs `ovafs verify ARGS`; returns (exit code, stdout, stderr).
@@ -196,30 +196,6 @@ fn replace_in_member(ova: &Path, name: &str, from: &str, to: &str) {
     fs::write(ova, bytes).unwrap();
 }
 
-fn files(v: &Value) -> Vec<(String, String)> {
-    v["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["name"].as_str().unwrap().to_string(),
-                f["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn failures(v: &Value) -> String {
-    v["failures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn digests_match_coreutils() {
     let f = Fixture::new();
@@ -314,7 +290,7 @@ fn signed_package_verifies_and_trust_is_reported_not_required() {
     assert_eq!(code, 0);
     let (code, v) = verify_json(&["--require-trusted", p(&ova)]);
     assert_eq!(code, 1);
-    assert!(failures(&v).contains("chain untrusted"), "{v:#}");
+    assert!(report_failures(&v).contains("chain untrusted"), "{v:#}");
 }
 
 #[test]
@@ -329,10 +305,10 @@ fn signed_package_with_one_byte_altered_fails() {
     flip(&ova, "disk1.img", 3 << 20);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 1, "{v:#}");
-    assert!(files(&v).contains(&("disk1.img".into(), "mismatch".into())));
+    assert!(report_files(&v).contains(&("disk1.img".into(), "mismatch".into())));
     assert_eq!(v["certificate"]["signatureOk"], true);
     assert_eq!(
-        failures(&v),
+        report_failures(&v),
         "disk1.img: SHA1 digest does not match (x.mf line 2)"
     );
     let (code, out, _) = verify(&[p(&ova)]);
@@ -354,16 +330,19 @@ fn signed_package_with_one_byte_altered_fails() {
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 1);
     assert_eq!(v["certificate"]["signatureOk"], false);
-    assert!(failures(&v).contains("x.cert: signature BAD"), "{v:#}");
-    assert!(failures(&v).contains("disk2.img: SHA512 digest does not match"));
+    assert!(
+        report_failures(&v).contains("x.cert: signature BAD"),
+        "{v:#}"
+    );
+    assert!(report_failures(&v).contains("disk2.img: SHA512 digest does not match"));
 
     // Only the manifest's padding: every digest matches, the signature does not.
     let ova = f.ova(&names);
     replace_in_member(&ova, "x.mf", "    ", "   \n");
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 1);
-    assert_eq!(failures(&v).lines().count(), 1, "{v:#}");
-    assert!(failures(&v).starts_with("x.cert: signature BAD"));
+    assert_eq!(report_failures(&v).lines().count(), 1, "{v:#}");
+    assert!(report_failures(&v).starts_with("x.cert: signature BAD"));
 
     // The signature.
     let ova = f.ova(&names);
@@ -379,7 +358,7 @@ fn signed_package_with_one_byte_altered_fails() {
     );
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 1);
-    assert!(files(&v).iter().all(|(_, s)| s == "ok"), "{v:#}");
+    assert!(report_files(&v).iter().all(|(_, s)| s == "ok"), "{v:#}");
     assert_eq!(v["certificate"]["signature"], "BAD");
 }
 
@@ -404,7 +383,7 @@ fn coverage_descriptor_not_listed_is_a_warning_other_members_fail() {
     let ova = f.ova(&["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 0, "{v:#}");
-    assert!(files(&v).contains(&("x.ovf".into(), "notListed".into())));
+    assert!(report_files(&v).contains(&("x.ovf".into(), "notListed".into())));
     assert!(
         v["warnings"][0]
             .as_str()
@@ -419,7 +398,7 @@ fn coverage_descriptor_not_listed_is_a_warning_other_members_fail() {
     let ova = f.ova(&["x.ovf", "x.mf", "disk1.img", "disk2.img", "readme.txt"]);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 1);
-    assert_eq!(failures(&v), "readme.txt: not listed in x.mf");
+    assert_eq!(report_failures(&v), "readme.txt: not listed in x.mf");
     let (_, out, _) = verify(&[p(&ova)]);
     assert!(out.contains("  not listed          readme.txt"), "{out}");
 }
@@ -437,12 +416,12 @@ fn coverage_missing_self_and_unsupported_entries() {
     let ova = f.ova(&["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 1, "{v:#}");
-    let rows = files(&v);
+    let rows = report_files(&v);
     assert!(rows.contains(&("ghost.img".into(), "missing".into())));
     assert!(rows.contains(&("x.mf".into(), "selfEntry".into())));
     assert!(rows.contains(&("disk2.img".into(), "unsupported".into())));
     assert_eq!(
-        failures(&v),
+        report_failures(&v),
         "ghost.img: listed in x.mf line 4, not in the package"
     );
 }
@@ -480,7 +459,7 @@ fn coverage_chunked_files_by_chunk_and_by_whole_name() {
     let ova = f.ova(&names);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 0, "{v:#}");
-    assert_eq!(files(&v).len(), 4);
+    assert_eq!(report_files(&v).len(), 4);
     // The whole file's digest under the href.
     let whole = common_lines + &line("SHA1", "sha1sum", "disk1.img");
     fs::write(f.path("x.mf"), whole).unwrap();
@@ -508,7 +487,7 @@ fn coverage_unpacked_package_listed_file_not_referenced() {
     fs::write(f.path("x.mf"), mf).unwrap();
     let (code, v) = verify_json(&[p(&f.path("x.ovf"))]);
     assert_eq!(code, 0, "{v:#}");
-    assert!(files(&v).contains(&("readme.txt".into(), "ok".into())));
+    assert!(report_files(&v).contains(&("readme.txt".into(), "ok".into())));
 }
 
 #[test]
@@ -538,7 +517,7 @@ fn no_manifest_fails() {
     let ova = f.ova(&["x.ovf", "disk1.img", "disk2.img"]);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 1);
-    assert!(failures(&v).starts_with("no manifest"), "{v:#}");
+    assert!(report_failures(&v).starts_with("no manifest"), "{v:#}");
 }
 
 #[test]
@@ -558,9 +537,9 @@ fn broken_descriptor_is_checked_at_the_archive_level() {
         v["packageError"].as_str().unwrap().contains("ovf:size"),
         "{v:#}"
     );
-    assert!(files(&v).iter().all(|(_, s)| s == "ok"), "{v:#}");
+    assert!(report_files(&v).iter().all(|(_, s)| s == "ok"), "{v:#}");
     // The same for the unpacked package.
     let (code, v) = verify_json(&[p(&f.path("x.ovf"))]);
     assert_eq!(code, 0, "{v:#}");
-    assert_eq!(files(&v).len(), 3, "{v:#}");
+    assert_eq!(report_files(&v).len(), 3, "{v:#}");
 }

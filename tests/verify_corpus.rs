@@ -15,23 +15,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-
-fn corpus() -> Option<PathBuf> {
-    match std::env::var_os("OVAFS_CORPUS") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("OVAFS_CORPUS must be set in CI");
-            }
-            println!("skipped: OVAFS_CORPUS is not set");
-            None
-        }
-    }
-}
 
 /// `ovafs verify --json [extra] PATH`: (exit code, report).
 fn verify(path: &Path, extra: &[&str]) -> (i32, Value) {
@@ -53,33 +40,11 @@ fn verify(path: &Path, extra: &[&str]) -> (i32, Value) {
     (out.status.code().unwrap_or(-1), v)
 }
 
-fn statuses(v: &Value) -> Vec<(String, String)> {
-    v["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["name"].as_str().unwrap().to_string(),
-                f["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn failures(v: &Value) -> String {
-    v["failures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn corpus_manifests_verify() {
-    let Some(root) = corpus() else { return };
+    let Some(root) = common::corpus_dir("verify corpus test") else {
+        return;
+    };
     // (path, digests expected ok)
     let cases: [(&str, usize); 9] = [
         ("cot/input.ovf", 4),
@@ -95,7 +60,7 @@ fn corpus_manifests_verify() {
     for (rel, ok) in cases {
         let (code, v) = verify(&root.join(rel), &[]);
         assert_eq!(code, 0, "{rel}: {v:#}");
-        let s = statuses(&v);
+        let s = common::report_files(&v);
         assert_eq!(
             s.iter().filter(|(_, st)| st == "ok").count(),
             ok,
@@ -110,7 +75,9 @@ fn corpus_manifests_verify() {
 
 #[test]
 fn corpus_signatures_verify() {
-    let Some(root) = corpus() else { return };
+    let Some(root) = common::corpus_dir("verify corpus test") else {
+        return;
+    };
     let cases = [
         ("virtualbox/tdAppliance1-t4.ova", true, "self-signed"),
         ("virtualbox/tdAppliance1-t5.ova", false, "local issuer"),
@@ -135,7 +102,10 @@ fn corpus_signatures_verify() {
         assert_eq!(c["signer"]["validNow"], valid_now, "{rel}: {c:#}");
         let (code, v) = verify(&path, &["--require-trusted"]);
         assert_eq!(code, 1, "{rel}");
-        assert!(failures(&v).contains("chain untrusted"), "{rel}: {v:#}");
+        assert!(
+            common::report_failures(&v).contains("chain untrusted"),
+            "{rel}: {v:#}"
+        );
     }
     let (_, v) = verify(&root.join("virtualbox/tdAppliance1-t5.ova"), &[]);
     let c = &v["certificate"];
@@ -148,10 +118,12 @@ fn corpus_signatures_verify() {
 
 #[test]
 fn corpus_failures() {
-    let Some(root) = corpus() else { return };
+    let Some(root) = common::corpus_dir("verify corpus test") else {
+        return;
+    };
     let (code, v) = verify(&root.join("open-ovf/ourOVF.ova"), &[]);
     assert_eq!(code, 1, "{v:#}");
-    let s = statuses(&v);
+    let s = common::report_files(&v);
     assert!(
         s.contains(&("ourOVF.ovf".into(), "mismatch".into())),
         "{s:?}"
@@ -165,7 +137,7 @@ fn corpus_failures() {
 
     let (code, v) = verify(&root.join("ganeti/wrong_manifest.ovf"), &[]);
     assert_eq!(code, 1, "{v:#}");
-    let s = statuses(&v);
+    let s = common::report_files(&v);
     assert!(
         s.iter().all(|(_, st)| st != "ok"),
         "both lines are wrong: {s:?}"
@@ -174,7 +146,9 @@ fn corpus_failures() {
 
 #[test]
 fn altered_t4_copies_fail() {
-    let Some(root) = corpus() else { return };
+    let Some(root) = common::corpus_dir("verify corpus test") else {
+        return;
+    };
     let original = std::fs::read(root.join("virtualbox/tdAppliance1-t4.ova")).unwrap();
     let tmp = common::tempdir();
     let src = ovafs::io::FileSource::open(&root.join("virtualbox/tdAppliance1-t4.ova")).unwrap();
@@ -215,6 +189,9 @@ fn altered_t4_copies_fail() {
         std::fs::write(&path, bytes).unwrap();
         let (code, v) = verify(&path, &[]);
         assert_eq!(code, 1, "{what}: {v:#}");
-        assert!(failures(&v).contains(expected), "{what}: {v:#}");
+        assert!(
+            common::report_failures(&v).contains(expected),
+            "{what}: {v:#}"
+        );
     }
 }

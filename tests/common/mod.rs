@@ -52,6 +52,32 @@ pub fn corpus_dir(what: &str) -> Option<PathBuf> {
     }
 }
 
+/// (name, status) of every file row of an `ovafs verify --json` report.
+pub fn report_files(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_string(),
+                f["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The failures of an `ovafs verify --json` report, one per line.
+pub fn report_failures(v: &serde_json::Value) -> String {
+    v["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Runs a command and returns its output, panicking with stderr when it fails.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd
