@@ -513,32 +513,48 @@ fn write_os_type(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingErr
     let node = os_node(c, t).ok_or_else(|| SettingError::Internal("no OS node".into()))?;
     let value = s.trim();
     let cur = os.vmw_os_type.as_ref();
-    if cur.is_some_and(|x| x.value == value) || (cur.is_none() && value.is_empty()) {
-        return Ok(Applied::none(value));
-    }
-    let v = &c.view;
-    if value.is_empty() {
-        let edit = cur
-            .and_then(|x| v.remove_attr(node, x.span))
-            .ok_or_else(|| SettingError::Internal("vmw:osType not found".into()))?;
-        return Ok(applied(vec![edit], ""));
-    }
-    if !value
+    let invalid_id = !value
         .chars()
         .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
-        || value.len() > 64
-    {
+        || value.len() > 64;
+    if invalid_id && cur.is_none_or(|x| x.value != value) {
         return Err(invalid(
             "a VMware guest id is letters, digits, '_' and '-' (e.g. otherLinux64Guest)",
         ));
     }
-    let (name, decl) = match v.prefix_in_scope(node, &|u| u == VMW_URI, false) {
-        Some(p) => (format!("{p}osType"), String::new()),
-        None => (
-            "vmw:osType".to_string(),
-            format!(" xmlns:vmw=\"{VMW_URI}\""),
-        ),
-    };
+    let v = &c.view;
+    set_optional_attr(v, node, cur, value, "vmw:osType", || {
+        match v.prefix_in_scope(node, &|u| u == VMW_URI, false) {
+            Some(p) => (format!("{p}osType"), String::new()),
+            None => (
+                "vmw:osType".to_string(),
+                format!(" xmlns:vmw=\"{VMW_URI}\""),
+            ),
+        }
+    })
+}
+
+/// Sets the optional attribute `cur` (called `what` in errors) of element `node` to `value`,
+/// or removes it when `value` is empty; no edit when it already holds that. A new attribute
+/// gets the qualified name and namespace declaration `name_decl` returns.
+fn set_optional_attr(
+    v: &View<'_>,
+    node: usize,
+    cur: Option<&crate::ovf::Spanned<String>>,
+    value: &str,
+    what: &str,
+    name_decl: impl FnOnce() -> (String, String),
+) -> Result<Applied, SettingError> {
+    if cur.is_some_and(|x| x.value == value) || (cur.is_none() && value.is_empty()) {
+        return Ok(Applied::none(value));
+    }
+    if value.is_empty() {
+        let edit = cur
+            .and_then(|x| v.remove_attr(node, x.span))
+            .ok_or_else(|| SettingError::Internal(format!("{what} not found")))?;
+        return Ok(applied(vec![edit], ""));
+    }
+    let (name, decl) = name_decl();
     Ok(applied(
         vec![v.set_attr(node, cur.map(|x| x.span), &name, &decl, value)],
         value,
@@ -652,22 +668,15 @@ fn write_transport(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingE
         .collect::<Vec<_>>()
         .join(" ");
     values::check_xml_chars(&value).map_err(inv)?;
-    let cur = hw.transport.as_ref();
-    if cur.is_some_and(|x| x.value == value) || (cur.is_none() && value.is_empty()) {
-        return Ok(Applied::none(value));
-    }
     let v = &c.view;
-    if value.is_empty() {
-        let edit = cur
-            .and_then(|x| v.remove_attr(node, x.span))
-            .ok_or_else(|| SettingError::Internal("ovf:transport not found".into()))?;
-        return Ok(applied(vec![edit], ""));
-    }
-    let (name, decl) = v.ovf_attr_name(node, "transport");
-    Ok(applied(
-        vec![v.set_attr(node, cur.map(|x| x.span), &name, &decl, &value)],
-        value,
-    ))
+    set_optional_attr(
+        v,
+        node,
+        hw.transport.as_ref(),
+        &value,
+        "ovf:transport",
+        || v.ovf_attr_name(node, "transport"),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
