@@ -95,6 +95,17 @@ fn shell_redirect_saves_and_refuses_bad_values() {
     m.umount();
 }
 
+/// Runs an editor driven by the commands `script` on its standard input; it must succeed.
+fn run_with_stdin(cmd: &mut Command, script: &[u8]) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(script).unwrap();
+    assert!(child.wait().unwrap().success(), "{cmd:?}");
+}
+
 /// Runs nano on `file` in a pseudo-terminal and replaces its first line with `value`.
 fn nano_replace_first_line(file: &Path, value: &str) {
     let script = r#"
@@ -164,58 +175,28 @@ fn every_editor_saves() {
     run_ok(Command::new(tool("sed")).arg("-i").arg("s/2/3/").arg(&cpus));
     assert_eq!(read(&cpus), "3\n", "sed -i");
 
-    let mut vim = Command::new(tool("vim"))
-        .args(["-E", "-s", "-N", "-u", "NONE"])
-        .arg(&cpus)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    vim.stdin
-        .take()
-        .unwrap()
-        .write_all(b"%s/3/5/\nwq\n")
-        .unwrap();
-    assert!(vim.wait().unwrap().success(), "vim");
+    run_with_stdin(
+        Command::new(tool("vim"))
+            .args(["-E", "-s", "-N", "-u", "NONE"])
+            .arg(&cpus),
+        b"%s/3/5/\nwq\n",
+    );
     assert_eq!(read(&cpus), "5\n", "vim");
 
     // vim with the settings users have: swap file, backup file, write via rename.
-    let mut vim = Command::new(tool("vim"))
-        .args([
-            "-E",
-            "-s",
-            "-N",
-            "-u",
-            "NONE",
-            "-c",
-            "set swapfile backup writebackup backupcopy=no",
-        ])
-        .arg(&cpus)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    vim.stdin
-        .take()
-        .unwrap()
-        .write_all(b"%s/5/6/\nwq\n")
-        .unwrap();
-    assert!(vim.wait().unwrap().success(), "vim backupcopy=no");
+    run_with_stdin(
+        Command::new(tool("vim"))
+            .args(["-E", "-s", "-N", "-u", "NONE"])
+            .args(["-c", "set swapfile backup writebackup backupcopy=no"])
+            .arg(&cpus),
+        b"%s/5/6/\nwq\n",
+    );
     assert_eq!(read(&cpus), "6\n", "vim backupcopy=no");
 
-    let mut ed = Command::new(tool("ed"))
-        .arg("-s")
-        .arg(&cpus)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    ed.stdin
-        .take()
-        .unwrap()
-        .write_all(b"1c\n7\n.\nw\nq\n")
-        .unwrap();
-    assert!(ed.wait().unwrap().success(), "ed");
+    run_with_stdin(
+        Command::new(tool("ed")).arg("-s").arg(&cpus),
+        b"1c\n7\n.\nw\nq\n",
+    );
     assert_eq!(read(&cpus), "7\n", "ed");
 
     nano_replace_first_line(&cpus, "8");
