@@ -230,19 +230,27 @@ fn run_matrix(m: &Matrix, work: &Path) {
     println!("crash matrix, {}:\n{}", m.name, table.join("\n"));
 }
 
+/// Builds `fx` as an OVA alone in its own folder under `work` (what the matrix snapshots);
+/// returns the folder and the OVA's file name.
+fn ova_alone(fx: &Fixture, work: &Path) -> (PathBuf, String) {
+    let ova = fx.build();
+    let pkg_dir = work.join("ova");
+    fs::create_dir_all(&pkg_dir).unwrap();
+    let name = ova.file_name().unwrap().to_str().unwrap().to_string();
+    fs::copy(&ova, pkg_dir.join(&name)).unwrap();
+    (pkg_dir, name)
+}
+
 #[test]
 fn crash_matrix_in_place() {
     let t = tempdir();
     let fx = Fixture::new(&t.path().join("pkg0"), "inplace");
-    let ova = fx.build();
-    let pkg_dir = t.path().join("ova");
-    fs::create_dir_all(&pkg_dir).unwrap();
-    fs::copy(&ova, pkg_dir.join("inplace.ova")).unwrap();
+    let (pkg_dir, source) = ova_alone(&fx, t.path());
     run_matrix(
         &Matrix {
             name: "in place",
             pkg_dir,
-            source: "inplace.ova".into(),
+            source,
             new_descriptor: with_cpus(&fx.descriptor(), 4).into_bytes(),
             expect: CommitPath::InPlace,
         },
@@ -254,15 +262,12 @@ fn crash_matrix_in_place() {
 fn crash_matrix_rewrite() {
     let t = tempdir();
     let fx = Fixture::new(&t.path().join("pkg0"), "grow");
-    let ova = fx.build();
-    let pkg_dir = t.path().join("ova");
-    fs::create_dir_all(&pkg_dir).unwrap();
-    fs::copy(&ova, pkg_dir.join("grow.ova")).unwrap();
+    let (pkg_dir, source) = ova_alone(&fx, t.path());
     run_matrix(
         &Matrix {
             name: "rewrite",
             pkg_dir,
-            source: "grow.ova".into(),
+            source,
             new_descriptor: with_annotation(&fx.descriptor(), 3000).into_bytes(),
             expect: CommitPath::Rewrite,
         },
@@ -275,15 +280,12 @@ fn crash_matrix_certificate_drop() {
     let t = tempdir();
     let mut fx = Fixture::new(&t.path().join("pkg0"), "signed");
     fx.cert = true;
-    let ova = fx.build();
-    let pkg_dir = t.path().join("ova");
-    fs::create_dir_all(&pkg_dir).unwrap();
-    fs::copy(&ova, pkg_dir.join("signed.ova")).unwrap();
+    let (pkg_dir, source) = ova_alone(&fx, t.path());
     run_matrix(
         &Matrix {
             name: "certificate drop",
             pkg_dir,
-            source: "signed.ova".into(),
+            source,
             new_descriptor: with_cpus(&fx.descriptor(), 4).into_bytes(),
             expect: CommitPath::Rewrite,
         },
