@@ -1,6 +1,8 @@
 //! Manifest parse: never panics; spans are inside the input, in order and disjoint; an entry
 //! re-formatted in its own style reproduces its line byte for byte unless its hex is in
-//! mixed case (documented: mixed case is written in lowercase).
+//! mixed case (documented: mixed case is written in lowercase); each value span holds the
+//! value. A commit's refresh of the first entry's file never panics, and when it succeeds
+//! the result parses to the same entries with that file's values replaced.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -25,6 +27,9 @@ fuzz_target!(|data: &[u8]| {
         if !mixed && token_reproducible {
             assert_eq!(line.as_bytes(), original, "re-formatting changed the line");
         }
+        let value = e.value_span();
+        assert!(e.span.start <= value.start && value.end <= e.span.end);
+        assert_eq!(&data[value], e.value.as_bytes(), "value span");
         // Whatever the style, the formatted line parses back to the same entry.
         let again = manifest::parse(line.as_bytes()).expect("a formatted line parses");
         assert_eq!(again.entries.len(), 1, "formatted line {line:?}");
@@ -34,4 +39,26 @@ fuzz_target!(|data: &[u8]| {
     for b in &m.bad_lines {
         assert!(b.span.end <= data.len());
     }
+    check_refresh(data, &m);
 });
+
+/// Refreshes the first entry's file for new content and compares the two parses.
+fn check_refresh(data: &[u8], m: &manifest::Manifest) {
+    let Some(first) = m.entries.first() else {
+        return;
+    };
+    let Ok(r) = ovafs::commit::manifest::refresh(data, &first.name, b"new content") else {
+        return;
+    };
+    let after = manifest::parse(&r.bytes).expect("a refreshed manifest parses");
+    assert!(r.listed);
+    assert_eq!(after.entries.len(), m.entries.len(), "entries kept");
+    for (old, new) in m.entries.iter().zip(&after.entries) {
+        assert_eq!((&old.name, &old.algorithm), (&new.name, &new.algorithm));
+        // A refresh updates the lines naming the file as listed or as `./name`.
+        let refreshed = old.name == first.name || old.name.strip_prefix("./") == Some(&first.name);
+        if !refreshed {
+            assert_eq!(old.value, new.value, "another file's value changed");
+        }
+    }
+}
