@@ -13,12 +13,19 @@
 //! A manifest that does not list the descriptor is left as it is. Lines naming other files
 //! are never touched: only the descriptor changes in a commit.
 
+use crate::archive::names::normalize_str;
 use crate::verify::digest::DigestAlgorithm;
 use crate::verify::manifest::{self as mf, Algorithm, HexCase};
 
-/// Whether a line's name designates `file_name` (a name in the manifest's own folder).
-fn names_file(listed: &str, file_name: &str) -> bool {
-    listed == file_name || listed.strip_prefix("./") == Some(file_name)
+/// Whether a line's name designates `file_name` (a name in the manifest's own folder):
+/// equal as written, or after the normalisation `ovafs verify` resolves names with
+/// (`./a.ovf`, `.//a.ovf`).
+pub fn names_file(listed: &str, file_name: &str) -> bool {
+    listed == file_name
+        || matches!(
+            (normalize_str(listed), normalize_str(file_name)),
+            (Ok(a), Ok(b)) if a == b
+        )
 }
 
 /// The value a line of algorithm `alg` holds for `data`: lowercase hex digest, or the
@@ -166,6 +173,7 @@ mod tests {
             ("SHA2-256(a.ovf)= {}\n", Algorithm::Sha256),
             ("  sha512( a.ovf)=\t{}  \n", Algorithm::Sha512),
             ("SHA256(./a.ovf)= {}", Algorithm::Sha256),
+            ("SHA256(.//a.ovf)= {}", Algorithm::Sha256),
         ];
         for (template, alg) in cases {
             let old = template.replace("{}", &"0".repeat(value_for(&alg, b"").unwrap().len()));

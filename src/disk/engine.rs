@@ -131,23 +131,45 @@ impl FlatDisk {
     /// The encoded units that hold `[offset, offset+len)`, in order, without duplicates.
     /// Mapping errors end the list early: read-ahead is only a hint.
     pub fn units_in(&self, offset: u64, len: u64) -> Vec<u64> {
-        let size = self.image.virtual_size();
-        let end = offset.saturating_add(len).min(size);
+        let end = offset.saturating_add(len).min(self.image.virtual_size());
         let mut units = Vec::new();
-        let mut pos = offset;
-        while pos < end {
-            let ext = match self.image.map(pos, end - pos) {
-                Ok(e) if !e.is_empty() && e.len() <= end - pos => e,
-                _ => break,
-            };
-            if let Extent::Unit { unit, .. } = ext
+        for ext in self.extents(offset, end).map_while(Result::ok) {
+            if let (_, Extent::Unit { unit, .. }) = ext
                 && units.last() != Some(&unit)
             {
                 units.push(unit);
             }
-            pos += ext.len();
         }
         units
+    }
+
+    /// The extents of `[from, end)` in order, with their virtual offsets, each checked to be
+    /// non-empty and inside the range (a corrupt map is an error, after which the walk
+    /// ends). Only tables are consulted.
+    fn extents(&self, from: u64, end: u64) -> impl Iterator<Item = Result<(u64, Extent)>> + '_ {
+        let mut pos = from;
+        std::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            let at = pos;
+            let checked = self.image.map(at, end - at).and_then(|ext| {
+                let len = ext.len();
+                if len == 0 || len > end - at {
+                    return Err(DiskError::CorruptUnit {
+                        unit: at / self.image.unit_bytes().max(1),
+                        reason: format!("map returned {len} bytes at offset {at}"),
+                    }
+                    .into());
+                }
+                Ok(ext)
+            });
+            pos = match &checked {
+                Ok(ext) => at + ext.len(),
+                Err(_) => end,
+            };
+            Some(checked.map(|ext| (at, ext)))
+        })
     }
 
     /// `SEEK_DATA` / `SEEK_HOLE` over the flat image: the first offset at or after
@@ -157,21 +179,11 @@ impl FlatDisk {
     /// ones unless a parent disk supplies them. Only tables are consulted, no grain is read.
     pub fn seek(&self, offset: u64, data: bool) -> Result<Option<u64>> {
         let size = self.image.virtual_size();
-        let mut pos = offset;
-        while pos < size {
-            let ext = self.image.map(pos, size - pos)?;
-            let len = ext.len();
-            if len == 0 || len > size - pos {
-                return Err(DiskError::CorruptUnit {
-                    unit: pos / self.image.unit_bytes().max(1),
-                    reason: format!("map returned {len} bytes at offset {pos}"),
-                }
-                .into());
-            }
+        for ext in self.extents(offset, size) {
+            let (pos, ext) = ext?;
             if self.holds_data(&ext) == data {
                 return Ok(Some(pos));
             }
-            pos += len;
         }
         Ok(if data { None } else { Some(size.max(offset)) })
     }
@@ -190,29 +202,22 @@ impl FlatDisk {
 
     fn count_data_bytes(&self) -> Option<u64> {
         let started = std::time::Instant::now();
-        let size = self.image.virtual_size();
-        let (mut pos, mut data, mut extents) = (0u64, 0u64, 0usize);
-        while pos < size {
-            extents += 1;
-            if extents > MAX_COUNTED_EXTENTS {
+        let mut data = 0u64;
+        for (n, ext) in self.extents(0, self.image.virtual_size()).enumerate() {
+            if n >= MAX_COUNTED_EXTENTS {
                 log::debug!(
                     "disk {}: over {MAX_COUNTED_EXTENTS} extents, counted as fully allocated",
                     self.id
                 );
                 return None;
             }
-            let ext = self.image.map(pos, size - pos).ok()?;
-            let len = ext.len();
-            if len == 0 || len > size - pos {
-                return None;
-            }
+            let (_, ext) = ext.ok()?;
             if self.holds_data(&ext) {
-                data += len;
+                data += ext.len();
             }
-            pos += len;
         }
         log::debug!(
-            "disk {}: {data} bytes of data in {extents} extents, counted in {:?}",
+            "disk {}: {data} bytes of data, counted in {:?}",
             self.id,
             started.elapsed()
         );

@@ -8,8 +8,8 @@
 //! would import the old values while every other tool sees the new ones.
 //!
 //! Only those two attributes are touched, byte for byte like any other edit. The settings
-//! elements are unprefixed and sit in whatever default namespace the document has, so they
-//! are matched by local name under the `vbox:Machine` element.
+//! elements are unprefixed, so they land in the document's default namespace (the OVF one,
+//! or none), which is where `View::ovf_child` looks.
 
 use crate::ovf::edit::Edit;
 use crate::ovf::xml::Ns;
@@ -47,7 +47,7 @@ fn set_hardware_attr(
         return Ok(Vec::new());
     };
     let text = value.to_string();
-    if let Some(el) = child(v, hardware, element) {
+    if let Some(el) = v.ovf_child(hardware, element) {
         let existing = v.node(el).attr(Ns::None, attr);
         return Ok(match existing {
             Some(a) if a.value.trim() == text => Vec::new(),
@@ -76,15 +76,5 @@ fn machine_hardware(v: &View<'_>, system: usize) -> Option<usize> {
         let n = v.node(c);
         n.ns == Ns::Vbox && n.local == "Machine"
     })?;
-    child(v, machine, "Hardware")
-}
-
-/// The first child of `i` with this local name, in the OVF or no namespace (where the
-/// unprefixed settings elements land).
-fn child(v: &View<'_>, i: usize, local: &str) -> Option<usize> {
-    v.node(i)
-        .children
-        .iter()
-        .copied()
-        .find(|&c| v.node(c).is_ovf(local))
+    v.ovf_child(machine, "Hardware")
 }
