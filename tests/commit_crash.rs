@@ -223,6 +223,7 @@ fn run_matrix(m: &Matrix, work: &Path) {
             (JournalOutcome::None, k) => format!("{k} temp removed"),
             (JournalOutcome::Completed, _) => "journal replayed".to_string(),
             (JournalOutcome::Discarded { .. }, k) => format!("journal discarded, {k} temp removed"),
+            (other, _) => panic!("{} point {n}: journal left: {other:?}", m.name),
         };
         table.push(format!("  {n:>2} {point:<32} -> {which} ({recovery})"));
         let _ = fs::remove_dir_all(&run);
@@ -367,6 +368,7 @@ fn crash_random_kills_during_repeated_commits() {
             JournalOutcome::Discarded { .. } => discarded += 1,
             JournalOutcome::None if !rec.removed_temp_files.is_empty() => temps += 1,
             JournalOutcome::None => clean += 1,
+            other => panic!("round {round}: journal left: {other:?}"),
         }
         assert!(leftovers(&ova).is_empty());
         let got = check_ova(&fx, &ova, t.path());

@@ -4,9 +4,13 @@
 //! - `valid_journal_is_replayed_*`: a journal for this very file is completed (also twice).
 //! - `torn_journal_is_discarded_*`: every truncation of a journal is deleted, the OVA untouched.
 //! - `journal_for_another_file_is_discarded`: the OVA was replaced since: not patched.
-//! - `hostile_folder_journal_is_discarded`: renames that leave the package's own files.
+//! - `hostile_folder_journal_is_refused`: renames that leave the package's own files are
+//!   neither replayed nor deleted.
 //! - `journal_symlink_is_refused`: a symlink at the journal's name is neither followed nor
 //!   deleted.
+//! - `journal_aimed_at_other_bytes_is_refused`: a sealed journal whose old-bytes digests do
+//!   not match the archive is left alone, the archive untouched.
+//! - `torn_patch_is_completed`: half the sectors already new, half still old: replayed.
 //! - `stale_temporary_files_are_removed_and_others_kept`.
 
 #[path = "commit_support.rs"]
@@ -16,7 +20,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use ovafs::commit::journal::{Identity, Journal, Kind, Op};
+use ovafs::commit::journal::{Identity, Journal, Kind, Op, sector_digests};
 use ovafs::commit::{self, JournalOutcome};
 use support::{Fixture, tar_list};
 
@@ -36,21 +40,27 @@ fn identity(p: &Path) -> Identity {
     }
 }
 
-/// A journal that overwrites the first four bytes of the descriptor's data with "XXXX"
-/// (harmless to GNU tar: data, not headers).
+/// A journal that overwrites bytes 100..104 of the descriptor's data with "XXXX" (harmless
+/// to GNU tar: data, not headers), as a write of the whole first data sector, bound to the
+/// sector as it is. Returns the journal and the offset of "XXXX".
 fn patch_journal(ova: &Path) -> (Journal, u64) {
     let listing = tar_list(ova);
-    let offset = support::data_offset(ova, listing[0].block) + 100;
+    let sector = support::data_offset(ova, listing[0].block);
+    let bytes = fs::read(ova).unwrap();
+    let old = bytes[sector as usize..sector as usize + 512].to_vec();
+    let mut data = old.clone();
+    data[100..104].copy_from_slice(b"XXXX");
     (
         Journal {
             kind: Kind::Archive,
             target: identity(ova),
             ops: vec![Op::Write {
-                offset,
-                data: b"XXXX".to_vec(),
+                offset: sector,
+                data,
+                old: sector_digests(&old),
             }],
         },
-        offset,
+        sector + 100,
     )
 }
 
@@ -117,7 +127,60 @@ fn journal_for_another_file_is_discarded() {
 }
 
 #[test]
-fn hostile_folder_journal_is_discarded() {
+fn journal_aimed_at_other_bytes_is_refused() {
+    let t = tempdir();
+    let fx = Fixture::new(t.path(), "aimed");
+    let ova = fx.build();
+    let before = fs::read(&ova).unwrap();
+    let (mut j, _) = patch_journal(&ova);
+    // Well sealed, right identity, but bound to bytes this archive never held.
+    if let Op::Write { old, .. } = &mut j.ops[0] {
+        *old = sector_digests(&[0x55; 512]);
+    }
+    fs::write(journal_path(&ova), j.encode()).unwrap();
+    let r = commit::recover(&ova).unwrap();
+    assert!(
+        matches!(&r.journal, JournalOutcome::Refused { reason, .. } if reason.contains("neither")),
+        "{r:?}"
+    );
+    assert!(r.read_only_reason().is_some());
+    assert_eq!(fs::read(&ova).unwrap(), before);
+    assert!(journal_path(&ova).exists());
+}
+
+#[test]
+fn torn_patch_is_completed() {
+    let t = tempdir();
+    let fx = Fixture::new(t.path(), "tornpatch");
+    let ova = fx.build();
+    let listing = tar_list(&ova);
+    let at = support::data_offset(&ova, listing[0].block) as usize;
+    let bytes = fs::read(&ova).unwrap();
+    let old = bytes[at..at + 1024].to_vec();
+    let mut new = old.clone();
+    new[10] ^= 1;
+    new[600] ^= 1;
+    let j = Journal {
+        kind: Kind::Archive,
+        target: identity(&ova),
+        ops: vec![Op::Write {
+            offset: at as u64,
+            data: new.clone(),
+            old: sector_digests(&old),
+        }],
+    };
+    // The crash tore the patch: the first sector is new, the second still old.
+    let mut torn = bytes.clone();
+    torn[at..at + 512].copy_from_slice(&new[..512]);
+    fs::write(&ova, &torn).unwrap();
+    fs::write(journal_path(&ova), j.encode()).unwrap();
+    let r = commit::recover(&ova).unwrap();
+    assert_eq!(r.journal, JournalOutcome::Completed, "{r:?}");
+    assert_eq!(&fs::read(&ova).unwrap()[at..at + 1024], &new[..]);
+}
+
+#[test]
+fn hostile_folder_journal_is_refused() {
     let t = tempdir();
     let fx = Fixture::new(t.path(), "pkg");
     fx.write_files();
@@ -128,6 +191,7 @@ fn hostile_folder_journal_is_discarded() {
         vec![Op::Rename {
             from: fx.disk_name.clone(),
             to: fx.ovf(),
+            sha256: [0; 32],
         }],
         vec![Op::Remove {
             name: fx.disk_name.clone(),
@@ -135,6 +199,7 @@ fn hostile_folder_journal_is_discarded() {
         vec![Op::Rename {
             from: format!(".{}.ovafs-tmp-x", fx.ovf()),
             to: fx.disk_name.clone(),
+            sha256: [0; 32],
         }],
     ] {
         let j = Journal {
@@ -145,9 +210,10 @@ fn hostile_folder_journal_is_discarded() {
         fs::write(journal_path(&ovf), j.encode()).unwrap();
         let r = commit::recover(&ovf).unwrap();
         assert!(
-            matches!(r.journal, JournalOutcome::Discarded { .. }),
+            matches!(r.journal, JournalOutcome::Refused { .. }),
             "{r:?}"
         );
+        assert!(journal_path(&ovf).exists(), "a refused journal is left alone");
         assert!(dir.join(&fx.disk_name).exists());
         assert_eq!(support::sha256(&fs::read(&ovf).unwrap()), before);
     }
@@ -161,7 +227,11 @@ fn journal_symlink_is_refused() {
     let victim = t.path().join("victim");
     fs::write(&victim, b"keep me").unwrap();
     std::os::unix::fs::symlink(&victim, journal_path(&ova)).unwrap();
-    assert!(commit::recover(&ova).is_err());
+    let r = commit::recover(&ova).unwrap();
+    assert!(
+        matches!(&r.journal, JournalOutcome::Refused { reason, .. } if reason.contains("symbolic link")),
+        "{r:?}"
+    );
     assert_eq!(fs::read(&victim).unwrap(), b"keep me");
     assert!(fs::symlink_metadata(journal_path(&ova)).is_ok());
 }

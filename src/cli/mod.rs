@@ -9,6 +9,7 @@ mod info;
 mod mount;
 mod mountinfo;
 pub mod options;
+mod record;
 mod umount;
 mod verify;
 

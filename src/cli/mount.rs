@@ -151,16 +151,16 @@ pub(super) fn serve(
     check_mountpoint(&config.mountpoint)?;
     hold_mountpoint_lock_until_exit(&config.mountpoint)?;
 
-    // An interrupted commit is completed (or discarded) before anything reads the package.
+    // An interrupted commit is completed (or discarded) before anything reads the package;
+    // a read-only mount only looks. A journal left in place (not ovafs's, not provable, or
+    // another mount's) keeps the package read-only.
     std::fs::metadata(&config.source)
         .map_err(|e| Error::io(format!("cannot open {}", config.source.display()), e))?;
-    let recovery = commit::recover(&config.source)?;
-    if !recovery.is_clean() {
-        log::warn!(
-            "{}: recovered an interrupted commit: {recovery:?}",
-            config.source.display()
-        );
-    }
+    let recovery = if config.read_only {
+        commit::inspect(&config.source)?
+    } else {
+        commit::recover(&config.source)?
+    };
     let appliance = Appliance::open(&config.source)?;
     // verify=strict: nothing is served until everything checks out.
     let strict_report = match config.verify {
@@ -169,7 +169,8 @@ pub(super) fn serve(
         ))?),
         _ => None,
     };
-    let (committer, read_only_reason) = open_committer(config, &appliance)?;
+    let (committer, read_only_reason) =
+        open_committer(config, &appliance, recovery.read_only_reason())?;
     let read_only = committer.is_none();
     let editor = Arc::new(Editor::new(&appliance.package, committer)?);
     let cache = Arc::new(UnitCache::new(config.cache_bytes));
@@ -193,6 +194,7 @@ pub(super) fn serve(
             )
         })?;
     raise_read_ahead(&config.mountpoint);
+    write_mount_record(config);
     log::info!(
         "mounted {} on {} ({} disks, cache {} bytes)",
         config.source.display(),
@@ -217,10 +219,31 @@ pub(super) fn serve(
 
     on_ready(read_only_reason.as_deref())?;
     integrity.start(Subject::from_package(&appliance.package));
-    match session.run() {
+    let result = session.run();
+    super::record::remove_own(
+        &super::mountinfo::canonical_mount_path(&config.mountpoint),
+        std::process::id(),
+    );
+    match result {
         Ok(()) => Ok(EXIT_OK),
         Err(e) => Err(Error::io("FUSE session failed", e)),
     }
+}
+
+/// Records which package this mount serves, for `ovafs umount` (see `record.rs`).
+fn write_mount_record(config: &MountConfig) {
+    let mount_point = super::mountinfo::canonical_mount_path(&config.mountpoint);
+    let Some(entry) = super::mountinfo::find(&mount_point) else {
+        log::warn!("{}: not in the mount table", mount_point.display());
+        return;
+    };
+    let source = std::fs::canonicalize(&config.source).unwrap_or_else(|_| config.source.clone());
+    super::record::write(&super::record::Record {
+        mount_point,
+        source,
+        pid: std::process::id(),
+        device: entry.device,
+    });
 }
 
 /// Unmounts after a signal when fuser's own unmount failed: retried while busy as
@@ -246,13 +269,21 @@ fn termination_signals() -> SigSet {
     set
 }
 
-/// The committer for a writable mount, or why the mount is read-only.
+/// The committer for a writable mount, or why the mount is read-only. `recovery_left` is
+/// why recovery left a journal beside the package: then nothing may be committed (and a
+/// read-only mount says so too).
 fn open_committer(
     config: &MountConfig,
     appliance: &Appliance,
+    recovery_left: Option<String>,
 ) -> Result<(Option<Committer>, Option<String>)> {
     if config.read_only {
-        return Ok((None, None));
+        return Ok((None, recovery_left));
+    }
+    if let Some(why) = recovery_left {
+        let reason = format!("{why}; mounted read-only");
+        log::warn!("{}: {reason}", config.source.display());
+        return Ok((None, Some(reason)));
     }
     if let Some(format) = appliance.package.archive_compression {
         // Edits are patched into the archive in place; a compressed archive would have to
@@ -267,10 +298,14 @@ fn open_committer(
         Ok(c) => Ok((Some(c), None)),
         Err(e) if commit::is_read_only(&e) => {
             log::debug!("{e}");
-            let reason = format!(
-                "{} is not writable; mounted read-only",
-                config.source.display()
-            );
+            let reason = match e.kind() {
+                // Locked by another mount, a journal beside it: the message says which.
+                crate::error::ErrorKind::ReadOnly(why) => format!("{why}; mounted read-only"),
+                _ => format!(
+                    "{} is not writable; mounted read-only",
+                    config.source.display()
+                ),
+            };
             log::warn!("{reason}");
             Ok((None, Some(reason)))
         }

@@ -11,16 +11,17 @@ pub struct MountEntry {
     pub mount_point: String,
     /// File system type (`fuse`, `fuse.ovafs`, ...).
     pub fs_type: String,
-    /// Mount source (for ovafs, the appliance path).
+    /// Mount source: whatever `fsname=` made it (by default ovafs puts the appliance path
+    /// there; never trusted for anything but display).
     pub source: String,
 }
 
 impl MountEntry {
-    /// Whether this can be an ovafs mount: `fuse.ovafs`, or plain `fuse` (what mounts made
-    /// by root before ovafs passed its subtype to the kernel show). Other FUSE file systems
-    /// (`fuse.sshfs`, ...) are not ours to unmount.
+    /// Whether this is an ovafs mount: `fuse.ovafs`, which every mount ovafs makes shows
+    /// (it passes `subtype=ovafs` to the kernel and to fusermount3). Plain `fuse` and other
+    /// FUSE file systems (`fuse.sshfs`, ...) are not ours to unmount or recover.
     pub fn is_ovafs(&self) -> bool {
-        self.fs_type == "fuse" || self.fs_type == "fuse.ovafs"
+        self.fs_type == "fuse.ovafs"
     }
 }
 
@@ -95,7 +96,7 @@ mod tests {
         assert_eq!(e.device, "0:52");
         assert_eq!(e.mount_point, "/mnt/my app");
         assert_eq!(e.source, "/tmp/a b.ova");
-        assert!(e.is_ovafs());
+        assert!(!e.is_ovafs(), "plain fuse is not ovafs");
         assert!(parse_line("garbage").is_none());
         let sshfs = l.replace(" - fuse ", " - fuse.sshfs ");
         assert!(!parse_line(&sshfs).unwrap().is_ovafs());

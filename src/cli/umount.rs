@@ -1,16 +1,24 @@
-//! `ovafs umount`: unmount, then wait until the daemon has finished.
+//! `ovafs umount`: unmount, then wait until the daemon has finished, then complete any
+//! commit the daemon left half-done.
+//!
+//! Only an ovafs mount is touched: the mount table must show `fuse.ovafs` (ovafs always passes
+//! `subtype=ovafs`; plain `fuse` and other FUSE file systems are refused). The package to
+//! recover is taken from the daemon's mount record ([`super::record`]), never from the mount
+//! table's source field, which `-o fsname=` sets to anything; with no trusted record,
+//! recovery is skipped with a notice (the next writable mount of the package completes it).
 //!
 //! Unmounting uses `fusermount3 -u` (what users know, and what works without root), falling
 //! back to umount(2) as root. Waiting takes the lock the daemon holds on the folder under the
 //! mount point (see `mount.rs`): it is released only when the daemon process has exited.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::EXIT_OK;
 use super::mountinfo;
+use super::record;
 use crate::error::{Error, Result};
 
 /// Runs `ovafs umount MOUNTPOINT`.
@@ -26,21 +34,40 @@ pub fn run(mountpoint: &Path) -> Result<i32> {
             entry.fs_type
         )));
     }
+    // Read before unmounting: the daemon removes its record when it exits.
+    let source = trusted_source(&path, &entry);
     unmount_retrying_while_busy(&path)?;
     wait_for_daemon(&path);
+    record::remove(&path);
     // A daemon killed in the middle of a commit leaves a journal: complete it now, so that
     // the package holds every acknowledged edit when this command returns.
-    let source = Path::new(&entry.source);
-    if source.is_file() {
-        let report = crate::commit::recover(source)?;
-        if !report.is_clean() {
-            log::warn!(
-                "{}: recovered an interrupted commit: {report:?}",
-                source.display()
-            );
+    match source {
+        Ok(source) if source.is_file() => {
+            let report = crate::commit::recover(&source)?;
+            for notice in report.notices() {
+                log::warn!("{}: {notice}", source.display());
+            }
         }
+        Ok(source) => log::debug!("{} is gone: nothing to recover", source.display()),
+        Err(why) => log::warn!(
+            "{}: skipped recovery of interrupted commits ({why}); the next writable mount of the package completes them",
+            mountpoint.display()
+        ),
     }
     Ok(EXIT_OK)
+}
+
+/// The package the daemon of this mount served, from its record, if the record is trusted
+/// and names this very mount (its device).
+fn trusted_source(path: &Path, entry: &mountinfo::MountEntry) -> Result<PathBuf, String> {
+    let r = record::read(path)?;
+    if r.device != entry.device {
+        return Err(format!(
+            "the mount record is for an earlier mount (device {}, now {})",
+            r.device, entry.device
+        ));
+    }
+    Ok(r.source)
 }
 
 /// How long a busy mount is retried: the kernel sends RELEASE for a file asynchronously after

@@ -1,18 +1,22 @@
 //! Commits into an unpacked package: new `.ovf` and `.mf` written to temporary files in the
 //! package folder, then renamed over the old ones (and the certificate removed) under a
 //! journal, so that a crash never leaves a new descriptor beside an old manifest
-//! (formats.md §1.5).
+//! (formats.md §1.5). The committer holds the write lock on the `.ovf` ([`super::lock`]);
+//! the new `.ovf` is locked before it is renamed over the old one, so the lock moves with it.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::journal::{Identity, Journal, Kind, Op};
+use super::journal::{self, Identity, Journal, Kind, Op};
+use super::lock::{self, Attempt, PackageLock};
+use super::trust::Folder;
 use super::{
     CommitError, CommitOptions, CommitPath, CommitReport, FaultPoint, MAX_MANIFEST_BYTES,
-    check_dir_writable, check_writable, fsync_dir, journal_path, lock_dir, manifest,
-    remove_journal, split_path, temp_prefix, write_journal,
+    check_dir_writable, check_writable, journal_beside, journal_path, journal_waits, locked,
+    manifest, read_only, recover_before_commit, remove_journal, split_path, temp_prefix,
+    write_journal,
 };
 use crate::archive::names::file_name;
 use crate::error::{Error, Result};
@@ -27,6 +31,9 @@ pub(super) struct FolderCommitter {
     manifest_name: Option<String>,
     certificate_name: Option<String>,
     descriptor: Vec<u8>,
+    folder: Folder,
+    /// The write lock on the current `.ovf`.
+    lock: PackageLock,
 }
 
 /// Reads a whole small file, refusing one above `cap`; `None` when it does not exist.
@@ -50,8 +57,8 @@ fn read_capped(path: &Path, cap: u64) -> Result<Option<Vec<u8>>> {
 }
 
 /// Writes `bytes` to a new temporary file in `dir` with the permissions of `like` (when it
-/// exists), fsyncs it and keeps it; returns its file name.
-fn write_temp(dir: &Path, prefix: &str, bytes: &[u8], like: &Path) -> Result<String> {
+/// exists), fsyncs it and keeps it; returns its file name and the open file.
+fn write_temp(dir: &Path, prefix: &str, bytes: &[u8], like: &Path) -> Result<(String, File)> {
     let mut tmp = tempfile::Builder::new()
         .prefix(prefix)
         .tempfile_in(dir)
@@ -67,43 +74,41 @@ fn write_temp(dir: &Path, prefix: &str, bytes: &[u8], like: &Path) -> Result<Str
     }
     tmp.write_all(bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
-    let (_, path) = tmp
+    let (file, path) = tmp
         .keep()
         .map_err(|e| Error::io(format!("keep {shown}"), e.error))?;
-    path.file_name()
+    let name = path
+        .file_name()
         .and_then(|n| n.to_str())
         .map(str::to_string)
-        .ok_or_else(|| {
-            CommitError::BadPath {
-                path: path.clone(),
-                reason: "temporary file without a UTF-8 name",
-            }
-            .into()
-        })
+        .ok_or_else(|| CommitError::BadPath {
+            path: path.clone(),
+            reason: "temporary file without a UTF-8 name",
+        })?;
+    Ok((name, file))
 }
 
 /// Carries out folder journal operations: each rename only if its temporary file is still
 /// there, each removal only if the file is still there (so replaying is harmless).
-pub(super) fn apply_ops(dir: &Path, ops: &[Op], opts: &CommitOptions) -> Result<()> {
+/// Names are resolved in `folder` (recovery checked each file a rename moves beforehand).
+pub(super) fn apply_ops(folder: &Folder, ops: &[Op], opts: &CommitOptions) -> Result<()> {
     for (i, op) in ops.iter().enumerate() {
         match op {
-            Op::Rename { from, to } => {
-                let from = dir.join(from);
-                if from.exists() {
-                    fs::rename(&from, dir.join(to))
-                        .map_err(|e| Error::io(format!("rename {} to {to}", from.display()), e))?;
+            Op::Rename { from, to, .. } => {
+                if folder.lstat(from)?.is_some() {
+                    folder.rename(from, to)?;
                 }
             }
-            Op::Remove { name } => match fs::remove_file(dir.join(name)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("remove {name}"), e)),
-            },
+            Op::Remove { name } => {
+                if folder.lstat(name)?.is_some() {
+                    folder.unlink(name)?;
+                }
+            }
             Op::Write { .. } => {}
         }
         opts.fault(FaultPoint::Applied { op: i, half: 1 });
     }
-    fsync_dir(dir)
+    folder.sync()
 }
 
 impl FolderCommitter {
@@ -124,14 +129,14 @@ impl FolderCommitter {
                 check_writable(&p, &meta)?;
             }
         }
-        if journal_path(&dir, &file_name).exists() {
-            return Err(Error::io(
-                format!(
-                    "{} has a journal beside it: recover it first",
-                    path.display()
-                ),
-                std::io::Error::from_raw_os_error(libc::EBUSY),
-            ));
+        let folder = Folder::open(&dir)?;
+        let lock = match lock::acquire(&folder, &file_name)? {
+            Attempt::Locked(l) => l,
+            Attempt::HeldElsewhere => return Err(locked(&folder, &file_name)),
+            Attempt::CannotWrite(why) => return Err(read_only(&path, &why)),
+        };
+        if journal_waits(&folder, &file_name)? {
+            return Err(journal_beside(&folder, &file_name));
         }
         let descriptor = read_capped(&path, MAX_DESCRIPTOR_BYTES)?.unwrap_or_default();
         Ok(FolderCommitter {
@@ -141,6 +146,8 @@ impl FolderCommitter {
             manifest_name,
             certificate_name: sibling(pkg.certificate_member),
             descriptor,
+            folder,
+            lock,
         })
     }
 
@@ -153,10 +160,13 @@ impl FolderCommitter {
     }
 
     pub(super) fn commit(&mut self, new: &[u8], opts: &CommitOptions) -> Result<CommitReport> {
-        let _lock = lock_dir(&self.dir)?;
         let journal = journal_path(&self.dir, &self.file_name);
-        if journal.exists() {
-            super::recover::recover_locked(&self.path, &self.dir, &self.file_name)?;
+        if !self.lock.is_at(&self.folder, &self.file_name)? {
+            // Someone replaced the `.ovf` behind our back: lock the file there now.
+            self.relock()?;
+        }
+        if journal_waits(&self.folder, &self.file_name)? {
+            recover_before_commit(&self.folder, &self.file_name)?;
         }
         self.descriptor = read_capped(&self.path, MAX_DESCRIPTOR_BYTES)?.unwrap_or_default();
         let manifest_path = self.manifest_name.as_ref().map(|n| self.dir.join(n));
@@ -190,29 +200,39 @@ impl FolderCommitter {
         let mut temps = Vec::new();
         let mut ops = Vec::new();
         let mut written = 0u64;
+        let mut new_lock = None;
         let result = (|| -> Result<()> {
-            let t = write_temp(&self.dir, &prefix, new, &self.path)?;
+            let (t, file) = write_temp(&self.dir, &prefix, new, &self.path)?;
             temps.push(t.clone());
+            // Locked before it becomes the `.ovf`, so that the lock moves with the name.
+            new_lock = Some(PackageLock::try_on(&file)?.ok_or_else(|| {
+                Error::io(
+                    format!("lock {}", self.folder.shown(&t)),
+                    std::io::Error::from_raw_os_error(libc::EAGAIN),
+                )
+            })?);
             written += new.len() as u64;
             ops.push(Op::Rename {
                 from: t,
                 to: self.file_name.clone(),
+                sha256: journal::digest(new),
             });
             if let (Some(r), Some(name), Some(p)) = (&refresh, &self.manifest_name, &manifest_path)
                 && r.changed
             {
-                let t = write_temp(&self.dir, &prefix, &r.bytes, p)?;
+                let (t, _) = write_temp(&self.dir, &prefix, &r.bytes, p)?;
                 temps.push(t.clone());
                 written += r.bytes.len() as u64;
                 ops.push(Op::Rename {
                     from: t,
                     to: name.clone(),
+                    sha256: journal::digest(&r.bytes),
                 });
             }
             if let Some(c) = &drop_cert {
                 ops.push(Op::Remove { name: c.clone() });
             }
-            fsync_dir(&self.dir)?;
+            self.folder.sync()?;
             opts.fault(FaultPoint::TempsDurable);
             let bytes = Journal {
                 kind: Kind::Folder,
@@ -231,7 +251,13 @@ impl FolderCommitter {
             return Err(e);
         }
         // The journal is durable: a failure from here is completed by recovery.
-        apply_ops(&self.dir, &ops, opts)?;
+        let applied = apply_ops(&self.folder, &ops, opts);
+        if let Some(l) = new_lock.take()
+            && l.is_at(&self.folder, &self.file_name)?
+        {
+            self.lock = l;
+        }
+        applied?;
         opts.fault(FaultPoint::AppliedDurable);
         remove_journal(&journal, opts)?;
 
@@ -249,6 +275,20 @@ impl FolderCommitter {
             elapsed: Default::default(),
             replaced: true,
         })
+    }
+}
+
+impl FolderCommitter {
+    /// Locks the `.ovf` the name holds now (after someone else replaced it).
+    fn relock(&mut self) -> Result<()> {
+        match lock::acquire(&self.folder, &self.file_name)? {
+            Attempt::Locked(l) => {
+                self.lock = l;
+                Ok(())
+            }
+            Attempt::HeldElsewhere => Err(locked(&self.folder, &self.file_name)),
+            Attempt::CannotWrite(why) => Err(read_only(&self.path, &why)),
+        }
     }
 }
 

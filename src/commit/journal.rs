@@ -10,24 +10,37 @@
 //! - a journal whose checksum is wrong or that is cut short: the commit stopped while the
 //!   journal was being written, before the package was touched; it is deleted.
 //!
-//! Format, version 1, integers little-endian:
+//! A journal is also bound to the bytes it was written against, so that a journal cannot be
+//! aimed at bytes it never saw (planted, or left over from another version of the file):
+//! every write carries the SHA-256 of each 512-byte sector it overwrites, taken before the
+//! commit, and is replayed only if every sector of its range now holds either those old bytes
+//! or the new ones (a patch torn by a crash is a mix of the two, sector by sector: disks and
+//! the page cache never tear a write inside a sector). Every rename carries the SHA-256 of
+//! the temporary file it moves. Nothing here is secret: the binding proves the journal was
+//! made from this package's bytes, while who may write a journal is settled by the ownership
+//! rules of [`super::trust`].
+//!
+//! Format, version 2, integers little-endian:
 //! ```text
 //! magic      8  "OVAFSJNL"
-//! version    4  1
+//! version    4  2
 //! kind       4  1 = archive (writes into the OVA), 2 = folder (renames and removals)
 //! size       8  archive: the OVA's size (patches never change it); folder: 0
 //! dev        8  archive: st_dev of the OVA; folder: 0
 //! ino        8  archive: st_ino of the OVA; folder: 0
 //! count      4  number of operations
 //! operations:
-//!   tag 1 = write:  offset u64, length u32, the bytes
-//!   tag 2 = rename: from-length u16, from, to-length u16, to   (names in the same folder)
+//!   tag 1 = write:  offset u64, length u32 (both multiples of 512, length > 0), the bytes,
+//!                   then length/512 SHA-256 digests: each sector as it was before
+//!   tag 2 = rename: from-length u16, from, to-length u16, to (names in the same folder),
+//!                   SHA-256 of the content of `from`
 //!   tag 3 = remove: length u16, name
 //! checksum  32  SHA-256 of every byte before it
 //! ```
 //! The identity (size, dev, ino) makes sure a journal is only ever replayed onto the file it
 //! was written for: an OVA replaced since (copied over, restored from a backup) is not
-//! patched. Names are single path components (no `/`, not `.` or `..`, no NUL).
+//! patched. Names are single path components (no `/`, not `.` or `..`, no NUL). Version 1
+//! journals (no old-bytes digests) are refused: they cannot be proven.
 
 use sha2::{Digest, Sha256};
 
@@ -35,7 +48,13 @@ use sha2::{Digest, Sha256};
 pub const MAGIC: &[u8; 8] = b"OVAFSJNL";
 
 /// The format version written and read.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+
+/// The unit a write's old bytes are hashed in: a disk never tears a write inside one.
+pub const SECTOR: usize = 512;
+
+/// A SHA-256 digest.
+pub type Digest32 = [u8; 32];
 
 /// Largest journal read back: two descriptors at their limit and a manifest, with room to
 /// spare. A larger file is not one of ours.
@@ -75,10 +94,12 @@ pub struct Identity {
 pub enum Op {
     /// Write `data` at `offset` in the archive.
     Write {
-        /// Offset in the archive.
+        /// Offset in the archive (a multiple of [`SECTOR`]).
         offset: u64,
-        /// The bytes.
+        /// The bytes (a whole number of sectors).
         data: Vec<u8>,
+        /// SHA-256 of each sector of the range before the commit ([`sector_digests`]).
+        old: Vec<Digest32>,
     },
     /// Rename `from` over `to` if `from` still exists.
     Rename {
@@ -86,6 +107,8 @@ pub enum Op {
         from: String,
         /// Final name.
         to: String,
+        /// SHA-256 of the content of `from`.
+        sha256: Digest32,
     },
     /// Remove `name` if it exists.
     Remove {
@@ -106,7 +129,43 @@ pub struct Journal {
 }
 
 /// Why a journal file was not accepted.
-pub type Invalid = &'static str;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    /// Cut short while being written (bad checksum, too short): the commit never touched
+    /// the package, and the journal can go.
+    Torn(&'static str),
+    /// Complete, but not one this ovafs can prove (another format, another version, fields
+    /// out of range): it is left alone.
+    Refused(&'static str),
+}
+
+impl Invalid {
+    /// The reason, in words.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Invalid::Torn(r) | Invalid::Refused(r) => r,
+        }
+    }
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+/// The SHA-256 of each [`SECTOR`] of `bytes` (a last partial sector is hashed as it is).
+pub fn sector_digests(bytes: &[u8]) -> Vec<Digest32> {
+    bytes
+        .chunks(SECTOR)
+        .map(|s| Sha256::digest(s).into())
+        .collect()
+}
+
+/// The SHA-256 of `bytes`.
+pub fn digest(bytes: &[u8]) -> Digest32 {
+    Sha256::digest(bytes).into()
+}
 
 /// Whether `name` is a single path component we may rename or remove.
 pub fn is_plain_name(name: &str) -> bool {
@@ -133,8 +192,8 @@ impl Journal {
             .ops
             .iter()
             .map(|op| match op {
-                Op::Write { data, .. } => 13 + data.len(),
-                Op::Rename { from, to } => 5 + from.len() + to.len(),
+                Op::Write { data, old, .. } => 13 + data.len() + 32 * old.len(),
+                Op::Rename { from, to, .. } => 37 + from.len() + to.len(),
                 Op::Remove { name } => 3 + name.len(),
             })
             .sum();
@@ -153,17 +212,21 @@ impl Journal {
         out.extend_from_slice(&count.to_le_bytes());
         for op in &self.ops {
             match op {
-                Op::Write { offset, data } => {
+                Op::Write { offset, data, old } => {
                     out.push(1);
                     out.extend_from_slice(&offset.to_le_bytes());
                     let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
                     out.extend_from_slice(&len.to_le_bytes());
                     out.extend_from_slice(&data[..len as usize]);
+                    for d in old {
+                        out.extend_from_slice(d);
+                    }
                 }
-                Op::Rename { from, to } => {
+                Op::Rename { from, to, sha256 } => {
                     out.push(2);
                     put_name(&mut out, from);
                     put_name(&mut out, to);
+                    out.extend_from_slice(sha256);
                 }
                 Op::Remove { name } => {
                     out.push(3);
@@ -179,19 +242,35 @@ impl Journal {
     /// Decodes and checks a journal: checksum first, then every field, and every byte must
     /// be consumed.
     pub fn decode(bytes: &[u8]) -> Result<Journal, Invalid> {
+        if bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes) {
+            return Err(Invalid::Torn("shorter than a journal header"));
+        }
+        if !bytes.starts_with(MAGIC) {
+            return Err(Invalid::Refused("not an ovafs journal (bad magic)"));
+        }
         if bytes.len() < HEADER_BYTES + CHECKSUM_BYTES {
-            return Err("shorter than a journal header");
+            return Err(Invalid::Torn("shorter than a journal header"));
         }
         let (body, sum) = bytes.split_at(bytes.len() - CHECKSUM_BYTES);
-        if !body.starts_with(MAGIC) {
-            return Err("not an ovafs journal (bad magic)");
-        }
         if Sha256::digest(body).as_slice() != sum {
-            return Err("checksum mismatch (the journal was cut short while being written)");
+            return Err(Invalid::Torn(
+                "checksum mismatch (the journal was cut short while being written)",
+            ));
         }
+        Journal::decode_body(body).map_err(Invalid::Refused)
+    }
+
+    /// The fields of a journal whose checksum is right.
+    fn decode_body(body: &[u8]) -> Result<Journal, &'static str> {
         let mut r = Reader { buf: body, pos: 8 };
-        if r.u32()? != VERSION {
-            return Err("unknown journal version");
+        match r.u32()? {
+            VERSION => {}
+            1 => {
+                return Err(
+                    "a version 1 journal (from an older ovafs): it does not record the bytes it overwrites, so it cannot be proven",
+                );
+            }
+            _ => return Err("unknown journal version"),
         }
         let kind = match r.u32()? {
             1 => Kind::Archive,
@@ -210,21 +289,11 @@ impl Journal {
         let mut ops = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let op = match r.u8()? {
-                1 => {
-                    let offset = r.u64()?;
-                    let len = r.u32()? as usize;
-                    let data = r.take(len)?.to_vec();
-                    if offset
-                        .checked_add(len as u64)
-                        .is_none_or(|e| e > target.size)
-                    {
-                        return Err("write past the end of the archive");
-                    }
-                    Op::Write { offset, data }
-                }
+                1 => r.write_op(target.size)?,
                 2 => Op::Rename {
                     from: r.name()?,
                     to: r.name()?,
+                    sha256: r.digest()?,
                 },
                 3 => Op::Remove { name: r.name()? },
                 _ => return Err("unknown operation"),
@@ -249,31 +318,57 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Invalid> {
+    /// A write: sector-aligned, inside the archive, with one old digest per sector.
+    fn write_op(&mut self, archive_size: u64) -> Result<Op, &'static str> {
+        let offset = self.u64()?;
+        let len = self.u32()? as usize;
+        if len == 0 || !len.is_multiple_of(SECTOR) || !offset.is_multiple_of(SECTOR as u64) {
+            return Err("a write that is not whole sectors");
+        }
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|e| e > archive_size)
+        {
+            return Err("write past the end of the archive");
+        }
+        let data = self.take(len)?.to_vec();
+        let sectors = len / SECTOR;
+        let mut old = Vec::with_capacity(sectors.min(self.buf.len() / 32));
+        for _ in 0..sectors {
+            old.push(self.digest()?);
+        }
+        Ok(Op::Write { offset, data, old })
+    }
+    fn digest(&mut self) -> Result<Digest32, &'static str> {
+        let mut a = [0u8; 32];
+        a.copy_from_slice(self.take(32)?);
+        Ok(a)
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
         let end = self.pos.checked_add(n).ok_or("length overflow")?;
         let s = self.buf.get(self.pos..end).ok_or("cut short")?;
         self.pos = end;
         Ok(s)
     }
-    fn u8(&mut self) -> Result<u8, Invalid> {
+    fn u8(&mut self) -> Result<u8, &'static str> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, Invalid> {
+    fn u16(&mut self) -> Result<u16, &'static str> {
         let mut a = [0u8; 2];
         a.copy_from_slice(self.take(2)?);
         Ok(u16::from_le_bytes(a))
     }
-    fn u32(&mut self) -> Result<u32, Invalid> {
+    fn u32(&mut self) -> Result<u32, &'static str> {
         let mut a = [0u8; 4];
         a.copy_from_slice(self.take(4)?);
         Ok(u32::from_le_bytes(a))
     }
-    fn u64(&mut self) -> Result<u64, Invalid> {
+    fn u64(&mut self) -> Result<u64, &'static str> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
-    fn name(&mut self) -> Result<String, Invalid> {
+    fn name(&mut self) -> Result<String, &'static str> {
         let len = usize::from(self.u16()?);
         let s = std::str::from_utf8(self.take(len)?).map_err(|_| "name is not UTF-8")?;
         if !is_plain_name(s) {
@@ -300,10 +395,29 @@ mod tests {
                 Op::Write {
                     offset: 0,
                     data: vec![1; 1024],
+                    old: sector_digests(&[0; 1024]),
                 },
                 Op::Write {
                     offset: 2048,
-                    data: b"SHA1".to_vec(),
+                    data: vec![b'S'; 512],
+                    old: sector_digests(&[7; 512]),
+                },
+            ],
+        }
+    }
+
+    fn folder_journal() -> Journal {
+        Journal {
+            kind: Kind::Folder,
+            target: Identity::default(),
+            ops: vec![
+                Op::Rename {
+                    from: ".a.ovf.ovafs-tmp-1".into(),
+                    to: "a.ovf".into(),
+                    sha256: digest(b"new descriptor"),
+                },
+                Op::Remove {
+                    name: "a.cert".into(),
                 },
             ],
         }
@@ -311,34 +425,26 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let j = archive_journal();
-        assert_eq!(Journal::decode(&j.encode()).unwrap(), j);
-        let f = Journal {
-            kind: Kind::Folder,
-            target: Identity::default(),
-            ops: vec![
-                Op::Rename {
-                    from: ".a.ovf.ovafs-tmp-1".into(),
-                    to: "a.ovf".into(),
-                },
-                Op::Remove {
-                    name: "a.cert".into(),
-                },
-            ],
-        };
-        assert_eq!(Journal::decode(&f.encode()).unwrap(), f);
+        for j in [archive_journal(), folder_journal()] {
+            assert_eq!(Journal::decode(&j.encode()).unwrap(), j);
+        }
     }
 
     #[test]
-    fn every_truncation_and_every_flipped_byte_is_refused() {
-        let bytes = archive_journal().encode();
-        for n in 0..bytes.len() {
-            assert!(Journal::decode(&bytes[..n]).is_err(), "cut at {n}");
-        }
-        for i in (0..bytes.len()).step_by(7) {
-            let mut b = bytes.clone();
-            b[i] ^= 0x20;
-            assert!(Journal::decode(&b).is_err(), "flip at {i}");
+    fn every_truncation_is_torn_and_every_flipped_byte_is_refused() {
+        for j in [archive_journal(), folder_journal()] {
+            let bytes = j.encode();
+            for n in 0..bytes.len() {
+                assert!(
+                    matches!(Journal::decode(&bytes[..n]), Err(Invalid::Torn(_))),
+                    "cut at {n}"
+                );
+            }
+            for i in 0..bytes.len() {
+                let mut b = bytes.clone();
+                b[i] ^= 0x20;
+                assert!(Journal::decode(&b).is_err(), "flip at {i}");
+            }
         }
     }
 
@@ -349,46 +455,77 @@ mod tests {
         body
     }
 
+    fn header(version: u32, kind: u32, size: u64, count: u32) -> Vec<u8> {
+        let mut v = MAGIC.to_vec();
+        v.extend_from_slice(&version.to_le_bytes());
+        v.extend_from_slice(&kind.to_le_bytes());
+        v.extend_from_slice(&size.to_le_bytes());
+        v.extend_from_slice(&[0; 16]);
+        v.extend_from_slice(&count.to_le_bytes());
+        v
+    }
+
+    fn write_op(offset: u64, len: u32, data: &[u8], digests: usize) -> Vec<u8> {
+        let mut v = vec![1];
+        v.extend_from_slice(&offset.to_le_bytes());
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend_from_slice(data);
+        v.extend(std::iter::repeat_n(0u8, 32 * digests));
+        v
+    }
+
+    fn refused(bytes: &[u8]) -> &'static str {
+        match Journal::decode(bytes) {
+            Err(Invalid::Refused(r)) => r,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
     #[test]
-    fn well_sealed_but_hostile_journals_are_refused() {
-        let header = |kind: u32, size: u64, count: u32| {
-            let mut v = MAGIC.to_vec();
-            v.extend_from_slice(&1u32.to_le_bytes());
-            v.extend_from_slice(&kind.to_le_bytes());
-            v.extend_from_slice(&size.to_le_bytes());
-            v.extend_from_slice(&[0; 16]);
-            v.extend_from_slice(&count.to_le_bytes());
-            v
-        };
-        // A write past the end of the target.
-        let mut v = header(1, 100, 1);
+    fn well_sealed_but_hostile_journals_are_refused_not_torn() {
+        // A version 1 journal, sealed right: cannot be proven.
+        let mut v = header(1, 1, 10_240, 1);
         v.push(1);
-        v.extend_from_slice(&90u64.to_le_bytes());
-        v.extend_from_slice(&20u32.to_le_bytes());
-        v.extend_from_slice(&[0; 20]);
-        assert!(Journal::decode(&sealed(v)).is_err());
+        v.extend_from_slice(&0u64.to_le_bytes());
+        v.extend_from_slice(&4u32.to_le_bytes());
+        v.extend_from_slice(b"XXXX");
+        assert!(refused(&sealed(v)).contains("version 1"));
+        // Not ours at all.
+        assert!(refused(b"#!/bin/sh\nrm -rf /\n........................................").contains("magic"));
+        // A write past the end of the target.
+        let mut v = header(2, 1, 1024, 1);
+        v.extend(write_op(1024, 512, &[0; 512], 1));
+        assert!(refused(&sealed(v)).contains("past the end"));
+        // A write that is not whole sectors, or not sector-aligned.
+        for (off, len) in [(0u64, 4u32), (100, 512)] {
+            let mut v = header(2, 1, 10_240, 1);
+            v.extend(write_op(off, len, &vec![0; len as usize], 1));
+            assert!(refused(&sealed(v)).contains("whole sectors"), "{off} {len}");
+        }
+        // Old-bytes digests missing for the last sector.
+        let mut v = header(2, 1, 10_240, 1);
+        v.extend(write_op(0, 1024, &[0; 1024], 1));
+        assert!(refused(&sealed(v)).contains("cut short"));
         // A rename out of the folder.
-        let mut v = header(2, 0, 1);
+        let mut v = header(2, 2, 0, 1);
         v.push(2);
         for name in [&b"x"[..], b"../etc/passwd"] {
             v.extend_from_slice(&(name.len() as u16).to_le_bytes());
             v.extend_from_slice(name);
         }
-        assert!(Journal::decode(&sealed(v)).is_err());
+        v.extend_from_slice(&[0; 32]);
+        assert!(refused(&sealed(v)).contains("plain file name"));
         // A write in a folder journal.
-        let mut v = header(2, 100, 1);
-        v.push(1);
-        v.extend_from_slice(&0u64.to_le_bytes());
-        v.extend_from_slice(&1u32.to_le_bytes());
-        v.push(0);
-        assert!(Journal::decode(&sealed(v)).is_err());
+        let mut v = header(2, 2, 10_240, 1);
+        v.extend(write_op(0, 512, &[0; 512], 1));
+        assert!(refused(&sealed(v)).contains("does not belong"));
         // A huge operation count.
-        assert!(Journal::decode(&sealed(header(1, 0, u32::MAX))).is_err());
+        assert!(refused(&sealed(header(2, 1, 0, u32::MAX))).contains("too many"));
         // A length that runs past the end.
-        let mut v = header(1, u64::MAX, 1);
+        let mut v = header(2, 1, u64::MAX, 1);
         v.push(1);
         v.extend_from_slice(&0u64.to_le_bytes());
-        v.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(Journal::decode(&sealed(v)).is_err());
+        v.extend_from_slice(&(u32::MAX - 511).to_le_bytes());
+        assert!(refused(&sealed(v)).contains("cut short"));
     }
 }

@@ -29,11 +29,18 @@
 //!   then the renames are done and the folder fsynced.
 //!
 //! Crash safety: at every moment the package is the old version, the new one, or a journal
-//! beside it that [`recover`] completes (a journal with a valid checksum is replayed; one cut
-//! short is deleted, the package having not been touched yet). [`recover`] also deletes
-//! temporary files of an interrupted rewrite. Commits and recovery of packages in one folder
-//! are serialised by an `flock` on the folder, so `ovafs umount` recovering while a daemon
-//! commits waits for the commit instead of racing it.
+//! beside it that [`recover`] completes (a journal with a valid checksum, bound to the bytes
+//! it overwrites, is replayed; one cut short is deleted, the package having not been touched
+//! yet). [`recover`] also deletes temporary files of an interrupted rewrite. Journals and
+//! temporary files are used only when they pass the ownership rules of [`trust`] (anything
+//! else is left alone and the package is read-only); [`inspect`] only looks, for read-only
+//! mounts.
+//!
+//! One writer per package: a [`Committer`] holds an OFD write lock on the package file for
+//! its whole life ([`lock`]); a second one (another mount) cannot open, and recovery never
+//! replays a journal while someone else holds the lock (that journal may be the commit in
+//! progress), so `ovafs umount` recovering after the daemon exited and a second mount
+//! starting while the first commits cannot race it. Nothing waits on a lock.
 //!
 //! A source that is read-only (no write permission bit, a read-only file system, a folder we
 //! cannot write) cannot be committed to: [`Committer::open`] fails with an error for which
@@ -43,10 +50,12 @@
 
 mod folder;
 pub mod journal;
+mod lock;
 pub mod manifest;
 mod ova;
 pub mod padding;
 mod recover;
+mod trust;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -56,12 +65,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
-
 use crate::error::{Error, Result};
 use crate::package::{Package, SourceKind};
 
-pub use recover::{JournalOutcome, RecoveryReport, recover};
+pub use recover::{JournalOutcome, RecoveryReport, inspect, recover};
 
 /// Suffix of the journal file beside a package: `NAME.ova.ovafs-journal`.
 pub const JOURNAL_SUFFIX: &str = ".ovafs-journal";
@@ -135,12 +142,28 @@ pub fn commit_error(e: &Error) -> Option<&CommitError> {
     }
 }
 
-/// Whether `e` says the package cannot be written (read-only file, file system or folder).
+/// Whether `e` says the package cannot be written (read-only file, file system or folder;
+/// locked by another mount; a journal beside it that is not replayed).
 pub fn is_read_only(e: &Error) -> bool {
-    matches!(
-        e.os_error(),
-        Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM)
-    )
+    matches!(e.kind(), crate::error::ErrorKind::ReadOnly(_))
+        || matches!(
+            e.os_error(),
+            Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM)
+        )
+}
+
+/// The package cannot be written for a reason that is not a permission: the message says
+/// which (locked by another mount, a journal left beside it).
+fn refused(msg: String) -> Error {
+    Error::new(crate::error::ErrorKind::ReadOnly(msg))
+}
+
+/// The package `name` in `folder` is locked by someone else.
+fn locked(folder: &trust::Folder, name: &str) -> Error {
+    refused(format!(
+        "{} is in use by another writable ovafs mount (it holds the package's write lock)",
+        folder.shown(name)
+    ))
 }
 
 fn read_only(path: &Path, why: &str) -> Error {
@@ -282,9 +305,11 @@ impl fmt::Debug for Committer {
 }
 
 impl Committer {
-    /// Captures the layout of `pkg` for commits, with default options. Fails when the source
-    /// is read-only ([`is_read_only`]) or a journal is waiting beside it (run [`recover`]
-    /// before opening the package).
+    /// Captures the layout of `pkg` for commits, with default options, and takes the
+    /// package's write lock for the committer's life. Fails with an error for which
+    /// [`is_read_only`] is true when the source is read-only, another committer (another
+    /// mount) holds the lock, or a journal is waiting beside it (run [`recover`] before
+    /// opening the package).
     pub fn open(pkg: &Package) -> Result<Committer> {
         Committer::open_with(pkg, CommitOptions::default())
     }
@@ -375,6 +400,35 @@ fn journal_path(dir: &Path, file_name: &str) -> PathBuf {
     dir.join(format!("{file_name}{JOURNAL_SUFFIX}"))
 }
 
+/// Whether anything (of ours or not, even a dangling symlink) sits at the journal's name.
+fn journal_waits(folder: &trust::Folder, file_name: &str) -> Result<bool> {
+    Ok(folder
+        .lstat(&format!("{file_name}{JOURNAL_SUFFIX}"))?
+        .is_some())
+}
+
+/// Recovery before a commit, with the package lock held: an error when it leaves a journal
+/// in place (refused or pending), since committing over it would lose it.
+fn recover_before_commit(folder: &trust::Folder, file_name: &str) -> Result<()> {
+    let report = recover::recover_held(folder, file_name)?;
+    match report.read_only_reason() {
+        Some(reason) => Err(refused(format!(
+            "{}: cannot commit: {reason}",
+            folder.shown(file_name)
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The error for a journal found beside a package being opened for commits.
+fn journal_beside(folder: &trust::Folder, file_name: &str) -> Error {
+    refused(format!(
+        "{} has a journal beside it ({}{JOURNAL_SUFFIX}): recover it first",
+        folder.shown(file_name),
+        file_name
+    ))
+}
+
 fn temp_prefix(file_name: &str) -> String {
     format!(".{file_name}{TEMP_INFIX}")
 }
@@ -386,22 +440,12 @@ fn fsync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("fsync folder {}", dir.display()), e))
 }
 
-/// An exclusive `flock` on the folder, held for a commit or a recovery.
-fn lock_dir(dir: &Path) -> Result<Flock<File>> {
-    let d = File::open(dir).map_err(|e| Error::io(format!("open folder {}", dir.display()), e))?;
-    Flock::lock(d, FlockArg::LockExclusive).map_err(|(_, errno)| {
-        Error::io(
-            format!("lock folder {}", dir.display()),
-            std::io::Error::from(errno),
-        )
-    })
-}
-
 /// Writes a journal and makes it durable (file and folder), stopping at the fault points.
 fn write_journal(path: &Path, bytes: &[u8], opts: &CommitOptions) -> Result<()> {
     let io = |e| Error::io(format!("write journal {}", path.display()), e);
-    // A new file only (recovery ran under the same lock, so none is there), never through a
-    // symlink, readable by the owner only: it holds descriptor bytes.
+    // A new file only (recovery ran under the package lock, so none of ours is there), never
+    // through a symlink, readable by the owner only: it holds descriptor bytes, and recovery
+    // trusts only a journal nobody else can write.
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)

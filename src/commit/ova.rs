@@ -1,18 +1,25 @@
 //! Commits into an OVA: the layout captured from the archive's headers, the in-place patch
 //! under a journal, and the atomic rewrite (formats.md §1.2-1.4, §6 rule 26).
+//!
+//! The committer holds the OVA's write lock ([`super::lock`]) from open to drop; a rewrite
+//! locks its new archive before renaming it over the old one, so the lock moves with the
+//! name. Each in-place write is journalled with the digests of the sectors it overwrites,
+//! read from the archive just before the journal is written ([`super::journal`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::journal::{Identity, Journal, Kind, Op};
+use super::journal::{self, Identity, Journal, Kind, Op};
+use super::lock::PackageLock;
 use super::manifest;
 use super::padding;
+use super::trust::Folder;
 use super::{
     CommitError, CommitOptions, CommitPath, CommitReport, FaultPoint, MAX_MANIFEST_BYTES,
-    check_dir_writable, check_writable, fsync_dir, journal_path, lock_dir, remove_journal,
-    split_path, temp_prefix, write_journal,
+    check_dir_writable, check_writable, fsync_dir, journal_beside, journal_path, journal_waits,
+    locked, recover_before_commit, remove_journal, split_path, temp_prefix, write_journal,
 };
 use crate::archive::names::file_name;
 use crate::archive::write::{self, BLOCK, END_OF_ARCHIVE, MemberHeader, round_up_block};
@@ -110,6 +117,10 @@ pub(super) struct OvaCommitter {
     /// A commit failed after its journal became durable, or after the rename: recover and
     /// rescan before the next one.
     stale: bool,
+    /// The package folder, for the journal's checks and recovery.
+    folder: Folder,
+    /// The write lock on the archive the name holds.
+    lock: PackageLock,
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -294,16 +305,13 @@ impl OvaCommitter {
             manifest: member_name(pkg.manifest_member),
             certificate: member_name(pkg.certificate_member),
         };
-        let journal = journal_path(&dir, &file_name);
-        if journal.exists() {
-            return Err(Error::io(
-                format!(
-                    "{} has a journal beside it ({}): recover it first",
-                    path.display(),
-                    journal.display()
-                ),
-                std::io::Error::from_raw_os_error(libc::EBUSY),
-            ));
+        let folder = Folder::open(&dir)?;
+        let lock = match PackageLock::try_on(&file)? {
+            Some(l) if l.is_at(&folder, &file_name)? => l,
+            _ => return Err(locked(&folder, &file_name)),
+        };
+        if journal_waits(&folder, &file_name)? {
+            return Err(journal_beside(&folder, &file_name));
         }
         let mut c = OvaCommitter {
             layout: Layout::scan(&file, &path, &names)?,
@@ -316,6 +324,8 @@ impl OvaCommitter {
             manifest: None,
             stamp: Stamp::of(&meta),
             stale: false,
+            folder,
+            lock,
         };
         c.load()?;
         Ok(c)
@@ -349,6 +359,14 @@ impl OvaCommitter {
         Ok(())
     }
 
+    fn open_rw(&self) -> Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(io_err(format!("open {}", self.path.display())))
+    }
+
     /// Re-reads the archive at `path` from scratch (after a failure, a rewrite, or a change
     /// made by someone else).
     fn reopen(&mut self) -> Result<()> {
@@ -357,6 +375,17 @@ impl OvaCommitter {
             .write(true)
             .open(&self.path)
             .map_err(io_err(format!("open {}", self.path.display())))?;
+        let meta = self
+            .file
+            .metadata()
+            .map_err(io_err(format!("stat {}", self.path.display())))?;
+        if !self.lock.covers_meta(&meta) {
+            // Replaced by someone else: the lock must be on the file the name holds now.
+            self.lock = match PackageLock::try_on(&self.file)? {
+                Some(l) => l,
+                None => return Err(locked(&self.folder, &self.file_name)),
+            };
+        }
         self.layout = Layout::scan(&self.file, &self.path, &self.names)?;
         if self.layout.certificate.is_none() {
             self.names.certificate = None;
@@ -365,19 +394,26 @@ impl OvaCommitter {
     }
 
     pub(super) fn commit(&mut self, new: &[u8], opts: &CommitOptions) -> Result<CommitReport> {
-        let _lock = lock_dir(&self.dir)?;
         let journal = journal_path(&self.dir, &self.file_name);
         let now = fs::metadata(&self.path)
             .map(|m| Stamp::of(&m))
             .map_err(io_err(format!("stat {}", self.path.display())))?;
-        if self.stale || journal.exists() || now != self.stamp {
+        let waits = journal_waits(&self.folder, &self.file_name)?;
+        if self.stale || waits || now != self.stamp {
             if !self.stale && now != self.stamp {
                 log::warn!(
                     "{}: changed by another program since it was opened; reading it again",
                     self.path.display()
                 );
             }
-            super::recover::recover_locked(&self.path, &self.dir, &self.file_name)?;
+            if !self.lock.is_at(&self.folder, &self.file_name)? {
+                // Replaced behind our back: lock the archive there before recovering it.
+                self.lock = match PackageLock::try_on(&self.open_rw()?)? {
+                    Some(l) if l.is_at(&self.folder, &self.file_name)? => l,
+                    _ => return Err(locked(&self.folder, &self.file_name)),
+                };
+            }
+            recover_before_commit(&self.folder, &self.file_name)?;
             self.reopen()?;
             self.stale = false;
         }
@@ -439,10 +475,7 @@ impl OvaCommitter {
         data.extend_from_slice(&header);
         data.extend_from_slice(&stored);
         data.resize(BLOCK + capacity as usize, 0);
-        ops.push(Op::Write {
-            offset: hdr_off,
-            data,
-        });
+        ops.push(self.write_op(hdr_off, data)?);
 
         let mut manifest = None;
         let mut manifest_changed = false;
@@ -468,7 +501,7 @@ impl OvaCommitter {
                 data.extend_from_slice(&mheader);
                 data.extend_from_slice(&refresh.bytes);
                 data.resize(BLOCK + mcap as usize, 0);
-                ops.push(Op::Write { offset: mhdr, data });
+                ops.push(self.write_op(mhdr, data)?);
             }
             manifest = Some((refresh.bytes, mheader));
         }
@@ -480,6 +513,19 @@ impl OvaCommitter {
             manifest_changed,
             mtime,
         }))
+    }
+
+    /// A journal write of `data` at `offset`, bound to the sectors there now.
+    fn write_op(&self, offset: u64, data: Vec<u8>) -> Result<Op> {
+        let mut before = vec![0u8; data.len()];
+        self.file
+            .read_exact_at(&mut before, offset)
+            .map_err(io_err(format!("read {}", self.path.display())))?;
+        Ok(Op::Write {
+            offset,
+            old: journal::sector_digests(&before),
+            data,
+        })
     }
 
     fn identity(&self) -> Result<Identity> {
@@ -516,8 +562,9 @@ impl OvaCommitter {
         let mut written = bytes.len() as u64;
         let shown = self.path.display().to_string();
         for (i, op) in j.ops.iter().enumerate() {
-            if let Op::Write { offset, data } = op {
-                let half = data.len() / 2;
+            if let Op::Write { offset, data, .. } = op {
+                // Torn at a sector boundary, as a crash tears a write at worst.
+                let half = data.len() / 2 / journal::SECTOR * journal::SECTOR;
                 self.file
                     .write_all_at(&data[..half], *offset)
                     .map_err(io_err(format!("write {shown}")))?;
@@ -721,9 +768,18 @@ impl OvaCommitter {
         check_rewritten(tmp.as_file(), tmp.path(), &expect, &stored)?;
         opts.fault(FaultPoint::RewriteDurable);
 
+        // Locked before it takes the name, so that a mount opening the new archive finds it
+        // locked as the old one was.
+        let new_lock = PackageLock::try_on(tmp.as_file())?.ok_or_else(|| {
+            Error::io(
+                format!("lock {tmp_shown}"),
+                std::io::Error::from_raw_os_error(libc::EAGAIN),
+            )
+        })?;
         let file = tmp
             .persist(&self.path)
             .map_err(|e| Error::io(format!("rename {tmp_shown} over {shown}"), e.error))?;
+        self.lock = new_lock;
         // Renamed: a failure from here leaves the new archive, maybe not durable yet.
         self.stale = true;
         opts.fault(FaultPoint::Renamed);

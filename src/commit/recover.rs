@@ -1,14 +1,30 @@
-//! Recovery at mount and at `ovafs umount`: complete or discard a journal left beside a
-//! package, and delete temporary files of an interrupted rewrite.
+//! Recovery at mount, at `ovafs umount` and before a commit: complete or discard a journal
+//! left beside a package, and delete temporary files of an interrupted rewrite; or, for a
+//! read-only mount, only look and report.
+//!
+//! Nothing beside the package is believed on its name alone. A journal or temporary file is
+//! used only if it passes [`super::trust::Rules`] (a regular file of one link, owned by the
+//! package's owner or by us, not writable by others; checked on the opened descriptor); a
+//! journal is replayed only if it is bound to the bytes it overwrites ([`super::journal`]) and
+//! only while we hold the package's write lock ([`super::lock`]): a live mount holding it may
+//! be in the middle of the commit that journal belongs to. Anything else is left exactly as
+//! it is, named in a one-line warning, and the package is served read-only
+//! ([`RecoveryReport::read_only_reason`]).
 
-use std::fs::{self, OpenOptions};
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::journal::{Identity, Journal, Kind, MAX_JOURNAL_BYTES, Op};
-use super::{CommitOptions, fsync_dir, journal_path, lock_dir, split_path, temp_prefix};
+use nix::fcntl::OFlag;
+use nix::sys::stat::FileStat;
+
+use super::journal::{self, Digest32, Identity, Invalid, Journal, Kind, MAX_JOURNAL_BYTES, Op};
+use super::lock::{self, Attempt};
+use super::trust::{Folder, Found, Rules};
+use super::{CommitOptions, JOURNAL_SUFFIX, MAX_MANIFEST_BYTES, split_path, temp_prefix};
 use crate::error::{Error, Result};
+use crate::ovf::MAX_DESCRIPTOR_BYTES;
 use crate::package::MAX_DIR_ENTRIES;
 
 /// What happened to a journal found beside the package.
@@ -18,155 +34,404 @@ pub enum JournalOutcome {
     None,
     /// It was valid and has been replayed: the package holds the committed edit.
     Completed,
-    /// It was not valid (cut short while being written, so the package was never touched),
-    /// or it was written for a file that is no longer there: deleted.
+    /// It was one of ours but cut short while being written (so the package was never
+    /// touched), or it was written for a file that is no longer there: deleted.
     Discarded {
         /// Why.
         reason: String,
     },
+    /// Left beside the package untouched, neither replayed nor deleted: it is not a file
+    /// ovafs trusts (owner, mode, links, type), or it cannot be proven to belong to these
+    /// bytes. The package must stay read-only until someone looks at it.
+    Refused {
+        /// The journal.
+        path: PathBuf,
+        /// The broken rule.
+        reason: String,
+    },
+    /// A journal waits and was not replayed: a read-only inspection, or another mount holds
+    /// the package's write lock. The package must stay read-only.
+    Pending {
+        /// The journal.
+        path: PathBuf,
+        /// Why it was not replayed, and what replaying it would do.
+        reason: String,
+    },
 }
 
-/// What [`recover`] did.
+/// What [`recover`] or [`inspect`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
     /// The journal's fate.
     pub journal: JournalOutcome,
     /// Temporary files of interrupted rewrites that were deleted.
     pub removed_temp_files: Vec<PathBuf>,
+    /// Temporary-file names left in place, with why (not ours, or nothing may be written).
+    pub kept_temp_files: Vec<(PathBuf, String)>,
 }
 
 impl RecoveryReport {
-    /// Whether recovery changed nothing.
+    /// Whether recovery found nothing.
     pub fn is_clean(&self) -> bool {
-        self.journal == JournalOutcome::None && self.removed_temp_files.is_empty()
+        self.journal == JournalOutcome::None
+            && self.removed_temp_files.is_empty()
+            && self.kept_temp_files.is_empty()
     }
+
+    /// Why the package must be served read-only, when a journal was refused or left
+    /// pending (one line, for the mount's notice and `.ovafs/status`).
+    pub fn read_only_reason(&self) -> Option<String> {
+        match &self.journal {
+            JournalOutcome::Refused { path, reason } => Some(format!(
+                "{} left alone, not replayed: {reason}",
+                path.display()
+            )),
+            JournalOutcome::Pending { path, reason } => Some(format!(
+                "{} waits, not replayed: {reason}",
+                path.display()
+            )),
+            _ => None,
+        }
+    }
+
+    /// One line per thing worth telling the user (what was replayed, deleted, refused or
+    /// left), for the log and `.ovafs/status`.
+    pub fn notices(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match &self.journal {
+            JournalOutcome::None => {}
+            JournalOutcome::Completed => {
+                out.push("completed an interrupted commit from its journal".to_string())
+            }
+            JournalOutcome::Discarded { reason } => out.push(format!(
+                "discarded a journal ({reason}); the package was not touched by it"
+            )),
+            JournalOutcome::Refused { .. } | JournalOutcome::Pending { .. } => {
+                out.extend(self.read_only_reason())
+            }
+        }
+        for p in &self.removed_temp_files {
+            out.push(format!(
+                "removed {} left by an interrupted commit",
+                p.display()
+            ));
+        }
+        for (p, why) in &self.kept_temp_files {
+            out.push(format!("left {} in place: {why}", p.display()));
+        }
+        out
+    }
+}
+
+/// Whether recovery may write, and why not.
+#[derive(Debug, Clone)]
+enum Mode {
+    /// Replay, discard, delete: we hold the package's write lock.
+    Repair,
+    /// Look only: the reason nothing is written.
+    Inspect(String),
 }
 
 /// Completes or discards a journal beside `source` (an `.ova`, or the `.ovf` of an unpacked
-/// package) and deletes stale temporary files. Call it before opening the package, at mount
-/// and at `ovafs umount`. Waits for a commit in progress (another process) to finish. An
-/// error means the package may be half-patched: do not mount it.
+/// package) and deletes stale temporary files. Call it before opening the package for
+/// writing, at mount and at `ovafs umount`. It writes only while it holds the package's write
+/// lock: when another mount holds it, or the package cannot be opened for writing, it only
+/// inspects (a journal is then [`JournalOutcome::Pending`]). Never waits. An error means the
+/// package could not be examined: do not mount it.
 pub fn recover(source: &Path) -> Result<RecoveryReport> {
-    let (real, dir, name) = split_path(source)?;
-    let _lock = lock_dir(&dir)?;
-    recover_locked(&real, &dir, &name)
+    let (_, dir, name) = split_path(source)?;
+    let folder = Folder::open(&dir)?;
+    match lock::acquire(&folder, &name)? {
+        Attempt::Locked(_lock) => examine(&folder, &name, &Mode::Repair),
+        Attempt::HeldElsewhere => examine(
+            &folder,
+            &name,
+            &Mode::Inspect(
+                "another ovafs mount holds the package's write lock (the journal may be its commit in progress)"
+                    .into(),
+            ),
+        ),
+        Attempt::CannotWrite(why) => examine(&folder, &name, &Mode::Inspect(why)),
+    }
 }
 
-/// [`recover`] with the folder lock already held.
-pub(super) fn recover_locked(real: &Path, dir: &Path, name: &str) -> Result<RecoveryReport> {
-    let mut report = RecoveryReport {
-        journal: JournalOutcome::None,
-        removed_temp_files: Vec::new(),
-    };
-    let jpath = journal_path(dir, name);
-    match fs::symlink_metadata(&jpath) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("stat {}", jpath.display()), e)),
-        Ok(meta) if !meta.is_file() => {
-            return Err(Error::io(
-                format!(
-                    "{} is not a regular file; remove it by hand",
-                    jpath.display()
-                ),
-                std::io::Error::from_raw_os_error(libc::EINVAL),
-            ));
-        }
-        Ok(_) => {
-            report.journal = replay(&jpath, real, dir)?;
-            match &report.journal {
-                JournalOutcome::Completed => log::warn!(
-                    "{}: completed an interrupted commit from {}",
-                    real.display(),
-                    jpath.display()
-                ),
-                JournalOutcome::Discarded { reason } => log::warn!(
-                    "{}: discarded {} ({reason}); the package was not touched by it",
-                    real.display(),
-                    jpath.display()
-                ),
-                JournalOutcome::None => {}
-            }
-            fs::remove_file(&jpath)
-                .map_err(|e| Error::io(format!("remove {}", jpath.display()), e))?;
-            fsync_dir(dir)?;
-        }
-    }
-    report.removed_temp_files = remove_temps(dir, name)?;
-    if !report.removed_temp_files.is_empty() {
-        fsync_dir(dir)?;
-    }
-    Ok(report)
+/// Read-only inspection for a read-only mount: reports a journal and temporary files beside
+/// `source` without replaying, deleting or locking anything.
+pub fn inspect(source: &Path) -> Result<RecoveryReport> {
+    let (_, dir, name) = split_path(source)?;
+    let folder = Folder::open(&dir)?;
+    examine(
+        &folder,
+        &name,
+        &Mode::Inspect("the mount is read-only".into()),
+    )
 }
 
-fn replay(jpath: &Path, real: &Path, dir: &Path) -> Result<JournalOutcome> {
-    let discarded = |reason: &str| {
-        Ok(JournalOutcome::Discarded {
-            reason: reason.to_string(),
-        })
+/// [`recover`] for a committer that already holds the package's write lock.
+pub(super) fn recover_held(folder: &Folder, name: &str) -> Result<RecoveryReport> {
+    examine(folder, name, &Mode::Repair)
+}
+
+fn examine(folder: &Folder, name: &str, mode: &Mode) -> Result<RecoveryReport> {
+    let package = folder.lstat(name)?.ok_or_else(|| {
+        Error::io(
+            format!("stat {}", folder.shown(name)),
+            std::io::Error::from_raw_os_error(libc::ENOENT),
+        )
+    })?;
+    let jname = format!("{name}{JOURNAL_SUFFIX}");
+    let journal = match folder.open_trusted(&jname, &Rules::journal(&package))? {
+        Found::Missing => JournalOutcome::None,
+        Found::Untrusted(rule) => JournalOutcome::Refused {
+            path: PathBuf::from(folder.shown(&jname)),
+            reason: format!("not a journal ovafs trusts: {rule}"),
+        },
+        Found::Trusted(t) => settle(folder, name, &package, &jname, t, mode)?,
     };
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(jpath)
-        .map_err(|e| Error::io(format!("open {}", jpath.display()), e))?;
+    log_outcome(folder, name, &journal);
+    let temps_may_go = matches!(mode, Mode::Repair)
+        && !matches!(
+            journal,
+            JournalOutcome::Refused { .. } | JournalOutcome::Pending { .. }
+        );
+    let (removed, kept) = settle_temps(folder, name, &package, temps_may_go, mode)?;
+    Ok(RecoveryReport {
+        journal,
+        removed_temp_files: removed,
+        kept_temp_files: kept,
+    })
+}
+
+fn log_outcome(folder: &Folder, name: &str, outcome: &JournalOutcome) {
+    let pkg = folder.shown(name);
+    match outcome {
+        JournalOutcome::None => {}
+        JournalOutcome::Completed => log::warn!("{pkg}: completed an interrupted commit"),
+        JournalOutcome::Discarded { reason } => {
+            log::warn!("{pkg}: discarded its journal ({reason}); the package was not touched by it")
+        }
+        JournalOutcome::Refused { path, reason } => log::warn!(
+            "{}: left alone, not replayed: {reason}; {pkg} is served read-only",
+            path.display()
+        ),
+        JournalOutcome::Pending { path, reason } => log::warn!(
+            "{}: a journal waits, not replayed: {reason}; {pkg} is served read-only",
+            path.display()
+        ),
+    }
+}
+
+/// Decides the fate of a trusted journal file, and carries it out in [`Mode::Repair`].
+fn settle(
+    folder: &Folder,
+    name: &str,
+    package: &FileStat,
+    jname: &str,
+    t: super::trust::Trusted,
+    mode: &Mode,
+) -> Result<JournalOutcome> {
+    let jpath = PathBuf::from(folder.shown(jname));
+    let refused = |reason: String| JournalOutcome::Refused {
+        path: jpath.clone(),
+        reason,
+    };
     let mut bytes = Vec::new();
-    f.take(MAX_JOURNAL_BYTES + 1)
+    (&t.file)
+        .take(MAX_JOURNAL_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io(format!("read {}", jpath.display()), e))?;
     if bytes.len() as u64 > MAX_JOURNAL_BYTES {
-        return discarded("larger than any journal ovafs writes");
+        return Ok(refused("larger than any journal ovafs writes".into()));
     }
-    let journal = match Journal::decode(&bytes) {
-        Ok(j) => j,
-        Err(reason) => return discarded(reason),
+    // What replaying would do: a discard (with why) or a replay of these operations.
+    let verdict = match Journal::decode(&bytes) {
+        Err(Invalid::Torn(reason)) => Verdict::Discard(reason.to_string()),
+        Err(Invalid::Refused(reason)) => return Ok(refused(reason.to_string())),
+        Ok(j) => match check(folder, name, package, &j, mode)? {
+            Check::Replay(target) => Verdict::Replay(j, target),
+            Check::Discard(reason) => Verdict::Discard(reason),
+            Check::Refuse(reason) => return Ok(refused(reason)),
+        },
     };
-    match journal.kind {
-        Kind::Archive => {
-            let target = match OpenOptions::new().read(true).write(true).open(real) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return discarded("the archive it was written for is gone");
-                }
-                Err(e) => return Err(Error::io(format!("open {}", real.display()), e)),
-            };
-            let meta = target
-                .metadata()
-                .map_err(|e| Error::io(format!("stat {}", real.display()), e))?;
-            let now = Identity {
-                size: meta.len(),
-                dev: meta.dev(),
-                ino: meta.ino(),
-            };
-            if now != journal.target {
-                return discarded("it was written for another file (the archive was replaced)");
+    if let Mode::Inspect(why) = mode {
+        let would = match verdict {
+            Verdict::Discard(reason) => format!("it would be discarded ({reason})"),
+            Verdict::Replay(..) => "it would complete an interrupted commit".to_string(),
+        };
+        return Ok(JournalOutcome::Pending {
+            path: jpath,
+            reason: format!("{why}; {would}"),
+        });
+    }
+    let outcome = match verdict {
+        Verdict::Discard(reason) => JournalOutcome::Discarded { reason },
+        Verdict::Replay(j, target) => {
+            replay(folder, &j, target.as_ref())?;
+            JournalOutcome::Completed
+        }
+    };
+    // Only the file we read goes: not one swapped in under its name since.
+    if folder
+        .lstat(jname)?
+        .is_some_and(|st| (st.st_dev, st.st_ino) == (t.stat.st_dev, t.stat.st_ino))
+    {
+        folder.unlink(jname)?;
+    }
+    folder.sync()?;
+    Ok(outcome)
+}
+
+enum Verdict {
+    Discard(String),
+    Replay(Journal, Option<File>),
+}
+
+enum Check {
+    /// Replay it (onto this open archive, for archive journals).
+    Replay(Option<File>),
+    /// One of ours for a file that is gone: delete it.
+    Discard(String),
+    /// Leave it alone.
+    Refuse(String),
+}
+
+/// Checks that a well-formed journal belongs to this package as it is now.
+fn check(
+    folder: &Folder,
+    name: &str,
+    package: &FileStat,
+    j: &Journal,
+    mode: &Mode,
+) -> Result<Check> {
+    match j.kind {
+        Kind::Archive => check_archive(folder, name, j, mode),
+        Kind::Folder => check_folder(folder, name, package, j),
+    }
+}
+
+fn check_archive(folder: &Folder, name: &str, j: &Journal, mode: &Mode) -> Result<Check> {
+    let rw = match mode {
+        Mode::Repair => OFlag::O_RDWR,
+        Mode::Inspect(_) => OFlag::O_RDONLY,
+    };
+    let flags = rw | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let target = match folder.openat(name, flags) {
+        Ok(fd) => File::from(fd),
+        Err(nix::errno::Errno::ENOENT) => {
+            return Ok(Check::Discard(
+                "the archive it was written for is gone".into(),
+            ));
+        }
+        Err(e) => {
+            return Err(Error::io(
+                format!("open {}", folder.shown(name)),
+                std::io::Error::from(e),
+            ));
+        }
+    };
+    let st = nix::sys::stat::fstat(&target)
+        .map_err(|e| Error::io("stat the archive", std::io::Error::from(e)))?;
+    let now = Identity {
+        size: st.st_size as u64,
+        dev: st.st_dev,
+        ino: st.st_ino,
+    };
+    if now != j.target {
+        return Ok(Check::Discard(
+            "it was written for another file (the archive was replaced)".into(),
+        ));
+    }
+    for op in &j.ops {
+        if let Op::Write { offset, data, old } = op
+            && let Some(reason) = unbound_sector(&target, *offset, data, old)?
+        {
+            return Ok(Check::Refuse(reason));
+        }
+    }
+    Ok(Check::Replay(Some(target)))
+}
+
+/// The first sector of a write that holds neither the bytes the journal recorded as there
+/// before nor the bytes it writes, in words; `None` when every sector is one or the other.
+fn unbound_sector(
+    target: &File,
+    offset: u64,
+    data: &[u8],
+    old: &[Digest32],
+) -> Result<Option<String>> {
+    let mut now = vec![0u8; data.len()];
+    if let Err(e) = target.read_exact_at(&mut now, offset) {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            return Ok(Some(format!("its write at {offset} is past the archive's end")));
+        }
+        return Err(Error::io("read the archive", e));
+    }
+    let sectors = now.chunks(journal::SECTOR).zip(data.chunks(journal::SECTOR));
+    for (i, ((cur, new), was)) in sectors.zip(old).enumerate() {
+        if cur != new && journal::digest(cur) != *was {
+            let at = offset.saturating_add((i * journal::SECTOR) as u64);
+            return Ok(Some(format!(
+                "the archive's sector at byte {at} holds neither the bytes the journal was written against nor the ones it writes (it was not made from this archive)"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+fn check_folder(folder: &Folder, name: &str, package: &FileStat, j: &Journal) -> Result<Check> {
+    if let Some(op) = j.ops.iter().find(|op| !folder_op_allowed(name, op)) {
+        return Ok(Check::Refuse(format!(
+            "it names files that are not this package's ({op:?})"
+        )));
+    }
+    let rules = Rules::temporary(package);
+    for op in &j.ops {
+        let Op::Rename { from, sha256, .. } = op else {
+            continue;
+        };
+        match folder.open_trusted(from, &rules)? {
+            Found::Missing => {} // already renamed
+            Found::Untrusted(rule) => {
+                return Ok(Check::Refuse(format!(
+                    "the file it renames, {}, is not ovafs's: {rule}",
+                    folder.shown(from)
+                )));
             }
-            for op in &journal.ops {
-                if let Op::Write { offset, data } = op {
+            Found::Trusted(t) => {
+                let cap = MAX_DESCRIPTOR_BYTES.max(MAX_MANIFEST_BYTES);
+                let mut bytes = Vec::new();
+                (&t.file)
+                    .take(cap + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| Error::io(format!("read {}", folder.shown(from)), e))?;
+                if journal::digest(&bytes) != *sha256 {
+                    return Ok(Check::Refuse(format!(
+                        "the file it renames, {}, does not hold the bytes it was written for",
+                        folder.shown(from)
+                    )));
+                }
+            }
+        }
+    }
+    Ok(Check::Replay(None))
+}
+
+fn replay(folder: &Folder, j: &Journal, target: Option<&File>) -> Result<()> {
+    match (j.kind, target) {
+        (Kind::Archive, Some(target)) => {
+            for op in &j.ops {
+                if let Op::Write { offset, data, .. } = op {
                     target
                         .write_all_at(data, *offset)
-                        .map_err(|e| Error::io(format!("write {}", real.display()), e))?;
+                        .map_err(|e| Error::io("write the archive", e))?;
                 }
             }
             target
                 .sync_data()
-                .map_err(|e| Error::io(format!("fsync {}", real.display()), e))?;
+                .map_err(|e| Error::io("fsync the archive", e))
         }
-        Kind::Folder => {
-            let name = real
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            if let Some(op) = journal.ops.iter().find(|op| !folder_op_allowed(name, op)) {
-                log::warn!(
-                    "{}: journal operation {op:?} is outside the package",
-                    real.display()
-                );
-                return discarded("it names files that are not this package's");
-            }
-            super::folder::apply_ops(dir, &journal.ops, &CommitOptions::default())?
-        }
+        _ => super::folder::apply_ops(folder, &j.ops, &CommitOptions::default()),
     }
-    Ok(JournalOutcome::Completed)
 }
 
 /// Whether a folder journal operation stays within the package whose descriptor is `ovf`:
@@ -176,7 +441,7 @@ fn folder_op_allowed(ovf: &str, op: &Op) -> bool {
     let base = ovf.get(..ovf.len().saturating_sub(4)).unwrap_or(ovf);
     let is = |name: &str, ext: &str| name.eq_ignore_ascii_case(&format!("{base}.{ext}"));
     match op {
-        Op::Rename { from, to } => {
+        Op::Rename { from, to, .. } => {
             from.starts_with(&temp_prefix(ovf)) && (to == ovf || is(to, "mf"))
         }
         Op::Remove { name } => is(name, "cert"),
@@ -184,34 +449,50 @@ fn folder_op_allowed(ovf: &str, op: &Op) -> bool {
     }
 }
 
-/// Deletes `.NAME.ovafs-tmp-*` regular files in `dir`.
-fn remove_temps(dir: &Path, name: &str) -> Result<Vec<PathBuf>> {
-    let prefix = temp_prefix(name);
-    let rd = fs::read_dir(dir).map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
-    let mut removed = Vec::new();
-    for (n, entry) in rd.enumerate() {
-        if n as u64 >= MAX_DIR_ENTRIES {
-            log::warn!(
-                "{}: more than {MAX_DIR_ENTRIES} entries; stopped looking for temporary files",
-                dir.display()
-            );
-            break;
-        }
-        let Ok(entry) = entry else { continue };
-        let file_name = entry.file_name();
-        let Some(s) = file_name.to_str() else {
-            continue;
+/// Deletes the `.NAME.ovafs-tmp-*` files that are ours when `may_delete`; lists the others.
+fn settle_temps(
+    folder: &Folder,
+    name: &str,
+    package: &FileStat,
+    may_delete: bool,
+    mode: &Mode,
+) -> Result<(Vec<PathBuf>, Vec<(PathBuf, String)>)> {
+    let rules = Rules::temporary(package);
+    let (mut removed, mut kept) = (Vec::new(), Vec::new());
+    for t in folder.names_with_prefix(&temp_prefix(name), MAX_DIR_ENTRIES)? {
+        let shown = PathBuf::from(folder.shown(&t));
+        let stat = match folder.open_trusted(&t, &rules)? {
+            Found::Missing => continue,
+            Found::Untrusted(rule) => {
+                log::warn!(
+                    "{}: left alone: not a temporary file of ovafs: {rule}",
+                    shown.display()
+                );
+                kept.push((shown, format!("not ovafs's: {rule}")));
+                continue;
+            }
+            Found::Trusted(f) => f.stat,
         };
-        if !s.starts_with(&prefix) {
+        if !may_delete {
+            let why = match mode {
+                Mode::Inspect(why) => why.clone(),
+                Mode::Repair => "a journal waits beside the package".to_string(),
+            };
+            kept.push((shown, why));
             continue;
         }
-        if !entry.file_type().is_ok_and(|t| t.is_file()) {
-            continue;
+        // Only the file checked goes, not one swapped in under its name since.
+        if folder
+            .lstat(&t)?
+            .is_some_and(|st| (st.st_dev, st.st_ino) == (stat.st_dev, stat.st_ino))
+        {
+            folder.unlink(&t)?;
+            log::warn!("removed {} left by an interrupted commit", shown.display());
+            removed.push(shown);
         }
-        let p = entry.path();
-        fs::remove_file(&p).map_err(|e| Error::io(format!("remove {}", p.display()), e))?;
-        log::warn!("removed {} left by an interrupted commit", p.display());
-        removed.push(p);
     }
-    Ok(removed)
+    if !removed.is_empty() {
+        folder.sync()?;
+    }
+    Ok((removed, kept))
 }

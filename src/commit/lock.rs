@@ -1,0 +1,174 @@
+//! The write lock on a package: an open-file-description lock (`F_OFD_SETLK`, `F_WRLCK`,
+//! whole file, never waiting) on the package file (the `.ova`, or the `.ovf` of a folder).
+//!
+//! A [`super::Committer`] holds it for its whole life, so a second writable mount of the same
+//! package cannot get it and is mounted read-only, and recovery never replays a journal while
+//! a live mount holds it (that journal may be the commit it is making). The lock belongs to
+//! the open file description, not the process: two descriptions in one process conflict as
+//! two processes do, and the lock goes when the holder's last descriptor closes (also when it
+//! is killed). A commit that replaces the package file by rename locks the new file before the
+//! rename, so the lock moves with the name.
+//!
+//! Why not `flock` on the folder (what ovafs used before): any user who can read a shared
+//! folder can `flock` it and hold it forever, wedging every mount there.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+
+use super::trust::Folder;
+use crate::error::{Error, Result};
+
+/// A held write lock on one package file.
+#[derive(Debug)]
+pub(super) struct PackageLock {
+    /// A descriptor of the locked open file description, never read: kept open because
+    /// closing it unlocks.
+    _file: File,
+    dev: u64,
+    ino: u64,
+}
+
+/// The outcome of trying to lock a package.
+#[derive(Debug)]
+pub(super) enum Attempt {
+    /// Ours until dropped.
+    Locked(PackageLock),
+    /// Another open file description (another mount, or a commit in progress) holds it.
+    HeldElsewhere,
+    /// The package cannot be opened for writing (permissions, read-only file system).
+    CannotWrite(String),
+}
+
+fn whole_file_write_lock() -> libc::flock {
+    // From offset 0 (SEEK_SET) for the whole file (length 0); l_pid must be 0 for OFD locks.
+    libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    }
+}
+
+impl PackageLock {
+    /// Locks the file `file` is open on (it must be open for writing); `None` when another
+    /// description holds the lock. The lock lives on a duplicate of `file`'s descriptor, so it
+    /// stays while the caller reopens or drops `file`.
+    pub(super) fn try_on(file: &File) -> Result<Option<PackageLock>> {
+        let file = file
+            .try_clone()
+            .map_err(|e| Error::io("duplicate the package descriptor", e))?;
+        let fl = whole_file_write_lock();
+        match nix::fcntl::fcntl(file.as_fd(), FcntlArg::F_OFD_SETLK(&fl)) {
+            Ok(_) => {}
+            Err(Errno::EAGAIN | Errno::EACCES) => return Ok(None),
+            Err(e) => {
+                return Err(Error::io(
+                    "lock the package (F_OFD_SETLK)",
+                    std::io::Error::from(e),
+                ));
+            }
+        }
+        let st = nix::sys::stat::fstat(&file)
+            .map_err(|e| Error::io("stat the package", std::io::Error::from(e)))?;
+        Ok(Some(PackageLock {
+            _file: file,
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }))
+    }
+
+    /// Whether this lock is on the file `st` describes.
+    pub(super) fn covers(&self, st: &FileStat) -> bool {
+        (self.dev, self.ino) == (st.st_dev, st.st_ino)
+    }
+
+    /// Whether this lock is on the file `meta` describes.
+    pub(super) fn covers_meta(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        (self.dev, self.ino) == (meta.dev(), meta.ino())
+    }
+
+    /// Whether the name `name` in `folder` is (still) the locked file.
+    pub(super) fn is_at(&self, folder: &Folder, name: &str) -> Result<bool> {
+        Ok(folder.lstat(name)?.is_some_and(|st| self.covers(&st)))
+    }
+}
+
+/// Opens `name` in `folder` for writing (never following a symlink, never blocking) and
+/// locks it. Retries when the name was replaced between the open and the lock (a commit of
+/// another mount renaming a new file over it), so the lock taken is on the file the name
+/// holds.
+pub(super) fn acquire(folder: &Folder, name: &str) -> Result<Attempt> {
+    for _ in 0..8 {
+        let flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let file = match folder.openat(name, flags) {
+            Ok(fd) => File::from(fd),
+            Err(e @ (Errno::EACCES | Errno::EPERM | Errno::EROFS | Errno::ETXTBSY)) => {
+                return Ok(Attempt::CannotWrite(format!(
+                    "{} cannot be opened for writing: {}",
+                    folder.shown(name),
+                    e.desc()
+                )));
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("open {}", folder.shown(name)),
+                    std::io::Error::from(e),
+                ));
+            }
+        };
+        let st = nix::sys::stat::fstat(&file)
+            .map_err(|e| Error::io("stat the package", std::io::Error::from(e)))?;
+        if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+            return Ok(Attempt::CannotWrite(format!(
+                "{} is not a regular file",
+                folder.shown(name)
+            )));
+        }
+        let Some(lock) = PackageLock::try_on(&file)? else {
+            return Ok(Attempt::HeldElsewhere);
+        };
+        if lock.is_at(folder, name)? {
+            return Ok(Attempt::Locked(lock));
+        }
+    }
+    // The name keeps changing under us: someone is committing; act as if it were held.
+    Ok(Attempt::HeldElsewhere)
+}
+
+impl Folder {
+    /// `openat` of `name` with `flags` (mode 0: never creates).
+    pub(super) fn openat(&self, name: &str, flags: OFlag) -> std::result::Result<std::os::fd::OwnedFd, Errno> {
+        nix::fcntl::openat(self.fd(), name, flags, Mode::empty())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_description_cannot_lock_and_the_lock_follows_the_holder() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("p.ova"), b"x").unwrap();
+        let folder = Folder::open(t.path()).unwrap();
+        let Attempt::Locked(first) = acquire(&folder, "p.ova").unwrap() else {
+            panic!("first lock refused");
+        };
+        assert!(matches!(
+            acquire(&folder, "p.ova").unwrap(),
+            Attempt::HeldElsewhere
+        ));
+        drop(first);
+        assert!(matches!(
+            acquire(&folder, "p.ova").unwrap(),
+            Attempt::Locked(_)
+        ));
+    }
+}
