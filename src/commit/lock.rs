@@ -1,5 +1,10 @@
 //! The write lock on a package: an open-file-description lock (`F_OFD_SETLK`, `F_WRLCK`,
-//! whole file, never waiting) on the package file (the `.ova`, or the `.ovf` of a folder).
+//! never waiting) on the package file (the `.ova`, or the `.ovf` of a folder).
+//!
+//! The lock covers one byte at [`LOCK_OFFSET`], far past the end of any file, not the whole
+//! file: qemu's image locking takes read locks on bytes 100-299 of any image it opens, so a
+//! whole-file write lock would make `qemu-img info x.ova` fail while x.ova is mounted. Every
+//! ovafs locks the same byte, which is all an advisory lock between ovafs processes needs.
 //!
 //! A [`super::Committer`] holds it for its whole life, so a second writable mount of the same
 //! package cannot get it and is mounted read-only, and recovery never replays a journal while
@@ -43,13 +48,17 @@ pub(super) enum Attempt {
     CannotWrite(String),
 }
 
-fn whole_file_write_lock() -> libc::flock {
-    // From offset 0 (SEEK_SET) for the whole file (length 0); l_pid must be 0 for OFD locks.
+/// The byte ovafs locks: "OVAFS" in ASCII followed by zeros, about 5.7 * 10^18, past the end
+/// of any real file and clear of the low bytes other programs lock.
+pub const LOCK_OFFSET: i64 = 0x4F56_4146_5300_0000;
+
+fn ovafs_write_lock() -> libc::flock {
+    // One byte from LOCK_OFFSET (SEEK_SET); l_pid must be 0 for OFD locks.
     libc::flock {
         l_type: libc::F_WRLCK as libc::c_short,
         l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
+        l_start: LOCK_OFFSET,
+        l_len: 1,
         l_pid: 0,
     }
 }
@@ -62,7 +71,7 @@ impl PackageLock {
         let file = file
             .try_clone()
             .map_err(|e| Error::io("duplicate the package descriptor", e))?;
-        let fl = whole_file_write_lock();
+        let fl = ovafs_write_lock();
         match nix::fcntl::fcntl(file.as_fd(), FcntlArg::F_OFD_SETLK(&fl)) {
             Ok(_) => {}
             Err(Errno::EAGAIN | Errno::EACCES) => return Ok(None),
