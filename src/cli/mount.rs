@@ -194,7 +194,7 @@ pub(super) fn serve(
             )
         })?;
     raise_read_ahead(&config.mountpoint);
-    write_mount_record(config);
+    write_mount_record(config, !read_only);
     log::info!(
         "mounted {} on {} ({} disks, cache {} bytes)",
         config.source.display(),
@@ -231,7 +231,7 @@ pub(super) fn serve(
 }
 
 /// Records which package this mount serves, for `ovafs umount` (see `record.rs`).
-fn write_mount_record(config: &MountConfig) {
+fn write_mount_record(config: &MountConfig, writable: bool) {
     let mount_point = super::mountinfo::canonical_mount_path(&config.mountpoint);
     let Some(entry) = super::mountinfo::find(&mount_point) else {
         log::warn!("{}: not in the mount table", mount_point.display());
@@ -243,6 +243,7 @@ fn write_mount_record(config: &MountConfig) {
         source,
         pid: std::process::id(),
         device: entry.device,
+        writable,
     });
 }
 

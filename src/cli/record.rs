@@ -3,7 +3,8 @@
 //! `ovafs umount` completes an interrupted commit after the daemon has exited, so it must
 //! know which package the mount served. The mount table cannot say: its source field is
 //! whatever `-o fsname=` made it. So the daemon writes a small record (the mount point, the
-//! real path of the package, its pid, the mount's device number) into a private runtime
+//! real path of the package, its pid, the mount's device number, whether it could write)
+//! into a private runtime
 //! folder, `/run/ovafs` for root and `$XDG_RUNTIME_DIR/ovafs` otherwise (created 0700; used
 //! only if it is a real directory owned by the user with no group/other access), one file
 //! per mount point, named by the SHA-256 of the mount point's path. The daemon removes it when
@@ -38,6 +39,9 @@ pub struct Record {
     pub pid: u32,
     /// `major:minor` of the mount, from the mount table.
     pub device: String,
+    /// Whether the mount could write the package (a read-only mount never writes, so
+    /// `ovafs umount` has nothing to complete for it and does not try).
+    pub writable: bool,
 }
 
 /// The private runtime folder for the user running ovafs, created if needed; why not, when
@@ -193,7 +197,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused() {
         let r: Result<Record, _> = serde_json::from_str(
-            r#"{"mount_point":"/m","source":"/s","pid":1,"device":"0:1","extra":1}"#,
+            r#"{"mount_point":"/m","source":"/s","pid":1,"device":"0:1","writable":true,"extra":1}"#,
         );
         assert!(r.is_err());
     }

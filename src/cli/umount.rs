@@ -42,13 +42,14 @@ pub fn run(mountpoint: &Path) -> Result<i32> {
     // A daemon killed in the middle of a commit leaves a journal: complete it now, so that
     // the package holds every acknowledged edit when this command returns.
     match source {
-        Ok(source) if source.is_file() => {
+        Ok(None) => log::debug!("{}: a read-only mount; nothing to recover", mountpoint.display()),
+        Ok(Some(source)) if source.is_file() => {
             let report = crate::commit::recover(&source)?;
             for notice in report.notices() {
                 log::warn!("{}: {notice}", source.display());
             }
         }
-        Ok(source) => log::debug!("{} is gone: nothing to recover", source.display()),
+        Ok(Some(source)) => log::debug!("{} is gone: nothing to recover", source.display()),
         Err(why) => log::warn!(
             "{}: skipped recovery of interrupted commits ({why}); the next writable mount of the package completes them",
             mountpoint.display()
@@ -58,8 +59,8 @@ pub fn run(mountpoint: &Path) -> Result<i32> {
 }
 
 /// The package the daemon of this mount served, from its record, if the record is trusted
-/// and names this very mount (its device).
-fn trusted_source(path: &Path, entry: &mountinfo::MountEntry) -> Result<PathBuf, String> {
+/// and names this very mount (its device); `None` for a read-only mount (it never wrote).
+fn trusted_source(path: &Path, entry: &mountinfo::MountEntry) -> Result<Option<PathBuf>, String> {
     let r = record::read(path)?;
     if r.device != entry.device {
         return Err(format!(
@@ -67,7 +68,7 @@ fn trusted_source(path: &Path, entry: &mountinfo::MountEntry) -> Result<PathBuf,
             r.device, entry.device
         ));
     }
-    Ok(r.source)
+    Ok(r.writable.then_some(r.source))
 }
 
 /// How long a busy mount is retried: the kernel sends RELEASE for a file asynchronously after
