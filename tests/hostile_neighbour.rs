@@ -14,6 +14,8 @@
 //!   a later writable mount (it was genuine).
 //! - `temp_files_planted_by_others_are_kept`: only ovafs's own temporary files are deleted.
 //! - `second_writable_mount_is_read_only`, `rewrite_commit_keeps_the_package_locked`.
+//! - `folder_journal_renaming_a_planted_file_is_refused`,
+//!   `folder_package_lock_follows_the_renamed_descriptor` (unpacked packages).
 //! - `umount_recovers_the_served_package_not_the_fsname` and
 //!   `umount_refuses_mounts_that_are_not_ovafs` (tmpfs, plain `fuse`).
 
@@ -61,6 +63,18 @@ impl Shared {
         OvaBuilder::new(&self.dir, name)
             .disk(&vmdk, 1 << 20, STREAM)
             .build()
+    }
+
+    /// A sample unpacked package (2 CPUs) in the shared folder; returns its `.ovf`.
+    fn ovf(&self, name: &str) -> PathBuf {
+        let raw = self.tmp.path().join(format!("{name}.img"));
+        let vmdk = self.tmp.path().join(format!("{name}-disk1.vmdk"));
+        scattered_raw(&raw, 1 << 20, 2, 7);
+        to_stream_vmdk(&raw, &vmdk);
+        OvaBuilder::new(&self.dir, name)
+            .disk(&vmdk, 1 << 20, STREAM)
+            .write_package();
+        self.dir.join(format!("{name}.ovf"))
     }
 
     /// Writes `bytes` at `dst` as `nobody` (so `nobody` owns it, mode 0644).
@@ -412,7 +426,11 @@ fn rewrite_commit_keeps_the_package_locked() {
     let grown = text.replacen("</Envelope>", &pad, 1);
     assert_ne!(grown, text);
     fs::write(&ovf, &grown).unwrap();
-    assert_ne!(fs::metadata(&ova).unwrap().ino(), ino, "no rewrite happened");
+    assert_ne!(
+        fs::metadata(&ova).unwrap().ino(),
+        ino,
+        "no rewrite happened"
+    );
     let sum = sha256_file(&ova);
     let (second, err) = mount(&ova, &s.mnt("two"), &[]);
     let second = second.unwrap_or_else(|| panic!("second mount refused: {err}"));
@@ -424,6 +442,70 @@ fn rewrite_commit_keeps_the_package_locked() {
     assert_eq!(sha256_file(&ova), sum);
     assert!(set_cpus(&first, 4).status.success());
     second.umount();
+    first.umount();
+}
+
+#[test]
+fn folder_journal_renaming_a_planted_file_is_refused() {
+    let s = Shared::new();
+    let ovf = s.ovf("vm");
+    // nobody's descriptor, waiting under ovafs's temporary name...
+    let evil = fs::read_to_string(&ovf)
+        .unwrap()
+        .replace("2 virtual CPU(s)", "8 virtual CPU(s)");
+    let planted = ".vm.ovf.ovafs-tmp-evil";
+    s.plant_as_nobody(&s.dir.join(planted), evil.as_bytes());
+    // ...and a journal of the right owner, even bound to those bytes: only the planted file's
+    // owner tells them apart from a commit of ours.
+    let j = Journal {
+        kind: Kind::Folder,
+        target: Identity::default(),
+        ops: vec![Op::Rename {
+            from: planted.into(),
+            to: "vm.ovf".into(),
+            sha256: ovafs::commit::journal::digest(evil.as_bytes()),
+        }],
+    };
+    fs::write(journal_of(&ovf), j.encode()).unwrap();
+    fs::set_permissions(journal_of(&ovf), fs::Permissions::from_mode(0o600)).unwrap();
+    let before = snapshot(&s.dir);
+    let (m, err) = mount(&ovf, &s.mnt("mnt"), &[]);
+    let m = m.unwrap_or_else(|| panic!("mount refused: {err}"));
+    assert!(err.contains("is not ovafs's"), "{err}");
+    assert!(err.contains("owned by uid 65534"), "{err}");
+    assert_read_only(&m);
+    m.umount();
+    assert_eq!(snapshot(&s.dir), before);
+}
+
+#[test]
+fn folder_package_lock_follows_the_renamed_descriptor() {
+    let s = Shared::new();
+    let ovf = s.ovf("vm");
+    let (first, err) = mount(&ovf, &s.mnt("one"), &[]);
+    let first = first.unwrap_or_else(|| panic!("mount refused: {err}"));
+    let (second, err) = mount(&ovf, &s.mnt("two"), &[]);
+    let second = second.unwrap_or_else(|| panic!("second mount refused: {err}"));
+    assert!(
+        err.contains("in use by another writable ovafs mount"),
+        "{err}"
+    );
+    let before = snapshot(&s.dir);
+    assert_read_only(&second);
+    assert_eq!(snapshot(&s.dir), before);
+    second.umount();
+    // A folder commit renames a new .ovf over the old one: the lock goes with it.
+    let ino = fs::metadata(&ovf).unwrap().ino();
+    assert!(set_cpus(&first, 4).status.success());
+    assert_ne!(fs::metadata(&ovf).unwrap().ino(), ino, "no rename happened");
+    let (third, err) = mount(&ovf, &s.mnt("three"), &[]);
+    let third = third.unwrap_or_else(|| panic!("third mount refused: {err}"));
+    assert!(
+        err.contains("in use by another writable ovafs mount"),
+        "{err}"
+    );
+    assert_eq!(fs::read_to_string(third.path("vm/cpus")).unwrap(), "4\n");
+    third.umount();
     first.umount();
 }
 
@@ -467,10 +549,7 @@ impl PlainFuse {
             .write(true)
             .open("/dev/fuse")
             .unwrap();
-        let data = format!(
-            "fd={},rootmode=40000,user_id=0,group_id=0",
-            dev.as_raw_fd()
-        );
+        let data = format!("fd={},rootmode=40000,user_id=0,group_id=0", dev.as_raw_fd());
         nix::mount::mount(
             Some(source),
             dir,

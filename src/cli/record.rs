@@ -144,7 +144,10 @@ pub fn read(mount_point: &Path) -> Result<Record, String> {
         .read_to_end(&mut bytes)
         .map_err(|e| format!("read {}: {e}", path.display()))?;
     if bytes.len() as u64 > MAX_RECORD_BYTES {
-        return Err(format!("{} is too large to be a mount record", path.display()));
+        return Err(format!(
+            "{} is too large to be a mount record",
+            path.display()
+        ));
     }
     let record: Record = serde_json::from_slice(&bytes)
         .map_err(|e| format!("{} is not a mount record: {e}", path.display()))?;

@@ -42,7 +42,10 @@ pub fn run(mountpoint: &Path) -> Result<i32> {
     // A daemon killed in the middle of a commit leaves a journal: complete it now, so that
     // the package holds every acknowledged edit when this command returns.
     match source {
-        Ok(None) => log::debug!("{}: a read-only mount; nothing to recover", mountpoint.display()),
+        Ok(None) => log::debug!(
+            "{}: a read-only mount; nothing to recover",
+            mountpoint.display()
+        ),
         Ok(Some(source)) if source.is_file() => {
             let report = crate::commit::recover(&source)?;
             for notice in report.notices() {

@@ -491,7 +491,10 @@ mod tests {
         v.extend_from_slice(b"XXXX");
         assert!(refused(&sealed(v)).contains("version 1"));
         // Not ours at all.
-        assert!(refused(b"#!/bin/sh\nrm -rf /\n........................................").contains("magic"));
+        assert!(
+            refused(b"#!/bin/sh\nrm -rf /\n........................................")
+                .contains("magic")
+        );
         // A write past the end of the target.
         let mut v = header(2, 1, 1024, 1);
         v.extend(write_op(1024, 512, &[0; 512], 1));

@@ -152,7 +152,11 @@ pub(super) fn acquire(folder: &Folder, name: &str) -> Result<Attempt> {
 
 impl Folder {
     /// `openat` of `name` with `flags` (mode 0: never creates).
-    pub(super) fn openat(&self, name: &str, flags: OFlag) -> std::result::Result<std::os::fd::OwnedFd, Errno> {
+    pub(super) fn openat(
+        &self,
+        name: &str,
+        flags: OFlag,
+    ) -> std::result::Result<std::os::fd::OwnedFd, Errno> {
         nix::fcntl::openat(self.fd(), name, flags, Mode::empty())
     }
 }

@@ -86,10 +86,9 @@ impl RecoveryReport {
                 "{} left alone, not replayed: {reason}",
                 path.display()
             )),
-            JournalOutcome::Pending { path, reason } => Some(format!(
-                "{} waits, not replayed: {reason}",
-                path.display()
-            )),
+            JournalOutcome::Pending { path, reason } => {
+                Some(format!("{} waits, not replayed: {reason}", path.display()))
+            }
             _ => None,
         }
     }
@@ -362,11 +361,15 @@ fn unbound_sector(
     let mut now = vec![0u8; data.len()];
     if let Err(e) = target.read_exact_at(&mut now, offset) {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            return Ok(Some(format!("its write at {offset} is past the archive's end")));
+            return Ok(Some(format!(
+                "its write at {offset} is past the archive's end"
+            )));
         }
         return Err(Error::io("read the archive", e));
     }
-    let sectors = now.chunks(journal::SECTOR).zip(data.chunks(journal::SECTOR));
+    let sectors = now
+        .chunks(journal::SECTOR)
+        .zip(data.chunks(journal::SECTOR));
     for (i, ((cur, new), was)) in sectors.zip(old).enumerate() {
         if cur != new && journal::digest(cur) != *was {
             let at = offset.saturating_add((i * journal::SECTOR) as u64);
@@ -449,6 +452,9 @@ fn folder_op_allowed(ovf: &str, op: &Op) -> bool {
     }
 }
 
+/// A temporary-file name left in place, and why.
+type KeptTemp = (PathBuf, String);
+
 /// Deletes the `.NAME.ovafs-tmp-*` files that are ours when `may_delete`; lists the others.
 fn settle_temps(
     folder: &Folder,
@@ -456,7 +462,7 @@ fn settle_temps(
     package: &FileStat,
     may_delete: bool,
     mode: &Mode,
-) -> Result<(Vec<PathBuf>, Vec<(PathBuf, String)>)> {
+) -> Result<(Vec<PathBuf>, Vec<KeptTemp>)> {
     let rules = Rules::temporary(package);
     let (mut removed, mut kept) = (Vec::new(), Vec::new());
     for t in folder.names_with_prefix(&temp_prefix(name), MAX_DIR_ENTRIES)? {
