@@ -12,6 +12,7 @@
 //!   the package is served read-only (edits fail with EROFS).
 //! - `ro_mount_reports_a_pending_journal_and_writes_nothing`; the same journal is replayed by
 //!   a later writable mount (it was genuine).
+//! - `journal_planted_while_mounted_stops_commits`: the next edit fails with EROFS.
 //! - `temp_files_planted_by_others_are_kept`: only ovafs's own temporary files are deleted.
 //! - `second_writable_mount_is_read_only`, `rewrite_commit_keeps_the_package_locked`.
 //! - `folder_journal_renaming_a_planted_file_is_refused`,
@@ -343,6 +344,33 @@ fn ro_mount_reports_a_pending_journal_and_writes_nothing() {
     assert!(!journal_of(&ova).exists() && !temp.exists());
     assert_eq!(&fs::read(&ova).unwrap()[at..at + 4], b"XXXX");
     assert!(set_cpus(&m, 3).status.success());
+    m.umount();
+}
+
+#[test]
+fn journal_planted_while_mounted_stops_commits() {
+    let s = Shared::new();
+    let ova = s.ova("vm");
+    let (m, err) = mount(&ova, &s.mnt("mnt"), &[]);
+    let m = m.unwrap_or_else(|| panic!("mount refused: {err}"));
+    s.plant_as_nobody(&journal_of(&ova), &genuine_journal(&ova).0);
+    let before = snapshot(&s.dir);
+    // The mount is writable, so the refusal comes at close (which bash ignores): python
+    // reports a failed close.
+    let out = Command::new(tool("python3"))
+        .arg("-c")
+        .arg("import sys; f = open(sys.argv[1], 'w'); f.write('4\\n'); f.close()")
+        .arg(m.path("vm/cpus"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "an edit went through");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert_eq!(snapshot(&s.dir), before, "the planted journal was used");
+    assert_eq!(fs::read_to_string(m.path("vm/cpus")).unwrap(), "2\n");
+    // Gone again: commits go on.
+    fs::remove_file(journal_of(&ova)).unwrap();
+    assert!(set_cpus(&m, 4).status.success());
     m.umount();
 }
 
