@@ -8,7 +8,9 @@
 //!   (`O_NOFOLLOW | O_NONBLOCK`; a FIFO, socket, device or directory there is never opened:
 //!   an `lstat` filters them first, and the descriptor is checked again after the open);
 //! - it has exactly one link (a hard link to someone else's file is not ours);
-//! - it is owned by the package file's owner or by the user running ovafs;
+//! - it is owned by the package file's owner, by the user running ovafs, or by root (only
+//!   root can make a file root's, and root could change the package directly anyway; so a
+//!   journal root's mount left is completed by the owner's later mount);
 //! - it is not writable by group or others (beyond what the package file itself allows,
 //!   for temporary files that become the package).
 //!
@@ -68,9 +70,9 @@ impl Rules {
                 st.st_nlink
             ));
         }
-        if st.st_uid != self.package_owner && st.st_uid != self.me {
+        if st.st_uid != self.package_owner && st.st_uid != self.me && st.st_uid != 0 {
             return Some(format!(
-                "it is owned by uid {}, neither the package's owner (uid {}) nor the user running ovafs (uid {})",
+                "it is owned by uid {}, neither the package's owner (uid {}), the user running ovafs (uid {}) nor root",
                 st.st_uid, self.package_owner, self.me
             ));
         }
