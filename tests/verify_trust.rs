@@ -6,6 +6,8 @@
 //! - `signer_key_sizes_and_types`: RSA 512 and 1024, EC P-192 and DSA signers fail naming the
 //!   key; RSA 2048 and EC P-256 pass, also with `--require-trusted` and their certificate as
 //!   the trust store.
+//! - `ed25519_signer_is_refused_by_name_though_its_signature_verifies`: EdDSA is not an OVF
+//!   signing key.
 //! - `signer_key_usage_and_extended_key_usage`: keyUsage=keyEncipherment and
 //!   extendedKeyUsage=serverAuth fail naming the extension; digitalSignature, nonRepudiation,
 //!   codeSigning and anyExtendedKeyUsage pass.
@@ -14,7 +16,8 @@
 //!   unsigned one without the descriptor stays a warning unless trust is required.
 //! - `archive_entries_*`: a duplicate member, a symbolic link, a hard link, a FIFO, an
 //!   escaping name and a name with a control character each fail, named, in the text and
-//!   JSON reports; `.ovafs/status.json` of a mount reports them too.
+//!   JSON reports; 25 links are named 20 times and counted once; `.ovafs/status` and
+//!   `.ovafs/status.json` of a mount report them too.
 //!
 //! Every case asserts the exit code and the named reason.
 
@@ -148,6 +151,44 @@ impl Fixture {
         cert
     }
 
+    /// Like [`Fixture::sign`] for an Ed25519 key, which signs the manifest itself
+    /// (`openssl pkeyutl -sign -rawin`: EdDSA hashes internally).
+    fn sign_ed25519(&self) -> PathBuf {
+        let key = self.path("key.pem");
+        let cert = self.path("cert.pem");
+        run_ok(
+            Command::new(tool("openssl"))
+                .args([
+                    "req", "-x509", "-nodes", "-days", "30", "-newkey", "ed25519",
+                ])
+                .args(["-subj", "/CN=ed25519.example.org", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
+        );
+        let sig = self.path("x.sig");
+        run_ok(
+            Command::new(tool("openssl"))
+                .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
+                .arg(&key)
+                .arg("-in")
+                .arg(self.path("x.mf"))
+                .arg("-out")
+                .arg(&sig),
+        );
+        let hex: String = fs::read(&sig)
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let text = format!(
+            "SHA256(x.mf)= {hex}\n{}",
+            fs::read_to_string(&cert).unwrap()
+        );
+        fs::write(self.path("x.cert"), text).unwrap();
+        cert
+    }
+
     /// Packs `names` (relative to the folder) into `x.ova` with GNU tar; `extra` are further
     /// `tar` arguments placed before the names.
     fn ova(&self, extra: &[&str], names: &[&str]) -> PathBuf {
@@ -241,6 +282,24 @@ fn signer_key_sizes_and_types() {
             assert!(problem.starts_with(rule), "{v:#}");
         }
     }
+}
+
+#[test]
+fn ed25519_signer_is_refused_by_name_though_its_signature_verifies() {
+    let f = Fixture::new();
+    let ca = f.sign_ed25519();
+    let ova = f.signed_ova();
+    assert_verdict(
+        &ova,
+        &ca,
+        "Ed25519",
+        Some(
+            "x.cert: key type: Ed25519 keys are refused: only RSA (at least 2048 bits) and EC (at least 256 bits) may sign",
+        ),
+    );
+    let (_, v) = verify_json(&[p(&ova)]);
+    assert_eq!(v["certificate"]["signatureOk"], true, "{v:#}");
+    assert_eq!(report_failures(&v).lines().count(), 1, "{v:#}");
 }
 
 #[test]
@@ -420,6 +479,32 @@ fn archive_entries_duplicates_and_links_fail_naming_them() {
         assert_eq!(got.len(), 3, "{got:?}");
         assert!(got.iter().all(|(p, _, _)| p == "notRegular"), "{got:?}");
     }
+}
+
+#[test]
+fn archive_entries_many_are_counted_not_all_named() {
+    let f = Fixture::new();
+    let mut names = vec!["x.ovf", "x.mf", "disk1.img", "disk2.img"];
+    let links: Vec<String> = (0..25).map(|i| format!("link{i:02}")).collect();
+    for l in &links {
+        std::os::unix::fs::symlink("disk1.img", f.path(l)).unwrap();
+    }
+    names.extend(links.iter().map(String::as_str));
+    let ova = f.ova(&[], &names);
+    let (code, v) = verify_json(&[p(&ova)]);
+    assert_eq!(code, 1);
+    let failures = report_failures(&v);
+    let named = failures
+        .lines()
+        .filter(|l| l.starts_with("archive entry \"link"))
+        .count();
+    assert_eq!(named, 20, "{failures}");
+    assert!(
+        failures.contains("5 more archive entries are not files of the package"),
+        "{failures}"
+    );
+    assert_eq!(entries(&v).len(), 25);
+    assert_eq!(v["archiveEntriesTotal"], 25);
 }
 
 /// Appends members with these raw names (and a few bytes each) to `ova` with Python's

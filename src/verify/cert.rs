@@ -596,11 +596,17 @@ fn key_problem(cert: &X509Ref) -> Option<SignerProblem> {
     let minimum = match key.id() {
         Id::RSA | Id::RSA_PSS => MIN_RSA_BITS,
         Id::EC => MIN_EC_BITS,
-        _ => {
+        other => {
+            // EdDSA keys have one size per curve; their bit count would only confuse.
+            let key = if matches!(other, Id::ED25519 | Id::ED448) {
+                kind.to_string()
+            } else {
+                format!("{kind} {bits}-bit")
+            };
             return Some(SignerProblem {
                 rule: "key type",
                 detail: format!(
-                    "{kind} {bits}-bit keys are refused: only RSA (at least {MIN_RSA_BITS} bits) and EC (at least {MIN_EC_BITS} bits) may sign"
+                    "{key} keys are refused: only RSA (at least {MIN_RSA_BITS} bits) and EC (at least {MIN_EC_BITS} bits) may sign"
                 ),
             });
         }
