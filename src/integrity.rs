@@ -238,8 +238,14 @@ impl Integrity {
                         .as_ref()
                         .map(|s| s.subject.clone())
                         .unwrap_or_default();
+                    // A refused signer is said on the same line, so that the line never
+                    // reads as a good signature on its own.
+                    let refused = match c.signer_problems.first() {
+                        Some(p) => format!(", signer refused: {p}"),
+                        None => String::new(),
+                    };
                     out.push_str(&format!(
-                        "certificate: {} ({sig}, {chain}) {who}\n",
+                        "certificate: {} ({sig}, {chain}{refused}) {who}\n",
                         c.member
                     ));
                 }

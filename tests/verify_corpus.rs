@@ -3,11 +3,16 @@
 //!
 //! Contents:
 //! - `corpus_manifests_verify`: cot/input, cot/ubuntu.2.0 (unpacked), ttylinux (BSD style),
-//!   tdAppliance1-t2..t7.
+//!   tdAppliance1-t2, t3, t6, t7.
 //! - `corpus_signatures_verify`: t4 (self-signed), t5 (DigiCert, expired), t6 (untrusted
-//!   issuer): signature ok, digests ok, chain untrusted, exit 0; `--require-trusted` fails.
-//! - `corpus_failures`: open-ovf/ourOVF (the .ovf line and its certificate) and
-//!   ganeti/wrong_manifest fail with exit 1.
+//!   issuer): signature ok, digests ok, chain untrusted; t6 exits 0, `--require-trusted`
+//!   fails all three.
+//! - `corpus_signed_manifests_without_the_descriptor_fail`: t4 and t5 (ovftool 4.0 /
+//!   VirtualBox 5.0) sign manifests that do not list the descriptor, and t4's key is 1024-bit
+//!   RSA: both fail with exactly those reasons (issue 9 §5), though every digest and the
+//!   signature check out. Before issue 9 they passed.
+//! - `corpus_failures`: open-ovf/ourOVF (the .ovf line, its certificate, its 512-bit key)
+//!   and ganeti/wrong_manifest fail with exit 1.
 //! - `altered_t4_copies_fail`: one byte of a disk, of the manifest, of the signature.
 //!
 //! Without `OVAFS_CORPUS` the tests print a skip line and pass, except in CI (`CI=true`),
@@ -46,14 +51,12 @@ fn corpus_manifests_verify() {
         return;
     };
     // (path, digests expected ok)
-    let cases: [(&str, usize); 9] = [
+    let cases: [(&str, usize); 7] = [
         ("cot/input.ovf", 4),
         ("cot/ubuntu.2.0.ovf", 2),
         ("govmomi/ttylinux-pc_i486-16.1.ova", 2),
         ("virtualbox/tdAppliance1-t2-ovftool-4.1.0.ova", 2),
         ("virtualbox/tdAppliance1-t3-ovftool-4.1.0.ova", 2),
-        ("virtualbox/tdAppliance1-t4.ova", 2),
-        ("virtualbox/tdAppliance1-t5.ova", 1),
         ("virtualbox/tdAppliance1-t6-ovftool-4.1.0.ova", 2),
         ("virtualbox/tdAppliance1-t7-bad-instance.ova", 3),
     ];
@@ -78,19 +81,22 @@ fn corpus_signatures_verify() {
     let Some(root) = common::corpus_dir("verify corpus test") else {
         return;
     };
+    // (path, valid now, chain reason, exit code without --require-trusted: see
+    // corpus_signed_manifests_without_the_descriptor_fail for t4 and t5)
     let cases = [
-        ("virtualbox/tdAppliance1-t4.ova", true, "self-signed"),
-        ("virtualbox/tdAppliance1-t5.ova", false, "local issuer"),
+        ("virtualbox/tdAppliance1-t4.ova", true, "self-signed", 1),
+        ("virtualbox/tdAppliance1-t5.ova", false, "local issuer", 1),
         (
             "virtualbox/tdAppliance1-t6-ovftool-4.1.0.ova",
             true,
             "local issuer",
+            0,
         ),
     ];
-    for (rel, valid_now, reason) in cases {
+    for (rel, valid_now, reason, exit) in cases {
         let path = root.join(rel);
         let (code, v) = verify(&path, &[]);
-        assert_eq!(code, 0, "{rel}: {v:#}");
+        assert_eq!(code, exit, "{rel}: {v:#}");
         let c = &v["certificate"];
         assert_eq!(c["signatureOk"], true, "{rel}: {c:#}");
         assert_eq!(c["algorithm"], "SHA1", "{rel}");
@@ -117,6 +123,42 @@ fn corpus_signatures_verify() {
 }
 
 #[test]
+fn corpus_signed_manifests_without_the_descriptor_fail() {
+    let Some(root) = common::corpus_dir("verify corpus test") else {
+        return;
+    };
+    let cases: [(&str, usize, &[&str]); 2] = [
+        (
+            "tdAppliance1-t4",
+            2,
+            &[
+                "tdAppliance1-t4.ovf: manifest coverage: the descriptor is not listed in the signed manifest tdAppliance1-t4.mf, so the signature does not cover it",
+                "tdAppliance1-t4.cert: key size: RSA 1024-bit key, at least 2048 bits required",
+            ],
+        ),
+        (
+            "tdAppliance1-t5",
+            1,
+            &[
+                "tdAppliance1-t5.ovf: manifest coverage: the descriptor is not listed in the signed manifest tdAppliance1-t5.mf, so the signature does not cover it",
+            ],
+        ),
+    ];
+    for (name, ok, failures) in cases {
+        let (code, v) = verify(&root.join(format!("virtualbox/{name}.ova")), &[]);
+        assert_eq!(code, 1, "{name}: {v:#}");
+        assert_eq!(common::report_failures(&v), failures.join("\n"), "{name}");
+        let s = common::report_files(&v);
+        assert_eq!(s.iter().filter(|(_, st)| st == "ok").count(), ok, "{s:?}");
+        assert!(
+            s.contains(&(format!("{name}.ovf"), "notListed".into())),
+            "{s:?}"
+        );
+        assert_eq!(v["certificate"]["signatureOk"], true, "{name}");
+    }
+}
+
+#[test]
 fn corpus_failures() {
     let Some(root) = common::corpus_dir("verify corpus test") else {
         return;
@@ -134,6 +176,11 @@ fn corpus_failures() {
     );
     assert_eq!(v["certificate"]["signatureOk"], false, "{v:#}");
     assert_eq!(v["certificate"]["manifestName"], "ourOvf.mf");
+    assert!(
+        common::report_failures(&v)
+            .contains("ourOVF.cert: key size: RSA 512-bit key, at least 2048 bits required"),
+        "{v:#}"
+    );
 
     let (code, v) = verify(&root.join("ganeti/wrong_manifest.ovf"), &[]);
     assert_eq!(code, 1, "{v:#}");

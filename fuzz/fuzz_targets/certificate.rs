@@ -1,5 +1,6 @@
-//! Certificate file parse: never panics; a parsed file can be described, its signature
-//! checked against some bytes and its chain checked against an empty store.
+//! Certificate file parse: never panics; a parsed file can be described, its signer judged
+//! (`signer_problems`), its signature checked against some bytes and its chain checked
+//! against an empty store.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -14,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
     };
     for x in &c.certificates {
         let _ = cert::describe(x);
+        let _ = cert::signer_problems(x);
     }
     let _ = cert::verify_signature(&c, data);
     let store = STORE.get_or_init(|| TrustStore::empty().expect("empty store"));

@@ -16,7 +16,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::{EXIT_FAILURE, EXIT_OK};
 use crate::error::Result;
 use crate::verify::{
-    CertificateCheck, FileStatus, Subject, TrustSource, VerifyOptions, VerifyReport, verify_subject,
+    CertificateCheck, EntryProblem, FileStatus, Subject, TrustSource, VerifyOptions, VerifyReport,
+    verify_subject,
 };
 
 /// Exit code when the source cannot be read (a broken package).
@@ -136,6 +137,17 @@ fn render(r: &VerifyReport, elapsed: Duration, require_trusted: bool) -> String 
             );
         }
     }
+    for e in &r.archive_entries {
+        let _ = writeln!(out, "  {:<19} {}", entry_word(e.problem), e.name);
+    }
+    if r.archive_entries_total > r.archive_entries.len() {
+        let _ = writeln!(
+            out,
+            "  {:<19} ({} more archive entries not shown)",
+            "",
+            r.archive_entries_total - r.archive_entries.len()
+        );
+    }
     if let Some(c) = &r.certificate {
         render_certificate(&mut out, c);
     }
@@ -156,8 +168,13 @@ fn render(r: &VerifyReport, elapsed: Duration, require_trusted: bool) -> String 
     if let Some(c) = &r.certificate {
         let _ = write!(
             summary,
-            ", signature {}, chain {}",
+            ", signature {}{}, chain {}",
             if c.signature_ok { "ok" } else { "BAD" },
+            if c.signer_problems.is_empty() {
+                ""
+            } else {
+                " (signer refused)"
+            },
             if c.chain_trusted {
                 "trusted"
             } else if require_trusted {
@@ -191,6 +208,24 @@ fn render(r: &VerifyReport, elapsed: Duration, require_trusted: bool) -> String 
     out
 }
 
+/// The word shown before an archive entry that is not a file of the package.
+fn entry_word(p: EntryProblem) -> &'static str {
+    match p {
+        EntryProblem::RefusedName => "REFUSED NAME",
+        EntryProblem::Duplicate => "DUPLICATE",
+        EntryProblem::NotRegular => "NOT A FILE",
+    }
+}
+
+/// `digitalSignature, keyEncipherment`, or `absent` when the extension is absent.
+fn usage_text(names: Option<&[String]>, absent: &str) -> String {
+    match names {
+        None => absent.to_string(),
+        Some([]) => "nothing ovafs recognises".to_string(),
+        Some(n) => n.join(", "),
+    }
+}
+
 fn render_certificate(out: &mut String, c: &CertificateCheck) {
     use std::fmt::Write;
     let _ = writeln!(out, "certificate {}", c.member);
@@ -218,6 +253,22 @@ fn render_certificate(out: &mut String, c: &CertificateCheck) {
             }
         );
         let _ = writeln!(out, "  key         {}", s.key);
+        let _ = writeln!(
+            out,
+            "  key usage   {}",
+            usage_text(s.key_usage.as_deref(), "any (no keyUsage extension)")
+        );
+        let _ = writeln!(
+            out,
+            "  ext. usage  {}",
+            usage_text(
+                s.extended_key_usage.as_deref(),
+                "any (no extendedKeyUsage extension)"
+            )
+        );
+    }
+    for p in &c.signer_problems {
+        let _ = writeln!(out, "  REFUSED     {p}");
     }
     let _ = writeln!(
         out,

@@ -35,6 +35,25 @@
 //! Time validity is reported separately from trust: the chain is checked with
 //! `X509_V_FLAG_NO_CHECK_TIME`, and [`CertificateInfo::valid_now`] says whether the signer's
 //! certificate is inside its validity period now.
+//!
+//! # What a signer's certificate must be ([`signer_problems`])
+//! Whatever the chain, the signer's certificate is judged on its own:
+//! - its key: RSA (or RSA-PSS) of at least [`MIN_RSA_BITS`] bits, or EC of at least
+//!   [`MIN_EC_BITS`] bits; DSA, EdDSA and anything else are refused by name (no OVF producer
+//!   signs with them, and DSA-1024 is what old ones would have used);
+//! - its `keyUsage`, when present, allows `digitalSignature` or `nonRepudiation`
+//!   (`contentCommitment`): a key certified for key encipherment only was not certified to
+//!   sign anything;
+//! - its `extendedKeyUsage`, when present, includes `codeSigning` or `anyExtendedKeyUsage`.
+//!   An EKU of `anyExtendedKeyUsage` says the same as no EKU at all (RFC 5280 §4.2.1.12), and
+//!   no EKU is accepted, so accepting one and refusing the other would be arbitrary. A
+//!   certificate restricted to TLS (`serverAuth`, `clientAuth`) or e-mail is refused.
+//!
+//! The extensions are read through rust-openssl's [`X509Ref::key_usage`] and
+//! [`X509Ref::extended_key_usage`] (OpenSSL's `X509_get_key_usage` /
+//! `X509_get_extended_key_usage`): no DER is walked here and no `unsafe` is needed. OpenSSL
+//! answers "present, nothing allowed" for extensions it cannot parse, so a malformed
+//! extension fails the rule rather than passing it.
 
 use std::fmt;
 use std::path::Path;
@@ -46,8 +65,10 @@ use openssl::pkey::Id;
 use openssl::sign::Verifier;
 use openssl::stack::Stack;
 use openssl::x509::store::{X509Store, X509StoreBuilder};
-use openssl::x509::verify::X509VerifyFlags;
-use openssl::x509::{X509, X509NameRef, X509Ref, X509StoreContext};
+use openssl::x509::verify::{X509VerifyFlags, X509VerifyParam};
+use openssl::x509::{
+    X509, X509ExtendedKeyUsage, X509KeyUsage, X509NameRef, X509Ref, X509StoreContext,
+};
 
 use super::manifest::{self, Algorithm, LineProblem};
 
@@ -382,6 +403,11 @@ pub struct CertificateInfo {
     pub key: String,
     /// Subject and issuer are the same name (self-issued, typically self-signed).
     pub self_issued: bool,
+    /// The `keyUsage` bits (`digitalSignature`, ...); `None` when the extension is absent.
+    pub key_usage: Option<Vec<String>>,
+    /// The `extendedKeyUsage` purposes OpenSSL knows (`codeSigning`, ...); `None` when the
+    /// extension is absent.
+    pub extended_key_usage: Option<Vec<String>>,
 }
 
 /// Formats a name as `C=DE, ST=..., CN=...`.
@@ -419,18 +445,7 @@ pub fn describe(cert: &X509Ref) -> CertificateInfo {
         .unwrap_or(0);
     let valid_now = matches!((not_before, not_after), (Some(a), Some(b)) if a <= now && now <= b);
     let key = match cert.public_key() {
-        Ok(k) => {
-            let kind = match k.id() {
-                Id::RSA => "RSA",
-                Id::RSA_PSS => "RSA-PSS",
-                Id::DSA => "DSA",
-                Id::EC => "EC",
-                Id::ED25519 => "Ed25519",
-                Id::ED448 => "Ed448",
-                _ => "unknown",
-            };
-            format!("{kind} {}-bit", k.bits())
-        }
+        Ok(k) => format!("{} {}-bit", key_kind(k.id()), k.bits()),
         Err(_) => "unusable".to_string(),
     };
     let serial = cert
@@ -450,6 +465,164 @@ pub fn describe(cert: &X509Ref) -> CertificateInfo {
         not_after,
         valid_now,
         key,
+        key_usage: cert.key_usage().map(key_usage_names),
+        extended_key_usage: cert.extended_key_usage().map(eku_names),
+    }
+}
+
+/// The name of a key type, for messages.
+fn key_kind(id: Id) -> &'static str {
+    match id {
+        Id::RSA => "RSA",
+        Id::RSA_PSS => "RSA-PSS",
+        Id::DSA => "DSA",
+        Id::EC => "EC",
+        Id::ED25519 => "Ed25519",
+        Id::ED448 => "Ed448",
+        Id::DH => "DH",
+        _ => "unknown",
+    }
+}
+
+/// Smallest RSA modulus accepted for a signer: 2048 bits (NIST SP 800-131A disallows
+/// smaller ones for signatures since 2014; a 512-bit key is factored in hours).
+pub const MIN_RSA_BITS: u32 = 2048;
+
+/// Smallest EC key accepted for a signer: 256 bits (P-256 and up).
+pub const MIN_EC_BITS: u32 = 256;
+
+/// The RFC 5280 names of the `keyUsage` bits set.
+fn key_usage_names(ku: X509KeyUsage) -> Vec<String> {
+    const NAMES: [(X509KeyUsage, &str); 9] = [
+        (X509KeyUsage::DIGITAL_SIGNATURE, "digitalSignature"),
+        (X509KeyUsage::NON_REPUDIATION, "nonRepudiation"),
+        (X509KeyUsage::KEY_ENCIPHERMENT, "keyEncipherment"),
+        (X509KeyUsage::DATA_ENCIPHERMENT, "dataEncipherment"),
+        (X509KeyUsage::KEY_AGREEMENT, "keyAgreement"),
+        (X509KeyUsage::KEY_CERT_SIGN, "keyCertSign"),
+        (X509KeyUsage::CRL_SIGN, "cRLSign"),
+        (X509KeyUsage::ENCIPHER_ONLY, "encipherOnly"),
+        (X509KeyUsage::DECIPHER_ONLY, "decipherOnly"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(bit, _)| ku.contains(*bit))
+        .map(|(_, n)| n.to_string())
+        .collect()
+}
+
+/// The RFC 5280 names of the `extendedKeyUsage` purposes OpenSSL recognises.
+fn eku_names(eku: X509ExtendedKeyUsage) -> Vec<String> {
+    const NAMES: [(X509ExtendedKeyUsage, &str); 9] = [
+        (X509ExtendedKeyUsage::SSL_SERVER, "serverAuth"),
+        (X509ExtendedKeyUsage::SSL_CLIENT, "clientAuth"),
+        (X509ExtendedKeyUsage::SMIME, "emailProtection"),
+        (X509ExtendedKeyUsage::CODE_SIGN, "codeSigning"),
+        (X509ExtendedKeyUsage::SGC, "serverGatedCrypto"),
+        (X509ExtendedKeyUsage::OCSP_SIGN, "OCSPSigning"),
+        (X509ExtendedKeyUsage::TIMESTAMP, "timeStamping"),
+        (X509ExtendedKeyUsage::DVCS, "DVCS"),
+        (X509ExtendedKeyUsage::ANYEKU, "anyExtendedKeyUsage"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(bit, _)| eku.contains(*bit))
+        .map(|(_, n)| n.to_string())
+        .collect()
+}
+
+/// A rule the signer's certificate breaks (module comment, "What a signer's certificate
+/// must be").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignerProblem {
+    /// The rule: `key size`, `key type`, `key usage` or `extended key usage`.
+    pub rule: &'static str,
+    /// What the certificate has instead.
+    pub detail: String,
+}
+
+impl fmt::Display for SignerProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.rule, self.detail)
+    }
+}
+
+/// Every rule `cert`, as the signer's certificate, breaks; empty when it may sign a package.
+pub fn signer_problems(cert: &X509Ref) -> Vec<SignerProblem> {
+    let mut out = Vec::new();
+    out.extend(key_problem(cert));
+    if let Some(ku) = cert.key_usage()
+        && !ku.intersects(X509KeyUsage::DIGITAL_SIGNATURE | X509KeyUsage::NON_REPUDIATION)
+    {
+        let has = key_usage_names(ku);
+        out.push(SignerProblem {
+            rule: "key usage",
+            detail: format!(
+                "the certificate's keyUsage allows {}, not digitalSignature or nonRepudiation",
+                list_or(&has, "nothing (or cannot be read)")
+            ),
+        });
+    }
+    if let Some(eku) = cert.extended_key_usage()
+        && !eku.intersects(X509ExtendedKeyUsage::CODE_SIGN | X509ExtendedKeyUsage::ANYEKU)
+    {
+        let has = eku_names(eku);
+        out.push(SignerProblem {
+            rule: "extended key usage",
+            detail: format!(
+                "the certificate's extendedKeyUsage allows {}, not codeSigning",
+                list_or(
+                    &has,
+                    "only purposes ovafs does not know (or cannot be read)"
+                )
+            ),
+        });
+    }
+    out
+}
+
+/// The key rule: RSA of [`MIN_RSA_BITS`], EC of [`MIN_EC_BITS`], nothing else.
+fn key_problem(cert: &X509Ref) -> Option<SignerProblem> {
+    let key = match cert.public_key() {
+        Ok(k) => k,
+        Err(e) => {
+            return Some(SignerProblem {
+                rule: "key type",
+                detail: format!("the public key cannot be read ({})", first_reason(&e)),
+            });
+        }
+    };
+    let (kind, bits) = (key_kind(key.id()), key.bits());
+    let minimum = match key.id() {
+        Id::RSA | Id::RSA_PSS => MIN_RSA_BITS,
+        Id::EC => MIN_EC_BITS,
+        other => {
+            // EdDSA keys have one size per curve; their bit count would only confuse.
+            let key = if matches!(other, Id::ED25519 | Id::ED448) {
+                kind.to_string()
+            } else {
+                format!("{kind} {bits}-bit")
+            };
+            return Some(SignerProblem {
+                rule: "key type",
+                detail: format!(
+                    "{key} keys are refused: only RSA (at least {MIN_RSA_BITS} bits) and EC (at least {MIN_EC_BITS} bits) may sign"
+                ),
+            });
+        }
+    };
+    (bits < minimum).then(|| SignerProblem {
+        rule: "key size",
+        detail: format!("{kind} {bits}-bit key, at least {minimum} bits required"),
+    })
+}
+
+/// `a, b, c`, or `none` when empty.
+fn list_or(items: &[String], none: &str) -> String {
+    if items.is_empty() {
+        none.to_string()
+    } else {
+        items.join(", ")
     }
 }
 
@@ -477,7 +650,12 @@ pub fn iso8601(unix: i64) -> String {
 
 /// A set of trusted roots.
 pub struct TrustStore {
+    /// The roots, chains checked at OpenSSL's default level: its reason for an untrusted
+    /// chain is the one people expect (`self-signed certificate`, ...).
     store: X509Store,
+    /// The same roots, chains checked at [`CHAIN_AUTH_LEVEL`]: a chain trusted by `store`
+    /// is trusted only if this one trusts it too.
+    strict: X509Store,
     /// Where the roots came from, for messages.
     pub source: String,
 }
@@ -490,20 +668,49 @@ impl fmt::Debug for TrustStore {
     }
 }
 
-fn builder() -> Result<X509StoreBuilder, String> {
+/// OpenSSL's authentication security level for a trusted chain: level 2 refuses any
+/// certificate of the chain (root included) whose key is below 2048-bit RSA / 224-bit EC,
+/// and certificate signatures of less than 112 bits of security (SHA-1, MD5), with a reason
+/// that names the weak link (`CA certificate key too weak`). The signer itself is also held
+/// to [`signer_problems`], whatever the chain.
+const CHAIN_AUTH_LEVEL: i32 = 2;
+
+/// A store with the roots `add` puts in, checking times never and keys at `level` (OpenSSL's
+/// default when `None`).
+fn build_store(
+    level: Option<i32>,
+    add: &dyn Fn(&mut X509StoreBuilder) -> Result<(), String>,
+) -> Result<X509Store, String> {
     let mut b = X509StoreBuilder::new().map_err(|e| first_reason(&e))?;
+    let mut param = X509VerifyParam::new().map_err(|e| first_reason(&e))?;
     // Validity dates are reported on their own (CertificateInfo::valid_now).
-    b.set_flags(X509VerifyFlags::NO_CHECK_TIME)
+    param
+        .set_flags(X509VerifyFlags::NO_CHECK_TIME)
         .map_err(|e| first_reason(&e))?;
-    Ok(b)
+    if let Some(level) = level {
+        param.set_auth_level(level);
+    }
+    b.set_param(&param).map_err(|e| first_reason(&e))?;
+    add(&mut b)?;
+    Ok(b.build())
 }
 
 impl TrustStore {
+    /// Both stores of the roots `add` puts in.
+    fn with(
+        source: String,
+        add: &dyn Fn(&mut X509StoreBuilder) -> Result<(), String>,
+    ) -> Result<Self, String> {
+        Ok(TrustStore {
+            store: build_store(None, add)?,
+            strict: build_store(Some(CHAIN_AUTH_LEVEL), add)?,
+            source,
+        })
+    }
+
     /// The system's roots: OpenSSL's default file and directory (`/etc/ssl/certs` on
     /// Debian), or `SSL_CERT_FILE` / `SSL_CERT_DIR` when set.
     pub fn system() -> Result<Self, String> {
-        let mut b = builder()?;
-        b.set_default_paths().map_err(|e| first_reason(&e))?;
         let source = match (
             std::env::var_os("SSL_CERT_FILE"),
             std::env::var_os("SSL_CERT_DIR"),
@@ -520,9 +727,8 @@ impl TrustStore {
                 parts.join(", ")
             }
         };
-        Ok(TrustStore {
-            store: b.build(),
-            source,
+        TrustStore::with(source, &|b| {
+            b.set_default_paths().map_err(|e| first_reason(&e))
         })
     }
 
@@ -531,22 +737,17 @@ impl TrustStore {
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let certs = X509::stack_from_pem(&bytes)
             .map_err(|e| format!("{}: {}", path.display(), first_reason(&e)))?;
-        let mut b = builder()?;
-        for c in certs {
-            b.add_cert(c).map_err(|e| first_reason(&e))?;
-        }
-        Ok(TrustStore {
-            store: b.build(),
-            source: path.display().to_string(),
+        TrustStore::with(path.display().to_string(), &|b| {
+            for c in &certs {
+                b.add_cert(c.clone()).map_err(|e| first_reason(&e))?;
+            }
+            Ok(())
         })
     }
 
     /// No roots at all: every chain is untrusted.
     pub fn empty() -> Result<Self, String> {
-        Ok(TrustStore {
-            store: builder()?.build(),
-            source: "no trust store".to_string(),
-        })
+        TrustStore::with("no trust store".to_string(), &|_| Ok(()))
     }
 }
 
@@ -566,8 +767,18 @@ pub enum ChainCheck {
 }
 
 /// Checks whether the signer's certificate, with the intermediates of the file, chains to a
-/// root of `store` (times not checked: see the module comment).
+/// root of `store` (times not checked: see the module comment), first at OpenSSL's default
+/// level (for its usual reasons), then at [`CHAIN_AUTH_LEVEL`] (weak keys or signatures
+/// anywhere in the chain).
 pub fn check_chain(cert: &CertFile, store: &TrustStore) -> ChainCheck {
+    match verify_chain(cert, &store.store) {
+        ChainCheck::Trusted { .. } => verify_chain(cert, &store.strict),
+        untrusted => untrusted,
+    }
+}
+
+/// One run of OpenSSL's path validation against `store`.
+fn verify_chain(cert: &CertFile, store: &X509Store) -> ChainCheck {
     let untrusted = |reason: String| ChainCheck::Untrusted { reason };
     let Some(signer) = cert.signer() else {
         return untrusted("no certificate".into());
@@ -578,7 +789,7 @@ pub fn check_chain(cert: &CertFile, store: &TrustStore) -> ChainCheck {
             chain.push(c.clone())?;
         }
         let mut ctx = X509StoreContext::new()?;
-        ctx.init(&store.store, signer, &chain, |ctx| {
+        ctx.init(store, signer, &chain, |ctx| {
             if ctx.verify_cert()? {
                 let names = ctx
                     .chain()
@@ -643,6 +854,34 @@ kkkgV0+whzB2ZtND
         assert_eq!(info.key, "RSA 1024-bit");
         assert_eq!(iso8601(info.not_before.unwrap()), "2016-02-01T01:45:27Z");
         assert_eq!(iso8601(info.not_after.unwrap()), "2046-01-24T01:45:27Z");
+    }
+
+    #[test]
+    fn t4s_1024_bit_key_breaks_the_key_size_rule_only() {
+        let c = parse(&with_sig("SHA256(x.mf)= 00", T4_CERT)).unwrap();
+        let signer = c.signer().unwrap();
+        let problems = signer_problems(signer);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].to_string(),
+            "key size: RSA 1024-bit key, at least 2048 bits required"
+        );
+        let info = describe(signer);
+        assert_eq!((info.key_usage, info.extended_key_usage), (None, None));
+    }
+
+    #[test]
+    fn usage_names_follow_rfc_5280() {
+        assert_eq!(
+            key_usage_names(X509KeyUsage::DIGITAL_SIGNATURE | X509KeyUsage::KEY_ENCIPHERMENT),
+            vec!["digitalSignature", "keyEncipherment"]
+        );
+        assert_eq!(
+            eku_names(X509ExtendedKeyUsage::SSL_SERVER | X509ExtendedKeyUsage::CODE_SIGN),
+            vec!["serverAuth", "codeSigning"]
+        );
+        assert!(key_usage_names(X509KeyUsage::empty()).is_empty());
+        assert_eq!(list_or(&[], "none"), "none");
     }
 
     #[test]
@@ -745,6 +984,18 @@ kkkgV0+whzB2ZtND
         let c = parse(&with_sig("SHA256(x.mf)= 00", T4_CERT)).unwrap();
         match check_chain(&c, &TrustStore::empty().unwrap()) {
             ChainCheck::Untrusted { reason } => assert!(reason.contains("self"), "{reason}"),
+            t => panic!("{t:?}"),
+        }
+    }
+
+    #[test]
+    fn a_chain_to_a_weak_root_is_untrusted_naming_the_weak_key() {
+        let c = parse(&with_sig("SHA256(x.mf)= 00", T4_CERT)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let roots = dir.path().join("roots.pem");
+        std::fs::write(&roots, T4_CERT).unwrap();
+        match check_chain(&c, &TrustStore::from_pem_file(&roots).unwrap()) {
+            ChainCheck::Untrusted { reason } => assert!(reason.contains("too weak"), "{reason}"),
             t => panic!("{t:?}"),
         }
     }

@@ -19,12 +19,27 @@
 //!   (`missing`), a line that cannot be read or whose digest has the wrong length for its
 //!   algorithm, a file listed only with algorithms ovafs cannot compute (MD5, SIZE, ...);
 //! - a member not listed in the manifest (`not listed`), as XenAdmin decides: its content
-//!   would be served unverified. **Exception: the descriptor.** ovftool 4.0 and VirtualBox
-//!   5.0 wrote manifests and signed packages without a line for the `.ovf` (the corpus's
-//!   tdAppliance1-t4/t5), and both tools accept them; so an unlisted descriptor is reported
-//!   as `not listed` with a warning that its content is not covered, and does not fail;
+//!   would be served unverified; for a file the descriptor references, the line says so;
+//! - **the descriptor not listed, when the package is signed** (or a trusted signature is
+//!   required): the signature covers the manifest and nothing else, so a signed manifest
+//!   without the descriptor's line lets anyone swap the descriptor (its disks' formats,
+//!   their capacities, the properties and the hardware) under a valid signature. ovftool 4.0
+//!   and VirtualBox 5.0 wrote such packages (the corpus's tdAppliance1-t4/t5) and VirtualBox
+//!   accepts them by inserting the digest of the descriptor it read; ovafs refuses them.
+//!   **Exception:** in an unsigned package without `--require-trusted`, an unlisted
+//!   descriptor is only a warning (nothing vouches for the manifest itself then);
+//! - an archive entry that is not a file of the package ([`Subject::archive_entries`]): a
+//!   refused name (absolute, `..`, control characters: skipped by the archive index), a
+//!   duplicate (only the last copy is served, while tools that extract the first or verify
+//!   another copy see different bytes), or a non-regular entry (hard or symbolic link,
+//!   device, FIFO, sparse);
 //! - a certificate that cannot be parsed, a signature that does not verify (`BAD`) or cannot
 //!   be checked, a certificate without a manifest;
+//! - a signer's certificate that breaks a rule of [`cert::signer_problems`]: a key below
+//!   2048-bit RSA / 256-bit EC or of another type, a `keyUsage` without `digitalSignature` /
+//!   `nonRepudiation`, an `extendedKeyUsage` without `codeSigning` (or
+//!   `anyExtendedKeyUsage`). These fail with or without `--require-trusted`: a signature by
+//!   such a key does not vouch for anything;
 //! - with [`VerifyOptions::require_trusted`]: no certificate, a chain that does not lead to a
 //!   trusted root, or a signer certificate outside its validity period.
 //!
@@ -58,7 +73,7 @@ use crate::package::Package;
 use cert::{ChainCheck, SignatureCheck, TrustStore};
 use digest::{DigestAlgorithm, DigestJob, DigestOptions, Progress};
 use manifest::{Manifest, ManifestEntry};
-pub use subject::Subject;
+pub use subject::{ArchiveEntry, EntryProblem, Subject};
 
 /// Where the trusted roots come from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -175,6 +190,9 @@ pub struct CertificateCheck {
     pub trust_store: String,
     /// Anything else (other PEM blocks, text outside blocks, a differently named manifest).
     pub notes: Vec<String>,
+    /// The rules of [`cert::signer_problems`] the signer's certificate breaks (`key size:
+    /// RSA 1024-bit key, ...`); each is also a failure.
+    pub signer_problems: Vec<String>,
 }
 
 /// What [`verify_package`] found.
@@ -192,6 +210,11 @@ pub struct VerifyReport {
     /// Why the package layer refuses the package, when its members were checked at the
     /// archive level ([`Subject::open`]).
     pub package_error: Option<String>,
+    /// Archive entries that are not files of the package (each a failure), at most
+    /// [`subject::MAX_ARCHIVE_ENTRIES_KEPT`].
+    pub archive_entries: Vec<ArchiveEntry>,
+    /// How many such entries there are in all.
+    pub archive_entries_total: usize,
     /// Everything that makes verification fail, one sentence each.
     pub failures: Vec<String>,
     /// Things worth knowing that do not fail.
@@ -406,6 +429,7 @@ pub fn verify_subject(
             "the package cannot be mounted ({e}); its members were checked at the archive level"
         ));
     }
+    check_archive_entries(pkg, &mut report);
     let manifest_bytes = match pkg.manifest_member.and_then(|i| pkg.members.get(i)) {
         None => {
             report
@@ -451,6 +475,26 @@ pub fn verify_subject(
     check_certificate(pkg, manifest_bytes.as_deref(), options, &mut report)?;
     report.passed = report.failures.is_empty();
     Ok(report)
+}
+
+/// Most archive entries named one by one in [`VerifyReport::failures`]; the others are
+/// counted in one line (all of the kept ones are in [`VerifyReport::archive_entries`]).
+const ARCHIVE_FAILURES_NAMED: usize = 20;
+
+/// One failure per archive entry that is not a file of the package.
+fn check_archive_entries(pkg: &Subject, report: &mut VerifyReport) {
+    report.archive_entries = pkg.archive_entries.clone();
+    report.archive_entries_total = pkg.archive_entries_total;
+    for e in pkg.archive_entries.iter().take(ARCHIVE_FAILURES_NAMED) {
+        report.failures.push(e.to_string());
+    }
+    let named = pkg.archive_entries.len().min(ARCHIVE_FAILURES_NAMED);
+    if pkg.archive_entries_total > named {
+        report.failures.push(format!(
+            "{} more archive entries are not files of the package (refused names, duplicates or non-regular entries)",
+            pkg.archive_entries_total - named
+        ));
+    }
 }
 
 /// Matches the manifest's entries, hashes what they name, fills `report.files`.
@@ -632,6 +676,7 @@ fn check_digests(
         report.files.push(row);
     }
 
+    let signed = pkg.certificate_member.is_some();
     for (i, m) in pkg.members.iter().enumerate() {
         if m.kind != MemberKind::Regular
             || covered.get(i).copied().unwrap_or(true)
@@ -640,19 +685,7 @@ fn check_digests(
         {
             continue;
         }
-        let is_descriptor = i == pkg.descriptor_member;
-        let note = if is_descriptor {
-            report.warnings.push(format!(
-                "the descriptor {} is not listed in {mf_name} (as ovftool 4.0 and VirtualBox 5.0 wrote manifests): its content is not verified",
-                m.name
-            ));
-            "descriptor: not a failure (see the manual)"
-        } else {
-            report
-                .failures
-                .push(format!("{}: not listed in {mf_name}", m.name));
-            "not covered by the manifest"
-        };
+        let (failed, note) = unlisted_member(pkg, i, signed, options, &mf_name, report);
         report.files.push(FileCheck {
             name: m.name.clone(),
             member: Some(m.name.clone()),
@@ -661,11 +694,62 @@ fn check_digests(
             expected: None,
             actual: None,
             line: None,
-            failed: !is_descriptor,
-            note: Some(note.into()),
+            failed,
+            note: Some(note),
         });
     }
     Ok(())
+}
+
+/// Judges member `i`, which no manifest line covers: records the failure (or, for the
+/// descriptor of an unsigned package, the warning); returns whether it fails and the note.
+fn unlisted_member(
+    pkg: &Subject,
+    i: usize,
+    signed: bool,
+    options: &VerifyOptions,
+    mf_name: &str,
+    report: &mut VerifyReport,
+) -> (bool, String) {
+    let name = pkg.members.get(i).map_or("", |m| m.name.as_str());
+    if i == pkg.descriptor_member {
+        if signed {
+            report.failures.push(format!(
+                "{name}: manifest coverage: the descriptor is not listed in the signed manifest {mf_name}, so the signature does not cover it"
+            ));
+            return (true, "descriptor: not covered by the signature".into());
+        }
+        if options.require_trusted {
+            report.failures.push(format!(
+                "{name}: manifest coverage: the descriptor is not listed in {mf_name}, and a trusted signature must cover it"
+            ));
+            return (true, "descriptor: not covered by the manifest".into());
+        }
+        report.warnings.push(format!(
+            "the descriptor {name} is not listed in {mf_name} (as ovftool 4.0 and VirtualBox 5.0 wrote manifests): its content is not verified"
+        ));
+        return (
+            false,
+            "descriptor: not a failure in an unsigned package (see the manual)".into(),
+        );
+    }
+    if let Some(r) = pkg.referenced.iter().find(|r| r.member == i) {
+        report.failures.push(format!(
+            "{name}: manifest coverage: referenced by the descriptor (File {:?}, href {:?}) but not listed in {mf_name}",
+            r.file_id, r.href
+        ));
+        return (
+            true,
+            format!(
+                "referenced by File {:?}; not covered by the manifest",
+                r.file_id
+            ),
+        );
+    }
+    report
+        .failures
+        .push(format!("{name}: not listed in {mf_name}"));
+    (true, "not covered by the manifest".into())
 }
 
 /// Checks the certificate, if any; fills `report.certificate`.
@@ -698,6 +782,7 @@ fn check_certificate(
         chain: String::new(),
         trust_store: String::new(),
         notes: Vec::new(),
+        signer_problems: Vec::new(),
     };
     let parsed = if m.size > cert::MAX_CERT_BYTES {
         Err(cert::CertError::TooLarge {
@@ -775,6 +860,10 @@ fn check_certificate(
             }
         }
         check.signer = Some(info);
+        for p in cert::signer_problems(signer) {
+            report.failures.push(format!("{}: {p}", m.name));
+            check.signer_problems.push(p.to_string());
+        }
     }
     let store = match &options.trust {
         TrustSource::System => TrustStore::system(),

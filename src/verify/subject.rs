@@ -12,12 +12,19 @@
 //!
 //! Archive-level errors (not a tar, a truncated archive, I/O errors, a compressed archive)
 //! are not recovered from: the source cannot be read.
+//!
+//! What the archive index left out or could not serve (refused names, duplicates, links,
+//! devices, FIFOs, sparse entries) is kept in [`Subject::archive_entries`]: a package that
+//! holds such entries is not the package its manifest describes, and verification fails on
+//! each of them ([`super::verify_subject`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde::Serialize;
+
 use crate::archive::names::{file_name, join, normalize_str, parent};
-use crate::archive::{self, MemberKind};
+use crate::archive::{self, MemberKind, TarIndex, TarMember};
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use crate::io::{FileSource, ReadAt};
 use crate::package::{self, FileLocation, Member, Package, PackageError, SourceKind};
@@ -31,6 +38,120 @@ pub struct ChunkedFile {
     pub chunks: Vec<usize>,
     /// The chunks joined.
     pub data: Arc<dyn ReadAt>,
+}
+
+/// Why an archive entry is not a file of the package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EntryProblem {
+    /// The name was refused (absolute, `..`, control characters, not UTF-8, ...): the entry
+    /// was skipped by the archive index.
+    RefusedName,
+    /// Another entry has the same name: only the last one is served.
+    Duplicate,
+    /// Not a regular file: a link, a device, a FIFO, a sparse entry.
+    NotRegular,
+}
+
+/// An archive entry verification fails on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveEntry {
+    /// The name (as written, lossily decoded, for a refused name).
+    pub name: String,
+    /// What is wrong with it.
+    pub problem: EntryProblem,
+    /// Offset of its first header in the archive.
+    pub header_offset: u64,
+    /// The same in words (`symbolic link`, `name refused: ...`).
+    pub detail: String,
+}
+
+impl std::fmt::Display for ArchiveEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rule = match self.problem {
+            EntryProblem::RefusedName => "refused name",
+            EntryProblem::Duplicate => "duplicate entry",
+            EntryProblem::NotRegular => "not a regular file",
+        };
+        write!(
+            f,
+            "archive entry {:?} (header at offset {}): {rule}: {}",
+            self.name, self.header_offset, self.detail
+        )
+    }
+}
+
+/// Most archive entries recorded in [`Subject::archive_entries`]; the rest are counted in
+/// [`Subject::archive_entries_total`] (an archive of 100 000 links needs no 100 000 lines).
+pub const MAX_ARCHIVE_ENTRIES_KEPT: usize = 1000;
+
+/// The entries of `index` that are not regular, uniquely named, accepted members.
+fn archive_entries(index: &TarIndex) -> (Vec<ArchiveEntry>, usize) {
+    let refused = index.skipped.iter().map(|s| ArchiveEntry {
+        name: s.raw_name.clone(),
+        problem: EntryProblem::RefusedName,
+        header_offset: s.header_offset,
+        detail: s.problem.to_string(),
+    });
+    let duplicates = index.duplicates.iter().map(|d| ArchiveEntry {
+        name: d.name.clone(),
+        problem: EntryProblem::Duplicate,
+        header_offset: d.dropped_header_offset,
+        detail: format!(
+            "hidden by a later entry of the same name at offset {}",
+            d.kept_header_offset
+        ),
+    });
+    let irregular = index
+        .members
+        .iter()
+        .filter(|m| m.kind == MemberKind::Other)
+        .map(|m| ArchiveEntry {
+            name: m.name.clone(),
+            problem: EntryProblem::NotRegular,
+            header_offset: m.header_offset,
+            detail: entry_type(m).to_string(),
+        });
+    let all = refused.chain(duplicates).chain(irregular);
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    for e in all {
+        total += 1;
+        if kept.len() < MAX_ARCHIVE_ENTRIES_KEPT {
+            kept.push(e);
+        }
+    }
+    (kept, total)
+}
+
+/// What a non-regular entry is, in words.
+fn entry_type(m: &TarMember) -> &'static str {
+    match m.typeflag {
+        b'1' => "hard link",
+        b'2' => "symbolic link",
+        b'3' => "character device",
+        b'4' => "block device",
+        b'6' => "FIFO",
+        b'S' => "GNU sparse file",
+        b'V' => "volume label",
+        b'M' => "multi-volume continuation",
+        b'D' => "GNU directory dump",
+        b'0' | b'\0' | b'7' => "pax sparse file",
+        _ => "entry of an unknown type",
+    }
+}
+
+/// A member that a References/File of the descriptor names (its whole stored form, or one
+/// of its chunks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referenced {
+    /// Index into [`Subject::members`].
+    pub member: usize,
+    /// The File's `ovf:id`.
+    pub file_id: String,
+    /// The File's `ovf:href`.
+    pub href: String,
 }
 
 /// The members verification looks at.
@@ -59,6 +180,14 @@ pub struct Subject {
     pub package_error: Option<String>,
     /// The package layer's warnings.
     pub warnings: Vec<String>,
+    /// Archive entries that are not files of the package (at most
+    /// [`MAX_ARCHIVE_ENTRIES_KEPT`]).
+    pub archive_entries: Vec<ArchiveEntry>,
+    /// How many there are in all.
+    pub archive_entries_total: usize,
+    /// The members the descriptor's References name (empty when the descriptor could not be
+    /// used).
+    pub referenced: Vec<Referenced>,
 }
 
 impl Subject {
@@ -80,6 +209,27 @@ impl Subject {
                 _ => None,
             })
             .collect();
+        let (archive_entries, archive_entries_total) = pkg
+            .tar_index
+            .as_ref()
+            .map(archive_entries)
+            .unwrap_or_default();
+        let referenced = pkg
+            .files
+            .iter()
+            .flat_map(|f| {
+                let members = match &f.location {
+                    FileLocation::Member(i) => vec![*i],
+                    FileLocation::Chunks(c) => c.clone(),
+                    FileLocation::Remote => Vec::new(),
+                };
+                members.into_iter().map(|member| Referenced {
+                    member,
+                    file_id: f.file_id.clone(),
+                    href: f.href.clone(),
+                })
+            })
+            .collect();
         Subject {
             path: pkg.path.clone(),
             kind: pkg.kind,
@@ -92,6 +242,9 @@ impl Subject {
             root: folder_root(pkg.kind, &pkg.path),
             package_error: None,
             warnings: pkg.warnings.clone(),
+            archive_entries,
+            archive_entries_total,
+            referenced,
         }
     }
 
@@ -164,6 +317,7 @@ fn open_archive(path: &Path) -> Result<Subject> {
         .filter(|m| m.kind == MemberKind::Regular)
         .map(|m| Member::from_tar(m, &src))
         .collect::<Result<Vec<_>>>()?;
+    let (archive_entries, archive_entries_total) = archive_entries(&index);
     let descriptor_member = members
         .iter()
         .position(|m| is_ovf_name(&m.name))
@@ -184,6 +338,9 @@ fn open_archive(path: &Path) -> Result<Subject> {
         root: None,
         package_error: None,
         warnings: Vec::new(),
+        archive_entries,
+        archive_entries_total,
+        referenced: Vec::new(),
     })
 }
 
@@ -251,6 +408,9 @@ fn open_folder(path: &Path, root: PathBuf) -> Result<Subject> {
         root: Some(root),
         package_error: None,
         warnings: Vec::new(),
+        archive_entries: Vec::new(),
+        archive_entries_total: 0,
+        referenced: Vec::new(),
     })
 }
 
