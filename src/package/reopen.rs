@@ -1,0 +1,174 @@
+//! Following a package across a commit that replaced its file (an OVA rewrite, a folder
+//! package's renamed descriptor and manifest).
+//!
+//! Every member's bytes are a [`Movable`]: a source that can be re-pointed while readers use
+//! it. After a commit reports `replaced`, [`Relocation::reopen`] opens the package file again,
+//! indexes it, and points every member at its bytes in the new file, so that the mount reads
+//! the new archive and the unlinked old one is closed once the last read in flight ends.
+//! The members a commit rewrites (descriptor, manifest, certificate) keep the bytes they had
+//! when the package was opened, copied into memory (they are small and bounded): the
+//! package, like its integrity report, stays the package as mounted; the mount serves their
+//! current content through the editor. A member that is not in the new archive with its
+//! old name and size (which a commit never does) keeps reading the old file, with a warning.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use super::SourceKind;
+use crate::archive::{self, MemberKind};
+use crate::error::{Error, Result};
+use crate::io::{FileSource, ReadAt, Window, read_vec_at};
+
+/// Largest member copied into memory when a rewrite moves it (descriptor, manifest and
+/// certificate are far smaller).
+const MAX_KEPT_BYTES: u64 = 32 << 20;
+
+/// Bytes that can be re-pointed to another source while readers use them. A read uses the
+/// source current when it starts; the old source is dropped when its last read ends.
+pub struct Movable {
+    inner: RwLock<Arc<dyn ReadAt>>,
+}
+
+impl Movable {
+    /// Bytes served from `inner` until re-pointed.
+    pub fn new(inner: Arc<dyn ReadAt>) -> Self {
+        Movable {
+            inner: RwLock::new(inner),
+        }
+    }
+
+    /// The current source.
+    pub fn current(&self) -> Arc<dyn ReadAt> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Serves `to` from now on.
+    pub fn repoint(&self, to: Arc<dyn ReadAt>) {
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = to;
+    }
+}
+
+impl ReadAt for Movable {
+    fn len(&self) -> u64 {
+        self.current().len()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.current().read_at(offset, buf)
+    }
+}
+
+/// One member as the relocation knows it.
+struct Placed {
+    name: String,
+    size: u64,
+    data: Arc<Movable>,
+    /// A member a commit rewrites: kept in memory instead of re-pointed.
+    kept: bool,
+}
+
+/// What is needed to follow a package into its replacement.
+pub struct Relocation {
+    /// The real path of the package file (the `.ova`; unused for a folder).
+    real_path: PathBuf,
+    kind: SourceKind,
+    /// The archive as a whole (OVA only).
+    archive: Option<Arc<Movable>>,
+    members: RwLock<Vec<Placed>>,
+}
+
+impl Relocation {
+    /// A relocation for a package of `kind` at `real_path`; members are added with
+    /// [`Relocation::track`].
+    pub(super) fn new(real_path: PathBuf, kind: SourceKind, archive: Option<Arc<Movable>>) -> Self {
+        Relocation {
+            real_path,
+            kind,
+            archive,
+            members: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// A relocation that follows nothing (a package that is never rewritten).
+    pub(super) fn none() -> Self {
+        Relocation::new(PathBuf::new(), SourceKind::Folder, None)
+    }
+
+    /// Follows member `name` (`size` bytes) served by `data`.
+    pub(super) fn track(&self, name: &str, size: u64, data: Arc<Movable>) {
+        self.members
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Placed {
+                name: name.to_string(),
+                size,
+                data,
+                kept: false,
+            });
+    }
+
+    /// Marks the members that commits rewrite (by name).
+    pub(super) fn keep(&self, names: &[&str]) {
+        for p in self
+            .members
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+        {
+            if names.contains(&p.name.as_str()) {
+                p.kept = true;
+            }
+        }
+    }
+
+    /// Re-points every member at the package file as it is now (after a commit that
+    /// replaced it). Returns how many members now read the new file.
+    pub fn reopen(&self) -> Result<usize> {
+        let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
+        for p in members.iter().filter(|p| p.kept) {
+            let old = p.data.current();
+            let bytes = read_vec_at(&*old, "member", 0, p.size, MAX_KEPT_BYTES)?;
+            p.data.repoint(Arc::new(bytes));
+        }
+        if self.kind == SourceKind::Folder {
+            // A folder commit replaces only the descriptor and the manifest (kept above).
+            return Ok(0);
+        }
+        let shown = self.real_path.display().to_string();
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&self.real_path)
+            .map_err(|e| Error::io(format!("cannot reopen {shown}"), e))?;
+        let src: Arc<dyn ReadAt> = Arc::new(FileSource::from_file(file, &self.real_path)?);
+        let index = archive::index(&*src).map_err(|e| e.context(shown.clone()))?;
+        let found: HashMap<&str, (u64, u64)> = index
+            .members
+            .iter()
+            .filter(|m| m.kind == MemberKind::Regular)
+            .map(|m| (m.name.as_str(), (m.data_offset, m.size)))
+            .collect();
+        let mut moved = 0;
+        for p in members.iter_mut().filter(|p| !p.kept) {
+            match found.get(p.name.as_str()) {
+                Some(&(offset, size)) if size == p.size => {
+                    p.data
+                        .repoint(Arc::new(Window::new(src.clone(), offset, size)?));
+                    moved += 1;
+                }
+                _ => log::warn!(
+                    "{shown}: member {:?} is not in the rewritten archive as it was; it keeps \
+                     reading the old archive",
+                    p.name
+                ),
+            }
+        }
+        if let Some(a) = &self.archive {
+            a.repoint(src);
+        }
+        Ok(moved)
+    }
+}
