@@ -497,6 +497,9 @@ fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -
         .collect()
 }
 
+/// The bytes and permission bits of a file opened outside the members.
+type OpenedFile = (Arc<dyn ReadAt>, u32);
+
 /// Finds the files of a package by name, relative to a folder, under the package's path
 /// rules: names are normalised (no absolute paths, no `..`); an OVA's members are looked up
 /// exactly, then ignoring ASCII case when that is unambiguous; a folder package may also
@@ -510,7 +513,7 @@ fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -
 pub struct PackageFiles<'a> {
     package: &'a Package,
     /// Files opened outside the members, by package-relative name, with their modes.
-    opened: Mutex<HashMap<String, (Arc<dyn ReadAt>, u32)>>,
+    opened: Mutex<HashMap<String, OpenedFile>>,
     /// The intersection of the modes of the files looked up since `start_disk`.
     mode: Mutex<u32>,
 }

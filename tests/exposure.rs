@@ -36,12 +36,7 @@ fn shared_tempdir() -> tempfile::TempDir {
 /// Runs `args` as `nobody` (no groups).
 fn as_nobody(args: &[&str]) -> Output {
     Command::new(tool("setpriv"))
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "--",
-        ])
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -57,7 +52,11 @@ fn nobody_cannot_read(path: &Path) {
         "nobody read {}",
         path.display()
     );
-    assert!(err.contains("Permission denied"), "{}: {err}", path.display());
+    assert!(
+        err.contains("Permission denied"),
+        "{}: {err}",
+        path.display()
+    );
 }
 
 /// A stream-optimized VMDK of a scattered raw image; returns (raw, vmdk).
@@ -176,7 +175,10 @@ fn members_cannot_forge_the_mounts_own_names() {
         assert!(listed.contains(&(name.to_string(), format!("/.ovafs/members/{name}"))));
     }
     // Unforged members keep their own names.
-    assert_eq!(fs::read(m.path("forged-disk1.vmdk")).unwrap(), fs::read(&vmdk).unwrap());
+    assert_eq!(
+        fs::read(m.path("forged-disk1.vmdk")).unwrap(),
+        fs::read(&vmdk).unwrap()
+    );
     m.umount();
 }
 
@@ -274,7 +276,10 @@ fn a_0600_disk_gives_a_flat_image_and_member_no_wider_than_0600() {
         nobody_cannot_read(&p);
     }
     assert_same_bytes(&m.path("disks/private-disk1.raw"), &raw);
-    assert_eq!(fs::read(m.path("private-disk1.vmdk")).unwrap(), fs::read(&vmdk).unwrap());
+    assert_eq!(
+        fs::read(m.path("private-disk1.vmdk")).unwrap(),
+        fs::read(&vmdk).unwrap()
+    );
     // The descriptor is 0644: its settings stay readable.
     let out = as_nobody(&["cat", m.path("vm/cpus").to_str().unwrap()]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n");
@@ -371,9 +376,7 @@ fn after_a_rewrite_the_mount_reads_the_new_archive() {
     let pid = daemon_pid(&ova);
     let before = fs::metadata(&ova).unwrap().ino();
     assert!(
-        open_files(pid)
-            .iter()
-            .any(|f| f == ova.to_str().unwrap()),
+        open_files(pid).iter().any(|f| f == ova.to_str().unwrap()),
         "the daemon does not hold the OVA: {:?}",
         open_files(pid)
     );
@@ -451,12 +454,20 @@ fn ls_l_logs_no_extended_attribute_warnings() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !is_mounted(&mnt) {
-        assert!(Instant::now() < deadline, "the foreground mount never came up");
+        assert!(
+            Instant::now() < deadline,
+            "the foreground mount never came up"
+        );
         assert!(child.try_wait().unwrap().is_none(), "ovafs -f exited");
         std::thread::sleep(Duration::from_millis(20));
     }
     let guard = Mount { dir: mnt.clone() };
-    for dir in [&mnt, &mnt.join("disks"), &mnt.join("vm/"), &mnt.join(".ovafs")] {
+    for dir in [
+        &mnt,
+        &mnt.join("disks"),
+        &mnt.join("vm/"),
+        &mnt.join(".ovafs"),
+    ] {
         run_ok(Command::new(tool("ls")).arg("-la").arg(dir));
     }
     // Python as the judge of the answers themselves.
@@ -515,5 +526,9 @@ fn a_refused_write_is_shown_in_the_status_files() {
     assert!(!r["reason"].as_str().unwrap().is_empty());
     assert!(r["time"].as_u64().unwrap() > 1_700_000_000);
     m.umount();
-    assert_eq!(fs::read(&ova).unwrap(), original, "a refused write changed the OVA");
+    assert_eq!(
+        fs::read(&ova).unwrap(),
+        original,
+        "a refused write changed the OVA"
+    );
 }

@@ -425,14 +425,23 @@ impl OvaFs {
         self.backend_for(path)
     }
 
-    /// Keeps a refused write of `data` to `path` for the status report.
+    /// Keeps a refused write of `data` to `path` for the status report. The status files
+    /// are world-readable, so the value is hidden for a file that holds a secret or that
+    /// others may not read.
     fn note_refusal(&self, path: &str, data: &[u8], e: &Error) {
         let secret = self
             .secrets
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .contains(path);
-        self.refusals.record(path, data, secret, &e.to_string());
+        let private = {
+            let tree = self.tree();
+            tree.resolve(path)
+                .and_then(|ino| tree.get(ino))
+                .is_none_or(|n| n.mode & 0o004 == 0)
+        };
+        self.refusals
+            .record(path, data, secret || private, &e.to_string());
     }
 
     /// Logs a failed operation once and returns its errno.

@@ -53,6 +53,9 @@ enum Found {
     Symlink,
 }
 
+/// A folder on the way to a name is a symbolic link.
+struct SymlinkOnTheWay;
+
 fn sys_err(what: &Path, e: Errno) -> Error {
     Error::io(
         format!("cannot open {}", what.display()),
@@ -82,7 +85,7 @@ impl PackageDir {
 
     /// Opens folder `dirs` (components of a normalised name) under the package folder,
     /// never through a link; `Ok(None)` when it is not there.
-    fn open_folder(&self, dirs: &[&str]) -> std::result::Result<Option<OwnedFd>, Found> {
+    fn open_folder(&self, dirs: &[&str]) -> std::result::Result<Option<OwnedFd>, SymlinkOnTheWay> {
         let mut at: Option<OwnedFd> = None;
         for d in dirs {
             let base: BorrowedFd<'_> = at.as_ref().map_or(self.fd.as_fd(), |f| f.as_fd());
@@ -96,7 +99,7 @@ impl PackageDir {
                             if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
                                 == SFlag::S_IFLNK =>
                         {
-                            Err(Found::Symlink)
+                            Err(SymlinkOnTheWay)
                         }
                         _ => Ok(None),
                     };
@@ -128,7 +131,7 @@ impl PackageDir {
         let dir = match self.open_folder(dirs) {
             Ok(Some(fd)) => fd,
             Ok(None) => return Ok(Found::Missing),
-            Err(found) => return Ok(found),
+            Err(SymlinkOnTheWay) => return Ok(Found::Symlink),
         };
         let st = match fstatat(dir.as_fd(), *last, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,

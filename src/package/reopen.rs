@@ -13,8 +13,9 @@
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::SourceKind;
@@ -30,12 +31,15 @@ const MAX_KEPT_BYTES: u64 = 32 << 20;
 /// source current when it starts; the old source is dropped when its last read ends.
 pub struct Movable {
     inner: RwLock<Arc<dyn ReadAt>>,
+    /// The current source's length (read on every access, so kept apart from the lock).
+    len: AtomicU64,
 }
 
 impl Movable {
     /// Bytes served from `inner` until re-pointed.
     pub fn new(inner: Arc<dyn ReadAt>) -> Self {
         Movable {
+            len: AtomicU64::new(inner.len()),
             inner: RwLock::new(inner),
         }
     }
@@ -47,13 +51,15 @@ impl Movable {
 
     /// Serves `to` from now on.
     pub fn repoint(&self, to: Arc<dyn ReadAt>) {
-        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = to;
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        self.len.store(to.len(), Ordering::Relaxed);
+        *inner = to;
     }
 }
 
 impl ReadAt for Movable {
     fn len(&self) -> u64 {
-        self.current().len()
+        self.len.load(Ordering::Relaxed)
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
@@ -74,6 +80,8 @@ struct Placed {
 pub struct Relocation {
     /// The real path of the package file (the `.ova`; unused for a folder).
     real_path: PathBuf,
+    /// Owner of the package file when it was opened.
+    owner: Option<u32>,
     kind: SourceKind,
     /// The archive as a whole (OVA only).
     archive: Option<Arc<Movable>>,
@@ -84,7 +92,9 @@ impl Relocation {
     /// A relocation for a package of `kind` at `real_path`; members are added with
     /// [`Relocation::track`].
     pub(super) fn new(real_path: PathBuf, kind: SourceKind, archive: Option<Arc<Movable>>) -> Self {
+        let owner = std::fs::metadata(&real_path).ok().map(|m| m.uid());
         Relocation {
+            owner,
             real_path,
             kind,
             archive,
@@ -130,8 +140,10 @@ impl Relocation {
         let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
         for p in members.iter().filter(|p| p.kept) {
             let old = p.data.current();
-            let bytes = read_vec_at(&*old, "member", 0, p.size, MAX_KEPT_BYTES)?;
-            p.data.repoint(Arc::new(bytes));
+            match read_vec_at(&*old, "member", 0, p.size, MAX_KEPT_BYTES) {
+                Ok(bytes) => p.data.repoint(Arc::new(bytes)),
+                Err(e) => log::warn!("{}: keeps reading the old file: {e}", p.name),
+            }
         }
         if self.kind == SourceKind::Folder {
             // A folder commit replaces only the descriptor and the manifest (kept above).
@@ -143,6 +155,20 @@ impl Relocation {
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(&self.real_path)
             .map_err(|e| Error::io(format!("cannot reopen {shown}"), e))?;
+        // Only a file written by this process (the rewrite) or by the package's owner is
+        // followed: one that another user renamed into place since is not.
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("cannot stat {shown}"), e))?;
+        let euid = nix::unistd::geteuid().as_raw();
+        if !meta.is_file() || (meta.uid() != euid && Some(meta.uid()) != self.owner) {
+            log::warn!(
+                "{shown} is now owned by uid {} (not this mount's owner or the package's); \
+                 the mount keeps reading the file it opened",
+                meta.uid()
+            );
+            return Ok(0);
+        }
         let src: Arc<dyn ReadAt> = Arc::new(FileSource::from_file(file, &self.real_path)?);
         let index = archive::index(&*src).map_err(|e| e.context(shown.clone()))?;
         let found: HashMap<&str, (u64, u64)> = index
