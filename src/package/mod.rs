@@ -13,7 +13,9 @@
 //!
 //! Folder: the members are the descriptor, the files its References name and the `.mf` /
 //! `.cert` beside it. Hrefs must stay inside the descriptor's folder: absolute paths and
-//! `..` are refused by name, and symlinks are followed only when their target stays inside.
+//! `..` are refused by name, and every file is opened through the folder held open since the
+//! package was opened, never through a symbolic link ([`PackageDir`]). Members never show more
+//! permission bits than the file holding them allows ([`access_ceiling`]).
 //!
 //! Both: an href with a URL scheme (`http:`, `file:`, ...) is never fetched or opened; the
 //! File is reported as [`FileLocation::Remote`]. Every other href must resolve to a member
@@ -91,7 +93,9 @@ pub enum PackageError {
         /// The member name looked for.
         name: String,
     },
-    /// An href that resolves, through a symlink, outside the package folder.
+    /// An href that resolves, through a symlink, outside the package folder (no longer
+    /// produced: links are refused as [`PackageError::Symlink`]; kept for callers matching
+    /// on it).
     #[error("href {href:?} leads outside the package folder")]
     HrefEscapes {
         /// The href.
