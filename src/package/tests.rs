@@ -928,3 +928,35 @@ fn mutated_archives_never_panic() {
         let _ = open_bytes(bytes);
     }
 }
+
+#[test]
+fn access_ceiling_never_gives_more_than_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let f = t.path().join("f");
+    std::fs::write(&f, b"x").unwrap();
+    let me = (nix::unistd::geteuid(), nix::unistd::getegid());
+    let other = (
+        nix::unistd::Uid::from_raw(65534),
+        nix::unistd::Gid::from_raw(65534),
+    );
+    let ceiling = |mode: u32, uid, gid| {
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+        nix::unistd::chown(&f, Some(uid), Some(gid)).unwrap();
+        access_ceiling(&std::fs::metadata(&f).unwrap())
+    };
+    // Our own file: its bits, without set-id or sticky bits.
+    assert_eq!(ceiling(0o640, me.0, me.1), 0o640);
+    assert_eq!(ceiling(0o4755, me.0, me.1), 0o755);
+    assert_eq!(ceiling(0o600, me.0, me.1), 0o600);
+    assert!(
+        me.0.is_root(),
+        "chown to another user needs root: run the tests as root"
+    );
+    // Another group: the mount's group gets what both that group and others may.
+    assert_eq!(ceiling(0o654, me.0, other.1), 0o644);
+    assert_eq!(ceiling(0o640, me.0, other.1), 0o600);
+    // Another owner: the owner bits do not limit the mount's owner (it opened the file).
+    assert_eq!(ceiling(0o044, other.0, me.1), 0o744);
+    assert_eq!(ceiling(0o600, other.0, other.1), 0o700);
+}
