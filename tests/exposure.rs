@@ -4,9 +4,9 @@
 //!   `vms/foo`, `networks/n/description` are shown under `.ovafs/members/...`, byte-exact,
 //!   and listed as collisions in the status files;
 //! - a folder package opens only its own files: an extent that is a link is refused, a
-//!   root-only extent makes the flat image root-only (another user never reads its bytes
-//!   through an `allow_other` mount), and swapping the folder after the mount redirects
-//!   nothing;
+//!   root-only extent or parent (named by a VMDK descriptor or `parentFileNameHint`, not by
+//!   the OVF) makes the flat image root-only (another user never reads its bytes through
+//!   an `allow_other` mount), and swapping the folder after the mount redirects nothing;
 //! - a 0600 disk gives a flat image no wider than 0600, a 0600 OVA members and settings no
 //!   wider than 0600 (read as `nobody` with `setpriv`: EACCES; root reads);
 //! - after a rewrite commit the daemon holds no deleted archive open and the mount reads
@@ -252,6 +252,53 @@ fn a_root_only_extent_is_never_readable_by_others_and_links_are_refused() {
     let err = Mount::new(&ovf2, &tmp.path().join("mnt2"), &["allow_other", "ro"]).unwrap_err();
     assert!(err.contains("link-flat.vmdk"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_root_only_parent_named_by_a_hint_is_never_readable_by_others() {
+    let tmp = shared_tempdir();
+    let pkg = tmp.path().join("pkg");
+    fs::create_dir_all(&pkg).unwrap();
+    let base_raw = tmp.path().join("base.img");
+    root_only_secret(&base_raw);
+    let base = pkg.join("secret-base.vmdk");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        path_str(&base_raw),
+        path_str(&base),
+    ]);
+    fs::set_permissions(&base, fs::Permissions::from_mode(0o600)).unwrap();
+    let delta = pkg.join("delta.vmdk");
+    qemu_img(&[
+        "create",
+        "-f",
+        "vmdk",
+        "-b",
+        "secret-base.vmdk",
+        "-F",
+        "vmdk",
+        path_str(&delta),
+    ]);
+    // The OVF names only the delta; its parentFileNameHint names the root-only base.
+    OvaBuilder::new(&pkg, "hint")
+        .disk(&delta, 1 << 20, ovafs::sample::VMDK_SPARSE_URI)
+        .write_package();
+    let m = Mount::ok(
+        &pkg.join("hint.ovf"),
+        &tmp.path().join("mnt"),
+        &["allow_other", "ro"],
+    );
+    let flat = m.path("disks/delta.raw");
+    assert_same_bytes(&flat, &base_raw);
+    let mode = fs::metadata(&flat).unwrap().mode() & 0o777;
+    assert_eq!(mode & 0o077, 0, "flat image mode {mode:o}");
+    nobody_cannot_read(&flat);
+    assert!(!walk(&m.dir).iter().any(|p| p.contains("secret")));
+    m.umount();
 }
 
 #[test]
