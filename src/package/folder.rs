@@ -266,7 +266,7 @@ pub(super) fn open(path: &Path) -> Result<Package> {
         .unwrap_or_else(|| PathBuf::from("/"));
     let desc_name = utf8(real.file_name().map(Path::new).unwrap_or(Path::new("")))?;
     let dir = Arc::new(PackageDir::open(&root).with_context(|| shown.clone())?);
-    let relocation = Relocation::new(real.clone(), SourceKind::Folder, None);
+    let relocation = Relocation::new(real.clone(), SourceKind::Folder, None, None);
     let desc_member = match dir.find(&desc_name)? {
         Found::File(file, meta) => {
             let (m, data) = member_from(desc_name.clone(), file, &meta, &real)?;

@@ -2,6 +2,7 @@
 //! Files (formats.md §1.1, §1.4, §1.7).
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -24,12 +25,12 @@ pub(super) fn open(path: &Path) -> Result<Package> {
         .map_err(|e| crate::error::Error::io(format!("cannot stat {}", path.display()), e))?;
     let src: Arc<dyn ReadAt> = Arc::new(FileSource::from_file(file, path)?);
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    open_with(src, path, access_ceiling(&meta), real)
+    open_with(src, path, access_ceiling(&meta), real, Some(meta.uid()))
 }
 
 /// Opens an OVA held in `src`.
 pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> {
-    open_with(src, path, 0o777, path.to_path_buf())
+    open_with(src, path, 0o777, path.to_path_buf(), None)
 }
 
 /// Whole-archive compression, recognised by magic bytes.
@@ -56,12 +57,14 @@ fn compression(head: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// Opens an OVA held in `src`, whose file allows `ceiling` and sits at `real_path`.
+/// Opens an OVA held in `src`, whose file allows `ceiling`, sits at `real_path` and is
+/// owned by `owner`.
 fn open_with(
     src: Arc<dyn ReadAt>,
     path: &Path,
     ceiling: u32,
     real_path: std::path::PathBuf,
+    owner: Option<u32>,
 ) -> Result<Package> {
     let shown = path.display().to_string();
     let mut head = [0u8; 10];
@@ -84,6 +87,7 @@ fn open_with(
         real_path,
         SourceKind::Ova,
         archive_compression.is_none().then(|| archive.clone()),
+        owner,
     );
     let mut warnings = Vec::new();
     for s in &index.skipped {

@@ -91,8 +91,13 @@ pub struct Relocation {
 impl Relocation {
     /// A relocation for a package of `kind` at `real_path`; members are added with
     /// [`Relocation::track`].
-    pub(super) fn new(real_path: PathBuf, kind: SourceKind, archive: Option<Arc<Movable>>) -> Self {
-        let owner = std::fs::metadata(&real_path).ok().map(|m| m.uid());
+    /// `owner` is the uid of the package file as opened.
+    pub(super) fn new(
+        real_path: PathBuf,
+        kind: SourceKind,
+        archive: Option<Arc<Movable>>,
+        owner: Option<u32>,
+    ) -> Self {
         Relocation {
             owner,
             real_path,
@@ -104,7 +109,7 @@ impl Relocation {
 
     /// A relocation that follows nothing (a package that is never rewritten).
     pub(super) fn none() -> Self {
-        Relocation::new(PathBuf::new(), SourceKind::Folder, None)
+        Relocation::new(PathBuf::new(), SourceKind::Folder, None, None)
     }
 
     /// Follows member `name` (`size` bytes) served by `data`.
