@@ -15,11 +15,9 @@
 //! as its parent instead. A parent that cannot be found is an error naming it: a delta read
 //! without its parent would show zeros where the parent's data belongs.
 
-use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::archive::MemberKind;
@@ -28,9 +26,9 @@ use crate::cache::UnitCache;
 use crate::disk::engine::FlatDisk;
 use crate::disk::{self, DiskError, DiskImage, OpenContext};
 use crate::error::{Error, ErrorKind, Result};
-use crate::fs::tree::{Content, Tree};
-use crate::io::{FileSource, ReadAt};
-use crate::package::{self, FileLocation, Package, PackageDisk, SourceKind};
+use crate::fs::tree::{self, Content, Escaped, Tree};
+use crate::io::ReadAt;
+use crate::package::{self, FileLocation, Package, PackageDisk};
 
 /// Longest chain of parent images below a disk (qemu has no fixed limit; real chains of
 /// snapshots are a handful deep).
@@ -46,7 +44,7 @@ pub struct ChainLink {
 }
 
 /// Folder of the mount that holds the flat images.
-pub const DISKS_DIR: &str = "disks";
+pub use crate::fs::tree::DISKS_DIR;
 
 /// A disk of the appliance with its parsed image.
 pub struct ApplianceDisk {
@@ -68,6 +66,19 @@ pub struct ApplianceDisk {
     /// for an OVF delta disk the referenced disk's image and its own chain. Empty for a
     /// disk with no parent.
     pub parents: Vec<ChainLink>,
+    /// Permission bits of its flat image: what every file it is decoded from allows (the
+    /// image file, its extents, its parents and theirs), never more than any of them.
+    pub mode: u32,
+}
+
+/// The tree a mount shows and what went into it.
+pub struct BuiltTree {
+    /// The static part of the tree (members and flat images).
+    pub tree: Tree,
+    /// The flat images.
+    pub disks: Vec<ShownDisk>,
+    /// Package files shown under an escaped name because theirs is the mount's own.
+    pub escaped: Vec<Escaped>,
 }
 
 /// A flat image as the mount shows it, with the package files its bytes come from.
@@ -151,34 +162,53 @@ impl Appliance {
         Ok((package, statuses, source_mtime))
     }
 
-    /// The tree a mount shows: every member under its own name (except those in `served`,
-    /// which a backend serves as live files), then `disks/<stem>.raw`.
-    pub fn build_tree(&self, cache: &Arc<UnitCache>, served: &[usize]) -> (Tree, Vec<ShownDisk>) {
+    /// The tree a mount shows: `disks/<stem>.raw`, then every member (except those in
+    /// `served`, which a backend serves as live files) under its own name, or under
+    /// `.ovafs/members/<name>` when that name is the mount's own ([`tree::shown_path`]).
+    /// Each collision is logged and listed in the result.
+    pub fn build_tree(&self, cache: &Arc<UnitCache>, served: &[usize]) -> BuiltTree {
         let mut tree = Tree::new(self.source_mtime);
-        for (i, m) in self.package.members.iter().enumerate() {
-            let mtime = UNIX_EPOCH + Duration::from_secs(m.mtime);
-            match m.kind {
-                MemberKind::Regular if !served.contains(&i) => {
-                    tree.add_static(&m.name, Content::Bytes(m.data.clone()), m.mode, mtime);
-                }
-                MemberKind::Directory => {
-                    tree.ensure_dir(&m.name, 0o555, mtime, false);
-                }
-                // Links, devices and the like are never served.
-                _ => {}
-            }
-        }
         tree.ensure_dir(DISKS_DIR, 0o555, self.source_mtime, false);
         let mut shown = Vec::new();
         for d in &self.disks {
             let flat = Arc::new(flat_chain(d, cache));
             let path = format!("{DISKS_DIR}/{}.raw", d.stem);
-            tree.add_static(&path, Content::Disk(flat.clone()), 0o444, d.mtime);
+            tree.add_static(&path, Content::Disk(flat.clone()), d.mode & 0o444, d.mtime);
             let mut files = vec![d.file.clone()];
             files.extend(d.parents.iter().map(|p| p.name.clone()));
             shown.push(ShownDisk { path, files, flat });
         }
-        (tree, shown)
+        let mut escaped = Vec::new();
+        for (i, m) in self.package.members.iter().enumerate() {
+            let path = tree::shown_path(&m.name);
+            if path != m.name.as_str() {
+                log::warn!(
+                    "{}: member {:?} has a name the mount uses itself; it is shown as /{path}",
+                    self.package.path.display(),
+                    m.name
+                );
+                escaped.push(Escaped {
+                    name: m.name.clone(),
+                    shown: path.to_string(),
+                });
+            }
+            let mtime = UNIX_EPOCH + Duration::from_secs(m.mtime);
+            match m.kind {
+                MemberKind::Regular if !served.contains(&i) => {
+                    tree.add_static(&path, Content::Bytes(m.data.clone()), m.mode, mtime);
+                }
+                MemberKind::Directory => {
+                    tree.ensure_dir(&path, 0o555, mtime, false);
+                }
+                // Links, devices and the like are never served.
+                _ => {}
+            }
+        }
+        BuiltTree {
+            tree,
+            disks: shown,
+            escaped,
+        }
     }
 }
 
@@ -240,6 +270,7 @@ fn open_disk(
     let def = package.descriptor.disk(&d.disk_id);
     let ovf_delta = def.is_some_and(|x| x.parent_ref.is_some());
     let (name, folder) = disk_location(package, d, &href);
+    files.start_disk(disk_file_mode(package, d));
     let opened = open_image(files, &folder, &name, image_data).and_then(|image| {
         let parents = if ovf_delta {
             Vec::new()
@@ -274,6 +305,7 @@ fn open_disk(
                 mtime,
                 image,
                 parents,
+                mode: files.disk_mode(),
             })
         }
         // Recognised but not decodable: the rest of the package is still worth mounting.
@@ -288,6 +320,24 @@ fn open_disk(
             DiskStatus::Broken { disk_id, error }
         }
     }
+}
+
+/// The permission bits the stored file(s) of disk `d` allow: the intersection of its
+/// member's or chunks' modes.
+fn disk_file_mode(package: &Package, d: &PackageDisk) -> u32 {
+    let members: Vec<usize> = match d
+        .file
+        .and_then(|i| package.files.get(i))
+        .map(|f| &f.location)
+    {
+        Some(FileLocation::Member(m)) => vec![*m],
+        Some(FileLocation::Chunks(c)) => c.clone(),
+        _ => Vec::new(),
+    };
+    members
+        .iter()
+        .filter_map(|&i| package.members.get(i))
+        .fold(0o7777, |mode, m| mode & m.mode)
 }
 
 /// The package-relative name of the file holding disk `d` and the folder it sits in
@@ -346,7 +396,8 @@ fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -
     };
     // The chain below disk i, or why there is none.
     enum Below {
-        Chain(Vec<ChainLink>),
+        /// The images below and the permission bits they allow.
+        Chain(Vec<ChainLink>, u32),
         NotShown(String),
         Broken(Error),
     }
@@ -357,6 +408,7 @@ fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -
             .map_or("", |d| d.disk_id.as_str())
             .to_string();
         let mut chain = Vec::new();
+        let mut mode = 0o7777;
         let mut seen = vec![i];
         let mut at = i;
         while let Some(p) = parent_of(at) {
@@ -385,6 +437,7 @@ fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -
                         name: format!("disk {}", pd.disk_id),
                         image: pd.image.clone(),
                     });
+                    mode &= pd.mode;
                     if parent_of(p).is_none() {
                         chain.extend(pd.parents.iter().cloned());
                     }
@@ -410,7 +463,7 @@ fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -
             }
             at = p;
         }
-        Below::Chain(chain)
+        Below::Chain(chain, mode)
     };
     let linked: Vec<Option<Below>> = (0..statuses.len())
         .map(|i| parent_of(i).map(|_| below(i)))
@@ -419,7 +472,7 @@ fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -
         .into_iter()
         .zip(linked)
         .map(|(status, link)| match (status, link) {
-            (DiskStatus::Ready(mut d), Some(Below::Chain(chain))) => {
+            (DiskStatus::Ready(mut d), Some(Below::Chain(chain, mode))) => {
                 if let Some(own) = d.image.parent() {
                     log::info!(
                         "disk {}: using its ovf:parentRef disk as parent; the image itself names {:?}",
@@ -428,6 +481,7 @@ fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -
                     );
                 }
                 d.parents = chain;
+                d.mode &= mode;
                 DiskStatus::Ready(d)
             }
             (DiskStatus::Ready(d), Some(Below::NotShown(reason))) => DiskStatus::NotShown {
@@ -443,25 +497,50 @@ fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -
         .collect()
 }
 
+/// The bytes and permission bits of a file opened outside the members.
+type OpenedFile = (Arc<dyn ReadAt>, u32);
+
 /// Finds the files of a package by name, relative to a folder, under the package's path
 /// rules: names are normalised (no absolute paths, no `..`); an OVA's members are looked up
 /// exactly, then ignoring ASCII case when that is unambiguous; a folder package may also
-/// open files that its References do not name, as long as they stay inside its folder
-/// (symlinks included) and are regular files.
+/// open the files its References do not name (the extents and parents its images name),
+/// through [`Package::open_in_package`]: inside its folder, never through a link, regular
+/// files only. Each file is opened once per package and shared by every image naming it.
+///
+/// It also keeps the permission bits of every file a disk is decoded from, so that the flat
+/// image is never more readable than any of them ([`PackageFiles::start_disk`],
+/// [`PackageFiles::disk_mode`]).
 pub struct PackageFiles<'a> {
     package: &'a Package,
-    /// The canonical folder of a folder package's descriptor.
-    root: Option<PathBuf>,
+    /// Files opened outside the members, by package-relative name, with their modes.
+    opened: Mutex<HashMap<String, OpenedFile>>,
+    /// The intersection of the modes of the files looked up since `start_disk`.
+    mode: Mutex<u32>,
 }
 
 impl<'a> PackageFiles<'a> {
     /// The files of `package`.
     pub fn new(package: &'a Package) -> Self {
-        let root = (package.kind == SourceKind::Folder)
-            .then(|| std::fs::canonicalize(&package.path).ok())
-            .flatten()
-            .and_then(|p| p.parent().map(Path::to_path_buf));
-        PackageFiles { package, root }
+        PackageFiles {
+            package,
+            opened: Mutex::new(HashMap::new()),
+            mode: Mutex::new(0o7777),
+        }
+    }
+
+    /// Starts collecting the modes of one disk's files, the first allowing `mode`.
+    pub fn start_disk(&self, mode: u32) {
+        *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = mode;
+    }
+
+    /// What every file looked up since [`PackageFiles::start_disk`] allows.
+    pub fn disk_mode(&self) -> u32 {
+        *self.mode.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn used(&self, name: String, data: Arc<dyn ReadAt>, mode: u32) -> (String, Arc<dyn ReadAt>) {
+        *self.mode.lock().unwrap_or_else(|p| p.into_inner()) &= mode;
+        (name, data)
     }
 
     /// The package-relative name and bytes of the file `name` seen from `folder`.
@@ -471,24 +550,33 @@ impl<'a> PackageFiles<'a> {
         let members = &self.package.members;
         let regular = |m: &&package::Member| m.kind == MemberKind::Regular;
         if let Some(m) = members.iter().filter(regular).find(|m| m.name == full) {
-            return Some((m.name.clone(), m.data.clone()));
+            return Some(self.used(m.name.clone(), m.data.clone(), m.mode));
         }
         let mut folded = members
             .iter()
             .filter(regular)
             .filter(|m| m.name.eq_ignore_ascii_case(&full));
         if let (Some(m), None) = (folded.next(), folded.next()) {
-            return Some((m.name.clone(), m.data.clone()));
+            return Some(self.used(m.name.clone(), m.data.clone(), m.mode));
         }
-        let root = self.root.as_ref()?;
-        let real = std::fs::canonicalize(root.join(&full)).ok()?;
-        if !real.starts_with(root) {
-            log::warn!("{full:?} leads outside the package folder; not opened");
-            return None;
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((data, mode)) = opened.get(&full) {
+            let (data, mode) = (data.clone(), *mode);
+            drop(opened);
+            return Some(self.used(full, data, mode));
         }
-        let file = open_regular(&real)?;
-        let src = FileSource::from_file(file, &real).ok()?;
-        Some((full, Arc::new(src)))
+        match self.package.open_in_package(&full) {
+            Ok(Some(m)) => {
+                opened.insert(full.clone(), (m.data.clone(), m.mode));
+                drop(opened);
+                Some(self.used(full, m.data, m.mode))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                log::warn!("{full}: not opened: {e}");
+                None
+            }
+        }
     }
 
     /// The chain of parents below `image` (the file `name` in `folder`), nearest first.
@@ -547,14 +635,4 @@ impl<'a> PackageFiles<'a> {
         }
         Ok(chain)
     }
-}
-
-/// Opens a regular file without following a final symlink and without blocking on a FIFO.
-fn open_regular(path: &Path) -> Option<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .ok()?;
-    file.metadata().ok()?.is_file().then_some(file)
 }

@@ -5,14 +5,22 @@
 //! of the descriptor, [`crate::ovf`] applies and re-parses them, and [`crate::commit`]
 //! persists the new descriptor with a refreshed manifest (in place under a journal, or by an
 //! atomic rewrite). One mutex serialises changes, so each commit sees the previous one.
+//!
+//! The live files are shown where the tree shows their members ([`tree::shown_path`]), and
+//! are never more readable than those members ([`Backend::mode_ceiling`]): every settings
+//! file is read from the descriptor, so it allows what the descriptor member allows.
+//! After a commit that replaced the package file (an OVA rewrite), the package's members
+//! are re-pointed at the new file ([`crate::package::Relocation::reopen`]), so that the mount
+//! reads the new archive and the unlinked old one is closed.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::commit::Committer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fs::backend::{Backend, LiveEntry, LiveKind};
+use crate::fs::tree;
 use crate::ovf::{self, Descriptor};
-use crate::package::Package;
+use crate::package::{Package, Relocation};
 use crate::settings::{self, EntryKind, SettingError};
 
 /// Largest settings value accepted (a property can hold a certificate or a script).
@@ -35,6 +43,11 @@ pub struct Editor {
     manifest_path: Option<String>,
     certificate_path: Option<String>,
     members: Vec<String>,
+    /// Permission bits of the descriptor, manifest and certificate members.
+    descriptor_mode: u32,
+    manifest_mode: u32,
+    certificate_mode: u32,
+    relocation: Arc<Relocation>,
 }
 
 impl Editor {
@@ -51,14 +64,21 @@ impl Editor {
                 m.size,
                 crate::commit::MAX_MANIFEST_BYTES,
             )?;
-            Ok(Some((m.name.clone(), Arc::from(bytes))))
+            Ok(Some((
+                tree::shown_path(&m.name).into_owned(),
+                Arc::from(bytes),
+            )))
+        };
+        let mode_of = |i: Option<usize>| {
+            i.and_then(|i| package.members.get(i))
+                .map_or(0o777, |m| m.mode & 0o777)
         };
         let manifest = member_bytes(package.manifest_member)?;
         let certificate = member_bytes(package.certificate_member)?;
         let descriptor_path = package
             .members
             .get(package.descriptor_member)
-            .map(|m| m.name.clone())
+            .map(|m| tree::shown_path(&m.name).into_owned())
             .unwrap_or_default();
         let stored: Arc<[u8]> = match &committer {
             Some(c) => Arc::from(c.descriptor()),
@@ -76,6 +96,10 @@ impl Editor {
             manifest_path: manifest.map(|(n, _)| n),
             certificate_path: certificate.map(|(n, _)| n),
             members: package.members.iter().map(|m| m.name.clone()).collect(),
+            descriptor_mode: mode_of(Some(package.descriptor_member)),
+            manifest_mode: mode_of(package.manifest_member),
+            certificate_mode: mode_of(package.certificate_member),
+            relocation: package.relocation.clone(),
         })
     }
 
@@ -138,6 +162,13 @@ impl Editor {
         st.stored_descriptor = Arc::from(report.descriptor);
         if let Some(m) = report.manifest {
             st.manifest = Some(Arc::from(m));
+        }
+        if report.replaced {
+            // The commit is durable; failing to follow it only leaves reads on the old file.
+            match self.relocation.reopen() {
+                Ok(n) => log::info!("the package file was replaced; {n} members now read it"),
+                Err(e) => log::warn!("cannot follow the replaced package file: {e}"),
+            }
         }
         Ok(())
     }
@@ -264,6 +295,17 @@ impl Backend for Editor {
         let edits = settings::rmdir(&st.descriptor, path).map_err(setting_error)?;
         let new = ovf::edit::splice(&st.descriptor.bytes, &edits)?;
         self.commit(&mut st, new)
+    }
+
+    fn mode_ceiling(&self, path: &str) -> u32 {
+        if Some(path) == self.manifest_path.as_deref() {
+            self.manifest_mode
+        } else if Some(path) == self.certificate_path.as_deref() {
+            self.certificate_mode
+        } else {
+            // The descriptor and every settings file read from it.
+            self.descriptor_mode
+        }
     }
 }
 

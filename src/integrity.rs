@@ -12,6 +12,13 @@
 //!
 //! Edits made through the mount rewrite the descriptor and the manifest together, so the
 //! report stays about the package as it was mounted; the status file says so.
+//!
+//! The status files also list what the user would otherwise only find in the log: package
+//! files shown under an escaped name because theirs is the mount's own
+//! (`.ovafs/members/<name>`, see [`crate::fs::tree::shown_path`]), and the last refused write
+//! of each settings file (path, the start of the value tried, reason, time). Being generated,
+//! these names always win over the package's: a member named `.ovafs/status` cannot replace
+//! the report.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -20,12 +27,13 @@ use serde::Serialize;
 
 use crate::appliance::ShownDisk;
 use crate::error::{Error, ErrorKind, Result};
-use crate::fs::backend::{Backend, LiveEntry, LiveKind};
+use crate::fs::backend::{Backend, LiveEntry, LiveKind, Refusal, Refusals};
+use crate::fs::tree::Escaped;
 use crate::verify::digest::{DigestOptions, Progress};
 use crate::verify::{FileStatus, Subject, VerifyOptions, VerifyReport, verify_subject};
 
 /// Folder of the status files in the mount.
-pub const STATUS_DIR: &str = ".ovafs";
+pub use crate::fs::tree::STATUS_DIR;
 const STATUS_TEXT: &str = ".ovafs/status";
 const STATUS_JSON: &str = ".ovafs/status.json";
 
@@ -71,6 +79,16 @@ pub struct Integrity {
     disks: Vec<(Vec<String>, String, Arc<crate::disk::engine::FlatDisk>)>,
     done_bytes: AtomicU64,
     total_bytes: AtomicU64,
+    notes: StatusNotes,
+}
+
+/// What the status files report besides verification.
+#[derive(Default)]
+pub struct StatusNotes {
+    /// Package files shown under an escaped name.
+    pub escaped: Vec<Escaped>,
+    /// Refused writes, kept by the filesystem.
+    pub refusals: Arc<Refusals>,
 }
 
 /// Options for verifying at mount: digests on `threads` threads, trust reported, not
@@ -101,8 +119,14 @@ pub fn verify_strict(subject: &Subject) -> Result<VerifyReport> {
 
 impl Integrity {
     /// The integrity side for `mode`; `disks` are the flat images shown, so that a failed
-    /// digest can fail their reads. `report` is the strict check's result, if it ran.
-    pub fn new(mode: VerifyMode, disks: &[ShownDisk], report: Option<VerifyReport>) -> Arc<Self> {
+    /// digest can fail their reads. `report` is the strict check's result, if it ran;
+    /// `notes` the collisions and refusals the status files list.
+    pub fn new(
+        mode: VerifyMode,
+        disks: &[ShownDisk],
+        report: Option<VerifyReport>,
+        notes: StatusNotes,
+    ) -> Arc<Self> {
         let state = match (mode, report) {
             (_, Some(report)) => State::Done {
                 report: Box::new(report),
@@ -122,6 +146,7 @@ impl Integrity {
                 .collect(),
             done_bytes: AtomicU64::new(0),
             total_bytes: AtomicU64::new(0),
+            notes,
         })
     }
 
@@ -257,6 +282,21 @@ impl Integrity {
                 }
             }
         }
+        for e in &self.notes.escaped {
+            out.push_str(&format!(
+                "collision: member {:?} is shown as /{} (its name is the mount's own)\n",
+                e.name, e.shown
+            ));
+        }
+        for r in self.notes.refusals.list() {
+            out.push_str(&format!(
+                "refused: /{} at {}: {} ({})\n",
+                r.path,
+                utc_time(r.time),
+                r.value,
+                r.reason
+            ));
+        }
         out.push_str("note: this is the package as mounted; edits rewrite the descriptor and its manifest line together\n");
         out
     }
@@ -270,6 +310,21 @@ impl Integrity {
             state: &'a State,
             done_bytes: u64,
             total_bytes: u64,
+            collisions: Vec<Collision<'a>>,
+            refusals: Vec<JsonRefusal>,
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Collision<'a> {
+            member: &'a str,
+            shown_as: String,
+        }
+        #[derive(Serialize)]
+        struct JsonRefusal {
+            #[serde(flatten)]
+            refusal: Refusal,
+            /// The time as RFC 3339 (UTC).
+            at: String,
         }
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         let j = Json {
@@ -277,6 +332,25 @@ impl Integrity {
             state: &state,
             done_bytes: self.done_bytes.load(Ordering::Relaxed),
             total_bytes: self.total_bytes.load(Ordering::Relaxed),
+            collisions: self
+                .notes
+                .escaped
+                .iter()
+                .map(|e| Collision {
+                    member: &e.name,
+                    shown_as: format!("/{}", e.shown),
+                })
+                .collect(),
+            refusals: self
+                .notes
+                .refusals
+                .list()
+                .into_iter()
+                .map(|r| JsonRefusal {
+                    at: utc_time(r.time),
+                    refusal: r,
+                })
+                .collect(),
         };
         serde_json::to_string_pretty(&j).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
             + "\n"
@@ -345,6 +419,27 @@ impl Backend for Integrity {
     }
 }
 
+/// `secs` since the epoch as an RFC 3339 UTC time (`2026-12-03T07:55:01Z`).
+fn utc_time(secs: u64) -> String {
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 /// Gives the calling thread the lowest normal scheduling priority (nice 19 on Linux).
 ///
 /// Background verification competes for the cores with the reads it runs beside (on two
@@ -360,5 +455,17 @@ fn lower_own_priority() {
     if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, policy)
     {
         log::debug!("cannot lower the priority of background verification: {e:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_time(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_time(1_796_283_301), "2026-12-03T07:35:01Z");
     }
 }

@@ -25,9 +25,9 @@ use crate::cache::UnitCache;
 use crate::commit::{self, Committer};
 use crate::editor::Editor;
 use crate::error::{Error, Result};
-use crate::fs::backend::Backend;
+use crate::fs::backend::{Backend, Refusals};
 use crate::fs::{FsOptions, OvaFs};
-use crate::integrity::{self, Integrity, VerifyMode};
+use crate::integrity::{self, Integrity, StatusNotes, VerifyMode};
 use crate::verify::Subject;
 
 /// Environment variable that tells a `__serve` daemon to report readiness on stdout.
@@ -174,13 +174,20 @@ pub(super) fn serve(
     let read_only = committer.is_none();
     let editor = Arc::new(Editor::new(&appliance.package, committer)?);
     let cache = Arc::new(UnitCache::new(config.cache_bytes));
-    let (tree, shown) = appliance.build_tree(&cache, &Editor::served_members(&appliance.package));
-    let integrity = Integrity::new(config.verify, &shown, strict_report);
+    let built = appliance.build_tree(&cache, &Editor::served_members(&appliance.package));
+    let refusals = Arc::new(Refusals::default());
+    let notes = StatusNotes {
+        escaped: built.escaped,
+        refusals: refusals.clone(),
+    };
+    let integrity = Integrity::new(config.verify, &built.disks, strict_report, notes);
+    let tree = built.tree;
     let fs_options = FsOptions {
         threads: config.threads,
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
         read_only,
+        refusals,
     };
     let backends: Vec<Arc<dyn Backend>> = vec![editor, integrity.clone()];
     let fs = OvaFs::new(tree, backends, &fs_options)

@@ -10,13 +10,21 @@
 //! and direct I/O, per-handle write buffers checked at every `write()` (so `echo banana >
 //! cpus` fails in the shell), persisted through the [`backend::Backend`] at `flush` (close),
 //! `fsync` and `release`, and when a scratch file is renamed over a setting (`sed -i`, vim).
+//! The last refused write of each file is kept in [`backend::Refusals`] for the status
+//! report. A live file is never more readable than the package file its content comes from
+//! ([`backend::Backend::mode_ceiling`]).
+//!
+//! Extended attributes: there are none. `getxattr` answers ENODATA and `listxattr` an empty
+//! list (instead of fuser's "not implemented" warning on every `ls -l`); setting one is
+//! refused with ENOTSUP.
+//!
 //! This is the only layer that knows errnos.
 
 pub mod backend;
 pub mod pool;
 pub mod tree;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -26,11 +34,11 @@ use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::error::{Error, ErrorKind, Result};
-use backend::{Backend, LiveKind};
+use backend::{Backend, LiveKind, Refusals};
 use pool::Pool;
 use tree::{Content, FileKind, Node, NodeKind, Tree};
 
@@ -101,6 +109,10 @@ pub struct OvaFs {
     backends: Vec<Arc<dyn Backend>>,
     /// Which backend serves each live path (rebuilt by `resync`).
     routes: RwLock<HashMap<String, usize>>,
+    /// Live files that hold a secret (rebuilt by `resync`): their refused values are not
+    /// shown.
+    secrets: RwLock<HashSet<String>>,
+    refusals: Arc<Refusals>,
     pool: Pool,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
@@ -119,6 +131,8 @@ pub struct FsOptions {
     pub gid: u32,
     /// Refuse every change.
     pub read_only: bool,
+    /// Where refused writes are kept for the status report.
+    pub refusals: Arc<Refusals>,
 }
 
 impl OvaFs {
@@ -133,6 +147,8 @@ impl OvaFs {
             tree: Arc::new(RwLock::new(tree)),
             backends,
             routes: RwLock::new(HashMap::new()),
+            secrets: RwLock::new(HashSet::new()),
+            refusals: opts.refusals.clone(),
             pool: Pool::new(opts.threads)?,
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -169,13 +185,21 @@ impl OvaFs {
         for (i, b) in self.backends.iter().enumerate() {
             for e in b.entries() {
                 routes.insert(e.path.clone(), i);
-                entries.push(e);
+                entries.push((e, i));
             }
         }
+        let secrets = entries
+            .iter()
+            .filter(|(e, _)| matches!(e.kind, LiveKind::File { secret: true, .. }))
+            .map(|(e, _)| e.path.clone())
+            .collect();
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
+        *self.secrets.write().unwrap_or_else(|p| p.into_inner()) = secrets;
         let mut tree = self.tree_mut();
-        let wanted: HashMap<&str, &LiveKind> =
-            entries.iter().map(|e| (e.path.as_str(), &e.kind)).collect();
+        let wanted: HashMap<&str, &LiveKind> = entries
+            .iter()
+            .map(|(e, _)| (e.path.as_str(), &e.kind))
+            .collect();
         for (path, ino) in tree.live_nodes() {
             if !wanted.contains_key(path.as_str()) {
                 tree.remove(ino);
@@ -187,7 +211,7 @@ impl OvaFs {
         } else {
             (0o755, 0o644)
         };
-        for e in &entries {
+        for (e, backend) in &entries {
             if tree.resolve(&e.path).is_some() {
                 continue;
             }
@@ -202,6 +226,12 @@ impl OvaFs {
                         (false, false) => 0o444,
                         (false, true) => 0o400,
                     };
+                    // Group and others never get more than the package file allows.
+                    let ceiling = self
+                        .backends
+                        .get(*backend)
+                        .map_or(0o777, |b| b.mode_ceiling(&e.path));
+                    let mode = (mode & 0o700) | (mode & ceiling & 0o077);
                     tree.add(
                         &e.path,
                         NodeKind::File(FileKind::Live(e.path.clone())),
@@ -371,7 +401,10 @@ impl OvaFs {
 
     fn store(&self, path: &str, data: &[u8]) -> Result<()> {
         let backend = self.writable_backend(path)?;
-        backend.store(path, data)?;
+        if let Err(e) = backend.store(path, data) {
+            self.note_refusal(path, data, &e);
+            return Err(e);
+        }
         self.resync();
         let ino = self.tree().resolve(path);
         if let Some(ino) = ino {
@@ -390,6 +423,25 @@ impl OvaFs {
             ))));
         }
         self.backend_for(path)
+    }
+
+    /// Keeps a refused write of `data` to `path` for the status report. The status files
+    /// are world-readable, so the value is hidden for a file that holds a secret or that
+    /// others may not read.
+    fn note_refusal(&self, path: &str, data: &[u8], e: &Error) {
+        let secret = self
+            .secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(path);
+        let private = {
+            let tree = self.tree();
+            tree.resolve(path)
+                .and_then(|ino| tree.get(ino))
+                .is_none_or(|n| n.mode & 0o004 == 0)
+        };
+        self.refusals
+            .record(path, data, secret || private, &e.to_string());
     }
 
     /// Logs a failed operation once and returns its errno.
@@ -1145,6 +1197,42 @@ impl Filesystem for OvaFs {
         }
     }
 
+    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        match self.tree().get(ino.0) {
+            Some(_) => reply.error(Errno::ENODATA),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.tree().get(ino.0) {
+            // No names: the list is empty (its size is 0 whether or not a buffer was given).
+            Some(_) if size == 0 => reply.size(0),
+            Some(_) => reply.data(&[]),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        match self.tree().get(ino.0) {
+            Some(_) => reply.error(Errno::ENODATA),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         match self.tree().get(ino.0) {
             None => reply.error(Errno::ENOENT),
@@ -1218,6 +1306,7 @@ impl OvaFs {
                 h.refused = Some(e.to_string());
                 h.dirty = false;
                 drop(handles);
+                self.note_refusal(path, &buf, &e);
                 Err(self.fail("write", path, &e))
             }
         }

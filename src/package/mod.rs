@@ -13,7 +13,9 @@
 //!
 //! Folder: the members are the descriptor, the files its References name and the `.mf` /
 //! `.cert` beside it. Hrefs must stay inside the descriptor's folder: absolute paths and
-//! `..` are refused by name, and symlinks are followed only when their target stays inside.
+//! `..` are refused by name, and every file is opened through the folder held open since the
+//! package was opened, never through a symbolic link ([`PackageDir`]). Members never show more
+//! permission bits than the file holding them allows ([`access_ceiling`]).
 //!
 //! Both: an href with a URL scheme (`http:`, `file:`, ...) is never fetched or opened; the
 //! File is reported as [`FileLocation::Remote`]. Every other href must resolve to a member
@@ -31,12 +33,15 @@
 
 mod folder;
 mod ova;
+pub mod reopen;
 mod resolve;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
 
 use std::fmt;
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,6 +53,8 @@ use crate::io::gzip::{GzipOptions, GzipProgress, GzipReader};
 use crate::ovf::Descriptor;
 
 pub use crate::io::Concat;
+pub use folder::PackageDir;
+pub use reopen::{Movable, Relocation};
 pub use resolve::has_url_scheme;
 
 /// Largest number of directory entries scanned when looking for chunks or the manifest of an
@@ -86,7 +93,9 @@ pub enum PackageError {
         /// The member name looked for.
         name: String,
     },
-    /// An href that resolves, through a symlink, outside the package folder.
+    /// An href that resolves, through a symlink, outside the package folder (no longer
+    /// produced: links are refused as [`PackageError::Symlink`]; kept for callers matching
+    /// on it).
     #[error("href {href:?} leads outside the package folder")]
     HrefEscapes {
         /// The href.
@@ -138,6 +147,15 @@ pub enum PackageError {
         /// The member name.
         member: String,
     },
+    /// A file of an unpacked package reached through a symbolic link: only the package's
+    /// own files are opened, never what a link points at.
+    #[error(
+        "{name:?} is a symbolic link (or lies under one): links in a package folder are not followed"
+    )]
+    Symlink {
+        /// The package-relative name.
+        name: String,
+    },
     /// A path of an unpacked package that is not UTF-8 (member names are strings).
     #[error("path {path:?} is not UTF-8")]
     PathNotUtf8 {
@@ -163,11 +181,14 @@ pub struct Member {
     pub name: String,
     /// Size in bytes.
     pub size: u64,
-    /// Permission bits.
+    /// Permission bits: the archive header's (or the file's), never more than the file
+    /// holding the member allows to the mount's users ([`access_ceiling`]: the OVA's own
+    /// for an archive member, the member file's in a folder).
     pub mode: u32,
     /// Modification time, seconds since the epoch.
     pub mtime: u64,
-    /// The bytes: a [`crate::io::Window`] onto the archive, or a [`crate::io::FileSource`].
+    /// The bytes: a [`Movable`] over a [`crate::io::Window`] onto the archive, or over a
+    /// [`crate::io::FileSource`] (re-pointed by [`Relocation::reopen`] after a rewrite).
     pub data: Arc<dyn ReadAt>,
     /// Regular file or directory (other tar entries are not members).
     pub kind: MemberKind,
@@ -179,20 +200,55 @@ impl Member {
     /// The member of an archive `src` that tar entry `entry` describes (its data a window
     /// onto the archive); fails when the entry's data lies outside the archive.
     pub fn from_tar(entry: &crate::archive::TarMember, src: &Arc<dyn ReadAt>) -> Result<Self> {
+        Self::from_tar_in(entry, src, 0o7777, &Relocation::none())
+    }
+
+    /// [`Member::from_tar`] for the archive of a package: the mode is never more than
+    /// `ceiling` (what the archive file allows, [`access_ceiling`]), and the data is followed
+    /// by `relocation` into a rewritten archive.
+    pub(crate) fn from_tar_in(
+        entry: &crate::archive::TarMember,
+        src: &Arc<dyn ReadAt>,
+        ceiling: u32,
+        relocation: &Relocation,
+    ) -> Result<Self> {
+        let window = crate::io::Window::new(src.clone(), entry.data_offset, entry.size)?;
+        let data = Arc::new(Movable::new(Arc::new(window)));
+        if entry.kind == MemberKind::Regular {
+            relocation.track(&entry.name, entry.size, data.clone());
+        }
         Ok(Member {
             name: entry.name.clone(),
             size: entry.size,
-            mode: entry.mode,
+            mode: entry.mode & (ceiling | !0o777),
             mtime: entry.mtime,
-            data: Arc::new(crate::io::Window::new(
-                src.clone(),
-                entry.data_offset,
-                entry.size,
-            )?),
+            data,
             kind: entry.kind,
             data_offset: Some(entry.data_offset),
         })
     }
+}
+
+/// The permission bits that a file with metadata `meta` allows to the users of a mount
+/// made by this process (whose nodes are owned by its effective uid and gid): the file's
+/// owner bits (the mount's owner opened it), its group bits for the mount's group when the
+/// file has that group (else what both its group and others may do), and its other bits.
+/// Set-id and sticky bits are never carried over.
+pub fn access_ceiling(meta: &Metadata) -> u32 {
+    let mode = meta.mode() & 0o777;
+    let other = mode & 0o007;
+    let file_group = (mode >> 3) & 0o7;
+    let group = if meta.gid() == nix::unistd::getegid().as_raw() {
+        file_group
+    } else {
+        file_group & other
+    };
+    let owner = if meta.uid() == nix::unistd::geteuid().as_raw() {
+        (mode >> 6) & 0o7
+    } else {
+        0o7
+    };
+    (owner << 6) | (group << 3) | other
 }
 
 impl fmt::Debug for Member {
@@ -325,6 +381,11 @@ pub struct Package {
     pub tar_index: Option<TarIndex>,
     /// Things worth telling the user that did not stop the open (also logged).
     pub warnings: Vec<String>,
+    /// Follows the members into the new file after a commit replaced it.
+    pub relocation: Arc<Relocation>,
+    /// The folder of an unpacked package, held open since the package was opened: every
+    /// later lookup of a file in it goes through this (see [`Package::open_in_package`]).
+    pub dir: Option<Arc<PackageDir>>,
 }
 
 impl fmt::Debug for Package {
@@ -352,6 +413,17 @@ impl Package {
     /// The descriptor member.
     pub fn descriptor_file(&self) -> Option<&Member> {
         self.members.get(self.descriptor_member)
+    }
+
+    /// Opens the file `name` (package-relative, normalised) of a folder package that is not
+    /// one of its members (an extent or a parent image another file names), through the
+    /// folder held open since the package was opened, never through a link; `None` when
+    /// there is no such regular file, and always for an OVA (whose files are its members).
+    pub fn open_in_package(&self, name: &str) -> Result<Option<Member>> {
+        match &self.dir {
+            Some(dir) => dir.open_member(name),
+            None => Ok(None),
+        }
     }
 }
 

@@ -2,21 +2,35 @@
 //! Files (formats.md §1.1, §1.4, §1.7).
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::resolve::{self, MemberSource, chunk_index_of};
-use super::{Member, Package, PackageError, SourceKind};
+use super::{Member, Movable, Package, PackageError, Relocation, SourceKind, access_ceiling};
 use crate::archive::names::{file_name, parent};
 use crate::archive::{self, MemberKind};
 use crate::error::{Result, ResultExt};
 use crate::io::{FileSource, ReadAt, read_vec_at};
 use crate::ovf::{self, MAX_DESCRIPTOR_BYTES, OvfError};
 
-/// Opens the OVA at `path`.
+/// Opens the OVA at `path`. Its members are never more readable than the OVA file itself
+/// ([`access_ceiling`]), and they follow the file into its replacement after a rewrite
+/// ([`Relocation`]).
 pub(super) fn open(path: &Path) -> Result<Package> {
-    let src: Arc<dyn ReadAt> = Arc::new(FileSource::open(path)?);
-    open_source(src, path)
+    let file = std::fs::File::open(path)
+        .map_err(|e| crate::error::Error::io(format!("cannot open {}", path.display()), e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| crate::error::Error::io(format!("cannot stat {}", path.display()), e))?;
+    let src: Arc<dyn ReadAt> = Arc::new(FileSource::from_file(file, path)?);
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    open_with(src, path, access_ceiling(&meta), real, Some(meta.uid()))
+}
+
+/// Opens an OVA held in `src`.
+pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> {
+    open_with(src, path, 0o777, path.to_path_buf(), None)
 }
 
 /// Whole-archive compression, recognised by magic bytes.
@@ -43,8 +57,15 @@ fn compression(head: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// Opens an OVA held in `src`.
-pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> {
+/// Opens an OVA held in `src`, whose file allows `ceiling`, sits at `real_path` and is
+/// owned by `owner`.
+fn open_with(
+    src: Arc<dyn ReadAt>,
+    path: &Path,
+    ceiling: u32,
+    real_path: std::path::PathBuf,
+    owner: Option<u32>,
+) -> Result<Package> {
     let shown = path.display().to_string();
     let mut head = [0u8; 10];
     let n = src.read_at(0, &mut head)?;
@@ -60,6 +81,14 @@ pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> 
         }
     };
     let index = archive::index(&*src).with_context(|| shown.clone())?;
+    // A compressed archive is never rewritten (the mount is read-only): nothing to follow.
+    let archive = Arc::new(Movable::new(src.clone()));
+    let relocation = Relocation::new(
+        real_path,
+        SourceKind::Ova,
+        archive_compression.is_none().then(|| archive.clone()),
+        owner,
+    );
     let mut warnings = Vec::new();
     for s in &index.skipped {
         warnings.push(format!("member {:?} skipped: {}", s.raw_name, s.problem));
@@ -81,7 +110,7 @@ pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> 
             );
             continue;
         }
-        members.push(Member::from_tar(m, &src)?);
+        members.push(Member::from_tar_in(m, &src, ceiling, &relocation)?);
     }
 
     let is_ovf = |m: &Member| {
@@ -154,6 +183,12 @@ pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> 
     let files = resolve::resolve_files(&descriptor, &folder, &mut source, &mut warnings)
         .with_context(|| shown.clone())?;
     let disks = resolve::resolve_disks(&descriptor, &files);
+    let rewritten: Vec<&str> = [Some(descriptor_member), manifest_member, certificate_member]
+        .into_iter()
+        .flatten()
+        .filter_map(|i| source.members.get(i).map(|m| m.name.as_str()))
+        .collect();
+    relocation.keep(&rewritten);
     Ok(Package {
         path: path.to_path_buf(),
         kind: SourceKind::Ova,
@@ -164,10 +199,12 @@ pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> 
         descriptor,
         files,
         disks,
-        archive: Some(src),
+        archive: Some(archive),
         archive_compression,
         tar_index: Some(index),
         warnings,
+        relocation: Arc::new(relocation),
+        dir: None,
     })
 }
 

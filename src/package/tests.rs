@@ -681,40 +681,68 @@ fn folder_exact_case_sibling_is_preferred() {
 }
 
 #[test]
-fn folder_symlinks_inside_are_followed_outside_refused() {
+fn folder_symlinks_are_never_followed_inside_or_out() {
     let t = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
     let dir = t.path();
     write(dir, "real/disk.vmdk", b"inside");
     write(outside.path(), "secret", b"secret");
+    write(outside.path(), "sub/disk.vmdk", b"secret");
     std::os::unix::fs::symlink("real/disk.vmdk", dir.join("link.vmdk")).unwrap();
     std::os::unix::fs::symlink(outside.path().join("secret"), dir.join("escape.vmdk")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/x", dir.join("dangling.vmdk")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("sub"), dir.join("sub")).unwrap();
 
     write(
         dir,
         "ok.ovf",
-        descriptor(&file("f", "link.vmdk", ""), &disk("d", "f")).as_bytes(),
+        descriptor(&file("f", "real/disk.vmdk", ""), &disk("d", "f")).as_bytes(),
     );
     let p = open(&dir.join("ok.ovf")).unwrap();
     assert_eq!(read_all(&**p.disks[0].data.as_ref().unwrap()), b"inside");
-    assert_eq!(p.members[1].name, "link.vmdk");
+    assert_eq!(p.members[1].name, "real/disk.vmdk");
 
-    write(
-        dir,
-        "bad.ovf",
-        descriptor(&file("f", "escape.vmdk", ""), "").as_bytes(),
-    );
-    let e = open(&dir.join("bad.ovf")).unwrap_err();
-    assert!(matches!(pkg_err(&e), PackageError::HrefEscapes { href } if href == "escape.vmdk"));
+    for (ovf, href) in [
+        ("in.ovf", "link.vmdk"),
+        ("bad.ovf", "escape.vmdk"),
+        ("dang.ovf", "dangling.vmdk"),
+        ("sub.ovf", "sub/disk.vmdk"),
+    ] {
+        write(dir, ovf, descriptor(&file("f", href, ""), "").as_bytes());
+        let e = open(&dir.join(ovf)).unwrap_err();
+        assert!(
+            matches!(pkg_err(&e), PackageError::Symlink { .. }),
+            "{href}: {e}"
+        );
+    }
+    // Lookups after the open go through the same rule.
+    assert!(p.open_in_package("link.vmdk").is_err());
+    assert!(p.open_in_package("sub/disk.vmdk").is_err());
+    assert!(p.open_in_package("missing.vmdk").unwrap().is_none());
+    let m = p.open_in_package("real/disk.vmdk").unwrap().unwrap();
+    assert_eq!(read_all(&*m.data), b"inside");
+}
 
+#[test]
+fn folder_files_are_opened_through_the_folder_held_at_open() {
+    let t = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let dir = t.path().join("pkg");
     write(
-        dir,
-        "dang.ovf",
-        descriptor(&file("f", "dangling.vmdk", ""), "").as_bytes(),
+        &dir,
+        "vm.ovf",
+        descriptor(&file("f", "d.vmdk", ""), &disk("d", "f")).as_bytes(),
     );
-    let e = open(&dir.join("dang.ovf")).unwrap_err();
-    assert!(matches!(pkg_err(&e), PackageError::HrefNotFound { .. }));
+    write(&dir, "d.vmdk", b"mine");
+    write(&dir, "extent.vmdk", b"extent");
+    write(other.path(), "extent.vmdk", b"forged");
+    let p = open(&dir.join("vm.ovf")).unwrap();
+    // The package folder is swapped for a link to another folder after the open.
+    std::fs::rename(&dir, t.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(other.path(), &dir).unwrap();
+    let m = p.open_in_package("extent.vmdk").unwrap().unwrap();
+    assert_eq!(read_all(&*m.data), b"extent");
+    assert_eq!(read_all(&**p.disks[0].data.as_ref().unwrap()), b"mine");
 }
 
 #[test]
@@ -899,4 +927,36 @@ fn mutated_archives_never_panic() {
         }
         let _ = open_bytes(bytes);
     }
+}
+
+#[test]
+fn access_ceiling_never_gives_more_than_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let f = t.path().join("f");
+    std::fs::write(&f, b"x").unwrap();
+    let me = (nix::unistd::geteuid(), nix::unistd::getegid());
+    let other = (
+        nix::unistd::Uid::from_raw(65534),
+        nix::unistd::Gid::from_raw(65534),
+    );
+    let ceiling = |mode: u32, uid, gid| {
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+        nix::unistd::chown(&f, Some(uid), Some(gid)).unwrap();
+        access_ceiling(&std::fs::metadata(&f).unwrap())
+    };
+    // Our own file: its bits, without set-id or sticky bits.
+    assert_eq!(ceiling(0o640, me.0, me.1), 0o640);
+    assert_eq!(ceiling(0o4755, me.0, me.1), 0o755);
+    assert_eq!(ceiling(0o600, me.0, me.1), 0o600);
+    assert!(
+        me.0.is_root(),
+        "chown to another user needs root: run the tests as root"
+    );
+    // Another group: the mount's group gets what both that group and others may.
+    assert_eq!(ceiling(0o654, me.0, other.1), 0o644);
+    assert_eq!(ceiling(0o640, me.0, other.1), 0o600);
+    // Another owner: the owner bits do not limit the mount's owner (it opened the file).
+    assert_eq!(ceiling(0o044, other.0, me.1), 0o744);
+    assert_eq!(ceiling(0o600, other.0, other.1), 0o700);
 }

@@ -381,6 +381,16 @@ fn all_fixtures() -> Vec<(&'static str, String)> {
 }
 
 #[test]
+fn tree_stays_inside_its_top_level_names() {
+    for (what, xml) in all_fixtures() {
+        for e in tree(&parse(&xml)) {
+            let top = e.path.split('/').next().unwrap_or("");
+            assert!(TOP_LEVEL_NAMES.contains(&top), "{what}: {}", e.path);
+        }
+    }
+}
+
+#[test]
 fn tree_lists_the_issue_paths() {
     let d = parse(V1);
     let t = tree(&d);
