@@ -15,7 +15,7 @@
 //! as its parent instead. A parent that cannot be found is an error naming it: a delta read
 //! without its parent would show zeros where the parent's data belongs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -26,11 +26,12 @@ use crate::archive::MemberKind;
 use crate::archive::names::{self, join};
 use crate::cache::UnitCache;
 use crate::disk::engine::FlatDisk;
-use crate::disk::{self, DiskError, DiskImage, OpenContext};
+use crate::disk::{self, DiskError, DiskImage, OpenContext, SharedImages};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fs::tree::{Content, Tree};
 use crate::io::{FileSource, ReadAt};
-use crate::package::{self, FileLocation, Package, PackageDisk, SourceKind};
+use crate::ovf::DiskDef;
+use crate::package::{self, FileLocation, Limits, Package, PackageDisk, SourceKind};
 
 /// Longest chain of parent images below a disk (qemu has no fixed limit; real chains of
 /// snapshots are a handful deep).
@@ -115,7 +116,13 @@ impl Appliance {
     /// Opens the package at `path` and every disk image in it (metadata only). A broken disk
     /// fails the whole open.
     pub fn open(path: &Path) -> Result<Self> {
-        let (package, statuses, source_mtime) = Self::open_each(path)?;
+        Self::open_in(path, &Limits::default())
+    }
+
+    /// [`Appliance::open`] within `limits`: every table of every disk, and the indexing
+    /// of compressed data, counted against one budget for the whole package.
+    pub fn open_in(path: &Path, limits: &Limits) -> Result<Self> {
+        let (package, statuses, source_mtime) = Self::open_each_in(path, limits)?;
         let mut disks = Vec::new();
         for status in statuses {
             match status {
@@ -136,16 +143,25 @@ impl Appliance {
     /// Opens the package and reports on each disk without failing on broken ones (for
     /// `ovafs info`).
     pub fn open_each(path: &Path) -> Result<(Package, Vec<DiskStatus>, SystemTime)> {
+        Self::open_each_in(path, &Limits::default())
+    }
+
+    /// [`Appliance::open_each`] within `limits` (see [`Appliance::open_in`]).
+    pub fn open_each_in(
+        path: &Path,
+        limits: &Limits,
+    ) -> Result<(Package, Vec<DiskStatus>, SystemTime)> {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         // Package errors already name the source.
-        let package = package::open(path)?;
+        let package = package::open_in(path, limits)?;
         let source_mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-        let files = PackageFiles::new(&package);
+        let files = PackageFiles::with_limits(&package, limits.clone());
+        let defs = disk_defs(&package);
         let statuses: Vec<DiskStatus> = package
             .disks
             .iter()
-            .map(|d| open_disk(path, &package, &files, d, source_mtime))
+            .map(|d| open_disk(path, &package, &files, &defs, d, source_mtime))
             .collect();
         let statuses = link_ovf_parents(path, &package, statuses);
         Ok((package, statuses, source_mtime))
@@ -209,6 +225,7 @@ fn open_disk(
     path: &Path,
     package: &Package,
     files: &PackageFiles<'_>,
+    defs: &HashMap<&str, &DiskDef>,
     d: &PackageDisk,
     source_mtime: SystemTime,
 ) -> DiskStatus {
@@ -223,7 +240,7 @@ fn open_disk(
         return DiskStatus::NotShown { disk_id, reason };
     };
     // gzip-compressed Files (ovf:compression="gzip") are read through a GzipReader.
-    let image_data = match package::decode(&d.encoding, data.clone(), &href) {
+    let image_data = match package::decode(&d.encoding, data.clone(), &href, &files.limits) {
         Ok(Some(decoded)) => decoded,
         Ok(None) => {
             let reason = format!(
@@ -237,10 +254,12 @@ fn open_disk(
             return DiskStatus::Broken { disk_id, error };
         }
     };
-    let def = package.descriptor.disk(&d.disk_id);
+    let def = defs.get(d.disk_id.as_str()).copied();
     let ovf_delta = def.is_some_and(|x| x.parent_ref.is_some());
     let (name, folder) = disk_location(package, d, &href);
-    let opened = open_image(files, &folder, &name, image_data).and_then(|image| {
+    // A decoded (gunzipped) image is not the file's bytes: it is not shared by name.
+    let shared_as = (d.encoding == package::Encoding::Identity).then_some(name.as_str());
+    let opened = open_image(files, &folder, shared_as, &name, image_data).and_then(|image| {
         let parents = if ovf_delta {
             Vec::new()
         } else {
@@ -315,17 +334,23 @@ fn disk_location(package: &Package, d: &PackageDisk, href: &str) -> (String, Str
 }
 
 /// Opens `data` (the file `name`) as a disk image whose extents are found in `folder`.
+/// When `shared_as` names the file, the image is opened once per package and shared by
+/// every disk and chain that names that file.
 fn open_image(
     files: &PackageFiles<'_>,
     folder: &str,
+    shared_as: Option<&str>,
     name: &str,
     data: Arc<dyn ReadAt>,
 ) -> Result<Arc<dyn DiskImage>> {
-    let resolver = |n: &str| files.lookup(folder, n).map(|(_, d)| d);
-    let ctx = OpenContext {
-        resolver: &resolver,
+    let resolver = |n: &str| files.lookup_shared(folder, n);
+    let ctx = OpenContext::new(&resolver, &files.limits.metadata, &files.shared);
+    let open = || disk::open_with(data, &ctx);
+    let opened = match shared_as {
+        Some(key) => files.shared.image(key, open),
+        None => open(),
     };
-    disk::open_with(data, &ctx).map_err(|e| {
+    opened.map_err(|e| {
         if name.is_empty() {
             e
         } else {
@@ -334,15 +359,30 @@ fn open_image(
     })
 }
 
+/// The Disk definitions of the descriptor by diskId (the first of each id, as
+/// `Descriptor::disk` finds it), for lookups in constant time.
+fn disk_defs(package: &Package) -> HashMap<&str, &DiskDef> {
+    let mut defs = HashMap::with_capacity(package.descriptor.disks.len());
+    for d in &package.descriptor.disks {
+        defs.entry(d.disk_id.value.as_str()).or_insert(d);
+    }
+    defs
+}
+
 /// Gives every OVF delta disk (`ovf:parentRef`) the flat image of the Disk it references as
 /// its parent: the referenced disk's image and its own chain. A delta whose parent disk is
 /// broken is broken; one whose parent is not shown (remote, undecoded) is not shown either;
 /// a blank parent disk (no file) reads as zeros, so the delta keeps no parent.
 fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -> Vec<DiskStatus> {
+    let defs = disk_defs(package);
+    let mut index_of: HashMap<&str, usize> = HashMap::with_capacity(package.disks.len());
+    for (i, d) in package.disks.iter().enumerate() {
+        index_of.entry(d.disk_id.as_str()).or_insert(i);
+    }
     let parent_of = |i: usize| -> Option<usize> {
-        let id = &package.disks.get(i)?.disk_id;
-        let pref = package.descriptor.disk(id)?.parent_ref.as_ref()?;
-        package.disks.iter().position(|d| d.disk_id == pref.value)
+        let id = package.disks.get(i)?.disk_id.as_str();
+        let pref = defs.get(id)?.parent_ref.as_ref()?;
+        index_of.get(pref.value.as_str()).copied()
     };
     // The chain below disk i, or why there is none.
     enum Below {
@@ -452,16 +492,62 @@ pub struct PackageFiles<'a> {
     package: &'a Package,
     /// The canonical folder of a folder package's descriptor.
     root: Option<PathBuf>,
+    /// The budgets of this opening.
+    limits: Limits,
+    /// Images and extents opened so far, shared by name.
+    shared: SharedImages,
+    /// Files looked up so far, by package-relative name asked for: each is opened once.
+    found: std::sync::Mutex<HashMap<String, Option<(String, Arc<dyn ReadAt>)>>>,
+    /// Regular members by exact name (the first of each name).
+    by_name: HashMap<&'a str, usize>,
+    /// Regular members by ASCII-lowercased name; `None` when two differ only by case.
+    by_folded_name: HashMap<String, Option<usize>>,
 }
 
 impl<'a> PackageFiles<'a> {
-    /// The files of `package`.
+    /// The files of `package`, within the default budgets.
     pub fn new(package: &'a Package) -> Self {
+        Self::with_limits(package, Limits::default())
+    }
+
+    /// The files of `package`; their tables count against `limits`.
+    pub fn with_limits(package: &'a Package, limits: Limits) -> Self {
         let root = (package.kind == SourceKind::Folder)
             .then(|| std::fs::canonicalize(&package.path).ok())
             .flatten()
             .and_then(|p| p.parent().map(Path::to_path_buf));
-        PackageFiles { package, root }
+        let mut by_name = HashMap::new();
+        let mut by_folded_name: HashMap<String, Option<usize>> = HashMap::new();
+        for (i, m) in package.members.iter().enumerate() {
+            if m.kind != MemberKind::Regular {
+                continue;
+            }
+            by_name.entry(m.name.as_str()).or_insert(i);
+            by_folded_name
+                .entry(m.name.to_ascii_lowercase())
+                .and_modify(|e| *e = None)
+                .or_insert(Some(i));
+        }
+        PackageFiles {
+            package,
+            root,
+            limits,
+            shared: SharedImages::new(),
+            found: std::sync::Mutex::new(HashMap::new()),
+            by_name,
+            by_folded_name,
+        }
+    }
+
+    /// [`PackageFiles::lookup`], remembered: a name asked for again (the same extent on
+    /// thousands of descriptor lines) is neither searched nor opened again.
+    pub fn lookup_shared(&self, folder: &str, name: &str) -> Option<(String, Arc<dyn ReadAt>)> {
+        let key = join(folder, &names::normalize_str(name).ok()?);
+        let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        found
+            .entry(key)
+            .or_insert_with(|| self.lookup(folder, name))
+            .clone()
     }
 
     /// The package-relative name and bytes of the file `name` seen from `folder`.
@@ -469,15 +555,12 @@ impl<'a> PackageFiles<'a> {
         let rel = names::normalize_str(name).ok()?;
         let full = join(folder, &rel);
         let members = &self.package.members;
-        let regular = |m: &&package::Member| m.kind == MemberKind::Regular;
-        if let Some(m) = members.iter().filter(regular).find(|m| m.name == full) {
-            return Some((m.name.clone(), m.data.clone()));
-        }
-        let mut folded = members
-            .iter()
-            .filter(regular)
-            .filter(|m| m.name.eq_ignore_ascii_case(&full));
-        if let (Some(m), None) = (folded.next(), folded.next()) {
+        let found = self
+            .by_name
+            .get(full.as_str())
+            .or_else(|| self.by_folded_name.get(&full.to_ascii_lowercase())?.as_ref())
+            .and_then(|&i| members.get(i));
+        if let Some(m) = found {
             return Some((m.name.clone(), m.data.clone()));
         }
         let root = self.root.as_ref()?;
@@ -511,7 +594,9 @@ impl<'a> PackageFiles<'a> {
                 .into());
             }
             let candidates = pref.candidates();
-            let Some((pname, data)) = candidates.iter().find_map(|c| self.lookup(&folder, c))
+            let Some((pname, data)) = candidates
+                .iter()
+                .find_map(|c| self.lookup_shared(&folder, c))
             else {
                 return Err(DiskError::ParentNotFound {
                     image: chain.last().map_or(name, |l| l.name.as_str()).to_string(),
@@ -528,7 +613,7 @@ impl<'a> PackageFiles<'a> {
                 .into());
             }
             let pfolder = names::parent(&pname).to_string();
-            let parent = open_image(self, &pfolder, &pname, data)?;
+            let parent = open_image(self, &pfolder, Some(&pname), &pname, data)?;
             if let Some(f) = &pref.format
                 && !f.eq_ignore_ascii_case(parent.format().family())
                 && !(f.eq_ignore_ascii_case("vpc") && parent.format().family() == "vhd")

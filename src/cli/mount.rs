@@ -42,6 +42,8 @@ pub fn run(mut config: MountConfig) -> Result<i32> {
         .map_err(|e| Error::io(format!("cannot resolve {}", config.source.display()), e))?;
     config.mountpoint = std::path::absolute(&config.mountpoint)
         .map_err(|e| Error::io(format!("cannot resolve {}", config.mountpoint.display()), e))?;
+    // A FIFO, device or directory is refused here, at once, before a daemon starts.
+    crate::io::open_regular_file(&config.source)?;
     if config.foreground {
         crate::logging::init_stderr(config.debug);
         serve(&config, |read_only| {
@@ -152,8 +154,8 @@ pub(super) fn serve(
     hold_mountpoint_lock_until_exit(&config.mountpoint)?;
 
     // An interrupted commit is completed (or discarded) before anything reads the package.
-    std::fs::metadata(&config.source)
-        .map_err(|e| Error::io(format!("cannot open {}", config.source.display()), e))?;
+    // Not a FIFO (which would hang whoever opens it), a device or a directory.
+    crate::io::open_regular_file(&config.source)?;
     let recovery = commit::recover(&config.source)?;
     if !recovery.is_clean() {
         log::warn!(
@@ -161,7 +163,7 @@ pub(super) fn serve(
             config.source.display()
         );
     }
-    let appliance = Appliance::open(&config.source)?;
+    let appliance = Appliance::open_in(&config.source, &config.limits())?;
     // verify=strict: nothing is served until everything checks out.
     let strict_report = match config.verify {
         VerifyMode::Strict => Some(integrity::verify_strict(&Subject::from_package(

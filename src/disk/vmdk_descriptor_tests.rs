@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::disk::SharedImages;
+use crate::io::budget::Budget;
 use crate::disk::testutil::{check_tiling, disk_err, flat, noise};
 use crate::disk::vmdk_writer::{StreamWriterOptions, write_stream_optimized};
 
@@ -24,10 +26,10 @@ impl Files {
     }
 
     fn open(&self, text: &str) -> Result<DescriptorVmdk> {
-        let resolver = |n: &str| self.0.get(n).cloned();
-        let ctx = OpenContext {
-            resolver: &resolver,
-        };
+        let resolver = |n: &str| self.0.get(n).map(|d| (n.to_string(), d.clone()));
+        let budget = Budget::default_metadata();
+        let shared = SharedImages::new();
+        let ctx = OpenContext::new(&resolver, &budget, &shared);
         DescriptorVmdk::open(&text.as_bytes().to_vec(), &ctx)
     }
 }
@@ -206,9 +208,9 @@ fn extent_rules() {
     );
     let big = vec![b'#'; MAX_DESCRIPTOR_BYTES as usize + 1];
     let resolver = |_: &str| None;
-    let ctx = OpenContext {
-        resolver: &resolver,
-    };
+    let budget = Budget::default_metadata();
+    let shared = SharedImages::new();
+    let ctx = OpenContext::new(&resolver, &budget, &shared);
     assert_eq!(
         d_err(DescriptorVmdk::open(&big, &ctx)),
         DescriptorError::TooLarge {
@@ -253,10 +255,10 @@ fn descriptor_wrapper_in_a_sparse_header_is_read_like_a_descriptor_file() {
     bytes.resize(3 * 512, 0);
     let data = noise(4096, 8);
     let files = Files::new(&[("w-flat.vmdk", data.clone())]);
-    let resolver = |n: &str| files.0.get(n).cloned();
-    let ctx = OpenContext {
-        resolver: &resolver,
-    };
+    let resolver = |n: &str| files.0.get(n).map(|d| (n.to_string(), d.clone()));
+    let budget = Budget::default_metadata();
+    let shared = SharedImages::new();
+    let ctx = OpenContext::new(&resolver, &budget, &shared);
     let img = crate::disk::open_with(Arc::new(bytes.clone()), &ctx).unwrap();
     assert_eq!(img.format(), DiskFormat::VmdkMonolithicFlat);
     assert_eq!(flat(&*img), data);

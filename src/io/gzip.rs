@@ -82,6 +82,7 @@ use miniz_oxide::inflate::core::inflate_flags::{
 };
 use miniz_oxide::inflate::core::{BlockBoundaryState, DecompressorOxide, decompress};
 
+use super::budget::Budget;
 use super::{ReadAt, clamp_len};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -305,6 +306,11 @@ pub struct GzipOptions {
     pub min_spacing_bytes: u64,
     /// Called while the index is built.
     pub progress: Option<ProgressFn>,
+    /// Counts the bytes the index pass inflates (shared by every stream of one opening, so
+    /// nested and repeated streams add up); the pass stops with a clear error past it.
+    pub inflate_budget: Option<Arc<Budget>>,
+    /// Counts the memory of the index (checkpoints and their windows).
+    pub metadata_budget: Option<Arc<Budget>>,
 }
 
 impl Default for GzipOptions {
@@ -314,6 +320,8 @@ impl Default for GzipOptions {
             max_index_bytes: DEFAULT_MAX_INDEX_BYTES,
             min_spacing_bytes: DEFAULT_MIN_SPACING_BYTES,
             progress: None,
+            inflate_budget: None,
+            metadata_budget: None,
         }
     }
 }
@@ -325,6 +333,8 @@ impl fmt::Debug for GzipOptions {
             .field("max_index_bytes", &self.max_index_bytes)
             .field("min_spacing_bytes", &self.min_spacing_bytes)
             .field("progress", &self.progress.is_some())
+            .field("inflate_budget", &self.inflate_budget)
+            .field("metadata_budget", &self.metadata_budget)
             .finish()
     }
 }
@@ -807,7 +817,10 @@ fn build_index(src: &dyn ReadAt, opts: &GzipOptions) -> Result<(Index, u64)> {
     let mut packer = WindowPacker::new()?;
     let mut next_progress = PROGRESS_STEP_BYTES;
     let total_in = src.len();
+    let mut charged = Charged::default();
+    let result = (|| -> Result<()> {
     loop {
+        charged.inflate(opts, cur.out)?;
         let event = cur.step(src)?;
         if cur.out > opts.max_output_bytes {
             return Err(ErrorKind::LimitExceeded {
@@ -833,6 +846,8 @@ fn build_index(src: &dyn ReadAt, opts: &GzipOptions) -> Result<(Index, u64)> {
             _ => None,
         };
         if let Some(resume) = resume {
+            // Counted before it is stored: a checkpoint is at most a window and a decoder.
+            charged.index(opts, index.bytes.saturating_add(CHECKPOINT_MAX_BYTES))?;
             let cp = checkpoint(&cur, resume, &mut packer);
             index.bytes = index.bytes.saturating_add(cp.bytes());
             index.checkpoints.push(cp);
@@ -854,6 +869,13 @@ fn build_index(src: &dyn ReadAt, opts: &GzipOptions) -> Result<(Index, u64)> {
             next_progress = cur.input.saturating_add(PROGRESS_STEP_BYTES);
         }
     }
+    Ok(())
+    })();
+    if let Err(e) = result {
+        charged.release_index(opts);
+        return Err(e);
+    }
+    charged.settle_index(opts, index.bytes);
     if let Some(progress) = &opts.progress {
         progress(&GzipProgress {
             compressed_done: total_in,
@@ -862,6 +884,65 @@ fn build_index(src: &dyn ReadAt, opts: &GzipOptions) -> Result<(Index, u64)> {
         });
     }
     Ok((index, cur.out))
+}
+
+/// Largest memory one checkpoint takes: a raw window and a whole decoder state.
+const CHECKPOINT_MAX_BYTES: u64 = (WINDOW_BYTES + 16 * 1024) as u64;
+
+/// Inflated bytes counted against the budget at a time (one atomic operation per MiB).
+const INFLATE_CHARGE_STEP: u64 = 1 << 20;
+
+/// What one index pass has counted against its budgets.
+#[derive(Default)]
+struct Charged {
+    /// Decompressed bytes counted (ahead of the output by up to one step).
+    inflated: u64,
+    /// Index bytes counted.
+    index: u64,
+}
+
+impl Charged {
+    /// Counts output up to `out` plus one step ahead, before that step is inflated.
+    fn inflate(&mut self, opts: &GzipOptions, out: u64) -> Result<()> {
+        let Some(b) = &opts.inflate_budget else {
+            return Ok(());
+        };
+        if out < self.inflated {
+            return Ok(());
+        }
+        // One call of the inflater produces at most OUT_CHUNK_BYTES.
+        let target = out.saturating_add(INFLATE_CHARGE_STEP.max(OUT_CHUNK_BYTES as u64));
+        b.charge("gzip data indexed at open", target - self.inflated)?;
+        self.inflated = target;
+        Ok(())
+    }
+
+    /// Counts the index growing to `bytes`.
+    fn index(&mut self, opts: &GzipOptions, bytes: u64) -> Result<()> {
+        let Some(b) = &opts.metadata_budget else {
+            return Ok(());
+        };
+        if bytes > self.index {
+            b.charge("gzip index", bytes - self.index)?;
+            self.index = bytes;
+        }
+        Ok(())
+    }
+
+    /// Gives back what the index counted beyond its final size (checkpoints dropped).
+    fn settle_index(&mut self, opts: &GzipOptions, bytes: u64) {
+        if let Some(b) = &opts.metadata_budget
+            && self.index > bytes
+        {
+            b.release(self.index - bytes);
+            self.index = bytes;
+        }
+    }
+
+    /// Gives back the index of a pass that failed (nothing of it is kept).
+    fn release_index(&mut self, opts: &GzipOptions) {
+        self.settle_index(opts, 0);
+    }
 }
 
 /// Stores checkpoint windows: raw while the index is small, deflated (level 1) once it has

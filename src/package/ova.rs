@@ -10,13 +10,14 @@ use super::{Member, Package, PackageError, SourceKind};
 use crate::archive::names::{file_name, parent};
 use crate::archive::{self, MemberKind};
 use crate::error::{Result, ResultExt};
+use crate::io::budget::Limits;
 use crate::io::{FileSource, ReadAt, read_vec_at};
 use crate::ovf::{self, MAX_DESCRIPTOR_BYTES, OvfError};
 
 /// Opens the OVA at `path`.
-pub(super) fn open(path: &Path) -> Result<Package> {
+pub(super) fn open(path: &Path, limits: &Limits) -> Result<Package> {
     let src: Arc<dyn ReadAt> = Arc::new(FileSource::open(path)?);
-    open_source(src, path)
+    open_source(src, path, limits)
 }
 
 /// Whole-archive compression, recognised by magic bytes.
@@ -44,14 +45,14 @@ fn compression(head: &[u8]) -> Option<&'static str> {
 }
 
 /// Opens an OVA held in `src`.
-pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> {
+pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path, limits: &Limits) -> Result<Package> {
     let shown = path.display().to_string();
     let mut head = [0u8; 10];
     let n = src.read_at(0, &mut head)?;
     let archive_compression = compression(&head[..n]);
     let src = match archive_compression {
         None => src,
-        Some("gzip") => Arc::new(super::gunzip(src, &shown).with_context(|| shown.clone())?),
+        Some("gzip") => Arc::new(super::gunzip(src, &shown, limits).with_context(|| shown.clone())?),
         Some(format) => {
             return Err(
                 crate::error::Error::from(PackageError::CompressedArchive { format })
