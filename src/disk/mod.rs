@@ -363,23 +363,6 @@ fn no_files(_name: &str) -> Option<(String, Arc<dyn ReadAt>)> {
     None
 }
 
-static STANDALONE_BUDGET: std::sync::LazyLock<Arc<Budget>> =
-    std::sync::LazyLock::new(Budget::default_metadata);
-
-impl OpenContext<'static> {
-    /// A context with no other files: an image that needs extents fails to open. Its
-    /// tables are counted against one process-wide default budget.
-    pub fn standalone() -> Self {
-        static SHARED: std::sync::LazyLock<SharedImages> =
-            std::sync::LazyLock::new(SharedImages::new);
-        OpenContext {
-            resolver: &no_files,
-            budget: &STANDALONE_BUDGET,
-            shared: &SHARED,
-        }
-    }
-}
-
 impl<'a> OpenContext<'a> {
     /// A context finding files through `resolver`, counting tables against `budget` and
     /// sharing extents through `shared`.
@@ -616,7 +599,11 @@ pub fn sniff(source: &dyn ReadAt) -> Result<Sniffed> {
 /// A source with no known magic is accepted as a raw image only if its length is a non-zero
 /// multiple of the sector size; anything else (a 4-byte placeholder, text) is refused.
 pub fn open(source: Arc<dyn ReadAt>) -> Result<Arc<dyn DiskImage>> {
-    open_with(source, &OpenContext::standalone())
+    // A budget of its own: each image opened alone is bounded by the default limit, and
+    // nothing is counted across unrelated openings.
+    let budget = Budget::default_metadata();
+    let shared = SharedImages::new();
+    open_with(source, &OpenContext::new(&no_files, &budget, &shared))
 }
 
 /// Opens the disk image held in `source`, recognising its format by content. Files the
