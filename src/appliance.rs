@@ -483,6 +483,9 @@ fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -
         .collect()
 }
 
+/// A file found by [`PackageFiles::lookup`]: its package-relative name and its bytes.
+type FoundFile = (String, Arc<dyn ReadAt>);
+
 /// Finds the files of a package by name, relative to a folder, under the package's path
 /// rules: names are normalised (no absolute paths, no `..`); an OVA's members are looked up
 /// exactly, then ignoring ASCII case when that is unambiguous; a folder package may also
@@ -497,7 +500,7 @@ pub struct PackageFiles<'a> {
     /// Images and extents opened so far, shared by name.
     shared: SharedImages,
     /// Files looked up so far, by package-relative name asked for: each is opened once.
-    found: std::sync::Mutex<HashMap<String, Option<(String, Arc<dyn ReadAt>)>>>,
+    found: std::sync::Mutex<HashMap<String, Option<FoundFile>>>,
     /// Regular members by exact name (the first of each name).
     by_name: HashMap<&'a str, usize>,
     /// Regular members by ASCII-lowercased name; `None` when two differ only by case.
@@ -558,7 +561,11 @@ impl<'a> PackageFiles<'a> {
         let found = self
             .by_name
             .get(full.as_str())
-            .or_else(|| self.by_folded_name.get(&full.to_ascii_lowercase())?.as_ref())
+            .or_else(|| {
+                self.by_folded_name
+                    .get(&full.to_ascii_lowercase())?
+                    .as_ref()
+            })
             .and_then(|&i| members.get(i));
         if let Some(m) = found {
             return Some((m.name.clone(), m.data.clone()));

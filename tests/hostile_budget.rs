@@ -51,7 +51,12 @@ fn daemon_hwm(source: &Path) -> u64 {
 
 /// Runs a Python program (the tests' independent writer of hostile images).
 fn python(program: &str, args: &[&str]) {
-    run_ok(Command::new(tool("python3")).arg("-c").arg(program).args(args));
+    run_ok(
+        Command::new(tool("python3"))
+            .arg("-c")
+            .arg(program)
+            .args(args),
+    );
 }
 
 #[test]
@@ -343,7 +348,10 @@ fn fifos_devices_and_directories_as_sources_are_refused_at_once() {
                 err.contains(what) && err.contains("not a regular file"),
                 "{cmd} {source:?}: {err}"
             );
-            assert!(took < Duration::from_secs(10), "{cmd} {source:?} took {took:?}");
+            assert!(
+                took < Duration::from_secs(10),
+                "{cmd} {source:?} took {took:?}"
+            );
             assert!(!is_mounted(&mnt));
         }
     }
@@ -371,8 +379,10 @@ fn a_fifo_named_by_a_folder_package_does_not_hang() {
     ] {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{err}");
-        assert!(err.contains("disk.img") && err.contains("regular file"), "{err}");
+        assert!(
+            err.contains("disk.img") && err.contains("regular file"),
+            "{err}"
+        );
     }
     assert!(!is_mounted(&mnt));
 }
-

@@ -235,10 +235,12 @@ impl FlatDisk {
     /// Computed once; a disk with more extents than `MAX_COUNTED_EXTENTS` (or tables that
     /// fail to map) counts as fully allocated rather than stall a `stat`.
     pub fn allocated_bytes(&self) -> u64 {
-        *self.allocated.get_or_init(|| match self.count_data_bytes(MAX_COUNTED_EXTENTS) {
-            Count::Done(n) => n,
-            Count::Unknown => self.len(),
-        })
+        *self
+            .allocated
+            .get_or_init(|| match self.count_data_bytes(MAX_COUNTED_EXTENTS) {
+                Count::Done(n) => n,
+                Count::Unknown => self.len(),
+            })
     }
 
     /// [`FlatDisk::allocated_bytes`] if it is known or can be counted within
@@ -495,7 +497,11 @@ mod tests {
     #[test]
     fn a_stat_counts_in_place_only_within_its_budget() {
         let d = toy();
-        assert_eq!(d.allocated_bytes_within(2), None, "four extents, budget of two");
+        assert_eq!(
+            d.allocated_bytes_within(2),
+            None,
+            "four extents, budget of two"
+        );
         assert!(d.claim_count());
         assert!(!d.claim_count(), "one background count");
         assert_eq!(d.allocated_bytes(), 1024 + 1024 + 928);

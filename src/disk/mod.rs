@@ -381,11 +381,7 @@ impl<'a> OpenContext<'a> {
 
     /// The hosted sparse extent in `file` (package-relative name `key`), opened once per
     /// package and shared by every descriptor line that names it.
-    pub fn sparse_extent(
-        &self,
-        key: &str,
-        file: Arc<dyn ReadAt>,
-    ) -> Result<Arc<vmdk::SparseVmdk>> {
+    pub fn sparse_extent(&self, key: &str, file: Arc<dyn ReadAt>) -> Result<Arc<vmdk::SparseVmdk>> {
         self.shared
             .sparse(key, || vmdk::SparseVmdk::open_in(file, self.budget))
     }

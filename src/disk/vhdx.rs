@@ -831,8 +831,12 @@ impl Vhdx {
         budget.release(entries * 8);
         if has_parent {
             let block_bitmap_bytes = block_bytes / sector_bytes / 8;
-            let count = (MAX_CACHED_BITMAP_BYTES / block_bitmap_bytes.max(1)).clamp(1, data_blocks.max(1));
-            budget.charge("VHDX sector bitmap cache", count * (block_bitmap_bytes + 64))?;
+            let count =
+                (MAX_CACHED_BITMAP_BYTES / block_bitmap_bytes.max(1)).clamp(1, data_blocks.max(1));
+            budget.charge(
+                "VHDX sector bitmap cache",
+                count * (block_bitmap_bytes + 64),
+            )?;
         }
         let bitmaps = has_parent.then(|| {
             let block_bitmap_bytes = block_bytes / sector_bytes / 8; // 32 B ..= 64 KiB

@@ -332,11 +332,11 @@ impl DescriptorVmdk {
                         ("FLAT", None) => return Err(bad("FLAT extent without an offset").into()),
                         _ => 0,
                     };
-                    let (_, file) = ctx
-                        .resolve(name)
-                        .ok_or_else(|| DescriptorError::MissingExtent {
-                            name: name.to_string(),
-                        })?;
+                    let (_, file) =
+                        ctx.resolve(name)
+                            .ok_or_else(|| DescriptorError::MissingExtent {
+                                name: name.to_string(),
+                            })?;
                     let start = offset_sectors.checked_mul(SECTOR_BYTES);
                     let needed = start.and_then(|s| s.checked_add(bytes));
                     let start = match (start, needed) {

@@ -817,8 +817,7 @@ fn build_index(src: &dyn ReadAt, opts: &GzipOptions) -> Result<(Index, u64)> {
     let mut packer = WindowPacker::new()?;
     let mut next_progress = PROGRESS_STEP_BYTES;
     let total_in = src.len();
-    let mut charged = Charged::default();
-    let result = (|| -> Result<()> {
+    let mut charged = Charged::new(opts);
     loop {
         charged.inflate(opts, cur.out)?;
         let event = cur.step(src)?;
@@ -847,7 +846,7 @@ fn build_index(src: &dyn ReadAt, opts: &GzipOptions) -> Result<(Index, u64)> {
         };
         if let Some(resume) = resume {
             // Counted before it is stored: a checkpoint is at most a window and a decoder.
-            charged.index(opts, index.bytes.saturating_add(CHECKPOINT_MAX_BYTES))?;
+            charged.index(index.bytes.saturating_add(CHECKPOINT_MAX_BYTES))?;
             let cp = checkpoint(&cur, resume, &mut packer);
             index.bytes = index.bytes.saturating_add(cp.bytes());
             index.checkpoints.push(cp);
@@ -869,13 +868,7 @@ fn build_index(src: &dyn ReadAt, opts: &GzipOptions) -> Result<(Index, u64)> {
             next_progress = cur.input.saturating_add(PROGRESS_STEP_BYTES);
         }
     }
-    Ok(())
-    })();
-    if let Err(e) = result {
-        charged.release_index(opts);
-        return Err(e);
-    }
-    charged.settle_index(opts, index.bytes);
+    charged.keep_index(index.bytes);
     if let Some(progress) = &opts.progress {
         progress(&GzipProgress {
             compressed_done: total_in,
@@ -892,9 +885,11 @@ const CHECKPOINT_MAX_BYTES: u64 = (WINDOW_BYTES + 16 * 1024) as u64;
 /// Inflated bytes counted against the budget at a time (one atomic operation per MiB).
 const INFLATE_CHARGE_STEP: u64 = 1 << 20;
 
-/// What one index pass has counted against its budgets.
-#[derive(Default)]
+/// What one index pass has counted against its budgets. The index's memory is given back
+/// when the pass fails (dropped without [`Charged::keep_index`]); inflated bytes never
+/// are (the CPU was spent).
 struct Charged {
+    metadata: Option<Arc<Budget>>,
     /// Decompressed bytes counted (ahead of the output by up to one step).
     inflated: u64,
     /// Index bytes counted.
@@ -902,6 +897,14 @@ struct Charged {
 }
 
 impl Charged {
+    fn new(opts: &GzipOptions) -> Self {
+        Charged {
+            metadata: opts.metadata_budget.clone(),
+            inflated: 0,
+            index: 0,
+        }
+    }
+
     /// Counts output up to `out` plus one step ahead, before that step is inflated.
     fn inflate(&mut self, opts: &GzipOptions, out: u64) -> Result<()> {
         let Some(b) = &opts.inflate_budget else {
@@ -918,8 +921,8 @@ impl Charged {
     }
 
     /// Counts the index growing to `bytes`.
-    fn index(&mut self, opts: &GzipOptions, bytes: u64) -> Result<()> {
-        let Some(b) = &opts.metadata_budget else {
+    fn index(&mut self, bytes: u64) -> Result<()> {
+        let Some(b) = &self.metadata else {
             return Ok(());
         };
         if bytes > self.index {
@@ -929,19 +932,20 @@ impl Charged {
         Ok(())
     }
 
-    /// Gives back what the index counted beyond its final size (checkpoints dropped).
-    fn settle_index(&mut self, opts: &GzipOptions, bytes: u64) {
-        if let Some(b) = &opts.metadata_budget
-            && self.index > bytes
-        {
-            b.release(self.index - bytes);
-            self.index = bytes;
+    /// The pass succeeded with an index of `bytes`: what was counted beyond that
+    /// (checkpoints dropped) is given back, the rest stays counted for the reader's life.
+    fn keep_index(mut self, bytes: u64) {
+        if let Some(b) = self.metadata.take() {
+            b.release(self.index.saturating_sub(bytes));
         }
     }
+}
 
-    /// Gives back the index of a pass that failed (nothing of it is kept).
-    fn release_index(&mut self, opts: &GzipOptions) {
-        self.settle_index(opts, 0);
+impl Drop for Charged {
+    fn drop(&mut self) {
+        if let Some(b) = &self.metadata {
+            b.release(self.index);
+        }
     }
 }
 

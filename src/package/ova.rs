@@ -52,7 +52,9 @@ pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path, limits: &Limits) ->
     let archive_compression = compression(&head[..n]);
     let src = match archive_compression {
         None => src,
-        Some("gzip") => Arc::new(super::gunzip(src, &shown, limits).with_context(|| shown.clone())?),
+        Some("gzip") => {
+            Arc::new(super::gunzip(src, &shown, limits).with_context(|| shown.clone())?)
+        }
         Some(format) => {
             return Err(
                 crate::error::Error::from(PackageError::CompressedArchive { format })

@@ -218,14 +218,24 @@ fn decode_gives_the_decompressed_bytes() {
         .unwrap()
         .unwrap();
     assert_eq!(read_all(&*d), data);
-    let same = decode(&Encoding::Identity, stored.clone(), "test", &Limits::default())
-        .unwrap()
-        .unwrap();
+    let same = decode(
+        &Encoding::Identity,
+        stored.clone(),
+        "test",
+        &Limits::default(),
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(same.len(), stored.len());
     assert!(
-        decode(&Encoding::Unsupported("bzip2".into()), stored, "test", &Limits::default())
-            .unwrap()
-            .is_none()
+        decode(
+            &Encoding::Unsupported("bzip2".into()),
+            stored,
+            "test",
+            &Limits::default()
+        )
+        .unwrap()
+        .is_none()
     );
 }
 

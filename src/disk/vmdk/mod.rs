@@ -283,15 +283,15 @@ impl SparseVmdk {
 
         let max_compressed_bytes = geometry.grain_bytes + COMPRESSED_GRAIN_SLACK_BYTES;
         let grains = match map_source {
-            GrainMapSource::Header | GrainMapSource::Footer => GrainIndex::Directory(
-                GrainDirectory::load(
+            GrainMapSource::Header | GrainMapSource::Footer => {
+                GrainIndex::Directory(GrainDirectory::load(
                     src,
                     geometry,
                     effective.gd_offset_sectors,
                     &reserved,
                     budget,
-                )?,
-            ),
+                )?)
+            }
             GrainMapSource::MarkerScan => GrainIndex::Scanned(grain_map::scan_markers(
                 src,
                 geometry,
