@@ -133,6 +133,7 @@ fn metadata_beyond_the_budget_is_refused_and_the_option_raises_it() {
     let mnt = tmp.path().join("mnt");
     let err = Mount::new(&ova, &mnt, &["metadata_limit=16M"]).expect_err("refused");
     let line = err.trim_end();
+    eprintln!("refused: {line}");
     assert_eq!(line.lines().count(), 1, "one line: {err}");
     for needed in ["wide.qcow2", "qcow2 L1 table", "16 MiB", "metadata_limit"] {
         assert!(line.contains(needed), "{needed:?} missing from {line:?}");

@@ -114,6 +114,10 @@ const MAX_HEADER_FIELD_BYTES: u64 = 1 << 20;
 /// Decoder slots kept per stream (each holds about 430 KiB when used).
 const CURSOR_SLOTS: usize = 4;
 
+/// Memory one used decoder slot may hold (its decoder, window and output buffer), as
+/// counted against the metadata budget.
+pub const CURSOR_SLOT_BYTES: u64 = 448 << 10;
+
 /// Inflater calls in a row that may neither consume nor produce a byte before the stream is
 /// called corrupt. The decoder holds at most 64 bits, and an empty block takes at least 10.
 const MAX_STALLS: u32 = 16;
@@ -1080,6 +1084,11 @@ impl GzipReader {
 
     /// Indexes the gzip stream in `src` (one full pass, verifying every member).
     pub fn open_with(src: Arc<dyn ReadAt>, options: GzipOptions) -> Result<Self> {
+        if let Some(b) = &options.metadata_budget {
+            // Decoders are made on the first reads, not here: counted now, they cannot
+            // cross the budget later, whichever disks are read.
+            b.charge("gzip decoders", CURSOR_SLOTS as u64 * CURSOR_SLOT_BYTES)?;
+        }
         let (index, len) = build_index(&*src, &options)?;
         Ok(GzipReader {
             src,
