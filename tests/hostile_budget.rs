@@ -3,6 +3,8 @@
 //!
 //! - a VMDK descriptor naming one large sparse extent 5,000 times: the extent is opened
 //!   once, and the daemon's peak memory (VmHWM) stays far below what 5,000 openings cost;
+//! - 40 qcow2 overlays of one base whose L1 takes 2.5 MiB: the base is opened once, so
+//!   the package fits a 16 MiB metadata budget that 40 openings would cross;
 //! - a qcow2 whose L1 table needs more metadata memory than `metadata_limit`: refused with
 //!   one line naming the disk, the table and the option; with the option raised it mounts;
 //! - a qcow2 whose extent map alternates zero and unallocated 512-byte clusters over 64 GiB:
@@ -386,4 +388,53 @@ fn a_fifo_named_by_a_folder_package_does_not_hang() {
         );
     }
     assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn a_parent_shared_by_many_disks_is_opened_once() {
+    let tmp = tempdir();
+    let pkg = tmp.path().join("pkg");
+    fs::create_dir_all(&pkg).unwrap();
+    // The base: 512-byte clusters, so its L1 table takes 2.5 MiB (5 MiB while parsed).
+    let base = pkg.join("base.qcow2");
+    let size = 10u64 << 30;
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512",
+        path_str(&base),
+        "10G",
+    ]);
+    let mut builder = OvaBuilder::new(&pkg, "overlays");
+    let overlays = 40;
+    for i in 0..overlays {
+        let ov = pkg.join(format!("ov{i}.qcow2"));
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            path_str(&ov),
+        ]);
+        builder = builder.disk(&ov, size, QCOW2_URI);
+    }
+    let ova = builder.file(&base).build();
+    // Opened once per chain, the base would need 40 x 2.5 MiB = 100 MiB of L1 tables; once
+    // for the whole package it fits in 16 MiB with room to spare.
+    let m = Mount::ok(&ova, &tmp.path().join("mnt"), &["metadata_limit=16M"]);
+    for i in [0, overlays - 1] {
+        let flat = File::open(m.path(&format!("disks/ov{i}.raw"))).unwrap();
+        assert_eq!(flat.metadata().unwrap().len(), size);
+        let mut buf = vec![1u8; 4096];
+        flat.read_exact_at(&mut buf, size - 4096).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+    }
+    m.umount();
 }
