@@ -257,8 +257,13 @@ fn open_disk(
     let def = defs.get(d.disk_id.as_str()).copied();
     let ovf_delta = def.is_some_and(|x| x.parent_ref.is_some());
     let (name, folder) = disk_location(package, d, &href);
-    // A decoded (gunzipped) image is not the file's bytes: it is not shared by name.
-    let shared_as = (d.encoding == package::Encoding::Identity).then_some(name.as_str());
+    // Shared under the member's own name, as extents and parents find it; a decoded
+    // (gunzipped) image or one joined from chunks is not that member's bytes.
+    let shared_as = d
+        .member
+        .filter(|_| d.encoding == package::Encoding::Identity)
+        .and_then(|m| package.members.get(m))
+        .map(|m| m.name.as_str());
     let opened = open_image(files, &folder, shared_as, &name, image_data).and_then(|image| {
         let parents = if ovf_delta {
             Vec::new()
