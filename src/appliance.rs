@@ -24,11 +24,12 @@ use crate::archive::MemberKind;
 use crate::archive::names::{self, join};
 use crate::cache::UnitCache;
 use crate::disk::engine::FlatDisk;
-use crate::disk::{self, DiskError, DiskImage, OpenContext};
+use crate::disk::{self, DiskError, DiskImage, OpenContext, SharedImages};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fs::tree::{self, Content, Escaped, Tree};
 use crate::io::ReadAt;
-use crate::package::{self, FileLocation, Package, PackageDisk};
+use crate::ovf::DiskDef;
+use crate::package::{self, FileLocation, Limits, Package, PackageDisk};
 
 /// Longest chain of parent images below a disk (qemu has no fixed limit; real chains of
 /// snapshots are a handful deep).
@@ -126,7 +127,13 @@ impl Appliance {
     /// Opens the package at `path` and every disk image in it (metadata only). A broken disk
     /// fails the whole open.
     pub fn open(path: &Path) -> Result<Self> {
-        let (package, statuses, source_mtime) = Self::open_each(path)?;
+        Self::open_in(path, &Limits::default())
+    }
+
+    /// [`Appliance::open`] within `limits`: every table of every disk, and the indexing
+    /// of compressed data, counted against one budget for the whole package.
+    pub fn open_in(path: &Path, limits: &Limits) -> Result<Self> {
+        let (package, statuses, source_mtime) = Self::open_each_in(path, limits)?;
         let mut disks = Vec::new();
         for status in statuses {
             match status {
@@ -147,16 +154,25 @@ impl Appliance {
     /// Opens the package and reports on each disk without failing on broken ones (for
     /// `ovafs info`).
     pub fn open_each(path: &Path) -> Result<(Package, Vec<DiskStatus>, SystemTime)> {
+        Self::open_each_in(path, &Limits::default())
+    }
+
+    /// [`Appliance::open_each`] within `limits` (see [`Appliance::open_in`]).
+    pub fn open_each_in(
+        path: &Path,
+        limits: &Limits,
+    ) -> Result<(Package, Vec<DiskStatus>, SystemTime)> {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         // Package errors already name the source.
-        let package = package::open(path)?;
+        let package = package::open_in(path, limits)?;
         let source_mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-        let files = PackageFiles::new(&package);
+        let files = PackageFiles::with_limits(&package, limits.clone());
+        let defs = disk_defs(&package);
         let statuses: Vec<DiskStatus> = package
             .disks
             .iter()
-            .map(|d| open_disk(path, &package, &files, d, source_mtime))
+            .map(|d| open_disk(path, &package, &files, &defs, d, source_mtime))
             .collect();
         let statuses = link_ovf_parents(path, &package, statuses);
         Ok((package, statuses, source_mtime))
@@ -239,6 +255,7 @@ fn open_disk(
     path: &Path,
     package: &Package,
     files: &PackageFiles<'_>,
+    defs: &HashMap<&str, &DiskDef>,
     d: &PackageDisk,
     source_mtime: SystemTime,
 ) -> DiskStatus {
@@ -253,7 +270,7 @@ fn open_disk(
         return DiskStatus::NotShown { disk_id, reason };
     };
     // gzip-compressed Files (ovf:compression="gzip") are read through a GzipReader.
-    let image_data = match package::decode(&d.encoding, data.clone(), &href) {
+    let image_data = match package::decode(&d.encoding, data.clone(), &href, &files.limits) {
         Ok(Some(decoded)) => decoded,
         Ok(None) => {
             let reason = format!(
@@ -267,11 +284,18 @@ fn open_disk(
             return DiskStatus::Broken { disk_id, error };
         }
     };
-    let def = package.descriptor.disk(&d.disk_id);
+    let def = defs.get(d.disk_id.as_str()).copied();
     let ovf_delta = def.is_some_and(|x| x.parent_ref.is_some());
     let (name, folder) = disk_location(package, d, &href);
     files.start_disk(disk_file_mode(package, d));
-    let opened = open_image(files, &folder, &name, image_data).and_then(|image| {
+    // Shared under the member's own name, as extents and parents find it; a decoded
+    // (gunzipped) image or one joined from chunks is not that member's bytes.
+    let shared_as = d
+        .member
+        .filter(|_| d.encoding == package::Encoding::Identity)
+        .and_then(|m| package.members.get(m))
+        .map(|m| m.name.as_str());
+    let opened = open_image(files, &folder, shared_as, &name, image_data).and_then(|image| {
         let parents = if ovf_delta {
             Vec::new()
         } else {
@@ -365,17 +389,23 @@ fn disk_location(package: &Package, d: &PackageDisk, href: &str) -> (String, Str
 }
 
 /// Opens `data` (the file `name`) as a disk image whose extents are found in `folder`.
+/// When `shared_as` names the file, the image is opened once per package and shared by
+/// every disk and chain that names that file.
 fn open_image(
     files: &PackageFiles<'_>,
     folder: &str,
+    shared_as: Option<&str>,
     name: &str,
     data: Arc<dyn ReadAt>,
 ) -> Result<Arc<dyn DiskImage>> {
-    let resolver = |n: &str| files.lookup(folder, n).map(|(_, d)| d);
-    let ctx = OpenContext {
-        resolver: &resolver,
+    let resolver = |n: &str| files.lookup_shared(folder, n);
+    let ctx = OpenContext::new(&resolver, &files.limits.metadata, &files.shared);
+    let open = || disk::open_with(data, &ctx);
+    let opened = match shared_as {
+        Some(key) => files.shared_image(key, open),
+        None => open(),
     };
-    disk::open_with(data, &ctx).map_err(|e| {
+    opened.map_err(|e| {
         if name.is_empty() {
             e
         } else {
@@ -384,15 +414,30 @@ fn open_image(
     })
 }
 
+/// The Disk definitions of the descriptor by diskId (the first of each id, as
+/// `Descriptor::disk` finds it), for lookups in constant time.
+fn disk_defs(package: &Package) -> HashMap<&str, &DiskDef> {
+    let mut defs = HashMap::with_capacity(package.descriptor.disks.len());
+    for d in &package.descriptor.disks {
+        defs.entry(d.disk_id.value.as_str()).or_insert(d);
+    }
+    defs
+}
+
 /// Gives every OVF delta disk (`ovf:parentRef`) the flat image of the Disk it references as
 /// its parent: the referenced disk's image and its own chain. A delta whose parent disk is
 /// broken is broken; one whose parent is not shown (remote, undecoded) is not shown either;
 /// a blank parent disk (no file) reads as zeros, so the delta keeps no parent.
 fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -> Vec<DiskStatus> {
+    let defs = disk_defs(package);
+    let mut index_of: HashMap<&str, usize> = HashMap::with_capacity(package.disks.len());
+    for (i, d) in package.disks.iter().enumerate() {
+        index_of.entry(d.disk_id.as_str()).or_insert(i);
+    }
     let parent_of = |i: usize| -> Option<usize> {
-        let id = &package.disks.get(i)?.disk_id;
-        let pref = package.descriptor.disk(id)?.parent_ref.as_ref()?;
-        package.disks.iter().position(|d| d.disk_id == pref.value)
+        let id = package.disks.get(i)?.disk_id.as_str();
+        let pref = defs.get(id)?.parent_ref.as_ref()?;
+        index_of.get(pref.value.as_str()).copied()
     };
     // The chain below disk i, or why there is none.
     enum Below {
@@ -497,8 +542,9 @@ fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -
         .collect()
 }
 
-/// The bytes and permission bits of a file opened outside the members.
-type OpenedFile = (Arc<dyn ReadAt>, u32);
+/// A file found by [`PackageFiles::lookup`]: its package-relative name, its bytes and the
+/// permission bits it allows.
+type FoundFile = (String, Arc<dyn ReadAt>, u32);
 
 /// Finds the files of a package by name, relative to a folder, under the package's path
 /// rules: names are normalised (no absolute paths, no `..`); an OVA's members are looked up
@@ -512,65 +558,123 @@ type OpenedFile = (Arc<dyn ReadAt>, u32);
 /// [`PackageFiles::disk_mode`]).
 pub struct PackageFiles<'a> {
     package: &'a Package,
-    /// Files opened outside the members, by package-relative name, with their modes.
-    opened: Mutex<HashMap<String, OpenedFile>>,
+    /// The budgets of this opening.
+    limits: Limits,
+    /// Images and extents opened so far, shared by name.
+    shared: SharedImages,
+    /// Files looked up so far, by package-relative name asked for: each is opened once.
+    found: Mutex<HashMap<String, Option<FoundFile>>>,
+    /// Regular members by exact name (the first of each name).
+    by_name: HashMap<&'a str, usize>,
+    /// Regular members by ASCII-lowercased name; `None` when two differ only by case.
+    by_folded_name: HashMap<String, Option<usize>>,
     /// The intersection of the modes of the files looked up since `start_disk`.
     mode: Mutex<u32>,
+    /// What the files an image was decoded from allow (its extents), by the name it is
+    /// shared under: a disk that reuses a shared image inherits them.
+    image_modes: Mutex<HashMap<String, u32>>,
 }
 
 impl<'a> PackageFiles<'a> {
-    /// The files of `package`.
+    /// The files of `package`, within the default budgets.
     pub fn new(package: &'a Package) -> Self {
+        Self::with_limits(package, Limits::default())
+    }
+
+    /// The files of `package`; their tables count against `limits`.
+    pub fn with_limits(package: &'a Package, limits: Limits) -> Self {
+        let mut by_name = HashMap::new();
+        let mut by_folded_name: HashMap<String, Option<usize>> = HashMap::new();
+        for (i, m) in package.members.iter().enumerate() {
+            if m.kind != MemberKind::Regular {
+                continue;
+            }
+            by_name.entry(m.name.as_str()).or_insert(i);
+            by_folded_name
+                .entry(m.name.to_ascii_lowercase())
+                .and_modify(|e| *e = None)
+                .or_insert(Some(i));
+        }
         PackageFiles {
             package,
-            opened: Mutex::new(HashMap::new()),
+            limits,
+            shared: SharedImages::new(),
+            found: Mutex::new(HashMap::new()),
+            by_name,
+            by_folded_name,
             mode: Mutex::new(0o7777),
+            image_modes: Mutex::new(HashMap::new()),
         }
     }
 
     /// Starts collecting the modes of one disk's files, the first allowing `mode`.
     pub fn start_disk(&self, mode: u32) {
-        *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = mode;
+        *lock(&self.mode) = mode;
     }
 
     /// What every file looked up since [`PackageFiles::start_disk`] allows.
     pub fn disk_mode(&self) -> u32 {
-        *self.mode.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.mode)
     }
 
-    fn used(&self, name: String, data: Arc<dyn ReadAt>, mode: u32) -> (String, Arc<dyn ReadAt>) {
-        *self.mode.lock().unwrap_or_else(|p| p.into_inner()) &= mode;
-        (name, data)
+    /// Replaces the collected mode, returning the one collected so far.
+    fn swap_mode(&self, mode: u32) -> u32 {
+        std::mem::replace(&mut *lock(&self.mode), mode)
     }
 
-    /// The package-relative name and bytes of the file `name` seen from `folder`.
-    pub fn lookup(&self, folder: &str, name: &str) -> Option<(String, Arc<dyn ReadAt>)> {
+    /// [`PackageFiles::lookup`], remembered: a name asked for again (the same extent on
+    /// thousands of descriptor lines) is neither searched nor opened again. Every call
+    /// counts the file's mode towards the disk being opened.
+    pub fn lookup_shared(&self, folder: &str, name: &str) -> Option<(String, Arc<dyn ReadAt>)> {
+        let key = join(folder, &names::normalize_str(name).ok()?);
+        let found = lock(&self.found)
+            .entry(key)
+            .or_insert_with(|| self.lookup(folder, name))
+            .clone();
+        let (name, data, mode) = found?;
+        *lock(&self.mode) &= mode;
+        Some((name, data))
+    }
+
+    /// The image shared under `key`, opened by `open` the first time. The modes of the files
+    /// its opening looked up (extents) are remembered with it, so every disk reusing it is
+    /// held to them too.
+    fn shared_image(
+        &self,
+        key: &str,
+        open: impl FnOnce() -> Result<Arc<dyn DiskImage>>,
+    ) -> Result<Arc<dyn DiskImage>> {
+        let outer = self.swap_mode(0o7777);
+        let opened = self.shared.image(key, open);
+        let looked_up = self.swap_mode(0o7777);
+        let image_mode = *lock(&self.image_modes)
+            .entry(key.to_string())
+            .or_insert(looked_up)
+            & looked_up;
+        self.swap_mode(outer & image_mode);
+        opened
+    }
+
+    /// The package-relative name, bytes and permission bits of the file `name` seen from
+    /// `folder`, looked up anew (callers go through [`PackageFiles::lookup_shared`]).
+    fn lookup(&self, folder: &str, name: &str) -> Option<FoundFile> {
         let rel = names::normalize_str(name).ok()?;
         let full = join(folder, &rel);
         let members = &self.package.members;
-        let regular = |m: &&package::Member| m.kind == MemberKind::Regular;
-        if let Some(m) = members.iter().filter(regular).find(|m| m.name == full) {
-            return Some(self.used(m.name.clone(), m.data.clone(), m.mode));
-        }
-        let mut folded = members
-            .iter()
-            .filter(regular)
-            .filter(|m| m.name.eq_ignore_ascii_case(&full));
-        if let (Some(m), None) = (folded.next(), folded.next()) {
-            return Some(self.used(m.name.clone(), m.data.clone(), m.mode));
-        }
-        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((data, mode)) = opened.get(&full) {
-            let (data, mode) = (data.clone(), *mode);
-            drop(opened);
-            return Some(self.used(full, data, mode));
+        let found = self
+            .by_name
+            .get(full.as_str())
+            .or_else(|| {
+                self.by_folded_name
+                    .get(&full.to_ascii_lowercase())?
+                    .as_ref()
+            })
+            .and_then(|&i| members.get(i));
+        if let Some(m) = found {
+            return Some((m.name.clone(), m.data.clone(), m.mode));
         }
         match self.package.open_in_package(&full) {
-            Ok(Some(m)) => {
-                opened.insert(full.clone(), (m.data.clone(), m.mode));
-                drop(opened);
-                Some(self.used(full, m.data, m.mode))
-            }
+            Ok(Some(m)) => Some((full, m.data, m.mode)),
             Ok(None) => None,
             Err(e) => {
                 log::warn!("{full}: not opened: {e}");
@@ -599,7 +703,9 @@ impl<'a> PackageFiles<'a> {
                 .into());
             }
             let candidates = pref.candidates();
-            let Some((pname, data)) = candidates.iter().find_map(|c| self.lookup(&folder, c))
+            let Some((pname, data)) = candidates
+                .iter()
+                .find_map(|c| self.lookup_shared(&folder, c))
             else {
                 return Err(DiskError::ParentNotFound {
                     image: chain.last().map_or(name, |l| l.name.as_str()).to_string(),
@@ -616,7 +722,7 @@ impl<'a> PackageFiles<'a> {
                 .into());
             }
             let pfolder = names::parent(&pname).to_string();
-            let parent = open_image(self, &pfolder, &pname, data)?;
+            let parent = open_image(self, &pfolder, Some(&pname), &pname, data)?;
             if let Some(f) = &pref.format
                 && !f.eq_ignore_ascii_case(parent.format().family())
                 && !(f.eq_ignore_ascii_case("vpc") && parent.format().family() == "vhd")
@@ -635,4 +741,9 @@ impl<'a> PackageFiles<'a> {
         }
         Ok(chain)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain maps and a mode: a panic elsewhere cannot leave them inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

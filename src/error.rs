@@ -53,6 +53,29 @@ pub enum ErrorKind {
         /// The limit.
         limit: u64,
     },
+    /// Opening the package would cross a per-opening budget (metadata memory, bytes
+    /// inflated while indexing); the message says which option raises it.
+    #[error(
+        "{what} needs {} more of {budget} ({} in all), above the limit of {}; \
+         raise it with -o {option}=SIZE",
+        crate::units::human_size(*.need),
+        crate::units::human_size(.used.saturating_add(*.need)),
+        crate::units::human_size(*.limit)
+    )]
+    BudgetExceeded {
+        /// Which budget ("metadata memory").
+        budget: &'static str,
+        /// The mount option that raises it.
+        option: &'static str,
+        /// What asked for more ("VMDK grain directory").
+        what: String,
+        /// Bytes asked for.
+        need: u64,
+        /// Bytes already counted.
+        used: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// A tar archive is malformed.
     #[error(transparent)]
     Tar(#[from] crate::archive::TarError),

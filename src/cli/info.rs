@@ -83,6 +83,8 @@ struct NetworkSummary {
 /// Runs `ovafs info`.
 pub fn run(source: &Path, json: bool) -> Result<i32> {
     crate::logging::init_stderr(false);
+    // A FIFO, device or directory is refused at once (the open does not block).
+    crate::io::open_regular_file(source)?;
     let (package, statuses, _) = Appliance::open_each(source)?;
     let summary = summarise(source, &package, &statuses);
     if json {

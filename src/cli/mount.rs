@@ -42,6 +42,8 @@ pub fn run(mut config: MountConfig) -> Result<i32> {
         .map_err(|e| Error::io(format!("cannot resolve {}", config.source.display()), e))?;
     config.mountpoint = std::path::absolute(&config.mountpoint)
         .map_err(|e| Error::io(format!("cannot resolve {}", config.mountpoint.display()), e))?;
+    // A FIFO, device or directory is refused here, at once, before a daemon starts.
+    crate::io::open_regular_file(&config.source)?;
     if config.foreground {
         crate::logging::init_stderr(config.debug);
         serve(&config, |read_only| {
@@ -153,15 +155,15 @@ pub(super) fn serve(
 
     // An interrupted commit is completed (or discarded) before anything reads the package;
     // a read-only mount only looks. A journal left in place (not ovafs's, not provable, or
-    // another mount's) keeps the package read-only.
-    std::fs::metadata(&config.source)
-        .map_err(|e| Error::io(format!("cannot open {}", config.source.display()), e))?;
+    // another mount's) keeps the package read-only. The source must be a regular file: not
+    // a FIFO (which would hang whoever opens it), a device or a directory.
+    crate::io::open_regular_file(&config.source)?;
     let recovery = if config.read_only {
         commit::inspect(&config.source)?
     } else {
         commit::recover(&config.source)?
     };
-    let appliance = Appliance::open(&config.source)?;
+    let appliance = Appliance::open_in(&config.source, &config.limits())?;
     // verify=strict: nothing is served until everything checks out.
     let strict_report = match config.verify {
         VerifyMode::Strict => Some(integrity::verify_strict(&Subject::from_package(

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::integrity::VerifyMode;
+use crate::io::budget::{DEFAULT_INFLATE_LIMIT, DEFAULT_METADATA_LIMIT, Limits};
 use crate::units::parse_size;
 
 /// Default grain cache budget.
@@ -58,6 +59,11 @@ pub struct MountConfig {
     pub fsname: Option<String>,
     /// When to check the manifest digests and the certificate (`verify=`).
     pub verify: VerifyMode,
+    /// Memory all disks' metadata tables may take (`metadata_limit=`).
+    pub metadata_limit: u64,
+    /// Bytes that indexing compressed data may inflate before the mount is ready
+    /// (`inflate_limit=`).
+    pub inflate_limit: u64,
 }
 
 impl MountConfig {
@@ -75,7 +81,14 @@ impl MountConfig {
             kernel_flags: Vec::new(),
             fsname: None,
             verify: VerifyMode::default(),
+            metadata_limit: DEFAULT_METADATA_LIMIT,
+            inflate_limit: DEFAULT_INFLATE_LIMIT,
         }
+    }
+
+    /// The budgets the mount opens the package within.
+    pub fn limits(&self) -> Limits {
+        Limits::new(self.metadata_limit, self.inflate_limit)
     }
 
     /// Applies one `-o` argument (a comma-separated list).
@@ -120,6 +133,17 @@ impl MountConfig {
                     .ok()
                     .filter(|n| (1..=256).contains(n))
                     .ok_or_else(|| Error::usage(format!("threads={v}: expected 1 to 256")))?;
+            }
+            "metadata_limit" | "inflate_limit" => {
+                let v = need_value(key, value)?;
+                let bytes = parse_size(v, 1).filter(|&b| b > 0).ok_or_else(|| {
+                    Error::usage(format!("{key}={v}: expected a size such as 512M or 4G"))
+                })?;
+                if key == "metadata_limit" {
+                    self.metadata_limit = bytes;
+                } else {
+                    self.inflate_limit = bytes;
+                }
             }
             "fsname" => self.fsname = Some(need_value(key, value)?.to_string()),
             "verify" => {
@@ -172,5 +196,17 @@ mod tests {
         assert!(cfg(&["cache_size=lots"]).is_err());
         assert!(cfg(&["cache_size"]).is_err());
         assert!(cfg(&["threads=0"]).is_err());
+        assert!(cfg(&["metadata_limit=0"]).is_err());
+        assert!(cfg(&["inflate_limit=much"]).is_err());
+    }
+
+    #[test]
+    fn budgets_have_defaults_and_options_raise_them() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.metadata_limit, DEFAULT_METADATA_LIMIT);
+        assert_eq!(c.inflate_limit, DEFAULT_INFLATE_LIMIT);
+        let c = cfg(&["metadata_limit=4G,inflate_limit=1T"]).unwrap();
+        assert_eq!(c.limits().metadata.limit(), 4 << 30);
+        assert_eq!(c.limits().inflate.limit(), 1 << 40);
     }
 }

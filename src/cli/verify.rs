@@ -53,6 +53,10 @@ pub fn run(args: &VerifyArgs) -> Result<i32> {
         eprintln!("ovafs: {e}");
         Ok(EXIT_UNREADABLE)
     };
+    // A FIFO, device or directory is refused at once (the open does not block).
+    if let Err(e) = crate::io::open_regular_file(&args.source) {
+        return unreadable(&e);
+    }
     let subject = match Subject::open(&args.source) {
         Ok(s) => s,
         Err(e) => return unreadable(&e),

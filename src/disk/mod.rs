@@ -32,11 +32,13 @@ pub mod vmdk_writer;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{ErrorKind, Result};
 use crate::io::ReadAt;
+use crate::io::budget::Budget;
 
 /// Sector size used by every format here (bytes).
 pub const SECTOR_BYTES: u64 = 512;
@@ -281,33 +283,107 @@ fn clean_name(raw: &str) -> (String, bool) {
 }
 
 /// Looks up a file of the package by name, relative to the folder of the image being
-/// opened; `None` when there is no such file or the name is refused by the package's path
-/// rules (absolute, `..`, escaping the package).
-pub type Resolver<'a> = dyn Fn(&str) -> Option<Arc<dyn ReadAt>> + 'a;
+/// opened: its package-relative name (the key under which it is shared, see
+/// [`SharedImages`]) and its bytes; `None` when there is no such file or the name is
+/// refused by the package's path rules (absolute, `..`, escaping the package).
+pub type Resolver<'a> = dyn Fn(&str) -> Option<(String, Arc<dyn ReadAt>)> + 'a;
+
+/// The images opened while opening one package (a mount, `ovafs info`), by package-relative
+/// file name, so that a file named many times (the same extent on thousands of descriptor
+/// lines, the parent of many disks) is parsed once and its tables are shared.
+#[derive(Default)]
+pub struct SharedImages {
+    sparse: Mutex<HashMap<String, Arc<vmdk::SparseVmdk>>>,
+    images: Mutex<HashMap<String, Arc<dyn DiskImage>>>,
+}
+
+impl SharedImages {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The sparse extent `name`, opened by `open` the first time it is asked for.
+    pub fn sparse(
+        &self,
+        name: &str,
+        open: impl FnOnce() -> Result<vmdk::SparseVmdk>,
+    ) -> Result<Arc<vmdk::SparseVmdk>> {
+        if let Some(v) = lock(&self.sparse).get(name) {
+            return Ok(v.clone());
+        }
+        // Opened without the lock (it reads the file); opening is single-threaded, so no
+        // other opener races for the same name.
+        let v = Arc::new(open()?);
+        lock(&self.sparse).insert(name.to_string(), v.clone());
+        Ok(v)
+    }
+
+    /// The image in file `name`, opened by `open` the first time it is asked for.
+    pub fn image(
+        &self,
+        name: &str,
+        open: impl FnOnce() -> Result<Arc<dyn DiskImage>>,
+    ) -> Result<Arc<dyn DiskImage>> {
+        if let Some(v) = lock(&self.images).get(name) {
+            return Ok(v.clone());
+        }
+        let v = open()?;
+        lock(&self.images).insert(name.to_string(), v.clone());
+        Ok(v)
+    }
+
+    /// Files opened so far (sparse extents and whole images).
+    pub fn len(&self) -> usize {
+        lock(&self.sparse).len() + lock(&self.images).len()
+    }
+
+    /// Whether nothing was opened.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Maps of immutable images: a panic elsewhere cannot leave them inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// What [`open_with`] may use besides the image's own bytes.
 pub struct OpenContext<'a> {
     /// Finds the other files of the package (extents of a VMDK descriptor).
     pub resolver: &'a Resolver<'a>,
+    /// Counts every table the image allocates.
+    pub budget: &'a Budget,
+    /// Extents already opened for this package, shared.
+    pub shared: &'a SharedImages,
 }
 
-fn no_files(_name: &str) -> Option<Arc<dyn ReadAt>> {
+fn no_files(_name: &str) -> Option<(String, Arc<dyn ReadAt>)> {
     None
 }
 
-impl OpenContext<'static> {
-    /// A context with no other files: an image that needs extents fails to open.
-    pub fn standalone() -> Self {
+impl<'a> OpenContext<'a> {
+    /// A context finding files through `resolver`, counting tables against `budget` and
+    /// sharing extents through `shared`.
+    pub fn new(resolver: &'a Resolver<'a>, budget: &'a Budget, shared: &'a SharedImages) -> Self {
         OpenContext {
-            resolver: &no_files,
+            resolver,
+            budget,
+            shared,
         }
     }
-}
 
-impl OpenContext<'_> {
-    /// The bytes of the package file `name`, if there is one.
-    pub fn resolve(&self, name: &str) -> Option<Arc<dyn ReadAt>> {
+    /// The package-relative name and bytes of the package file `name`, if there is one.
+    pub fn resolve(&self, name: &str) -> Option<(String, Arc<dyn ReadAt>)> {
         (self.resolver)(name)
+    }
+
+    /// The hosted sparse extent in `file` (package-relative name `key`), opened once per
+    /// package and shared by every descriptor line that names it.
+    pub fn sparse_extent(&self, key: &str, file: Arc<dyn ReadAt>) -> Result<Arc<vmdk::SparseVmdk>> {
+        self.shared
+            .sparse(key, || vmdk::SparseVmdk::open_in(file, self.budget))
     }
 }
 
@@ -519,15 +595,20 @@ pub fn sniff(source: &dyn ReadAt) -> Result<Sniffed> {
 /// A source with no known magic is accepted as a raw image only if its length is a non-zero
 /// multiple of the sector size; anything else (a 4-byte placeholder, text) is refused.
 pub fn open(source: Arc<dyn ReadAt>) -> Result<Arc<dyn DiskImage>> {
-    open_with(source, &OpenContext::standalone())
+    // A budget of its own: each image opened alone is bounded by the default limit, and
+    // nothing is counted across unrelated openings.
+    let budget = Budget::default_metadata();
+    let shared = SharedImages::new();
+    open_with(source, &OpenContext::new(&no_files, &budget, &shared))
 }
 
 /// Opens the disk image held in `source`, recognising its format by content. Files the
 /// image needs to be read at all (the extents of a VMDK descriptor) are found through
 /// `ctx`; a parent the image names is only reported ([`DiskImage::parent`]).
 pub fn open_with(source: Arc<dyn ReadAt>, ctx: &OpenContext<'_>) -> Result<Arc<dyn DiskImage>> {
+    let budget = ctx.budget;
     match sniff(&*source)? {
-        Sniffed::VmdkSparse => match vmdk::SparseVmdk::open(source.clone()) {
+        Sniffed::VmdkSparse => match vmdk::SparseVmdk::open_in(source.clone(), budget) {
             Ok(v) => Ok(Arc::new(v)),
             // A sparse header with no capacity of its own that wraps a descriptor naming
             // other extents (qemu reads these the same way).
@@ -546,9 +627,9 @@ pub fn open_with(source: Arc<dyn ReadAt>, ctx: &OpenContext<'_>) -> Result<Arc<d
         Sniffed::VmdkDescriptor => Ok(Arc::new(vmdk_descriptor::DescriptorVmdk::open(
             &*source, ctx,
         )?)),
-        Sniffed::Vhd => Ok(Arc::new(vhd::Vhd::open(source)?)),
-        Sniffed::Vhdx => Ok(Arc::new(vhdx::Vhdx::open(source)?)),
-        Sniffed::Qcow2 => Ok(Arc::new(qcow2::Qcow2::open(source)?)),
+        Sniffed::Vhd => Ok(Arc::new(vhd::Vhd::open_in(source, budget)?)),
+        Sniffed::Vhdx => Ok(Arc::new(vhdx::Vhdx::open_in(source, budget)?)),
+        Sniffed::Qcow2 => Ok(Arc::new(qcow2::Qcow2::open_in(source, budget)?)),
         Sniffed::Unsupported(name) => Err(DiskError::Unsupported { format: name }.into()),
         Sniffed::Unknown => Ok(Arc::new(raw::RawImage::open(source)?)),
     }

@@ -33,6 +33,7 @@ use lru::LruCache;
 use super::inflate::{Wrapper, inflate_exact};
 use super::{DiskError, DiskFormat, DiskImage, Extent, MAX_VIRTUAL_BYTES, ParentRef};
 use crate::error::Result;
+use crate::io::budget::Budget;
 use crate::io::{ReadAt, read_vec_at};
 
 /// `QFI\xfb`: the first four bytes.
@@ -477,6 +478,9 @@ thread_local! {
     static COMPRESSED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Bytes a cached L2 slice costs besides its words (LRU node, Arc header).
+const L2_SLICE_OVERHEAD_BYTES: u64 = 80;
+
 /// L2 slices by (table offset, slice index), raw `u64` words.
 type L2Cache = LruCache<(u64, u64), Arc<[u64]>>;
 
@@ -520,10 +524,15 @@ enum Kind {
 impl Qcow2 {
     /// Parses the header and the active L1 table of the qcow2 image held in `source`.
     pub fn open(source: Arc<dyn ReadAt>) -> Result<Self> {
-        Self::open_inner(source).map_err(|e| e.context("opening qcow2 image"))
+        Self::open_in(source, &Budget::default_metadata())
     }
 
-    fn open_inner(source: Arc<dyn ReadAt>) -> Result<Self> {
+    /// [`Qcow2::open`], counting the L1 table and the L2 cache against `budget`.
+    pub fn open_in(source: Arc<dyn ReadAt>, budget: &Budget) -> Result<Self> {
+        Self::open_inner(source, budget).map_err(|e| e.context("opening qcow2 image"))
+    }
+
+    fn open_inner(source: Arc<dyn ReadAt>, budget: &Budget) -> Result<Self> {
         let src: &dyn ReadAt = &*source;
         let file_len = src.len();
         if file_len < V2_HEADER_BYTES {
@@ -578,6 +587,8 @@ impl Qcow2 {
             .into());
         }
         let l1_bytes = needed * 8; // <= 32 MiB
+        // The raw table and its decoded copy coexist while it is parsed.
+        budget.charge("qcow2 L1 table", l1_bytes * 2)?;
         if !header.l1_table_offset.is_multiple_of(cluster_bytes)
             || header
                 .l1_table_offset
@@ -613,9 +624,30 @@ impl Qcow2 {
                 .into());
             }
         }
+        budget.release(l1_bytes);
         let slice_bytes = cluster_bytes.min(L2_SLICE_BYTES);
         let slice_entries = slice_bytes / if extended_l2 { 16 } else { 8 };
-        let capacity = usize::try_from(MAX_L2_CACHE_BYTES / slice_bytes).unwrap_or(usize::MAX);
+        // The cache may grow to the L2 tables the L1 points at (distinct offsets), at most
+        // MAX_L2_CACHE_BYTES; that is what is counted.
+        let tables = {
+            let mut offsets: Vec<u64> = l1
+                .iter()
+                .map(|e| e & OFFSET_MASK)
+                .filter(|&o| o != 0)
+                .collect();
+            offsets.sort_unstable();
+            offsets.dedup();
+            offsets.len() as u64
+        };
+        let l2_bytes = tables
+            .saturating_mul(cluster_bytes)
+            .clamp(slice_bytes, MAX_L2_CACHE_BYTES);
+        let slices = l2_bytes / slice_bytes;
+        budget.charge(
+            "qcow2 L2 table cache",
+            l2_bytes + slices * L2_SLICE_OVERHEAD_BYTES,
+        )?;
+        let capacity = usize::try_from(slices).unwrap_or(usize::MAX);
         Ok(Qcow2 {
             source,
             header,

@@ -31,6 +31,7 @@ use lru::LruCache;
 
 use super::{DiskFormat, DiskImage, Extent, ParentRef, SECTOR_BYTES};
 use crate::error::Result;
+use crate::io::budget::Budget;
 use crate::io::{ReadAt, read_vec_at};
 
 /// Footer cookie, also the sniffing signature (offset 0 of the footer).
@@ -565,10 +566,15 @@ impl std::fmt::Debug for Vhd {
 impl Vhd {
     /// Parses the footer and tables of the VHD held in `source`. Reads metadata only.
     pub fn open(source: Arc<dyn ReadAt>) -> Result<Self> {
-        Self::open_inner(source).map_err(|e| e.context("opening VHD"))
+        Self::open_in(source, &Budget::default_metadata())
     }
 
-    fn open_inner(source: Arc<dyn ReadAt>) -> Result<Self> {
+    /// [`Vhd::open`], counting the BAT and the bitmap cache against `budget`.
+    pub fn open_in(source: Arc<dyn ReadAt>, budget: &Budget) -> Result<Self> {
+        Self::open_inner(source, budget).map_err(|e| e.context("opening VHD"))
+    }
+
+    fn open_inner(source: Arc<dyn ReadAt>, budget: &Budget) -> Result<Self> {
         let src: &dyn ReadAt = &*source;
         let file_len = src.len();
         // qemu's order: the footer copy at 0 (dynamic and differencing disks), else the
@@ -689,6 +695,8 @@ impl Vhd {
             }
             .into());
         }
+        // The raw table and its decoded copy coexist while it is parsed.
+        budget.charge("VHD block allocation table", table_bytes * 2)?;
         let raw_bat = read_vec_at(
             src,
             "VHD block allocation table",
@@ -715,7 +723,14 @@ impl Vhd {
                 .into());
             }
         }
+        budget.release(table_bytes);
         let differencing = footer.disk_type == DISK_TYPE_DIFFERENCING;
+        if differencing {
+            // The cache may hold at most one bitmap per allocated block.
+            let allocated = bat.iter().filter(|&&e| e != UNALLOCATED).count() as u64;
+            let count = (MAX_CACHED_BITMAP_BYTES / bitmap_bytes).clamp(1, allocated.max(1));
+            budget.charge("VHD sector bitmap cache", count * (bitmap_bytes + 64))?;
+        }
         let bitmaps = differencing.then(|| {
             let count = (MAX_CACHED_BITMAP_BYTES / bitmap_bytes).max(1);
             let count = usize::try_from(count).unwrap_or(usize::MAX);

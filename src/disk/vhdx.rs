@@ -34,6 +34,7 @@ use lru::LruCache;
 
 use super::{DiskError, DiskFormat, DiskImage, Extent, MAX_VIRTUAL_BYTES, ParentRef};
 use crate::error::Result;
+use crate::io::budget::Budget;
 use crate::io::{ReadAt, read_vec_at};
 
 /// "vhdxfile": the file type identifier at offset 0.
@@ -521,10 +522,15 @@ struct MetadataItems {
 impl Vhdx {
     /// Parses the headers, regions, metadata and BAT of the VHDX held in `source`.
     pub fn open(source: Arc<dyn ReadAt>) -> Result<Self> {
-        Self::open_inner(source).map_err(|e| e.context("opening VHDX"))
+        Self::open_in(source, &Budget::default_metadata())
     }
 
-    fn open_inner(source: Arc<dyn ReadAt>) -> Result<Self> {
+    /// [`Vhdx::open`], counting the BAT and the bitmap cache against `budget`.
+    pub fn open_in(source: Arc<dyn ReadAt>, budget: &Budget) -> Result<Self> {
+        Self::open_inner(source, budget).map_err(|e| e.context("opening VHDX"))
+    }
+
+    fn open_inner(source: Arc<dyn ReadAt>, budget: &Budget) -> Result<Self> {
         let src: &dyn ReadAt = &*source;
         let file_len = src.len();
         if file_len < HEADER_AREA_BYTES {
@@ -764,6 +770,8 @@ impl Vhdx {
             }
             .into());
         }
+        // The raw table and its decoded copy coexist while it is parsed.
+        budget.charge("VHDX BAT", entries * 16)?;
         let raw_bat = read_vec_at(
             src,
             "VHDX BAT",
@@ -819,6 +827,16 @@ impl Vhdx {
             {
                 return Err(out("overlaps the headers, the log or a metadata region").into());
             }
+        }
+        budget.release(entries * 8);
+        if has_parent {
+            let block_bitmap_bytes = block_bytes / sector_bytes / 8;
+            let count =
+                (MAX_CACHED_BITMAP_BYTES / block_bitmap_bytes.max(1)).clamp(1, data_blocks.max(1));
+            budget.charge(
+                "VHDX sector bitmap cache",
+                count * (block_bitmap_bytes + 64),
+            )?;
         }
         let bitmaps = has_parent.then(|| {
             let block_bitmap_bytes = block_bytes / sector_bytes / 8; // 32 B ..= 64 KiB

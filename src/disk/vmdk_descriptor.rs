@@ -43,6 +43,10 @@ pub const MAX_DESCRIPTOR_BYTES: u64 = MAX_DESCRIPTOR_SECTORS * SECTOR_BYTES;
 /// Most extents accepted (64 TiB in 2 GiB extents).
 pub const MAX_EXTENTS: usize = 1 << 15;
 
+/// Memory one extent line costs once opened (its start, its part, its file in the joined
+/// source, its sparse-unit index entry).
+const EXTENT_ENTRY_BYTES: u64 = 128;
+
 /// A VMDK descriptor file is malformed or names extents that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -177,7 +181,7 @@ enum Part {
     /// A sparse extent; `base` is the offset of its file in the joined source, `first_unit`
     /// the number of its first grain in this image's unit numbering.
     Sparse {
-        image: Box<SparseVmdk>,
+        image: Arc<SparseVmdk>,
         base: u64,
         first_unit: u64,
         units: u64,
@@ -192,6 +196,9 @@ pub struct DescriptorVmdk {
     /// Start of each extent in the virtual disk, ascending; `starts[0] == 0`.
     starts: Vec<u64>,
     parts: Vec<Part>,
+    /// `(first_unit, index in parts)` of each sparse extent, ascending by unit: finds the
+    /// extent of a unit by binary search whatever the number of extents.
+    sparse_units: Vec<(u64, usize)>,
     /// Every extent file, joined: `Extent::Stored` offsets refer to this.
     source: Concat,
     unit_bytes: u64,
@@ -285,6 +292,10 @@ impl DescriptorVmdk {
         if lines.is_empty() {
             return Err(DescriptorError::NoExtents.into());
         }
+        ctx.budget.charge(
+            "VMDK descriptor extent list",
+            (lines.len() as u64).saturating_mul(EXTENT_ENTRY_BYTES),
+        )?;
 
         let mut starts = Vec::with_capacity(lines.len());
         let mut parts = Vec::with_capacity(lines.len());
@@ -321,11 +332,11 @@ impl DescriptorVmdk {
                         ("FLAT", None) => return Err(bad("FLAT extent without an offset").into()),
                         _ => 0,
                     };
-                    let file = ctx
-                        .resolve(name)
-                        .ok_or_else(|| DescriptorError::MissingExtent {
-                            name: name.to_string(),
-                        })?;
+                    let (_, file) =
+                        ctx.resolve(name)
+                            .ok_or_else(|| DescriptorError::MissingExtent {
+                                name: name.to_string(),
+                            })?;
                     let start = offset_sectors.checked_mul(SECTOR_BYTES);
                     let needed = start.and_then(|s| s.checked_add(bytes));
                     let start = match (start, needed) {
@@ -348,12 +359,14 @@ impl DescriptorVmdk {
                 }
                 "SPARSE" => {
                     let name = e.file_name.as_deref().ok_or_else(|| bad("no file name"))?;
-                    let file = ctx
-                        .resolve(name)
-                        .ok_or_else(|| DescriptorError::MissingExtent {
-                            name: name.to_string(),
-                        })?;
-                    let image = SparseVmdk::open(file.clone())
+                    let (key, file) =
+                        ctx.resolve(name)
+                            .ok_or_else(|| DescriptorError::MissingExtent {
+                                name: name.to_string(),
+                            })?;
+                    // One parse per file whatever the number of lines naming it.
+                    let image = ctx
+                        .sparse_extent(&key, file.clone())
                         .map_err(|err| err.context(format!("extent {name:?}")))?;
                     let capacity_sectors = image.virtual_size() / SECTOR_BYTES;
                     if capacity_sectors < e.size_sectors {
@@ -377,7 +390,7 @@ impl DescriptorVmdk {
                         .ok_or_else(|| crate::error::Error::overflow("extent files"))?;
                     files.push(file);
                     Part::Sparse {
-                        image: Box::new(image),
+                        image,
                         base,
                         first_unit,
                         units,
@@ -399,7 +412,16 @@ impl DescriptorVmdk {
             .as_deref()
             .filter(|h| !h.trim().is_empty())
             .map(ParentRef::named);
+        let sparse_units = parts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match p {
+                Part::Sparse { first_unit, .. } => Some((*first_unit, i)),
+                _ => None,
+            })
+            .collect();
         Ok(DescriptorVmdk {
+            sparse_units,
             format: format_of(info.create_type.as_deref()),
             create_type: info.create_type,
             virtual_size,
@@ -423,7 +445,12 @@ impl DescriptorVmdk {
 
     /// The sparse extent holding `unit`, and the unit's number inside it.
     fn sparse_for_unit(&self, unit: u64) -> Option<(&SparseVmdk, u64)> {
-        self.parts.iter().find_map(|p| match p {
+        let at = self
+            .sparse_units
+            .partition_point(|&(first, _)| first <= unit)
+            .checked_sub(1)?;
+        let &(_, i) = self.sparse_units.get(at)?;
+        match self.parts.get(i)? {
             Part::Sparse {
                 image,
                 first_unit,
@@ -433,7 +460,7 @@ impl DescriptorVmdk {
                 Some((&**image, unit - first_unit))
             }
             _ => None,
-        })
+        }
     }
 }
 

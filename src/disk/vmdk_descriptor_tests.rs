@@ -7,8 +7,10 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::disk::SharedImages;
 use crate::disk::testutil::{check_tiling, disk_err, flat, noise};
 use crate::disk::vmdk_writer::{StreamWriterOptions, write_stream_optimized};
+use crate::io::budget::Budget;
 
 /// A package of named files for the resolver.
 struct Files(HashMap<String, Arc<dyn ReadAt>>);
@@ -24,10 +26,10 @@ impl Files {
     }
 
     fn open(&self, text: &str) -> Result<DescriptorVmdk> {
-        let resolver = |n: &str| self.0.get(n).cloned();
-        let ctx = OpenContext {
-            resolver: &resolver,
-        };
+        let resolver = |n: &str| self.0.get(n).map(|d| (n.to_string(), d.clone()));
+        let budget = Budget::default_metadata();
+        let shared = SharedImages::new();
+        let ctx = OpenContext::new(&resolver, &budget, &shared);
         DescriptorVmdk::open(&text.as_bytes().to_vec(), &ctx)
     }
 }
@@ -206,9 +208,9 @@ fn extent_rules() {
     );
     let big = vec![b'#'; MAX_DESCRIPTOR_BYTES as usize + 1];
     let resolver = |_: &str| None;
-    let ctx = OpenContext {
-        resolver: &resolver,
-    };
+    let budget = Budget::default_metadata();
+    let shared = SharedImages::new();
+    let ctx = OpenContext::new(&resolver, &budget, &shared);
     assert_eq!(
         d_err(DescriptorVmdk::open(&big, &ctx)),
         DescriptorError::TooLarge {
@@ -253,10 +255,10 @@ fn descriptor_wrapper_in_a_sparse_header_is_read_like_a_descriptor_file() {
     bytes.resize(3 * 512, 0);
     let data = noise(4096, 8);
     let files = Files::new(&[("w-flat.vmdk", data.clone())]);
-    let resolver = |n: &str| files.0.get(n).cloned();
-    let ctx = OpenContext {
-        resolver: &resolver,
-    };
+    let resolver = |n: &str| files.0.get(n).map(|d| (n.to_string(), d.clone()));
+    let budget = Budget::default_metadata();
+    let shared = SharedImages::new();
+    let ctx = OpenContext::new(&resolver, &budget, &shared);
     let img = crate::disk::open_with(Arc::new(bytes.clone()), &ctx).unwrap();
     assert_eq!(img.format(), DiskFormat::VmdkMonolithicFlat);
     assert_eq!(flat(&*img), data);
@@ -274,4 +276,60 @@ fn descriptor_sniffing() {
     assert!(!looks_like_descriptor(b"#x\nversion=1")); // cut before the line ends
     assert!(!looks_like_descriptor(b"RW 8 FLAT \"x\" 0\nversion=1\n"));
     assert!(!looks_like_descriptor(b""));
+}
+
+#[test]
+fn an_extent_named_on_many_lines_is_opened_once_and_counted_once() {
+    let a = noise(300 * 512, 4);
+    let files = Files::new(&[("s.vmdk", stream(&a))]);
+    let resolver = |n: &str| files.0.get(n).map(|d| (n.to_string(), d.clone()));
+    let budget = Budget::default_metadata();
+    let shared = SharedImages::new();
+    let ctx = OpenContext::new(&resolver, &budget, &shared);
+    let one =
+        DescriptorVmdk::from_text(format!("{HEAD}RW 300 SPARSE \"s.vmdk\"\n").as_bytes(), &ctx)
+            .unwrap();
+    let after_one = budget.used();
+    let many = format!("{HEAD}{}", "RW 300 SPARSE \"s.vmdk\"\n".repeat(1000));
+    let img = DescriptorVmdk::from_text(many.as_bytes(), &ctx).unwrap();
+    assert_eq!(shared.len(), 1, "one parse of s.vmdk");
+    let images: Vec<&Arc<SparseVmdk>> = img
+        .parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Sparse { image, .. } => Some(image),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(images.len(), 1000);
+    assert!(images.iter().all(|i| Arc::ptr_eq(i, images[0])));
+    // The second descriptor adds only its extent list, not 1000 grain directories.
+    assert!(budget.used() - after_one <= 1000 * EXTENT_ENTRY_BYTES);
+    // Every line reads the same bytes; the last unit decodes through the binary search.
+    let mut want = Vec::new();
+    for _ in 0..1000 {
+        want.extend_from_slice(&a);
+    }
+    assert_eq!(flat(&img), want);
+    drop(one);
+}
+
+#[test]
+fn tables_beyond_the_metadata_budget_are_refused_by_name() {
+    let files = Files::new(&[("s.vmdk", stream(&noise(300 * 512, 5)))]);
+    let resolver = |n: &str| files.0.get(n).map(|d| (n.to_string(), d.clone()));
+    let budget = Budget::new(crate::io::budget::BudgetKind::Metadata, 1024);
+    let shared = SharedImages::new();
+    let ctx = OpenContext::new(&resolver, &budget, &shared);
+    let e = DescriptorVmdk::from_text(format!("{HEAD}RW 300 SPARSE \"s.vmdk\"\n").as_bytes(), &ctx)
+        .unwrap_err();
+    assert!(
+        matches!(e.kind(), crate::error::ErrorKind::BudgetExceeded { .. }),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("s.vmdk") && msg.contains("metadata_limit"),
+        "{msg}"
+    );
 }

@@ -37,6 +37,7 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::disk::engine::{FlatDisk, INLINE_COUNTED_EXTENTS};
 use crate::error::{Error, ErrorKind, Result};
 use backend::{Backend, LiveKind, Refusals};
 use pool::Pool;
@@ -275,9 +276,24 @@ impl OvaFs {
             })
     }
 
+    /// The allocated bytes a `stat` of `disk` reports: counted in place when that is quick
+    /// (within [`INLINE_COUNTED_EXTENTS`] extents), else `None` (fully allocated, which is
+    /// never wrong for readers) while a worker counts them for later `stat`s. The count
+    /// walks the disk's tables, so the session thread does only a bounded part of it.
+    fn allocated_bytes(&self, disk: &Arc<FlatDisk>) -> Option<u64> {
+        let known = disk.allocated_bytes_within(INLINE_COUNTED_EXTENTS);
+        if known.is_none() && disk.claim_count() {
+            let disk = disk.clone();
+            self.pool.read(move || {
+                disk.allocated_bytes();
+            });
+        }
+        known
+    }
+
     fn attr(&self, tree: &Tree, ino: u64, node: &Node, fh: Option<u64>) -> (FileAttr, Duration) {
         let allocated = match &node.kind {
-            NodeKind::File(FileKind::Static(Content::Disk(disk))) => Some(disk.allocated_bytes()),
+            NodeKind::File(FileKind::Static(Content::Disk(disk))) => self.allocated_bytes(disk),
             _ => None,
         };
         let (kind, size, blksize, nlink, ttl) = match &node.kind {
@@ -482,6 +498,14 @@ pub fn errno_of(err: &Error) -> Errno {
         ErrorKind::InvalidEdit(_) => Errno::EINVAL,
         ErrorKind::ReadOnly(_) => Errno::EROFS,
         _ => Errno::EIO,
+    }
+}
+
+/// Answers an lseek: the offset found, or ENXIO when there is none.
+fn reply_seek(reply: ReplyLseek, at: Option<u64>) {
+    match at {
+        Some(at) => reply.offset(i64::try_from(at).unwrap_or(i64::MAX)),
+        None => reply.error(Errno::ENXIO),
     }
 }
 
@@ -1163,9 +1187,19 @@ impl Filesystem for OvaFs {
             let tree = self.tree();
             match tree.get(ino.0).map(|n| &n.kind) {
                 Some(NodeKind::File(FileKind::Static(Content::Disk(disk)))) => {
+                    // The walk depends on the disk's tables (bounded, but it may read them):
+                    // it runs on a worker, never on the session thread.
                     let disk = disk.clone();
                     drop(tree);
-                    disk.seek(offset, data)
+                    let tree = self.tree.clone();
+                    return self.pool.read(move || match disk.seek(offset, data) {
+                        Ok(at) => reply_seek(reply, at),
+                        Err(e) => {
+                            let path = tree.read().map(|t| t.path_of(ino.0)).unwrap_or_default();
+                            log::error!("lseek /{path} at offset {offset}: {e}");
+                            reply.error(errno_of(&e));
+                        }
+                    });
                 }
                 Some(NodeKind::File(kind)) => {
                     // Members, live and scratch files are all data.
@@ -1191,8 +1225,7 @@ impl Filesystem for OvaFs {
             }
         };
         match found {
-            Ok(Some(at)) => reply.offset(i64::try_from(at).unwrap_or(i64::MAX)),
-            Ok(None) => reply.error(Errno::ENXIO),
+            Ok(at) => reply_seek(reply, at),
             Err(e) => reply.error(self.fail("lseek", &self.tree().path_of(ino.0), &e)),
         }
     }

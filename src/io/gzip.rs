@@ -82,6 +82,7 @@ use miniz_oxide::inflate::core::inflate_flags::{
 };
 use miniz_oxide::inflate::core::{BlockBoundaryState, DecompressorOxide, decompress};
 
+use super::budget::Budget;
 use super::{ReadAt, clamp_len};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -112,6 +113,10 @@ const MAX_HEADER_FIELD_BYTES: u64 = 1 << 20;
 
 /// Decoder slots kept per stream (each holds about 430 KiB when used).
 const CURSOR_SLOTS: usize = 4;
+
+/// Memory one used decoder slot may hold (its decoder, window and output buffer), as
+/// counted against the metadata budget.
+pub const CURSOR_SLOT_BYTES: u64 = 448 << 10;
 
 /// Inflater calls in a row that may neither consume nor produce a byte before the stream is
 /// called corrupt. The decoder holds at most 64 bits, and an empty block takes at least 10.
@@ -305,6 +310,11 @@ pub struct GzipOptions {
     pub min_spacing_bytes: u64,
     /// Called while the index is built.
     pub progress: Option<ProgressFn>,
+    /// Counts the bytes the index pass inflates (shared by every stream of one opening, so
+    /// nested and repeated streams add up); the pass stops with a clear error past it.
+    pub inflate_budget: Option<Arc<Budget>>,
+    /// Counts the memory of the index (checkpoints and their windows).
+    pub metadata_budget: Option<Arc<Budget>>,
 }
 
 impl Default for GzipOptions {
@@ -314,6 +324,8 @@ impl Default for GzipOptions {
             max_index_bytes: DEFAULT_MAX_INDEX_BYTES,
             min_spacing_bytes: DEFAULT_MIN_SPACING_BYTES,
             progress: None,
+            inflate_budget: None,
+            metadata_budget: None,
         }
     }
 }
@@ -325,6 +337,8 @@ impl fmt::Debug for GzipOptions {
             .field("max_index_bytes", &self.max_index_bytes)
             .field("min_spacing_bytes", &self.min_spacing_bytes)
             .field("progress", &self.progress.is_some())
+            .field("inflate_budget", &self.inflate_budget)
+            .field("metadata_budget", &self.metadata_budget)
             .finish()
     }
 }
@@ -807,7 +821,9 @@ fn build_index(src: &dyn ReadAt, opts: &GzipOptions) -> Result<(Index, u64)> {
     let mut packer = WindowPacker::new()?;
     let mut next_progress = PROGRESS_STEP_BYTES;
     let total_in = src.len();
+    let mut charged = Charged::new(opts);
     loop {
+        charged.inflate(opts, cur.out)?;
         let event = cur.step(src)?;
         if cur.out > opts.max_output_bytes {
             return Err(ErrorKind::LimitExceeded {
@@ -833,6 +849,8 @@ fn build_index(src: &dyn ReadAt, opts: &GzipOptions) -> Result<(Index, u64)> {
             _ => None,
         };
         if let Some(resume) = resume {
+            // Counted before it is stored: a checkpoint is at most a window and a decoder.
+            charged.index(index.bytes.saturating_add(CHECKPOINT_MAX_BYTES))?;
             let cp = checkpoint(&cur, resume, &mut packer);
             index.bytes = index.bytes.saturating_add(cp.bytes());
             index.checkpoints.push(cp);
@@ -854,6 +872,7 @@ fn build_index(src: &dyn ReadAt, opts: &GzipOptions) -> Result<(Index, u64)> {
             next_progress = cur.input.saturating_add(PROGRESS_STEP_BYTES);
         }
     }
+    charged.keep_index(index.bytes);
     if let Some(progress) = &opts.progress {
         progress(&GzipProgress {
             compressed_done: total_in,
@@ -862,6 +881,76 @@ fn build_index(src: &dyn ReadAt, opts: &GzipOptions) -> Result<(Index, u64)> {
         });
     }
     Ok((index, cur.out))
+}
+
+/// Largest memory one checkpoint takes: a raw window and a whole decoder state.
+const CHECKPOINT_MAX_BYTES: u64 = (WINDOW_BYTES + 16 * 1024) as u64;
+
+/// Inflated bytes counted against the budget at a time (one atomic operation per MiB).
+const INFLATE_CHARGE_STEP: u64 = 1 << 20;
+
+/// What one index pass has counted against its budgets. The index's memory is given back
+/// when the pass fails (dropped without [`Charged::keep_index`]); inflated bytes never
+/// are (the CPU was spent).
+struct Charged {
+    metadata: Option<Arc<Budget>>,
+    /// Decompressed bytes counted (ahead of the output by up to one step).
+    inflated: u64,
+    /// Index bytes counted.
+    index: u64,
+}
+
+impl Charged {
+    fn new(opts: &GzipOptions) -> Self {
+        Charged {
+            metadata: opts.metadata_budget.clone(),
+            inflated: 0,
+            index: 0,
+        }
+    }
+
+    /// Counts output up to `out` plus one step ahead, before that step is inflated.
+    fn inflate(&mut self, opts: &GzipOptions, out: u64) -> Result<()> {
+        let Some(b) = &opts.inflate_budget else {
+            return Ok(());
+        };
+        if out < self.inflated {
+            return Ok(());
+        }
+        // One call of the inflater produces at most OUT_CHUNK_BYTES.
+        let target = out.saturating_add(INFLATE_CHARGE_STEP.max(OUT_CHUNK_BYTES as u64));
+        b.charge("gzip data indexed at open", target - self.inflated)?;
+        self.inflated = target;
+        Ok(())
+    }
+
+    /// Counts the index growing to `bytes`.
+    fn index(&mut self, bytes: u64) -> Result<()> {
+        let Some(b) = &self.metadata else {
+            return Ok(());
+        };
+        if bytes > self.index {
+            b.charge("gzip index", bytes - self.index)?;
+            self.index = bytes;
+        }
+        Ok(())
+    }
+
+    /// The pass succeeded with an index of `bytes`: what was counted beyond that
+    /// (checkpoints dropped) is given back, the rest stays counted for the reader's life.
+    fn keep_index(mut self, bytes: u64) {
+        if let Some(b) = self.metadata.take() {
+            b.release(self.index.saturating_sub(bytes));
+        }
+    }
+}
+
+impl Drop for Charged {
+    fn drop(&mut self) {
+        if let Some(b) = &self.metadata {
+            b.release(self.index);
+        }
+    }
 }
 
 /// Stores checkpoint windows: raw while the index is small, deflated (level 1) once it has
@@ -995,6 +1084,11 @@ impl GzipReader {
 
     /// Indexes the gzip stream in `src` (one full pass, verifying every member).
     pub fn open_with(src: Arc<dyn ReadAt>, options: GzipOptions) -> Result<Self> {
+        if let Some(b) = &options.metadata_budget {
+            // Decoders are made on the first reads, not here: counted now, they cannot
+            // cross the budget later, whichever disks are read.
+            b.charge("gzip decoders", CURSOR_SLOTS as u64 * CURSOR_SLOT_BYTES)?;
+        }
         let (index, len) = build_index(&*src, &options)?;
         Ok(GzipReader {
             src,

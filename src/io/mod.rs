@@ -9,6 +9,7 @@
 //! This module does no caching and no decoding, except [`gzip`]: random access into
 //! gzip-compressed bytes ([`GzipReader`]).
 
+pub mod budget;
 pub mod gzip;
 
 pub use gzip::GzipReader;
@@ -99,6 +100,55 @@ pub fn clamp_len(offset: u64, want: usize, len: u64) -> usize {
     }
 }
 
+/// Opens `path` read-only without blocking (`O_NONBLOCK | O_CLOEXEC`) and checks with
+/// `fstat` that it is a regular file: a FIFO, device, directory or socket is refused at once
+/// with one line saying what it is. Symlinks are followed (a source given by the user).
+pub fn open_regular_file(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
+    refuse_non_regular(path, &meta)?;
+    Ok(file)
+}
+
+/// What a non-regular file is, for messages.
+fn file_type_name(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+fn refuse_non_regular(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    if meta.is_file() {
+        return Ok(());
+    }
+    Err(Error::io(
+        format!("cannot read {}", path.display()),
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it is {}, not a regular file", file_type_name(meta)),
+        ),
+    ))
+}
+
 /// A regular file read with `pread`.
 pub struct FileSource {
     file: File,
@@ -107,24 +157,20 @@ pub struct FileSource {
 }
 
 impl FileSource {
-    /// Opens `path` read-only and records its length.
+    /// Opens `path` read-only and records its length. The open never blocks (`O_NONBLOCK`:
+    /// a FIFO named as a package must not hang the command) and anything but a regular
+    /// file (a FIFO, a device, a directory, a socket) is refused with one line naming it.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path)
-            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        let file = open_regular_file(path)?;
         Self::from_file(file, path)
     }
 
-    /// Wraps an already open file.
+    /// Wraps an already open file, which must be a regular file.
     pub fn from_file(file: File, path: &Path) -> Result<Self> {
         let meta = file
             .metadata()
             .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
-        if meta.is_dir() {
-            return Err(Error::io(
-                format!("cannot read {}", path.display()),
-                std::io::Error::from_raw_os_error(libc::EISDIR),
-            ));
-        }
+        refuse_non_regular(path, &meta)?;
         Ok(FileSource {
             file,
             len: meta.len(),

@@ -49,6 +49,7 @@ use crate::archive::names::NameProblem;
 use crate::archive::{MemberKind, TarIndex};
 use crate::error::Result;
 use crate::io::ReadAt;
+pub use crate::io::budget::Limits;
 use crate::io::gzip::{GzipOptions, GzipProgress, GzipReader};
 use crate::ovf::Descriptor;
 
@@ -428,7 +429,13 @@ impl Package {
 }
 
 /// Opens the package at `path`: a folder package when the name ends in `.ovf`, else an OVA.
+/// Compressed archives are indexed within the default budgets ([`Limits::default`]).
 pub fn open(path: &Path) -> Result<Package> {
+    open_in(path, &Limits::default())
+}
+
+/// [`open`], counting the indexing of a compressed archive against `limits`.
+pub fn open_in(path: &Path, limits: &Limits) -> Result<Package> {
     let is_ovf = path
         .extension()
         .and_then(|e| e.to_str())
@@ -436,7 +443,7 @@ pub fn open(path: &Path) -> Result<Package> {
     if is_ovf {
         folder::open(path)
     } else {
-        ova::open(path)
+        ova::open(path, limits)
     }
 }
 
@@ -444,23 +451,29 @@ pub fn open(path: &Path) -> Result<Package> {
 /// themselves for identity, a [`GzipReader`] for gzip (one pass over the whole stream to
 /// index it, verifying every member; progress is logged for large streams). `None` for an
 /// encoding ovafs cannot decode. `what` names the data in log lines.
+/// The bytes inflated to index it and the index's memory count against `limits`.
 pub fn decode(
     encoding: &Encoding,
     stored: Arc<dyn ReadAt>,
     what: &str,
+    limits: &Limits,
 ) -> Result<Option<Arc<dyn ReadAt>>> {
     match encoding {
         Encoding::Identity => Ok(Some(stored)),
-        Encoding::Gzip => Ok(Some(Arc::new(gunzip(stored, what)?))),
+        Encoding::Gzip => Ok(Some(Arc::new(gunzip(stored, what, limits)?))),
         Encoding::Unsupported(_) => Ok(None),
     }
 }
 
 /// Indexes the gzip stream in `stored`, logging progress every 10% when it is large.
-pub(crate) fn gunzip(stored: Arc<dyn ReadAt>, what: &str) -> Result<GzipReader> {
+pub(crate) fn gunzip(stored: Arc<dyn ReadAt>, what: &str, limits: &Limits) -> Result<GzipReader> {
     const LOG_ABOVE_BYTES: u64 = 256 << 20;
     let total = stored.len();
-    let mut options = GzipOptions::default();
+    let mut options = GzipOptions {
+        inflate_budget: Some(limits.inflate.clone()),
+        metadata_budget: Some(limits.metadata.clone()),
+        ..GzipOptions::default()
+    };
     if total >= LOG_ABOVE_BYTES {
         let what = what.to_string();
         let next = std::sync::Mutex::new(0u64);
@@ -492,5 +505,5 @@ pub(crate) fn gunzip(stored: Arc<dyn ReadAt>, what: &str) -> Result<GzipReader> 
 
 /// Opens an OVA held in any byte source (`path` is recorded and used in messages only).
 pub fn open_ova_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> {
-    ova::open_source(src, path)
+    ova::open_source(src, path, &Limits::default())
 }

@@ -11,26 +11,34 @@ use super::{Member, Movable, Package, PackageError, Relocation, SourceKind, acce
 use crate::archive::names::{file_name, parent};
 use crate::archive::{self, MemberKind};
 use crate::error::{Result, ResultExt};
+use crate::io::budget::Limits;
 use crate::io::{FileSource, ReadAt, read_vec_at};
 use crate::ovf::{self, MAX_DESCRIPTOR_BYTES, OvfError};
 
 /// Opens the OVA at `path`. Its members are never more readable than the OVA file itself
 /// ([`access_ceiling`]), and they follow the file into its replacement after a rewrite
 /// ([`Relocation`]).
-pub(super) fn open(path: &Path) -> Result<Package> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| crate::error::Error::io(format!("cannot open {}", path.display()), e))?;
+pub(super) fn open(path: &Path, limits: &Limits) -> Result<Package> {
+    // Not a FIFO, a device or a directory: opened without blocking and checked first.
+    let file = crate::io::open_regular_file(path)?;
     let meta = file
         .metadata()
         .map_err(|e| crate::error::Error::io(format!("cannot stat {}", path.display()), e))?;
     let src: Arc<dyn ReadAt> = Arc::new(FileSource::from_file(file, path)?);
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    open_with(src, path, access_ceiling(&meta), real, Some(meta.uid()))
+    open_with(
+        src,
+        path,
+        access_ceiling(&meta),
+        real,
+        Some(meta.uid()),
+        limits,
+    )
 }
 
 /// Opens an OVA held in `src`.
-pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path) -> Result<Package> {
-    open_with(src, path, 0o777, path.to_path_buf(), None)
+pub(super) fn open_source(src: Arc<dyn ReadAt>, path: &Path, limits: &Limits) -> Result<Package> {
+    open_with(src, path, 0o777, path.to_path_buf(), None, limits)
 }
 
 /// Whole-archive compression, recognised by magic bytes.
@@ -65,6 +73,7 @@ fn open_with(
     ceiling: u32,
     real_path: std::path::PathBuf,
     owner: Option<u32>,
+    limits: &Limits,
 ) -> Result<Package> {
     let shown = path.display().to_string();
     let mut head = [0u8; 10];
@@ -72,7 +81,9 @@ fn open_with(
     let archive_compression = compression(&head[..n]);
     let src = match archive_compression {
         None => src,
-        Some("gzip") => Arc::new(super::gunzip(src, &shown).with_context(|| shown.clone())?),
+        Some("gzip") => {
+            Arc::new(super::gunzip(src, &shown, limits).with_context(|| shown.clone())?)
+        }
         Some(format) => {
             return Err(
                 crate::error::Error::from(PackageError::CompressedArchive { format })

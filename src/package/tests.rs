@@ -214,18 +214,28 @@ fn corrupt_gzip_ova_is_a_gzip_error() {
 fn decode_gives_the_decompressed_bytes() {
     let data = b"disk image bytes".repeat(1000);
     let stored: Arc<dyn ReadAt> = Arc::new(gzip_bytes(&data));
-    let d = decode(&Encoding::Gzip, stored.clone(), "test")
+    let d = decode(&Encoding::Gzip, stored.clone(), "test", &Limits::default())
         .unwrap()
         .unwrap();
     assert_eq!(read_all(&*d), data);
-    let same = decode(&Encoding::Identity, stored.clone(), "test")
-        .unwrap()
-        .unwrap();
+    let same = decode(
+        &Encoding::Identity,
+        stored.clone(),
+        "test",
+        &Limits::default(),
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(same.len(), stored.len());
     assert!(
-        decode(&Encoding::Unsupported("bzip2".into()), stored, "test")
-            .unwrap()
-            .is_none()
+        decode(
+            &Encoding::Unsupported("bzip2".into()),
+            stored,
+            "test",
+            &Limits::default()
+        )
+        .unwrap()
+        .is_none()
     );
 }
 

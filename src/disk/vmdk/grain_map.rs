@@ -24,7 +24,18 @@ use super::header::{
 };
 use crate::disk::SECTOR_BYTES;
 use crate::error::Result;
+use crate::io::budget::Budget;
 use crate::io::{ReadAt, read_vec_at};
+
+/// Bytes a cached table costs besides its entries (LRU node, box header).
+const TABLE_OVERHEAD_BYTES: u64 = 64;
+
+/// Bytes a scanned grain costs while the scan runs: the `(grain, sector)` pair in a vector
+/// that may have doubled, then the two boxed arrays it becomes.
+const SCANNED_GRAIN_BYTES: u64 = 32;
+
+/// Grains charged to the budget at a time during a marker scan.
+const SCAN_CHARGE_GRAINS: u64 = 4096;
 
 /// Most grain tables kept in memory per disk (8 MiB at 512 entries per table; covers
 /// 128 GiB of virtual disk at 64 KiB grains). A miss costs one small pread.
@@ -104,12 +115,16 @@ impl SectorRange {
 
 impl GrainDirectory {
     /// Reads and validates the grain directory at `gd_sector`. `reserved` lists regions no
-    /// grain directory or table may overlap (header, descriptor).
+    /// grain directory or table may overlap (header, descriptor). The directory, the
+    /// transient list of tables and the table cache (at the size it may grow to: the
+    /// tables the directory points at, at most [`MAX_CACHED_GRAIN_TABLES`]) are counted
+    /// against `budget` before they are allocated.
     pub fn load(
         source: &dyn ReadAt,
         geometry: Geometry,
         gd_sector: u64,
         reserved: &[SectorRange],
+        budget: &Budget,
     ) -> Result<Self> {
         let file_sectors = source.len() / SECTOR_BYTES;
         let gd_end = gd_sector
@@ -130,6 +145,10 @@ impl GrainDirectory {
         // OK to multiply: gd_entries <= MAX_GRAIN_DIRECTORY_ENTRIES and the directory lies
         // inside the source (checked above), so this is at most the source length.
         let gd_bytes = geometry.gd_entries * TABLE_ENTRY_BYTES;
+        // The raw bytes and the decoded directory live together for a moment; the list of
+        // tables (8 bytes an entry) is given back once checked.
+        let transient = gd_bytes + geometry.gd_entries * 8;
+        budget.charge("VMDK grain directory", gd_bytes + transient)?;
         let raw = read_vec_at(
             source,
             "VMDK grain directory",
@@ -191,7 +210,11 @@ impl GrainDirectory {
                 .into());
             }
         }
-        let capacity = NonZeroUsize::new(MAX_CACHED_GRAIN_TABLES).unwrap_or(NonZeroUsize::MIN);
+        budget.release(transient);
+        let cached = tables.len().clamp(1, MAX_CACHED_GRAIN_TABLES);
+        let table_bytes = geometry.gtes_per_gt * TABLE_ENTRY_BYTES + TABLE_OVERHEAD_BYTES;
+        budget.charge("VMDK grain table cache", cached as u64 * table_bytes)?;
+        let capacity = NonZeroUsize::new(cached).unwrap_or(NonZeroUsize::MIN);
         Ok(GrainDirectory {
             geometry,
             gd,
@@ -397,6 +420,7 @@ pub fn scan_markers(
     geometry: Geometry,
     start_sector: u64,
     max_compressed_bytes: u64,
+    budget: &Budget,
 ) -> Result<ScannedGrains> {
     let len = source.len();
     let file_sectors = len / SECTOR_BYTES;
@@ -446,6 +470,12 @@ pub fn scan_markers(
                     limit: MAX_SCANNED_GRAINS,
                 }
                 .into());
+            }
+            if (found.len() as u64).is_multiple_of(SCAN_CHARGE_GRAINS) {
+                budget.charge(
+                    "VMDK grain map rebuilt from markers",
+                    SCAN_CHARGE_GRAINS * SCANNED_GRAIN_BYTES,
+                )?;
             }
             found.push((marker.val / geometry.grain_sectors, sector));
             (GRAIN_MARKER_HEADER_BYTES + size).div_ceil(SECTOR_BYTES)

@@ -43,6 +43,7 @@ use header::{
 use super::inflate::{Wrapper, inflate_exact, looks_like_zlib};
 use super::{DiskError, DiskFormat, DiskImage, Extent, SECTOR_BYTES};
 use crate::error::{ErrorKind, Result, ResultExt};
+use crate::io::budget::Budget;
 use crate::io::{ReadAt, read_vec_at};
 
 /// Bytes at the end of a stream taken by `[footer marker][footer header][EOS marker]`.
@@ -202,10 +203,15 @@ impl SparseVmdk {
     /// Parses the header and tables of a sparse extent held in `source` (the whole extent,
     /// e.g. an OVA member). Reads metadata only.
     pub fn open(source: Arc<dyn ReadAt>) -> Result<Self> {
-        Self::open_inner(source).map_err(|e| e.context("opening VMDK sparse extent"))
+        Self::open_in(source, &Budget::default_metadata())
     }
 
-    fn open_inner(source: Arc<dyn ReadAt>) -> Result<Self> {
+    /// [`SparseVmdk::open`], counting the grain directory and table cache against `budget`.
+    pub fn open_in(source: Arc<dyn ReadAt>, budget: &Budget) -> Result<Self> {
+        Self::open_inner(source, budget).map_err(|e| e.context("opening VMDK sparse extent"))
+    }
+
+    fn open_inner(source: Arc<dyn ReadAt>, budget: &Budget) -> Result<Self> {
         let src: &dyn ReadAt = &*source;
         let len = src.len();
         if len < SECTOR_BYTES {
@@ -277,14 +283,21 @@ impl SparseVmdk {
 
         let max_compressed_bytes = geometry.grain_bytes + COMPRESSED_GRAIN_SLACK_BYTES;
         let grains = match map_source {
-            GrainMapSource::Header | GrainMapSource::Footer => GrainIndex::Directory(
-                GrainDirectory::load(src, geometry, effective.gd_offset_sectors, &reserved)?,
-            ),
+            GrainMapSource::Header | GrainMapSource::Footer => {
+                GrainIndex::Directory(GrainDirectory::load(
+                    src,
+                    geometry,
+                    effective.gd_offset_sectors,
+                    &reserved,
+                    budget,
+                )?)
+            }
             GrainMapSource::MarkerScan => GrainIndex::Scanned(grain_map::scan_markers(
                 src,
                 geometry,
                 effective.overhead_sectors,
                 max_compressed_bytes,
+                budget,
             )?),
         };
 

@@ -719,3 +719,37 @@ fn bench_index_build_and_reads() {
         times[times.len() - 1]
     );
 }
+
+#[test]
+fn the_index_pass_stops_at_the_inflate_budget_and_counts_its_index() {
+    use crate::io::budget::BudgetKind;
+    let data = vec![0u8; 8 << 20];
+    let stored: Arc<dyn ReadAt> = Arc::new(gzip(&data));
+    let tight = Budget::new(BudgetKind::Inflate, 2 << 20);
+    let options = GzipOptions {
+        inflate_budget: Some(tight.clone()),
+        ..GzipOptions::default()
+    };
+    let e = GzipReader::open_with(stored.clone(), options).unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::BudgetExceeded { option, .. } if *option == "inflate_limit"),
+        "{e}"
+    );
+    assert!(tight.used() <= 2 << 20);
+    // Two streams share one budget: the second one is refused where one alone fits.
+    let shared = Budget::new(BudgetKind::Inflate, 12 << 20);
+    let metadata = Budget::new(BudgetKind::Metadata, 1 << 30);
+    let options = GzipOptions {
+        inflate_budget: Some(shared.clone()),
+        metadata_budget: Some(metadata.clone()),
+        ..GzipOptions::default()
+    };
+    let r = GzipReader::open_with(stored.clone(), options.clone()).unwrap();
+    assert!(shared.used() >= 8 << 20);
+    assert_eq!(
+        metadata.used(),
+        r.stats().index_bytes + CURSOR_SLOTS as u64 * CURSOR_SLOT_BYTES,
+        "the index and the decoders are counted"
+    );
+    assert!(GzipReader::open_with(stored, options).is_err());
+}
