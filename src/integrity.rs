@@ -89,6 +89,9 @@ pub struct StatusNotes {
     pub escaped: Vec<Escaped>,
     /// Refused writes, kept by the filesystem.
     pub refusals: Arc<Refusals>,
+    /// What happened to the package before it was served: recovery of an interrupted
+    /// commit, a journal or temporary file left alone, why the mount is read-only.
+    pub package: Vec<String>,
 }
 
 /// Options for verifying at mount: digests on `threads` threads, trust reported, not
@@ -282,6 +285,9 @@ impl Integrity {
                 }
             }
         }
+        for n in &self.notes.package {
+            out.push_str(&format!("package: {n}\n"));
+        }
         for e in &self.notes.escaped {
             out.push_str(&format!(
                 "collision: member {:?} is shown as /{} (its name is the mount's own)\n",
@@ -310,6 +316,7 @@ impl Integrity {
             state: &'a State,
             done_bytes: u64,
             total_bytes: u64,
+            package_notices: &'a [String],
             collisions: Vec<Collision<'a>>,
             refusals: Vec<JsonRefusal>,
         }
@@ -332,6 +339,7 @@ impl Integrity {
             state: &state,
             done_bytes: self.done_bytes.load(Ordering::Relaxed),
             total_bytes: self.total_bytes.load(Ordering::Relaxed),
+            package_notices: &self.notes.package,
             collisions: self
                 .notes
                 .escaped

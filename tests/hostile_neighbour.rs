@@ -210,6 +210,13 @@ fn planted_journal_is_left_alone(rule: &str, plant: impl FnOnce(&Shared, &Path, 
     assert!(err.contains("vm.ova.ovafs-journal"), "{err}");
     assert!(err.contains(rule), "{err}");
     assert!(err.contains("read-only"), "{err}");
+    // The status file says it too, for users who never saw the mount's stderr.
+    let status = fs::read_to_string(m.path(".ovafs/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("package: ") && l.contains("vm.ova.ovafs-journal"))
+        .unwrap_or_else(|| panic!("no package notice in the status:\n{status}"));
+    assert!(line.contains(rule), "{line}");
     assert_read_only(&m);
     assert_eq!(snapshot(&s.dir), before, "the folder changed while mounted");
     m.umount();

@@ -70,7 +70,9 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
-        /// Fail unless the signature chains to a trusted root and the certificate is valid now.
+        /// Fail unless the package is signed, the signed manifest lists the descriptor, and the
+        /// signer's certificate chains to a trusted root through strong keys and signatures
+        /// and is valid now (key, key-usage and archive-entry rules apply either way).
         #[arg(long)]
         require_trusted: bool,
         /// Trust the certificates of this PEM file instead of the system's store.

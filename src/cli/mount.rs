@@ -178,9 +178,17 @@ pub(super) fn serve(
     let cache = Arc::new(UnitCache::new(config.cache_bytes));
     let built = appliance.build_tree(&cache, &Editor::served_members(&appliance.package));
     let refusals = Arc::new(Refusals::default());
+    let mut package_notices = recovery.notices();
+    // The reason for a read-only mount, unless it only repeats a recovery notice.
+    if let Some(why) = &read_only_reason
+        && !package_notices.iter().any(|n| why.starts_with(n.as_str()))
+    {
+        package_notices.push(format!("read-only: {why}"));
+    }
     let notes = StatusNotes {
         escaped: built.escaped,
         refusals: refusals.clone(),
+        package: package_notices,
     };
     let integrity = Integrity::new(config.verify, &built.disks, strict_report, notes);
     let tree = built.tree;
