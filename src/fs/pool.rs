@@ -5,6 +5,11 @@
 //! then decode on every core. Two queues: reads (answered first) and read-ahead work (run
 //! only when no read is waiting, and bounded so a fast sequential reader cannot queue
 //! unbounded work).
+//!
+//! Every job runs under [`super::contain::contain`]: a job that panics fails its own read
+//! (its reply, dropped while unwinding, answers EIO) and the worker goes on to the next job,
+//! so a hostile input cannot shrink the pool thread by thread until the mount stops
+//! answering.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -76,22 +81,23 @@ impl Pool {
 
 fn worker(shared: &Shared) {
     loop {
-        let job = {
+        let (op, job) = {
             let mut q = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 if let Some(j) = q.reads.pop_front() {
-                    break j;
+                    break ("read", j);
                 }
                 if q.shutting_down {
                     return;
                 }
                 if let Some(j) = q.read_ahead.pop_front() {
-                    break j;
+                    break ("read-ahead", j);
                 }
                 q = shared.work.wait(q).unwrap_or_else(|p| p.into_inner());
             }
         };
-        job();
+        // The queue lock is not held here, so a panicking job poisons nothing shared.
+        super::contain::contain(op, job);
     }
 }
 
@@ -128,5 +134,25 @@ mod tests {
             }
         }
         assert_eq!(done.load(Ordering::SeqCst), 100);
+    }
+
+    #[test]
+    fn a_panicking_job_leaves_every_worker_serving() {
+        let done = Arc::new(AtomicUsize::new(0));
+        {
+            // One worker: if a panic killed it, no later job would run.
+            let pool = Pool::new(1).unwrap();
+            for i in 0..20 {
+                let done = done.clone();
+                pool.read(move || {
+                    if i % 2 == 0 {
+                        panic!("job {i} panics");
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
+                pool.read_ahead(|| panic!("read-ahead panics"));
+            }
+        }
+        assert_eq!(done.load(Ordering::SeqCst), 10);
     }
 }
