@@ -4,7 +4,7 @@
 set -eu
 C=${1:?usage: sh seed.sh PATH/TO/shared/corpus}
 cd "$(dirname "$0")"
-mkdir -p corpus/tar_index corpus/descriptor corpus/manifest corpus/certificate corpus/disk corpus/package
+mkdir -p corpus/tar_index corpus/descriptor corpus/manifest corpus/certificate corpus/disk corpus/package corpus/settings
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for f in $(find "$C" -name '*.ova' -size -300k); do
@@ -17,6 +17,15 @@ done
 head -c 65536 "$C/govmomi/ttylinux-pc_i486-16.1.ova" > corpus/tar_index/ttylinux-head.ova
 for f in $(find "$C" -name '*.ovf' -size -64k) $(find "$tmp" -name '*.ovf'); do
   cp "$f" "corpus/descriptor/$(echo "$f" | tr / _)"
+done
+# settings: [selector u16 LE][value length u16 LE][value][descriptor], value "2\n"; the
+# last selector (0x8000) is a mkdir of networks/2.
+n=0
+for f in $(find "$C" -name '*.ovf' -size -64k) $(find "$tmp" -name '*.ovf'); do
+  for sel in '\000\000' '\001\000' '\003\000' '\007\000' '\017\000' '\000\200'; do
+    { printf "$sel"'\002\0002\n'; cat "$f"; } > "corpus/settings/seed$n"
+    n=$((n + 1))
+  done
 done
 for f in $(find "$C" "$tmp" -name '*.mf'); do cp "$f" "corpus/manifest/$(echo "$f" | tr / _)"; done
 for f in $(find "$tmp" -name '*.cert'); do cp "$f" corpus/certificate/; done

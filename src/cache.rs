@@ -82,6 +82,28 @@ fn keep_spare(inner: &mut Inner, unit: Arc<[u8]>) {
     }
 }
 
+/// A decode in progress; dropped without [`Unpublished::publish`] (the decode panicked), it
+/// publishes a failure.
+struct Unpublished<'a> {
+    cache: &'a UnitCache,
+    key: UnitKey,
+    flight: Option<Arc<InFlight>>,
+}
+
+impl Unpublished<'_> {
+    fn publish(&mut self, value: Option<&Arc<[u8]>>) {
+        if let Some(f) = self.flight.take() {
+            self.cache.publish(self.key, &f, value);
+        }
+    }
+}
+
+impl Drop for Unpublished<'_> {
+    fn drop(&mut self) {
+        self.publish(None);
+    }
+}
+
 /// The shared unit cache.
 pub struct UnitCache {
     inner: Mutex<Inner>,
@@ -187,18 +209,31 @@ impl UnitCache {
     ) -> Result<Arc<[u8]>> {
         self.misses.fetch_add(1, Ordering::Relaxed);
         let recycled = self.take_spare(len);
+        // If `decode` panics, the guard still publishes a failure while unwinding: the
+        // threads waiting for this unit must not wait forever (the panic itself is caught
+        // further up, see `fs::contain`).
+        let mut unpublished = Unpublished {
+            cache: self,
+            key,
+            flight: Some(flight),
+        };
         let result = decode_into_unit(recycled, len, decode);
+        unpublished.publish(result.as_ref().ok());
+        result
+    }
+
+    /// Ends the decode of `key`: caches `value` (when it succeeded), wakes the waiters.
+    fn publish(&self, key: UnitKey, flight: &InFlight, value: Option<&Arc<[u8]>>) {
         {
             let mut inner = self.lock();
             inner.in_flight.remove(&key);
-            if let Ok(v) = &result {
+            if let Some(v) = value {
                 self.insert_locked(&mut inner, key, v.clone());
             }
         }
         let mut state = flight.state.lock().unwrap_or_else(|p| p.into_inner());
-        *state = Some(result.is_ok());
+        *state = Some(value.is_some());
         flight.done.notify_all();
-        result
     }
 
     fn insert_locked(&self, inner: &mut Inner, key: UnitKey, value: Arc<[u8]>) {
@@ -281,6 +316,31 @@ mod tests {
             .get_or_decode((1, 19), unit, |_| panic!("must be cached"))
             .unwrap();
         assert_eq!(v[0], 19);
+    }
+
+    #[test]
+    fn a_decode_that_panics_releases_its_waiters() {
+        let c = Arc::new(UnitCache::new(MIN_BUDGET_BYTES));
+        let started = Arc::new(std::sync::Barrier::new(2));
+        let panicker = {
+            let (c, started) = (c.clone(), started.clone());
+            thread::spawn(move || {
+                let _ = c.get_or_decode((3, 1), 4096, |_| {
+                    started.wait();
+                    thread::sleep(Duration::from_millis(100));
+                    panic!("decoder bug");
+                });
+            })
+        };
+        started.wait();
+        // This caller waits on the in-flight decode; before the fix it waited forever.
+        let v = c.get_or_decode((3, 1), 4096, |b| {
+            b.fill(7);
+            Ok(())
+        });
+        assert_eq!(v.unwrap()[0], 7);
+        assert!(panicker.join().is_err());
+        assert!(!c.lock().in_flight.contains_key(&(3, 1)));
     }
 
     #[test]

@@ -115,8 +115,21 @@ impl Editor {
         .collect()
     }
 
+    /// The state, locked. A panic while it was held (caught by `fs::contain`) may have left
+    /// it half updated (a commit done but not recorded, say), so from then on the editor
+    /// refuses changes: it keeps serving what it has, read-only.
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| {
+            let mut st = poisoned.into_inner();
+            if st.committer.take().is_some() {
+                log::error!(
+                    "an internal error interrupted a change: further changes are refused \
+                     until the package is mounted again"
+                );
+            }
+            self.state.clear_poison();
+            st
+        })
     }
 
     fn writable(&self) -> bool {

@@ -168,6 +168,9 @@ pub struct TarMember {
     pub name: String,
     /// Offset of the member's first header block (including GNU/pax extension headers).
     pub header_offset: u64,
+    /// Offset of the member's own header block (after its extension headers; for old GNU
+    /// sparse members, before their sparse-map extension blocks).
+    pub own_header_offset: u64,
     /// Offset of the member's data in the archive.
     pub data_offset: u64,
     /// Size of the data in bytes (for [`MemberKind::Other`] members, the bytes stored).
@@ -180,6 +183,13 @@ pub struct TarMember {
     pub kind: MemberKind,
     /// The header's typeflag byte, for diagnostics.
     pub typeflag: u8,
+    /// pax headers sit between [`TarMember::header_offset`] and the member's own header: a
+    /// per-member `x` header, or a global `g` header among the member's extension headers
+    /// (a rewrite cannot carry them over for entries it does not copy as files).
+    pub pax: bool,
+    /// A pax `size` record applies to this member: the size field of its own header is not
+    /// the truth, so an in-place patch of that field would be ignored by readers.
+    pub pax_size: bool,
 }
 
 /// A member left out of the index because its name is refused.
@@ -348,6 +358,8 @@ struct Pending {
     start: Option<u64>,
     long_name: Option<Vec<u8>>,
     pax: PaxOverrides,
+    /// A pax header (`x`, or `g` after `start`) was among them.
+    any_pax: bool,
 }
 
 /// Indexes the archive in `src`, reading headers only, under `limits`.
@@ -466,6 +478,7 @@ pub fn index_with(src: &dyn ReadAt, limits: &Limits) -> Result<TarIndex> {
                             reason,
                         })?;
                         pending.pax.merge(p);
+                        pending.any_pax = true;
                         pending.start.get_or_insert(off);
                     }
                     _ => {
@@ -479,6 +492,9 @@ pub fn index_with(src: &dyn ReadAt, limits: &Limits) -> Result<TarIndex> {
                         if p.mtime.is_some() {
                             global_mtime = p.mtime;
                         }
+                        // A global header inside a member's run of extension headers sits
+                        // between that member's first header and its own one.
+                        pending.any_pax |= pending.start.is_some();
                     }
                 }
                 off = next(data_offset, stored_size)?;
@@ -494,6 +510,7 @@ pub fn index_with(src: &dyn ReadAt, limits: &Limits) -> Result<TarIndex> {
         }
 
         // A real member.
+        let own_header_offset = off;
         let header_offset = pending.start.unwrap_or(off);
         let mut kind = match typeflag {
             b'0' | b'\0' | b'7' => MemberKind::Regular,
@@ -531,6 +548,7 @@ pub fn index_with(src: &dyn ReadAt, limits: &Limits) -> Result<TarIndex> {
                 }
             }
         }
+        let pax_size = pending.pax.size.is_some();
         let size = match (kind, pending.pax.size) {
             // A pax size describes the file; for a sparse member the stored bytes are what
             // the header says.
@@ -563,6 +581,7 @@ pub fn index_with(src: &dyn ReadAt, limits: &Limits) -> Result<TarIndex> {
                 field: "mode",
             })? & 0o7777
         };
+        let any_pax = pending.any_pax;
         let mtime = match pending.pax.mtime.or(global_mtime) {
             Some(t) => t,
             None if is_blank(&block[MTIME_FIELD]) => 0,
@@ -596,12 +615,15 @@ pub fn index_with(src: &dyn ReadAt, limits: &Limits) -> Result<TarIndex> {
         let member = TarMember {
             name: name.clone(),
             header_offset,
+            own_header_offset,
             data_offset,
             size,
             mode,
             mtime,
             kind,
             typeflag,
+            pax: any_pax,
+            pax_size,
         };
         let idx = out.members.len();
         if let Some(prev) = by_name.insert(name.clone(), idx) {

@@ -780,3 +780,79 @@ fn only_headers_are_read() {
     // Three headers and the end-of-archive block.
     assert_eq!(src.read.load(Ordering::Relaxed), 4 * 512);
 }
+
+#[test]
+fn plain_members_have_their_own_header_first_and_no_pax() {
+    let bytes = Ar::default()
+        .file(Fmt::Ustar, "a.ovf", b"<Envelope/>")
+        .file(Fmt::Gnu, "b", b"b")
+        .end();
+    let idx = index(&bytes).unwrap();
+    for m in &idx.members {
+        assert_eq!(m.own_header_offset, m.header_offset);
+        assert_eq!(m.own_header_offset + BLOCK_BYTES, m.data_offset);
+        assert!(!m.pax && !m.pax_size, "{m:?}");
+    }
+}
+
+#[test]
+fn pax_size_and_own_header_offset_are_recorded() {
+    let rec = pax_rec("size", "7");
+    let path = pax_rec("path", "named.ovf");
+    let bytes = Ar::default()
+        .header(Hdr::new(Fmt::Ustar, b"PaxHeaders/a", b'x', rec.len() as u64).sealed())
+        .data(&rec)
+        .header(Hdr::new(Fmt::Ustar, b"a", b'0', 3).sealed())
+        .data(b"1234567")
+        .header(Hdr::new(Fmt::Ustar, b"PaxHeaders/b", b'x', path.len() as u64).sealed())
+        .data(&path)
+        .file(Fmt::Ustar, "b", b"b")
+        .end();
+    let idx = index(&bytes).unwrap();
+    let (a, b) = (&idx.members[0], &idx.members[1]);
+    assert_eq!(
+        (a.header_offset, a.own_header_offset, a.data_offset),
+        (0, 1024, 1536)
+    );
+    assert!(a.pax && a.pax_size);
+    assert_eq!(b.name, "named.ovf");
+    assert_eq!((b.header_offset, b.own_header_offset), (2048, 3072));
+    assert!(b.pax && !b.pax_size, "a pax path is not a pax size");
+}
+
+#[test]
+fn global_pax_counts_only_inside_a_members_extension_headers() {
+    let g = pax_rec("mtime", "1234");
+    let mut ar = Ar::default();
+    // A global header on its own: not part of the next member's headers.
+    ar.header(Hdr::new(Fmt::Ustar, b"pax_global_header", b'g', g.len() as u64).sealed())
+        .data(&g)
+        .file(Fmt::Ustar, "alone", b"a");
+    // A long name, then a global header, then the member: the global header lies between
+    // the member's first header and its own.
+    ar.header(Hdr::new(Fmt::Gnu, b"././@LongLink", b'L', 5).sealed())
+        .data(b"long\0")
+        .header(Hdr::new(Fmt::Ustar, b"pax_global_header", b'g', g.len() as u64).sealed())
+        .data(&g)
+        .file(Fmt::Ustar, "x", b"b");
+    let idx = index(&ar.end()).unwrap();
+    let (alone, long) = (&idx.members[0], &idx.members[1]);
+    assert_eq!(alone.header_offset, alone.own_header_offset);
+    assert!(!alone.pax && !alone.pax_size);
+    assert_eq!(long.name, "long");
+    assert!(long.pax && !long.pax_size);
+    assert_eq!(long.own_header_offset, long.header_offset + 4 * BLOCK_BYTES);
+}
+
+#[test]
+fn gnu_old_sparse_member_own_header_is_before_its_extension_blocks() {
+    let mut h = Hdr::new(Fmt::Gnu, b"sparse", b'S', 512);
+    h.b[GNU_ISEXTENDED] = 1;
+    let mut ar = Ar::default();
+    ar.header(h.sealed());
+    ar.bytes.extend([0u8; 512]);
+    ar.data(&[9u8; 512]);
+    let idx = index(&ar.end()).unwrap();
+    let s = &idx.members[0];
+    assert_eq!((s.own_header_offset, s.data_offset), (0, 1024));
+}

@@ -203,6 +203,8 @@ pub(super) fn serve(
     let fs = OvaFs::new(tree, backends, &fs_options)
         .map_err(|e| Error::io("cannot start read workers", e))?;
 
+    // Contained: a panic in one request fails that request (EIO), not the whole mount.
+    let fs = crate::fs::contain::Contained::new(fs);
     let mut session = fuser::Session::new(fs, &config.mountpoint, &fuser_config(config, read_only))
         .map_err(|e| {
             Error::io(

@@ -23,14 +23,11 @@ use super::{
 };
 use crate::archive::names::file_name;
 use crate::archive::write::{self, BLOCK, END_OF_ARCHIVE, MemberHeader, round_up_block};
-use crate::archive::{self, MemberKind, pax};
+use crate::archive::{self, MemberKind};
 use crate::error::{Error, Result, ResultExt};
 use crate::io::FileSource;
 use crate::ovf::MAX_DESCRIPTOR_BYTES;
 use crate::package::Package;
-
-/// Bound on the extension headers (GNU long names, pax) scanned before one member.
-const MAX_EXTENSION_HEADERS: usize = 64;
 
 /// One member as laid out in the archive.
 #[derive(Debug, Clone)]
@@ -40,6 +37,8 @@ struct Entry {
     typeflag: u8,
     /// First header block (GNU long name or pax header when there is one).
     header_offset: u64,
+    /// The member's own header block.
+    own_header_offset: u64,
     data_offset: u64,
     size: u64,
     mtime: u64,
@@ -54,7 +53,7 @@ struct Entry {
 impl Entry {
     /// Offset of the member's own header block.
     fn own_header_offset(&self) -> Option<u64> {
-        self.data_offset.checked_sub(BLOCK as u64)
+        Some(self.own_header_offset)
     }
 
     /// Bytes of the data area (data and its zero padding).
@@ -128,67 +127,6 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(what, e)
 }
 
-/// Reads the extension headers between `from` and the member's own header (or `limit`),
-/// noting pax headers and whether one overrides the size.
-fn scan_extensions(file: &File, from: u64, limit: u64) -> Result<(bool, bool)> {
-    let (mut pax_size, mut has_pax) = (false, false);
-    let mut off = from;
-    let mut block = [0u8; BLOCK];
-    let mut header = tar::Header::new_old();
-    for _ in 0..MAX_EXTENSION_HEADERS {
-        if off >= limit {
-            return Ok((pax_size, has_pax));
-        }
-        file.read_exact_at(&mut block, off)
-            .map_err(io_err("read tar header"))?;
-        let t = block[156];
-        if !matches!(t, b'L' | b'K' | b'x' | b'g') {
-            return Ok((pax_size, has_pax));
-        }
-        header.as_mut_bytes().copy_from_slice(&block);
-        let size = header.entry_size().map_err(|_| {
-            Error::from(archive::TarError::BadField {
-                offset: off,
-                field: "size",
-            })
-        })?;
-        if t == b'x' || t == b'g' {
-            has_pax = true;
-        }
-        if t == b'x' {
-            let cap = archive::MAX_PAX_BYTES;
-            if size > cap {
-                return Err(archive::TarError::ExtensionTooLarge {
-                    what: "pax",
-                    offset: off,
-                    size,
-                    limit: cap,
-                }
-                .into());
-            }
-            let mut payload = vec![0u8; size as usize];
-            let at = off
-                .checked_add(BLOCK as u64)
-                .ok_or_else(|| Error::overflow("offset"))?;
-            file.read_exact_at(&mut payload, at)
-                .map_err(io_err("read pax header"))?;
-            let p = pax::parse(&payload).map_err(|reason| archive::TarError::BadPax {
-                offset: off,
-                reason,
-            })?;
-            pax_size |= p.size.is_some();
-        }
-        off = round_up_block(size)
-            .and_then(|s| s.checked_add(BLOCK as u64))
-            .and_then(|s| off.checked_add(s))
-            .ok_or_else(|| Error::overflow("tar header offset"))?;
-    }
-    Err(CommitError::CannotRewrite {
-        reason: format!("more than {MAX_EXTENSION_HEADERS} extension headers before one member"),
-    }
-    .into())
-}
-
 impl Layout {
     fn scan(file: &File, path: &Path, names: &Names) -> Result<Layout> {
         let shown = path.display().to_string();
@@ -199,30 +137,25 @@ impl Layout {
         let index = archive::index(&src).with_context(|| shown.clone())?;
         let mut entries = Vec::with_capacity(index.members.len());
         for m in &index.members {
+            // Everything but the member's own header block comes from the index, the one
+            // walker of untrusted tar headers; that block is kept to be patched in place.
             let mut header = [0u8; BLOCK];
-            let own = m
-                .data_offset
-                .checked_sub(BLOCK as u64)
-                .ok_or_else(|| Error::overflow("tar header offset"))?;
-            let limit = if m.kind == MemberKind::Other {
-                m.data_offset
-            } else {
-                file.read_exact_at(&mut header, own)
+            if m.kind != MemberKind::Other {
+                file.read_exact_at(&mut header, m.own_header_offset)
                     .map_err(io_err(format!("read {shown}")))?;
-                own
-            };
-            let (pax_size, has_pax) = scan_extensions(file, m.header_offset, limit)?;
+            }
             entries.push(Entry {
                 name: m.name.clone(),
                 kind: m.kind,
                 typeflag: m.typeflag,
                 header_offset: m.header_offset,
+                own_header_offset: m.own_header_offset,
                 data_offset: m.data_offset,
                 size: m.size,
                 mtime: m.mtime,
                 header,
-                pax_size,
-                has_pax,
+                pax_size: m.pax_size,
+                has_pax: m.pax,
             });
         }
         let find = |name: &str| {

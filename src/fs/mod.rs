@@ -21,6 +21,7 @@
 //! This is the only layer that knows errnos.
 
 pub mod backend;
+pub mod contain;
 pub mod pool;
 pub mod tree;
 
@@ -758,11 +759,16 @@ impl Filesystem for OvaFs {
         }
         let tree = self.tree.clone();
         self.pool.read(move || {
+            let path_of = |tree: &RwLock<Tree>| {
+                let tree = tree.read().unwrap_or_else(|p| p.into_inner());
+                tree.path_of(ino.0)
+            };
+            contain::test_panic_point("read", || path_of(&tree));
             with_read_buffer(size as usize, |buf| {
                 match content.reader().read_at(offset, buf) {
                     Ok(n) => reply.data(&buf[..n]),
                     Err(e) => {
-                        let path = tree.read().map(|t| t.path_of(ino.0)).unwrap_or_default();
+                        let path = path_of(&tree);
                         log::error!("read /{path} at offset {offset}: {e}");
                         reply.error(errno_of(&e));
                     }
