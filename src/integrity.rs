@@ -288,6 +288,12 @@ impl Integrity {
         for n in &self.notes.package {
             out.push_str(&format!("package: {n}\n"));
         }
+        let panics = crate::fs::contain::caught_panics();
+        if panics > 0 {
+            out.push_str(&format!(
+                "internal errors: {panics} request(s) failed with EIO after a panic (see the log); the mount goes on\n"
+            ));
+        }
         for e in &self.notes.escaped {
             out.push_str(&format!(
                 "collision: member {:?} is shown as /{} (its name is the mount's own)\n",
@@ -317,6 +323,7 @@ impl Integrity {
             done_bytes: u64,
             total_bytes: u64,
             package_notices: &'a [String],
+            caught_panics: u64,
             collisions: Vec<Collision<'a>>,
             refusals: Vec<JsonRefusal>,
         }
@@ -340,6 +347,7 @@ impl Integrity {
             done_bytes: self.done_bytes.load(Ordering::Relaxed),
             total_bytes: self.total_bytes.load(Ordering::Relaxed),
             package_notices: &self.notes.package,
+            caught_panics: crate::fs::contain::caught_panics(),
             collisions: self
                 .notes
                 .escaped

@@ -302,6 +302,49 @@ fn a_root_only_parent_named_by_a_hint_is_never_readable_by_others() {
 }
 
 #[test]
+fn disks_sharing_a_parent_are_each_held_to_its_root_only_extent() {
+    // The parent is opened once and shared by both disks; its extent is looked up only
+    // while the first one opens it, and the second must still inherit that extent's mode.
+    let tmp = shared_tempdir();
+    let pkg = tmp.path().join("pkg");
+    fs::create_dir_all(&pkg).unwrap();
+    root_only_secret(&pkg.join("secret-flat.img"));
+    let base = pkg.join("base.vmdk");
+    fs::write(&base, flat_descriptor("secret-flat.img", 2048)).unwrap();
+    fs::set_permissions(&base, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut builder = OvaBuilder::new(&pkg, "shared");
+    for name in ["delta1.vmdk", "delta2.vmdk"] {
+        let delta = pkg.join(name);
+        qemu_img(&[
+            "create",
+            "-f",
+            "vmdk",
+            "-b",
+            "base.vmdk",
+            "-F",
+            "vmdk",
+            path_str(&delta),
+        ]);
+        fs::set_permissions(&delta, fs::Permissions::from_mode(0o644)).unwrap();
+        builder = builder.disk(&delta, 1 << 20, ovafs::sample::VMDK_SPARSE_URI);
+    }
+    builder.write_package();
+    let m = Mount::ok(
+        &pkg.join("shared.ovf"),
+        &tmp.path().join("mnt"),
+        &["allow_other", "ro"],
+    );
+    for disk in ["disks/delta1.raw", "disks/delta2.raw"] {
+        let flat = m.path(disk);
+        assert_same_bytes(&flat, &pkg.join("secret-flat.img"));
+        let mode = fs::metadata(&flat).unwrap().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{disk}: mode {mode:o}");
+        nobody_cannot_read(&flat);
+    }
+    m.umount();
+}
+
+#[test]
 fn a_0600_disk_gives_a_flat_image_and_member_no_wider_than_0600() {
     let tmp = shared_tempdir();
     let pkg = tmp.path().join("pkg");

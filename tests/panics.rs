@@ -127,6 +127,12 @@ fn a_panicking_request_gets_eio_and_the_mount_goes_on() {
 
     assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon died");
     assert!(is_mounted(&mnt));
+    // The status file tells users who never see the log.
+    let report = fs::read_to_string(guard.path(".ovafs/status")).unwrap();
+    assert!(
+        report.contains("internal errors: 3 request(s) failed with EIO after a panic"),
+        "{report}"
+    );
     guard.umount();
     let status = daemon.0.wait().unwrap();
     assert!(status.success(), "{status}");
