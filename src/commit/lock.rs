@@ -52,6 +52,10 @@ pub(super) enum Attempt {
 /// of any real file and clear of the low bytes other programs lock.
 pub const LOCK_OFFSET: i64 = 0x4F56_4146_5300_0000;
 
+/// How long a lock found held is retried before it counts as another description's
+/// ([`PackageLock::try_on`]).
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
 fn ovafs_write_lock() -> libc::flock {
     // One byte from LOCK_OFFSET (SEEK_SET); l_pid must be 0 for OFD locks.
     libc::flock {
@@ -67,20 +71,22 @@ impl PackageLock {
     /// Locks the file `file` is open on (it must be open for writing); `None` when another
     /// description holds the lock. The lock lives on a duplicate of `file`'s descriptor, so it
     /// stays while the caller reopens or drops `file`.
+    ///
+    /// A lock found held is retried for [`LOCK_GRACE`]: a lock released a moment ago can
+    /// still be held for a few milliseconds, since the open file description lives on in any
+    /// child that another thread of this process forked meanwhile, until that child calls
+    /// exec (where O_CLOEXEC closes it). A live mount holds its lock for good, so the grace
+    /// only delays the verdict for a second mount; it never changes it.
     pub(super) fn try_on(file: &File) -> Result<Option<PackageLock>> {
         let file = file
             .try_clone()
             .map_err(|e| Error::io("duplicate the package descriptor", e))?;
-        let fl = ovafs_write_lock();
-        match nix::fcntl::fcntl(file.as_fd(), FcntlArg::F_OFD_SETLK(&fl)) {
-            Ok(_) => {}
-            Err(Errno::EAGAIN | Errno::EACCES) => return Ok(None),
-            Err(e) => {
-                return Err(Error::io(
-                    "lock the package (F_OFD_SETLK)",
-                    std::io::Error::from(e),
-                ));
+        let deadline = std::time::Instant::now() + LOCK_GRACE;
+        while !Self::set_lock(&file)? {
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
             }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let st = nix::sys::stat::fstat(&file)
             .map_err(|e| Error::io("stat the package", std::io::Error::from(e)))?;
@@ -89,6 +95,18 @@ impl PackageLock {
             dev: st.st_dev,
             ino: st.st_ino,
         }))
+    }
+
+    /// One `F_OFD_SETLK`: whether the lock was taken (false: another description holds it).
+    fn set_lock(file: &File) -> Result<bool> {
+        match nix::fcntl::fcntl(file.as_fd(), FcntlArg::F_OFD_SETLK(&ovafs_write_lock())) {
+            Ok(_) => Ok(true),
+            Err(Errno::EAGAIN | Errno::EACCES) => Ok(false),
+            Err(e) => Err(Error::io(
+                "lock the package (F_OFD_SETLK)",
+                std::io::Error::from(e),
+            )),
+        }
     }
 
     /// Whether this lock is on the file `st` describes.
