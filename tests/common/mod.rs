@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+pub mod verify;
+
 /// The ovafs binary under test.
 pub fn ovafs() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ovafs"))
