@@ -594,21 +594,6 @@ fn write_and_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
     nix::unistd::close(f.into_raw_fd()).map_err(std::io::Error::from)
 }
 
-/// PID of the daemon serving `ova`.
-fn daemon_pid(ova: &Path) -> i32 {
-    let needle = ova.to_str().unwrap();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains("__serve") && cmd.contains(needle) {
-            return e.file_name().to_str().unwrap().parse().unwrap();
-        }
-    }
-    panic!("no daemon for {needle}");
-}
-
 /// What VirtualBox imports from a descriptor's machine settings (it prefers them to the
 /// hardware items), read by Python's XML parser: (CPU count, RAMSize).
 fn virtualbox_cpus_and_memory(ovf: &Path) -> (String, String) {

@@ -34,9 +34,9 @@ fn shared_tempdir() -> tempfile::TempDir {
 }
 
 /// Runs `args` as `nobody` (no groups).
-fn as_nobody(args: &[&str]) -> Output {
-    Command::new(tool("setpriv"))
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+fn run_as_nobody(args: &[&str]) -> Output {
+    as_nobody()
+        .arg("--")
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -45,7 +45,7 @@ fn as_nobody(args: &[&str]) -> Output {
 
 /// Asserts that `nobody` cannot read `path` and that the refusal is EACCES.
 fn nobody_cannot_read(path: &Path) {
-    let out = as_nobody(&["cat", path.to_str().unwrap()]);
+    let out = run_as_nobody(&["cat", path.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && out.stdout.is_empty(),
@@ -230,7 +230,7 @@ fn a_root_only_extent_is_never_readable_by_others_and_links_are_refused() {
         !listing.iter().any(|p| p.contains("secret")),
         "the extent is shown: {listing:?}"
     );
-    let out = as_nobody(&[
+    let out = run_as_nobody(&[
         "grep",
         "-r",
         "-l",
@@ -371,7 +371,7 @@ fn a_0600_disk_gives_a_flat_image_and_member_no_wider_than_0600() {
         fs::read(&vmdk).unwrap()
     );
     // The descriptor is 0644: its settings stay readable.
-    let out = as_nobody(&["cat", m.path("vm/cpus").to_str().unwrap()]);
+    let out = run_as_nobody(&["cat", m.path("vm/cpus").to_str().unwrap()]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n");
     m.umount();
 }
@@ -428,21 +428,6 @@ fn swapping_the_package_folder_after_the_mount_redirects_nothing() {
     assert_eq!(fs::read(m.path("swap-disk1.vmdk")).unwrap(), original);
     assert_same_bytes(&m.path("disks/swap-disk1.raw"), &raw);
     m.umount();
-}
-
-/// PID of the daemon serving `source`.
-fn daemon_pid(source: &Path) -> i32 {
-    let needle = source.to_str().unwrap();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains("__serve") && cmd.contains(needle) {
-            return e.file_name().to_str().unwrap().parse().unwrap();
-        }
-    }
-    panic!("no daemon for {needle}");
 }
 
 /// The targets of the daemon's open file descriptors.

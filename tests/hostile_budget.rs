@@ -29,28 +29,6 @@ const SPARSE_URI: &str = ovafs::sample::VMDK_SPARSE_URI;
 const QCOW2_URI: &str = "http://www.gnome.org/~markmc/qcow-image-format.html";
 const RAW_URI: &str = "http://example.com/raw";
 
-/// Peak resident memory (VmHWM) of the daemon serving `source`, in bytes.
-fn daemon_hwm(source: &Path) -> u64 {
-    let needle = source.to_str().unwrap();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("__serve") && cmdline.contains(needle) {
-            let status = fs::read_to_string(entry.path().join("status")).unwrap();
-            let kb: u64 = status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap();
-            return kb * 1024;
-        }
-    }
-    panic!("no daemon found for {}", source.display());
-}
-
 /// Runs a Python program (the tests' independent writer of hostile images).
 fn python(program: &str, args: &[&str]) {
     run_ok(
@@ -103,7 +81,7 @@ fn a_descriptor_naming_one_sparse_extent_5000_times_opens_it_once() {
         flat.read_exact_at(&mut buf, at).unwrap();
         assert!(buf.iter().all(|&b| b == 0), "an empty extent reads zeros");
     }
-    let hwm = daemon_hwm(&ova);
+    let hwm = daemon_vm_hwm(&ova);
     // 5,000 openings kept 5,000 grain directories of 32 KiB (160 MB), besides their
     // transient copies; one opening keeps one.
     eprintln!("daemon VmHWM with {lines} extent lines: {} KiB", hwm >> 10);

@@ -88,12 +88,6 @@ impl Shared {
     }
 }
 
-fn as_nobody() -> Command {
-    let mut c = Command::new(tool("setpriv"));
-    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
-    c
-}
-
 fn journal_of(p: &Path) -> PathBuf {
     let name = p.file_name().unwrap().to_str().unwrap();
     p.with_file_name(format!("{name}.ovafs-journal"))

@@ -216,28 +216,6 @@ fn qemu_boots_from_the_flat_disk() {
     m.umount();
 }
 
-/// Resident set size of the process serving `mountpoint`, in bytes.
-fn daemon_rss(ova: &Path) -> u64 {
-    let needle = ova.to_str().unwrap();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("__serve") && cmdline.contains(needle) {
-            let status = fs::read_to_string(entry.path().join("status")).unwrap();
-            let kb: u64 = status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap();
-            return kb * 1024;
-        }
-    }
-    panic!("no daemon found for {}", ova.display());
-}
-
 #[test]
 fn huge_sparse_disk_reads_in_bounded_memory() {
     let tmp = tempdir();
@@ -266,7 +244,7 @@ fn huge_sparse_disk_reads_in_bounded_memory() {
         f.read_exact_at(&mut buf, off).unwrap();
         assert!(buf.iter().all(|&b| b == 0));
     }
-    let rss = daemon_rss(ova.canonicalize().as_deref().unwrap_or(&ova));
+    let rss = daemon_vm_hwm(ova.canonicalize().as_deref().unwrap_or(&ova));
     assert!(rss < (16 << 20) + (50 << 20), "daemon peak RSS {rss} bytes");
     drop(f);
     m.umount();
@@ -416,7 +394,7 @@ fn umount_waits_for_the_daemon() {
         .build();
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
     let ova = ova.canonicalize().unwrap();
-    daemon_rss(&ova); // the daemon is running
+    daemon_vm_hwm(&ova); // the daemon is running
     let dir = m.dir.clone();
     m.umount();
     assert!(!is_mounted(&dir));

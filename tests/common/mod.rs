@@ -592,3 +592,42 @@ pub fn concurrent_reads_match(flat: &Path, reference: &Path, size: u64, reads: u
         t.join().unwrap();
     }
 }
+
+/// PID of the daemon (`ovafs __serve ...`) serving `source`.
+pub fn daemon_pid(source: &Path) -> i32 {
+    let needle = source.to_str().unwrap();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("__serve") && cmd.contains(needle) {
+            if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
+                return pid;
+            }
+        }
+    }
+    panic!("no daemon found for {}", source.display());
+}
+
+/// Peak resident memory (VmHWM of `/proc/PID/status`) of the daemon serving `source`, in
+/// bytes.
+pub fn daemon_vm_hwm(source: &Path) -> u64 {
+    let pid = daemon_pid(source);
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// A command prefix that runs what follows as `nobody` (group `nogroup`, no supplementary
+/// groups), through `setpriv`.
+pub fn as_nobody() -> Command {
+    let mut c = Command::new(tool("setpriv"));
+    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
+    c
+}
