@@ -465,8 +465,27 @@ pub struct Mount {
 impl Mount {
     /// Mounts `source` on `dir` (created if needed) with `ovafs mount -o OPTS`.
     pub fn new(source: &Path, dir: &Path, opts: &[&str]) -> Result<Mount, String> {
+        match Mount::run(Command::new(ovafs()), source, dir, opts) {
+            (Some(m), _) => Ok(m),
+            (None, out) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
+    }
+
+    /// Like [`Mount::new`] under `timeout SECS` (a mount that hangs fails the test): the
+    /// guard if it mounted and, either way, what ovafs wrote to stderr (its notices).
+    pub fn bounded(source: &Path, dir: &Path, opts: &[&str], secs: u32) -> (Option<Mount>, String) {
+        let mut cmd = Command::new(tool("timeout"));
+        cmd.arg(secs.to_string()).arg(ovafs());
+        let (m, out) = Mount::run(cmd, source, dir, opts);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_ne!(out.status.code(), Some(124), "ovafs mount hung: {err}");
+        (m, err)
+    }
+
+    /// Runs `cmd` (ovafs, or a wrapper whose arguments end in ovafs) with `mount -o OPTS
+    /// SOURCE DIR`; a failure must leave nothing mounted.
+    fn run(mut cmd: Command, source: &Path, dir: &Path, opts: &[&str]) -> (Option<Mount>, Output) {
         fs::create_dir_all(dir).unwrap();
-        let mut cmd = Command::new(ovafs());
         cmd.arg("mount");
         for o in opts {
             cmd.arg("-o").arg(o);
@@ -478,15 +497,14 @@ impl Mount {
             .output()
             .unwrap();
         if out.status.success() {
-            Ok(Mount { dir: dir.into() })
-        } else {
-            assert!(
-                !is_mounted(dir),
-                "a failed mount left {} mounted",
-                dir.display()
-            );
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            return (Some(Mount { dir: dir.into() }), out);
         }
+        assert!(
+            !is_mounted(dir),
+            "a failed mount left {} mounted",
+            dir.display()
+        );
+        (None, out)
     }
 
     /// Mounts and panics with the error if it fails.
