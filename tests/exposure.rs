@@ -62,11 +62,7 @@ fn nobody_cannot_read(path: &Path) {
 /// A stream-optimized VMDK of a scattered raw image; returns (raw, vmdk).
 fn stream_disk(dir: &Path, name: &str, size: u64, seed: u64) -> (PathBuf, PathBuf) {
     fs::create_dir_all(dir).unwrap();
-    let raw = dir.join(format!("{name}.img"));
-    let vmdk = dir.join(format!("{name}.vmdk"));
-    scattered_raw(&raw, size, 3, seed);
-    to_stream_vmdk(&raw, &vmdk);
-    (raw, vmdk)
+    qemu_stream_vmdk(dir, name, size, 3, seed)
 }
 
 /// Every path under `root` (relative), files and folders.
@@ -124,14 +120,7 @@ fn members_cannot_forge_the_mounts_own_names() {
         names.push(name.to_string());
     }
     let ova = tmp.path().join("forged.ova");
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-cf")
-            .arg(&ova)
-            .arg("-C")
-            .arg(&pkg)
-            .args(&names),
-    );
+    run_ok(tar_create(&ova, &pkg).args(&names));
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
 
     // The generated names are the mount's.
@@ -159,17 +148,7 @@ fn members_cannot_forge_the_mounts_own_names() {
     }
     let json: serde_json::Value =
         serde_json::from_slice(&fs::read(m.path(".ovafs/status.json")).unwrap()).unwrap();
-    let listed: Vec<(String, String)> = json["collisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["member"].as_str().unwrap().to_string(),
-                c["shownAs"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let listed = string_pairs(&json["collisions"], "member", "shownAs");
     assert_eq!(listed.len(), forged.len(), "{listed:?}");
     for (name, _) in forged {
         assert!(listed.contains(&(name.to_string(), format!("/.ovafs/members/{name}"))));

@@ -28,22 +28,6 @@ use common::*;
 
 const STREAM: &str = ovafs::sample::VMDK_STREAM_URI;
 
-/// Makes a stream-optimized VMDK from a scattered raw image with qemu-img; returns
-/// (raw path, vmdk path).
-fn qemu_stream_vmdk(
-    dir: &Path,
-    name: &str,
-    size: u64,
-    chunks: usize,
-    seed: u64,
-) -> (PathBuf, PathBuf) {
-    let raw = dir.join(format!("{name}.img"));
-    let vmdk = dir.join(format!("{name}.vmdk"));
-    scattered_raw(&raw, size, chunks, seed);
-    to_stream_vmdk(&raw, &vmdk);
-    (raw, vmdk)
-}
-
 #[test]
 fn members_are_byte_exact_and_disks_match_qemu() {
     let tmp = tempdir();
@@ -325,14 +309,7 @@ fn bad_inputs_are_refused_with_one_line() {
     fs::create_dir(&dir).unwrap();
     fs::write(dir.join("disk.vmdk"), vec![0u8; 1024]).unwrap();
     let no_ovf = t.join("no-ovf.ova");
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-cf")
-            .arg(&no_ovf)
-            .arg("-C")
-            .arg(&dir)
-            .arg("disk.vmdk"),
-    );
+    run_ok(tar_create(&no_ovf, &dir).arg("disk.vmdk"));
     assert!(refused(&no_ovf, t).to_lowercase().contains("descriptor"));
 
     let (_, vmdk) = qemu_stream_vmdk(t, "ok", 1 << 20, 1, 7);
@@ -342,14 +319,7 @@ fn bad_inputs_are_refused_with_one_line() {
         .write_package();
     fs::write(pkg.join("badxml.ovf"), "<Envelope><References></Envelope>").unwrap();
     let bad_xml = t.join("badxml.ova");
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-cf")
-            .arg(&bad_xml)
-            .arg("-C")
-            .arg(&pkg)
-            .args(&names),
-    );
+    run_ok(tar_create(&bad_xml, &pkg).args(&names));
     refused(&bad_xml, t);
 
     let pkg = t.join("short");
@@ -359,14 +329,7 @@ fn bad_inputs_are_refused_with_one_line() {
     let full = fs::read(pkg.join("short.ovf")).unwrap();
     fs::write(pkg.join("short.ovf"), &full[..full.len() / 2]).unwrap();
     let short = t.join("short.ova");
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-cf")
-            .arg(&short)
-            .arg("-C")
-            .arg(&pkg)
-            .args(&names),
-    );
+    run_ok(tar_create(&short, &pkg).args(&names));
     refused(&short, t);
 
     let nonsense = t.join("nonsense.vmdk");

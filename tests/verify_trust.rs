@@ -29,7 +29,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::verify::{Layout, Package, verify, verify_json};
-use common::{Mount, path_str as p, report_failures, run_ok, tempdir, tool};
+use common::{Mount, path_str as p, report_failures, run_ok, tar_create, tempdir, tool};
 use serde_json::Value;
 
 /// A package folder: `x.ovf` referencing `disk1.img` (70,000 bytes) and `disk2.img`, a
@@ -416,25 +416,14 @@ fn archive_entries_refused_names_fail_naming_them() {
 #[test]
 fn archive_entries_are_reported_in_the_mount_status() {
     let tmp = tempdir();
-    let raw = tmp.path().join("disk.img");
-    let vmdk = tmp.path().join("disk.vmdk");
-    common::scattered_raw(&raw, 4 << 20, 2, 9);
-    common::to_stream_vmdk(&raw, &vmdk);
+    let (_, vmdk) = common::qemu_stream_vmdk(tmp.path(), "disk", 4 << 20, 2, 9);
     let pkg = tmp.path().join("pkg");
     let names = common::OvaBuilder::new(&pkg, "s")
         .disk(&vmdk, 4 << 20, ovafs::sample::VMDK_STREAM_URI)
         .write_package();
     std::os::unix::fs::symlink("/etc/shadow", pkg.join("shadow")).unwrap();
     let ova = tmp.path().join("s.ova");
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-cf")
-            .arg(&ova)
-            .arg("-C")
-            .arg(&pkg)
-            .args(&names)
-            .arg("shadow"),
-    );
+    run_ok(tar_create(&ova, &pkg).args(&names).arg("shadow"));
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {

@@ -56,17 +56,7 @@ pub fn corpus_dir(what: &str) -> Option<PathBuf> {
 
 /// (name, status) of every file row of an `ovafs verify --json` report.
 pub fn report_files(v: &serde_json::Value) -> Vec<(String, String)> {
-    v["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["name"].as_str().unwrap().to_string(),
-                f["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    string_pairs(&v["files"], "name", "status")
 }
 
 /// The failures of an `ovafs verify --json` report, one per line.
@@ -92,6 +82,28 @@ pub fn run_ok(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// `tar -cf ARCHIVE -C DIR` (GNU tar, its default format), to be given the member names:
+/// `run_ok(tar_create(&ova, &pkg).args(&names))`.
+pub fn tar_create(archive: &Path, dir: &Path) -> Command {
+    let mut c = Command::new(tool("tar"));
+    c.arg("-cf").arg(archive).arg("-C").arg(dir);
+    c
+}
+
+/// The pairs (`a`, `b`) of string fields of each object in the JSON array `v`.
+pub fn string_pairs(v: &serde_json::Value, a: &str, b: &str) -> Vec<(String, String)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o[a].as_str().unwrap().to_string(),
+                o[b].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// `qemu-img ARGS`, which must succeed.
@@ -126,6 +138,22 @@ pub fn qemu_to_raw(src: &Path, fmt: &str, dst: &Path) {
         path_str(src),
         path_str(dst),
     ]);
+}
+
+/// Makes a stream-optimized VMDK from a scattered raw image with qemu-img; returns
+/// (raw path `DIR/NAME.img`, vmdk path `DIR/NAME.vmdk`); `chunks` data runs from `seed`.
+pub fn qemu_stream_vmdk(
+    dir: &Path,
+    name: &str,
+    size: u64,
+    chunks: usize,
+    seed: u64,
+) -> (PathBuf, PathBuf) {
+    let raw = dir.join(format!("{name}.img"));
+    let vmdk = dir.join(format!("{name}.vmdk"));
+    scattered_raw(&raw, size, chunks, seed);
+    to_stream_vmdk(&raw, &vmdk);
+    (raw, vmdk)
 }
 
 /// `path` as `&str` (test paths are ASCII).
