@@ -24,7 +24,7 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 
-use super::trust::Folder;
+use super::trust::{Folder, errno_err};
 use crate::error::{Error, Result};
 
 /// A held write lock on one package file.
@@ -76,14 +76,10 @@ impl PackageLock {
             Ok(_) => {}
             Err(Errno::EAGAIN | Errno::EACCES) => return Ok(None),
             Err(e) => {
-                return Err(Error::io(
-                    "lock the package (F_OFD_SETLK)",
-                    std::io::Error::from(e),
-                ));
+                return Err(errno_err("lock the package (F_OFD_SETLK)", e));
             }
         }
-        let st = nix::sys::stat::fstat(&file)
-            .map_err(|e| Error::io("stat the package", std::io::Error::from(e)))?;
+        let st = nix::sys::stat::fstat(&file).map_err(|e| errno_err("stat the package", e))?;
         Ok(Some(PackageLock {
             _file: file,
             dev: st.st_dev,
@@ -125,14 +121,10 @@ pub(super) fn acquire(folder: &Folder, name: &str) -> Result<Attempt> {
                 )));
             }
             Err(e) => {
-                return Err(Error::io(
-                    format!("open {}", folder.shown(name)),
-                    std::io::Error::from(e),
-                ));
+                return Err(errno_err(format!("open {}", folder.shown(name)), e));
             }
         };
-        let st = nix::sys::stat::fstat(&file)
-            .map_err(|e| Error::io("stat the package", std::io::Error::from(e)))?;
+        let st = nix::sys::stat::fstat(&file).map_err(|e| errno_err("stat the package", e))?;
         if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
             return Ok(Attempt::CannotWrite(format!(
                 "{} is not a regular file",
