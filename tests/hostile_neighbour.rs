@@ -294,7 +294,7 @@ fn journal_aimed_at_bytes_it_never_saw() {
         let bytes = fs::read(ova).unwrap();
         let mut data = bytes[512..1024].to_vec();
         data[44..48].copy_from_slice(b"XXXX");
-        write_private(j, &archive_journal(ova, data, &[b'A'; 512]).encode());
+        write_private(j, archive_journal(ova, data, &[b'A'; 512]).encode());
     });
 }
 

@@ -647,10 +647,11 @@ pub fn daemon_pid(source: &Path) -> i32 {
             continue;
         };
         let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains("__serve") && cmd.contains(needle) {
-            if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
-                return pid;
-            }
+        if cmd.contains("__serve")
+            && cmd.contains(needle)
+            && let Some(pid) = e.file_name().to_str().and_then(|n| n.parse().ok())
+        {
+            return pid;
         }
     }
     panic!("no daemon found for {}", source.display());
