@@ -36,16 +36,6 @@ fn sample_ova(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (ova, raw)
 }
 
-/// Runs `script` with bash (whose error messages name the errno).
-fn sh(script: &str) -> std::process::Output {
-    Command::new(tool("bash"))
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
 fn read(p: &Path) -> String {
     fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }

@@ -169,15 +169,6 @@ fn mount_ok(source: &Path, dir: &Path, opts: &[&str]) -> (Mount, String) {
     }
 }
 
-fn sh(script: &str) -> Output {
-    Command::new(tool("bash"))
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
 /// `echo N > vm/cpus` on the mount.
 fn set_cpus(m: &Mount, n: u32) -> Output {
     sh(&format!("echo {n} > '{}'", m.path("vm/cpus").display()))

@@ -257,6 +257,19 @@ fn entries(v: &Value) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// `verify --json` of `ova` without, then with `--require-trusted`, each of which must exit
+/// 1: (report, failures) of both.
+fn failed_reports(ova: &Path) -> [(Value, String); 2] {
+    [&[][..], &["--require-trusted"][..]].map(|extra| {
+        let mut args = extra.to_vec();
+        args.push(p(ova));
+        let (code, v) = verify_json(&args);
+        assert_eq!(code, 1, "{v:#}");
+        let failures = report_failures(&v);
+        (v, failures)
+    })
+}
+
 #[test]
 fn archive_entries_duplicates_and_links_fail_naming_them() {
     let f = fixture();
@@ -306,12 +319,7 @@ fn archive_entries_duplicates_and_links_fail_naming_them() {
             "fifo",
         ],
     );
-    for extra in [&[][..], &["--require-trusted"][..]] {
-        let mut args = extra.to_vec();
-        args.push(p(&ova));
-        let (code, v) = verify_json(&args);
-        assert_eq!(code, 1, "{v:#}");
-        let failures = report_failures(&v);
+    for (v, failures) in failed_reports(&ova) {
         for (name, kind) in [
             ("link.img", "symbolic link"),
             ("hard.img", "hard link"),
@@ -385,12 +393,7 @@ fn archive_entries_refused_names_fail_naming_them() {
     let listing = run_ok(Command::new(tool("tar")).arg("-tf").arg(&ova));
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert!(listing.contains("../escape.txt"), "{listing}");
-    for extra in [&[][..], &["--require-trusted"][..]] {
-        let mut args = extra.to_vec();
-        args.push(p(&ova));
-        let (code, v) = verify_json(&args);
-        assert_eq!(code, 1, "{v:#}");
-        let failures = report_failures(&v);
+    for (v, failures) in failed_reports(&ova) {
         for name in [
             "\"../escape.txt\"",
             "\"/etc/cron.d/evil\"",

@@ -106,6 +106,16 @@ pub fn string_pairs(v: &serde_json::Value, a: &str, b: &str) -> Vec<(String, Str
         .collect()
 }
 
+/// Runs `script` with bash (whose error messages name the errno), stdin empty.
+pub fn sh(script: &str) -> Output {
+    Command::new(tool("bash"))
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// `qemu-img ARGS`, which must succeed.
 pub fn qemu_img(args: &[&str]) -> Output {
     run_ok(Command::new(tool("qemu-img")).args(args))
