@@ -65,6 +65,21 @@ fn stream_disk(dir: &Path, name: &str, size: u64, seed: u64) -> (PathBuf, PathBu
     qemu_stream_vmdk(dir, name, size, 3, seed)
 }
 
+/// A package `name` in the folder `pkg` with one disk, `name-disk1.vmdk`, of `size` bytes
+/// made in `src` from seed `seed`: (the builder, to `build` or `write_package`; the raw
+/// image; the VMDK).
+fn one_disk_package(
+    src: &Path,
+    pkg: &Path,
+    name: &str,
+    size: u64,
+    seed: u64,
+) -> (OvaBuilder, PathBuf, PathBuf) {
+    let (raw, vmdk) = stream_disk(src, &format!("{name}-disk1"), size, seed);
+    let package = OvaBuilder::new(pkg, name).disk(&vmdk, size, STREAM);
+    (package, raw, vmdk)
+}
+
 /// Every path under `root` (relative), files and folders.
 fn walk(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -327,10 +342,8 @@ fn disks_sharing_a_parent_are_each_held_to_its_root_only_extent() {
 fn a_0600_disk_gives_a_flat_image_and_member_no_wider_than_0600() {
     let tmp = shared_tempdir();
     let pkg = tmp.path().join("pkg");
-    let (raw, vmdk) = stream_disk(&pkg, "private-disk1", 2 << 20, 12);
-    OvaBuilder::new(&pkg, "private")
-        .disk(&vmdk, 2 << 20, STREAM)
-        .write_package();
+    let (package, raw, vmdk) = one_disk_package(&pkg, &pkg, "private", 2 << 20, 12);
+    package.write_package();
     fs::set_permissions(&vmdk, fs::Permissions::from_mode(0o600)).unwrap();
 
     let m = Mount::ok(
@@ -358,10 +371,9 @@ fn a_0600_disk_gives_a_flat_image_and_member_no_wider_than_0600() {
 #[test]
 fn a_0600_ova_gives_members_and_settings_no_wider_than_0600() {
     let tmp = shared_tempdir();
-    let (raw, vmdk) = stream_disk(tmp.path(), "locked-disk1", 2 << 20, 13);
-    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "locked")
-        .disk(&vmdk, 2 << 20, STREAM)
-        .build();
+    let (package, raw, _) =
+        one_disk_package(tmp.path(), &tmp.path().join("pkg"), "locked", 2 << 20, 13);
+    let ova = package.build();
     fs::set_permissions(&ova, fs::Permissions::from_mode(0o600)).unwrap();
 
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &["allow_other"]);
@@ -387,16 +399,13 @@ fn a_0600_ova_gives_members_and_settings_no_wider_than_0600() {
 fn swapping_the_package_folder_after_the_mount_redirects_nothing() {
     let tmp = tempdir();
     let pkg = tmp.path().join("pkg");
-    let (raw, vmdk) = stream_disk(&tmp.path().join("src"), "swap-disk1", 2 << 20, 14);
-    OvaBuilder::new(&pkg, "swap")
-        .disk(&vmdk, 2 << 20, STREAM)
-        .write_package();
+    let (package, raw, vmdk) = one_disk_package(&tmp.path().join("src"), &pkg, "swap", 2 << 20, 14);
+    package.write_package();
     // A look-alike package with other bytes.
     let evil = tmp.path().join("evil");
-    let (_, evil_vmdk) = stream_disk(&tmp.path().join("src-evil"), "swap-disk1", 2 << 20, 15);
-    OvaBuilder::new(&evil, "swap")
-        .disk(&evil_vmdk, 2 << 20, STREAM)
-        .write_package();
+    let (package, _, evil_vmdk) =
+        one_disk_package(&tmp.path().join("src-evil"), &evil, "swap", 2 << 20, 15);
+    package.write_package();
     let original = fs::read(&vmdk).unwrap();
     assert_ne!(original, fs::read(&evil_vmdk).unwrap());
 
@@ -422,10 +431,9 @@ fn open_files(pid: i32) -> Vec<String> {
 #[test]
 fn after_a_rewrite_the_mount_reads_the_new_archive() {
     let tmp = tempdir();
-    let (raw, vmdk) = stream_disk(tmp.path(), "rw-disk1", 4 << 20, 16);
-    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "rw")
-        .disk(&vmdk, 4 << 20, STREAM)
-        .build();
+    let (package, raw, _) =
+        one_disk_package(tmp.path(), &tmp.path().join("pkg"), "rw", 4 << 20, 16);
+    let ova = package.build();
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
     let pid = daemon_pid(&ova);
     let before = fs::metadata(&ova).unwrap().ino();
@@ -489,10 +497,8 @@ fn after_a_rewrite_the_mount_reads_the_new_archive() {
 #[test]
 fn ls_l_logs_no_extended_attribute_warnings() {
     let tmp = tempdir();
-    let (_, vmdk) = stream_disk(tmp.path(), "xa-disk1", 1 << 20, 17);
-    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "xa")
-        .disk(&vmdk, 1 << 20, STREAM)
-        .build();
+    let (package, _, _) = one_disk_package(tmp.path(), &tmp.path().join("pkg"), "xa", 1 << 20, 17);
+    let ova = package.build();
     let mnt = tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let log = tmp.path().join("stderr.log");
@@ -548,10 +554,8 @@ fn ls_l_logs_no_extended_attribute_warnings() {
 #[test]
 fn a_refused_write_is_shown_in_the_status_files() {
     let tmp = tempdir();
-    let (_, vmdk) = stream_disk(tmp.path(), "ref-disk1", 1 << 20, 18);
-    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "ref")
-        .disk(&vmdk, 1 << 20, STREAM)
-        .build();
+    let (package, _, _) = one_disk_package(tmp.path(), &tmp.path().join("pkg"), "ref", 1 << 20, 18);
+    let ova = package.build();
     let original = fs::read(&ova).unwrap();
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
     let cpus = m.path("vm/cpus");
