@@ -435,25 +435,10 @@ impl Backend for Integrity {
     }
 }
 
-/// `secs` since the epoch as an RFC 3339 UTC time (`2026-12-03T07:55:01Z`).
+/// `secs` since the epoch as an RFC 3339 UTC time (`2026-12-03T07:55:01Z`), by the same
+/// civil-date conversion as certificate dates.
 fn utc_time(secs: u64) -> String {
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    crate::verify::cert::iso8601(i64::try_from(secs).unwrap_or(i64::MAX))
 }
 
 /// Gives the calling thread the lowest normal scheduling priority (nice 19 on Linux).

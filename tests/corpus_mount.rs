@@ -138,11 +138,7 @@ fn ganeti_gzip_compressed_disk_is_shown() {
     fs::write(pkg.join("ganeti.ovf"), ovafs::sample::descriptor_xml(&spec)).unwrap();
     let ova = pkg.join("ganeti.ova");
     run_ok(
-        Command::new(tool("tar"))
-            .arg("-cf")
-            .arg(&ova)
-            .arg("-C")
-            .arg(&pkg)
+        tar_create(&ova, &pkg)
             .arg("ganeti.ovf")
             .arg("-C")
             .arg(disk.parent().unwrap())
@@ -257,11 +253,7 @@ fn pack_loose(disk: &Path, name: &str, pkg: &Path) -> PathBuf {
     fs::write(pkg.join("corpus.ovf"), ovafs::sample::descriptor_xml(&spec)).unwrap();
     let ova = pkg.join("corpus.ova");
     run_ok(
-        Command::new(tool("tar"))
-            .arg("-cf")
-            .arg(&ova)
-            .arg("-C")
-            .arg(pkg)
+        tar_create(&ova, pkg)
             .arg("corpus.ovf")
             .arg("-C")
             .arg(disk.parent().unwrap())

@@ -36,16 +36,6 @@ fn sample_ova(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (ova, raw)
 }
 
-/// Runs `script` with bash (whose error messages name the errno).
-fn sh(script: &str) -> std::process::Output {
-    Command::new(tool("bash"))
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
 fn read(p: &Path) -> String {
     fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
@@ -592,21 +582,6 @@ fn write_and_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(data)?;
     nix::unistd::close(f.into_raw_fd()).map_err(std::io::Error::from)
-}
-
-/// PID of the daemon serving `ova`.
-fn daemon_pid(ova: &Path) -> i32 {
-    let needle = ova.to_str().unwrap();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains("__serve") && cmd.contains(needle) {
-            return e.file_name().to_str().unwrap().parse().unwrap();
-        }
-    }
-    panic!("no daemon for {needle}");
 }
 
 /// What VirtualBox imports from a descriptor's machine settings (it prefers them to the

@@ -34,9 +34,9 @@ fn shared_tempdir() -> tempfile::TempDir {
 }
 
 /// Runs `args` as `nobody` (no groups).
-fn as_nobody(args: &[&str]) -> Output {
-    Command::new(tool("setpriv"))
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+fn run_as_nobody(args: &[&str]) -> Output {
+    as_nobody()
+        .arg("--")
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -45,7 +45,7 @@ fn as_nobody(args: &[&str]) -> Output {
 
 /// Asserts that `nobody` cannot read `path` and that the refusal is EACCES.
 fn nobody_cannot_read(path: &Path) {
-    let out = as_nobody(&["cat", path.to_str().unwrap()]);
+    let out = run_as_nobody(&["cat", path.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && out.stdout.is_empty(),
@@ -62,11 +62,22 @@ fn nobody_cannot_read(path: &Path) {
 /// A stream-optimized VMDK of a scattered raw image; returns (raw, vmdk).
 fn stream_disk(dir: &Path, name: &str, size: u64, seed: u64) -> (PathBuf, PathBuf) {
     fs::create_dir_all(dir).unwrap();
-    let raw = dir.join(format!("{name}.img"));
-    let vmdk = dir.join(format!("{name}.vmdk"));
-    scattered_raw(&raw, size, 3, seed);
-    to_stream_vmdk(&raw, &vmdk);
-    (raw, vmdk)
+    qemu_stream_vmdk(dir, name, size, 3, seed)
+}
+
+/// A package `name` in the folder `pkg` with one disk, `name-disk1.vmdk`, of `size` bytes
+/// made in `src` from seed `seed`: (the builder, to `build` or `write_package`; the raw
+/// image; the VMDK).
+fn one_disk_package(
+    src: &Path,
+    pkg: &Path,
+    name: &str,
+    size: u64,
+    seed: u64,
+) -> (OvaBuilder, PathBuf, PathBuf) {
+    let (raw, vmdk) = stream_disk(src, &format!("{name}-disk1"), size, seed);
+    let package = OvaBuilder::new(pkg, name).disk(&vmdk, size, STREAM);
+    (package, raw, vmdk)
 }
 
 /// Every path under `root` (relative), files and folders.
@@ -124,14 +135,7 @@ fn members_cannot_forge_the_mounts_own_names() {
         names.push(name.to_string());
     }
     let ova = tmp.path().join("forged.ova");
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-cf")
-            .arg(&ova)
-            .arg("-C")
-            .arg(&pkg)
-            .args(&names),
-    );
+    run_ok(tar_create(&ova, &pkg).args(&names));
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
 
     // The generated names are the mount's.
@@ -159,17 +163,7 @@ fn members_cannot_forge_the_mounts_own_names() {
     }
     let json: serde_json::Value =
         serde_json::from_slice(&fs::read(m.path(".ovafs/status.json")).unwrap()).unwrap();
-    let listed: Vec<(String, String)> = json["collisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["member"].as_str().unwrap().to_string(),
-                c["shownAs"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let listed = string_pairs(&json["collisions"], "member", "shownAs");
     assert_eq!(listed.len(), forged.len(), "{listed:?}");
     for (name, _) in forged {
         assert!(listed.contains(&(name.to_string(), format!("/.ovafs/members/{name}"))));
@@ -230,7 +224,7 @@ fn a_root_only_extent_is_never_readable_by_others_and_links_are_refused() {
         !listing.iter().any(|p| p.contains("secret")),
         "the extent is shown: {listing:?}"
     );
-    let out = as_nobody(&[
+    let out = run_as_nobody(&[
         "grep",
         "-r",
         "-l",
@@ -348,10 +342,8 @@ fn disks_sharing_a_parent_are_each_held_to_its_root_only_extent() {
 fn a_0600_disk_gives_a_flat_image_and_member_no_wider_than_0600() {
     let tmp = shared_tempdir();
     let pkg = tmp.path().join("pkg");
-    let (raw, vmdk) = stream_disk(&pkg, "private-disk1", 2 << 20, 12);
-    OvaBuilder::new(&pkg, "private")
-        .disk(&vmdk, 2 << 20, STREAM)
-        .write_package();
+    let (package, raw, vmdk) = one_disk_package(&pkg, &pkg, "private", 2 << 20, 12);
+    package.write_package();
     fs::set_permissions(&vmdk, fs::Permissions::from_mode(0o600)).unwrap();
 
     let m = Mount::ok(
@@ -371,7 +363,7 @@ fn a_0600_disk_gives_a_flat_image_and_member_no_wider_than_0600() {
         fs::read(&vmdk).unwrap()
     );
     // The descriptor is 0644: its settings stay readable.
-    let out = as_nobody(&["cat", m.path("vm/cpus").to_str().unwrap()]);
+    let out = run_as_nobody(&["cat", m.path("vm/cpus").to_str().unwrap()]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n");
     m.umount();
 }
@@ -379,10 +371,9 @@ fn a_0600_disk_gives_a_flat_image_and_member_no_wider_than_0600() {
 #[test]
 fn a_0600_ova_gives_members_and_settings_no_wider_than_0600() {
     let tmp = shared_tempdir();
-    let (raw, vmdk) = stream_disk(tmp.path(), "locked-disk1", 2 << 20, 13);
-    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "locked")
-        .disk(&vmdk, 2 << 20, STREAM)
-        .build();
+    let (package, raw, _) =
+        one_disk_package(tmp.path(), &tmp.path().join("pkg"), "locked", 2 << 20, 13);
+    let ova = package.build();
     fs::set_permissions(&ova, fs::Permissions::from_mode(0o600)).unwrap();
 
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &["allow_other"]);
@@ -408,16 +399,13 @@ fn a_0600_ova_gives_members_and_settings_no_wider_than_0600() {
 fn swapping_the_package_folder_after_the_mount_redirects_nothing() {
     let tmp = tempdir();
     let pkg = tmp.path().join("pkg");
-    let (raw, vmdk) = stream_disk(&tmp.path().join("src"), "swap-disk1", 2 << 20, 14);
-    OvaBuilder::new(&pkg, "swap")
-        .disk(&vmdk, 2 << 20, STREAM)
-        .write_package();
+    let (package, raw, vmdk) = one_disk_package(&tmp.path().join("src"), &pkg, "swap", 2 << 20, 14);
+    package.write_package();
     // A look-alike package with other bytes.
     let evil = tmp.path().join("evil");
-    let (_, evil_vmdk) = stream_disk(&tmp.path().join("src-evil"), "swap-disk1", 2 << 20, 15);
-    OvaBuilder::new(&evil, "swap")
-        .disk(&evil_vmdk, 2 << 20, STREAM)
-        .write_package();
+    let (package, _, evil_vmdk) =
+        one_disk_package(&tmp.path().join("src-evil"), &evil, "swap", 2 << 20, 15);
+    package.write_package();
     let original = fs::read(&vmdk).unwrap();
     assert_ne!(original, fs::read(&evil_vmdk).unwrap());
 
@@ -428,21 +416,6 @@ fn swapping_the_package_folder_after_the_mount_redirects_nothing() {
     assert_eq!(fs::read(m.path("swap-disk1.vmdk")).unwrap(), original);
     assert_same_bytes(&m.path("disks/swap-disk1.raw"), &raw);
     m.umount();
-}
-
-/// PID of the daemon serving `source`.
-fn daemon_pid(source: &Path) -> i32 {
-    let needle = source.to_str().unwrap();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains("__serve") && cmd.contains(needle) {
-            return e.file_name().to_str().unwrap().parse().unwrap();
-        }
-    }
-    panic!("no daemon for {needle}");
 }
 
 /// The targets of the daemon's open file descriptors.
@@ -458,10 +431,9 @@ fn open_files(pid: i32) -> Vec<String> {
 #[test]
 fn after_a_rewrite_the_mount_reads_the_new_archive() {
     let tmp = tempdir();
-    let (raw, vmdk) = stream_disk(tmp.path(), "rw-disk1", 4 << 20, 16);
-    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "rw")
-        .disk(&vmdk, 4 << 20, STREAM)
-        .build();
+    let (package, raw, _) =
+        one_disk_package(tmp.path(), &tmp.path().join("pkg"), "rw", 4 << 20, 16);
+    let ova = package.build();
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
     let pid = daemon_pid(&ova);
     let before = fs::metadata(&ova).unwrap().ino();
@@ -525,10 +497,8 @@ fn after_a_rewrite_the_mount_reads_the_new_archive() {
 #[test]
 fn ls_l_logs_no_extended_attribute_warnings() {
     let tmp = tempdir();
-    let (_, vmdk) = stream_disk(tmp.path(), "xa-disk1", 1 << 20, 17);
-    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "xa")
-        .disk(&vmdk, 1 << 20, STREAM)
-        .build();
+    let (package, _, _) = one_disk_package(tmp.path(), &tmp.path().join("pkg"), "xa", 1 << 20, 17);
+    let ova = package.build();
     let mnt = tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let log = tmp.path().join("stderr.log");
@@ -584,10 +554,8 @@ fn ls_l_logs_no_extended_attribute_warnings() {
 #[test]
 fn a_refused_write_is_shown_in_the_status_files() {
     let tmp = tempdir();
-    let (_, vmdk) = stream_disk(tmp.path(), "ref-disk1", 1 << 20, 18);
-    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "ref")
-        .disk(&vmdk, 1 << 20, STREAM)
-        .build();
+    let (package, _, _) = one_disk_package(tmp.path(), &tmp.path().join("pkg"), "ref", 1 << 20, 18);
+    let ova = package.build();
     let original = fs::read(&ova).unwrap();
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
     let cpus = m.path("vm/cpus");

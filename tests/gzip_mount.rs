@@ -13,23 +13,13 @@ mod common;
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
 
 const STREAM: &str = ovafs::sample::VMDK_STREAM_URI;
 const RAW: &str = "http://example.com/raw";
-
-/// A stream-optimized VMDK made by qemu-img from a scattered raw image; returns
-/// (raw path, vmdk path).
-fn qemu_stream_vmdk(dir: &Path, name: &str, size: u64, seed: u64) -> (PathBuf, PathBuf) {
-    let raw = dir.join(format!("{name}.img"));
-    let vmdk = dir.join(format!("{name}.vmdk"));
-    scattered_raw(&raw, size, 12, seed);
-    to_stream_vmdk(&raw, &vmdk);
-    (raw, vmdk)
-}
 
 fn listing(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
@@ -44,7 +34,7 @@ fn listing(dir: &Path) -> Vec<String> {
 fn gzip_disks_match_qemu_and_members_are_byte_exact() {
     let tmp = tempdir();
     let vmdk_size = 48 << 20;
-    let (_, vmdk) = qemu_stream_vmdk(tmp.path(), "sys", vmdk_size, 1);
+    let (_, vmdk) = qemu_stream_vmdk(tmp.path(), "sys", vmdk_size, 12, 1);
     let raw_size = (24 << 20) + 7 * 512;
     let raw = tmp.path().join("data.img");
     scattered_raw(&raw, raw_size, 20, 2);
@@ -96,7 +86,7 @@ fn gzip_disks_match_qemu_and_members_are_byte_exact() {
 fn tar_gz_ova_mounts() {
     let tmp = tempdir();
     let vmdk_size = 16 << 20;
-    let (_, vmdk) = qemu_stream_vmdk(tmp.path(), "root", vmdk_size, 3);
+    let (_, vmdk) = qemu_stream_vmdk(tmp.path(), "root", vmdk_size, 12, 3);
     let raw_size = 6 << 20;
     let raw = tmp.path().join("swap.img");
     scattered_raw(&raw, raw_size, 8, 4);
@@ -169,14 +159,7 @@ fn corrupt_gzip_disk_is_refused_with_one_line() {
     f.write_all_at(&[byte[0] ^ 1], len - 8).unwrap();
     drop(f);
     let ova = pkg.join("crc.ova");
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-cf")
-            .arg(&ova)
-            .arg("-C")
-            .arg(&pkg)
-            .args(["crc.ovf", "crc.mf", "bad.img.gz"]),
-    );
+    run_ok(tar_create(&ova, &pkg).args(["crc.ovf", "crc.mf", "bad.img.gz"]));
     let Err(e) = Mount::new(&ova, &tmp.path().join("mnt"), &[]) else {
         panic!("a gzip disk with a bad CRC-32 must be refused");
     };

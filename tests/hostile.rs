@@ -230,14 +230,7 @@ fn entity_bombs_and_external_entities_are_refused() {
             .replace("<Name>", "<Name>&d;&x;");
         fs::write(&ovf, xml).unwrap();
         let ova = dir.join(format!("{name}.ova"));
-        run_ok(
-            Command::new(tool("tar"))
-                .arg("-cf")
-                .arg(&ova)
-                .arg("-C")
-                .arg(&dir)
-                .args(&names),
-        );
+        run_ok(tar_create(&ova, &dir).args(&names));
         let err = Mount::new(&ova, &dir.join("mnt"), &[]).expect_err("refused");
         assert_one_line(&err);
         assert!(

@@ -29,26 +29,35 @@ const SPARSE_URI: &str = ovafs::sample::VMDK_SPARSE_URI;
 const QCOW2_URI: &str = "http://www.gnome.org/~markmc/qcow-image-format.html";
 const RAW_URI: &str = "http://example.com/raw";
 
-/// Peak resident memory (VmHWM) of the daemon serving `source`, in bytes.
-fn daemon_hwm(source: &Path) -> u64 {
-    let needle = source.to_str().unwrap();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("__serve") && cmdline.contains(needle) {
-            let status = fs::read_to_string(entry.path().join("status")).unwrap();
-            let kb: u64 = status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap();
-            return kb * 1024;
-        }
+/// A temporary folder with an empty `pkg` folder inside: (guard, `pkg`).
+fn package_folder() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempdir();
+    let pkg = tmp.path().join("pkg");
+    fs::create_dir_all(&pkg).unwrap();
+    (tmp, pkg)
+}
+
+/// `qemu-img create -q -f FORMAT -o OPTIONS PATH SIZE`.
+fn qemu_create(format: &str, options: &str, path: &Path, size: &str) {
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        format,
+        "-o",
+        options,
+        path_str(path),
+        size,
+    ]);
+}
+
+/// Asserts that `err` is one line naming each of `needed`.
+fn assert_one_line_naming(err: &str, needed: &[&str]) {
+    let line = err.trim_end();
+    assert_eq!(line.lines().count(), 1, "one line: {err}");
+    for needed in needed {
+        assert!(line.contains(needed), "{needed:?} missing from {line:?}");
     }
-    panic!("no daemon found for {}", source.display());
 }
 
 /// Runs a Python program (the tests' independent writer of hostile images).
@@ -63,22 +72,11 @@ fn python(program: &str, args: &[&str]) {
 
 #[test]
 fn a_descriptor_naming_one_sparse_extent_5000_times_opens_it_once() {
-    let tmp = tempdir();
-    let pkg = tmp.path().join("pkg");
-    fs::create_dir_all(&pkg).unwrap();
+    let (tmp, pkg) = package_folder();
     // A 512 GiB hosted sparse extent by qemu-img: 8192 grain tables, a 32 KiB grain
     // directory; each opening used to build its own directory, table list and cache.
     let big = pkg.join("big.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-o",
-        "subformat=monolithicSparse",
-        path_str(&big),
-        "512G",
-    ]);
+    qemu_create("vmdk", "subformat=monolithicSparse", &big, "512G");
     let lines = 5000u64;
     let mut text = String::from(
         "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
@@ -103,7 +101,7 @@ fn a_descriptor_naming_one_sparse_extent_5000_times_opens_it_once() {
         flat.read_exact_at(&mut buf, at).unwrap();
         assert!(buf.iter().all(|&b| b == 0), "an empty extent reads zeros");
     }
-    let hwm = daemon_hwm(&ova);
+    let hwm = daemon_vm_hwm(&ova);
     // 5,000 openings kept 5,000 grain directories of 32 KiB (160 MB), besides their
     // transient copies; one opening keeps one.
     eprintln!("daemon VmHWM with {lines} extent lines: {} KiB", hwm >> 10);
@@ -114,32 +112,20 @@ fn a_descriptor_naming_one_sparse_extent_5000_times_opens_it_once() {
 
 #[test]
 fn metadata_beyond_the_budget_is_refused_and_the_option_raises_it() {
-    let tmp = tempdir();
-    let pkg = tmp.path().join("pkg");
-    fs::create_dir_all(&pkg).unwrap();
+    let (tmp, pkg) = package_folder();
     // 512-byte clusters: each L1 entry covers 32 KiB, so 100 GiB needs a 25 MiB L1 table.
     let img = pkg.join("wide.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=512",
-        path_str(&img),
-        "100G",
-    ]);
+    qemu_create("qcow2", "cluster_size=512", &img, "100G");
     let ova = OvaBuilder::new(&pkg, "wide")
         .disk(&img, 100 << 30, QCOW2_URI)
         .build();
     let mnt = tmp.path().join("mnt");
     let err = Mount::new(&ova, &mnt, &["metadata_limit=16M"]).expect_err("refused");
-    let line = err.trim_end();
-    eprintln!("refused: {line}");
-    assert_eq!(line.lines().count(), 1, "one line: {err}");
-    for needed in ["wide.qcow2", "qcow2 L1 table", "16 MiB", "metadata_limit"] {
-        assert!(line.contains(needed), "{needed:?} missing from {line:?}");
-    }
+    eprintln!("refused: {}", err.trim_end());
+    assert_one_line_naming(
+        &err,
+        &["wide.qcow2", "qcow2 L1 table", "16 MiB", "metadata_limit"],
+    );
     assert!(!is_mounted(&mnt));
     let m = Mount::ok(&ova, &mnt, &["metadata_limit=64M"]);
     assert_eq!(
@@ -178,9 +164,7 @@ with open(sys.argv[1], "wb") as f:
 #[test]
 fn lseek_on_a_map_of_millions_of_extents_is_bounded_and_blocks_no_other_file() {
     use nix::unistd::{Whence, lseek};
-    let tmp = tempdir();
-    let pkg = tmp.path().join("pkg");
-    fs::create_dir_all(&pkg).unwrap();
+    let (tmp, pkg) = package_folder();
     let img = pkg.join("holes.qcow2");
     many_extent_qcow2(&img);
     let size = 64u64 << 30;
@@ -269,9 +253,7 @@ with open(sys.argv[1], "wb") as f:
 
 #[test]
 fn a_nested_gzip_bomb_is_refused_in_bounded_time_at_the_inflate_limit() {
-    let tmp = tempdir();
-    let pkg = tmp.path().join("pkg");
-    fs::create_dir_all(&pkg).unwrap();
+    let (tmp, pkg) = package_folder();
     // The disk member: 16 GiB of zeros in 16 MiB of gzip, referenced with
     // ovf:compression="gzip"; the OVA itself is then gzip-compressed (tar -czf).
     let inner = pkg.join("bomb.img.gz");
@@ -291,11 +273,7 @@ fn a_nested_gzip_bomb_is_refused_in_bounded_time_at_the_inflate_limit() {
     let err = Mount::new(&gz, &mnt, &["inflate_limit=1G"]).expect_err("refused");
     let took = started.elapsed();
     eprintln!("nested gzip bomb refused in {took:?}: {}", err.trim_end());
-    let line = err.trim_end();
-    assert_eq!(line.lines().count(), 1, "one line: {err}");
-    for needed in ["inflate_limit", "1 GiB", "bomb"] {
-        assert!(line.contains(needed), "{needed:?} missing from {line:?}");
-    }
+    assert_one_line_naming(&err, &["inflate_limit", "1 GiB", "bomb"]);
     // 1 GiB of zeros inflates in about a second; the whole bomb would take 16 times that.
     assert!(took < Duration::from_secs(60), "{took:?}");
     assert!(!is_mounted(&mnt));
@@ -362,9 +340,7 @@ fn fifos_devices_and_directories_as_sources_are_refused_at_once() {
 
 #[test]
 fn a_fifo_named_by_a_folder_package_does_not_hang() {
-    let tmp = tempdir();
-    let pkg = tmp.path().join("pkg");
-    fs::create_dir_all(&pkg).unwrap();
+    let (tmp, pkg) = package_folder();
     let placeholder = pkg.join("disk.img");
     fs::write(&placeholder, vec![0u8; 4096]).unwrap();
     let names = OvaBuilder::new(&pkg, "fifo")
@@ -392,22 +368,11 @@ fn a_fifo_named_by_a_folder_package_does_not_hang() {
 
 #[test]
 fn a_parent_shared_by_many_disks_is_opened_once() {
-    let tmp = tempdir();
-    let pkg = tmp.path().join("pkg");
-    fs::create_dir_all(&pkg).unwrap();
+    let (tmp, pkg) = package_folder();
     // The base: 512-byte clusters, so its L1 table takes 2.5 MiB (5 MiB while parsed).
     let base = pkg.join("base.qcow2");
     let size = 10u64 << 30;
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=512",
-        path_str(&base),
-        "10G",
-    ]);
+    qemu_create("qcow2", "cluster_size=512", &base, "10G");
     let mut builder = OvaBuilder::new(&pkg, "overlays");
     let overlays = 40;
     for i in 0..overlays {

@@ -88,12 +88,6 @@ impl Shared {
     }
 }
 
-fn as_nobody() -> Command {
-    let mut c = Command::new(tool("setpriv"));
-    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
-    c
-}
-
 fn journal_of(p: &Path) -> PathBuf {
     let name = p.file_name().unwrap().to_str().unwrap();
     p.with_file_name(format!("{name}.ovafs-journal"))
@@ -128,8 +122,14 @@ fn genuine_journal(ova: &Path) -> (Vec<u8>, usize) {
     assert_eq!(&old[44..48], b"Samp");
     let mut data = old.clone();
     data[44..48].copy_from_slice(b"XXXX");
+    (archive_journal(ova, data, &old).encode(), 556)
+}
+
+/// A version 2 journal for the archive `ova` as it is now (its size, device and inode) that
+/// writes `data` at offset 512, claiming the bytes there were `old`.
+fn archive_journal(ova: &Path, data: Vec<u8>, old: &[u8]) -> Journal {
     let meta = fs::metadata(ova).unwrap();
-    let j = Journal {
+    Journal {
         kind: Kind::Archive,
         target: Identity {
             size: meta.len(),
@@ -139,48 +139,34 @@ fn genuine_journal(ova: &Path) -> (Vec<u8>, usize) {
         ops: vec![Op::Write {
             offset: 512,
             data,
-            old: sector_digests(&old),
+            old: sector_digests(old),
         }],
-    };
-    (j.encode(), 556)
+    }
+}
+
+/// Writes `bytes` to `path` with mode 0600: the journal's owner and mode as ovafs makes them.
+fn write_private(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) {
+    let path = path.as_ref();
+    fs::write(path, bytes).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// Runs `ovafs mount` under `timeout` (a planted FIFO must not hang it): the mount guard, or
 /// none, and stderr.
 fn mount(source: &Path, dir: &Path, opts: &[&str]) -> (Option<Mount>, String) {
-    fs::create_dir_all(dir).unwrap();
-    let mut cmd = Command::new(tool("timeout"));
-    cmd.arg("60").arg(ovafs()).arg("mount");
-    for o in opts {
-        cmd.arg("-o").arg(o);
-    }
-    let out = cmd
-        .arg(source)
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_ne!(out.status.code(), Some(124), "ovafs mount hung: {err}");
-    if out.status.success() {
-        (
-            Some(Mount {
-                dir: dir.to_path_buf(),
-            }),
-            err,
-        )
-    } else {
-        (None, err)
-    }
+    Mount::bounded(source, dir, opts, 60)
 }
 
-fn sh(script: &str) -> Output {
-    Command::new(tool("bash"))
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+/// [`mount`], which must succeed: the guard and the notices on stderr.
+fn mount_ok(source: &Path, dir: &Path, opts: &[&str]) -> (Mount, String) {
+    match mount(source, dir, opts) {
+        (Some(m), err) => (m, err),
+        (None, err) => panic!(
+            "mount of {} on {} refused: {err}",
+            source.display(),
+            dir.display()
+        ),
+    }
 }
 
 /// `echo N > vm/cpus` on the mount.
@@ -204,8 +190,7 @@ fn planted_journal_is_left_alone(rule: &str, plant: impl FnOnce(&Shared, &Path, 
     let ova = s.ova("vm");
     plant(&s, &ova, &journal_of(&ova));
     let before = snapshot(&s.dir);
-    let (m, err) = mount(&ova, &s.mnt("mnt"), &[]);
-    let m = m.unwrap_or_else(|| panic!("mount refused: {err}"));
+    let (m, err) = mount_ok(&ova, &s.mnt("mnt"), &[]);
     println!("notice: {err}");
     assert!(err.contains("vm.ova.ovafs-journal"), "{err}");
     assert!(err.contains(rule), "{err}");
@@ -242,8 +227,7 @@ fn journal_writable_by_group_or_others() {
 fn journal_hard_linked() {
     planted_journal_is_left_alone("2 hard links", |s, ova, j| {
         let other = s.dir.join("elsewhere");
-        fs::write(&other, genuine_journal(ova).0).unwrap();
-        fs::set_permissions(&other, fs::Permissions::from_mode(0o600)).unwrap();
+        write_private(&other, genuine_journal(ova).0);
         fs::hard_link(&other, j).unwrap();
     });
 }
@@ -252,8 +236,7 @@ fn journal_hard_linked() {
 fn journal_symlink() {
     planted_journal_is_left_alone("symbolic link", |s, ova, j| {
         let victim = s.dir.join("victim");
-        fs::write(&victim, genuine_journal(ova).0).unwrap();
-        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        write_private(&victim, genuine_journal(ova).0);
         std::os::unix::fs::symlink(&victim, j).unwrap();
     });
 }
@@ -291,8 +274,7 @@ fn journal_of_version_1_cannot_be_proven() {
         v.extend_from_slice(b"XXXX");
         let sum = ovafs::commit::journal::digest(&v);
         v.extend_from_slice(&sum);
-        fs::write(j, v).unwrap();
-        fs::set_permissions(j, fs::Permissions::from_mode(0o600)).unwrap();
+        write_private(j, v);
     });
 }
 
@@ -301,24 +283,9 @@ fn journal_aimed_at_bytes_it_never_saw() {
     planted_journal_is_left_alone("neither the bytes", |_, ova, j| {
         // Right owner, mode, checksum and identity; the old-bytes digests are of other bytes.
         let bytes = fs::read(ova).unwrap();
-        let meta = fs::metadata(ova).unwrap();
         let mut data = bytes[512..1024].to_vec();
         data[44..48].copy_from_slice(b"XXXX");
-        let journal = Journal {
-            kind: Kind::Archive,
-            target: Identity {
-                size: meta.len(),
-                dev: meta.dev(),
-                ino: meta.ino(),
-            },
-            ops: vec![Op::Write {
-                offset: 512,
-                data,
-                old: sector_digests(&[b'A'; 512]),
-            }],
-        };
-        fs::write(j, journal.encode()).unwrap();
-        fs::set_permissions(j, fs::Permissions::from_mode(0o600)).unwrap();
+        write_private(j, archive_journal(ova, data, &[b'A'; 512]).encode());
     });
 }
 
@@ -327,16 +294,13 @@ fn ro_mount_reports_a_pending_journal_and_writes_nothing() {
     let s = Shared::new();
     let ova = s.ova("vm");
     let (journal, at) = genuine_journal(&ova);
-    fs::write(journal_of(&ova), &journal).unwrap();
-    fs::set_permissions(journal_of(&ova), fs::Permissions::from_mode(0o600)).unwrap();
+    write_private(journal_of(&ova), &journal);
     let temp = s.dir.join(".vm.ova.ovafs-tmp-left");
-    fs::write(&temp, b"half a rewrite").unwrap();
-    fs::set_permissions(&temp, fs::Permissions::from_mode(0o600)).unwrap();
+    write_private(&temp, b"half a rewrite");
     let before = snapshot(&s.dir);
     let ova_sum = sha256_file(&ova);
 
-    let (m, err) = mount(&ova, &s.mnt("mnt"), &["ro"]);
-    let m = m.unwrap_or_else(|| panic!("mount refused: {err}"));
+    let (m, err) = mount_ok(&ova, &s.mnt("mnt"), &["ro"]);
     println!("notice: {err}");
     assert!(err.contains("waits, not replayed"), "{err}");
     assert!(err.contains("read-only"), "{err}");
@@ -346,8 +310,7 @@ fn ro_mount_reports_a_pending_journal_and_writes_nothing() {
     assert_eq!(snapshot(&s.dir), before);
 
     // It was a genuine journal: a writable mount completes it and removes the temporary file.
-    let (m, err) = mount(&ova, &s.mnt("mnt"), &[]);
-    let m = m.unwrap_or_else(|| panic!("mount refused: {err}"));
+    let (m, _) = mount_ok(&ova, &s.mnt("mnt"), &[]);
     assert!(!journal_of(&ova).exists() && !temp.exists());
     assert_eq!(&fs::read(&ova).unwrap()[at..at + 4], b"XXXX");
     assert!(set_cpus(&m, 3).status.success());
@@ -358,8 +321,7 @@ fn ro_mount_reports_a_pending_journal_and_writes_nothing() {
 fn journal_planted_while_mounted_stops_commits() {
     let s = Shared::new();
     let ova = s.ova("vm");
-    let (m, err) = mount(&ova, &s.mnt("mnt"), &[]);
-    let m = m.unwrap_or_else(|| panic!("mount refused: {err}"));
+    let (m, _) = mount_ok(&ova, &s.mnt("mnt"), &[]);
     s.plant_as_nobody(&journal_of(&ova), &genuine_journal(&ova).0);
     let before = snapshot(&s.dir);
     // The mount is writable, so the refusal comes at close (which bash ignores): python
@@ -394,13 +356,11 @@ fn temp_files_planted_by_others_are_kept() {
     let linked = s.dir.join(".vm.ova.ovafs-tmp-linked");
     fs::hard_link(&victim, &linked).unwrap();
     let ours = s.dir.join(".vm.ova.ovafs-tmp-ours");
-    fs::write(&ours, b"left by a crash").unwrap();
-    fs::set_permissions(&ours, fs::Permissions::from_mode(0o600)).unwrap();
+    write_private(&ours, b"left by a crash");
     let mut expected = snapshot(&s.dir);
     expected.remove(".vm.ova.ovafs-tmp-ours");
 
-    let (m, err) = mount(&ova, &s.mnt("mnt"), &[]);
-    let m = m.unwrap_or_else(|| panic!("mount refused: {err}"));
+    let (m, _) = mount_ok(&ova, &s.mnt("mnt"), &[]);
     assert!(!ours.exists(), "ovafs's own temporary file is removed");
     assert_eq!(snapshot(&s.dir), expected, "others' files are kept");
     // Planted temporary files do not make the package read-only: commits never use them.
@@ -416,12 +376,10 @@ fn temp_files_planted_by_others_are_kept() {
 fn second_writable_mount_is_read_only() {
     let s = Shared::new();
     let ova = s.ova("vm");
-    let (first, err) = mount(&ova, &s.mnt("one"), &[]);
-    let first = first.unwrap_or_else(|| panic!("mount refused: {err}"));
+    let (first, err) = mount_ok(&ova, &s.mnt("one"), &[]);
     assert!(!err.contains("read-only"), "{err}");
     let sum = sha256_file(&ova);
-    let (second, err) = mount(&ova, &s.mnt("two"), &[]);
-    let second = second.unwrap_or_else(|| panic!("second mount refused: {err}"));
+    let (second, err) = mount_ok(&ova, &s.mnt("two"), &[]);
     println!("notice: {err}");
     assert!(
         err.contains("in use by another writable ovafs mount"),
@@ -441,8 +399,7 @@ fn second_writable_mount_is_read_only() {
     second.umount();
     first.umount();
     // Both gone: the lock went with the first daemon.
-    let (m, err) = mount(&ova, &s.mnt("three"), &[]);
-    let m = m.unwrap_or_else(|| panic!("mount refused: {err}"));
+    let (m, err) = mount_ok(&ova, &s.mnt("three"), &[]);
     assert!(!err.contains("read-only"), "{err}");
     m.umount();
 }
@@ -452,8 +409,7 @@ fn rewrite_commit_keeps_the_package_locked() {
     let s = Shared::new();
     let ova = s.ova("vm");
     let ino = fs::metadata(&ova).unwrap().ino();
-    let (first, err) = mount(&ova, &s.mnt("one"), &[]);
-    let first = first.unwrap_or_else(|| panic!("mount refused: {err}"));
+    let (first, _) = mount_ok(&ova, &s.mnt("one"), &[]);
     // A descriptor far larger than its tar blocks: the archive is rewritten and renamed.
     let ovf = first.path("vm.ovf");
     let text = fs::read_to_string(&ovf).unwrap();
@@ -467,8 +423,7 @@ fn rewrite_commit_keeps_the_package_locked() {
         "no rewrite happened"
     );
     let sum = sha256_file(&ova);
-    let (second, err) = mount(&ova, &s.mnt("two"), &[]);
-    let second = second.unwrap_or_else(|| panic!("second mount refused: {err}"));
+    let (second, err) = mount_ok(&ova, &s.mnt("two"), &[]);
     assert!(
         err.contains("in use by another writable ovafs mount"),
         "{err}"
@@ -501,11 +456,9 @@ fn folder_journal_renaming_a_planted_file_is_refused() {
             sha256: ovafs::commit::journal::digest(evil.as_bytes()),
         }],
     };
-    fs::write(journal_of(&ovf), j.encode()).unwrap();
-    fs::set_permissions(journal_of(&ovf), fs::Permissions::from_mode(0o600)).unwrap();
+    write_private(journal_of(&ovf), j.encode());
     let before = snapshot(&s.dir);
-    let (m, err) = mount(&ovf, &s.mnt("mnt"), &[]);
-    let m = m.unwrap_or_else(|| panic!("mount refused: {err}"));
+    let (m, err) = mount_ok(&ovf, &s.mnt("mnt"), &[]);
     assert!(err.contains("is not ovafs's"), "{err}");
     assert!(err.contains("owned by uid 65534"), "{err}");
     assert_read_only(&m);
@@ -517,10 +470,8 @@ fn folder_journal_renaming_a_planted_file_is_refused() {
 fn folder_package_lock_follows_the_renamed_descriptor() {
     let s = Shared::new();
     let ovf = s.ovf("vm");
-    let (first, err) = mount(&ovf, &s.mnt("one"), &[]);
-    let first = first.unwrap_or_else(|| panic!("mount refused: {err}"));
-    let (second, err) = mount(&ovf, &s.mnt("two"), &[]);
-    let second = second.unwrap_or_else(|| panic!("second mount refused: {err}"));
+    let (first, _) = mount_ok(&ovf, &s.mnt("one"), &[]);
+    let (second, err) = mount_ok(&ovf, &s.mnt("two"), &[]);
     assert!(
         err.contains("in use by another writable ovafs mount"),
         "{err}"
@@ -533,8 +484,7 @@ fn folder_package_lock_follows_the_renamed_descriptor() {
     let ino = fs::metadata(&ovf).unwrap().ino();
     assert!(set_cpus(&first, 4).status.success());
     assert_ne!(fs::metadata(&ovf).unwrap().ino(), ino, "no rename happened");
-    let (third, err) = mount(&ovf, &s.mnt("three"), &[]);
-    let third = third.unwrap_or_else(|| panic!("third mount refused: {err}"));
+    let (third, err) = mount_ok(&ovf, &s.mnt("three"), &[]);
     assert!(
         err.contains("in use by another writable ovafs mount"),
         "{err}"
@@ -550,12 +500,10 @@ fn umount_recovers_the_served_package_not_the_fsname() {
     let served = s.ova("served");
     let other = s.ova("other");
     let (journal, _) = genuine_journal(&other);
-    fs::write(journal_of(&other), &journal).unwrap();
-    fs::set_permissions(journal_of(&other), fs::Permissions::from_mode(0o600)).unwrap();
+    write_private(journal_of(&other), &journal);
     let before = snapshot(&s.dir);
     let fsname = format!("fsname={}", other.display());
-    let (m, err) = mount(&served, &s.mnt("mnt"), &[&fsname]);
-    let m = m.unwrap_or_else(|| panic!("mount refused: {err}"));
+    let (m, _) = mount_ok(&served, &s.mnt("mnt"), &[&fsname]);
     let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         table.contains(&format!("fuse.ovafs {}", other.display())),
@@ -611,8 +559,7 @@ fn umount_refuses_mounts_that_are_not_ovafs() {
     let s = Shared::new();
     let ova = s.ova("vm");
     let (journal, _) = genuine_journal(&ova);
-    fs::write(journal_of(&ova), &journal).unwrap();
-    fs::set_permissions(journal_of(&ova), fs::Permissions::from_mode(0o600)).unwrap();
+    write_private(journal_of(&ova), &journal);
     let before = snapshot(&s.dir);
 
     let tmpfs = s.mnt("tmpfs");

@@ -38,14 +38,7 @@ fn packages(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     f.write_all_at(b"X", 20 * 512 + 100).unwrap();
     drop(f);
     let bad = dir.join("bad.ova");
-    run_ok(
-        std::process::Command::new(tool("tar"))
-            .arg("-cf")
-            .arg(&bad)
-            .arg("-C")
-            .arg(&bad_pkg)
-            .args(&names),
-    );
+    run_ok(tar_create(&bad, &bad_pkg).args(&names));
     (good, bad, raw)
 }
 

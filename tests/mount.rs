@@ -28,22 +28,6 @@ use common::*;
 
 const STREAM: &str = ovafs::sample::VMDK_STREAM_URI;
 
-/// Makes a stream-optimized VMDK from a scattered raw image with qemu-img; returns
-/// (raw path, vmdk path).
-fn qemu_stream_vmdk(
-    dir: &Path,
-    name: &str,
-    size: u64,
-    chunks: usize,
-    seed: u64,
-) -> (PathBuf, PathBuf) {
-    let raw = dir.join(format!("{name}.img"));
-    let vmdk = dir.join(format!("{name}.vmdk"));
-    scattered_raw(&raw, size, chunks, seed);
-    to_stream_vmdk(&raw, &vmdk);
-    (raw, vmdk)
-}
-
 #[test]
 fn members_are_byte_exact_and_disks_match_qemu() {
     let tmp = tempdir();
@@ -216,28 +200,6 @@ fn qemu_boots_from_the_flat_disk() {
     m.umount();
 }
 
-/// Resident set size of the process serving `mountpoint`, in bytes.
-fn daemon_rss(ova: &Path) -> u64 {
-    let needle = ova.to_str().unwrap();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("__serve") && cmdline.contains(needle) {
-            let status = fs::read_to_string(entry.path().join("status")).unwrap();
-            let kb: u64 = status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap();
-            return kb * 1024;
-        }
-    }
-    panic!("no daemon found for {}", ova.display());
-}
-
 #[test]
 fn huge_sparse_disk_reads_in_bounded_memory() {
     let tmp = tempdir();
@@ -266,7 +228,7 @@ fn huge_sparse_disk_reads_in_bounded_memory() {
         f.read_exact_at(&mut buf, off).unwrap();
         assert!(buf.iter().all(|&b| b == 0));
     }
-    let rss = daemon_rss(ova.canonicalize().as_deref().unwrap_or(&ova));
+    let rss = daemon_vm_hwm(ova.canonicalize().as_deref().unwrap_or(&ova));
     assert!(rss < (16 << 20) + (50 << 20), "daemon peak RSS {rss} bytes");
     drop(f);
     m.umount();
@@ -347,14 +309,7 @@ fn bad_inputs_are_refused_with_one_line() {
     fs::create_dir(&dir).unwrap();
     fs::write(dir.join("disk.vmdk"), vec![0u8; 1024]).unwrap();
     let no_ovf = t.join("no-ovf.ova");
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-cf")
-            .arg(&no_ovf)
-            .arg("-C")
-            .arg(&dir)
-            .arg("disk.vmdk"),
-    );
+    run_ok(tar_create(&no_ovf, &dir).arg("disk.vmdk"));
     assert!(refused(&no_ovf, t).to_lowercase().contains("descriptor"));
 
     let (_, vmdk) = qemu_stream_vmdk(t, "ok", 1 << 20, 1, 7);
@@ -364,14 +319,7 @@ fn bad_inputs_are_refused_with_one_line() {
         .write_package();
     fs::write(pkg.join("badxml.ovf"), "<Envelope><References></Envelope>").unwrap();
     let bad_xml = t.join("badxml.ova");
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-cf")
-            .arg(&bad_xml)
-            .arg("-C")
-            .arg(&pkg)
-            .args(&names),
-    );
+    run_ok(tar_create(&bad_xml, &pkg).args(&names));
     refused(&bad_xml, t);
 
     let pkg = t.join("short");
@@ -381,14 +329,7 @@ fn bad_inputs_are_refused_with_one_line() {
     let full = fs::read(pkg.join("short.ovf")).unwrap();
     fs::write(pkg.join("short.ovf"), &full[..full.len() / 2]).unwrap();
     let short = t.join("short.ova");
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-cf")
-            .arg(&short)
-            .arg("-C")
-            .arg(&pkg)
-            .args(&names),
-    );
+    run_ok(tar_create(&short, &pkg).args(&names));
     refused(&short, t);
 
     let nonsense = t.join("nonsense.vmdk");
@@ -416,7 +357,7 @@ fn umount_waits_for_the_daemon() {
         .build();
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
     let ova = ova.canonicalize().unwrap();
-    daemon_rss(&ova); // the daemon is running
+    daemon_vm_hwm(&ova); // the daemon is running
     let dir = m.dir.clone();
     m.umount();
     assert!(!is_mounted(&dir));

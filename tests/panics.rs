@@ -47,11 +47,7 @@ impl Drop for Daemon {
 }
 
 fn stream_disk(dir: &Path, name: &str, seed: u64) -> (PathBuf, PathBuf) {
-    let raw = dir.join(format!("{name}.img"));
-    let vmdk = dir.join(format!("{name}.vmdk"));
-    scattered_raw(&raw, 4 << 20, 6, seed);
-    to_stream_vmdk(&raw, &vmdk);
-    (raw, vmdk)
+    qemu_stream_vmdk(dir, name, 4 << 20, 6, seed)
 }
 
 fn errno_of_read(path: &Path) -> Option<i32> {

@@ -15,158 +15,33 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use common::{Rng, report_failures, report_files, run_ok, tempdir, tool};
+use common::verify::{Layout, Package, coreutils, random, verify, verify_json};
+use common::{path_str as p, report_failures, report_files};
 use serde_json::Value;
 
-/// Runs `ovafs verify ARGS`; returns (exit code, stdout, stderr).
-fn verify(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(common::ovafs())
-        .arg("verify")
-        .args(args)
-        .output()
-        .expect("run ovafs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `ovafs verify --json ARGS`: (exit code, parsed report).
-fn verify_json(args: &[&str]) -> (i32, Value) {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let (code, out, err) = verify(&all);
-    let v: Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {out}\nstderr: {err}"));
-    (code, v)
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// The hex digest `tool` (sha1sum, ...) prints for `file`.
-fn coreutils(tool_name: &str, file: &Path) -> String {
-    let out = run_ok(Command::new(tool(tool_name)).arg(file));
-    String::from_utf8(out.stdout).unwrap()[..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    Rng::new(seed).fill(&mut v);
-    v
-}
-
 /// A package folder: `x.ovf` naming `disk1.img` (5 MiB + 123 bytes: more than one read
-/// chunk) and `disk2.img` (1000 bytes).
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
+/// chunk) and `disk2.img` (1000 bytes); archives in ustar format, `x.cert` padded like
+/// ovftool's.
+fn fixture() -> Package {
+    Package::new(Layout {
+        disk1_bytes: (5 << 20) + 123,
+        capacity_bytes: 8 << 20,
+        tar_format: "ustar",
+        cert_padding: 200,
+    })
 }
 
-impl Fixture {
-    fn new() -> Self {
-        let tmp = tempdir();
-        let dir = tmp.path().to_path_buf();
-        fs::write(dir.join("disk1.img"), random((5 << 20) + 123, 1)).unwrap();
-        fs::write(dir.join("disk2.img"), random(1000, 2)).unwrap();
-        let disks = ["disk1.img", "disk2.img"]
-            .iter()
-            .map(|n| ovafs::sample::DiskSpec {
-                href: n.to_string(),
-                file_bytes: fs::metadata(dir.join(n)).unwrap().len(),
-                capacity_bytes: 8 << 20,
-                format_uri: "http://example.org/raw".into(),
-                compression: None,
-            })
-            .collect();
-        let spec = ovafs::sample::ApplianceSpec {
-            name: "x".into(),
-            cpus: 1,
-            memory_mib: 256,
-            network: "VM Network".into(),
-            disks,
-        };
-        fs::write(dir.join("x.ovf"), ovafs::sample::descriptor_xml(&spec)).unwrap();
-        Fixture { _tmp: tmp, dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// The manifest in three dialects, digests from coreutils.
-    fn mixed_manifest(&self) -> String {
-        format!(
-            "SHA256(x.ovf)= {}\nSHA1 (disk1.img) = {}\r\nSHA2-512(disk2.img)= {}\n{}",
-            coreutils("sha256sum", &self.path("x.ovf")),
-            coreutils("sha1sum", &self.path("disk1.img")),
-            coreutils("sha512sum", &self.path("disk2.img")),
-            " ".repeat(50)
-        )
-    }
-
-    /// Packs `names` into `x.ova` with GNU tar.
-    fn ova(&self, names: &[&str]) -> PathBuf {
-        let ova = self.path("x.ova");
-        let _ = fs::remove_file(&ova);
-        run_ok(
-            Command::new(tool("tar"))
-                .args(["--format=ustar", "-cf"])
-                .arg(&ova)
-                .arg("-C")
-                .arg(&self.dir)
-                .args(names),
-        );
-        ova
-    }
-
-    /// Signs `x.mf` with a new key of `keyopts` (`openssl req` arguments) and writes
-    /// `x.cert` (signature line + certificate + ovftool-like padding); returns the PEM of
-    /// the certificate.
-    fn sign(&self, keyopts: &[&str]) -> PathBuf {
-        let key = self.path("key.pem");
-        let cert = self.path("cert.pem");
-        run_ok(
-            Command::new(tool("openssl"))
-                .args(["req", "-x509", "-nodes", "-days", "30"])
-                .args(keyopts)
-                .args(["-subj", "/C=DE/O=ovafs test/CN=signer.example.org"])
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert),
-        );
-        let sig = self.path("x.sig");
-        run_ok(
-            Command::new(tool("openssl"))
-                .args(["dgst", "-sha256", "-sign"])
-                .arg(&key)
-                .arg("-out")
-                .arg(&sig)
-                .arg(self.path("x.mf")),
-        );
-        let hex: String = fs::read(&sig)
-            .unwrap()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let text = format!(
-            "SHA256(x.mf)= {hex}\n{}{}",
-            fs::read_to_string(&cert).unwrap(),
-            " ".repeat(200)
-        );
-        fs::write(self.path("x.cert"), text).unwrap();
-        cert
-    }
+/// The manifest in three dialects, digests from coreutils.
+fn mixed_manifest(f: &Package) -> String {
+    format!(
+        "SHA256(x.ovf)= {}\nSHA1 (disk1.img) = {}\r\nSHA2-512(disk2.img)= {}\n{}",
+        coreutils("sha256sum", &f.path("x.ovf")),
+        coreutils("sha1sum", &f.path("disk1.img")),
+        coreutils("sha512sum", &f.path("disk2.img")),
+        " ".repeat(50)
+    )
 }
 
 /// Flips the low bit of byte `at` of member `name` inside the archive `ova`.
@@ -198,9 +73,9 @@ fn replace_in_member(ova: &Path, name: &str, from: &str, to: &str) {
 
 #[test]
 fn digests_match_coreutils() {
-    let f = Fixture::new();
-    fs::write(f.path("x.mf"), f.mixed_manifest()).unwrap();
-    let ova = f.ova(&["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
+    let f = fixture();
+    fs::write(f.path("x.mf"), mixed_manifest(&f)).unwrap();
+    let ova = f.ova(&[], &["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["passed"], true);
@@ -247,10 +122,10 @@ fn digests_match_coreutils() {
 
 #[test]
 fn signed_package_verifies_and_trust_is_reported_not_required() {
-    let f = Fixture::new();
-    fs::write(f.path("x.mf"), f.mixed_manifest()).unwrap();
-    let ca = f.sign(&["-newkey", "rsa:2048"]);
-    let ova = f.ova(&["x.ovf", "x.mf", "x.cert", "disk1.img", "disk2.img"]);
+    let f = fixture();
+    fs::write(f.path("x.mf"), mixed_manifest(&f)).unwrap();
+    let ca = f.sign(&["-newkey", "rsa:2048"], &[]);
+    let ova = f.ova(&[], &["x.ovf", "x.mf", "x.cert", "disk1.img", "disk2.img"]);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 0, "{v:#}");
     let c = &v["certificate"];
@@ -295,13 +170,13 @@ fn signed_package_verifies_and_trust_is_reported_not_required() {
 
 #[test]
 fn signed_package_with_one_byte_altered_fails() {
-    let f = Fixture::new();
-    fs::write(f.path("x.mf"), f.mixed_manifest()).unwrap();
-    f.sign(&["-newkey", "rsa:2048"]);
+    let f = fixture();
+    fs::write(f.path("x.mf"), mixed_manifest(&f)).unwrap();
+    f.sign(&["-newkey", "rsa:2048"], &[]);
     let names = ["x.ovf", "x.mf", "x.cert", "disk1.img", "disk2.img"];
 
     // A member: its digest no longer matches; the signature still does.
-    let ova = f.ova(&names);
+    let ova = f.ova(&[], &names);
     flip(&ova, "disk1.img", 3 << 20);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 1, "{v:#}");
@@ -317,7 +192,7 @@ fn signed_package_with_one_byte_altered_fails() {
     assert!(out.contains("FAILED: 2 of 3 digests match"), "{out}");
 
     // The manifest: a digest changed to match a changed member is caught by the signature.
-    let ova = f.ova(&names);
+    let ova = f.ova(&[], &names);
     let old = coreutils("sha512sum", &f.path("disk2.img"));
     let first = old.chars().next().unwrap();
     let new_first = if first == '0' { '1' } else { '0' };
@@ -337,7 +212,7 @@ fn signed_package_with_one_byte_altered_fails() {
     assert!(report_failures(&v).contains("disk2.img: SHA512 digest does not match"));
 
     // Only the manifest's padding: every digest matches, the signature does not.
-    let ova = f.ova(&names);
+    let ova = f.ova(&[], &names);
     replace_in_member(&ova, "x.mf", "    ", "   \n");
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 1);
@@ -345,7 +220,7 @@ fn signed_package_with_one_byte_altered_fails() {
     assert!(report_failures(&v).starts_with("x.cert: signature BAD"));
 
     // The signature.
-    let ova = f.ova(&names);
+    let ova = f.ova(&[], &names);
     let cert = fs::read_to_string(f.path("x.cert")).unwrap();
     let sig_start = cert.find("= ").unwrap() + 2;
     let digit = &cert[sig_start + 10..sig_start + 11];
@@ -364,10 +239,13 @@ fn signed_package_with_one_byte_altered_fails() {
 
 #[test]
 fn signed_with_an_ecdsa_key() {
-    let f = Fixture::new();
-    fs::write(f.path("x.mf"), f.mixed_manifest()).unwrap();
-    f.sign(&["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
-    let ova = f.ova(&["x.ovf", "x.mf", "x.cert", "disk1.img", "disk2.img"]);
+    let f = fixture();
+    fs::write(f.path("x.mf"), mixed_manifest(&f)).unwrap();
+    f.sign(
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        &[],
+    );
+    let ova = f.ova(&[], &["x.ovf", "x.mf", "x.cert", "disk1.img", "disk2.img"]);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["certificate"]["signer"]["key"], "EC 256-bit");
@@ -376,11 +254,11 @@ fn signed_with_an_ecdsa_key() {
 
 #[test]
 fn coverage_descriptor_not_listed_is_a_warning_other_members_fail() {
-    let f = Fixture::new();
-    let mf = f.mixed_manifest();
+    let f = fixture();
+    let mf = mixed_manifest(&f);
     let without_ovf: String = mf.lines().skip(1).map(|l| format!("{l}\n")).collect();
     fs::write(f.path("x.mf"), &without_ovf).unwrap();
-    let ova = f.ova(&["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
+    let ova = f.ova(&[], &["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 0, "{v:#}");
     assert!(report_files(&v).contains(&("x.ovf".into(), "notListed".into())));
@@ -394,8 +272,11 @@ fn coverage_descriptor_not_listed_is_a_warning_other_members_fail() {
 
     // Another member that is not listed fails, as XenAdmin decides.
     fs::write(f.path("readme.txt"), "hello\n").unwrap();
-    fs::write(f.path("x.mf"), f.mixed_manifest()).unwrap();
-    let ova = f.ova(&["x.ovf", "x.mf", "disk1.img", "disk2.img", "readme.txt"]);
+    fs::write(f.path("x.mf"), mixed_manifest(&f)).unwrap();
+    let ova = f.ova(
+        &[],
+        &["x.ovf", "x.mf", "disk1.img", "disk2.img", "readme.txt"],
+    );
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 1);
     assert_eq!(report_failures(&v), "readme.txt: not listed in x.mf");
@@ -405,15 +286,15 @@ fn coverage_descriptor_not_listed_is_a_warning_other_members_fail() {
 
 #[test]
 fn coverage_missing_self_and_unsupported_entries() {
-    let f = Fixture::new();
+    let f = fixture();
     let mf = format!(
         "{}\nSHA256(ghost.img)= {}\nSHA1(x.mf)= {}\nMD5(disk2.img)= d41d8cd98f00b204e9800998ecf8427e\n",
-        f.mixed_manifest().trim_end(),
+        mixed_manifest(&f).trim_end(),
         "ab".repeat(32),
         "cd".repeat(20)
     );
     fs::write(f.path("x.mf"), mf).unwrap();
-    let ova = f.ova(&["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
+    let ova = f.ova(&[], &["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 1, "{v:#}");
     let rows = report_files(&v);
@@ -428,7 +309,7 @@ fn coverage_missing_self_and_unsupported_entries() {
 
 #[test]
 fn coverage_chunked_files_by_chunk_and_by_whole_name() {
-    let f = Fixture::new();
+    let f = fixture();
     // disk1.img as two chunks of 4 MiB and 1 MiB + 123 bytes.
     let chunk = 4u64 << 20;
     let data = fs::read(f.path("disk1.img")).unwrap();
@@ -456,14 +337,14 @@ fn coverage_chunked_files_by_chunk_and_by_whole_name() {
         + &line("SHA256", "sha256sum", "disk1.img.000000000")
         + &line("SHA256", "sha256sum", "disk1.img.000000001");
     fs::write(f.path("x.mf"), per_chunk).unwrap();
-    let ova = f.ova(&names);
+    let ova = f.ova(&[], &names);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(report_files(&v).len(), 4);
     // The whole file's digest under the href.
     let whole = common_lines + &line("SHA1", "sha1sum", "disk1.img");
     fs::write(f.path("x.mf"), whole).unwrap();
-    let ova = f.ova(&names);
+    let ova = f.ova(&[], &names);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 0, "{v:#}");
     let row = &v["files"][2];
@@ -477,9 +358,9 @@ fn coverage_chunked_files_by_chunk_and_by_whole_name() {
 
 #[test]
 fn coverage_unpacked_package_listed_file_not_referenced() {
-    let f = Fixture::new();
+    let f = fixture();
     fs::write(f.path("readme.txt"), "hello\n").unwrap();
-    let mf = f.mixed_manifest()
+    let mf = mixed_manifest(&f)
         + &format!(
             "SHA256(readme.txt)= {}\n",
             coreutils("sha256sum", &f.path("readme.txt"))
@@ -492,15 +373,15 @@ fn coverage_unpacked_package_listed_file_not_referenced() {
 
 #[test]
 fn unreadable_sources_exit_2() {
-    let f = Fixture::new();
-    fs::write(f.path("x.mf"), f.mixed_manifest()).unwrap();
+    let f = fixture();
+    fs::write(f.path("x.mf"), mixed_manifest(&f)).unwrap();
     let junk = f.path("junk.ova");
     fs::write(&junk, random(10_000, 3)).unwrap();
     let (code, _, err) = verify(&[p(&junk)]);
     assert_eq!(code, 2, "{err}");
     assert!(err.starts_with("ovafs: "), "{err}");
 
-    let ova = f.ova(&["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
+    let ova = f.ova(&[], &["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
     let bytes = fs::read(&ova).unwrap();
     fs::write(&ova, &bytes[..bytes.len() / 2]).unwrap();
     let (code, v) = verify_json(&[p(&ova)]);
@@ -513,8 +394,8 @@ fn unreadable_sources_exit_2() {
 
 #[test]
 fn no_manifest_fails() {
-    let f = Fixture::new();
-    let ova = f.ova(&["x.ovf", "disk1.img", "disk2.img"]);
+    let f = fixture();
+    let ova = f.ova(&[], &["x.ovf", "disk1.img", "disk2.img"]);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 1);
     assert!(report_failures(&v).starts_with("no manifest"), "{v:#}");
@@ -522,15 +403,15 @@ fn no_manifest_fails() {
 
 #[test]
 fn broken_descriptor_is_checked_at_the_archive_level() {
-    let f = Fixture::new();
+    let f = fixture();
     // ovf:size no longer matches disk2.img: the package cannot be mounted, but the manifest
     // still covers the bytes as stored.
     let ovf = fs::read_to_string(f.path("x.ovf"))
         .unwrap()
         .replace("ovf:size=\"1000\"", "ovf:size=\"999\"");
     fs::write(f.path("x.ovf"), ovf).unwrap();
-    fs::write(f.path("x.mf"), f.mixed_manifest()).unwrap();
-    let ova = f.ova(&["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
+    fs::write(f.path("x.mf"), mixed_manifest(&f)).unwrap();
+    let ova = f.ova(&[], &["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 0, "{v:#}");
     assert!(

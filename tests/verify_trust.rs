@@ -28,188 +28,26 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Mount, Rng, report_failures, run_ok, tempdir, tool};
+use common::verify::{Layout, Package, verify, verify_json};
+use common::{Mount, path_str as p, report_failures, run_ok, tar_create, tempdir, tool};
 use serde_json::Value;
 
-/// Runs `ovafs verify ARGS`; returns (exit code, stdout).
-fn verify(args: &[&str]) -> (i32, String) {
-    let out = Command::new(common::ovafs())
-        .arg("verify")
-        .args(args)
-        .output()
-        .expect("run ovafs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+/// A package folder: `x.ovf` referencing `disk1.img` (70,000 bytes) and `disk2.img`, a
+/// SHA-256 manifest of all three; archives in GNU format.
+fn fixture() -> Package {
+    let f = Package::new(Layout {
+        disk1_bytes: 70_000,
+        capacity_bytes: 1 << 20,
+        tar_format: "gnu",
+        cert_padding: 0,
+    });
+    f.write_manifest(&["x.ovf", "disk1.img", "disk2.img"]);
+    f
 }
 
-/// `ovafs verify --json ARGS`: (exit code, report).
-fn verify_json(args: &[&str]) -> (i32, Value) {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let (code, out) = verify(&all);
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
-    (code, v)
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// `sha256sum FILE`.
-fn sha256(file: &Path) -> String {
-    let out = run_ok(Command::new(tool("sha256sum")).arg(file));
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
-}
-
-/// A package folder: `x.ovf` referencing `disk1.img` and `disk2.img`, a SHA-256 manifest of
-/// all three.
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let tmp = tempdir();
-        let dir = tmp.path().to_path_buf();
-        for (name, len, seed) in [("disk1.img", 70_000, 1), ("disk2.img", 1000, 2)] {
-            let mut v = vec![0u8; len];
-            Rng::new(seed).fill(&mut v);
-            fs::write(dir.join(name), v).unwrap();
-        }
-        let disks = ["disk1.img", "disk2.img"]
-            .iter()
-            .map(|n| ovafs::sample::DiskSpec {
-                href: n.to_string(),
-                file_bytes: fs::metadata(dir.join(n)).unwrap().len(),
-                capacity_bytes: 1 << 20,
-                format_uri: "http://example.org/raw".into(),
-                compression: None,
-            })
-            .collect();
-        let spec = ovafs::sample::ApplianceSpec {
-            name: "x".into(),
-            cpus: 1,
-            memory_mib: 256,
-            network: "VM Network".into(),
-            disks,
-        };
-        fs::write(dir.join("x.ovf"), ovafs::sample::descriptor_xml(&spec)).unwrap();
-        let f = Fixture { _tmp: tmp, dir };
-        f.write_manifest(&["x.ovf", "disk1.img", "disk2.img"]);
-        f
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// Writes `x.mf` with a SHA-256 line for each of `names`.
-    fn write_manifest(&self, names: &[&str]) {
-        let text: String = names
-            .iter()
-            .map(|n| format!("SHA256({n})= {}\n", sha256(&self.path(n))))
-            .collect();
-        fs::write(self.path("x.mf"), text).unwrap();
-    }
-
-    /// Makes a self-signed certificate for a new key (`openssl req` key options `keyopts`,
-    /// extensions `addext`), signs `x.mf` with `openssl dgst -sha256 -sign` and writes
-    /// `x.cert`; returns the certificate's PEM file (to use as the trust store).
-    fn sign(&self, keyopts: &[&str], addext: &[&str]) -> PathBuf {
-        let key = self.path("key.pem");
-        let cert = self.path("cert.pem");
-        let mut req = Command::new(tool("openssl"));
-        req.args(["req", "-x509", "-nodes", "-days", "30"])
-            .args(keyopts)
-            .args(["-subj", "/C=DE/O=ovafs test/CN=signer.example.org"]);
-        for e in addext {
-            req.args(["-addext", e]);
-        }
-        run_ok(req.arg("-keyout").arg(&key).arg("-out").arg(&cert));
-        let sig = self.path("x.sig");
-        run_ok(
-            Command::new(tool("openssl"))
-                .args(["dgst", "-sha256", "-sign"])
-                .arg(&key)
-                .arg("-out")
-                .arg(&sig)
-                .arg(self.path("x.mf")),
-        );
-        let hex: String = fs::read(&sig)
-            .unwrap()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let text = format!(
-            "SHA256(x.mf)= {hex}\n{}",
-            fs::read_to_string(&cert).unwrap()
-        );
-        fs::write(self.path("x.cert"), text).unwrap();
-        cert
-    }
-
-    /// Like [`Fixture::sign`] for an Ed25519 key, which signs the manifest itself
-    /// (`openssl pkeyutl -sign -rawin`: EdDSA hashes internally).
-    fn sign_ed25519(&self) -> PathBuf {
-        let key = self.path("key.pem");
-        let cert = self.path("cert.pem");
-        run_ok(
-            Command::new(tool("openssl"))
-                .args([
-                    "req", "-x509", "-nodes", "-days", "30", "-newkey", "ed25519",
-                ])
-                .args(["-subj", "/CN=ed25519.example.org", "-keyout"])
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert),
-        );
-        let sig = self.path("x.sig");
-        run_ok(
-            Command::new(tool("openssl"))
-                .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
-                .arg(&key)
-                .arg("-in")
-                .arg(self.path("x.mf"))
-                .arg("-out")
-                .arg(&sig),
-        );
-        let hex: String = fs::read(&sig)
-            .unwrap()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let text = format!(
-            "SHA256(x.mf)= {hex}\n{}",
-            fs::read_to_string(&cert).unwrap()
-        );
-        fs::write(self.path("x.cert"), text).unwrap();
-        cert
-    }
-
-    /// Packs `names` (relative to the folder) into `x.ova` with GNU tar; `extra` are further
-    /// `tar` arguments placed before the names.
-    fn ova(&self, extra: &[&str], names: &[&str]) -> PathBuf {
-        let ova = self.path("x.ova");
-        let _ = fs::remove_file(&ova);
-        run_ok(
-            Command::new(tool("tar"))
-                .args(["--format=gnu", "-cf"])
-                .arg(&ova)
-                .arg("-C")
-                .arg(&self.dir)
-                .args(extra)
-                .args(names),
-        );
-        ova
-    }
-
-    /// The signed package, packed.
-    fn signed_ova(&self) -> PathBuf {
-        self.ova(&[], &["x.ovf", "x.mf", "x.cert", "disk1.img", "disk2.img"])
-    }
+/// The signed package, packed.
+fn signed_ova(f: &Package) -> PathBuf {
+    f.ova(&[], &["x.ovf", "x.mf", "x.cert", "disk1.img", "disk2.img"])
 }
 
 /// Verifies `ova` without, then with `--require-trusted` (the certificate `ca` as the only
@@ -234,7 +72,7 @@ fn assert_verdict(ova: &Path, ca: &Path, what: &str, reason: Option<&str>) {
 
 #[test]
 fn signer_key_sizes_and_types() {
-    let f = Fixture::new();
+    let f = fixture();
     let dsa_params = f.path("dsa.pem");
     run_ok(
         Command::new(tool("openssl"))
@@ -268,13 +106,13 @@ fn signer_key_sizes_and_types() {
     ];
     for (keyopts, reason) in cases {
         let ca = f.sign(keyopts, &[]);
-        let ova = f.signed_ova();
+        let ova = signed_ova(&f);
         assert_verdict(&ova, &ca, &format!("{keyopts:?}"), reason);
         let (_, v) = verify_json(&[p(&ova)]);
         // The signature itself verifies: only the key is refused.
         assert_eq!(v["certificate"]["signatureOk"], true, "{keyopts:?}: {v:#}");
         if let Some(r) = reason {
-            let (_, text) = verify(&[p(&ova)]);
+            let (_, text, _) = verify(&[p(&ova)]);
             let rule = r.strip_prefix("x.cert: ").unwrap();
             assert!(text.contains(&format!("  REFUSED     {rule}")), "{text}");
             assert!(text.contains("signature ok (signer refused)"), "{text}");
@@ -286,9 +124,9 @@ fn signer_key_sizes_and_types() {
 
 #[test]
 fn ed25519_signer_is_refused_by_name_though_its_signature_verifies() {
-    let f = Fixture::new();
+    let f = fixture();
     let ca = f.sign_ed25519();
-    let ova = f.signed_ova();
+    let ova = signed_ova(&f);
     assert_verdict(
         &ova,
         &ca,
@@ -304,7 +142,7 @@ fn ed25519_signer_is_refused_by_name_though_its_signature_verifies() {
 
 #[test]
 fn signer_key_usage_and_extended_key_usage() {
-    let f = Fixture::new();
+    let f = fixture();
     let rsa: &[&str] = &["-newkey", "rsa:2048"];
     let cases: [(&str, Option<&str>); 6] = [
         (
@@ -326,11 +164,11 @@ fn signer_key_usage_and_extended_key_usage() {
     ];
     for (ext, reason) in cases {
         let ca = f.sign(rsa, &[ext]);
-        assert_verdict(&f.signed_ova(), &ca, ext, reason);
+        assert_verdict(&signed_ova(&f), &ca, ext, reason);
     }
     // What the certificate allows is shown.
     f.sign(rsa, &["keyUsage=digitalSignature,keyEncipherment"]);
-    let (code, v) = verify_json(&[p(&f.signed_ova())]);
+    let (code, v) = verify_json(&[p(&signed_ova(&f))]);
     assert_eq!(code, 0, "{v:#}");
     let signer = &v["certificate"]["signer"];
     assert_eq!(
@@ -342,14 +180,14 @@ fn signer_key_usage_and_extended_key_usage() {
 
 #[test]
 fn signed_manifest_must_cover_the_descriptor_and_its_files() {
-    let f = Fixture::new();
+    let f = fixture();
     let rsa: &[&str] = &["-newkey", "rsa:2048"];
 
     // Signed, the descriptor not listed: the signature does not cover it. A warning saying
     // so, and a failure when trust is required.
     f.write_manifest(&["disk1.img", "disk2.img"]);
     let ca = f.sign(rsa, &[]);
-    let ova = f.signed_ova();
+    let ova = signed_ova(&f);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 0, "{v:#}");
     assert!(
@@ -376,7 +214,7 @@ fn signed_manifest_must_cover_the_descriptor_and_its_files() {
     f.write_manifest(&["x.ovf", "disk1.img"]);
     let ca = f.sign(rsa, &[]);
     assert_verdict(
-        &f.signed_ova(),
+        &signed_ova(&f),
         &ca,
         "disk not listed",
         Some(
@@ -419,9 +257,22 @@ fn entries(v: &Value) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// `verify --json` of `ova` without, then with `--require-trusted`, each of which must exit
+/// 1: (report, failures) of both.
+fn failed_reports(ova: &Path) -> [(Value, String); 2] {
+    [&[][..], &["--require-trusted"][..]].map(|extra| {
+        let mut args = extra.to_vec();
+        args.push(p(ova));
+        let (code, v) = verify_json(&args);
+        assert_eq!(code, 1, "{v:#}");
+        let failures = report_failures(&v);
+        (v, failures)
+    })
+}
+
 #[test]
 fn archive_entries_duplicates_and_links_fail_naming_them() {
-    let f = Fixture::new();
+    let f = fixture();
     let names = ["x.ovf", "x.mf", "disk1.img", "disk2.img"];
 
     // disk2.img twice: GNU tar appends a second copy (`tar -r`).
@@ -444,7 +295,7 @@ fn archive_entries_duplicates_and_links_fail_naming_them() {
     );
     assert_eq!(entries(&v).len(), 1, "{v:#}");
     assert_eq!(entries(&v)[0].0, "duplicate");
-    let (code, text) = verify(&[p(&ova)]);
+    let (code, text, _) = verify(&[p(&ova)]);
     assert_eq!(code, 1);
     assert!(text.contains("  DUPLICATE           disk2.img\n"), "{text}");
 
@@ -468,12 +319,7 @@ fn archive_entries_duplicates_and_links_fail_naming_them() {
             "fifo",
         ],
     );
-    for extra in [&[][..], &["--require-trusted"][..]] {
-        let mut args = extra.to_vec();
-        args.push(p(&ova));
-        let (code, v) = verify_json(&args);
-        assert_eq!(code, 1, "{v:#}");
-        let failures = report_failures(&v);
+    for (v, failures) in failed_reports(&ova) {
         for (name, kind) in [
             ("link.img", "symbolic link"),
             ("hard.img", "hard link"),
@@ -493,7 +339,7 @@ fn archive_entries_duplicates_and_links_fail_naming_them() {
 
 #[test]
 fn archive_entries_many_are_counted_not_all_named() {
-    let f = Fixture::new();
+    let f = fixture();
     let mut names = vec!["x.ovf", "x.mf", "disk1.img", "disk2.img"];
     let links: Vec<String> = (0..25).map(|i| format!("link{i:02}")).collect();
     for l in &links {
@@ -540,19 +386,14 @@ with tarfile.open(sys.argv[1], "a", format=tarfile.GNU_FORMAT) as t:
 
 #[test]
 fn archive_entries_refused_names_fail_naming_them() {
-    let f = Fixture::new();
+    let f = fixture();
     let ova = f.ova(&[], &["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
     append_raw_names(&ova, &["../escape.txt", "/etc/cron.d/evil", "bad\u{1}name"]);
     // GNU tar, as a judge, sees the planted members.
     let listing = run_ok(Command::new(tool("tar")).arg("-tf").arg(&ova));
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert!(listing.contains("../escape.txt"), "{listing}");
-    for extra in [&[][..], &["--require-trusted"][..]] {
-        let mut args = extra.to_vec();
-        args.push(p(&ova));
-        let (code, v) = verify_json(&args);
-        assert_eq!(code, 1, "{v:#}");
-        let failures = report_failures(&v);
+    for (v, failures) in failed_reports(&ova) {
         for name in [
             "\"../escape.txt\"",
             "\"/etc/cron.d/evil\"",
@@ -568,7 +409,7 @@ fn archive_entries_refused_names_fail_naming_them() {
         assert_eq!(got.len(), 3, "{got:?}");
         assert!(got.iter().all(|(p, _, _)| p == "refusedName"), "{got:?}");
     }
-    let (_, text) = verify(&[p(&ova)]);
+    let (_, text, _) = verify(&[p(&ova)]);
     assert!(
         text.contains("  REFUSED NAME        ../escape.txt\n"),
         "{text}"
@@ -578,25 +419,14 @@ fn archive_entries_refused_names_fail_naming_them() {
 #[test]
 fn archive_entries_are_reported_in_the_mount_status() {
     let tmp = tempdir();
-    let raw = tmp.path().join("disk.img");
-    let vmdk = tmp.path().join("disk.vmdk");
-    common::scattered_raw(&raw, 4 << 20, 2, 9);
-    common::to_stream_vmdk(&raw, &vmdk);
+    let (_, vmdk) = common::qemu_stream_vmdk(tmp.path(), "disk", 4 << 20, 2, 9);
     let pkg = tmp.path().join("pkg");
     let names = common::OvaBuilder::new(&pkg, "s")
         .disk(&vmdk, 4 << 20, ovafs::sample::VMDK_STREAM_URI)
         .write_package();
     std::os::unix::fs::symlink("/etc/shadow", pkg.join("shadow")).unwrap();
     let ova = tmp.path().join("s.ova");
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-cf")
-            .arg(&ova)
-            .arg("-C")
-            .arg(&pkg)
-            .args(&names)
-            .arg("shadow"),
-    );
+    run_ok(tar_create(&ova, &pkg).args(&names).arg("shadow"));
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {

@@ -24,7 +24,7 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 
-use super::trust::Folder;
+use super::trust::{Folder, errno_err};
 use crate::error::{Error, Result};
 
 /// A held write lock on one package file.
@@ -88,8 +88,7 @@ impl PackageLock {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let st = nix::sys::stat::fstat(&file)
-            .map_err(|e| Error::io("stat the package", std::io::Error::from(e)))?;
+        let st = nix::sys::stat::fstat(&file).map_err(|e| errno_err("stat the package", e))?;
         Ok(Some(PackageLock {
             _file: file,
             dev: st.st_dev,
@@ -102,10 +101,7 @@ impl PackageLock {
         match nix::fcntl::fcntl(file.as_fd(), FcntlArg::F_OFD_SETLK(&ovafs_write_lock())) {
             Ok(_) => Ok(true),
             Err(Errno::EAGAIN | Errno::EACCES) => Ok(false),
-            Err(e) => Err(Error::io(
-                "lock the package (F_OFD_SETLK)",
-                std::io::Error::from(e),
-            )),
+            Err(e) => Err(errno_err("lock the package (F_OFD_SETLK)", e)),
         }
     }
 
@@ -143,14 +139,10 @@ pub(super) fn acquire(folder: &Folder, name: &str) -> Result<Attempt> {
                 )));
             }
             Err(e) => {
-                return Err(Error::io(
-                    format!("open {}", folder.shown(name)),
-                    std::io::Error::from(e),
-                ));
+                return Err(errno_err(format!("open {}", folder.shown(name)), e));
             }
         };
-        let st = nix::sys::stat::fstat(&file)
-            .map_err(|e| Error::io("stat the package", std::io::Error::from(e)))?;
+        let st = nix::sys::stat::fstat(&file).map_err(|e| errno_err("stat the package", e))?;
         if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
             return Ok(Attempt::CannotWrite(format!(
                 "{} is not a regular file",

@@ -21,7 +21,7 @@ use nix::sys::stat::FileStat;
 
 use super::journal::{self, Digest32, Identity, Invalid, Journal, Kind, MAX_JOURNAL_BYTES, Op};
 use super::lock::{self, Attempt};
-use super::trust::{Folder, Found, Rules};
+use super::trust::{Folder, Found, Rules, errno_err};
 use super::{CommitOptions, JOURNAL_SUFFIX, MAX_MANIFEST_BYTES, split_path, temp_prefix};
 use crate::error::{Error, Result};
 use crate::ovf::MAX_DESCRIPTOR_BYTES;
@@ -322,14 +322,10 @@ fn check_archive(folder: &Folder, name: &str, j: &Journal, mode: &Mode) -> Resul
             ));
         }
         Err(e) => {
-            return Err(Error::io(
-                format!("open {}", folder.shown(name)),
-                std::io::Error::from(e),
-            ));
+            return Err(errno_err(format!("open {}", folder.shown(name)), e));
         }
     };
-    let st = nix::sys::stat::fstat(&target)
-        .map_err(|e| Error::io("stat the archive", std::io::Error::from(e)))?;
+    let st = nix::sys::stat::fstat(&target).map_err(|e| errno_err("stat the archive", e))?;
     let now = Identity {
         size: st.st_size as u64,
         dev: st.st_dev,

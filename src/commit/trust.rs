@@ -126,7 +126,8 @@ pub(super) struct Folder {
     path: PathBuf,
 }
 
-fn errno_err(what: String, e: Errno) -> Error {
+/// An I/O error for a failed system call `what`.
+pub(super) fn errno_err(what: impl Into<String>, e: Errno) -> Error {
     Error::io(what, std::io::Error::from(e))
 }
 

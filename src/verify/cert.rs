@@ -491,6 +491,15 @@ pub const MIN_RSA_BITS: u32 = 2048;
 /// Smallest EC key accepted for a signer: 256 bits (P-256 and up).
 pub const MIN_EC_BITS: u32 = 256;
 
+/// The names in `table` of the flags `is_set` says are set, in table order.
+fn names_set<F: Copy>(table: &[(F, &str)], is_set: impl Fn(F) -> bool) -> Vec<String> {
+    table
+        .iter()
+        .filter(|(flag, _)| is_set(*flag))
+        .map(|(_, name)| name.to_string())
+        .collect()
+}
+
 /// The RFC 5280 names of the `keyUsage` bits set.
 fn key_usage_names(ku: X509KeyUsage) -> Vec<String> {
     const NAMES: [(X509KeyUsage, &str); 9] = [
@@ -504,11 +513,7 @@ fn key_usage_names(ku: X509KeyUsage) -> Vec<String> {
         (X509KeyUsage::ENCIPHER_ONLY, "encipherOnly"),
         (X509KeyUsage::DECIPHER_ONLY, "decipherOnly"),
     ];
-    NAMES
-        .iter()
-        .filter(|(bit, _)| ku.contains(*bit))
-        .map(|(_, n)| n.to_string())
-        .collect()
+    names_set(&NAMES, |bit| ku.contains(bit))
 }
 
 /// The RFC 5280 names of the `extendedKeyUsage` purposes OpenSSL recognises.
@@ -524,11 +529,7 @@ fn eku_names(eku: X509ExtendedKeyUsage) -> Vec<String> {
         (X509ExtendedKeyUsage::DVCS, "DVCS"),
         (X509ExtendedKeyUsage::ANYEKU, "anyExtendedKeyUsage"),
     ];
-    NAMES
-        .iter()
-        .filter(|(bit, _)| eku.contains(*bit))
-        .map(|(_, n)| n.to_string())
-        .collect()
+    names_set(&NAMES, |bit| eku.contains(bit))
 }
 
 /// A rule the signer's certificate breaks (module comment, "What a signer's certificate

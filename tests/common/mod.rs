@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+pub mod verify;
+
 /// The ovafs binary under test.
 pub fn ovafs() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ovafs"))
@@ -54,17 +56,7 @@ pub fn corpus_dir(what: &str) -> Option<PathBuf> {
 
 /// (name, status) of every file row of an `ovafs verify --json` report.
 pub fn report_files(v: &serde_json::Value) -> Vec<(String, String)> {
-    v["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["name"].as_str().unwrap().to_string(),
-                f["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    string_pairs(&v["files"], "name", "status")
 }
 
 /// The failures of an `ovafs verify --json` report, one per line.
@@ -90,6 +82,38 @@ pub fn run_ok(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// `tar -cf ARCHIVE -C DIR` (GNU tar, its default format), to be given the member names:
+/// `run_ok(tar_create(&ova, &pkg).args(&names))`.
+pub fn tar_create(archive: &Path, dir: &Path) -> Command {
+    let mut c = Command::new(tool("tar"));
+    c.arg("-cf").arg(archive).arg("-C").arg(dir);
+    c
+}
+
+/// The pairs (`a`, `b`) of string fields of each object in the JSON array `v`.
+pub fn string_pairs(v: &serde_json::Value, a: &str, b: &str) -> Vec<(String, String)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o[a].as_str().unwrap().to_string(),
+                o[b].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Runs `script` with bash (whose error messages name the errno), stdin empty.
+pub fn sh(script: &str) -> Output {
+    Command::new(tool("bash"))
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// `qemu-img ARGS`, which must succeed.
@@ -124,6 +148,22 @@ pub fn qemu_to_raw(src: &Path, fmt: &str, dst: &Path) {
         path_str(src),
         path_str(dst),
     ]);
+}
+
+/// Makes a stream-optimized VMDK from a scattered raw image with qemu-img; returns
+/// (raw path `DIR/NAME.img`, vmdk path `DIR/NAME.vmdk`); `chunks` data runs from `seed`.
+pub fn qemu_stream_vmdk(
+    dir: &Path,
+    name: &str,
+    size: u64,
+    chunks: usize,
+    seed: u64,
+) -> (PathBuf, PathBuf) {
+    let raw = dir.join(format!("{name}.img"));
+    let vmdk = dir.join(format!("{name}.vmdk"));
+    scattered_raw(&raw, size, chunks, seed);
+    to_stream_vmdk(&raw, &vmdk);
+    (raw, vmdk)
 }
 
 /// `path` as `&str` (test paths are ASCII).
@@ -463,8 +503,27 @@ pub struct Mount {
 impl Mount {
     /// Mounts `source` on `dir` (created if needed) with `ovafs mount -o OPTS`.
     pub fn new(source: &Path, dir: &Path, opts: &[&str]) -> Result<Mount, String> {
+        match Mount::run(Command::new(ovafs()), source, dir, opts) {
+            (Some(m), _) => Ok(m),
+            (None, out) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
+    }
+
+    /// Like [`Mount::new`] under `timeout SECS` (a mount that hangs fails the test): the
+    /// guard if it mounted and, either way, what ovafs wrote to stderr (its notices).
+    pub fn bounded(source: &Path, dir: &Path, opts: &[&str], secs: u32) -> (Option<Mount>, String) {
+        let mut cmd = Command::new(tool("timeout"));
+        cmd.arg(secs.to_string()).arg(ovafs());
+        let (m, out) = Mount::run(cmd, source, dir, opts);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_ne!(out.status.code(), Some(124), "ovafs mount hung: {err}");
+        (m, err)
+    }
+
+    /// Runs `cmd` (ovafs, or a wrapper whose arguments end in ovafs) with `mount -o OPTS
+    /// SOURCE DIR`; a failure must leave nothing mounted.
+    fn run(mut cmd: Command, source: &Path, dir: &Path, opts: &[&str]) -> (Option<Mount>, Output) {
         fs::create_dir_all(dir).unwrap();
-        let mut cmd = Command::new(ovafs());
         cmd.arg("mount");
         for o in opts {
             cmd.arg("-o").arg(o);
@@ -476,15 +535,14 @@ impl Mount {
             .output()
             .unwrap();
         if out.status.success() {
-            Ok(Mount { dir: dir.into() })
-        } else {
-            assert!(
-                !is_mounted(dir),
-                "a failed mount left {} mounted",
-                dir.display()
-            );
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            return (Some(Mount { dir: dir.into() }), out);
         }
+        assert!(
+            !is_mounted(dir),
+            "a failed mount left {} mounted",
+            dir.display()
+        );
+        (None, out)
     }
 
     /// Mounts and panics with the error if it fails.
@@ -589,4 +647,44 @@ pub fn concurrent_reads_match(flat: &Path, reference: &Path, size: u64, reads: u
     for t in threads {
         t.join().unwrap();
     }
+}
+
+/// PID of the daemon (`ovafs __serve ...`) serving `source`.
+pub fn daemon_pid(source: &Path) -> i32 {
+    let needle = source.to_str().unwrap();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("__serve")
+            && cmd.contains(needle)
+            && let Some(pid) = e.file_name().to_str().and_then(|n| n.parse().ok())
+        {
+            return pid;
+        }
+    }
+    panic!("no daemon found for {}", source.display());
+}
+
+/// Peak resident memory (VmHWM of `/proc/PID/status`) of the daemon serving `source`, in
+/// bytes.
+pub fn daemon_vm_hwm(source: &Path) -> u64 {
+    let pid = daemon_pid(source);
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// A command prefix that runs what follows as `nobody` (group `nogroup`, no supplementary
+/// groups), through `setpriv`.
+pub fn as_nobody() -> Command {
+    let mut c = Command::new(tool("setpriv"));
+    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
+    c
 }
