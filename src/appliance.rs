@@ -622,7 +622,7 @@ impl<'a> PackageFiles<'a> {
         std::mem::replace(&mut *lock(&self.mode), mode)
     }
 
-    /// [`PackageFiles::lookup`], remembered: a name asked for again (the same extent on
+    /// `PackageFiles::lookup`, remembered: a name asked for again (the same extent on
     /// thousands of descriptor lines) is neither searched nor opened again. Every call
     /// counts the file's mode towards the disk being opened.
     pub fn lookup_shared(&self, folder: &str, name: &str) -> Option<(String, Arc<dyn ReadAt>)> {

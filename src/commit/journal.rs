@@ -18,7 +18,7 @@
 //! the page cache never tear a write inside a sector). Every rename carries the SHA-256 of
 //! the temporary file it moves. Nothing here is secret: the binding proves the journal was
 //! made from this package's bytes, while who may write a journal is settled by the ownership
-//! rules of [`super::trust`].
+//! rules of `super::trust`.
 //!
 //! Format, version 2, integers little-endian:
 //! ```text

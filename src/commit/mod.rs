@@ -32,12 +32,12 @@
 //! beside it that [`recover`] completes (a journal with a valid checksum, bound to the bytes
 //! it overwrites, is replayed; one cut short is deleted, the package having not been touched
 //! yet). [`recover`] also deletes temporary files of an interrupted rewrite. Journals and
-//! temporary files are used only when they pass the ownership rules of [`trust`] (anything
+//! temporary files are used only when they pass the ownership rules of `trust` (anything
 //! else is left alone and the package is read-only); [`inspect`] only looks, for read-only
 //! mounts.
 //!
 //! One writer per package: a [`Committer`] holds an OFD write lock on the package file for
-//! its whole life ([`lock`]); a second one (another mount) cannot open, and recovery never
+//! its whole life (`lock`); a second one (another mount) cannot open, and recovery never
 //! replays a journal while someone else holds the lock (that journal may be the commit in
 //! progress), so `ovafs umount` recovering after the daemon exited and a second mount
 //! starting while the first commits cannot race it. Nothing waits on a lock.

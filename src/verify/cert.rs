@@ -769,7 +769,7 @@ pub enum ChainCheck {
 
 /// Checks whether the signer's certificate, with the intermediates of the file, chains to a
 /// root of `store` (times not checked: see the module comment), first at OpenSSL's default
-/// level (for its usual reasons), then at [`CHAIN_AUTH_LEVEL`] (weak keys or signatures
+/// level (for its usual reasons), then at `CHAIN_AUTH_LEVEL` (weak keys or signatures
 /// anywhere in the chain).
 pub fn check_chain(cert: &CertFile, store: &TrustStore) -> ChainCheck {
     match verify_chain(cert, &store.store) {
