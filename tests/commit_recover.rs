@@ -252,3 +252,42 @@ fn stale_temporary_files_are_removed_and_others_kept() {
     assert_eq!(r.removed_temp_files, vec![stale.clone()]);
     assert!(!stale.exists() && other.exists() && dot.exists());
 }
+
+#[test]
+fn many_planted_temporary_names_are_kept_and_counted_not_listed() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempdir();
+    let fx = Fixture::new(t.path(), "many");
+    let ova = fx.build();
+    // Names with our prefix that are not ours (writable by others): a neighbour can make
+    // any number of them.
+    let planted = 100;
+    for i in 0..planted {
+        let p = t.path().join(format!(".many.ova.ovafs-tmp-{i:03}"));
+        fs::write(&p, b"x").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let r = commit::recover(&ova).unwrap();
+    assert!(r.removed_temp_files.is_empty());
+    assert_eq!(r.kept_temp_files.len(), commit::MAX_LISTED_TEMPS);
+    assert_eq!(
+        r.kept_temp_unlisted,
+        (planted - commit::MAX_LISTED_TEMPS) as u64
+    );
+    let notices = r.notices();
+    assert_eq!(notices.len(), commit::MAX_LISTED_TEMPS + 1, "{notices:?}");
+    assert!(
+        notices
+            .last()
+            .unwrap()
+            .contains(&format!("{} more", planted - commit::MAX_LISTED_TEMPS)),
+        "{notices:?}"
+    );
+    for i in 0..planted {
+        assert!(
+            t.path()
+                .join(format!(".many.ova.ovafs-tmp-{i:03}"))
+                .exists()
+        );
+    }
+}

@@ -68,7 +68,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::package::{Package, SourceKind};
 
-pub use recover::{JournalOutcome, RecoveryReport, inspect, recover};
+pub use recover::{JournalOutcome, MAX_LISTED_TEMPS, RecoveryReport, inspect, recover};
 
 /// Suffix of the journal file beside a package: `NAME.ova.ovafs-journal`.
 pub const JOURNAL_SUFFIX: &str = ".ovafs-journal";

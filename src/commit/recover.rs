@@ -66,9 +66,16 @@ pub struct RecoveryReport {
     pub journal: JournalOutcome,
     /// Temporary files of interrupted rewrites that were deleted.
     pub removed_temp_files: Vec<PathBuf>,
-    /// Temporary-file names left in place, with why (not ours, or nothing may be written).
+    /// Temporary-file names left in place, with why (not ours, or nothing may be written):
+    /// the first [`MAX_LISTED_TEMPS`] of them.
     pub kept_temp_files: Vec<(PathBuf, String)>,
+    /// How many more were left in place than are listed: a neighbour may plant any number
+    /// of names with our prefix, and each would otherwise be a log line and a status line.
+    pub kept_temp_unlisted: u64,
 }
+
+/// Most kept temporary files named one by one in the log, the report and the status file.
+pub const MAX_LISTED_TEMPS: usize = 16;
 
 impl RecoveryReport {
     /// Whether recovery found nothing.
@@ -76,6 +83,7 @@ impl RecoveryReport {
         self.journal == JournalOutcome::None
             && self.removed_temp_files.is_empty()
             && self.kept_temp_files.is_empty()
+            && self.kept_temp_unlisted == 0
     }
 
     /// Why the package must be served read-only, when a journal was refused or left
@@ -117,6 +125,12 @@ impl RecoveryReport {
         }
         for (p, why) in &self.kept_temp_files {
             out.push(format!("left {} in place: {why}", p.display()));
+        }
+        if self.kept_temp_unlisted > 0 {
+            out.push(format!(
+                "left {} more temporary-file names in place",
+                self.kept_temp_unlisted
+            ));
         }
         out
     }
@@ -193,11 +207,12 @@ fn examine(folder: &Folder, name: &str, mode: &Mode) -> Result<RecoveryReport> {
             journal,
             JournalOutcome::Refused { .. } | JournalOutcome::Pending { .. }
         );
-    let (removed, kept) = settle_temps(folder, name, &package, temps_may_go, mode)?;
+    let temps = settle_temps(folder, name, &package, temps_may_go, mode)?;
     Ok(RecoveryReport {
         journal,
-        removed_temp_files: removed,
-        kept_temp_files: kept,
+        removed_temp_files: temps.removed,
+        kept_temp_files: temps.kept,
+        kept_temp_unlisted: temps.unlisted,
     })
 }
 
@@ -448,8 +463,26 @@ fn folder_op_allowed(ovf: &str, op: &Op) -> bool {
     }
 }
 
-/// A temporary-file name left in place, and why.
-type KeptTemp = (PathBuf, String);
+/// What [`settle_temps`] did.
+#[derive(Default)]
+struct Temps {
+    removed: Vec<PathBuf>,
+    /// The first [`MAX_LISTED_TEMPS`] names left in place, and why.
+    kept: Vec<(PathBuf, String)>,
+    /// Names left in place beyond those.
+    unlisted: u64,
+}
+
+impl Temps {
+    fn keep(&mut self, path: PathBuf, why: String) {
+        if self.kept.len() < MAX_LISTED_TEMPS {
+            log::warn!("{}: left in place: {why}", path.display());
+            self.kept.push((path, why));
+        } else {
+            self.unlisted += 1;
+        }
+    }
+}
 
 /// Deletes the `.NAME.ovafs-tmp-*` files that are ours when `may_delete`; lists the others.
 fn settle_temps(
@@ -458,19 +491,15 @@ fn settle_temps(
     package: &FileStat,
     may_delete: bool,
     mode: &Mode,
-) -> Result<(Vec<PathBuf>, Vec<KeptTemp>)> {
+) -> Result<Temps> {
     let rules = Rules::temporary(package);
-    let (mut removed, mut kept) = (Vec::new(), Vec::new());
+    let mut temps = Temps::default();
     for t in folder.names_with_prefix(&temp_prefix(name), MAX_DIR_ENTRIES)? {
         let shown = PathBuf::from(folder.shown(&t));
         let stat = match folder.open_trusted(&t, &rules)? {
             Found::Missing => continue,
             Found::Untrusted(rule) => {
-                log::warn!(
-                    "{}: left alone: not a temporary file of ovafs: {rule}",
-                    shown.display()
-                );
-                kept.push((shown, format!("not ovafs's: {rule}")));
+                temps.keep(shown, format!("not a temporary file of ovafs: {rule}"));
                 continue;
             }
             Found::Trusted(f) => f.stat,
@@ -480,7 +509,7 @@ fn settle_temps(
                 Mode::Inspect(why) => why.clone(),
                 Mode::Repair => "a journal waits beside the package".to_string(),
             };
-            kept.push((shown, why));
+            temps.keep(shown, why);
             continue;
         }
         // Only the file checked goes, not one swapped in under its name since.
@@ -490,11 +519,18 @@ fn settle_temps(
         {
             folder.unlink(&t)?;
             log::warn!("removed {} left by an interrupted commit", shown.display());
-            removed.push(shown);
+            temps.removed.push(shown);
         }
     }
-    if !removed.is_empty() {
+    if temps.unlisted > 0 {
+        log::warn!(
+            "{}: {} more temporary-file names left in place",
+            folder.shown(name),
+            temps.unlisted
+        );
+    }
+    if !temps.removed.is_empty() {
         folder.sync()?;
     }
-    Ok((removed, kept))
+    Ok(temps)
 }

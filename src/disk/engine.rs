@@ -251,6 +251,11 @@ impl FlatDisk {
         if let Some(&n) = self.allocated.get() {
             return Some(n);
         }
+        // A worker is counting it: walking the same extents again here on every `stat`
+        // would only repeat a part of its work on the session thread.
+        if self.count_claimed.load(Ordering::Relaxed) {
+            return None;
+        }
         match self.count_data_bytes(max_extents) {
             Count::Done(n) => Some(*self.allocated.get_or_init(|| n)),
             Count::Unknown if max_extents >= MAX_COUNTED_EXTENTS => {
@@ -504,6 +509,11 @@ mod tests {
         );
         assert!(d.claim_count());
         assert!(!d.claim_count(), "one background count");
+        assert_eq!(
+            d.allocated_bytes_within(4),
+            None,
+            "while a worker counts, a stat does not walk the extents again"
+        );
         assert_eq!(d.allocated_bytes(), 1024 + 1024 + 928);
         assert_eq!(d.allocated_bytes_within(0), Some(1024 + 1024 + 928));
         assert_eq!(toy().allocated_bytes_within(4), Some(1024 + 1024 + 928));

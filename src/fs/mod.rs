@@ -502,6 +502,12 @@ pub fn errno_of(err: &Error) -> Errno {
     }
 }
 
+/// The path of `ino` in the shared tree, for a worker's log line (a lock poisoned by a
+/// contained panic still names it).
+fn path_in(tree: &RwLock<Tree>, ino: u64) -> String {
+    tree.read().unwrap_or_else(|p| p.into_inner()).path_of(ino)
+}
+
 /// Answers an lseek: the offset found, or ENXIO when there is none.
 fn reply_seek(reply: ReplyLseek, at: Option<u64>) {
     match at {
@@ -759,16 +765,12 @@ impl Filesystem for OvaFs {
         }
         let tree = self.tree.clone();
         self.pool.read(move || {
-            let path_of = |tree: &RwLock<Tree>| {
-                let tree = tree.read().unwrap_or_else(|p| p.into_inner());
-                tree.path_of(ino.0)
-            };
-            contain::test_panic_point("read", || path_of(&tree));
+            contain::test_panic_point("read", || path_in(&tree, ino.0));
             with_read_buffer(size as usize, |buf| {
                 match content.reader().read_at(offset, buf) {
                     Ok(n) => reply.data(&buf[..n]),
                     Err(e) => {
-                        let path = path_of(&tree);
+                        let path = path_in(&tree, ino.0);
                         log::error!("read /{path} at offset {offset}: {e}");
                         reply.error(errno_of(&e));
                     }
@@ -1201,7 +1203,7 @@ impl Filesystem for OvaFs {
                     return self.pool.read(move || match disk.seek(offset, data) {
                         Ok(at) => reply_seek(reply, at),
                         Err(e) => {
-                            let path = tree.read().map(|t| t.path_of(ino.0)).unwrap_or_default();
+                            let path = path_in(&tree, ino.0);
                             log::error!("lseek /{path} at offset {offset}: {e}");
                             reply.error(errno_of(&e));
                         }
