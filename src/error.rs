@@ -101,6 +101,65 @@ pub enum ErrorKind {
     /// A command-line or mount option is invalid.
     #[error("{0}")]
     Usage(String),
+    /// An operation on a file or folder of the mount (or beside the package) that is
+    /// refused for a reason of the file system kind: the FUSE layer maps each [`Refusal`] to
+    /// its errno, so that no layer below it invents one.
+    #[error("{what}: {reason}")]
+    Refused {
+        /// What was refused (usually a path).
+        what: String,
+        /// Why.
+        reason: Refusal,
+    },
+}
+
+/// Why an operation on a file or folder is refused: the reasons a file system gives, named
+/// without errnos (the FUSE layer's one table turns them into errnos).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No such file or folder.
+    #[error("no such file or folder")]
+    NotFound,
+    /// The name is taken.
+    #[error("already exists")]
+    Exists,
+    /// A folder was needed.
+    #[error("not a folder")]
+    NotAFolder,
+    /// A file was needed.
+    #[error("is a folder")]
+    IsAFolder,
+    /// The folder still holds entries.
+    #[error("folder not empty")]
+    NotEmpty,
+    /// This kind of file never allows the operation (deleting a member, say).
+    #[error("operation not permitted")]
+    NotPermitted,
+    /// The file does not allow it as it is now (opening a read-only file for writing).
+    #[error("permission denied")]
+    AccessDenied,
+    /// The result would be larger than the file may grow.
+    #[error("file too large")]
+    TooLarge,
+    /// The operation is not supported by this kind of file.
+    #[error("operation not supported")]
+    NotSupported,
+    /// An argument is not acceptable (a bad name, a bad flag combination).
+    #[error("invalid argument")]
+    InvalidArgument,
+    /// Someone else holds what is needed; trying again later may work.
+    #[error("busy, try again")]
+    Busy,
+    /// The operation would move a file between two folders that cannot exchange files.
+    #[error("cannot move between these folders")]
+    CrossFolder,
+    /// A bound on the number of files is reached.
+    #[error("no space for more files")]
+    NoSpace,
+    /// No data past this offset (a seek for data or a hole beyond the end).
+    #[error("no data past this offset")]
+    NoData,
 }
 
 /// An error with optional context lines, outermost first.
@@ -124,6 +183,22 @@ impl Error {
             op: op.into(),
             source,
         })
+    }
+
+    /// An operation refused for `reason` (see [`Refusal`]).
+    pub fn refused(what: impl Into<String>, reason: Refusal) -> Self {
+        Error::new(ErrorKind::Refused {
+            what: what.into(),
+            reason,
+        })
+    }
+
+    /// The reason, when this is a [`ErrorKind::Refused`].
+    pub fn refusal(&self) -> Option<Refusal> {
+        match &*self.kind {
+            ErrorKind::Refused { reason, .. } => Some(*reason),
+            _ => None,
+        }
     }
 
     /// A usage error (bad option, bad argument).

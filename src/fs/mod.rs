@@ -39,7 +39,7 @@ use fuser::{
 };
 
 use crate::disk::engine::{FlatDisk, INLINE_COUNTED_EXTENTS};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Refusal, Result};
 use backend::{Backend, LiveKind, Refusals};
 use pool::Pool;
 use tree::{Content, FileKind, Node, NodeKind, Tree};
@@ -498,7 +498,28 @@ pub fn errno_of(err: &Error) -> Errno {
             .unwrap_or(Errno::EIO),
         ErrorKind::InvalidEdit(_) => Errno::EINVAL,
         ErrorKind::ReadOnly(_) => Errno::EROFS,
+        ErrorKind::Refused { reason, .. } => errno_of_refusal(*reason),
         _ => Errno::EIO,
+    }
+}
+
+/// The errno of each [`Refusal`].
+fn errno_of_refusal(reason: Refusal) -> Errno {
+    match reason {
+        Refusal::NotFound => Errno::ENOENT,
+        Refusal::Exists => Errno::EEXIST,
+        Refusal::NotAFolder => Errno::ENOTDIR,
+        Refusal::IsAFolder => Errno::EISDIR,
+        Refusal::NotEmpty => Errno::ENOTEMPTY,
+        Refusal::NotPermitted => Errno::EPERM,
+        Refusal::AccessDenied => Errno::EACCES,
+        Refusal::TooLarge => Errno::EFBIG,
+        Refusal::NotSupported => Errno::ENOTSUP,
+        Refusal::InvalidArgument => Errno::EINVAL,
+        Refusal::Busy => Errno::EAGAIN,
+        Refusal::CrossFolder => Errno::EXDEV,
+        Refusal::NoSpace => Errno::ENOSPC,
+        Refusal::NoData => Errno::ENXIO,
     }
 }
 
