@@ -26,8 +26,12 @@ use crate::cache::UnitCache;
 use crate::disk::engine::FlatDisk;
 use crate::disk::{self, DiskError, DiskImage, OpenContext, SharedImages};
 use crate::error::{Error, ErrorKind, Result};
-use crate::fs::tree::{self, Content, Escaped, Tree};
 use crate::io::ReadAt;
+use crate::node::disk::DiskFile;
+use crate::node::folder::{Folder, Origin};
+use crate::node::layout::{self, Escaped};
+use crate::node::member::MemberFile;
+use crate::node::Node;
 use crate::ovf::DiskDef;
 use crate::package::{self, FileLocation, Limits, Package, PackageDisk};
 
@@ -45,7 +49,7 @@ pub struct ChainLink {
 }
 
 /// Folder of the mount that holds the flat images.
-pub use crate::fs::tree::DISKS_DIR;
+pub use crate::node::layout::DISKS_DIR;
 
 /// A disk of the appliance with its parsed image.
 pub struct ApplianceDisk {
@@ -74,8 +78,9 @@ pub struct ApplianceDisk {
 
 /// The tree a mount shows and what went into it.
 pub struct BuiltTree {
-    /// The static part of the tree (members and flat images).
-    pub tree: Tree,
+    /// The root folder, holding the fixed part of the tree (members and flat images); the
+    /// editor and the status report add theirs.
+    pub root: Arc<Folder>,
     /// The flat images.
     pub disks: Vec<ShownDisk>,
     /// Package files shown under an escaped name because theirs is the mount's own.
@@ -179,24 +184,25 @@ impl Appliance {
     }
 
     /// The tree a mount shows: `disks/<stem>.raw`, then every member (except those in
-    /// `served`, which a backend serves as live files) under its own name, or under
-    /// `.ovafs/members/<name>` when that name is the mount's own ([`tree::shown_path`]).
+    /// `served`, which the editor shows as live files) under its own name, or under
+    /// `.ovafs/members/<name>` when that name is the mount's own ([`layout::shown_path`]).
     /// Each collision is logged and listed in the result.
     pub fn build_tree(&self, cache: &Arc<UnitCache>, served: &[usize]) -> BuiltTree {
-        let mut tree = Tree::new(self.source_mtime);
-        tree.ensure_dir(DISKS_DIR, 0o555, self.source_mtime, false);
+        let root = Folder::root(self.source_mtime);
+        root.ensure_dir(DISKS_DIR, 0o555, self.source_mtime, Origin::Fixed);
         let mut shown = Vec::new();
         for d in &self.disks {
             let flat = Arc::new(flat_chain(d, cache));
             let path = format!("{DISKS_DIR}/{}.raw", d.stem);
-            tree.add_static(&path, Content::Disk(flat.clone()), d.mode & 0o444, d.mtime);
+            let file = DiskFile::new(flat.clone(), d.mode & 0o444, d.mtime);
+            root.add(&path, Node::File(Arc::new(file)), d.mtime, Origin::Fixed);
             let mut files = vec![d.file.clone()];
             files.extend(d.parents.iter().map(|p| p.name.clone()));
             shown.push(ShownDisk { path, files, flat });
         }
         let mut escaped = Vec::new();
         for (i, m) in self.package.members.iter().enumerate() {
-            let path = tree::shown_path(&m.name);
+            let path = layout::shown_path(&m.name);
             if path != m.name.as_str() {
                 log::warn!(
                     "{}: member {:?} has a name the mount uses itself; it is shown as /{path}",
@@ -211,17 +217,18 @@ impl Appliance {
             let mtime = UNIX_EPOCH + Duration::from_secs(m.mtime);
             match m.kind {
                 MemberKind::Regular if !served.contains(&i) => {
-                    tree.add_static(&path, Content::Bytes(m.data.clone()), m.mode, mtime);
+                    let file = MemberFile::new(m.data.clone(), m.mode, mtime);
+                    root.add(&path, Node::File(Arc::new(file)), mtime, Origin::Fixed);
                 }
                 MemberKind::Directory => {
-                    tree.ensure_dir(&path, 0o555, mtime, false);
+                    root.ensure_dir(&path, 0o555, mtime, Origin::Fixed);
                 }
                 // Links, devices and the like are never served.
                 _ => {}
             }
         }
         BuiltTree {
-            tree,
+            root,
             disks: shown,
             escaped,
         }

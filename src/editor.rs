@@ -6,19 +6,26 @@
 //! persists the new descriptor with a refreshed manifest (in place under a journal, or by an
 //! atomic rewrite). One mutex serialises changes, so each commit sees the previous one.
 //!
-//! The live files are shown where the tree shows their members ([`tree::shown_path`]), and
-//! are never more readable than those members ([`Backend::mode_ceiling`]): every settings
-//! file is read from the descriptor, so it allows what the descriptor member allows.
+//! The editor shows its files as nodes ([`Editor::show_in`]): the descriptor, manifest and
+//! certificate where the tree shows their members ([`layout::shown_path`]), and the settings
+//! tree, as [`LiveFile`]s it serves and live folders whose `mkdir`/`rmdir` it answers. After
+//! each change it brings those nodes in line with the new descriptor
+//! ([`Folder::sync_live`]). They are never more readable than the members they come from:
+//! every settings file is read from the descriptor, so it allows what the descriptor member
+//! allows.
 //! After a commit that replaced the package file (an OVA rewrite), the package's members
 //! are re-pointed at the new file ([`crate::package::Relocation::reopen`]), so that the mount
 //! reads the new archive and the unlinked old one is closed.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use crate::commit::Committer;
-use crate::error::{Error, ErrorKind, Result};
-use crate::fs::backend::{Backend, LiveEntry, LiveKind};
-use crate::fs::tree;
+use crate::error::{Error, ErrorKind, Refusal, Result};
+use crate::node::folder::{Folder, FolderChanges, LiveTree};
+use crate::node::layout;
+use crate::node::live::{LiveFile, LiveMode, LiveSource};
+use crate::node::refusals::Refusals;
+use crate::node::{Caching, Node};
 use crate::ovf::{self, Descriptor};
 use crate::package::{Package, Relocation};
 use crate::settings::{self, EntryKind, SettingError};
@@ -48,6 +55,27 @@ pub struct Editor {
     manifest_mode: u32,
     certificate_mode: u32,
     relocation: Arc<Relocation>,
+    /// Where its nodes are shown, once [`Editor::show_in`] was called.
+    shown: OnceLock<Shown>,
+}
+
+/// Where the editor's nodes are shown.
+struct Shown {
+    /// The root folder of the mount (weak: the folders hold the editor's files, which hold
+    /// the editor).
+    root: Weak<Folder>,
+    /// Where refused writes are kept.
+    refusals: Arc<Refusals>,
+    /// The editor itself, for the nodes it makes.
+    editor: Weak<Editor>,
+}
+
+/// One entry of the editor's tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LiveKind {
+    File { writable: bool, secret: bool },
+    Dir,
+    Symlink(String),
 }
 
 impl Editor {
@@ -65,7 +93,7 @@ impl Editor {
                 crate::commit::MAX_MANIFEST_BYTES,
             )?;
             Ok(Some((
-                tree::shown_path(&m.name).into_owned(),
+                layout::shown_path(&m.name).into_owned(),
                 Arc::from(bytes),
             )))
         };
@@ -78,7 +106,7 @@ impl Editor {
         let descriptor_path = package
             .members
             .get(package.descriptor_member)
-            .map(|m| tree::shown_path(&m.name).into_owned())
+            .map(|m| layout::shown_path(&m.name).into_owned())
             .unwrap_or_default();
         let stored: Arc<[u8]> = match &committer {
             Some(c) => Arc::from(c.descriptor()),
@@ -100,6 +128,7 @@ impl Editor {
             manifest_mode: mode_of(package.manifest_member),
             certificate_mode: mode_of(package.certificate_member),
             relocation: package.relocation.clone(),
+            shown: OnceLock::new(),
         })
     }
 
@@ -187,44 +216,35 @@ impl Editor {
     }
 }
 
-/// A settings refusal as the FUSE layer's error kind (EINVAL, ENOENT for unknown paths).
+/// A settings refusal as an error kind (an invalid edit; not found for unknown paths).
 fn setting_error(e: SettingError) -> Error {
     match e {
-        SettingError::NotFound { path } => {
-            Error::io(path, std::io::Error::from_raw_os_error(libc::ENOENT))
-        }
+        SettingError::NotFound { path } => Error::refused(path, Refusal::NotFound),
         other => Error::new(ErrorKind::InvalidEdit(other.to_string())),
     }
 }
 
-impl Backend for Editor {
-    fn entries(&self) -> Vec<LiveEntry> {
+impl Editor {
+    /// The editor's tree as it is now: the live files and the settings tree.
+    fn entries(&self) -> Vec<(String, LiveKind)> {
         let st = self.state();
         let writable = st.committer.is_some();
-        let mut out = vec![LiveEntry {
-            path: self.descriptor_path.clone(),
-            kind: LiveKind::File {
+        let read_only = LiveKind::File {
+            writable: false,
+            secret: false,
+        };
+        let mut out = vec![(
+            self.descriptor_path.clone(),
+            LiveKind::File {
                 writable,
                 secret: false,
             },
-        }];
+        )];
         if let Some(p) = &self.manifest_path {
-            out.push(LiveEntry {
-                path: p.clone(),
-                kind: LiveKind::File {
-                    writable: false,
-                    secret: false,
-                },
-            });
+            out.push((p.clone(), read_only.clone()));
         }
         if let (Some(p), Some(_)) = (&self.certificate_path, &st.certificate) {
-            out.push(LiveEntry {
-                path: p.clone(),
-                kind: LiveKind::File {
-                    writable: false,
-                    secret: false,
-                },
-            });
+            out.push((p.clone(), read_only));
         }
         for e in settings::tree(&st.descriptor) {
             let kind = match e.kind {
@@ -235,11 +255,12 @@ impl Backend for Editor {
                 EntryKind::Dir => LiveKind::Dir,
                 EntryKind::Symlink(t) => LiveKind::Symlink(t),
             };
-            out.push(LiveEntry { path: e.path, kind });
+            out.push((e.path, kind));
         }
         out
     }
 
+    /// Current content of the live file at `path`.
     fn read(&self, path: &str) -> Result<Arc<[u8]>> {
         let st = self.state();
         if path == self.descriptor_path {
@@ -255,6 +276,7 @@ impl Backend for Editor {
         Ok(Arc::from(text.into_bytes()))
     }
 
+    /// Largest content accepted for `path`.
     fn max_len(&self, path: &str) -> u64 {
         if path == self.descriptor_path {
             ovf::MAX_DESCRIPTOR_BYTES
@@ -263,6 +285,7 @@ impl Backend for Editor {
         }
     }
 
+    /// Whether `data` would be accepted as the complete new content of `path`.
     fn check(&self, path: &str, data: &[u8]) -> Result<()> {
         if path == self.descriptor_path {
             // A large descriptor arrives in several writes: a document that merely ends too
@@ -283,33 +306,51 @@ impl Backend for Editor {
             .map_err(setting_error)
     }
 
+    /// Validates `data` as the new content of `path`, commits it, and brings the shown
+    /// tree up to date.
     fn store(&self, path: &str, data: &[u8]) -> Result<()> {
         if !self.writable() {
             return Err(Error::new(ErrorKind::ReadOnly(format!(
                 "{path}: the mount is read-only"
             ))));
         }
-        let mut st = self.state();
-        match self.new_descriptor(&st, path, data)? {
-            Some(new) => self.commit(&mut st, new),
-            None => Ok(()),
+        {
+            let mut st = self.state();
+            match self.new_descriptor(&st, path, data)? {
+                Some(new) => self.commit(&mut st, new)?,
+                None => return Ok(()),
+            }
         }
+        self.resync();
+        Ok(())
     }
 
+    /// Creates the settings folder `path` (for example a new network).
     fn mkdir(&self, path: &str) -> Result<()> {
-        let mut st = self.state();
-        let edits = settings::mkdir(&st.descriptor, path).map_err(setting_error)?;
-        let new = ovf::edit::splice(&st.descriptor.bytes, &edits)?;
-        self.commit(&mut st, new)
+        {
+            let mut st = self.state();
+            let edits = settings::mkdir(&st.descriptor, path).map_err(setting_error)?;
+            let new = ovf::edit::splice(&st.descriptor.bytes, &edits)?;
+            self.commit(&mut st, new)?;
+        }
+        self.resync();
+        Ok(())
     }
 
+    /// Removes the settings folder `path`.
     fn rmdir(&self, path: &str) -> Result<()> {
-        let mut st = self.state();
-        let edits = settings::rmdir(&st.descriptor, path).map_err(setting_error)?;
-        let new = ovf::edit::splice(&st.descriptor.bytes, &edits)?;
-        self.commit(&mut st, new)
+        {
+            let mut st = self.state();
+            let edits = settings::rmdir(&st.descriptor, path).map_err(setting_error)?;
+            let new = ovf::edit::splice(&st.descriptor.bytes, &edits)?;
+            self.commit(&mut st, new)?;
+        }
+        self.resync();
+        Ok(())
     }
 
+    /// The permission bits that the live file `path` may show at most to the mount's group
+    /// and others: those of the package file its content comes from.
     fn mode_ceiling(&self, path: &str) -> u32 {
         if Some(path) == self.manifest_path.as_deref() {
             self.manifest_mode
@@ -322,9 +363,139 @@ impl Backend for Editor {
     }
 }
 
+/// Showing the editor's files as nodes.
+impl Editor {
+    /// Shows the editor's files in `root` (and keeps them in line with the descriptor after
+    /// every change); refused writes are kept in `refusals`.
+    pub fn show_in(self: &Arc<Self>, root: &Arc<Folder>, refusals: Arc<Refusals>) {
+        let shown = Shown {
+            root: Arc::downgrade(root),
+            refusals,
+            editor: Arc::downgrade(self),
+        };
+        if self.shown.set(shown).is_err() {
+            log::warn!("the editor's files are already shown");
+        }
+        self.resync();
+    }
+
+    /// Brings the shown tree in line with the descriptor.
+    fn resync(&self) {
+        let Some(shown) = self.shown.get() else {
+            return;
+        };
+        let Some(root) = shown.root.upgrade() else {
+            return;
+        };
+        let Some(editor) = shown.editor.upgrade() else {
+            return;
+        };
+        let entries = self.entries();
+        root.sync_live(&EditorTree {
+            editor: &editor,
+            entries: &entries,
+            refusals: &shown.refusals,
+        });
+    }
+
+    /// The permission bits of the editor's folders.
+    fn folder_mode(&self) -> u32 {
+        if self.writable() { 0o755 } else { 0o555 }
+    }
+}
+
+/// The editor's tree at one moment, as [`Folder::sync_live`] asks for it.
+struct EditorTree<'a> {
+    editor: &'a Arc<Editor>,
+    entries: &'a [(String, LiveKind)],
+    refusals: &'a Arc<Refusals>,
+}
+
+impl LiveTree for EditorTree<'_> {
+    fn paths(&self) -> Vec<String> {
+        self.entries.iter().map(|(p, _)| p.clone()).collect()
+    }
+
+    fn node(&self, path: &str) -> Option<Node> {
+        let (_, kind) = self.entries.iter().find(|(p, _)| p == path)?;
+        Some(match kind {
+            LiveKind::Dir => Node::Dir(self.folder(path)),
+            LiveKind::Symlink(target) => Node::symlink(target),
+            LiveKind::File { writable, secret } => {
+                let mode = LiveMode {
+                    writable: *writable,
+                    secret: *secret,
+                    ceiling: self.editor.mode_ceiling(path),
+                };
+                let source = EditorFile {
+                    editor: self.editor.clone(),
+                    path: path.to_string(),
+                };
+                let file = LiveFile::new(path, Box::new(source), mode, self.refusals.clone());
+                Node::File(Arc::new(file))
+            }
+        })
+    }
+
+    fn folder(&self, path: &str) -> Arc<Folder> {
+        let changes = SettingsFolders {
+            editor: self.editor.clone(),
+        };
+        let mode = self.editor.folder_mode();
+        let now = std::time::SystemTime::now();
+        Arc::new(Folder::new(path, mode, now, Caching::Changing).with_changes(Arc::new(changes)))
+    }
+}
+
+/// One of the editor's files: the descriptor, the manifest, the certificate or a setting.
+struct EditorFile {
+    editor: Arc<Editor>,
+    path: String,
+}
+
+impl LiveSource for EditorFile {
+    fn read(&self) -> Result<Arc<[u8]>> {
+        self.editor.read(&self.path)
+    }
+
+    fn max_len(&self) -> u64 {
+        self.editor.max_len(&self.path)
+    }
+
+    fn check(&self, data: &[u8]) -> Result<()> {
+        self.editor.check(&self.path, data)
+    }
+
+    fn store(&self, data: &[u8]) -> Result<()> {
+        self.editor.store(&self.path, data)
+    }
+}
+
+/// `mkdir` and `rmdir` in the settings folders (a new network, say).
+struct SettingsFolders {
+    editor: Arc<Editor>,
+}
+
+impl FolderChanges for SettingsFolders {
+    fn mkdir(&self, path: &str) -> Result<()> {
+        if !self.editor.writable() {
+            return Err(Error::new(ErrorKind::ReadOnly(format!(
+                "{path}: the mount is read-only"
+            ))));
+        }
+        self.editor.mkdir(path)
+    }
+
+    fn rmdir(&self, path: &str) -> Result<()> {
+        if !self.editor.writable() {
+            return Err(Error::new(ErrorKind::ReadOnly(format!(
+                "{path}: the mount is read-only"
+            ))));
+        }
+        self.editor.rmdir(path)
+    }
+}
+
 fn gone(path: &str) -> Error {
-    Error::io(
-        format!("{path} was removed"),
-        std::io::Error::from_raw_os_error(libc::ENOENT),
-    )
+    Error::refused(format!("{path} was removed"), Refusal::NotFound)
 }

@@ -15,7 +15,7 @@
 //!
 //! The status files also list what the user would otherwise only find in the log: package
 //! files shown under an escaped name because theirs is the mount's own
-//! (`.ovafs/members/<name>`, see [`crate::fs::tree::shown_path`]), and the last refused write
+//! (`.ovafs/members/<name>`, see [`crate::node::layout::shown_path`]), and the last refused write
 //! of each settings file (path, the start of the value tried, reason, time). Being generated,
 //! these names always win over the package's: a member named `.ovafs/status` cannot replace
 //! the report.
@@ -27,13 +27,17 @@ use serde::Serialize;
 
 use crate::appliance::ShownDisk;
 use crate::error::{Error, ErrorKind, Result};
-use crate::fs::backend::{Backend, LiveEntry, LiveKind, Refusal, Refusals};
-use crate::fs::tree::Escaped;
+use crate::error::Refusal as Refused;
+use crate::node::folder::{Folder, Origin};
+use crate::node::layout::Escaped;
+use crate::node::live::{LiveFile, LiveMode, LiveSource};
+use crate::node::refusals::{RefusedWrite, Refusals};
+use crate::node::{Caching, Node};
 use crate::verify::digest::{DigestOptions, Progress};
 use crate::verify::{FileStatus, Subject, VerifyOptions, VerifyReport, verify_subject};
 
 /// Folder of the status files in the mount.
-pub use crate::fs::tree::STATUS_DIR;
+pub use crate::node::layout::STATUS_DIR;
 const STATUS_TEXT: &str = ".ovafs/status";
 const STATUS_JSON: &str = ".ovafs/status.json";
 
@@ -336,7 +340,7 @@ impl Integrity {
         #[derive(Serialize)]
         struct JsonRefusal {
             #[serde(flatten)]
-            refusal: Refusal,
+            refusal: RefusedWrite,
             /// The time as RFC 3339 (UTC).
             at: String,
         }
@@ -373,64 +377,62 @@ impl Integrity {
     }
 }
 
-impl Backend for Integrity {
-    fn entries(&self) -> Vec<LiveEntry> {
-        let file = LiveKind::File {
-            writable: false,
-            secret: false,
-        };
-        vec![
-            LiveEntry {
-                path: STATUS_DIR.into(),
-                kind: LiveKind::Dir,
-            },
-            LiveEntry {
-                path: STATUS_TEXT.into(),
-                kind: file.clone(),
-            },
-            LiveEntry {
-                path: STATUS_JSON.into(),
-                kind: file,
-            },
-        ]
-    }
-
-    fn read(&self, path: &str) -> Result<Arc<[u8]>> {
-        match path {
-            STATUS_TEXT => Ok(Arc::from(self.text().into_bytes())),
-            STATUS_JSON => Ok(Arc::from(self.json().into_bytes())),
-            _ => Err(Error::io(
-                path,
-                std::io::Error::from_raw_os_error(libc::ENOENT),
-            )),
+/// Showing the status files as nodes.
+impl Integrity {
+    /// Shows `.ovafs/status` and `.ovafs/status.json` in `root`; `writable` gives the status
+    /// folder the mode of the mount's other editable folders.
+    pub fn show_in(self: &Arc<Self>, root: &Arc<Folder>, writable: bool, refusals: &Arc<Refusals>) {
+        let mode = if writable { 0o755 } else { 0o555 };
+        let now = std::time::SystemTime::now();
+        // The folder shows a report that changes: not cached. Escaped members may have
+        // made it already.
+        if root.resolve(STATUS_DIR).is_none() {
+            let dir = Folder::new(STATUS_DIR, mode, now, Caching::Changing);
+            root.add(STATUS_DIR, Node::Dir(Arc::new(dir)), now, Origin::Fixed);
+        }
+        for (path, json) in [(STATUS_TEXT, false), (STATUS_JSON, true)] {
+            let source = StatusFile {
+                integrity: self.clone(),
+                json,
+            };
+            let mode = LiveMode {
+                writable: false,
+                secret: false,
+                ceiling: 0o777,
+            };
+            let file = LiveFile::new(path, Box::new(source), mode, refusals.clone());
+            root.add(path, Node::File(Arc::new(file)), now, Origin::Fixed);
         }
     }
+}
 
-    fn max_len(&self, _path: &str) -> u64 {
+/// One of the status files, generated at each read.
+struct StatusFile {
+    integrity: Arc<Integrity>,
+    json: bool,
+}
+
+impl LiveSource for StatusFile {
+    fn read(&self) -> Result<Arc<[u8]>> {
+        let text = if self.json {
+            self.integrity.json()
+        } else {
+            self.integrity.text()
+        };
+        Ok(Arc::from(text.into_bytes()))
+    }
+
+    fn max_len(&self) -> u64 {
         0
     }
 
-    fn check(&self, path: &str, _data: &[u8]) -> Result<()> {
-        Err(Error::new(ErrorKind::ReadOnly(format!(
-            "{path} is read-only"
-        ))))
+    fn check(&self, _data: &[u8]) -> Result<()> {
+        Err(Error::refused(STATUS_DIR, Refused::AccessDenied))
     }
 
-    fn store(&self, path: &str, _data: &[u8]) -> Result<()> {
+    fn store(&self, _data: &[u8]) -> Result<()> {
         Err(Error::new(ErrorKind::ReadOnly(format!(
-            "{path} is read-only"
-        ))))
-    }
-
-    fn mkdir(&self, path: &str) -> Result<()> {
-        Err(Error::new(ErrorKind::ReadOnly(format!(
-            "{path}: cannot create folders here"
-        ))))
-    }
-
-    fn rmdir(&self, path: &str) -> Result<()> {
-        Err(Error::new(ErrorKind::ReadOnly(format!(
-            "{path}: cannot remove"
+            "{STATUS_DIR} is read-only"
         ))))
     }
 }

@@ -1,7 +1,8 @@
 //! ovafs: mount an OVF appliance (OVA archive or unpacked OVF package) as a directory.
 //!
 //! Layers, each using only the ones below it (see the README for the ranked goals):
-//! `cli` → `fs` → `appliance` → `disk` / `package` → `cache`, `ovf`, `archive` → `io`, `error`.
+//! `cli` → `fs` → `editor`, `integrity` → `settings` → `commit` → `verify` → `appliance` →
+//! `node` → `package` → `disk` → `cache` → `ovf` → `archive` → `io` → `error`.
 
 #![deny(unsafe_code)]
 #![warn(clippy::unwrap_used)]
@@ -18,6 +19,7 @@ pub mod fs;
 pub mod integrity;
 pub mod io;
 pub mod logging;
+pub mod node;
 pub mod ovf;
 pub mod package;
 pub mod sample;

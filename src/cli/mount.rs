@@ -25,8 +25,8 @@ use crate::cache::UnitCache;
 use crate::commit::{self, Committer};
 use crate::editor::Editor;
 use crate::error::{Error, Result};
-use crate::fs::backend::{Backend, Refusals};
 use crate::fs::{FsOptions, OvaFs};
+use crate::node::refusals::Refusals;
 use crate::integrity::{self, Integrity, StatusNotes, VerifyMode};
 use crate::verify::Subject;
 
@@ -191,17 +191,16 @@ pub(super) fn serve(
         package: package_notices,
     };
     let integrity = Integrity::new(config.verify, &built.disks, strict_report, notes);
-    let tree = built.tree;
+    let root = built.root;
+    editor.show_in(&root, refusals.clone());
+    integrity.show_in(&root, !read_only, &refusals);
     let fs_options = FsOptions {
         threads: config.threads,
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
         read_only,
-        refusals,
     };
-    let backends: Vec<Arc<dyn Backend>> = vec![editor, integrity.clone()];
-    let fs = OvaFs::new(tree, backends, &fs_options)
-        .map_err(|e| Error::io("cannot start read workers", e))?;
+    let fs = OvaFs::new(root, &fs_options).map_err(|e| Error::io("cannot start read workers", e))?;
 
     // Contained: a panic in one request fails that request (EIO), not the whole mount.
     let fs = crate::fs::contain::Contained::new(fs);

@@ -648,8 +648,8 @@ fn instances(ctx: &Ctx<'_>, s: &Setting, base: &str, t: Target) -> Vec<(String, 
 }
 
 /// Every top-level name the settings tree may use (the mount reserves them: see
-/// `fs::tree::RESERVED_NAMES`).
-pub const TOP_LEVEL_NAMES: [&str; 3] = ["vm", "vms", "networks"];
+/// [`crate::node::layout::RESERVED_NAMES`]).
+pub const TOP_LEVEL_NAMES: [&str; 3] = crate::node::layout::SETTINGS_DIRS;
 
 /// Lists the settings tree of `desc`: folders, files and the `vm` link, parents first.
 pub fn tree(desc: &Descriptor) -> Vec<Entry> {

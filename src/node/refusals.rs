@@ -1,80 +1,15 @@
-//! What the FUSE layer asks of the editing side: live files and settings folders.
+//! The last refused write of each file, kept for the status report.
 //!
-//! The FUSE layer knows nothing about descriptors, settings or commits: it asks a
-//! [`Backend`] for the current bytes of a live file (named by its path in the mount), checks
-//! new bytes with it at `write()` time, and hands it complete new contents to persist at
-//! `close()`/`fsync()`/`rename()`. After a change it re-reads [`Backend::entries`] to bring
-//! the settings folders up to date.
-//!
-//! Every refused write is also kept in [`Refusals`] (the last one of each file), so that the
-//! status report can tell the user why without looking at syslog.
+//! A refused write fails in the shell (`echo banana > cpus`: "Invalid argument"), but a
+//! program that ignores its errors, or a user who looks later, should still learn why: the
+//! status report (`.ovafs/status`) lists the last refusal of each file, with the start of the
+//! value tried (hidden for a file that holds a secret or that others may not read).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-
-use crate::error::Result;
-
-/// What a live entry is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LiveKind {
-    /// A file; `writable` says whether it accepts new content.
-    File {
-        /// Accepts writes.
-        writable: bool,
-        /// Holds a secret (a password property): readable by its owner only.
-        secret: bool,
-    },
-    /// A folder (settings folders; `mkdir` inside some of them creates entries).
-    Dir,
-    /// A symbolic link to `target` (relative).
-    Symlink(String),
-}
-
-/// One entry of the settings tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveEntry {
-    /// Path in the mount, `/`-separated, no leading slash.
-    pub path: String,
-    /// Its kind.
-    pub kind: LiveKind,
-}
-
-/// The editing side, as the FUSE layer sees it.
-pub trait Backend: Send + Sync {
-    /// The settings tree as it is now (folders, files and links; not the archive members).
-    fn entries(&self) -> Vec<LiveEntry>;
-
-    /// Current content of the live file at `path`.
-    fn read(&self, path: &str) -> Result<Arc<[u8]>>;
-
-    /// Largest content accepted for `path` (bounds the memory of write buffers).
-    fn max_len(&self, path: &str) -> u64;
-
-    /// Whether `data` would be accepted as the complete new content of `path`, checked at
-    /// every `write()` so that `echo banana > cpus` fails in the shell. Files written in
-    /// several calls (the descriptor) may accept anything here and check in `store`.
-    fn check(&self, path: &str, data: &[u8]) -> Result<()>;
-
-    /// Validates `data` as the new content of `path` and persists it; the edit is durable
-    /// when this returns `Ok`. An invalid value changes nothing.
-    fn store(&self, path: &str, data: &[u8]) -> Result<()>;
-
-    /// Creates the settings folder `path` (for example a new network).
-    fn mkdir(&self, path: &str) -> Result<()>;
-
-    /// Removes the settings folder `path`.
-    fn rmdir(&self, path: &str) -> Result<()>;
-
-    /// The permission bits that the live file `path` may show at most to the mount's group
-    /// and others: those of the package file its content comes from (a settings file is no
-    /// more readable than the descriptor it is read from).
-    fn mode_ceiling(&self, _path: &str) -> u32 {
-        0o777
-    }
-}
 
 /// Longest part of a refused value kept for the status report.
 const REFUSED_VALUE_CHARS: usize = 60;
@@ -84,7 +19,7 @@ const MAX_REFUSALS: usize = 1000;
 
 /// One refused write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Refusal {
+pub struct RefusedWrite {
     /// The file written, as a path in the mount.
     pub path: String,
     /// The start of the value tried, escaped (not shown for files that hold a secret).
@@ -98,7 +33,7 @@ pub struct Refusal {
 /// The last refused write of each file.
 #[derive(Debug, Default)]
 pub struct Refusals {
-    by_path: Mutex<BTreeMap<String, Refusal>>,
+    by_path: Mutex<BTreeMap<String, RefusedWrite>>,
 }
 
 impl Refusals {
@@ -119,7 +54,7 @@ impl Refusals {
         }
         map.insert(
             path.to_string(),
-            Refusal {
+            RefusedWrite {
                 path: path.to_string(),
                 value,
                 reason: reason.to_string(),
@@ -129,7 +64,7 @@ impl Refusals {
     }
 
     /// The refusals, by path.
-    pub fn list(&self) -> Vec<Refusal> {
+    pub fn list(&self) -> Vec<RefusedWrite> {
         let map = self.by_path.lock().unwrap_or_else(|p| p.into_inner());
         map.values().cloned().collect()
     }
