@@ -27,11 +27,11 @@ use crate::disk::engine::FlatDisk;
 use crate::disk::{self, DiskError, DiskImage, OpenContext, SharedImages};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::ReadAt;
+use crate::node::Node;
 use crate::node::disk::DiskFile;
 use crate::node::folder::{Folder, Origin};
 use crate::node::layout::{self, Escaped};
 use crate::node::member::MemberFile;
-use crate::node::Node;
 use crate::ovf::DiskDef;
 use crate::package::{self, FileLocation, Limits, Package, PackageDisk};
 

@@ -26,12 +26,12 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 
 use crate::appliance::ShownDisk;
-use crate::error::{Error, ErrorKind, Result};
 use crate::error::Refusal as Refused;
+use crate::error::{Error, ErrorKind, Result};
 use crate::node::folder::{Folder, Origin};
 use crate::node::layout::Escaped;
 use crate::node::live::{LiveFile, LiveMode, LiveSource};
-use crate::node::refusals::{RefusedWrite, Refusals};
+use crate::node::refusals::{Refusals, RefusedWrite};
 use crate::node::{Caching, Node};
 use crate::verify::digest::{DigestOptions, Progress};
 use crate::verify::{FileStatus, Subject, VerifyOptions, VerifyReport, verify_subject};
@@ -87,7 +87,6 @@ pub struct Integrity {
 }
 
 /// What the status files report besides verification.
-#[derive(Default)]
 pub struct StatusNotes {
     /// Package files shown under an escaped name.
     pub escaped: Vec<Escaped>,
@@ -96,6 +95,20 @@ pub struct StatusNotes {
     /// What happened to the package before it was served: recovery of an interrupted
     /// commit, a journal or temporary file left alone, why the mount is read-only.
     pub package: Vec<String>,
+    /// How many requests failed on an internal error (a panic the FUSE layer contained);
+    /// the FUSE layer counts them, so it hands the report its counter.
+    pub caught_panics: fn() -> u64,
+}
+
+impl Default for StatusNotes {
+    fn default() -> Self {
+        StatusNotes {
+            escaped: Vec::new(),
+            refusals: Arc::default(),
+            package: Vec::new(),
+            caught_panics: || 0,
+        }
+    }
 }
 
 /// Options for verifying at mount: digests on `threads` threads, trust reported, not
@@ -292,7 +305,7 @@ impl Integrity {
         for n in &self.notes.package {
             out.push_str(&format!("package: {n}\n"));
         }
-        let panics = crate::fs::contain::caught_panics();
+        let panics = (self.notes.caught_panics)();
         if panics > 0 {
             out.push_str(&format!(
                 "internal errors: {panics} request(s) failed with EIO after a panic (see the log); the mount goes on\n"
@@ -351,7 +364,7 @@ impl Integrity {
             done_bytes: self.done_bytes.load(Ordering::Relaxed),
             total_bytes: self.total_bytes.load(Ordering::Relaxed),
             package_notices: &self.notes.package,
-            caught_panics: crate::fs::contain::caught_panics(),
+            caught_panics: (self.notes.caught_panics)(),
             collisions: self
                 .notes
                 .escaped

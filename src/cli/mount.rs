@@ -26,8 +26,8 @@ use crate::commit::{self, Committer};
 use crate::editor::Editor;
 use crate::error::{Error, Result};
 use crate::fs::{FsOptions, OvaFs};
-use crate::node::refusals::Refusals;
 use crate::integrity::{self, Integrity, StatusNotes, VerifyMode};
+use crate::node::refusals::Refusals;
 use crate::verify::Subject;
 
 /// Environment variable that tells a `__serve` daemon to report readiness on stdout.
@@ -186,6 +186,7 @@ pub(super) fn serve(
         package_notices.push(format!("read-only: {why}"));
     }
     let notes = StatusNotes {
+        caught_panics: crate::fs::contain::caught_panics,
         escaped: built.escaped,
         refusals: refusals.clone(),
         package: package_notices,
@@ -200,7 +201,8 @@ pub(super) fn serve(
         gid: nix::unistd::getegid().as_raw(),
         read_only,
     };
-    let fs = OvaFs::new(root, &fs_options).map_err(|e| Error::io("cannot start read workers", e))?;
+    let fs =
+        OvaFs::new(root, &fs_options).map_err(|e| Error::io("cannot start read workers", e))?;
 
     // Contained: a panic in one request fails that request (EIO), not the whole mount.
     let fs = crate::fs::contain::Contained::new(fs);

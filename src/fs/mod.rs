@@ -156,7 +156,16 @@ impl OvaFs {
             Node::Dir(d) => {
                 let a = d.attributes();
                 let nlink = 2u32.saturating_add(u32::try_from(a.subfolders).unwrap_or(u32::MAX));
-                (FileType::Directory, 0, None, a.mode, a.mtime, FILE_BLKSIZE, nlink, ttl_of(a.caching))
+                (
+                    FileType::Directory,
+                    0,
+                    None,
+                    a.mode,
+                    a.mtime,
+                    FILE_BLKSIZE,
+                    nlink,
+                    ttl_of(a.caching),
+                )
             }
             Node::File(f) => {
                 let a = f.attributes(&self.pool);
@@ -169,18 +178,27 @@ impl OvaFs {
                     BlockSize::Normal => FILE_BLKSIZE,
                 };
                 let ttl = ttl_of(f.caching());
-                (FileType::RegularFile, size, a.allocated, a.mode, a.mtime, blksize, 1, ttl)
+                (
+                    FileType::RegularFile,
+                    size,
+                    a.allocated,
+                    a.mode,
+                    a.mtime,
+                    blksize,
+                    1,
+                    ttl,
+                )
             }
             Node::Symlink(target) => (
-                    FileType::Symlink,
-                    target.len() as u64,
-                    None,
-                    0o777,
-                    self.symlink_time(),
-                    FILE_BLKSIZE,
-                    1,
-                    LIVE_TTL,
-                ),
+                FileType::Symlink,
+                target.len() as u64,
+                None,
+                0o777,
+                self.symlink_time(),
+                FILE_BLKSIZE,
+                1,
+                LIVE_TTL,
+            ),
         };
         let attr = FileAttr {
             ino: INodeNo(ino),
@@ -490,6 +508,7 @@ impl OvaFs {
         let Some((file, caching)) = self.handle(fh) else {
             return reply.error(Errno::EBADF);
         };
+        let note = file.clone();
         let read = move |table: &RwLock<Table>, reply: ReplyData| {
             with_read_buffer(size as usize, |buf| match file.read_at(offset, buf) {
                 Ok(n) => reply.data(&buf[..n]),
@@ -502,7 +521,7 @@ impl OvaFs {
         };
         match caching {
             Caching::Stable => {
-                file_note_read(&self.handle(fh), offset, size, &self.pool);
+                note.note_read(offset, u64::from(size), &self.pool);
                 let table = self.table.clone();
                 self.pool.read(move || {
                     contain::test_panic_point("read", || path_in(&table, ino));
@@ -529,18 +548,6 @@ impl OvaFs {
             },
             None => reply.ok(),
         }
-    }
-}
-
-/// Tells the open file of a read, so that it may decode ahead.
-fn file_note_read(
-    handle: &Option<(Arc<dyn OpenFile>, Caching)>,
-    offset: u64,
-    size: u32,
-    pool: &Pool,
-) {
-    if let Some((file, _)) = handle {
-        file.note_read(offset, u64::from(size), pool);
     }
 }
 
@@ -1036,6 +1043,89 @@ impl crate::node::Background for Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::folder::{Folder, Origin};
+    use crate::node::{DirAttributes, Node};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A folder whose children are made on demand (as a guest file system's would be),
+    /// counting how often it is listed.
+    struct LazyDir {
+        listed: AtomicUsize,
+        child: Node,
+    }
+
+    impl DirNode for LazyDir {
+        fn attributes(&self) -> DirAttributes {
+            DirAttributes {
+                mode: 0o555,
+                mtime: SystemTime::UNIX_EPOCH,
+                caching: Caching::Stable,
+                subfolders: 0,
+            }
+        }
+        fn lookup(&self, name: &str) -> Option<Node> {
+            (name == "child").then(|| self.child.clone())
+        }
+        fn entries(&self) -> Vec<(String, Node)> {
+            self.listed.fetch_add(1, Ordering::Relaxed);
+            vec![("child".into(), self.child.clone())]
+        }
+        fn is_lazy(&self) -> bool {
+            true
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+            self
+        }
+    }
+
+    #[test]
+    fn lazy_folders_are_not_expanded_at_mount_and_their_children_are_forgotten() {
+        let root = Folder::root(SystemTime::UNIX_EPOCH);
+        let lazy = Arc::new(LazyDir {
+            listed: AtomicUsize::new(0),
+            child: Node::symlink("x"),
+        });
+        root.add(
+            "guest",
+            Node::Dir(lazy.clone()),
+            SystemTime::UNIX_EPOCH,
+            Origin::Fixed,
+        );
+        let fs = OvaFs::new(
+            root,
+            &FsOptions {
+                threads: 1,
+                uid: 0,
+                gid: 0,
+                read_only: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            lazy.listed.load(Ordering::Relaxed),
+            0,
+            "not listed at mount"
+        );
+        let guest = fs.do_lookup(ROOT_INO, OsStr::new("guest")).unwrap().1;
+        let guest_ino = fs.number(ROOT_INO, "guest", &guest, true);
+        let (name, child) = fs.do_lookup(guest_ino, OsStr::new("child")).unwrap();
+        let child_ino = fs.number(guest_ino, &name, &child, true);
+        assert_eq!(fs.table().path_of(child_ino), "guest/child");
+        fs.table_mut().forget(child_ino, 1);
+        assert!(
+            fs.table().get(child_ino).is_none(),
+            "a lazy child goes when forgotten"
+        );
+        fs.table_mut().forget(guest_ino, 1);
+        assert!(
+            fs.table().get(guest_ino).is_some(),
+            "the folder itself stays"
+        );
+        assert_eq!(lazy.listed.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn errno_table() {
@@ -1055,7 +1145,13 @@ mod tests {
             )),
             Errno::ENOSPC
         );
-        assert_eq!(errno_of(&Error::refused("x", Refusal::NotFound)), Errno::ENOENT);
-        assert_eq!(errno_of(&Error::refused("x", Refusal::TooLarge)), Errno::EFBIG);
+        assert_eq!(
+            errno_of(&Error::refused("x", Refusal::NotFound)),
+            Errno::ENOENT
+        );
+        assert_eq!(
+            errno_of(&Error::refused("x", Refusal::TooLarge)),
+            Errno::EFBIG
+        );
     }
 }

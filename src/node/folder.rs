@@ -209,7 +209,13 @@ impl Folder {
 
     /// Adds `node` at `path` below this one, making the folders on the way (mode 0o555,
     /// `mtime`). Returns false, with a warning, when the path collides with an entry.
-    pub fn add(self: &Arc<Self>, path: &str, node: Node, mtime: SystemTime, origin: Origin) -> bool {
+    pub fn add(
+        self: &Arc<Self>,
+        path: &str,
+        node: Node,
+        mtime: SystemTime,
+        origin: Origin,
+    ) -> bool {
         let (dir_path, name) = split_path(path);
         if name.is_empty() {
             return false;
@@ -401,9 +407,15 @@ impl DirNode for Folder {
     }
 
     /// See the module's comment for what each kind of rename does.
-    fn rename(&self, name: &str, to: &Arc<dyn DirNode>, new_name: &str, no_replace: bool) -> Result<()> {
-        let to_folder = as_folder(to.clone())
-            .ok_or_else(|| Error::refused(new_name, Refusal::CrossFolder))?;
+    fn rename(
+        &self,
+        name: &str,
+        to: &Arc<dyn DirNode>,
+        new_name: &str,
+        no_replace: bool,
+    ) -> Result<()> {
+        let to_folder =
+            as_folder(to.clone()).ok_or_else(|| Error::refused(new_name, Refusal::CrossFolder))?;
         let (src, src_origin) = self
             .entry(name)
             .ok_or_else(|| Error::refused(name, Refusal::NotFound))?;
@@ -514,8 +526,8 @@ pub fn stored_bytes(dir: &dyn DirNode, background: &dyn super::Background) -> u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::member::MemberFile;
     use crate::node::OpenMode;
+    use crate::node::member::MemberFile;
 
     struct NoBackground;
     impl crate::node::Background for NoBackground {
@@ -535,21 +547,41 @@ mod tests {
     fn builds_folders_and_finds_entries() {
         let root = Folder::root(SystemTime::UNIX_EPOCH);
         assert!(root.add("a.ovf", bytes(10), SystemTime::UNIX_EPOCH, Origin::Fixed));
-        assert!(root.add("disks/b.raw", bytes(20), SystemTime::UNIX_EPOCH, Origin::Fixed));
+        assert!(root.add(
+            "disks/b.raw",
+            bytes(20),
+            SystemTime::UNIX_EPOCH,
+            Origin::Fixed
+        ));
         let b = root.resolve("disks/b.raw").unwrap();
-        assert!(root.folder_at("disks").unwrap().lookup("b.raw").unwrap().same_as(&b));
+        assert!(
+            root.folder_at("disks")
+                .unwrap()
+                .lookup("b.raw")
+                .unwrap()
+                .same_as(&b)
+        );
         assert_eq!(stored_bytes(&*root, &NoBackground), 30);
         let Node::File(a) = root.resolve("a.ovf").unwrap() else {
             panic!("a file")
         };
-        assert_eq!(a.attributes(&NoBackground).mode, 0o444, "write bits cleared");
+        assert_eq!(
+            a.attributes(&NoBackground).mode,
+            0o444,
+            "write bits cleared"
+        );
     }
 
     #[test]
     fn collisions_keep_the_first_entry() {
         let root = Folder::root(SystemTime::UNIX_EPOCH);
         assert!(root.add("disks", bytes(1), SystemTime::UNIX_EPOCH, Origin::Fixed));
-        assert!(!root.add("disks/x.raw", bytes(2), SystemTime::UNIX_EPOCH, Origin::Fixed));
+        assert!(!root.add(
+            "disks/x.raw",
+            bytes(2),
+            SystemTime::UNIX_EPOCH,
+            Origin::Fixed
+        ));
         assert!(!root.add("disks", bytes(3), SystemTime::UNIX_EPOCH, Origin::Fixed));
         assert_eq!(stored_bytes(&*root, &NoBackground), 1);
     }
@@ -575,10 +607,16 @@ mod tests {
             root.rename("m", &here, "n", false).unwrap_err().refusal(),
             Some(Refusal::NotPermitted)
         );
-        assert_eq!(root.unlink("m").unwrap_err().refusal(), Some(Refusal::NotPermitted));
+        assert_eq!(
+            root.unlink("m").unwrap_err().refusal(),
+            Some(Refusal::NotPermitted)
+        );
         root.unlink("moved").unwrap();
         assert!(root.lookup("moved").is_none());
-        assert_eq!(root.mkdir("x").unwrap_err().refusal(), Some(Refusal::NotPermitted));
+        assert_eq!(
+            root.mkdir("x").unwrap_err().refusal(),
+            Some(Refusal::NotPermitted)
+        );
     }
 
     #[test]
@@ -587,12 +625,20 @@ mod tests {
         let Node::File(f) = root.create("t", 0o644).unwrap() else {
             panic!("a file")
         };
-        let h = f.clone().open(OpenMode { write: true, ..OpenMode::default() }).unwrap();
+        let h = f
+            .clone()
+            .open(OpenMode {
+                write: true,
+                ..OpenMode::default()
+            })
+            .unwrap();
         h.write_at(2, b"xy").unwrap();
         let mut buf = [9u8; 8];
         assert_eq!(h.read_at(0, &mut buf).unwrap(), 4);
         assert_eq!(&buf[..4], b"\0\0xy");
-        let e = h.write_at(crate::node::scratch::MAX_SCRATCH_BYTES, b"z").unwrap_err();
+        let e = h
+            .write_at(crate::node::scratch::MAX_SCRATCH_BYTES, b"z")
+            .unwrap_err();
         assert_eq!(e.refusal(), Some(Refusal::TooLarge));
     }
 
@@ -609,14 +655,24 @@ mod tests {
             })
         }
         fn folder(&self, path: &str) -> Arc<Folder> {
-            Arc::new(Folder::new(path, 0o755, SystemTime::UNIX_EPOCH, Caching::Changing))
+            Arc::new(Folder::new(
+                path,
+                0o755,
+                SystemTime::UNIX_EPOCH,
+                Caching::Changing,
+            ))
         }
     }
 
     #[test]
     fn live_entries_follow_the_list_and_keep_their_nodes() {
         let root = Folder::root(SystemTime::UNIX_EPOCH);
-        root.add("member.txt", bytes(1), SystemTime::UNIX_EPOCH, Origin::Fixed);
+        root.add(
+            "member.txt",
+            bytes(1),
+            SystemTime::UNIX_EPOCH,
+            Origin::Fixed,
+        );
         root.sync_live(&Wanted(vec!["vm", "vm/a.x", "networks", "networks/n1"]));
         let a = root.resolve("vm/a.x").unwrap();
         root.sync_live(&Wanted(vec!["vm", "vm/a.x", "networks"]));

@@ -407,7 +407,14 @@ mod tests {
 
     #[test]
     fn modes_follow_secrets_and_the_ceiling() {
-        let m = |writable, secret, ceiling| LiveMode { writable, secret, ceiling }.bits();
+        let m = |writable, secret, ceiling| {
+            LiveMode {
+                writable,
+                secret,
+                ceiling,
+            }
+            .bits()
+        };
         assert_eq!(m(true, false, 0o777), 0o644);
         assert_eq!(m(true, true, 0o777), 0o600);
         assert_eq!(m(false, false, 0o640), 0o440);

@@ -249,7 +249,13 @@ pub trait DirNode: Send + Sync + 'static {
 
     /// Renames `name` to `new_name` in `to` (which may be this folder). `no_replace` asks
     /// for `RENAME_NOREPLACE`.
-    fn rename(&self, name: &str, _to: &Arc<dyn DirNode>, _new_name: &str, _no_replace: bool) -> Result<()> {
+    fn rename(
+        &self,
+        name: &str,
+        _to: &Arc<dyn DirNode>,
+        _new_name: &str,
+        _no_replace: bool,
+    ) -> Result<()> {
         Err(Error::refused(name, Refusal::NotPermitted))
     }
 
@@ -323,7 +329,9 @@ pub fn read_slice(data: &[u8], offset: u64, buf: &mut [u8]) -> usize {
 /// Applies a write of `data` at `offset` to `buf`, bounded by `max` bytes in all.
 pub fn write_into(buf: &mut Vec<u8>, offset: u64, data: &[u8], max: u64) -> Result<()> {
     let too_large = || Error::refused("write", Refusal::TooLarge);
-    let end = offset.checked_add(data.len() as u64).ok_or_else(too_large)?;
+    let end = offset
+        .checked_add(data.len() as u64)
+        .ok_or_else(too_large)?;
     if end > max {
         return Err(too_large());
     }
