@@ -411,7 +411,8 @@ const OVFS: &[(&str, OvfCheck)] = &[
         assert!(matches!(ovf(&refused(r)), OvfError::Dtd { .. }));
     }),
     ("ganeti/gzip_disk.ovf", |r| {
-        // The disk item's Parent names a controller that is not there (formats.md rule 12).
+        // The disk item's Parent names a controller that is not there
+        // (docs/formats.md §6 rule 12).
         let e = refused(r);
         assert!(matches!(ovf(&e), OvfError::ItemParentUnknown { parent, .. } if parent == "3"));
     }),

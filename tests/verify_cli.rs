@@ -332,7 +332,7 @@ fn coverage_chunked_files_by_chunk_and_by_whole_name() {
     };
     let common_lines =
         line("SHA256", "sha256sum", "x.ovf") + &line("SHA256", "sha256sum", "disk2.img");
-    // Per chunk, as formats.md §1.6 says manifests name them.
+    // Per chunk, as docs/formats.md §1.6 says manifests name them.
     let per_chunk = common_lines.clone()
         + &line("SHA256", "sha256sum", "disk1.img.000000000")
         + &line("SHA256", "sha256sum", "disk1.img.000000001");

@@ -1,4 +1,4 @@
-//! Tar archives: an index of members built from headers only (formats.md §1.2, §1.7, §6
+//! Tar archives: an index of members built from headers only (docs/formats.md §1.2, §1.7, §6
 //! rules 1-7).
 //!
 //! [`index`] makes one pass over the headers of an archive and seeks over member data: the
@@ -44,16 +44,16 @@ use self::pax::PaxOverrides;
 pub const BLOCK_BYTES: u64 = 512;
 
 /// Default cap on members: far above any appliance (a handful of members) and low enough that
-/// the index of a hostile archive stays small (formats.md §6 rule 6).
+/// the index of a hostile archive stays small (docs/formats.md §6 rule 6).
 pub const MAX_MEMBERS: usize = 100_000;
 
 /// Default cap on one GNU long name payload: 64 KiB, sixteen times `PATH_MAX`.
 pub const MAX_LONG_NAME_BYTES: u64 = 64 << 10;
 
-/// Default cap on one pax header payload: 1 MiB (formats.md §6 rule 6).
+/// Default cap on one pax header payload: 1 MiB (docs/formats.md §6 rule 6).
 pub const MAX_PAX_BYTES: u64 = 1 << 20;
 
-/// Offsets of the header fields we read by hand (POSIX ustar layout, formats.md §1.2).
+/// Offsets of the header fields we read by hand (POSIX ustar layout, docs/formats.md §1.2).
 const MODE_FIELD: std::ops::Range<usize> = 100..108;
 const SIZE_FIELD: std::ops::Range<usize> = 124..136;
 const MTIME_FIELD: std::ops::Range<usize> = 136..148;
@@ -261,7 +261,7 @@ pub fn index(src: &dyn ReadAt) -> Result<TarIndex> {
     index_with(src, &Limits::default())
 }
 
-/// Header flavour, from the magic and version fields (formats.md §6 rule 1).
+/// Header flavour, from the magic and version fields (docs/formats.md §6 rule 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flavour {
     /// POSIX ustar / pax: `"ustar\0"` + `"00"`.
@@ -303,7 +303,7 @@ fn checksum_ok(header: &tar::Header, block: &[u8; 512]) -> bool {
 }
 
 /// The header's size field: octal, or GNU base-256 (first byte 0x80). Negative base-256
-/// (0xFF) and values that do not fit `u64` are refused (formats.md §6 rule 2).
+/// (0xFF) and values that do not fit `u64` are refused (docs/formats.md §6 rule 2).
 fn header_size(header: &tar::Header, block: &[u8; 512], offset: u64) -> Result<u64> {
     let field = &block[SIZE_FIELD];
     let bad = || TarError::BadField {

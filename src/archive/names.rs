@@ -1,4 +1,4 @@
-//! Member-name normalisation and checks (formats.md §6 rule 3).
+//! Member-name normalisation and checks (docs/formats.md §6 rule 3).
 //!
 //! A tar member name, or an OVF `ovf:href`, is turned into the relative path under which the
 //! member appears in the mount: `/`-separated, no empty, `.` or `..` components, no leading
@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-/// Longest normalised name accepted, in bytes (Linux `PATH_MAX`; formats.md §6 rule 3).
+/// Longest normalised name accepted, in bytes (Linux `PATH_MAX`; docs/formats.md §6 rule 3).
 pub const MAX_NAME_BYTES: usize = 4096;
 
 /// Longest single component, in bytes: Linux `NAME_MAX`, the most a FUSE directory entry can

@@ -1,4 +1,4 @@
-//! pax extended-header records (POSIX.1-2001 `pax`, formats.md §1.2).
+//! pax extended-header records (POSIX.1-2001 `pax`, docs/formats.md §1.2).
 //!
 //! A pax header's data is a list of records `"<len> <key>=<value>\n"`, where `<len>` is the
 //! decimal length of the whole record including itself and the newline. We parse the records

@@ -1,6 +1,6 @@
 //! Unit tests for the tar index, on archives assembled block by block in memory.
 //!
-//! `Hdr` writes one 512-byte header field by field (POSIX ustar layout, formats.md §1.2), so
+//! `Hdr` writes one 512-byte header field by field (POSIX ustar layout, docs/formats.md §1.2), so
 //! each test states exactly which bytes it feeds the index.
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Writing tar headers: POSIX ustar, with GNU extensions only where a member needs them
-//! (formats.md §1.2, §6 rule 26).
+//! (docs/formats.md §1.2, §6 rule 26).
 //!
 //! What this module builds:
 //! - a member's header from a *template* (the member's original header block), keeping its
@@ -23,7 +23,7 @@ use std::ops::Range;
 /// Size of a tar block, as a `usize` for buffers.
 pub const BLOCK: usize = 512;
 
-/// Largest size an 11-digit octal size field holds: 8 GiB - 1 (formats.md §1.2).
+/// Largest size an 11-digit octal size field holds: 8 GiB - 1 (docs/formats.md §1.2).
 pub const MAX_OCTAL_SIZE: u64 = 0o777_7777_7777;
 
 /// Longest name the `name` field holds (exactly 100 bytes is stored without a NUL).
@@ -38,7 +38,7 @@ pub const END_OF_ARCHIVE: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
 /// Longest name we write at all (GNU long names included): `PATH_MAX`.
 pub const MAX_NAME_BYTES: usize = 4096;
 
-// Header field offsets (POSIX ustar layout, formats.md §1.2).
+// Header field offsets (POSIX ustar layout, docs/formats.md §1.2).
 const NAME: Range<usize> = 0..100;
 const MODE: Range<usize> = 100..108;
 const UID: Range<usize> = 108..116;

@@ -1,5 +1,5 @@
 //! Manifest refresh for commits: find the lines that name the descriptor, recompute their
-//! values in each line's own algorithm, keep every other byte (formats.md §3.1).
+//! values in each line's own algorithm, keep every other byte (docs/formats.md §3.1).
 //!
 //! Lines are found by the one manifest parser ([`crate::verify::manifest`]), so a commit
 //! refreshes every dialect that `ovafs verify` reads: leading blanks, `ALG(name)= hex`,

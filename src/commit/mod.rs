@@ -1,5 +1,6 @@
 //! Persisting an edited descriptor into its package: in place under a redo journal when it
-//! fits, else by an atomic rewrite (design.md "Commit", formats.md §1.2-1.4, §3, §6 rule 26).
+//! fits, else by an atomic rewrite (docs/design.md "Commit"; docs/formats.md §1.2-1.4, §3,
+//! §6 rule 26).
 //!
 //! [`Committer::open`] captures the package's on-disk layout (every member's header and
 //! offsets, the descriptor, manifest and certificate members). [`Committer::commit`] then

@@ -2,8 +2,8 @@
 //!
 //! The output buffer has the exact decoded size; a stream that would produce more is
 //! refused (zip-bomb guard: we never write past the unit), one that produces less is
-//! refused too. Decoding uses libdeflate (the fastest inflater measured on this machine,
-//! deps.md §3) with one decompressor per thread.
+//! refused too. Decoding uses libdeflate (the fastest inflater measured,
+//! docs/deps.md §3.1) with one decompressor per thread.
 
 use std::cell::RefCell;
 

@@ -44,7 +44,7 @@ use crate::io::budget::Budget;
 pub const SECTOR_BYTES: u64 = 512;
 
 /// Largest virtual disk we accept: 64 TiB, far above any appliance disk and far below the
-/// point where sector arithmetic could overflow (formats.md §6 rule 17).
+/// point where sector arithmetic could overflow (docs/formats.md §6 rule 17).
 pub const MAX_VIRTUAL_BYTES: u64 = 64 << 40;
 
 /// Largest decoded unit (grain or cluster) we accept: 2 MiB. Each decode allocates one unit,
@@ -181,7 +181,7 @@ impl DiskFormat {
     }
 }
 
-/// The format family a Disk's `ovf:format` URI names (formats.md §2.3), matched
+/// The format family a Disk's `ovf:format` URI names (docs/formats.md §2.3), matched
 /// case-insensitively; `None` for a URI ovafs does not know (no judgement then).
 pub fn uri_family(uri: &str) -> Option<&'static str> {
     let u = uri.to_ascii_lowercase();

@@ -1,4 +1,4 @@
-//! qcow2 (QEMU copy-on-write v2), versions 2 and 3, read-only (formats.md §5.4, §6 rule 23;
+//! qcow2 (QEMU copy-on-write v2), versions 2 and 3, read-only (docs/formats.md §5.4, §6 rule 23;
 //! qemu's `docs/interop/qcow2.txt` and `block/qcow2*.c`).
 //!
 //! Opening reads the header, its extensions (backing format), the backing file name and

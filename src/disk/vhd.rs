@@ -1,5 +1,5 @@
 //! VHD (Virtual PC / Hyper-V "Virtual Hard Disk"): fixed, dynamic and differencing images,
-//! read-only (formats.md §5.1, §5.2, §6 rule 22; Microsoft's VHD specification 1.0; qemu's
+//! read-only (docs/formats.md §5.1, §5.2, §6 rule 22; Microsoft's VHD specification 1.0; qemu's
 //! `block/vpc.c`, where this reader follows qemu, and where it does not).
 //!
 //! * Fixed: raw data then a footer in the last 512 bytes (511 bytes in images older than
@@ -64,7 +64,7 @@ pub const MAX_VIRTUAL_SECTORS: u64 = 0xff00_0000;
 
 /// Smallest block accepted (qemu: a power of two of at least one sector).
 pub const MIN_BLOCK_BYTES: u64 = 512;
-/// Largest block accepted: 256 MiB (formats.md rule 22; producers write 2 MiB, Hyper-V
+/// Largest block accepted: 256 MiB (docs/formats.md §6 rule 22; producers write 2 MiB, Hyper-V
 /// up to 256 MiB). Bounds the size of one bitmap (64 KiB).
 pub const MAX_BLOCK_BYTES: u64 = 256 << 20;
 

@@ -1,5 +1,5 @@
 //! VHDX (Hyper-V virtual hard disk v2): fixed, dynamic and differencing images, read-only
-//! (formats.md §5.3, §6 rule 24; Microsoft's MS-VHDX specification; qemu's
+//! (docs/formats.md §5.3, §6 rule 24; Microsoft's MS-VHDX specification; qemu's
 //! `block/vhdx.c`, `vhdx.h`).
 //!
 //! Opening reads the file identifier, both headers (CRC-32C; the valid one with the highest

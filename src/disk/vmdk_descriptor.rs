@@ -1,5 +1,5 @@
 //! VMDK descriptor files: a text descriptor (`# Disk DescriptorFile`) whose extent lines
-//! name other files of the package (formats.md §4.4, §4.6; qemu's `block/vmdk.c`
+//! name other files of the package (docs/formats.md §4.4, §4.6; qemu's `block/vmdk.c`
 //! `vmdk_parse_extents`).
 //!
 //! createTypes read: monolithicFlat, twoGbMaxExtentFlat, twoGbMaxExtentSparse, vmfs (and

@@ -1,4 +1,4 @@
-//! A stream-optimized VMDK writer (formats.md §4.5), independent of qemu.
+//! A stream-optimized VMDK writer (docs/formats.md §4.5), independent of qemu.
 //!
 //! Used by `ovafs demo` to build appliances and by tests as a fixture generator whose output
 //! qemu-img, VirtualBox and VMware can read. It writes to any `std::io::Write` without

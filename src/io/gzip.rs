@@ -2,7 +2,7 @@
 //!
 //! A [`GzipReader`] is a [`ReadAt`] over the decompressed bytes of a gzip stream held in
 //! another `ReadAt` (an OVA member with `ovf:compression="gzip"`, or a whole `.ova` that is
-//! a gzip-compressed tar; formats.md §1.3, §1.6).
+//! a gzip-compressed tar; docs/formats.md §1.3, §1.6).
 //!
 //! # Index
 //!

@@ -256,7 +256,7 @@ impl ReadAt for Window {
 }
 
 /// Several sources read as one, in order: the chunks of an OVF File split with
-/// `ovf:chunkSize` (formats.md §1.6), joined without copying.
+/// `ovf:chunkSize` (docs/formats.md §1.6), joined without copying.
 #[derive(Clone)]
 pub struct Concat {
     parts: Vec<Arc<dyn ReadAt>>,

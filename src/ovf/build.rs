@@ -1,5 +1,5 @@
 //! From the element tree to the typed [`Descriptor`], enforcing the descriptor rules of
-//! formats.md §6 that the model depends on: rule 9 (File ids and hrefs unique, every
+//! docs/formats.md §6 that the model depends on: rule 9 (File ids and hrefs unique, every
 //! `Disk/@fileRef` names a File, diskIds unique), rule 11 (capacity units and overflow,
 //! `${property}` references), rule 12 (HostResource syntax and targets, `Parent` names an
 //! item and has no cycle, `ovf:configuration` ids exist).
@@ -20,7 +20,7 @@ use super::xml::{ENVELOPE_0_9, ENVELOPE_1, ENVELOPE_2, ENVELOPE_DRAFT, Node, Ns,
 /// Bytes in a MiB.
 const MIB: u64 = 1 << 20;
 
-/// CIM ResourceType values the model reads (formats.md §2.5).
+/// CIM ResourceType values the model reads (docs/formats.md §2.5).
 const RT_PROCESSOR: u16 = 3;
 const RT_MEMORY: u16 = 4;
 const RT_ETHERNET: u16 = 10;

@@ -1,5 +1,5 @@
 //! Splice edits: replace the bytes of a few spans in the original descriptor and leave every
-//! other byte as it was (design.md, "Descriptor").
+//! other byte as it was (docs/design.md "Descriptor").
 //!
 //! An edit is a [`Span`] from the model and the new bytes for it, already escaped for where
 //! they go ([`escape_attr`] for an attribute value, [`escape_text`] for element content).

@@ -1,4 +1,4 @@
-//! The OVF descriptor: a typed model with the byte span of every value (formats.md §2, §6
+//! The OVF descriptor: a typed model with the byte span of every value (docs/formats.md §2, §6
 //! rules 8, 9, 11, 12).
 //!
 //! [`parse`] reads a descriptor in three steps: [`xml`] turns the bytes into a small element
@@ -28,7 +28,7 @@ pub use model::*;
 
 use crate::error::Result;
 
-/// Largest descriptor accepted: 32 MiB (formats.md §6 rule 6). Real descriptors are a few
+/// Largest descriptor accepted: 32 MiB (docs/formats.md §6 rule 6). Real descriptors are a few
 /// kilobytes to a few hundred; VirtualBox's machine blob is the largest part.
 pub const MAX_DESCRIPTOR_BYTES: u64 = 32 << 20;
 

@@ -1,4 +1,4 @@
-//! The typed descriptor model (formats.md §2).
+//! The typed descriptor model (docs/formats.md §2).
 //!
 //! Every value carries the [`Span`] of the bytes it was read from, and every struct that
 //! stands for an element records the element's span, so an editor can change a value by
@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 pub use super::xml::{Span, Spanned};
 
-/// OVF version, from the root element's namespace (formats.md §2.1).
+/// OVF version, from the root element's namespace (docs/formats.md §2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OvfVersion {
     /// VMware's pre-DMTF 0.9 (`http://www.vmware.com/schema/ovf/1/envelope`).
@@ -124,7 +124,7 @@ impl Descriptor {
     }
 }
 
-/// `References/File` (formats.md §1.6).
+/// `References/File` (docs/formats.md §1.6).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRef {
     /// The File element.
@@ -141,7 +141,7 @@ pub struct FileRef {
     pub chunk_size: Option<Spanned<u64>>,
 }
 
-/// `DiskSection/Disk` (formats.md §2.3).
+/// `DiskSection/Disk` (docs/formats.md §2.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskDef {
     /// The Disk element.
@@ -166,7 +166,7 @@ pub struct DiskDef {
     pub parent_ref: Option<Spanned<String>>,
 }
 
-/// `NetworkSection/Network` (formats.md §2.4).
+/// `NetworkSection/Network` (docs/formats.md §2.4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Network {
     /// The Network element.
@@ -177,7 +177,7 @@ pub struct Network {
     pub description: Option<Spanned<String>>,
 }
 
-/// `DeploymentOptionSection/Configuration` (formats.md §2.8).
+/// `DeploymentOptionSection/Configuration` (docs/formats.md §2.8).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Configuration {
     /// The Configuration element.
@@ -192,7 +192,7 @@ pub struct Configuration {
     pub description: Option<Spanned<String>>,
 }
 
-/// A VirtualSystemCollection (formats.md §2.2).
+/// A VirtualSystemCollection (docs/formats.md §2.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collection {
     /// The collection element.
@@ -209,7 +209,7 @@ pub struct Collection {
     pub properties: Vec<Property>,
 }
 
-/// A VirtualSystem (formats.md §2.2, §2.5-2.7).
+/// A VirtualSystem (docs/formats.md §2.2, §2.5-2.7).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtualSystem {
     /// The VirtualSystem element.
@@ -242,7 +242,7 @@ pub struct VirtualSystem {
     pub properties: Vec<Property>,
 }
 
-/// `OperatingSystemSection` (formats.md §2.7).
+/// `OperatingSystemSection` (docs/formats.md §2.7).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OsInfo {
     /// The section element.
@@ -255,7 +255,7 @@ pub struct OsInfo {
     pub vmw_os_type: Option<Spanned<String>>,
 }
 
-/// A `VirtualHardwareSection` (formats.md §2.5).
+/// A `VirtualHardwareSection` (docs/formats.md §2.5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtualHardware {
     /// The section element.
@@ -361,7 +361,7 @@ fn instance_id(fields: &[ItemField]) -> Option<&Spanned<String>> {
 }
 
 /// An item as it applies in one configuration: items with the same InstanceID merged, later
-/// children replacing like-named earlier ones (DSP0243, formats.md §2.5).
+/// children replacing like-named earlier ones (DSP0243, docs/formats.md §2.5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EffectiveItem {
     /// Kind of the first item merged.
@@ -398,7 +398,7 @@ impl EffectiveItem {
         self.text("ResourceType")?.value.trim().parse().ok()
     }
 
-    /// The display name: ElementName, else Caption, else Description (formats.md §2.5).
+    /// The display name: ElementName, else Caption, else Description (docs/formats.md §2.5).
     pub fn display_name(&self) -> Option<&Spanned<String>> {
         self.text("ElementName")
             .or_else(|| self.text("Caption"))
@@ -469,7 +469,7 @@ pub struct Nic {
     pub element_name: Option<Spanned<String>>,
 }
 
-/// What a `HostResource` names (formats.md §2.3).
+/// What a `HostResource` names (docs/formats.md §2.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostResourceKind {
     /// `ovf:/disk/<diskId>`.
@@ -506,7 +506,7 @@ pub struct DiskItem {
     pub element_name: Option<Spanned<String>>,
 }
 
-/// `ProductSection` product information (formats.md §2.6).
+/// `ProductSection` product information (docs/formats.md §2.6).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProductInfo {
     /// The section element.
@@ -542,7 +542,7 @@ pub struct PropertyValue {
     pub configurations: Option<Spanned<Vec<String>>>,
 }
 
-/// `ProductSection/Property` (formats.md §2.6).
+/// `ProductSection/Property` (docs/formats.md §2.6).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Property {
     /// The Property element.

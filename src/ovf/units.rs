@@ -1,4 +1,4 @@
-//! Byte units of `ovf:capacityAllocationUnits` and `rasd:AllocationUnits` (formats.md §2.3,
+//! Byte units of `ovf:capacityAllocationUnits` and `rasd:AllocationUnits` (docs/formats.md §2.3,
 //! §2.5, §6 rule 11).
 //!
 //! DSP0004 programmatic units with base unit byte: `byte`, `byte * 2^N`, `byte * 10^N`

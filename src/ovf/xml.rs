@@ -1,5 +1,5 @@
 //! A small element tree over the descriptor bytes, with the byte span of every value
-//! (formats.md §2.1, §6 rule 8).
+//! (docs/formats.md §2.1, §6 rule 8).
 //!
 //! The tree is built from `quick-xml` events ([`NsReader`] over the original bytes, so
 //! attribute values and text are borrowed from the document and their offsets are exact).
@@ -26,7 +26,7 @@ use quick_xml::reader::NsReader;
 
 use super::OvfError;
 
-/// Deepest element nesting accepted (formats.md §6 rule 8). Real descriptors nest about ten
+/// Deepest element nesting accepted (docs/formats.md §6 rule 8). Real descriptors nest about ten
 /// levels (collections add two per level); 256 leaves room and bounds recursion.
 pub const MAX_DEPTH: usize = 256;
 
@@ -107,7 +107,7 @@ impl<T> std::ops::Deref for Spanned<T> {
     }
 }
 
-/// The namespaces the model distinguishes (formats.md §2.1).
+/// The namespaces the model distinguishes (docs/formats.md §2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ns {
     /// Any OVF envelope namespace (0.9, draft, 1.x, 2.x).
@@ -144,7 +144,7 @@ impl Ns {
     }
 }
 
-/// OVF envelope namespace URIs, with the version each one means (formats.md §2.1).
+/// OVF envelope namespace URIs, with the version each one means (docs/formats.md §2.1).
 pub(crate) const ENVELOPE_0_9: &str = "http://www.vmware.com/schema/ovf/1/envelope";
 pub(crate) const ENVELOPE_DRAFT: &str = "http://schemas.dmtf.org/ovf/envelope";
 pub(crate) const ENVELOPE_1: &str = "http://schemas.dmtf.org/ovf/envelope/1";

@@ -1,5 +1,5 @@
 //! Opening an unpacked package: the `.ovf`, the files its References name, and the `.mf` /
-//! `.cert` beside it (formats.md §1.5, §6 rules 3, 13).
+//! `.cert` beside it (docs/formats.md §1.5, §6 rules 3, 13).
 //!
 //! The descriptor's folder is opened once, when the package is opened ([`PackageDir`]), and
 //! every file of the package is opened relative to that descriptor: the descriptor itself,

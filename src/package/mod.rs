@@ -1,5 +1,5 @@
 //! An OVF package: an OVA archive or an unpacked folder, its descriptor, and every File the
-//! descriptor names resolved to a member (formats.md §1.1, §1.4-1.6, §6 rules 9, 10, 13).
+//! descriptor names resolved to a member (docs/formats.md §1.1, §1.4-1.6, §6 rules 9, 10, 13).
 //!
 //! [`open`] decides by name: a path ending in `.ovf` (any case) is an unpacked package
 //! ([`SourceKind::Folder`]); anything else is read as a tar archive ([`SourceKind::Ova`]).
@@ -24,7 +24,7 @@
 //! must equal the stored size. A gzip-compressed File resolves to its member (shown byte-exact),
 //! and its disk is marked [`Encoding::Gzip`]; [`decode`] gives the decompressed image.
 //!
-//! An OVA that is a gzip-compressed tar (`.ova.gz`, read by XenAdmin; formats.md §1.3) is
+//! An OVA that is a gzip-compressed tar (`.ova.gz`, read by XenAdmin; docs/formats.md §1.3) is
 //! recognised by its magic, decompressed through a [`GzipReader`] (one indexing pass at open)
 //! and indexed like any tar: members are windows onto the decompressed archive. Archives
 //! compressed with xz, bzip2 or zstd are refused ([`PackageError::CompressedArchive`]).
@@ -108,7 +108,7 @@ pub enum PackageError {
         /// The href.
         href: String,
     },
-    /// A chunk of a chunked File is missing (formats.md §1.6, §6 rule 10).
+    /// A chunk of a chunked File is missing (docs/formats.md §1.6, §6 rule 10).
     #[error("href {href:?}: chunk {index} ({name:?}) is missing")]
     MissingChunk {
         /// The href.
@@ -138,7 +138,7 @@ pub enum PackageError {
         /// The stored size.
         actual: u64,
     },
-    /// Two Files resolve to the same member (formats.md §6 rule 9).
+    /// Two Files resolve to the same member (docs/formats.md §6 rule 9).
     #[error("hrefs {first:?} and {second:?} both name {member:?}")]
     HrefsShareMember {
         /// The first href.

@@ -1,5 +1,5 @@
 //! Opening an OVA: index the tar, find the descriptor, manifest and certificate, resolve the
-//! Files (formats.md §1.1, §1.4, §1.7).
+//! Files (docs/formats.md §1.1, §1.4, §1.7).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

@@ -1,5 +1,5 @@
 //! Resolving References/File hrefs to members, and disks to files, for both package kinds
-//! (formats.md §1.6, §6 rules 9, 10, 13).
+//! (docs/formats.md §1.6, §6 rules 9, 10, 13).
 //!
 //! The two package kinds differ only in how a member name is looked up ([`MemberSource`]):
 //! an OVA searches its tar index, a folder opens files on demand. Everything else (URL
@@ -36,7 +36,7 @@ pub(super) trait MemberSource {
 }
 
 /// Whether an href has a URL scheme (`http:`, `file:`, ..., RFC 3986 `scheme ":"`). Such
-/// hrefs are never fetched or opened (formats.md §6 rule 13). A Windows drive letter (`C:`)
+/// hrefs are never fetched or opened (docs/formats.md §6 rule 13). A Windows drive letter (`C:`)
 /// counts as a scheme, which is what we want: it is not a relative reference either.
 pub fn has_url_scheme(href: &str) -> bool {
     let Some((scheme, _)) = href.split_once(':') else {

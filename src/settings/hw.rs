@@ -1,5 +1,5 @@
 //! Hardware items as one configuration sees them, and edits that change one configuration
-//! only (formats.md §2.5, DSP0243 "Item" merging and `ovf:configuration`).
+//! only (docs/formats.md §2.5, DSP0243 "Item" merging and `ovf:configuration`).
 //!
 //! Items with the same InstanceID are merged in document order, a later item's children
 //! replacing like-named children of earlier ones, among the items that apply to the

@@ -1,5 +1,5 @@
 //! CIM operating system types (`CIM_OperatingSystem.OSType`), the `ovf:id` of an
-//! OperatingSystemSection (formats.md §2.7; the list VirtualBox uses, to CIM 2.52).
+//! OperatingSystemSection (docs/formats.md §2.7; the list VirtualBox uses, to CIM 2.52).
 
 /// Names by id; the index is the id.
 pub(crate) const CIM_OS_TYPES: &[&str] = &[

@@ -1,5 +1,5 @@
 //! Validation of ProductSection property values: the `ovf:type` and the `ovf:qualifiers`
-//! (formats.md §2.6).
+//! (docs/formats.md §2.6).
 //!
 //! Types: the CIM intrinsic integers (`uint8` ... `sint64`) by their ranges, `real32` and
 //! `real64` (finite decimal numbers), `boolean` (`true`/`false`; `1`/`0` and any case are

@@ -1,5 +1,6 @@
 //! The OVF certificate (`.cert`): parse it, check the signature over the manifest, describe
-//! the signer and say whether its chain leads to a trusted root (formats.md §3.2, §6 rule 14).
+//! the signer and say whether its chain leads to a trusted root (docs/formats.md §3.2,
+//! §6 rule 14).
 //!
 //! Format (ovftool, ova-compose, XenAdmin, VirtualBox):
 //! ```text
@@ -25,7 +26,7 @@
 //! - the signer's key may be RSA, ECDSA, DSA or EdDSA, and old certificates use MD5 or SHA-1
 //!   signatures: OpenSSL verifies all of them; `rsa 0.9` is RSA-only and refuses moduli
 //!   above 4096 bits;
-//! - it builds faster (18 crates against 50, deps.md item 11); the cost is `libssl-dev` and
+//! - it builds faster (18 crates against 50, docs/deps.md §6); the cost is `libssl-dev` and
 //!   `pkg-config` at build time (`scripts/test` installs them).
 //!
 //! The text around the PEM blocks is parsed here, in Rust, with every size bounded

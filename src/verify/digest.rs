@@ -11,7 +11,7 @@
 //! here). Several algorithms for one source are computed from the same buffers.
 //!
 //! The hashes are the RustCrypto `sha1` / `sha2` 0.10 crates, which pick the SHA-NI code path
-//! at run time (no `asm` feature: deps.md item 6).
+//! at run time (no `asm` feature: docs/deps.md §3.2).
 //!
 //! Memory: at most `workers × (RING_BUFFERS × chunk)` bytes of buffers (48 MiB with two
 //! workers and the defaults). With [`DigestOptions::threads`] = 1 everything runs on the

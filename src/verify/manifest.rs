@@ -1,5 +1,5 @@
 //! The OVF manifest (`.mf`): a lenient parser for every dialect seen in the wild, and a
-//! formatter that writes a line back in the style it was read in (formats.md §3.1, §6 rules
+//! formatter that writes a line back in the style it was read in (docs/formats.md §3.1, §6 rules
 //! 6 and 14).
 //!
 //! Canonical line (DSP0243): `SHA256(name)= hex\n`. Also read:
@@ -29,7 +29,7 @@
 use std::fmt;
 use std::ops::Range;
 
-/// Largest manifest accepted: 4 MiB, as VirtualBox caps it when signing (formats.md §6 rule
+/// Largest manifest accepted: 4 MiB, as VirtualBox caps it when signing (docs/formats.md §6 rule
 /// 6). A real manifest has one short line per file.
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 

@@ -1,5 +1,5 @@
 //! Integrity of a package: the manifest's digests and the certificate's signature
-//! (formats.md §3, §6 rule 14). [`verify_package`] is what `ovafs verify` runs.
+//! (docs/formats.md §3, §6 rule 14). [`verify_package`] is what `ovafs verify` runs.
 //!
 //! - [`manifest`]: lenient parser for every manifest dialect, style-preserving formatter.
 //! - [`digest`]: SHA-1/SHA-224/SHA-256/SHA-384/SHA-512 of many members in one pass, on every core.
@@ -8,7 +8,7 @@
 //! # What is checked, and what fails
 //! Names in the manifest are relative to the descriptor's folder. Each one is matched to:
 //! a member of that exact name; else, for a chunked File (`ovf:chunkSize`), the href of the
-//! whole file (the digest of the chunks joined: formats.md §1.6 says manifests name the
+//! whole file (the digest of the chunks joined: docs/formats.md §1.6 says manifests name the
 //! chunks, so both forms are accepted); else a member whose name differs only in case (a
 //! warning is recorded); else, for an unpacked package, a regular file inside its folder.
 //! Digests are over the bytes as stored: a gzip-compressed File is hashed compressed.
@@ -45,7 +45,7 @@
 //!
 //! Does not fail, but reported: duplicate identical lines (shown once), an entry for the
 //! manifest itself (a file cannot contain its own digest: shown as `self` and ignored, as
-//! formats.md §3.1 advises), MD5/SIZE lines next to a supported digest of the same file, an
+//! docs/formats.md §3.1 advises), MD5/SIZE lines next to a supported digest of the same file, an
 //! untrusted chain or an expired certificate (unless trust is required), a certificate that
 //! names the manifest differently (only the bytes are signed).
 //!

@@ -1,4 +1,4 @@
-//! The text descriptor embedded in a sparse extent (formats.md §4.4), parsed only as far as
+//! The text descriptor embedded in a sparse extent (docs/formats.md §4.4), parsed only as far as
 //! diagnostics need: `createType`, the content ids, and the extent lines.
 //!
 //! Reading data never depends on the descriptor (the binary header is authoritative), so a

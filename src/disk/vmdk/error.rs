@@ -1,6 +1,6 @@
 //! The typed errors of the VMDK sparse-extent reader and the stream-optimized writer.
 //!
-//! Each variant names the rule of formats.md §6 (rules 15-21) that the input broke, with
+//! Each variant names the rule of docs/formats.md §6 (rules 15-21) that the input broke, with
 //! the structured fields a test or a log needs (which table entry, which sector). Offsets
 //! and sizes are in sectors of 512 bytes unless the field name says otherwise.
 

@@ -1,4 +1,4 @@
-//! The grain map: which sector of the extent holds each grain (formats.md §4.3, §4.5).
+//! The grain map: which sector of the extent holds each grain (docs/formats.md §4.3, §4.5).
 //!
 //! Two sources, one lookup:
 //! * [`GrainDirectory`]: the grain directory read at open (bounded by
@@ -197,7 +197,7 @@ impl GrainDirectory {
             tables.push((entry, index32));
         }
         // Two entries sharing (part of) a table would let a small file stand for a huge
-        // disk and is never written by a real producer: refuse it (formats.md rule 18).
+        // disk and is never written by a real producer: refuse it (docs/formats.md §6 rule 18).
         tables.sort_unstable();
         for pair in tables.windows(2) {
             let ((a_start, a_index), (b_start, b_index)) = (pair[0], pair[1]);

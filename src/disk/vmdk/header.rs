@@ -1,8 +1,8 @@
 //! On-disk structures of a VMDK sparse extent: the 512-byte `SparseExtentHeader` and the
-//! stream-optimized markers (formats.md §4.1, §4.2, §4.5).
+//! stream-optimized markers (docs/formats.md §4.1, §4.2, §4.5).
 //!
 //! `parse` only decodes bytes; `validate` applies the rules that need nothing but the header
-//! itself (formats.md §6 rules 15-17). Checks against the extent's length live in the
+//! itself (docs/formats.md §6 rules 15-17). Checks against the extent's length live in the
 //! caller. `encode` is the inverse of `parse`, used by the writer and by test fixtures.
 
 use super::error::VmdkError;
@@ -32,7 +32,7 @@ pub const KNOWN_INCOMPATIBLE_FLAGS: u32 = FLAG_COMPRESSED | FLAG_MARKERS;
 
 /// compressAlgorithm 0: grains stored verbatim.
 pub const COMPRESSION_NONE: u16 = 0;
-/// compressAlgorithm 1: DEFLATE (in practice zlib-wrapped, formats.md §4.5).
+/// compressAlgorithm 1: DEFLATE (in practice zlib-wrapped, docs/formats.md §4.5).
 pub const COMPRESSION_DEFLATE: u16 = 1;
 
 /// gdOffset value meaning "the grain directory is in the footer at the end of the stream".
@@ -43,8 +43,8 @@ pub const NEWLINE_BYTES: [u8; 4] = [0x0A, 0x20, 0x0D, 0x0A];
 
 /// Smallest grain accepted, in sectors (4 KiB; the spec says "> 8", VirtualBox accepts 8).
 pub const MIN_GRAIN_SECTORS: u64 = 8;
-/// Largest grain accepted, in sectors (1 MiB, formats.md rule 16): every decode allocates a
-/// grain, so this bounds the memory one read can demand.
+/// Largest grain accepted, in sectors (1 MiB, docs/formats.md §6 rule 16): every decode
+/// allocates a grain, so this bounds the memory one read can demand.
 pub const MAX_GRAIN_SECTORS: u64 = 2048;
 
 // A grain is the decoded unit: the largest grain must fit the engine's unit limit.
@@ -179,7 +179,7 @@ impl SparseExtentHeader {
         self.capacity_sectors == 0 && self.descriptor_offset_sectors != 0
     }
 
-    /// Checks the rules that need only the header (formats.md §6 rules 15-17). On success
+    /// Checks the rules that need only the header (docs/formats.md §6 rules 15-17). On success
     /// the derived quantities ([`Geometry`]) cannot overflow.
     pub fn validate(&self) -> Result<Geometry, VmdkError> {
         if self.magic_number != SPARSE_MAGIC {
@@ -288,7 +288,7 @@ pub struct Geometry {
     pub gd_sectors: u64,
 }
 
-/// Size of a grain marker's header: `lba u64` + `size u32` (formats.md §4.5).
+/// Size of a grain marker's header: `lba u64` + `size u32` (docs/formats.md §4.5).
 pub const GRAIN_MARKER_HEADER_BYTES: u64 = 12;
 /// Size of the size-only header of a compressed grain in an extent without markers (flag 16
 /// without 17; open-vmdk's reading): `size u32`.
@@ -297,10 +297,10 @@ pub const GRAIN_SIZE_HEADER_BYTES: u64 = 4;
 pub const MARKER_BYTES: usize = 16;
 
 /// Slack above one grain that a compressed grain may take: deflate expands incompressible
-/// data by a few bytes per 16 KiB block (formats.md rule 19: grainBytes + 1024).
+/// data by a few bytes per 16 KiB block (docs/formats.md §6 rule 19: grainBytes + 1024).
 pub const COMPRESSED_GRAIN_SLACK_BYTES: u64 = 1024;
 
-/// Metadata marker types (formats.md §4.5).
+/// Metadata marker types (docs/formats.md §4.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MarkerType {
     /// 0: end of stream.

@@ -1,12 +1,12 @@
 //! VMDK sparse extents: stream-optimized and hosted sparse (monolithicSparse), read-only.
 //!
-//! Follows formats.md §4 (VMDK) and the validation rules 15-21 and 25 of §6. Opening reads
+//! Follows docs/formats.md §4 (VMDK) and the validation rules 15-21 and 25 of §6. Opening reads
 //! metadata only: the header, the embedded descriptor (bounded), the footer when the header
 //! defers to it, and the grain directory. Grain tables are loaded lazily into a bounded
 //! LRU (`grain_map`); no grain is decoded at open. [`SparseVmdk::map`] answers from those
 //! tables; [`SparseVmdk::decode_unit`] reads one grain marker and inflates one grain.
 //!
-//! Layouts handled (formats.md §4.5):
+//! Layouts handled (docs/formats.md §4.5):
 //! * grain directory in the footer (header gdOffset = `GD_AT_END`; VMware, VirtualBox);
 //! * grain directory in the header (qemu-img, open-vmdk), with or without a footer too;
 //! * no usable grain directory: header says `GD_AT_END` but there is no valid footer; the
