@@ -391,9 +391,11 @@ impl Editor {
             return;
         };
         let entries = self.entries();
+        let kinds = entries.iter().map(|(p, k)| (p.as_str(), k)).collect();
         root.sync_live(&EditorTree {
             editor: &editor,
             entries: &entries,
+            kinds,
             refusals: &shown.refusals,
         });
     }
@@ -408,6 +410,8 @@ impl Editor {
 struct EditorTree<'a> {
     editor: &'a Arc<Editor>,
     entries: &'a [(String, LiveKind)],
+    /// The entries by path (a descriptor may hold many thousands of properties).
+    kinds: std::collections::HashMap<&'a str, &'a LiveKind>,
     refusals: &'a Arc<Refusals>,
 }
 
@@ -417,7 +421,7 @@ impl LiveTree for EditorTree<'_> {
     }
 
     fn node(&self, path: &str) -> Option<Node> {
-        let (_, kind) = self.entries.iter().find(|(p, _)| p == path)?;
+        let kind = *self.kinds.get(path)?;
         Some(match kind {
             LiveKind::Dir => Node::Dir(self.folder(path)),
             LiveKind::Symlink(target) => Node::symlink(target),

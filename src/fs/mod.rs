@@ -220,6 +220,19 @@ impl OvaFs {
         (attr, ttl)
     }
 
+    /// Whether `ino`'s node is no longer where the table last saw it (a setting removed by a
+    /// commit): once the kernel forgets it, nothing can reach it again.
+    fn is_orphan(&self, ino: u64) -> bool {
+        let (parent, name, node) = match self.table().get(ino) {
+            Some(s) => (s.parent, s.name.clone(), s.node.clone()),
+            None => return false,
+        };
+        match self.table().node(parent) {
+            Some(Node::Dir(d)) => !d.lookup(&name).is_some_and(|n| n.same_as(&node)),
+            _ => true,
+        }
+    }
+
     /// The time symbolic links show: the root folder's.
     fn symlink_time(&self) -> SystemTime {
         match self.table().node(ROOT_INO) {
@@ -277,22 +290,7 @@ fn open_flags(caching: Caching) -> FopenFlags {
 /// Nodes below `dir` (not below lazy folders), to size the bound on scratch files.
 fn count_nodes(dir: &dyn DirNode) -> usize {
     let mut count = 0usize;
-    let mut stack: Vec<(Arc<dyn DirNode>, usize)> = Vec::new();
-    let mut visit = |entries: Vec<(String, Node)>, depth: usize, stack: &mut Vec<_>| {
-        for (_, node) in entries {
-            count += 1;
-            if let Node::Dir(d) = node
-                && !d.is_lazy()
-                && depth < 256
-            {
-                stack.push((d, depth + 1));
-            }
-        }
-    };
-    visit(dir.entries(), 0, &mut stack);
-    while let Some((d, depth)) = stack.pop() {
-        visit(d.entries(), depth, &mut stack);
-    }
+    crate::node::folder::walk(dir, &mut |_| count += 1);
     count
 }
 
@@ -592,7 +590,8 @@ impl Filesystem for OvaFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.table_mut().forget(ino.0, nlookup);
+        let orphan = self.is_orphan(ino.0);
+        self.table_mut().forget(ino.0, nlookup, orphan);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -1114,12 +1113,12 @@ mod tests {
         let (name, child) = fs.do_lookup(guest_ino, OsStr::new("child")).unwrap();
         let child_ino = fs.number(guest_ino, &name, &child, true);
         assert_eq!(fs.table().path_of(child_ino), "guest/child");
-        fs.table_mut().forget(child_ino, 1);
+        fs.table_mut().forget(child_ino, 1, false);
         assert!(
             fs.table().get(child_ino).is_none(),
             "a lazy child goes when forgotten"
         );
-        fs.table_mut().forget(guest_ino, 1);
+        fs.table_mut().forget(guest_ino, 1, false);
         assert!(
             fs.table().get(guest_ino).is_some(),
             "the folder itself stays"

@@ -5,10 +5,14 @@
 //! the mount, across renames and commits. Numbers are never reused within a mount (a
 //! monotonic counter), so a number the kernel still holds can never name another file.
 //!
-//! Slots are kept for the life of the mount, except those of nodes that live in a lazy
-//! folder ([`crate::node::DirNode::is_lazy`]: a guest file system, whose children are many
-//! and expensive): those go when the kernel forgets them, and come back with a new number
-//! when looked up again. A removed file (an unlinked scratch file) loses its slot at once.
+//! Slots are kept for the life of the mount, except:
+//! - those of nodes that live in a lazy folder ([`crate::node::DirNode::is_lazy`]: a guest
+//!   file system, whose children are many and expensive): they go when the kernel forgets
+//!   them, and come back with a new number when looked up again. Listing such a folder
+//!   numbers its children without the kernel holding them; when more than
+//!   [`MAX_IDLE_FORGETTABLE`] such slots are idle, they are swept;
+//! - a removed file (an unlinked scratch file) loses its slot at once, and one that is no
+//!   longer in its folder (a setting a commit removed) when the kernel forgets it.
 
 use std::collections::HashMap;
 
@@ -16,6 +20,10 @@ use crate::node::Node;
 
 /// Inode number of the root directory (FUSE's fixed value).
 pub const ROOT_INO: u64 = 1;
+
+/// Forgettable slots held before those the kernel does not hold are swept (bounds the
+/// table whatever a listing of a lazy folder adds).
+pub const MAX_IDLE_FORGETTABLE: usize = 65_536;
 
 /// Deepest nesting walked to build a path (bounds the loop whatever the table holds).
 const MAX_DEPTH: usize = 256;
@@ -39,6 +47,8 @@ pub struct Table {
     slots: HashMap<u64, Slot>,
     by_identity: HashMap<usize, u64>,
     next: u64,
+    /// Slots that are forgettable.
+    forgettable: usize,
 }
 
 impl Table {
@@ -48,6 +58,7 @@ impl Table {
             slots: HashMap::new(),
             by_identity: HashMap::new(),
             next: ROOT_INO + 1,
+            forgettable: 0,
         };
         t.by_identity.insert(root.identity(), ROOT_INO);
         t.slots.insert(
@@ -97,6 +108,10 @@ impl Table {
         let ino = match self.by_identity.get(&node.identity()) {
             Some(&ino) => ino,
             None => {
+                if forgettable {
+                    self.sweep_if_full();
+                    self.forgettable += 1;
+                }
                 let ino = self.next;
                 self.next += 1;
                 self.by_identity.insert(node.identity(), ino);
@@ -127,20 +142,40 @@ impl Table {
 
     /// Drops the slot of `node` (a file that no longer exists anywhere).
     pub fn remove(&mut self, node: &Node) {
-        if let Some(ino) = self.by_identity.remove(&node.identity()) {
-            self.slots.remove(&ino);
+        if let Some(ino) = self.by_identity.remove(&node.identity())
+            && let Some(slot) = self.slots.remove(&ino)
+            && slot.forgettable
+        {
+            self.forgettable = self.forgettable.saturating_sub(1);
         }
     }
 
-    /// The kernel forgets `count` lookups of `ino`.
-    pub fn forget(&mut self, ino: u64, count: u64) {
+    /// The kernel forgets `count` lookups of `ino`; `orphan` says its node is no longer in
+    /// its folder.
+    pub fn forget(&mut self, ino: u64, count: u64, orphan: bool) {
         let Some(slot) = self.slots.get_mut(&ino) else {
             return;
         };
         slot.lookups = slot.lookups.saturating_sub(count);
-        if slot.lookups == 0 && slot.forgettable && ino != ROOT_INO {
+        if slot.lookups == 0 && (slot.forgettable || orphan) && ino != ROOT_INO {
             let node = slot.node.clone();
             self.remove(&node);
+        }
+    }
+
+    /// Drops the forgettable slots the kernel holds no lookup of, when there are too many.
+    fn sweep_if_full(&mut self) {
+        if self.forgettable < MAX_IDLE_FORGETTABLE {
+            return;
+        }
+        let idle: Vec<Node> = self
+            .slots
+            .values()
+            .filter(|s| s.forgettable && s.lookups == 0)
+            .map(|s| s.node.clone())
+            .collect();
+        for node in &idle {
+            self.remove(node);
         }
     }
 
@@ -193,13 +228,35 @@ mod tests {
         let ik = t.number(ROOT_INO, "k", &kept, true, false);
         let il = t.number(ROOT_INO, "l", &lazy, true, true);
         t.number(ROOT_INO, "l", &lazy, true, true);
-        t.forget(ik, 1);
-        t.forget(il, 1);
+        t.forget(ik, 1, false);
+        t.forget(il, 1, false);
         assert!(t.get(ik).is_some() && t.get(il).is_some());
-        t.forget(il, 1);
+        t.forget(il, 1, false);
         assert!(t.get(il).is_none());
-        t.forget(ROOT_INO, 10);
+        let orphan = Node::symlink("o");
+        let io = t.number(ROOT_INO, "o", &orphan, true, false);
+        t.forget(io, 1, true);
+        assert!(
+            t.get(io).is_none(),
+            "a node no longer in its folder goes when forgotten"
+        );
+        t.forget(ROOT_INO, 10, true);
         assert!(t.get(ROOT_INO).is_some());
         assert!(t.get(0).is_none() && t.get(u64::MAX).is_none());
+    }
+
+    #[test]
+    fn idle_slots_of_listings_are_swept() {
+        let mut t = Table::new(Node::symlink("root"));
+        let held = Node::symlink("held");
+        let ih = t.number(ROOT_INO, "held", &held, true, true);
+        let listed: Vec<Node> = (0..MAX_IDLE_FORGETTABLE + 10)
+            .map(|i| Node::symlink(&i.to_string()))
+            .collect();
+        for (i, n) in listed.iter().enumerate() {
+            t.number(ROOT_INO, &i.to_string(), n, false, true);
+        }
+        assert!(t.len() < MAX_IDLE_FORGETTABLE, "swept: {}", t.len());
+        assert!(t.get(ih).is_some(), "a slot the kernel holds is kept");
     }
 }

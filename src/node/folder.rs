@@ -500,26 +500,34 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
-/// Sum of the sizes of the files below `dir` that never change or are scratch files (what
-/// `statfs` reports), not counting files edited whole nor the children of lazy folders.
-pub fn stored_bytes(dir: &dyn DirNode, background: &dyn super::Background) -> u64 {
-    let mut total = 0u64;
-    let mut stack: Vec<(Arc<dyn DirNode>, usize)> = Vec::new();
-    let mut visit = |entries: Vec<(String, Node)>, depth: usize, stack: &mut Vec<_>| {
+/// Calls `visit` for every node below `dir`, depth first, without entering lazy folders
+/// (their children are expensive) and at most [`MAX_DEPTH`] folders deep.
+pub fn walk(dir: &dyn DirNode, visit: &mut dyn FnMut(&Node)) {
+    let mut stack: Vec<(Vec<(String, Node)>, usize)> = vec![(dir.entries(), 0)];
+    while let Some((entries, depth)) = stack.pop() {
         for (_, node) in entries {
-            match node {
-                Node::File(f) if !f.edited_whole() => {
-                    total = total.saturating_add(f.attributes(background).size);
-                }
-                Node::Dir(d) if !d.is_lazy() && depth < MAX_DEPTH => stack.push((d, depth + 1)),
-                _ => {}
+            visit(&node);
+            if let Node::Dir(d) = &node
+                && !d.is_lazy()
+                && depth < MAX_DEPTH
+            {
+                stack.push((d.entries(), depth + 1));
             }
         }
-    };
-    visit(dir.entries(), 0, &mut stack);
-    while let Some((d, depth)) = stack.pop() {
-        visit(d.entries(), depth, &mut stack);
     }
+}
+
+/// Sum of the sizes of the files below `dir` that are not edited whole (members, flat
+/// disks, scratch files: what `statfs` reports), not counting the children of lazy folders.
+pub fn stored_bytes(dir: &dyn DirNode, background: &dyn super::Background) -> u64 {
+    let mut total = 0u64;
+    walk(dir, &mut |node| {
+        if let Node::File(f) = node
+            && !f.edited_whole()
+        {
+            total = total.saturating_add(f.attributes(background).size);
+        }
+    });
     total
 }
 
