@@ -11,6 +11,8 @@
 //! - networks_are_created_before_use, descriptor_replacement_is_checked,
 //!   read_only_sources_and_ro_mounts, unedited_corpus_ovas_stay_byte_identical,
 //!   kill_9_during_edits_never_loses_an_acknowledged_edit.
+//! - inode_numbers_stay_across_edits_and_listings_agree_with_stat: numbers from the node
+//!   tree's inode table, judged by `stat` and `ls -i`.
 
 mod common;
 
@@ -648,5 +650,55 @@ fn virtualbox_machine_settings_follow_edits() {
         virtualbox_cpus_and_memory(&after.join("vb.ovf")),
         ("4".into(), "3072".into()),
         "VirtualBox would import the old values"
+    );
+}
+
+/// Inode numbers in the node tree: a setting, a member and a flat disk keep theirs across
+/// a commit; `ls -i` (the listing's numbers) agrees with `stat` (the lookup's); a folder the
+/// settings tree does not answer for refuses `mkdir` without touching the OVA.
+#[test]
+fn inode_numbers_stay_across_edits_and_listings_agree_with_stat() {
+    let tmp = tempdir();
+    let (ova, _) = sample_ova(tmp.path(), "inodes");
+    let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
+    let stat_ino = |rel: &str| -> String {
+        let out = run_ok(Command::new("stat").arg("-c").arg("%i").arg(m.path(rel)));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let disk = fs::read_dir(m.path("disks"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let disk = format!("disks/{}", disk.to_string_lossy());
+    let watched = ["vm/cpus", "vm/memory", disk.as_str(), "inodes.ovf"];
+    let before: Vec<String> = watched.iter().map(|p| stat_ino(p)).collect();
+    let out = sh(&format!("echo 3 > '{}'", m.path("vm/cpus").display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read(&m.path("vm/cpus")), "3\n");
+    let after: Vec<String> = watched.iter().map(|p| stat_ino(p)).collect();
+    assert_eq!(before, after, "numbers of {watched:?} across a commit");
+    // `ls -i` lists the numbers readdir gives; each must be the one stat gives.
+    let out = run_ok(Command::new("ls").arg("-i1").arg(m.path("vm")));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let mut compared = 0;
+    for line in listing.lines() {
+        let (ino, name) = line.trim().split_once(' ').expect("ls -i line");
+        assert_eq!(ino, stat_ino(&format!("vm/{name}")), "vm/{name}");
+        compared += 1;
+    }
+    assert!(compared >= 3, "{listing}");
+    let bytes = fs::read(&ova).unwrap();
+    let err = fs::create_dir(m.path("disks/new")).expect_err("mkdir in disks/");
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    assert_eq!(
+        fs::read(&ova).unwrap(),
+        bytes,
+        "a refused mkdir writes nothing"
     );
 }
