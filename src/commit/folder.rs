@@ -9,14 +9,14 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::journal::{self, Identity, Journal, Kind, Op};
+use super::journal::{self, Identity, Journal, Kind, Op, Target};
 use super::lock::{self, Attempt, PackageLock};
 use super::trust::Folder;
 use super::{
     CommitError, CommitOptions, CommitPath, CommitReport, FaultPoint, MAX_MANIFEST_BYTES,
     check_dir_writable, check_writable, journal_beside, journal_path, journal_waits, locked,
-    manifest, read_only, recover_before_commit, remove_journal, split_path, temp_prefix,
-    write_journal,
+    manifest, new_file_busy, read_only, recover_before_commit, remove_journal, split_path,
+    temp_prefix, write_journal,
 };
 use crate::archive::names::file_name;
 use crate::error::{Error, Result};
@@ -86,29 +86,6 @@ fn write_temp(dir: &Path, prefix: &str, bytes: &[u8], like: &Path) -> Result<(St
             reason: "temporary file without a UTF-8 name",
         })?;
     Ok((name, file))
-}
-
-/// Carries out folder journal operations: each rename only if its temporary file is still
-/// there, each removal only if the file is still there (so replaying is harmless).
-/// Names are resolved in `folder` (recovery checked each file a rename moves beforehand).
-pub(super) fn apply_ops(folder: &Folder, ops: &[Op], opts: &CommitOptions) -> Result<()> {
-    for (i, op) in ops.iter().enumerate() {
-        match op {
-            Op::Rename { from, to, .. } => {
-                if folder.lstat(from)?.is_some() {
-                    folder.rename(from, to)?;
-                }
-            }
-            Op::Remove { name } => {
-                if folder.lstat(name)?.is_some() {
-                    folder.unlink(name)?;
-                }
-            }
-            Op::Write { .. } => {}
-        }
-        opts.fault(FaultPoint::Applied { op: i, half: 1 });
-    }
-    folder.sync()
 }
 
 impl FolderCommitter {
@@ -205,12 +182,9 @@ impl FolderCommitter {
             let (t, file) = write_temp(&self.dir, &prefix, new, &self.path)?;
             temps.push(t.clone());
             // Locked before it becomes the `.ovf`, so that the lock moves with the name.
-            new_lock = Some(PackageLock::try_on(&file)?.ok_or_else(|| {
-                Error::io(
-                    format!("lock {}", self.folder.shown(&t)),
-                    std::io::Error::from_raw_os_error(libc::EAGAIN),
-                )
-            })?);
+            new_lock = Some(
+                PackageLock::try_on(&file)?.ok_or_else(|| new_file_busy(&self.folder.shown(&t)))?,
+            );
             written += new.len() as u64;
             ops.push(Op::Rename {
                 from: t,
@@ -251,7 +225,12 @@ impl FolderCommitter {
             return Err(e);
         }
         // The journal is durable: a failure from here is completed by recovery.
-        let applied = apply_ops(&self.folder, &ops, opts);
+        let j = Journal {
+            kind: Kind::Folder,
+            target: Identity::default(),
+            ops,
+        };
+        let applied = journal::apply(&j, Target::Folder(&self.folder), &|p| opts.fault(p));
         if let Some(l) = new_lock.take()
             && l.is_at(&self.folder, &self.file_name)?
         {

@@ -166,11 +166,15 @@ fn locked(folder: &trust::Folder, name: &str) -> Error {
     ))
 }
 
+/// `path` cannot be written: `why` says what makes it read-only.
 fn read_only(path: &Path, why: &str) -> Error {
-    Error::io(
-        format!("{} is read-only ({why})", path.display()),
-        std::io::Error::from_raw_os_error(libc::EROFS),
-    )
+    refused(format!("{} is read-only ({why})", path.display()))
+}
+
+/// The new package file `shown` (a rewritten archive, a new descriptor) cannot be locked
+/// before it takes the package's name: someone else holds a lock on it.
+fn new_file_busy(shown: &str) -> Error {
+    Error::refused(format!("lock {shown}"), crate::error::Refusal::Busy)
 }
 
 /// A step of a commit, for tests that stop a commit there ([`CommitOptions::fault_hook`]).

@@ -11,7 +11,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::journal::{self, Identity, Journal, Kind, Op};
+use super::journal::{self, Identity, Journal, Kind, Op, Target};
 use super::lock::PackageLock;
 use super::manifest;
 use super::padding;
@@ -19,7 +19,8 @@ use super::trust::Folder;
 use super::{
     CommitError, CommitOptions, CommitPath, CommitReport, FaultPoint, MAX_MANIFEST_BYTES,
     check_dir_writable, check_writable, fsync_dir, journal_beside, journal_path, journal_waits,
-    locked, recover_before_commit, remove_journal, split_path, temp_prefix, write_journal,
+    locked, new_file_busy, recover_before_commit, remove_journal, split_path, temp_prefix,
+    write_journal,
 };
 use crate::archive::names::file_name;
 use crate::archive::write::{self, BLOCK, END_OF_ARCHIVE, MemberHeader, round_up_block};
@@ -492,26 +493,9 @@ impl OvaCommitter {
         }
         // From here on a failure leaves a journal that completes the commit.
         self.stale = true;
-        let mut written = bytes.len() as u64;
         let shown = self.path.display().to_string();
-        for (i, op) in j.ops.iter().enumerate() {
-            if let Op::Write { offset, data, .. } = op {
-                // Torn at a sector boundary, as a crash tears a write at worst.
-                let half = data.len() / 2 / journal::SECTOR * journal::SECTOR;
-                self.file
-                    .write_all_at(&data[..half], *offset)
-                    .map_err(io_err(format!("write {shown}")))?;
-                opts.fault(FaultPoint::Applied { op: i, half: 0 });
-                self.file
-                    .write_all_at(&data[half..], offset + half as u64)
-                    .map_err(io_err(format!("write {shown}")))?;
-                opts.fault(FaultPoint::Applied { op: i, half: 1 });
-                written += data.len() as u64;
-            }
-        }
-        self.file
-            .sync_data()
-            .map_err(io_err(format!("fsync {shown}")))?;
+        let written = bytes.len() as u64
+            + journal::apply(&j, Target::Archive(&self.file), &|p| opts.fault(p))?;
         opts.fault(FaultPoint::AppliedDurable);
         remove_journal(journal, opts)?;
 
@@ -703,12 +687,8 @@ impl OvaCommitter {
 
         // Locked before it takes the name, so that a mount opening the new archive finds it
         // locked as the old one was.
-        let new_lock = PackageLock::try_on(tmp.as_file())?.ok_or_else(|| {
-            Error::io(
-                format!("lock {tmp_shown}"),
-                std::io::Error::from_raw_os_error(libc::EAGAIN),
-            )
-        })?;
+        let new_lock =
+            PackageLock::try_on(tmp.as_file())?.ok_or_else(|| new_file_busy(&tmp_shown))?;
         let file = tmp
             .persist(&self.path)
             .map_err(|e| Error::io(format!("rename {tmp_shown} over {shown}"), e.error))?;
