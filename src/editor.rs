@@ -15,7 +15,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::commit::Committer;
+use crate::commit::{ChangeSet, Committer};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fs::backend::{Backend, LiveEntry, LiveKind};
 use crate::fs::tree;
@@ -160,7 +160,7 @@ impl Editor {
             .committer
             .as_mut()
             .ok_or_else(|| Error::new(ErrorKind::ReadOnly("the mount is read-only".into())))?;
-        let report = committer.commit(&new)?;
+        let report = committer.commit(&ChangeSet::descriptor(new.as_slice()))?;
         log::info!(
             "committed the descriptor ({:?}, {} bytes written, {:?})",
             report.path,

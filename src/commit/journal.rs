@@ -81,7 +81,7 @@ const CHECKSUM_BYTES: usize = 32;
 
 /// Most operations in one journal: a settings commit writes a handful, a change set one or
 /// two per member it touches ([`super::MAX_CHANGED_MEMBERS`] at most).
-const MAX_OPS: u32 = 4096;
+pub const MAX_OPS: u32 = 4096;
 
 /// What the journal changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
