@@ -746,3 +746,47 @@ fn large_replacement_is_streamed_in_bounded_memory() {
     assert_eq!(want, hex);
     assert_verify_passes(&ova, &[]);
 }
+
+/// A folder journal that would remove a data file that is not the one it names, or place a
+/// file whose temporary is gone over one it never became, is left alone and nothing moves.
+#[test]
+fn folder_journal_placing_or_unlinking_other_files_is_refused() {
+    use ovafs::commit::journal::{FileId, Identity, Journal, Kind, Op};
+    let f = fixture();
+    let ovf = f.path("x.ovf");
+    let disk = fs::read(f.path("disk1.img")).unwrap();
+    let st = nix::sys::stat::stat(&f.path("disk1.img")).unwrap();
+    let other = FileId {
+        dev: st.st_dev,
+        ino: st.st_ino + 1,
+        size: st.st_size as u64,
+    };
+    let journal = f.path("x.ovf.ovafs-journal");
+    for ops in [
+        vec![Op::Unlink {
+            name: "disk1.img".into(),
+            file: other,
+        }],
+        vec![Op::Place {
+            from: ".x.ovf.ovafs-tmp-gone".into(),
+            to: "disk1.img".into(),
+            file: other,
+            sha256: [0; 32],
+        }],
+    ] {
+        let j = Journal {
+            kind: Kind::Folder,
+            target: Identity::default(),
+            ops,
+        };
+        fs::write(&journal, j.encode()).unwrap();
+        let r = commit::recover(&ovf).unwrap();
+        assert!(
+            matches!(r.journal, commit::JournalOutcome::Refused { .. }),
+            "{r:?}"
+        );
+        assert!(journal.exists());
+        assert_eq!(fs::read(f.path("disk1.img")).unwrap(), disk);
+        fs::remove_file(&journal).unwrap();
+    }
+}

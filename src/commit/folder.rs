@@ -1,7 +1,8 @@
-//! Commits into an unpacked package: new `.ovf` and `.mf` written to temporary files in the
-//! package folder, then renamed over the old ones (and the certificate removed) under a
-//! journal, so that a crash never leaves a new descriptor beside an old manifest
-//! (formats.md §1.5). The committer holds the write lock on the `.ovf` ([`super::lock`]);
+//! Commits into an unpacked package: new data files, `.ovf`, `.mf` and `.cert` written to
+//! temporary files in the package folder, then renamed over the old ones (removed files and
+//! a dropped certificate unlinked) under a journal, so that a crash never leaves a new
+//! descriptor beside an old manifest or disk (formats.md §1.5). Change-set member names are
+//! plain file names in the package folder. The committer holds the write lock on the `.ovf` ([`super::lock`]);
 //! the new `.ovf` is locked before it is renamed over the old one, so the lock moves with it.
 
 use std::fs::{self, File};

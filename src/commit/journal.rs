@@ -1,4 +1,6 @@
-//! The redo journal written beside a package before it is changed in place.
+//! The redo journal written beside a package before it is changed in place, and its one
+//! applier (`apply`: a journal's operations, with the checks that bind it to the package),
+//! which commits and recovery share, for archives and folders.
 //!
 //! A journal says what the package will look like, not how it looked: every operation is
 //! idempotent (write these bytes at this offset; rename this temporary file over that name if
@@ -16,7 +18,10 @@
 //! commit, and is replayed only if every sector of its range now holds either those old bytes
 //! or the new ones (a patch torn by a crash is a mix of the two, sector by sector: disks and
 //! the page cache never tear a write inside a sector). Every rename carries the SHA-256 of
-//! the temporary file it moves. Nothing here is secret: the binding proves the journal was
+//! the temporary file it moves; a data file placed by a change set also carries the
+//! temporary file's identity (device, inode, size, kept by the rename, so a placed file whose
+//! temporary is gone must be that very file), and a data file removed carries the identity it
+//! had (a file of that name that is another one is not removed). Nothing here is secret: the binding proves the journal was
 //! made from this package's bytes, while who may write a journal is settled by the ownership
 //! rules of `super::trust`.
 //!
@@ -894,5 +899,79 @@ mod tests {
         v.extend_from_slice(&0u64.to_le_bytes());
         v.extend_from_slice(&(u32::MAX - 511).to_le_bytes());
         assert!(refused(&sealed(v)).contains("cut short"));
+    }
+
+    #[test]
+    fn place_and_unlink_round_trip_and_belong_to_folder_journals() {
+        let file = FileId {
+            dev: 2049,
+            ino: 12,
+            size: 1 << 33,
+        };
+        let j = Journal {
+            kind: Kind::Folder,
+            target: Identity::default(),
+            ops: vec![
+                Op::Place {
+                    from: ".a.ovf.ovafs-tmp-2".into(),
+                    to: "disk1.vmdk".into(),
+                    file,
+                    sha256: digest(b"disk"),
+                },
+                Op::Unlink {
+                    name: "disk2.vmdk".into(),
+                    file,
+                },
+            ],
+        };
+        let bytes = j.encode();
+        assert_eq!(Journal::decode(&bytes).unwrap(), j);
+        for n in 0..bytes.len() {
+            assert!(matches!(
+                Journal::decode(&bytes[..n]),
+                Err(Invalid::Torn(_))
+            ));
+        }
+        // In an archive journal they are refused.
+        let mut v = header(2, 1, 10_240, 1);
+        v.push(5);
+        v.extend_from_slice(&1u16.to_le_bytes());
+        v.push(b'x');
+        v.extend_from_slice(&[0; 24]);
+        assert!(refused(&sealed(v)).contains("does not belong"));
+    }
+
+    #[test]
+    fn folder_ops_stay_within_the_package() {
+        let place = |from: &str, to: &str| Op::Place {
+            from: from.into(),
+            to: to.into(),
+            file: FileId::default(),
+            sha256: [0; 32],
+        };
+        let unlink = |name: &str| Op::Unlink {
+            name: name.into(),
+            file: FileId::default(),
+        };
+        let tmp = ".a.ovf.ovafs-tmp-1";
+        assert!(folder_op_allowed("a.ovf", &place(tmp, "disk.vmdk")));
+        assert!(folder_op_allowed("a.ovf", &unlink("disk.vmdk")));
+        for to in [
+            "a.ovf",
+            "A.MF",
+            "a.cert",
+            ".a.ovf.ovafs-tmp-2",
+            "a.ovf.ovafs-journal",
+        ] {
+            assert!(!folder_op_allowed("a.ovf", &place(tmp, to)), "{to}");
+            assert!(!folder_op_allowed("a.ovf", &unlink(to)), "{to}");
+        }
+        assert!(!folder_op_allowed("a.ovf", &place("disk.tmp", "disk.vmdk")));
+        assert!(!folder_op_allowed(
+            "a.ovf",
+            &Op::Remove {
+                name: "disk.vmdk".into()
+            }
+        ));
     }
 }

@@ -463,4 +463,72 @@ mod tests {
             &[Algorithm::Sha256, Algorithm::Sha512],
         );
     }
+
+    fn values(data: &[u8]) -> MemberValues {
+        MemberValues::of_bytes(
+            data,
+            &[
+                DigestAlgorithm::Sha1,
+                DigestAlgorithm::Sha256,
+                DigestAlgorithm::Sha512,
+            ],
+        )
+    }
+
+    #[test]
+    fn members_set_added_and_removed_in_the_manifests_style() {
+        let v = values(b"new disk");
+        let added = values(b"added");
+        let sha = |a: Algorithm, d: &[u8]| value_for(&a, d).unwrap();
+        // BSD style with CRLF: a new line copies the descriptor's line.
+        let old = "SHA256 (a.ovf) = 00\r\nSHA256 (d1.vmdk) = 11\r\nSHA256 (d2.vmdk) = 22\r\n";
+        let changes = Changes {
+            set: vec![("a.ovf", &v), ("d1.vmdk", &v)],
+            add: vec![("d3.vmdk", &added)],
+            remove: vec!["d2.vmdk"],
+        };
+        let r = refresh_members(old.as_bytes(), &changes).unwrap();
+        let s256 = sha(Algorithm::Sha256, b"new disk");
+        let want = format!(
+            "SHA256 (a.ovf) = {s256}\r\nSHA256 (d1.vmdk) = {s256}\r\nSHA256 (d3.vmdk) = {}\r\n",
+            sha(Algorithm::Sha256, b"added")
+        );
+        assert_eq!(String::from_utf8(r.bytes).unwrap(), want);
+        // Upper-case SHA-1 with SIZE lines, the last line without a line end.
+        let old = "SHA1(a.ovf)= AA\nSIZE(a.ovf)= 5\nSHA1(d.vmdk)= BB";
+        let changes = Changes {
+            set: vec![("a.ovf", &v)],
+            add: vec![("e.vmdk", &added)],
+            remove: vec![],
+        };
+        let r = refresh_members(old.as_bytes(), &changes).unwrap();
+        let want = format!(
+            "SHA1(a.ovf)= {}\nSIZE(a.ovf)= 8\nSHA1(d.vmdk)= BB\nSHA1(e.vmdk)= {}\nSIZE(e.vmdk)= 5\n",
+            sha(Algorithm::Sha1, b"new disk").to_uppercase(),
+            sha(Algorithm::Sha1, b"added").to_uppercase()
+        );
+        assert_eq!(String::from_utf8(r.bytes).unwrap(), want);
+    }
+
+    #[test]
+    fn placeholders_give_the_final_length() {
+        let old = b"SHA512(a.ovf)= 00\nSHA512(d.vmdk)= 11\nSIZE(d.vmdk)= 3\n";
+        let algs = algorithms(old).unwrap();
+        assert_eq!(algs, [DigestAlgorithm::Sha512]);
+        let real = MemberValues::of_bytes(&[7; 1000], &algs);
+        let fake = MemberValues::placeholder(1000, &algs);
+        let with = |v: &MemberValues| {
+            refresh_members(
+                old,
+                &Changes {
+                    set: vec![("d.vmdk", v)],
+                    ..Changes::default()
+                },
+            )
+            .unwrap()
+            .bytes
+        };
+        assert_eq!(with(&real).len(), with(&fake).len());
+        assert_ne!(with(&real), with(&fake));
+    }
 }

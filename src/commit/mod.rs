@@ -1,32 +1,42 @@
-//! Persisting an edited descriptor into its package: in place under a redo journal when it
-//! fits, else by an atomic rewrite (design.md "Commit", formats.md §1.2-1.4, §3, §6 rule 26).
+//! Persisting a change set into its package: in place under a redo journal when it fits,
+//! else by an atomic rewrite (design.md "Commit", formats.md §1.2-1.4, §3, §6 rule 26).
 //!
 //! [`Committer::open`] captures the package's on-disk layout (every member's header and
 //! offsets, the descriptor, manifest and certificate members). [`Committer::commit`] then
-//! writes a new descriptor:
+//! writes a [`ChangeSet`]: a new descriptor (optional), members replaced by new content (a
+//! [`Content`]: a [`ReadAt`] and a length, streamed, never held in memory whole, digested
+//! while it is copied), members added, members removed, and what to do with the certificate
+//! ([`CertificateAction`]: keep, drop, re-sign with a [`Signer`]). A settings edit is
+//! `ChangeSet::descriptor(bytes)`. The descriptor's File entries are the caller's business.
 //!
-//! - The **manifest** is refreshed in its own algorithm and line style: only the value on the
-//!   lines naming the descriptor changes ([`manifest`]). A manifest that does not list the
-//!   descriptor is left alone.
-//! - A **certificate** signs the manifest bytes, so when the manifest changes it no longer
-//!   matches: it is removed with a warning (re-signing is a later feature). When the manifest
-//!   does not change, the certificate stays.
-//! - **In place** (OVA): when the new descriptor fills the same number of tar blocks as the
-//!   old one ([`padding`]: it may be padded with trailing whitespace, and a rewrite leaves
-//!   slack for this), and the manifest keeps its block count, and no certificate has to go,
-//!   the descriptor's header and data and the manifest's are patched. The patches are first
-//!   written to a journal beside the OVA (`NAME.ova.ovafs-journal`, [`journal`]), which is
-//!   fsynced with its folder; then the OVA is patched and fsynced and the journal deleted.
-//!   The cost is a few fsyncs and two descriptor-sized writes, whatever the archive's size.
+//! - The **manifest** is refreshed in its own algorithm and line style ([`manifest`]): the
+//!   values on the lines naming a changed member change, the lines of removed members go,
+//!   added members get lines in the style and algorithms of the descriptor's line. A member
+//!   the manifest does not list stays unlisted.
+//! - A **certificate** signs the manifest bytes. Kept ([`CertificateAction::Keep`], what
+//!   settings edits do): it stays while the manifest does not change, else it is removed and
+//!   reported. Dropped on request. Re-signed: regenerated over the new manifest as ovftool
+//!   writes it ([`Signer`]), created when there was none.
+//! - **In place** (OVA): when every change fills the same number of tar blocks as the bytes
+//!   it replaces (the descriptor may be padded with trailing whitespace, [`padding`], and a
+//!   rewrite leaves slack for this; a replaced member of at most 1 MiB; the manifest; a
+//!   re-signed certificate), nothing is added or removed and no certificate has to go, the
+//!   headers and data are patched. The patches are first written to a journal beside the OVA
+//!   (`NAME.ova.ovafs-journal`, [`journal`]), which is fsynced with its folder; then the OVA
+//!   is patched by the journal's applier and fsynced and the journal deleted.
 //! - **Rewrite** (OVA): otherwise a new archive is written to `.NAME.ova.ovafs-tmp-*` in the
-//!   same folder: descriptor first (with slack after it), manifest next, then every other
-//!   member in its original order, data copied byte for byte (`copy_file_range`), headers
-//!   rebuilt as ustar (GNU only for members of 8 GiB and more or names that need it; never
-//!   pax). It is fsynced, checked by indexing it again, renamed over the original, and the
-//!   folder is fsynced.
-//! - **Folder** packages: the new `.ovf` and `.mf` are written to temporary files and
-//!   fsynced; a journal listing the renames (and the certificate's removal) is made durable;
-//!   then the renames are done and the folder fsynced.
+//!   same folder: descriptor first (with slack after it), manifest next, a new certificate,
+//!   then every other member in its original order (removed ones left out; unchanged data
+//!   copied byte for byte with `copy_file_range`, replaced data streamed from its content),
+//!   then the added members; headers rebuilt as ustar (GNU only for members of 8 GiB and more
+//!   or names that need it; never pax). The manifest and certificate are written with
+//!   placeholder digests of their final length and filled in once the contents after them
+//!   are digested, so every content is read once. The archive is fsynced, checked by
+//!   indexing it again, renamed over the original, and the folder is fsynced.
+//! - **Folder** packages: new contents, the new `.ovf`, `.mf` and `.cert` are written to
+//!   trusted temporary files and fsynced; a journal listing the renames and removals (data
+//!   files placed and unlinked bound to their identity) is made durable; then the journal's
+//!   applier carries it out and the folder is fsynced.
 //!
 //! Crash safety: at every moment the package is the old version, the new one, or a journal
 //! beside it that [`recover`] completes (a journal with a valid checksum, bound to the bytes
@@ -46,7 +56,7 @@
 //! cannot write) cannot be committed to: [`Committer::open`] fails with an error for which
 //! [`is_read_only`] is true, and the mount should be read-only.
 //!
-//! Not here: building the new descriptor (settings), FUSE, signing.
+//! Not here: building the new descriptor (settings), FUSE, encoding disks.
 
 mod folder;
 pub mod journal;

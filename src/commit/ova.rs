@@ -1,5 +1,6 @@
-//! Commits into an OVA: the layout captured from the archive's headers, the in-place patch
-//! under a journal, and the atomic rewrite (formats.md §1.2-1.4, §6 rule 26).
+//! Commits into an OVA: the layout captured from the archive's headers, a change set checked
+//! against it, the in-place patch under a journal, and the atomic rewrite that streams new
+//! contents (formats.md §1.2-1.4, §6 rule 26).
 //!
 //! The committer holds the OVA's write lock ([`super::lock`]) from open to drop; a rewrite
 //! locks its new archive before renaming it over the old one, so the lock moves with the
