@@ -7,7 +7,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::journal::{self, FileId, Identity, Journal, Kind, Op, Target};
@@ -228,8 +228,14 @@ impl FolderCommitter {
                         like,
                     } => {
                         let like = like.as_deref().unwrap_or(&self.path);
-                        let (t, file, copied) =
-                            write_temp_content(&self.dir, &prefix, content, like, &algorithms)?;
+                        let (t, file, copied) = write_temp_content(
+                            &self.dir,
+                            &prefix,
+                            content,
+                            like,
+                            &self.path,
+                            &algorithms,
+                        )?;
                         temps.push(t.clone());
                         let st = nix::sys::stat::fstat(&file).map_err(|e| {
                             Error::io(
@@ -515,17 +521,32 @@ fn new_certificate_name(ovf: &str) -> String {
     format!("{base}.cert")
 }
 
-/// Streams `content` into a new temporary file in `dir` (permissions of `like`), digesting
-/// it; fsyncs and keeps it.
+/// Streams `content` into a new temporary file in `dir` (permissions of `like`, without
+/// group/other write bits the descriptor `package` lacks), digesting it; fsyncs and keeps it.
 fn write_temp_content(
     dir: &Path,
     prefix: &str,
     content: &Content,
     like: &Path,
+    package: &Path,
     algorithms: &[DigestAlgorithm],
 ) -> Result<(String, File, Copied)> {
     let mut tmp = new_temp(dir, prefix, like)?;
     let shown = tmp.path().display().to_string();
+    // Recovery trusts a temporary file only with the group/other write bits the package's
+    // descriptor has: a data file's looser mode is not carried over.
+    let package_mode = fs::metadata(package).map(|m| m.mode()).unwrap_or(0);
+    let mode = tmp
+        .as_file()
+        .metadata()
+        .map_err(|e| Error::io(format!("stat {shown}"), e))?
+        .mode();
+    let tight = mode & 0o7777 & !(0o022 & !package_mode);
+    if tight != mode & 0o7777 {
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(tight))
+            .map_err(|e| Error::io(format!("chmod {shown}"), e))?;
+    }
     let copied = copy_content(content, tmp.as_file_mut(), algorithms, &shown)?;
     // Zeros at the end were skipped: the length says where the file ends.
     tmp.as_file()

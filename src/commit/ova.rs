@@ -421,7 +421,8 @@ impl OvaCommitter {
             Some(plan) => self.apply_in_place(plan, &journal, opts)?,
             None => self.rewrite(&r, opts)?,
         };
-        report.members_replaced = r.replace.iter().map(|(i, _)| self.name_of(*i)).collect();
+        // Names from the change set: the layout may have been scanned anew.
+        report.members_replaced = cs.replace.iter().map(|(n, _)| n.clone()).collect();
         report.members_added = r.add.iter().map(|(n, _)| n.to_string()).collect();
         report.members_removed = r.removed_names.clone();
         Ok(report)
