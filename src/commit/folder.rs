@@ -280,7 +280,11 @@ impl FolderCommitter {
                 if let Some(v) = &descriptor_values {
                     changes.set.push((&self.file_name, v));
                 }
-                for (m, (name, v)) in members.iter().zip(&values) {
+                // `values` holds one entry per `Put`, in order.
+                let puts = members
+                    .iter()
+                    .filter(|m| matches!(m, MemberChange::Put { .. }));
+                for (m, (name, v)) in puts.zip(&values) {
                     match m {
                         MemberChange::Put { like: Some(_), .. } => changes.set.push((name, v)),
                         _ => changes.add.push((name, v)),

@@ -882,8 +882,8 @@ impl OvaCommitter {
             (_, Some(name)) => (None, CertificateFate::Kept(name.clone())),
             (_, None) => (None, CertificateFate::None),
         };
-        let mut manifest_bytes = refresh.map(|m| m.bytes).or_else(|| self.manifest.clone());
-        let mut cert_bytes =
+        let manifest_bytes = refresh.map(|m| m.bytes).or_else(|| self.manifest.clone());
+        let cert_bytes =
             self.signed_certificate(r, manifest_bytes.as_deref().unwrap_or_default())?;
         let mtime = opts.mtime_now();
         let shown = self.path.display().to_string();
@@ -1020,8 +1020,7 @@ impl OvaCommitter {
                 real.as_deref(),
                 "manifest",
             )?;
-            manifest_bytes = real;
-            let cert = self.signed_certificate(r, manifest_bytes.as_deref().unwrap_or_default())?;
+            let cert = self.signed_certificate(r, real.as_deref().unwrap_or_default())?;
             fill_in(
                 tmp.as_file(),
                 cert_at,
@@ -1029,9 +1028,7 @@ impl OvaCommitter {
                 cert.as_deref(),
                 "certificate",
             )?;
-            cert_bytes = cert;
         }
-        let _ = cert_bytes;
         tmp.as_file()
             .sync_all()
             .map_err(io_err(format!("fsync {tmp_shown}")))?;
