@@ -11,7 +11,8 @@
 //! - `small_replacement_that_fits_is_patched_in_place`: same tar blocks: the journal path;
 //! - `resigned_ova_verifies_with_ovafs_and_openssl`, `resigned_folder_with_sha1_manifest`:
 //!   the certificate regenerated as ovftool writes it (SHA-256 for a SHA-1 manifest, a new
-//!   `.cert` when there was none); `certificate_kept_dropped_by_default_and_on_request`;
+//!   `.cert` when there was none), `resigning_an_unsigned_ova_adds_the_certificate_after_the_manifest`;
+//!   `certificate_kept_dropped_by_default_and_on_request`;
 //! - `crash_during_a_change_set_leaves_old_or_new`: a child process commits a change set and
 //!   is killed at each fault point in turn; after recovery the package is the old one or the
 //!   new one byte for byte, never a mix (OVA rewrite, OVA in place, folder);
@@ -789,4 +790,26 @@ fn folder_journal_placing_or_unlinking_other_files_is_refused() {
         assert_eq!(fs::read(f.path("disk1.img")).unwrap(), disk);
         fs::remove_file(&journal).unwrap();
     }
+}
+
+/// Re-signing an OVA that has no certificate adds `x.cert` right after the manifest, as
+/// ovftool orders them.
+#[test]
+fn resigning_an_unsigned_ova_adds_the_certificate_after_the_manifest() {
+    let f = fixture();
+    let cert_pem = f.sign(&["-newkey", "rsa:3072"], &[]);
+    let ova = f.ova(&[], &["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
+    let mut c = open(&ova, CommitOptions::default());
+    let r = c
+        .commit(&ChangeSet::default().certificate(CertificateAction::Resign(signer(&f))))
+        .unwrap();
+    assert_eq!(r.path, CommitPath::Rewrite);
+    assert_eq!(r.certificate, CertificateFate::Signed("x.cert".into()));
+    assert!(!r.manifest_changed);
+    let names: Vec<String> = tar_tv(&ova).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["x.ovf", "x.mf", "x.cert", "disk1.img", "disk2.img"]);
+    assert_verify_passes(&ova, &["--require-trusted", "--ca-file", p(&cert_pem)]);
+    let dir = extract(&ova, &f.dir);
+    assert_manifest_matches(&dir, "x.mf", &["x.ovf", "disk1.img", "disk2.img"]);
+    assert_openssl_verifies(&dir, &public_key(&f, &cert_pem), &cert_pem, "sha256");
 }
