@@ -19,7 +19,8 @@
 //! - `large_replacement_is_streamed_in_bounded_memory`: a 2 GiB sparse content from a
 //!   generating `ReadAt` is read once, in chunks of at most 1 MiB, and the committing
 //!   process's peak RSS grows by less than 64 MiB; tar and sha256sum judge the result;
-//! - `bad_change_sets_are_refused_and_change_nothing`.
+//! - `bad_change_sets_are_refused_and_change_nothing`,
+//!   `folder_journal_placing_or_unlinking_other_files_is_refused`.
 
 mod common;
 
