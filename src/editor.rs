@@ -19,7 +19,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
-use crate::commit::Committer;
+use crate::commit::{ChangeSet, Committer};
 use crate::error::{Error, ErrorKind, Refusal, Result};
 use crate::node::folder::{Folder, FolderChanges, LiveTree};
 use crate::node::layout;
@@ -189,7 +189,7 @@ impl Editor {
             .committer
             .as_mut()
             .ok_or_else(|| Error::new(ErrorKind::ReadOnly("the mount is read-only".into())))?;
-        let report = committer.commit(&new)?;
+        let report = committer.commit(&ChangeSet::descriptor(new.as_slice()))?;
         log::info!(
             "committed the descriptor ({:?}, {} bytes written, {:?})",
             report.path,

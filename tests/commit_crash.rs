@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ovafs::commit::{
-    self, CommitOptions, CommitPath, Committer, FaultPoint, JournalOutcome, padding,
+    self, ChangeSet, CommitOptions, CommitPath, Committer, FaultPoint, JournalOutcome, padding,
 };
 use support::{Fixture, check_ova, leftovers, tar_list, with_annotation, with_cpus};
 
@@ -83,7 +83,7 @@ fn crash_child() {
                 },
             )
             .unwrap();
-            c.commit(&new).unwrap();
+            c.commit(&ChangeSet::descriptor(new.as_slice())).unwrap();
         }
         "loop" => {
             let base = fs::read_to_string(lines[2]).unwrap();
@@ -96,7 +96,8 @@ fn crash_child() {
             )
             .unwrap();
             for i in 0..LOOP_MAX {
-                c.commit(loop_descriptor(&base, i).as_bytes()).unwrap();
+                c.commit(&ChangeSet::descriptor(loop_descriptor(&base, i).as_bytes()))
+                    .unwrap();
             }
             // Wait to be killed: the parent expects SIGKILL.
             loop {
@@ -173,7 +174,9 @@ fn run_matrix(m: &Matrix, work: &Path) {
         },
     )
     .unwrap();
-    let r = c.commit(&m.new_descriptor).unwrap();
+    let r = c
+        .commit(&ChangeSet::descriptor(m.new_descriptor.as_slice()))
+        .unwrap();
     assert_eq!(r.path, m.expect, "{}", m.name);
     let new = snapshot(&reference);
     assert_ne!(old, new);
@@ -424,11 +427,12 @@ fn failure_mid_commit_then_the_next_commit_goes_on() {
         } else {
             with_cpus(&fx.descriptor(), 4)
         };
-        let r =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.commit(first.as_bytes())));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.commit(&ChangeSet::descriptor(first.as_bytes()))
+        }));
         assert!(r.is_err(), "{stop:?}: the hook did not fire");
         let second = with_cpus(&first, 6);
-        let r = c.commit(second.as_bytes()).unwrap();
+        let r = c.commit(&ChangeSet::descriptor(second.as_bytes())).unwrap();
         let got = check_ova(&fx, &ova, t.path());
         assert_eq!(
             padding::split_padding(&got.descriptor).0,

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use ovafs::archive::write::{self, MemberHeader};
-use ovafs::commit::{self, CommitOptions, CommitPath, Committer, padding};
+use ovafs::commit::{self, ChangeSet, CommitOptions, CommitPath, Committer, padding};
 use support::{
     Fixture, Order, Style, check_ova, leftovers, run, tar_list, with_annotation, with_cpus,
 };
@@ -104,7 +104,7 @@ fn in_place(format: &'static str) {
     // Same length.
     let d1 = with_cpus(&desc, 4);
     assert_eq!(d1.len(), desc.len());
-    let r = c.commit(d1.as_bytes()).unwrap();
+    let r = c.commit(&ChangeSet::descriptor(d1.as_bytes())).unwrap();
     assert_eq!(r.path, CommitPath::InPlace);
     assert_eq!(r.descriptor, d1.as_bytes());
     assert!(r.manifest_changed && !r.replaced);
@@ -116,14 +116,14 @@ fn in_place(format: &'static str) {
     let room = write::round_up_block(desc.len() as u64).unwrap() as usize - desc.len();
     if room > 0 {
         let d2 = grown(&d1, room);
-        let r = c.commit(d2.as_bytes()).unwrap();
+        let r = c.commit(&ChangeSet::descriptor(d2.as_bytes())).unwrap();
         assert_eq!(r.path, CommitPath::InPlace);
         assert_eq!(check_ova(&fx, &ova, t.path()).descriptor, d2.as_bytes());
     }
 
     // Shrinks by more than a block: padded with whitespace to keep the block count.
     let d3 = shrunk(&d1);
-    let r = c.commit(d3.as_bytes()).unwrap();
+    let r = c.commit(&ChangeSet::descriptor(d3.as_bytes())).unwrap();
     assert_eq!(r.path, CommitPath::InPlace);
     assert_eq!(padding::split_padding(&r.descriptor).0, d3.as_bytes());
     assert!(r.descriptor.len() > d3.len());
@@ -131,7 +131,7 @@ fn in_place(format: &'static str) {
     assert_eq!(got.descriptor, r.descriptor);
 
     // And back to the original, which fits again.
-    let r = c.commit(desc.as_bytes()).unwrap();
+    let r = c.commit(&ChangeSet::descriptor(desc.as_bytes())).unwrap();
     assert_eq!(r.path, CommitPath::InPlace);
     assert_eq!(check_ova(&fx, &ova, t.path()).descriptor, desc.as_bytes());
 
@@ -184,7 +184,7 @@ fn manifest_styles_keep_every_byte_but_the_descriptor_digest() {
         let old_mf = fs::read(t.path().join("pkg").join(fx.mf())).unwrap();
         let mut c = committer(&ova);
         let d = with_cpus(&fx.descriptor(), 8);
-        let r = c.commit(d.as_bytes()).unwrap();
+        let r = c.commit(&ChangeSet::descriptor(d.as_bytes())).unwrap();
         assert_eq!(r.path, CommitPath::InPlace, "{style:?}");
         let got = check_ova(&fx, &ova, t.path());
         let new_mf = got.manifest.unwrap();
@@ -207,7 +207,10 @@ fn manifest_styles_manifest_last_as_virtualbox_writes_it() {
     let ova = fx.build();
     let mut c = committer(&ova);
     let d = with_cpus(&fx.descriptor(), 3);
-    assert_eq!(c.commit(d.as_bytes()).unwrap().path, CommitPath::InPlace);
+    assert_eq!(
+        c.commit(&ChangeSet::descriptor(d.as_bytes())).unwrap().path,
+        CommitPath::InPlace
+    );
     let got = check_ova(&fx, &ova, t.path());
     let names: Vec<_> = got.listing.iter().map(|l| l.name.clone()).collect();
     assert_eq!(names, [fx.ovf(), fx.disk_name.clone(), fx.mf()]);
@@ -222,7 +225,11 @@ fn certificate_kept_when_the_manifest_does_not_list_the_descriptor() {
     let ova = fx.build();
     let old_mf = fs::read(t.path().join("pkg").join(fx.mf())).unwrap();
     let mut c = committer(&ova);
-    let r = c.commit(with_cpus(&fx.descriptor(), 6).as_bytes()).unwrap();
+    let r = c
+        .commit(&ChangeSet::descriptor(
+            with_cpus(&fx.descriptor(), 6).as_bytes(),
+        ))
+        .unwrap();
     assert_eq!(r.path, CommitPath::InPlace);
     assert!(!r.manifest_changed && r.certificate_dropped.is_none());
     let got = check_ova(&fx, &ova, t.path());
@@ -239,7 +246,7 @@ fn certificate_dropped_by_a_rewrite_when_the_manifest_changes() {
     let before = tar_list(&ova);
     let mut c = committer(&ova);
     let d = with_cpus(&fx.descriptor(), 4);
-    let r = c.commit(d.as_bytes()).unwrap();
+    let r = c.commit(&ChangeSet::descriptor(d.as_bytes())).unwrap();
     assert_eq!(r.path, CommitPath::Rewrite);
     assert!(r.replaced);
     assert_eq!(
@@ -259,7 +266,11 @@ fn certificate_dropped_by_a_rewrite_when_the_manifest_changes() {
     );
     assert!(leftovers(&ova).is_empty());
     // The next edit is in place.
-    let r = c.commit(with_cpus(&fx.descriptor(), 5).as_bytes()).unwrap();
+    let r = c
+        .commit(&ChangeSet::descriptor(
+            with_cpus(&fx.descriptor(), 5).as_bytes(),
+        ))
+        .unwrap();
     assert_eq!(r.path, CommitPath::InPlace);
     check_ova(&fx, &ova, t.path());
 }
@@ -275,7 +286,7 @@ fn rewrite_when_the_descriptor_outgrows_its_blocks_then_in_place_thanks_to_slack
         let mut c = committer(&ova);
         let desc = fx.descriptor();
         let big = with_annotation(&desc, 3000);
-        let r = c.commit(big.as_bytes()).unwrap();
+        let r = c.commit(&ChangeSet::descriptor(big.as_bytes())).unwrap();
         assert_eq!(r.path, CommitPath::Rewrite, "{format}");
         let slack = r.descriptor.len() - big.len();
         assert_eq!(slack as u64, padding::default_slack(big.len() as u64));
@@ -306,7 +317,7 @@ fn rewrite_when_the_descriptor_outgrows_its_blocks_then_in_place_thanks_to_slack
         .iter()
         .enumerate()
         {
-            let r = c.commit(d.as_bytes()).unwrap();
+            let r = c.commit(&ChangeSet::descriptor(d.as_bytes())).unwrap();
             assert_eq!(r.path, CommitPath::InPlace, "{format} edit {i}");
             let got = check_ova(&fx, &ova, t.path());
             assert_eq!(padding::split_padding(&got.descriptor).0, d.as_bytes());
@@ -328,12 +339,18 @@ fn rewrite_puts_the_descriptor_first() {
     let ova = fx.build();
     let mut c = committer(&ova);
     // A small edit is made in place, where the descriptor is.
-    let r = c.commit(with_cpus(&fx.descriptor(), 4).as_bytes()).unwrap();
+    let r = c
+        .commit(&ChangeSet::descriptor(
+            with_cpus(&fx.descriptor(), 4).as_bytes(),
+        ))
+        .unwrap();
     assert_eq!(r.path, CommitPath::InPlace);
     assert_eq!(tar_list(&ova)[0].name, fx.disk_name);
     // A rewrite puts it first.
     let r = c
-        .commit(with_annotation(&fx.descriptor(), 2000).as_bytes())
+        .commit(&ChangeSet::descriptor(
+            with_annotation(&fx.descriptor(), 2000).as_bytes(),
+        ))
         .unwrap();
     assert_eq!(r.path, CommitPath::Rewrite);
     let got = check_ova(&fx, &ova, t.path());
@@ -376,7 +393,9 @@ fn rewrite_long_names_use_ustar_prefix_or_gnu_long_names() {
         let before = tar_list(&ova);
         let mut c = committer(&ova);
         let r = c
-            .commit(with_annotation(&fx.descriptor(), 2000).as_bytes())
+            .commit(&ChangeSet::descriptor(
+                with_annotation(&fx.descriptor(), 2000).as_bytes(),
+            ))
             .unwrap();
         assert_eq!(r.path, CommitPath::Rewrite);
         let after = check_ova(&fx, &ova, t.path()).listing;
@@ -491,7 +510,7 @@ fn big_member_above_8_gib_next_to_an_in_place_commit() {
     assert_eq!(listing[2].size, size);
     let mut c = committer(&ova);
     let d = with_cpus(std::str::from_utf8(&desc).unwrap(), 4);
-    let r = c.commit(d.as_bytes()).unwrap();
+    let r = c.commit(&ChangeSet::descriptor(d.as_bytes())).unwrap();
     assert_eq!(r.path, CommitPath::InPlace);
     let key = |l: &[support::Listed]| {
         l.iter()
@@ -542,7 +561,9 @@ fn unchanged_descriptor_writes_nothing() {
     let ova = fx.build();
     let before = fs::read(&ova).unwrap();
     let mut c = committer(&ova);
-    let r = c.commit(fx.descriptor().as_bytes()).unwrap();
+    let r = c
+        .commit(&ChangeSet::descriptor(fx.descriptor().as_bytes()))
+        .unwrap();
     assert_eq!(r.path, CommitPath::Unchanged);
     assert_eq!(r.bytes_written, 0);
     assert_eq!(fs::read(&ova).unwrap(), before);
@@ -559,7 +580,7 @@ fn folder_package_renames_under_a_journal_and_drops_the_certificate() {
     fs::set_permissions(&ovf, fs::Permissions::from_mode(0o640)).unwrap();
     let mut c = committer(&ovf);
     let d = with_annotation(&fx.descriptor(), 5000);
-    let r = c.commit(d.as_bytes()).unwrap();
+    let r = c.commit(&ChangeSet::descriptor(d.as_bytes())).unwrap();
     assert_eq!(r.path, CommitPath::Folder);
     assert_eq!(
         r.certificate_dropped.as_deref(),
@@ -592,7 +613,9 @@ fn folder_package_renames_under_a_journal_and_drops_the_certificate() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     // A second commit: no certificate any more.
-    let r = c.commit(fx.descriptor().as_bytes()).unwrap();
+    let r = c
+        .commit(&ChangeSet::descriptor(fx.descriptor().as_bytes()))
+        .unwrap();
     assert_eq!(r.path, CommitPath::Folder);
     assert!(r.certificate_dropped.is_none());
     assert_eq!(fs::read(&ovf).unwrap(), fx.descriptor().as_bytes());
@@ -604,12 +627,19 @@ fn external_change_is_noticed_and_the_archive_read_again() {
     let fx = Fixture::new(t.path(), "ext");
     let ova = fx.build();
     let mut c = committer(&ova);
-    c.commit(with_cpus(&fx.descriptor(), 4).as_bytes()).unwrap();
+    c.commit(&ChangeSet::descriptor(
+        with_cpus(&fx.descriptor(), 4).as_bytes(),
+    ))
+    .unwrap();
     // Someone rebuilds the archive with the disk first.
     let mut fx2 = fx.clone();
     fx2.order = Order::DescriptorNotFirst;
     fx2.build();
-    let r = c.commit(with_cpus(&fx.descriptor(), 5).as_bytes()).unwrap();
+    let r = c
+        .commit(&ChangeSet::descriptor(
+            with_cpus(&fx.descriptor(), 5).as_bytes(),
+        ))
+        .unwrap();
     assert_eq!(r.path, CommitPath::InPlace);
     let got = check_ova(&fx2, &ova, t.path());
     assert_eq!(got.descriptor, with_cpus(&fx.descriptor(), 5).as_bytes());
@@ -634,11 +664,16 @@ fn rewrite_refused_when_a_member_would_be_lost_and_the_ova_untouched() {
     let mut c = committer(&ova);
     // In place is fine: nothing is dropped.
     let d = with_cpus(std::str::from_utf8(&desc).unwrap(), 4);
-    assert_eq!(c.commit(d.as_bytes()).unwrap().path, CommitPath::InPlace);
+    assert_eq!(
+        c.commit(&ChangeSet::descriptor(d.as_bytes())).unwrap().path,
+        CommitPath::InPlace
+    );
     let patched = fs::read(&ova).unwrap();
     assert_ne!(patched, before);
     // A rewrite would drop the refused member: refused, nothing changed.
-    let e = c.commit(with_annotation(&d, 3000).as_bytes()).unwrap_err();
+    let e = c
+        .commit(&ChangeSet::descriptor(with_annotation(&d, 3000).as_bytes()))
+        .unwrap_err();
     assert!(
         matches!(
             commit::commit_error(&e),
@@ -668,7 +703,7 @@ fn bench_commit_on_4_gib_ova() {
     for i in 0..20u32 {
         let d = with_cpus(&desc, 1 + i % 9);
         let start = Instant::now();
-        let r = c.commit(d.as_bytes()).unwrap();
+        let r = c.commit(&ChangeSet::descriptor(d.as_bytes())).unwrap();
         times.push(start.elapsed());
         assert_eq!(r.path, CommitPath::InPlace);
     }
@@ -717,12 +752,18 @@ fn bench_rewrite_on_1_gib_ova() {
     let mut c = committer(&ova);
     let desc = String::from_utf8(desc).unwrap();
     let start = Instant::now();
-    let r = c.commit(with_annotation(&desc, 3000).as_bytes()).unwrap();
+    let r = c
+        .commit(&ChangeSet::descriptor(
+            with_annotation(&desc, 3000).as_bytes(),
+        ))
+        .unwrap();
     let rewrite = start.elapsed();
     assert_eq!(r.path, CommitPath::Rewrite);
     let start = Instant::now();
     let r = c
-        .commit(with_annotation(&with_cpus(&desc, 4), 3100).as_bytes())
+        .commit(&ChangeSet::descriptor(
+            with_annotation(&with_cpus(&desc, 4), 3100).as_bytes(),
+        ))
         .unwrap();
     let fast = start.elapsed();
     assert_eq!(r.path, CommitPath::InPlace);
@@ -785,9 +826,15 @@ fn rewrite_keeps_a_stream_optimized_vmdk_readable_by_qemu_img() {
         .arg(&pkg)
         .args(["vm.ovf", "vm.mf", "vm-disk1.vmdk"]));
     let mut c = committer(&ova);
-    let r = c.commit(with_annotation(&desc, 5000).as_bytes()).unwrap();
+    let r = c
+        .commit(&ChangeSet::descriptor(
+            with_annotation(&desc, 5000).as_bytes(),
+        ))
+        .unwrap();
     assert_eq!(r.path, CommitPath::Rewrite);
-    let r = c.commit(with_cpus(&desc, 3).as_bytes()).unwrap();
+    let r = c
+        .commit(&ChangeSet::descriptor(with_cpus(&desc, 3).as_bytes()))
+        .unwrap();
     assert_eq!(r.path, CommitPath::InPlace);
 
     // qemu-img reads the VMDK in place inside the archive, and after extraction by GNU tar.

@@ -1,48 +1,58 @@
-//! The redo journal written beside a package before it is changed in place.
+//! The redo journal written beside a package before it is changed in place, and its one applier
+//! (`apply`: a journal's operations, with the checks that bind it to the package), which commits
+//! and recovery share, for archives and folders.
 //!
-//! A journal says what the package will look like, not how it looked: every operation is
-//! idempotent (write these bytes at this offset; rename this temporary file over that name if
-//! it is still there; remove that file if it is still there), so recovery can replay a journal
-//! any number of times, from any point. It is written and made durable (file and folder
-//! fsynced) before the package is touched, and deleted once the package is durable, so:
+//! A journal says what the package will look like, not how it looked: every operation is idempotent
+//! (write these bytes at this offset; rename this temporary file over that name if it is still
+//! there; remove that file if it is still there), so recovery can replay a journal any number of
+//! times, from any point. It is written and made durable (file and folder fsynced) before the
+//! package is touched, and deleted once the package is durable, so:
 //! - no journal: the package is whole (old or new);
 //! - a journal whose checksum is right: the commit was decided; replaying it completes it;
-//! - a journal whose checksum is wrong or that is cut short: the commit stopped while the
-//!   journal was being written, before the package was touched; it is deleted.
+//! - a journal whose checksum is wrong or that is cut short: the commit stopped while the journal
+//!   was being written, before the package was touched; it is deleted.
 //!
-//! A journal is also bound to the bytes it was written against, so that a journal cannot be
-//! aimed at bytes it never saw (planted, or left over from another version of the file):
-//! every write carries the SHA-256 of each 512-byte sector it overwrites, taken before the
-//! commit, and is replayed only if every sector of its range now holds either those old bytes
-//! or the new ones (a patch torn by a crash is a mix of the two, sector by sector: disks and
-//! the page cache never tear a write inside a sector). Every rename carries the SHA-256 of
-//! the temporary file it moves. Nothing here is secret: the binding proves the journal was
-//! made from this package's bytes, while who may write a journal is settled by the ownership
-//! rules of `super::trust`.
+//! A journal is also bound to the bytes it was written against, so that a journal cannot be aimed
+//! at bytes it never saw (planted, or left over from another version of the file): every write
+//! carries the SHA-256 of each 512-byte sector it overwrites, taken before the commit, and is
+//! replayed only if every sector of its range now holds either those old bytes or the new ones (a
+//! patch torn by a crash is a mix of the two, sector by sector: disks and the page cache never tear
+//! a write inside a sector). Every rename carries the SHA-256 of the temporary file it moves; a
+//! data file placed by a change set also carries the temporary file's identity (device, inode,
+//! size, kept by the rename, so a placed file whose temporary is gone must be that very file), and
+//! a data file removed carries the identity it had (a file of that name that is another one is not
+//! removed). Nothing here is secret: the binding proves the journal was made from this package's
+//! bytes, while who may write a journal is settled by the ownership rules of `super::trust`.
 //!
 //! Format, version 2, integers little-endian:
 //! ```text
-//! magic      8  "OVAFSJNL"
-//! version    4  2
-//! kind       4  1 = archive (writes into the OVA), 2 = folder (renames and removals)
-//! size       8  archive: the OVA's size (patches never change it); folder: 0
-//! dev        8  archive: st_dev of the OVA; folder: 0
-//! ino        8  archive: st_ino of the OVA; folder: 0
-//! count      4  number of operations
-//! operations:
-//!   tag 1 = write:  offset u64, length u32 (both multiples of 512, length > 0), the bytes,
-//!                   then length/512 SHA-256 digests: each sector as it was before
-//!   tag 2 = rename: from-length u16, from, to-length u16, to (names in the same folder),
-//!                   SHA-256 of the content of `from`
-//!   tag 3 = remove: length u16, name
-//! checksum  32  SHA-256 of every byte before it
+//! magic      8  "OVAFSJNL" version    4  2 kind       4  1 = archive (writes into the OVA), 2 =
+//! folder (renames and removals) size       8  archive: the OVA's size (patches never change it);
+//! folder: 0 dev        8  archive: st_dev of the OVA; folder: 0 ino        8  archive: st_ino of
+//! the OVA; folder: 0 count      4  number of operations operations: tag 1 = write:  offset u64,
+//! length u32 (both multiples of 512, length > 0), the bytes, then length/512 SHA-256 digests: each
+//! sector as it was before tag 2 = rename: from-length u16, from, to-length u16, to (names in the
+//! same folder), SHA-256 of the content of `from` tag 3 = remove: length u16, name tag 4 = place:
+//! from-length u16, from, to-length u16, to, dev u64, ino u64, size u64 (of `from`), SHA-256 of the
+//! content of `from` (a data member of a change set) tag 5 = unlink: length u16, name, dev u64, ino
+//! u64, size u64 (of the file removed) checksum  32  SHA-256 of every byte before it
 //! ```
-//! The identity (size, dev, ino) makes sure a journal is only ever replayed onto the file it
-//! was written for: an OVA replaced since (copied over, restored from a backup) is not
-//! patched. Names are single path components (no `/`, not `.` or `..`, no NUL). Version 1
-//! journals (no old-bytes digests) are refused: they cannot be proven.
+//! The identity (size, dev, ino) makes sure a journal is only ever replayed onto the file it was
+//! written for: an OVA replaced since (copied over, restored from a backup) is not patched. Names
+//! are single path components (no `/`, not `.` or `..`, no NUL). Version 1 journals (no old-bytes
+//! digests) are refused: they cannot be proven.
 
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+
+use nix::sys::stat::FileStat;
 use sha2::{Digest, Sha256};
+
+use super::trust::{Folder, Found, Rules};
+use super::{FaultPoint, JOURNAL_SUFFIX, MAX_MANIFEST_BYTES, temp_prefix};
+use crate::error::{Error, Result};
+use crate::ovf::MAX_DESCRIPTOR_BYTES;
 
 /// First bytes of a journal.
 pub const MAGIC: &[u8; 8] = b"OVAFSJNL";
@@ -66,8 +76,9 @@ const HEADER_BYTES: usize = 8 + 4 + 4 + 8 + 8 + 8 + 4;
 /// Length of the trailing checksum.
 const CHECKSUM_BYTES: usize = 32;
 
-/// Most operations in one journal: a commit writes at most a handful.
-const MAX_OPS: u32 = 64;
+/// Most operations in one journal: a settings commit writes a handful, a change set one or
+/// two per member it touches ([`super::MAX_CHANGED_MEMBERS`] at most).
+pub const MAX_OPS: u32 = 4096;
 
 /// What the journal changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +126,49 @@ pub enum Op {
         /// File name.
         name: String,
     },
+    /// Rename the temporary file `from` over the data file `to` (a member replaced or added
+    /// by a change set) if `from` still exists. Bound to the temporary file's identity, which
+    /// a rename keeps: when `from` is gone, `to` must be that file.
+    Place {
+        /// Temporary file name.
+        from: String,
+        /// The member's file name.
+        to: String,
+        /// The temporary file's identity and size.
+        file: FileId,
+        /// SHA-256 of the content of `from`.
+        sha256: Digest32,
+    },
+    /// Remove the data file `name` (a member removed by a change set) if it is still the
+    /// file the journal was written for.
+    Unlink {
+        /// The member's file name.
+        name: String,
+        /// Its identity and size when the journal was written.
+        file: FileId,
+    },
+}
+
+/// Which file a folder operation is bound to: device, inode and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileId {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl FileId {
+    /// The identity in `st`.
+    pub fn of(st: &FileStat) -> FileId {
+        FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+        }
+    }
 }
 
 /// A decoded journal.
@@ -177,6 +231,12 @@ pub fn is_plain_name(name: &str) -> bool {
         && name.len() <= usize::from(u16::MAX)
 }
 
+fn put_file_id(out: &mut Vec<u8>, file: &FileId) {
+    out.extend_from_slice(&file.dev.to_le_bytes());
+    out.extend_from_slice(&file.ino.to_le_bytes());
+    out.extend_from_slice(&file.size.to_le_bytes());
+}
+
 fn put_name(out: &mut Vec<u8>, name: &str) {
     // Names were checked by `is_plain_name`: at most u16::MAX bytes.
     let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
@@ -195,6 +255,8 @@ impl Journal {
                 Op::Write { data, old, .. } => 13 + data.len() + 32 * old.len(),
                 Op::Rename { from, to, .. } => 37 + from.len() + to.len(),
                 Op::Remove { name } => 3 + name.len(),
+                Op::Place { from, to, .. } => 61 + from.len() + to.len(),
+                Op::Unlink { name, .. } => 27 + name.len(),
             })
             .sum();
         let mut out = Vec::with_capacity(HEADER_BYTES + payload + CHECKSUM_BYTES);
@@ -231,6 +293,23 @@ impl Journal {
                 Op::Remove { name } => {
                     out.push(3);
                     put_name(&mut out, name);
+                }
+                Op::Place {
+                    from,
+                    to,
+                    file,
+                    sha256,
+                } => {
+                    out.push(4);
+                    put_name(&mut out, from);
+                    put_name(&mut out, to);
+                    put_file_id(&mut out, file);
+                    out.extend_from_slice(sha256);
+                }
+                Op::Unlink { name, file } => {
+                    out.push(5);
+                    put_name(&mut out, name);
+                    put_file_id(&mut out, file);
                 }
             }
         }
@@ -296,11 +375,24 @@ impl Journal {
                     sha256: r.digest()?,
                 },
                 3 => Op::Remove { name: r.name()? },
+                4 => Op::Place {
+                    from: r.name()?,
+                    to: r.name()?,
+                    file: r.file_id()?,
+                    sha256: r.digest()?,
+                },
+                5 => Op::Unlink {
+                    name: r.name()?,
+                    file: r.file_id()?,
+                },
                 _ => return Err("unknown operation"),
             };
             match (&op, kind) {
                 (Op::Write { .. }, Kind::Archive) => {}
-                (Op::Rename { .. } | Op::Remove { .. }, Kind::Folder) => {}
+                (
+                    Op::Rename { .. } | Op::Remove { .. } | Op::Place { .. } | Op::Unlink { .. },
+                    Kind::Folder,
+                ) => {}
                 _ => return Err("operation does not belong to this kind of journal"),
             }
             ops.push(op);
@@ -339,6 +431,13 @@ impl<'a> Reader<'a> {
         }
         Ok(Op::Write { offset, data, old })
     }
+    fn file_id(&mut self) -> Result<FileId, &'static str> {
+        Ok(FileId {
+            dev: self.u64()?,
+            ino: self.u64()?,
+            size: self.u64()?,
+        })
+    }
     fn digest(&mut self) -> Result<Digest32, &'static str> {
         let mut a = [0u8; 32];
         a.copy_from_slice(self.take(32)?);
@@ -375,6 +474,268 @@ impl<'a> Reader<'a> {
             return Err("name is not a plain file name");
         }
         Ok(s.to_string())
+    }
+}
+
+// ---- the one applier, for commits and for recovery, and the checks that bind a journal ----
+
+/// Where a journal's operations land.
+pub(super) enum Target<'a> {
+    /// The archive, open for writing (archive journals).
+    Archive(&'a File),
+    /// The package folder (folder journals).
+    Folder(&'a Folder),
+}
+
+/// Carries out a journal's operations and makes them durable; returns the bytes written
+/// into the archive. Every operation is idempotent, so a commit and a recovery after a crash
+/// at any point run the same code. Archive writes are made in two halves split at a sector
+/// boundary, as a crash tears a write at worst (tests stop there through `fault`). Folder
+/// operations: each rename only if its temporary file is still there, each removal only if
+/// the file is still there (and, for a member's file, still the file the journal names).
+pub(super) fn apply(j: &Journal, target: Target<'_>, fault: &dyn Fn(FaultPoint)) -> Result<u64> {
+    match target {
+        Target::Archive(file) => apply_writes(file, &j.ops, fault),
+        Target::Folder(folder) => apply_folder_ops(folder, &j.ops, fault).map(|()| 0),
+    }
+}
+
+fn apply_writes(file: &File, ops: &[Op], fault: &dyn Fn(FaultPoint)) -> Result<u64> {
+    let io = |e| Error::io("write the archive", e);
+    let mut written = 0u64;
+    for (i, op) in ops.iter().enumerate() {
+        if let Op::Write { offset, data, .. } = op {
+            let half = data.len() / 2 / SECTOR * SECTOR;
+            file.write_all_at(&data[..half], *offset).map_err(io)?;
+            fault(FaultPoint::Applied { op: i, half: 0 });
+            file.write_all_at(&data[half..], offset.saturating_add(half as u64))
+                .map_err(io)?;
+            fault(FaultPoint::Applied { op: i, half: 1 });
+            written = written.saturating_add(data.len() as u64);
+        }
+    }
+    file.sync_data()
+        .map_err(|e| Error::io("fsync the archive", e))?;
+    Ok(written)
+}
+
+fn apply_folder_ops(folder: &Folder, ops: &[Op], fault: &dyn Fn(FaultPoint)) -> Result<()> {
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            Op::Rename { from, to, .. } | Op::Place { from, to, .. } => {
+                if folder.lstat(from)?.is_some() {
+                    folder.rename(from, to)?;
+                }
+            }
+            Op::Remove { name } => {
+                if folder.lstat(name)?.is_some() {
+                    folder.unlink(name)?;
+                }
+            }
+            Op::Unlink { name, file } => {
+                if folder
+                    .lstat(name)?
+                    .is_some_and(|st| FileId::of(&st) == *file)
+                {
+                    folder.unlink(name)?;
+                }
+            }
+            Op::Write { .. } => {}
+        }
+        fault(FaultPoint::Applied { op: i, half: 1 });
+    }
+    folder.sync()
+}
+
+/// Why the archive journal `j` does not belong to `target` as it is now: the first sector of
+/// a write that holds neither the bytes the journal recorded as there before nor the bytes it
+/// writes, in words; `None` when every sector is one or the other.
+pub(super) fn unbound_archive(target: &File, j: &Journal) -> Result<Option<String>> {
+    for op in &j.ops {
+        if let Op::Write { offset, data, old } = op
+            && let Some(reason) = unbound_write(target, *offset, data, old)?
+        {
+            return Ok(Some(reason));
+        }
+    }
+    Ok(None)
+}
+
+fn unbound_write(
+    target: &File,
+    offset: u64,
+    data: &[u8],
+    old: &[Digest32],
+) -> Result<Option<String>> {
+    let mut now = vec![0u8; data.len()];
+    if let Err(e) = target.read_exact_at(&mut now, offset) {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            return Ok(Some(format!(
+                "its write at {offset} is past the archive's end"
+            )));
+        }
+        return Err(Error::io("read the archive", e));
+    }
+    let sectors = now.chunks(SECTOR).zip(data.chunks(SECTOR));
+    for (i, ((cur, new), was)) in sectors.zip(old).enumerate() {
+        if cur != new && digest(cur) != *was {
+            let at = offset.saturating_add((i * SECTOR) as u64);
+            return Ok(Some(format!(
+                "the archive's sector at byte {at} holds neither the bytes the journal was written against nor the ones it writes (it was not made from this archive)"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Why the folder journal `j` does not belong to the package whose descriptor is `ovf` (in
+/// `folder`, owned as `package` says): an operation on a file that is not the package's, a
+/// temporary file that is not ovafs's or does not hold the bytes (or is not the file) it was
+/// written for, a member's file that is not the one it was written for; `None` when bound.
+pub(super) fn unbound_folder(
+    folder: &Folder,
+    ovf: &str,
+    package: &FileStat,
+    j: &Journal,
+) -> Result<Option<String>> {
+    if let Some(op) = j.ops.iter().find(|op| !folder_op_allowed(ovf, op)) {
+        return Ok(Some(format!(
+            "it names files that are not this package's ({op:?})"
+        )));
+    }
+    let rules = Rules::temporary(package);
+    for op in &j.ops {
+        let reason = match op {
+            Op::Rename { from, sha256, .. } => unbound_rename(folder, &rules, from, sha256)?,
+            Op::Place {
+                from,
+                to,
+                file,
+                sha256,
+            } => unbound_place(folder, &rules, from, to, file, sha256)?,
+            Op::Unlink { name, file } => match folder.lstat(name)? {
+                Some(st) if FileId::of(&st) != *file => Some(format!(
+                    "the file it removes, {}, is not the one it was written for",
+                    folder.shown(name)
+                )),
+                _ => None,
+            },
+            Op::Remove { .. } | Op::Write { .. } => None,
+        };
+        if reason.is_some() {
+            return Ok(reason);
+        }
+    }
+    Ok(None)
+}
+
+/// A rename of a small temporary file (descriptor, manifest, certificate), bound to its bytes.
+fn unbound_rename(
+    folder: &Folder,
+    rules: &Rules,
+    from: &str,
+    sha256: &Digest32,
+) -> Result<Option<String>> {
+    match folder.open_trusted(from, rules)? {
+        Found::Missing => Ok(None), // already renamed
+        Found::Untrusted(rule) => Ok(Some(not_ours(folder, from, &rule))),
+        Found::Trusted(t) => {
+            let cap = MAX_DESCRIPTOR_BYTES.max(MAX_MANIFEST_BYTES);
+            let got = digest_file(&t.file, cap, &folder.shown(from))?;
+            Ok((got.as_ref() != Some(sha256)).then(|| holds_other_bytes(folder, from)))
+        }
+    }
+}
+
+/// A rename of a member's temporary file, bound to its identity and bytes; once renamed, the
+/// member's name must hold that very file.
+fn unbound_place(
+    folder: &Folder,
+    rules: &Rules,
+    from: &str,
+    to: &str,
+    file: &FileId,
+    sha256: &Digest32,
+) -> Result<Option<String>> {
+    match folder.open_trusted(from, rules)? {
+        Found::Missing => match folder.lstat(to)? {
+            Some(st) if FileId::of(&st) == *file => Ok(None), // already renamed
+            _ => Ok(Some(format!(
+                "neither the file it renames, {}, nor the file it became is there",
+                folder.shown(from)
+            ))),
+        },
+        Found::Untrusted(rule) => Ok(Some(not_ours(folder, from, &rule))),
+        Found::Trusted(t) => {
+            if FileId::of(&t.stat) != *file {
+                return Ok(Some(format!(
+                    "the file it renames, {}, is not the one it was written for",
+                    folder.shown(from)
+                )));
+            }
+            let got = digest_file(&t.file, u64::MAX, &folder.shown(from))?;
+            Ok((got.as_ref() != Some(sha256)).then(|| holds_other_bytes(folder, from)))
+        }
+    }
+}
+
+fn not_ours(folder: &Folder, from: &str, rule: &str) -> String {
+    format!(
+        "the file it renames, {}, is not ovafs's: {rule}",
+        folder.shown(from)
+    )
+}
+
+fn holds_other_bytes(folder: &Folder, from: &str) -> String {
+    format!(
+        "the file it renames, {}, does not hold the bytes it was written for",
+        folder.shown(from)
+    )
+}
+
+/// The SHA-256 of a whole file, read in chunks; `None` when it is longer than `cap`.
+fn digest_file(file: &File, cap: u64, shown: &str) -> Result<Option<Digest32>> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    let mut reader = file;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("read {shown}"), e))?;
+        if n == 0 {
+            return Ok(Some(hasher.finalize().into()));
+        }
+        total = total.saturating_add(n as u64);
+        if total > cap {
+            return Ok(None);
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Whether a folder journal operation stays within the package whose descriptor is `ovf`:
+/// renames come from its temporary files and land on its `.ovf`, `.mf` or `.cert`; removals
+/// take its `.cert`; a member's file placed or unlinked is a plain name that is none of
+/// those, nor a journal or temporary name (names compared case-insensitively, as the package
+/// layer finds them).
+fn folder_op_allowed(ovf: &str, op: &Op) -> bool {
+    let base = ovf.get(..ovf.len().saturating_sub(4)).unwrap_or(ovf);
+    let is = |name: &str, ext: &str| name.eq_ignore_ascii_case(&format!("{base}.{ext}"));
+    let temp = |name: &str| name.starts_with(&temp_prefix(ovf));
+    let member = |name: &str| {
+        !name.eq_ignore_ascii_case(ovf)
+            && !is(name, "mf")
+            && !is(name, "cert")
+            && !temp(name)
+            && !name.ends_with(JOURNAL_SUFFIX)
+    };
+    match op {
+        Op::Rename { from, to, .. } => temp(from) && (to == ovf || is(to, "mf") || is(to, "cert")),
+        Op::Remove { name } => is(name, "cert"),
+        Op::Place { from, to, .. } => temp(from) && member(to),
+        Op::Unlink { name, .. } => member(name),
+        Op::Write { .. } => false,
     }
 }
 
@@ -530,5 +891,79 @@ mod tests {
         v.extend_from_slice(&0u64.to_le_bytes());
         v.extend_from_slice(&(u32::MAX - 511).to_le_bytes());
         assert!(refused(&sealed(v)).contains("cut short"));
+    }
+
+    #[test]
+    fn place_and_unlink_round_trip_and_belong_to_folder_journals() {
+        let file = FileId {
+            dev: 2049,
+            ino: 12,
+            size: 1 << 33,
+        };
+        let j = Journal {
+            kind: Kind::Folder,
+            target: Identity::default(),
+            ops: vec![
+                Op::Place {
+                    from: ".a.ovf.ovafs-tmp-2".into(),
+                    to: "disk1.vmdk".into(),
+                    file,
+                    sha256: digest(b"disk"),
+                },
+                Op::Unlink {
+                    name: "disk2.vmdk".into(),
+                    file,
+                },
+            ],
+        };
+        let bytes = j.encode();
+        assert_eq!(Journal::decode(&bytes).unwrap(), j);
+        for n in 0..bytes.len() {
+            assert!(matches!(
+                Journal::decode(&bytes[..n]),
+                Err(Invalid::Torn(_))
+            ));
+        }
+        // In an archive journal they are refused.
+        let mut v = header(2, 1, 10_240, 1);
+        v.push(5);
+        v.extend_from_slice(&1u16.to_le_bytes());
+        v.push(b'x');
+        v.extend_from_slice(&[0; 24]);
+        assert!(refused(&sealed(v)).contains("does not belong"));
+    }
+
+    #[test]
+    fn folder_ops_stay_within_the_package() {
+        let place = |from: &str, to: &str| Op::Place {
+            from: from.into(),
+            to: to.into(),
+            file: FileId::default(),
+            sha256: [0; 32],
+        };
+        let unlink = |name: &str| Op::Unlink {
+            name: name.into(),
+            file: FileId::default(),
+        };
+        let tmp = ".a.ovf.ovafs-tmp-1";
+        assert!(folder_op_allowed("a.ovf", &place(tmp, "disk.vmdk")));
+        assert!(folder_op_allowed("a.ovf", &unlink("disk.vmdk")));
+        for to in [
+            "a.ovf",
+            "A.MF",
+            "a.cert",
+            ".a.ovf.ovafs-tmp-2",
+            "a.ovf.ovafs-journal",
+        ] {
+            assert!(!folder_op_allowed("a.ovf", &place(tmp, to)), "{to}");
+            assert!(!folder_op_allowed("a.ovf", &unlink(to)), "{to}");
+        }
+        assert!(!folder_op_allowed("a.ovf", &place("disk.tmp", "disk.vmdk")));
+        assert!(!folder_op_allowed(
+            "a.ovf",
+            &Op::Remove {
+                name: "disk.vmdk".into()
+            }
+        ));
     }
 }

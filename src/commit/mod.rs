@@ -1,33 +1,43 @@
-//! Persisting an edited descriptor into its package: in place under a redo journal when it
-//! fits, else by an atomic rewrite (docs/design.md "Commit"; docs/formats.md §1.2-1.4, §3,
+//! Persisting a change set into its package: in place under a redo journal when it fits,
+//! else by an atomic rewrite (docs/design.md "Commit", docs/formats.md §1.2-1.4, §3,
 //! §6 rule 26).
 //!
 //! [`Committer::open`] captures the package's on-disk layout (every member's header and
 //! offsets, the descriptor, manifest and certificate members). [`Committer::commit`] then
-//! writes a new descriptor:
+//! writes a [`ChangeSet`]: a new descriptor (optional), members replaced by new content (a
+//! [`Content`]: a [`ReadAt`] and a length, streamed, never held in memory whole, digested
+//! while it is copied), members added, members removed, and what to do with the certificate
+//! ([`CertificateAction`]: keep, drop, re-sign with a [`Signer`]). A settings edit is
+//! `ChangeSet::descriptor(bytes)`. The descriptor's File entries are the caller's business.
 //!
-//! - The **manifest** is refreshed in its own algorithm and line style: only the value on the
-//!   lines naming the descriptor changes ([`manifest`]). A manifest that does not list the
-//!   descriptor is left alone.
-//! - A **certificate** signs the manifest bytes, so when the manifest changes it no longer
-//!   matches: it is removed with a warning (re-signing is a later feature). When the manifest
-//!   does not change, the certificate stays.
-//! - **In place** (OVA): when the new descriptor fills the same number of tar blocks as the
-//!   old one ([`padding`]: it may be padded with trailing whitespace, and a rewrite leaves
-//!   slack for this), and the manifest keeps its block count, and no certificate has to go,
-//!   the descriptor's header and data and the manifest's are patched. The patches are first
-//!   written to a journal beside the OVA (`NAME.ova.ovafs-journal`, [`journal`]), which is
-//!   fsynced with its folder; then the OVA is patched and fsynced and the journal deleted.
-//!   The cost is a few fsyncs and two descriptor-sized writes, whatever the archive's size.
+//! - The **manifest** is refreshed in its own algorithm and line style ([`manifest`]): the
+//!   values on the lines naming a changed member change, the lines of removed members go,
+//!   added members get lines in the style and algorithms of the descriptor's line. A member
+//!   the manifest does not list stays unlisted.
+//! - A **certificate** signs the manifest bytes. Kept ([`CertificateAction::Keep`], what
+//!   settings edits do): it stays while the manifest does not change, else it is removed and
+//!   reported. Dropped on request. Re-signed: regenerated over the new manifest as ovftool
+//!   writes it ([`Signer`]), created when there was none.
+//! - **In place** (OVA): when every change fills the same number of tar blocks as the bytes
+//!   it replaces (the descriptor may be padded with trailing whitespace, [`padding`], and a
+//!   rewrite leaves slack for this; a replaced member of at most 1 MiB; the manifest; a
+//!   re-signed certificate), nothing is added or removed and no certificate has to go, the
+//!   headers and data are patched. The patches are first written to a journal beside the OVA
+//!   (`NAME.ova.ovafs-journal`, [`journal`]), which is fsynced with its folder; then the OVA
+//!   is patched by the journal's applier and fsynced and the journal deleted.
 //! - **Rewrite** (OVA): otherwise a new archive is written to `.NAME.ova.ovafs-tmp-*` in the
-//!   same folder: descriptor first (with slack after it), manifest next, then every other
-//!   member in its original order, data copied byte for byte (`copy_file_range`), headers
-//!   rebuilt as ustar (GNU only for members of 8 GiB and more or names that need it; never
-//!   pax). It is fsynced, checked by indexing it again, renamed over the original, and the
-//!   folder is fsynced.
-//! - **Folder** packages: the new `.ovf` and `.mf` are written to temporary files and
-//!   fsynced; a journal listing the renames (and the certificate's removal) is made durable;
-//!   then the renames are done and the folder fsynced.
+//!   same folder: descriptor first (with slack after it), manifest next, a new certificate,
+//!   then every other member in its original order (removed ones left out; unchanged data
+//!   copied byte for byte with `copy_file_range`, replaced data streamed from its content),
+//!   then the added members; headers rebuilt as ustar (GNU only for members of 8 GiB and more
+//!   or names that need it; never pax). The manifest and certificate are written with
+//!   placeholder digests of their final length and filled in once the contents after them
+//!   are digested, so every content is read once. The archive is fsynced, checked by
+//!   indexing it again, renamed over the original, and the folder is fsynced.
+//! - **Folder** packages: new contents, the new `.ovf`, `.mf` and `.cert` are written to
+//!   trusted temporary files and fsynced; a journal listing the renames and removals (data
+//!   files placed and unlinked bound to their identity) is made durable; then the journal's
+//!   applier carries it out and the folder is fsynced.
 //!
 //! Crash safety: at every moment the package is the old version, the new one, or a journal
 //! beside it that [`recover`] completes (a journal with a valid checksum, bound to the bytes
@@ -47,7 +57,7 @@
 //! cannot write) cannot be committed to: [`Committer::open`] fails with an error for which
 //! [`is_read_only`] is true, and the mount should be read-only.
 //!
-//! Not here: building the new descriptor (settings), FUSE, signing.
+//! Not here: building the new descriptor (settings), FUSE, encoding disks.
 
 mod folder;
 pub mod journal;
@@ -56,6 +66,7 @@ pub mod manifest;
 mod ova;
 pub mod padding;
 mod recover;
+mod sign;
 mod trust;
 
 use std::fmt;
@@ -67,9 +78,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::io::ReadAt;
 use crate::package::{Package, SourceKind};
 
 pub use recover::{JournalOutcome, MAX_LISTED_TEMPS, RecoveryReport, inspect, recover};
+pub use sign::Signer;
 
 /// Suffix of the journal file beside a package: `NAME.ova.ovafs-journal`.
 pub const JOURNAL_SUFFIX: &str = ".ovafs-journal";
@@ -116,6 +129,20 @@ pub enum CommitError {
         path: PathBuf,
         /// Why.
         reason: &'static str,
+    },
+    /// A change set that does not fit the package (a member replaced that is not there, one
+    /// added that is, a name in two lists, the manifest removed, ...).
+    #[error("the change set cannot be applied: {reason}")]
+    BadChange {
+        /// Why.
+        reason: String,
+    },
+    /// The package cannot be re-signed with this signer (bad key, key of another
+    /// certificate, no manifest to sign).
+    #[error("cannot re-sign: {reason}")]
+    Signer {
+        /// Why.
+        reason: String,
     },
     /// A new descriptor above [`crate::ovf::MAX_DESCRIPTOR_BYTES`].
     #[error("the new descriptor is {size} bytes, above the limit of {limit}")]
@@ -167,11 +194,15 @@ fn locked(folder: &trust::Folder, name: &str) -> Error {
     ))
 }
 
+/// `path` cannot be written: `why` says what makes it read-only.
 fn read_only(path: &Path, why: &str) -> Error {
-    Error::io(
-        format!("{} is read-only ({why})", path.display()),
-        std::io::Error::from_raw_os_error(libc::EROFS),
-    )
+    refused(format!("{} is read-only ({why})", path.display()))
+}
+
+/// The new package file `shown` (a rewritten archive, a new descriptor) cannot be locked
+/// before it takes the package's name: someone else holds a lock on it.
+fn new_file_busy(shown: &str) -> Error {
+    Error::refused(format!("lock {shown}"), crate::error::Refusal::Busy)
 }
 
 /// A step of a commit, for tests that stop a commit there ([`CommitOptions::fault_hook`]).
@@ -274,8 +305,17 @@ pub struct CommitReport {
     pub manifest: Option<Vec<u8>>,
     /// Whether the manifest changed.
     pub manifest_changed: bool,
-    /// The certificate removed because it no longer matches the manifest.
+    /// The certificate removed because it no longer matches the manifest (or the change set
+    /// dropped it).
     pub certificate_dropped: Option<String>,
+    /// What became of the certificate.
+    pub certificate: CertificateFate,
+    /// Members whose content was replaced.
+    pub members_replaced: Vec<String>,
+    /// Members added.
+    pub members_added: Vec<String>,
+    /// Members removed.
+    pub members_removed: Vec<String>,
     /// Bytes written to the package, its journal and temporary files.
     pub bytes_written: u64,
     /// Wall time of the commit.
@@ -283,6 +323,175 @@ pub struct CommitReport {
     /// Whether the package file was replaced by a new one (rewrite, folder): readers must
     /// reopen it; member offsets changed.
     pub replaced: bool,
+}
+
+/// New content for a member: `len` bytes read from `data` (which must hold at least that
+/// many). Copied in chunks and digested while it is copied, never held in memory whole.
+#[derive(Clone)]
+pub struct Content {
+    /// The bytes.
+    pub data: Arc<dyn ReadAt>,
+    /// How many of them.
+    pub len: u64,
+}
+
+impl Content {
+    /// All of `data`.
+    pub fn new(data: Arc<dyn ReadAt>) -> Content {
+        let len = data.len();
+        Content { data, len }
+    }
+
+    /// Bytes held in memory (small members, tests).
+    pub fn bytes(bytes: impl Into<Vec<u8>>) -> Content {
+        Content::new(Arc::new(bytes.into()))
+    }
+}
+
+impl fmt::Debug for Content {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Content").field("len", &self.len).finish()
+    }
+}
+
+/// What a commit does with the package's certificate.
+#[derive(Debug, Clone, Default)]
+pub enum CertificateAction {
+    /// Kept while it still signs the manifest; removed (and reported) when the manifest
+    /// changes. What settings edits do.
+    #[default]
+    Keep,
+    /// Removed.
+    Drop,
+    /// Regenerated over the new manifest with this signer (created when there was none).
+    Resign(Signer),
+}
+
+/// Most members one change set may replace, add and remove in all.
+pub const MAX_CHANGED_MEMBERS: usize = 1024;
+
+/// What a commit changes: the descriptor, members replaced, added and removed, and the
+/// certificate's fate. Member names are as the package lists them (archive member names; a
+/// folder package's file names, which must be plain names). The descriptor's File entries
+/// are the caller's: the change set writes what it is given.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeSet {
+    /// The new descriptor, if it changes.
+    pub descriptor: Option<Vec<u8>>,
+    /// Members whose content is replaced.
+    pub replace: Vec<(String, Content)>,
+    /// Members added (after the others).
+    pub add: Vec<(String, Content)>,
+    /// Members removed.
+    pub remove: Vec<String>,
+    /// The certificate.
+    pub certificate: CertificateAction,
+}
+
+impl ChangeSet {
+    /// Only a new descriptor (a settings edit).
+    pub fn descriptor(bytes: impl Into<Vec<u8>>) -> ChangeSet {
+        ChangeSet {
+            descriptor: Some(bytes.into()),
+            ..ChangeSet::default()
+        }
+    }
+
+    /// Also sets a new descriptor.
+    pub fn with_descriptor(mut self, bytes: impl Into<Vec<u8>>) -> ChangeSet {
+        self.descriptor = Some(bytes.into());
+        self
+    }
+
+    /// Also replaces member `name`.
+    pub fn replace(mut self, name: impl Into<String>, content: Content) -> ChangeSet {
+        self.replace.push((name.into(), content));
+        self
+    }
+
+    /// Also adds member `name`.
+    pub fn add(mut self, name: impl Into<String>, content: Content) -> ChangeSet {
+        self.add.push((name.into(), content));
+        self
+    }
+
+    /// Also removes member `name`.
+    pub fn remove(mut self, name: impl Into<String>) -> ChangeSet {
+        self.remove.push(name.into());
+        self
+    }
+
+    /// Sets what happens to the certificate.
+    pub fn certificate(mut self, action: CertificateAction) -> ChangeSet {
+        self.certificate = action;
+        self
+    }
+
+    /// Whether the member lists change nothing.
+    fn members_unchanged(&self) -> bool {
+        self.replace.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Checks what does not depend on the package: sizes, the number of members, names in
+    /// two lists, contents shorter than their length.
+    fn check(&self) -> Result<()> {
+        let limit = crate::ovf::MAX_DESCRIPTOR_BYTES;
+        if let Some(d) = &self.descriptor
+            && d.len() as u64 > limit
+        {
+            return Err(CommitError::DescriptorTooLarge {
+                size: d.len() as u64,
+                limit,
+            }
+            .into());
+        }
+        let names: Vec<&str> = self
+            .replace
+            .iter()
+            .chain(&self.add)
+            .map(|(n, _)| n.as_str())
+            .chain(self.remove.iter().map(String::as_str))
+            .collect();
+        if names.len() > MAX_CHANGED_MEMBERS {
+            return Err(bad_change(format!(
+                "{} members changed, above the limit of {MAX_CHANGED_MEMBERS}",
+                names.len()
+            )));
+        }
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(bad_change(format!("member {:?} is named twice", w[0])));
+        }
+        for (name, c) in self.replace.iter().chain(&self.add) {
+            if c.data.len() < c.len {
+                return Err(bad_change(format!(
+                    "the content of {name:?} holds {} bytes, fewer than its length {}",
+                    c.data.len(),
+                    c.len
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bad_change(reason: String) -> Error {
+    CommitError::BadChange { reason }.into()
+}
+
+/// What became of the certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CertificateFate {
+    /// The package has none, before and after.
+    #[default]
+    None,
+    /// Kept as it was (it still signs the manifest).
+    Kept(String),
+    /// Removed: it no longer matched the manifest, or the change set dropped it.
+    Dropped(String),
+    /// Written anew over the new manifest.
+    Signed(String),
 }
 
 /// Persists new descriptors into one package.
@@ -340,40 +549,117 @@ impl Committer {
         }
     }
 
-    /// Writes `new_descriptor` into the package with a refreshed manifest. Durable when it
-    /// returns. On error the package is the old version, or the new one, or has a journal
-    /// beside it that the next commit or [`recover`] completes.
-    pub fn commit(&mut self, new_descriptor: &[u8]) -> Result<CommitReport> {
+    /// Writes the change set into the package with a refreshed manifest: in place under a
+    /// journal when every change fits where the old bytes were, else by a rewrite. Durable
+    /// when it returns. On error the package is the old version, or the new one, or has a
+    /// journal beside it that the next commit or [`recover`] completes.
+    pub fn commit(&mut self, changes: &ChangeSet) -> Result<CommitReport> {
         let start = Instant::now();
-        let limit = crate::ovf::MAX_DESCRIPTOR_BYTES;
-        if new_descriptor.len() as u64 > limit {
-            return Err(CommitError::DescriptorTooLarge {
-                size: new_descriptor.len() as u64,
-                limit,
-            }
-            .into());
-        }
+        changes.check()?;
         let mut report = match &mut self.inner {
-            Inner::Ova(c) => c.commit(new_descriptor, &self.options)?,
-            Inner::Folder(c) => c.commit(new_descriptor, &self.options)?,
+            Inner::Ova(c) => c.commit(changes, &self.options)?,
+            Inner::Folder(c) => c.commit(changes, &self.options)?,
         };
         report.elapsed = start.elapsed();
-        if let Some(cert) = &report.certificate_dropped {
-            log::warn!(
-                "{}: certificate {cert:?} removed: it signed the old manifest (re-signing is not supported)",
+        report.certificate_dropped = match &report.certificate {
+            CertificateFate::Dropped(name) => Some(name.clone()),
+            _ => None,
+        };
+        match &report.certificate {
+            CertificateFate::Dropped(cert)
+                if matches!(changes.certificate, CertificateAction::Keep) =>
+            {
+                log::warn!(
+                    "{}: certificate {cert:?} removed: it signed the old manifest (commit with a signer to re-sign)",
+                    self.source().display()
+                )
+            }
+            CertificateFate::Dropped(cert) => {
+                log::info!("{}: certificate {cert:?} removed", self.source().display())
+            }
+            CertificateFate::Signed(cert) => log::info!(
+                "{}: certificate {cert:?} signs the new manifest",
                 self.source().display()
-            );
+            ),
+            CertificateFate::None | CertificateFate::Kept(_) => {}
         }
         log::info!(
-            "{}: committed {} descriptor bytes ({:?}, {} bytes written, {:?})",
+            "{}: committed {} descriptor bytes, {} members replaced, {} added, {} removed ({:?}, {} bytes written, {:?})",
             self.source().display(),
             report.descriptor.len(),
+            report.members_replaced.len(),
+            report.members_added.len(),
+            report.members_removed.len(),
             report.path,
             report.bytes_written,
             report.elapsed
         );
         Ok(report)
     }
+}
+
+/// The size and digests of a content copied by [`copy_content`]: in the manifest's
+/// algorithms, and SHA-256 for a folder journal's binding.
+struct Copied {
+    values: manifest::MemberValues,
+    sha256: journal::Digest32,
+}
+
+/// Chunk a content is copied in: the memory a copy uses, whatever its length.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// Copies `content` to the current position of `out`, digesting it in `algorithms` while it
+/// is copied. Chunks of zeros are skipped with a seek (the output stays sparse where the
+/// content is; the caller writes something after it or sets the length).
+fn copy_content(
+    content: &Content,
+    out: &mut File,
+    algorithms: &[crate::verify::digest::DigestAlgorithm],
+    shown: &str,
+) -> Result<Copied> {
+    use crate::verify::digest::DigestAlgorithm;
+    use std::io::{Seek, SeekFrom};
+    let mut hashers: Vec<_> = algorithms.iter().map(|a| (*a, a.hasher())).collect();
+    let sha256_separate = !algorithms.contains(&DigestAlgorithm::Sha256);
+    let mut sha256 = <sha2::Sha256 as sha2::Digest>::new();
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut done = 0u64;
+    while done < content.len {
+        let want =
+            usize::try_from((content.len - done).min(COPY_CHUNK as u64)).unwrap_or(COPY_CHUNK);
+        let chunk = &mut buf[..want];
+        content.data.read_exact_at(done, chunk)?;
+        for (_, h) in &mut hashers {
+            h.update(chunk);
+        }
+        if sha256_separate {
+            sha2::Digest::update(&mut sha256, &*chunk);
+        }
+        if chunk.iter().all(|&b| b == 0) {
+            out.seek(SeekFrom::Current(want as i64))
+                .map_err(|e| Error::io(format!("seek {shown}"), e))?;
+        } else {
+            out.write_all(chunk)
+                .map_err(|e| Error::io(format!("write {shown}"), e))?;
+        }
+        done += want as u64;
+    }
+    let digests: Vec<(DigestAlgorithm, Vec<u8>)> = hashers
+        .into_iter()
+        .map(|(a, h)| (a, h.finalize().into_vec()))
+        .collect();
+    let sha256: journal::Digest32 =
+        match digests.iter().find(|(a, _)| *a == DigestAlgorithm::Sha256) {
+            Some((_, d)) => d.as_slice().try_into().unwrap_or_default(),
+            None => sha2::Digest::finalize(sha256).into(),
+        };
+    Ok(Copied {
+        values: manifest::MemberValues {
+            size: content.len,
+            digests,
+        },
+        sha256,
+    })
 }
 
 // ---- helpers shared by the OVA and folder committers and by recovery ----

@@ -13,18 +13,16 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::FileStat;
 
-use super::journal::{self, Digest32, Identity, Invalid, Journal, Kind, MAX_JOURNAL_BYTES, Op};
+use super::journal::{self, Identity, Invalid, Journal, Kind, MAX_JOURNAL_BYTES, Target};
 use super::lock::{self, Attempt};
 use super::trust::{Folder, Found, Rules, errno_err};
-use super::{CommitOptions, JOURNAL_SUFFIX, MAX_MANIFEST_BYTES, split_path, temp_prefix};
-use crate::error::{Error, Result};
-use crate::ovf::MAX_DESCRIPTOR_BYTES;
+use super::{JOURNAL_SUFFIX, split_path, temp_prefix};
+use crate::error::{Error, Refusal, Result};
 use crate::package::MAX_DIR_ENTRIES;
 
 /// What happened to a journal found beside the package.
@@ -186,12 +184,9 @@ pub(super) fn recover_held(folder: &Folder, name: &str) -> Result<RecoveryReport
 }
 
 fn examine(folder: &Folder, name: &str, mode: &Mode) -> Result<RecoveryReport> {
-    let package = folder.lstat(name)?.ok_or_else(|| {
-        Error::io(
-            format!("stat {}", folder.shown(name)),
-            std::io::Error::from_raw_os_error(libc::ENOENT),
-        )
-    })?;
+    let package = folder
+        .lstat(name)?
+        .ok_or_else(|| Error::refused(folder.shown(name), Refusal::NotFound))?;
     let jname = format!("{name}{JOURNAL_SUFFIX}");
     let journal = match folder.open_trusted(&jname, &Rules::journal(&package))? {
         Found::Missing => JournalOutcome::None,
@@ -351,116 +346,26 @@ fn check_archive(folder: &Folder, name: &str, j: &Journal, mode: &Mode) -> Resul
             "it was written for another file (the archive was replaced)".into(),
         ));
     }
-    for op in &j.ops {
-        if let Op::Write { offset, data, old } = op
-            && let Some(reason) = unbound_sector(&target, *offset, data, old)?
-        {
-            return Ok(Check::Refuse(reason));
-        }
+    if let Some(reason) = journal::unbound_archive(&target, j)? {
+        return Ok(Check::Refuse(reason));
     }
     Ok(Check::Replay(Some(target)))
 }
 
-/// The first sector of a write that holds neither the bytes the journal recorded as there
-/// before nor the bytes it writes, in words; `None` when every sector is one or the other.
-fn unbound_sector(
-    target: &File,
-    offset: u64,
-    data: &[u8],
-    old: &[Digest32],
-) -> Result<Option<String>> {
-    let mut now = vec![0u8; data.len()];
-    if let Err(e) = target.read_exact_at(&mut now, offset) {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            return Ok(Some(format!(
-                "its write at {offset} is past the archive's end"
-            )));
-        }
-        return Err(Error::io("read the archive", e));
-    }
-    let sectors = now
-        .chunks(journal::SECTOR)
-        .zip(data.chunks(journal::SECTOR));
-    for (i, ((cur, new), was)) in sectors.zip(old).enumerate() {
-        if cur != new && journal::digest(cur) != *was {
-            let at = offset.saturating_add((i * journal::SECTOR) as u64);
-            return Ok(Some(format!(
-                "the archive's sector at byte {at} holds neither the bytes the journal was written against nor the ones it writes (it was not made from this archive)"
-            )));
-        }
-    }
-    Ok(None)
-}
-
 fn check_folder(folder: &Folder, name: &str, package: &FileStat, j: &Journal) -> Result<Check> {
-    if let Some(op) = j.ops.iter().find(|op| !folder_op_allowed(name, op)) {
-        return Ok(Check::Refuse(format!(
-            "it names files that are not this package's ({op:?})"
-        )));
-    }
-    let rules = Rules::temporary(package);
-    for op in &j.ops {
-        let Op::Rename { from, sha256, .. } = op else {
-            continue;
-        };
-        match folder.open_trusted(from, &rules)? {
-            Found::Missing => {} // already renamed
-            Found::Untrusted(rule) => {
-                return Ok(Check::Refuse(format!(
-                    "the file it renames, {}, is not ovafs's: {rule}",
-                    folder.shown(from)
-                )));
-            }
-            Found::Trusted(t) => {
-                let cap = MAX_DESCRIPTOR_BYTES.max(MAX_MANIFEST_BYTES);
-                let mut bytes = Vec::new();
-                (&t.file)
-                    .take(cap + 1)
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| Error::io(format!("read {}", folder.shown(from)), e))?;
-                if journal::digest(&bytes) != *sha256 {
-                    return Ok(Check::Refuse(format!(
-                        "the file it renames, {}, does not hold the bytes it was written for",
-                        folder.shown(from)
-                    )));
-                }
-            }
-        }
-    }
-    Ok(Check::Replay(None))
+    Ok(match journal::unbound_folder(folder, name, package, j)? {
+        Some(reason) => Check::Refuse(reason),
+        None => Check::Replay(None),
+    })
 }
 
+/// Replays a journal that passed its checks, with the applier a commit uses.
 fn replay(folder: &Folder, j: &Journal, target: Option<&File>) -> Result<()> {
-    match (j.kind, target) {
-        (Kind::Archive, Some(target)) => {
-            for op in &j.ops {
-                if let Op::Write { offset, data, .. } = op {
-                    target
-                        .write_all_at(data, *offset)
-                        .map_err(|e| Error::io("write the archive", e))?;
-                }
-            }
-            target
-                .sync_data()
-                .map_err(|e| Error::io("fsync the archive", e))
-        }
-        _ => super::folder::apply_ops(folder, &j.ops, &CommitOptions::default()),
-    }
-}
-
-/// Whether a folder journal operation stays within the package whose descriptor is `ovf`:
-/// renames come from its temporary files and land on its `.ovf` or `.mf`; removals take its
-/// `.cert` (names compared case-insensitively, as the package layer finds them).
-fn folder_op_allowed(ovf: &str, op: &Op) -> bool {
-    let base = ovf.get(..ovf.len().saturating_sub(4)).unwrap_or(ovf);
-    let is = |name: &str, ext: &str| name.eq_ignore_ascii_case(&format!("{base}.{ext}"));
-    match op {
-        Op::Rename { from, to, .. } => {
-            from.starts_with(&temp_prefix(ovf)) && (to == ovf || is(to, "mf"))
-        }
-        Op::Remove { name } => is(name, "cert"),
-        Op::Write { .. } => false,
-    }
+    let target = match (j.kind, target) {
+        (Kind::Archive, Some(file)) => Target::Archive(file),
+        _ => Target::Folder(folder),
+    };
+    journal::apply(j, target, &|_| {}).map(|_| ())
 }
 
 /// What [`settle_temps`] did.

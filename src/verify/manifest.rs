@@ -194,7 +194,8 @@ pub enum LineEnd {
 }
 
 impl LineEnd {
-    fn as_str(self) -> &'static str {
+    /// The terminator's bytes.
+    pub fn as_str(self) -> &'static str {
         match self {
             LineEnd::Lf => "\n",
             LineEnd::CrLf => "\r\n",
