@@ -25,7 +25,7 @@ use crate::archive::names::{self, join};
 use crate::cache::UnitCache;
 use crate::disk::engine::FlatDisk;
 use crate::disk::{self, DiskError, DiskImage, OpenContext, SharedImages};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::fs::tree::{self, Content, Escaped, Tree};
 use crate::io::ReadAt;
 use crate::ovf::DiskDef;
@@ -333,7 +333,7 @@ fn open_disk(
             })
         }
         // Recognised but not decodable: the rest of the package is still worth mounting.
-        Err(e) if matches!(e.kind(), ErrorKind::Disk(DiskError::Unsupported { .. })) => {
+        Err(e) if matches!(e.layer_error(), Some(DiskError::Unsupported { .. })) => {
             DiskStatus::NotShown {
                 disk_id,
                 reason: format!("{href}: {e}"),

@@ -165,6 +165,13 @@ pub enum PackageError {
     },
 }
 
+/// Lets `?` turn a package error into the one public [`Error`](crate::error::Error).
+impl From<PackageError> for crate::error::Error {
+    fn from(e: PackageError) -> Self {
+        crate::error::Error::layer(e)
+    }
+}
+
 /// Where the package comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {

@@ -51,9 +51,9 @@ fn open_bytes(bytes: Vec<u8>) -> Result<Package> {
 }
 
 fn pkg_err(e: &Error) -> &PackageError {
-    match e.kind() {
-        ErrorKind::Package(p) => p,
-        k => panic!("expected a package error, got {k:?} ({e})"),
+    match e.layer_error() {
+        Some(p) => p,
+        None => panic!("expected a package error, got {:?} ({e})", e.kind()),
     }
 }
 
@@ -243,8 +243,8 @@ fn decode_gives_the_decompressed_bytes() {
 fn not_a_tar() {
     let e = open_bytes(b"\x89PNG\r\n\x1a\n".repeat(100)).unwrap_err();
     assert!(matches!(
-        e.kind(),
-        ErrorKind::Tar(crate::archive::TarError::NotTar { .. })
+        e.layer_error(),
+        Some(crate::archive::TarError::NotTar { .. })
     ));
 }
 
@@ -252,8 +252,8 @@ fn not_a_tar() {
 fn bad_descriptor_is_an_ovf_error_with_context() {
     let e = open_bytes(ova(&[("x.ovf", b"<?xml version=\"1.0\"?>\n<a>")])).unwrap_err();
     assert!(matches!(
-        e.kind(),
-        ErrorKind::Ovf(OvfError::Truncated { .. })
+        e.layer_error(),
+        Some(OvfError::Truncated { .. })
     ));
     assert!(e.to_string().contains("x.ovf"), "{e}");
 }
@@ -620,8 +620,8 @@ fn oversized_descriptor_is_refused_before_reading_it() {
     });
     let e = open_ova_source(src, Path::new("x.ova")).unwrap_err();
     assert!(matches!(
-        e.kind(),
-        ErrorKind::Ovf(OvfError::TooLarge { .. })
+        e.layer_error(),
+        Some(OvfError::TooLarge { .. })
     ));
 }
 

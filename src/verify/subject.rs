@@ -27,6 +27,7 @@ use crate::archive::names::{file_name, join, normalize_str, parent};
 use crate::archive::{self, MemberKind, TarIndex, TarMember};
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use crate::io::{FileSource, ReadAt};
+use crate::ovf::OvfError;
 use crate::package::{self, FileLocation, Member, Package, PackageError, SourceKind};
 
 /// A chunked File (`ovf:chunkSize`): its whole name and its chunks.
@@ -256,14 +257,13 @@ impl Subject {
             Ok(pkg) => return Ok(Subject::from_package(&pkg)),
             Err(e) => e,
         };
-        let recoverable = match err.kind() {
-            ErrorKind::Ovf(_) => true,
-            ErrorKind::Package(p) => !matches!(
-                p,
-                PackageError::NoDescriptor | PackageError::CompressedArchive { .. }
-            ),
-            _ => false,
-        };
+        let recoverable = err.layer_error::<OvfError>().is_some()
+            || err.layer_error::<PackageError>().is_some_and(|p| {
+                !matches!(
+                    p,
+                    PackageError::NoDescriptor | PackageError::CompressedArchive { .. }
+                )
+            });
         if !recoverable {
             return Err(err);
         }
