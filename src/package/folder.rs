@@ -30,7 +30,7 @@ use super::{
 };
 use crate::archive::MemberKind;
 use crate::archive::names::{file_name, parent};
-use crate::error::{Error, ErrorKind, Result, ResultExt};
+use crate::error::{Error, ErrorKind, Refusal, Result, ResultExt};
 use crate::io::{FileSource, ReadAt, read_vec_at};
 use crate::ovf::{self, MAX_DESCRIPTOR_BYTES, OvfError};
 
@@ -273,10 +273,11 @@ pub(super) fn open(path: &Path) -> Result<Package> {
             relocation.track(&m.name, m.size, data);
             m
         }
+        // Gone since the canonicalize above found it (or not a name at all).
         Found::Missing => {
-            return Err(io_err(
-                "cannot open",
-                io::Error::from_raw_os_error(libc::ENOENT),
+            return Err(Error::refused(
+                format!("cannot open {shown}"),
+                Refusal::NotFound,
             ));
         }
         _ => return Err(PackageError::NotARegularFile { href: shown }.into()),

@@ -880,6 +880,15 @@ fn folder_missing_descriptor_is_an_io_error() {
     assert!(matches!(e.kind(), ErrorKind::Io { .. }));
 }
 
+#[test]
+fn folder_descriptor_without_a_name_is_refused_as_not_found() {
+    // "/" canonicalizes, but names no file in its folder: the one way (besides a race with
+    // a deletion) that the descriptor is missing after the canonicalize found it.
+    let e = folder::open(Path::new("/")).unwrap_err();
+    assert_eq!(e.refusal(), Some(crate::error::Refusal::NotFound), "{e}");
+    assert_eq!(e.to_string(), "cannot open /: no such file or folder");
+}
+
 /// A small xorshift generator for deterministic mutations.
 struct Rng(u64);
 
