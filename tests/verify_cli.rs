@@ -9,7 +9,7 @@
 //!   fails with the right message and exit code 1. Also an ECDSA key.
 //! - `coverage_*`: descriptor not listed (warning, exit 0), member not listed, listed file
 //!   missing, manifest listing itself, chunked files by chunk and by whole name, an unpacked
-//!   package with a listed file that no File references.
+//!   package with a listed file that no File references, names differing in ASCII case.
 //! - `unreadable_sources_exit_2`: not a tar, truncated archive, missing file.
 
 mod common;
@@ -354,6 +354,43 @@ fn coverage_chunked_files_by_chunk_and_by_whole_name() {
         row["actual"],
         coreutils("sha1sum", &f.path("disk1.img")).as_str()
     );
+}
+
+#[test]
+fn coverage_names_differing_in_ascii_case_match_once_unambiguous() {
+    let f = fixture();
+    fs::write(f.path("readme.txt"), "hello\n").unwrap();
+    fs::write(f.path("README.txt"), "HELLO\n").unwrap();
+    let line = |n: &str, listed: &str| {
+        format!("SHA256({listed})= {}\n", coreutils("sha256sum", &f.path(n)))
+    };
+    // disk2.img listed in another case: matched, with a note. The two readmes differ only
+    // in case: each is found by its exact name, and a third spelling matches neither.
+    let mf = mixed_manifest(&f).replace("disk2.img", "DISK2.IMG")
+        + &line("readme.txt", "readme.txt")
+        + &line("README.txt", "README.txt");
+    fs::write(f.path("x.mf"), &mf).unwrap();
+    let names = ["x.ovf", "x.mf", "disk1.img", "disk2.img", "readme.txt", "README.txt"];
+    let ova = f.ova(&[], &names);
+    let (code, v) = verify_json(&[p(&ova)]);
+    assert_eq!(code, 0, "{v:#}");
+    let row = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "DISK2.IMG")
+        .unwrap();
+    assert_eq!(row["status"], "ok", "{row:#}");
+    assert_eq!(row["member"], "disk2.img", "{row:#}");
+    assert!(
+        row["note"].as_str().unwrap().contains("differs in case"),
+        "{row:#}"
+    );
+    fs::write(f.path("x.mf"), mf + &line("readme.txt", "Readme.TXT")).unwrap();
+    let ova = f.ova(&[], &names);
+    let (code, v) = verify_json(&[p(&ova)]);
+    assert_eq!(code, 1, "{v:#}");
+    assert!(report_files(&v).contains(&("Readme.TXT".into(), "missing".into())));
 }
 
 #[test]

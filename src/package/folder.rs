@@ -24,6 +24,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{Mode, SFlag, fstatat};
 
+use super::lookup;
 use super::resolve::{self, MemberSource, chunk_index_of};
 use super::{
     MAX_DIR_ENTRIES, Member, Movable, Package, PackageError, Relocation, SourceKind, access_ceiling,
@@ -309,13 +310,11 @@ pub(super) fn open(path: &Path) -> Result<Package> {
     let files = resolve::resolve_files(&descriptor, "", &mut source, &mut warnings)
         .with_context(|| shown.clone())?;
 
-    let base = desc_name
-        .get(..desc_name.len().saturating_sub(4))
-        .unwrap_or(&desc_name)
-        .to_string();
+    // The manifest and certificate, named like the descriptor (one listing serves both).
+    let listing = dir.list("").with_context(|| shown.clone())?;
     let mut sibling = |ext: &str| -> Result<Option<usize>> {
-        let wanted = format!("{base}.{ext}");
-        let Some(name) = find_case_insensitive(&dir, &wanted)? else {
+        let Some(name) = lookup::pick_sibling(&listing, &lookup::sibling_name(&desc_name, ext))
+        else {
             return Ok(None);
         };
         source.get(&name, &name)
@@ -348,21 +347,6 @@ pub(super) fn open(path: &Path) -> Result<Package> {
         relocation: Arc::new(relocation),
         dir: Some(dir),
     })
-}
-
-/// The entry of `dir` named `wanted` ignoring ASCII case: the exact name if present, else the
-/// first match in byte order (deterministic).
-fn find_case_insensitive(dir: &PackageDir, wanted: &str) -> Result<Option<String>> {
-    let mut matches: Vec<String> = dir
-        .list("")?
-        .into_iter()
-        .filter(|n| n.eq_ignore_ascii_case(wanted))
-        .collect();
-    matches.sort();
-    if matches.iter().any(|n| n == wanted) {
-        return Ok(Some(wanted.to_string()));
-    }
-    Ok(matches.into_iter().next())
 }
 
 /// Files of an unpacked package, opened on demand through the package folder.

@@ -32,6 +32,7 @@
 //! Not here: manifest and certificate checking, disk formats, FUSE.
 
 mod folder;
+pub mod lookup;
 mod ova;
 pub mod reopen;
 mod resolve;
@@ -55,6 +56,7 @@ use crate::ovf::Descriptor;
 
 pub use crate::io::Concat;
 pub use folder::PackageDir;
+pub use lookup::{FileFinder, FoundFile, MemberNames, NameMatch};
 pub use reopen::{Movable, Relocation};
 pub use resolve::has_url_scheme;
 

@@ -65,10 +65,10 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::archive::MemberKind;
-use crate::archive::names::{file_name, join, normalize_str};
+use crate::archive::names::file_name;
 use crate::error::{Result, ResultExt};
 use crate::io::{FileSource, ReadAt, read_vec_at};
-use crate::package::Package;
+use crate::package::{self, MemberNames, NameMatch, Package};
 
 use cert::{ChainCheck, SignatureCheck, TrustStore};
 use digest::{DigestAlgorithm, DigestJob, DigestOptions, Progress};
@@ -243,8 +243,8 @@ enum Target {
 /// Finds what manifest names refer to.
 struct Resolver<'a> {
     pkg: &'a Subject,
-    by_name: HashMap<&'a str, usize>,
-    by_lower: HashMap<String, Vec<usize>>,
+    /// The members by name, found by the package layer's rule.
+    names: MemberNames,
     chunked: HashMap<String, usize>,
     /// Root folder of an unpacked package (canonical).
     root: Option<PathBuf>,
@@ -253,14 +253,6 @@ struct Resolver<'a> {
 
 impl<'a> Resolver<'a> {
     fn new(pkg: &'a Subject) -> Self {
-        let mut by_name = HashMap::new();
-        let mut by_lower: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, m) in pkg.members.iter().enumerate() {
-            if m.kind == MemberKind::Regular {
-                by_name.insert(m.name.as_str(), i);
-                by_lower.entry(m.name.to_lowercase()).or_default().push(i);
-            }
-        }
         let chunked = pkg
             .chunked
             .iter()
@@ -269,8 +261,7 @@ impl<'a> Resolver<'a> {
             .collect();
         Resolver {
             pkg,
-            by_name,
-            by_lower,
+            names: MemberNames::new(&pkg.members),
             chunked,
             root: pkg.root.clone(),
             extras: Vec::new(),
@@ -279,12 +270,12 @@ impl<'a> Resolver<'a> {
 
     /// The target of `name`, and a note when the match is not exact.
     fn resolve(&mut self, name: &str) -> (Target, Option<String>) {
-        let norm = match normalize_str(name) {
+        let full = match package::lookup::name_in(&self.pkg.folder, name) {
             Ok(n) => n,
             Err(p) => return (Target::Missing(format!("name refused: {p}")), None),
         };
-        let full = join(&self.pkg.folder, &norm);
-        if let Some(&i) = self.by_name.get(full.as_str()) {
+        let found = self.names.find(&full);
+        if let Some(NameMatch::Exact(i)) = found {
             if Some(i) == self.pkg.manifest_member {
                 return (Target::SelfManifest, None);
             }
@@ -296,8 +287,7 @@ impl<'a> Resolver<'a> {
                 Some("chunked file: the chunks joined".into()),
             );
         }
-        if let Some([i]) = self.by_lower.get(&full.to_lowercase()).map(Vec::as_slice) {
-            let i = *i;
+        if let Some(NameMatch::CaseDiffers(i)) = found {
             let member = self.pkg.members.get(i).map_or("", |m| m.name.as_str());
             let note = Some(format!("matched {member:?}, whose name differs in case"));
             if Some(i) == self.pkg.manifest_member {

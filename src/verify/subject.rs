@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::archive::names::{file_name, join, normalize_str, parent};
+use crate::archive::names::parent;
 use crate::archive::{self, MemberKind, TarIndex, TarMember};
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use crate::io::{FileSource, ReadAt};
@@ -203,7 +203,7 @@ impl Subject {
             .iter()
             .filter_map(|f| match (&f.location, &f.data) {
                 (FileLocation::Chunks(c), Some(data)) => Some(ChunkedFile {
-                    name: join(&folder, &normalize_str(&f.href).ok()?),
+                    name: package::lookup::name_in(&folder, &f.href).ok()?,
                     chunks: c.clone(),
                     data: data.clone(),
                 }),
@@ -293,17 +293,10 @@ fn folder_root(kind: SourceKind, path: &Path) -> Option<PathBuf> {
         .and_then(|p| p.parent().map(Path::to_path_buf))
 }
 
-/// The member of `members` beside `desc` named like it with extension `ext`, compared
-/// case-insensitively (the package layer's rule).
+/// The member of `members` beside `desc` named like it with extension `ext` (the package
+/// layer's rule).
 fn sibling(members: &[Member], desc: &str, ext: &str) -> Option<usize> {
-    let folder = parent(desc);
-    let f = file_name(desc);
-    let wanted = format!("{}.{ext}", f.get(..f.len().saturating_sub(4)).unwrap_or(f));
-    members.iter().position(|m| {
-        m.kind == MemberKind::Regular
-            && parent(&m.name) == folder
-            && file_name(&m.name).eq_ignore_ascii_case(&wanted)
-    })
+    package::lookup::siblings(members, desc, ext).next()
 }
 
 /// Archive-level fallback for an OVA.
@@ -375,24 +368,10 @@ fn open_folder(path: &Path, root: PathBuf) -> Result<Subject> {
             href: path.display().to_string(),
         })
     })?;
-    let base = desc_name
-        .get(..desc_name.len().saturating_sub(4))
-        .unwrap_or(&desc_name)
-        .to_string();
     let listing = list_dir(&root)?;
     let mut find = |ext: &str| {
-        let wanted = format!("{base}.{ext}");
-        let mut m: Vec<&String> = listing
-            .iter()
-            .filter(|n| n.eq_ignore_ascii_case(&wanted))
-            .collect();
-        m.sort();
-        let name = if m.iter().any(|n| **n == wanted) {
-            Some(wanted)
-        } else {
-            m.first().map(|n| n.to_string())
-        };
-        name.and_then(|n| add(&n))
+        package::lookup::pick_sibling(&listing, &package::lookup::sibling_name(&desc_name, ext))
+            .and_then(|n| add(&n))
     };
     let manifest_member = find("mf");
     let certificate_member = find("cert");
