@@ -369,7 +369,9 @@ mod tests {
             e.into_layer_error(),
             Ok(LayerStandIn::BadHeader { at: 7, .. })
         ));
-        let e = Error::usage("x").into_layer_error::<LayerStandIn>().unwrap_err();
+        let e = Error::usage("x")
+            .into_layer_error::<LayerStandIn>()
+            .unwrap_err();
         assert!(matches!(e.kind(), ErrorKind::Usage(_)));
     }
 }

@@ -370,7 +370,14 @@ fn coverage_names_differing_in_ascii_case_match_once_unambiguous() {
         + &line("readme.txt", "readme.txt")
         + &line("README.txt", "README.txt");
     fs::write(f.path("x.mf"), &mf).unwrap();
-    let names = ["x.ovf", "x.mf", "disk1.img", "disk2.img", "readme.txt", "README.txt"];
+    let names = [
+        "x.ovf",
+        "x.mf",
+        "disk1.img",
+        "disk2.img",
+        "readme.txt",
+        "README.txt",
+    ];
     let ova = f.ova(&[], &names);
     let (code, v) = verify_json(&[p(&ova)]);
     assert_eq!(code, 0, "{v:#}");

@@ -251,10 +251,7 @@ fn not_a_tar() {
 #[test]
 fn bad_descriptor_is_an_ovf_error_with_context() {
     let e = open_bytes(ova(&[("x.ovf", b"<?xml version=\"1.0\"?>\n<a>")])).unwrap_err();
-    assert!(matches!(
-        e.layer_error(),
-        Some(OvfError::Truncated { .. })
-    ));
+    assert!(matches!(e.layer_error(), Some(OvfError::Truncated { .. })));
     assert!(e.to_string().contains("x.ovf"), "{e}");
 }
 
@@ -619,10 +616,7 @@ fn oversized_descriptor_is_refused_before_reading_it() {
         len: 512 + size + 1024,
     });
     let e = open_ova_source(src, Path::new("x.ova")).unwrap_err();
-    assert!(matches!(
-        e.layer_error(),
-        Some(OvfError::TooLarge { .. })
-    ));
+    assert!(matches!(e.layer_error(), Some(OvfError::TooLarge { .. })));
 }
 
 // ---------------------------------------------------------------------------------------
