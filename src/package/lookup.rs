@@ -50,23 +50,23 @@ pub fn name_in(folder: &str, name: &str) -> std::result::Result<String, NameProb
 }
 
 /// The regular members of a package by name, built once for many lookups.
-pub struct MemberNames {
+pub struct MemberNames<'a> {
     /// By exact name (the first of each name).
-    exact: HashMap<String, usize>,
+    exact: HashMap<&'a str, usize>,
     /// By ASCII-lowercased name; `None` when two names differ only by case.
     folded: HashMap<String, Option<usize>>,
 }
 
-impl MemberNames {
+impl<'a> MemberNames<'a> {
     /// The names of the regular members of `members`.
-    pub fn new(members: &[Member]) -> Self {
+    pub fn new(members: &'a [Member]) -> Self {
         let mut exact = HashMap::new();
         let mut folded: HashMap<String, Option<usize>> = HashMap::new();
         for (i, m) in members.iter().enumerate() {
             if m.kind != MemberKind::Regular {
                 continue;
             }
-            exact.entry(m.name.clone()).or_insert(i);
+            exact.entry(m.name.as_str()).or_insert(i);
             folded
                 .entry(m.name.to_ascii_lowercase())
                 .and_modify(|e| *e = None)
@@ -99,7 +99,7 @@ pub struct FoundFile {
 /// Finds the files of one package by name (see the module comment).
 pub struct FileFinder<'a> {
     package: &'a Package,
-    names: MemberNames,
+    names: MemberNames<'a>,
 }
 
 impl<'a> FileFinder<'a> {

@@ -244,7 +244,7 @@ enum Target {
 struct Resolver<'a> {
     pkg: &'a Subject,
     /// The members by name, found by the package layer's rule.
-    names: MemberNames,
+    names: MemberNames<'a>,
     chunked: HashMap<String, usize>,
     /// Root folder of an unpacked package (canonical).
     root: Option<PathBuf>,
