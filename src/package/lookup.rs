@@ -1,6 +1,6 @@
 //! Finding a file of a package by name: the one rule every layer uses (the disks' extents
-//! and parents in `appliance`, the names a manifest lists in `verify`, the manifest and
-//! certificate beside the descriptor when a package is opened).
+//! and parents in `appliance`, the members the names a manifest lists designate in
+//! `verify`, the manifest and certificate beside the descriptor when a package is opened).
 //!
 //! A name is seen from a folder (the descriptor's, or the folder of the file that names
 //! it) and normalised first ([`name_in`]: no absolute path, no `..`). It then designates
