@@ -416,6 +416,40 @@ fn coverage_unpacked_package_listed_file_not_referenced() {
 }
 
 #[test]
+fn coverage_unpacked_package_listed_links_are_not_followed() {
+    // A listed file that is not a member is opened as the package layer opens files: never
+    // through a symbolic link, even one that stays inside the folder.
+    let f = fixture();
+    fs::write(f.path("readme.txt"), "hello\n").unwrap();
+    std::os::unix::fs::symlink("readme.txt", f.path("link.txt")).unwrap();
+    fs::create_dir(f.path("sub")).unwrap();
+    fs::write(f.path("sub/inner.txt"), "inner\n").unwrap();
+    std::os::unix::fs::symlink("sub", f.path("sublink")).unwrap();
+    let sum = coreutils("sha256sum", &f.path("readme.txt"));
+    let inner = coreutils("sha256sum", &f.path("sub/inner.txt"));
+    let mf = mixed_manifest(&f)
+        + &format!("SHA256(sub/inner.txt)= {inner}\n")
+        + &format!("SHA256(link.txt)= {sum}\n")
+        + &format!("SHA256(sublink/inner.txt)= {inner}\n");
+    fs::write(f.path("x.mf"), mf).unwrap();
+    let (code, v) = verify_json(&[p(&f.path("x.ovf"))]);
+    assert_eq!(code, 1, "{v:#}");
+    let rows = report_files(&v);
+    assert!(
+        rows.contains(&("sub/inner.txt".into(), "ok".into())),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&("link.txt".into(), "missing".into())),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&("sublink/inner.txt".into(), "missing".into())),
+        "{rows:?}"
+    );
+}
+
+#[test]
 fn unreadable_sources_exit_2() {
     let f = fixture();
     fs::write(f.path("x.mf"), mixed_manifest(&f)).unwrap();

@@ -66,7 +66,7 @@ fn sys_err(what: &Path, e: Errno) -> Error {
 
 impl PackageDir {
     /// Opens the folder `root` (the caller's own path: links in it are the user's choice).
-    fn open(root: &Path) -> Result<Self> {
+    pub fn open(root: &Path) -> Result<Self> {
         let fd = nix::fcntl::open(
             root,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -182,14 +182,16 @@ impl PackageDir {
         }
     }
 
-    /// Opens the regular file `name` (an extent or a parent another file names); see
-    /// [`super::Package::open_in_package`].
-    pub(super) fn open_member(&self, name: &str) -> Result<Option<Member>> {
+    /// Opens the regular file `name` (normalised, relative: an extent or a parent another
+    /// file names, a file a manifest lists); see [`super::Package::open_in_package`].
+    /// `Ok(None)` when there is nothing of that name; a symbolic link (anywhere in the name)
+    /// or a file that is not regular is an error.
+    pub fn open_member(&self, name: &str) -> Result<Option<Member>> {
         Ok(self.member(name, name)?.map(|(m, _)| m))
     }
 
     /// The UTF-8 names in folder `folder` of the package (at most [`MAX_DIR_ENTRIES`]).
-    fn list(&self, folder: &str) -> Result<Vec<String>> {
+    pub fn list(&self, folder: &str) -> Result<Vec<String>> {
         let dirs: Vec<&str> = folder.split('/').filter(|p| !p.is_empty()).collect();
         let shown = self.root.join(folder);
         let fd = match self.open_folder(&dirs) {

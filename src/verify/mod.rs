@@ -57,8 +57,6 @@ pub mod manifest;
 pub mod subject;
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -67,8 +65,8 @@ use serde::Serialize;
 use crate::archive::MemberKind;
 use crate::archive::names::file_name;
 use crate::error::{Result, ResultExt};
-use crate::io::{FileSource, ReadAt, read_vec_at};
-use crate::package::{self, MemberNames, NameMatch, Package};
+use crate::io::{ReadAt, read_vec_at};
+use crate::package::{self, MemberNames, NameMatch, Package, PackageDir};
 
 use cert::{ChainCheck, SignatureCheck, TrustStore};
 use digest::{DigestAlgorithm, DigestJob, DigestOptions, Progress};
@@ -246,8 +244,8 @@ struct Resolver<'a> {
     /// The members by name, found by the package layer's rule.
     names: MemberNames<'a>,
     chunked: HashMap<String, usize>,
-    /// Root folder of an unpacked package (canonical).
-    root: Option<PathBuf>,
+    /// The folder of an unpacked package.
+    dir: Option<Arc<PackageDir>>,
     extras: Vec<(String, Arc<dyn ReadAt>)>,
 }
 
@@ -263,7 +261,7 @@ impl<'a> Resolver<'a> {
             pkg,
             names: MemberNames::new(&pkg.members),
             chunked,
-            root: pkg.root.clone(),
+            dir: pkg.dir.clone(),
             extras: Vec::new(),
         }
     }
@@ -295,10 +293,10 @@ impl<'a> Resolver<'a> {
             }
             return (Target::Member(i), note);
         }
-        if let Some(root) = &self.root
-            && let Some(src) = open_inside(root, &full)
+        if let Some(dir) = &self.dir
+            && let Ok(Some(m)) = dir.open_member(&full)
         {
-            self.extras.push((full, src));
+            self.extras.push((full, m.data));
             return (Target::Extra(self.extras.len() - 1), None);
         }
         (Target::Missing("not in the package".into()), None)
@@ -354,24 +352,6 @@ impl<'a> Resolver<'a> {
             _ => Vec::new(),
         }
     }
-}
-
-/// Opens `name` (normalised, relative) inside the canonical folder `root` if it is a regular
-/// file there, without following a symlink out of the folder or blocking on a FIFO.
-pub(crate) fn open_inside(root: &Path, name: &str) -> Option<Arc<dyn ReadAt>> {
-    let real = std::fs::canonicalize(root.join(name)).ok()?;
-    if !real.starts_with(root) {
-        return None;
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&real)
-        .ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
-    Some(Arc::new(FileSource::from_file(file, &real).ok()?))
 }
 
 /// One distinct manifest line and how often it appears.

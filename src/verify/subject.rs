@@ -25,10 +25,10 @@ use serde::Serialize;
 
 use crate::archive::names::parent;
 use crate::archive::{self, MemberKind, TarIndex, TarMember};
-use crate::error::{Error, ErrorKind, Result, ResultExt};
+use crate::error::{Error, Result, ResultExt};
 use crate::io::{FileSource, ReadAt};
 use crate::ovf::OvfError;
-use crate::package::{self, FileLocation, Member, Package, PackageError, SourceKind};
+use crate::package::{self, FileLocation, Member, Package, PackageDir, PackageError, SourceKind};
 
 /// A chunked File (`ovf:chunkSize`): its whole name and its chunks.
 #[derive(Clone)]
@@ -174,9 +174,9 @@ pub struct Subject {
     pub folder: String,
     /// Chunked Files (empty when the descriptor could not be used).
     pub chunked: Vec<ChunkedFile>,
-    /// Canonical folder of an unpacked package, where listed files that are not members are
-    /// looked up.
-    pub root: Option<PathBuf>,
+    /// The folder of an unpacked package, held open, where listed files that are not
+    /// members are looked up (by the package layer's rule: never through a link).
+    pub dir: Option<Arc<PackageDir>>,
     /// Why the package layer refused the package, when the archive-level fallback was used.
     pub package_error: Option<String>,
     /// The package layer's warnings.
@@ -240,7 +240,7 @@ impl Subject {
             certificate_member: pkg.certificate_member,
             folder,
             chunked,
-            root: folder_root(pkg.kind, &pkg.path),
+            dir: pkg.dir.clone(),
             package_error: None,
             warnings: pkg.warnings.clone(),
             archive_entries,
@@ -328,7 +328,7 @@ fn open_archive(path: &Path) -> Result<Subject> {
         folder: parent(&desc).to_string(),
         members,
         chunked: Vec::new(),
-        root: None,
+        dir: None,
         package_error: None,
         warnings: Vec::new(),
         archive_entries,
@@ -349,9 +349,10 @@ fn open_folder(path: &Path, root: PathBuf) -> Result<Subject> {
             })
         })?
         .to_string();
+    let dir = Arc::new(PackageDir::open(&root).with_context(|| path.display().to_string())?);
     let mut members = Vec::new();
     let mut add = |name: &str| -> Option<usize> {
-        let data = super::open_inside(&root, name)?;
+        let data = dir.open_member(name).ok()??.data;
         members.push(Member {
             name: name.to_string(),
             size: data.len(),
@@ -368,7 +369,7 @@ fn open_folder(path: &Path, root: PathBuf) -> Result<Subject> {
             href: path.display().to_string(),
         })
     })?;
-    let listing = list_dir(&root)?;
+    let listing = dir.list("")?;
     let mut find = |ext: &str| {
         package::lookup::pick_sibling(&listing, &package::lookup::sibling_name(&desc_name, ext))
             .and_then(|n| add(&n))
@@ -384,33 +385,11 @@ fn open_folder(path: &Path, root: PathBuf) -> Result<Subject> {
         certificate_member,
         folder: String::new(),
         chunked: Vec::new(),
-        root: Some(root),
+        dir: Some(dir),
         package_error: None,
         warnings: Vec::new(),
         archive_entries: Vec::new(),
         archive_entries_total: 0,
         referenced: Vec::new(),
     })
-}
-
-/// The UTF-8 names in `dir`, at most [`package::MAX_DIR_ENTRIES`].
-fn list_dir(dir: &Path) -> Result<Vec<String>> {
-    let rd = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
-    let mut out = Vec::new();
-    for (n, entry) in rd.enumerate() {
-        if n as u64 >= package::MAX_DIR_ENTRIES {
-            return Err(ErrorKind::LimitExceeded {
-                what: "directory entries",
-                value: n as u64 + 1,
-                limit: package::MAX_DIR_ENTRIES,
-            }
-            .into());
-        }
-        let entry = entry.map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
-        if let Some(name) = entry.file_name().to_str() {
-            out.push(name.to_string());
-        }
-    }
-    Ok(out)
 }
