@@ -25,7 +25,7 @@ use crate::archive::names::{self, join};
 use crate::cache::UnitCache;
 use crate::disk::engine::FlatDisk;
 use crate::disk::{self, DiskError, DiskImage, OpenContext, SharedImages};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::io::ReadAt;
 use crate::node::Node;
 use crate::node::disk::DiskFile;
@@ -340,7 +340,7 @@ fn open_disk(
             })
         }
         // Recognised but not decodable: the rest of the package is still worth mounting.
-        Err(e) if matches!(e.kind(), ErrorKind::Disk(DiskError::Unsupported { .. })) => {
+        Err(e) if matches!(e.layer_error(), Some(DiskError::Unsupported { .. })) => {
             DiskStatus::NotShown {
                 disk_id,
                 reason: format!("{href}: {e}"),
@@ -549,32 +549,24 @@ fn link_ovf_parents(path: &Path, package: &Package, statuses: Vec<DiskStatus>) -
         .collect()
 }
 
-/// A file found by [`PackageFiles::lookup`]: its package-relative name, its bytes and the
-/// permission bits it allows.
-type FoundFile = (String, Arc<dyn ReadAt>, u32);
-
-/// Finds the files of a package by name, relative to a folder, under the package's path
-/// rules: names are normalised (no absolute paths, no `..`); an OVA's members are looked up
-/// exactly, then ignoring ASCII case when that is unambiguous; a folder package may also
-/// open the files its References do not name (the extents and parents its images name),
-/// through [`Package::open_in_package`]: inside its folder, never through a link, regular
-/// files only. Each file is opened once per package and shared by every image naming it.
+/// Finds the files of a package by name, relative to a folder, by the package's one rule
+/// ([`package::FileFinder`]: normalised names; members exactly, then ignoring ASCII case
+/// when that is unambiguous; in a folder package, the files its References do not name
+/// too, inside its folder, never through a link). Each file is opened once per package and
+/// shared by every image naming it.
 ///
 /// It also keeps the permission bits of every file a disk is decoded from, so that the flat
 /// image is never more readable than any of them ([`PackageFiles::start_disk`],
 /// [`PackageFiles::disk_mode`]).
 pub struct PackageFiles<'a> {
-    package: &'a Package,
+    /// The package's one lookup by name.
+    finder: package::FileFinder<'a>,
     /// The budgets of this opening.
     limits: Limits,
     /// Images and extents opened so far, shared by name.
     shared: SharedImages,
     /// Files looked up so far, by package-relative name asked for: each is opened once.
-    found: Mutex<HashMap<String, Option<FoundFile>>>,
-    /// Regular members by exact name (the first of each name).
-    by_name: HashMap<&'a str, usize>,
-    /// Regular members by ASCII-lowercased name; `None` when two differ only by case.
-    by_folded_name: HashMap<String, Option<usize>>,
+    found: Mutex<HashMap<String, Option<package::FoundFile>>>,
     /// The intersection of the modes of the files looked up since `start_disk`.
     mode: Mutex<u32>,
     /// What the files an image was decoded from allow (its extents), by the name it is
@@ -590,25 +582,11 @@ impl<'a> PackageFiles<'a> {
 
     /// The files of `package`; their tables count against `limits`.
     pub fn with_limits(package: &'a Package, limits: Limits) -> Self {
-        let mut by_name = HashMap::new();
-        let mut by_folded_name: HashMap<String, Option<usize>> = HashMap::new();
-        for (i, m) in package.members.iter().enumerate() {
-            if m.kind != MemberKind::Regular {
-                continue;
-            }
-            by_name.entry(m.name.as_str()).or_insert(i);
-            by_folded_name
-                .entry(m.name.to_ascii_lowercase())
-                .and_modify(|e| *e = None)
-                .or_insert(Some(i));
-        }
         PackageFiles {
-            package,
+            finder: package::FileFinder::new(package),
             limits,
             shared: SharedImages::new(),
             found: Mutex::new(HashMap::new()),
-            by_name,
-            by_folded_name,
             mode: Mutex::new(0o7777),
             image_modes: Mutex::new(HashMap::new()),
         }
@@ -633,14 +611,13 @@ impl<'a> PackageFiles<'a> {
     /// thousands of descriptor lines) is neither searched nor opened again. Every call
     /// counts the file's mode towards the disk being opened.
     pub fn lookup_shared(&self, folder: &str, name: &str) -> Option<(String, Arc<dyn ReadAt>)> {
-        let key = join(folder, &names::normalize_str(name).ok()?);
+        let key = package::lookup::name_in(folder, name).ok()?;
         let found = lock(&self.found)
             .entry(key)
             .or_insert_with(|| self.lookup(folder, name))
-            .clone();
-        let (name, data, mode) = found?;
-        *lock(&self.mode) &= mode;
-        Some((name, data))
+            .clone()?;
+        *lock(&self.mode) &= found.mode;
+        Some((found.name, found.data))
     }
 
     /// The image shared under `key`, opened by `open` the first time. The modes of the files
@@ -662,32 +639,15 @@ impl<'a> PackageFiles<'a> {
         opened
     }
 
-    /// The package-relative name, bytes and permission bits of the file `name` seen from
-    /// `folder`, looked up anew (callers go through [`PackageFiles::lookup_shared`]).
-    fn lookup(&self, folder: &str, name: &str) -> Option<FoundFile> {
-        let rel = names::normalize_str(name).ok()?;
-        let full = join(folder, &rel);
-        let members = &self.package.members;
-        let found = self
-            .by_name
-            .get(full.as_str())
-            .or_else(|| {
-                self.by_folded_name
-                    .get(&full.to_ascii_lowercase())?
-                    .as_ref()
-            })
-            .and_then(|&i| members.get(i));
-        if let Some(m) = found {
-            return Some((m.name.clone(), m.data.clone(), m.mode));
-        }
-        match self.package.open_in_package(&full) {
-            Ok(Some(m)) => Some((full, m.data, m.mode)),
-            Ok(None) => None,
-            Err(e) => {
-                log::warn!("{full}: not opened: {e}");
-                None
-            }
-        }
+    /// The file `name` seen from `folder`, looked up anew (callers go through
+    /// [`PackageFiles::lookup_shared`]). A file that is there but cannot be opened is
+    /// logged and counts as missing.
+    fn lookup(&self, folder: &str, name: &str) -> Option<package::FoundFile> {
+        self.finder.find(folder, name).unwrap_or_else(|e| {
+            let full = package::lookup::name_in(folder, name).unwrap_or_default();
+            log::warn!("{full}: not opened: {e}");
+            None
+        })
     }
 
     /// The chain of parents below `image` (the file `name` in `folder`), nearest first.

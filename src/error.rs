@@ -5,6 +5,10 @@
 //! lines that say what was being done (which member, which disk, which operation).
 //! `Display` renders the whole chain on one line, which is what users see.
 //!
+//! This is the bottom layer: it names no layer above it. A layer with rules of its own (tar,
+//! OVF, package, disk) keeps its own error enum and converts it into [`Error`] in its own
+//! `From` impl, boxed as [`ErrorKind::Layer`]; [`Error::layer_error`] finds it again by type.
+//!
 //! Nothing here knows an errno: the FUSE layer maps kinds to errnos in one table.
 
 use std::fmt;
@@ -76,18 +80,13 @@ pub enum ErrorKind {
         /// The limit.
         limit: u64,
     },
-    /// A tar archive is malformed.
+    /// A layer's own error: a malformed tar archive, OVF descriptor, package or disk image.
+    /// It is kept whole behind a box, so that this type names none of the layers above it:
+    /// each layer converts its error enum with [`Error::layer`] (in its own `From` impl),
+    /// and [`Error::layer_error`] gives it back by type. `Display` and `source` are the
+    /// boxed error's own.
     #[error(transparent)]
-    Tar(#[from] crate::archive::TarError),
-    /// An OVF descriptor is malformed or violates a rule.
-    #[error(transparent)]
-    Ovf(#[from] crate::ovf::OvfError),
-    /// A package (archive + descriptor) is inconsistent.
-    #[error(transparent)]
-    Package(#[from] crate::package::PackageError),
-    /// A disk image is malformed.
-    #[error(transparent)]
-    Disk(#[from] crate::disk::DiskError),
+    Layer(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// A new value for a setting (or a new descriptor) is not acceptable; the message says
     /// why in the user's terms.
     #[error("{0}")]
@@ -111,6 +110,16 @@ pub enum ErrorKind {
         /// Why.
         reason: Refusal,
     },
+}
+
+impl ErrorKind {
+    /// The layer error of type `T` this kind holds (see [`ErrorKind::Layer`]), if any.
+    pub fn layer_error<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        match self {
+            ErrorKind::Layer(e) => e.downcast_ref::<T>(),
+            _ => None,
+        }
+    }
 }
 
 /// Why an operation on a file or folder is refused: the reasons a file system gives, named
@@ -177,6 +186,32 @@ impl Error {
         }
     }
 
+    /// Wraps a layer's own error enum (see [`ErrorKind::Layer`]); each layer's
+    /// `From<ItsError> for Error` calls this.
+    pub fn layer(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::new(ErrorKind::Layer(Box::new(e)))
+    }
+
+    /// The layer error of type `T` inside, ignoring context: `e.layer_error::<DiskError>()`.
+    pub fn layer_error<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        self.kind.layer_error()
+    }
+
+    /// The layer error of type `T` inside, by value (its context lines are dropped), or the
+    /// error unchanged when it holds none.
+    pub fn into_layer_error<T: std::error::Error + 'static>(self) -> Result<T, Self> {
+        match *self.kind {
+            ErrorKind::Layer(e) => e.downcast::<T>().map(|t| *t).map_err(|e| Error {
+                kind: Box::new(ErrorKind::Layer(e)),
+                context: self.context,
+            }),
+            kind => Err(Error {
+                kind: Box::new(kind),
+                context: self.context,
+            }),
+        }
+    }
+
     /// Wraps an `io::Error` with the operation that failed.
     pub fn io(op: impl Into<String>, source: io::Error) -> Self {
         Error::new(ErrorKind::Io {
@@ -237,23 +272,6 @@ impl From<ErrorKind> for Error {
     }
 }
 
-/// Lets `?` turn each layer's own error enum into an [`Error`].
-macro_rules! from_layer_error {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                Error::new(ErrorKind::from(e))
-            }
-        }
-    )*};
-}
-from_layer_error!(
-    crate::archive::TarError,
-    crate::ovf::OvfError,
-    crate::package::PackageError,
-    crate::disk::DiskError
-);
-
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in &self.context {
@@ -306,5 +324,54 @@ mod tests {
             "disk1.vmdk: grain 3: unexpected end of data: wanted 4 bytes at offset 10, only 12 exist"
         );
         assert!(!s.contains('\n'));
+    }
+
+    /// A stand-in for a layer's error enum, with a source of its own.
+    #[derive(Debug, thiserror::Error)]
+    enum LayerStandIn {
+        #[error("bad header at {at}")]
+        BadHeader { at: u64, source: io::Error },
+    }
+
+    fn layer_stand_in() -> Error {
+        Error::layer(LayerStandIn::BadHeader {
+            at: 7,
+            source: io::Error::other("short read"),
+        })
+        .context("disk1.vmdk")
+    }
+
+    #[test]
+    fn a_layer_error_is_shown_as_its_own() {
+        let e = layer_stand_in();
+        assert_eq!(e.to_string(), "disk1.vmdk: bad header at 7");
+        let debug = format!("{e:?}");
+        assert!(debug.contains("BadHeader"), "{debug}");
+        assert!(debug.contains("short read"), "{debug}");
+        // The boxed error is transparent: the chain goes on with its own source.
+        let source = std::error::Error::source(&e).map(|s| s.to_string());
+        assert_eq!(source.as_deref(), Some("short read"));
+    }
+
+    #[test]
+    fn a_layer_error_is_found_by_its_type() {
+        let e = layer_stand_in();
+        assert!(matches!(
+            e.layer_error(),
+            Some(LayerStandIn::BadHeader { at: 7, .. })
+        ));
+        assert!(e.layer_error::<io::Error>().is_none());
+        assert!(Error::usage("x").layer_error::<LayerStandIn>().is_none());
+        // By value: the wrong type gives the error back whole, context included.
+        let e = e.into_layer_error::<io::Error>().unwrap_err();
+        assert_eq!(e.to_string(), "disk1.vmdk: bad header at 7");
+        assert!(matches!(
+            e.into_layer_error(),
+            Ok(LayerStandIn::BadHeader { at: 7, .. })
+        ));
+        let e = Error::usage("x")
+            .into_layer_error::<LayerStandIn>()
+            .unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::Usage(_)));
     }
 }

@@ -16,7 +16,7 @@ mod common;
 use std::path::Path;
 
 use ovafs::archive::TarError;
-use ovafs::error::{Error, ErrorKind, Result};
+use ovafs::error::{Error, Result};
 use ovafs::ovf::{Descriptor, HostResourceKind, OvfError, OvfVersion};
 use ovafs::package::{Encoding, FileLocation, Package, PackageError, SourceKind};
 
@@ -45,16 +45,16 @@ fn corpus_files(root: &Path, suffixes: &[&str]) -> Vec<String> {
 }
 
 fn pkg(e: &Error) -> &PackageError {
-    match e.kind() {
-        ErrorKind::Package(p) => p,
-        k => panic!("expected a package error, got {k:?}: {e}"),
+    match e.layer_error() {
+        Some(p) => p,
+        None => panic!("expected a package error, got {:?}: {e}", e.kind()),
     }
 }
 
 fn ovf(e: &Error) -> &OvfError {
-    match e.kind() {
-        ErrorKind::Ovf(o) => o,
-        k => panic!("expected an OVF error, got {k:?}: {e}"),
+    match e.layer_error() {
+        Some(o) => o,
+        None => panic!("expected an OVF error, got {:?}: {e}", e.kind()),
     }
 }
 
@@ -174,7 +174,7 @@ const OVAS: &[(&str, OvaCheck)] = &[
     ("glance/testserver-not-tar.ova", |r| {
         let e = refused(r);
         assert!(
-            matches!(e.kind(), ErrorKind::Tar(TarError::NotTar { .. })),
+            matches!(e.layer_error(), Some(TarError::NotTar { .. })),
             "{e}"
         );
     }),

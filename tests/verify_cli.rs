@@ -9,7 +9,7 @@
 //!   fails with the right message and exit code 1. Also an ECDSA key.
 //! - `coverage_*`: descriptor not listed (warning, exit 0), member not listed, listed file
 //!   missing, manifest listing itself, chunked files by chunk and by whole name, an unpacked
-//!   package with a listed file that no File references.
+//!   package with a listed file that no File references, names differing in ASCII case.
 //! - `unreadable_sources_exit_2`: not a tar, truncated archive, missing file.
 
 mod common;
@@ -357,6 +357,50 @@ fn coverage_chunked_files_by_chunk_and_by_whole_name() {
 }
 
 #[test]
+fn coverage_names_differing_in_ascii_case_match_once_unambiguous() {
+    let f = fixture();
+    fs::write(f.path("readme.txt"), "hello\n").unwrap();
+    fs::write(f.path("README.txt"), "HELLO\n").unwrap();
+    let line = |n: &str, listed: &str| {
+        format!("SHA256({listed})= {}\n", coreutils("sha256sum", &f.path(n)))
+    };
+    // disk2.img listed in another case: matched, with a note. The two readmes differ only
+    // in case: each is found by its exact name, and a third spelling matches neither.
+    let mf = mixed_manifest(&f).replace("disk2.img", "DISK2.IMG")
+        + &line("readme.txt", "readme.txt")
+        + &line("README.txt", "README.txt");
+    fs::write(f.path("x.mf"), &mf).unwrap();
+    let names = [
+        "x.ovf",
+        "x.mf",
+        "disk1.img",
+        "disk2.img",
+        "readme.txt",
+        "README.txt",
+    ];
+    let ova = f.ova(&[], &names);
+    let (code, v) = verify_json(&[p(&ova)]);
+    assert_eq!(code, 0, "{v:#}");
+    let row = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "DISK2.IMG")
+        .unwrap();
+    assert_eq!(row["status"], "ok", "{row:#}");
+    assert_eq!(row["member"], "disk2.img", "{row:#}");
+    assert!(
+        row["note"].as_str().unwrap().contains("differs in case"),
+        "{row:#}"
+    );
+    fs::write(f.path("x.mf"), mf + &line("readme.txt", "Readme.TXT")).unwrap();
+    let ova = f.ova(&[], &names);
+    let (code, v) = verify_json(&[p(&ova)]);
+    assert_eq!(code, 1, "{v:#}");
+    assert!(report_files(&v).contains(&("Readme.TXT".into(), "missing".into())));
+}
+
+#[test]
 fn coverage_unpacked_package_listed_file_not_referenced() {
     let f = fixture();
     fs::write(f.path("readme.txt"), "hello\n").unwrap();
@@ -369,6 +413,40 @@ fn coverage_unpacked_package_listed_file_not_referenced() {
     let (code, v) = verify_json(&[p(&f.path("x.ovf"))]);
     assert_eq!(code, 0, "{v:#}");
     assert!(report_files(&v).contains(&("readme.txt".into(), "ok".into())));
+}
+
+#[test]
+fn coverage_unpacked_package_listed_links_are_not_followed() {
+    // A listed file that is not a member is opened as the package layer opens files: never
+    // through a symbolic link, even one that stays inside the folder.
+    let f = fixture();
+    fs::write(f.path("readme.txt"), "hello\n").unwrap();
+    std::os::unix::fs::symlink("readme.txt", f.path("link.txt")).unwrap();
+    fs::create_dir(f.path("sub")).unwrap();
+    fs::write(f.path("sub/inner.txt"), "inner\n").unwrap();
+    std::os::unix::fs::symlink("sub", f.path("sublink")).unwrap();
+    let sum = coreutils("sha256sum", &f.path("readme.txt"));
+    let inner = coreutils("sha256sum", &f.path("sub/inner.txt"));
+    let mf = mixed_manifest(&f)
+        + &format!("SHA256(sub/inner.txt)= {inner}\n")
+        + &format!("SHA256(link.txt)= {sum}\n")
+        + &format!("SHA256(sublink/inner.txt)= {inner}\n");
+    fs::write(f.path("x.mf"), mf).unwrap();
+    let (code, v) = verify_json(&[p(&f.path("x.ovf"))]);
+    assert_eq!(code, 1, "{v:#}");
+    let rows = report_files(&v);
+    assert!(
+        rows.contains(&("sub/inner.txt".into(), "ok".into())),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&("link.txt".into(), "missing".into())),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&("sublink/inner.txt".into(), "missing".into())),
+        "{rows:?}"
+    );
 }
 
 #[test]

@@ -22,7 +22,6 @@ use ovafs::cache::UnitCache;
 use ovafs::disk::engine::FlatDisk;
 use ovafs::disk::vmdk::{GrainMapSource, SparseVmdk, VmdkError};
 use ovafs::disk::{DiskError, DiskFormat, DiskImage};
-use ovafs::error::ErrorKind;
 use ovafs::io::{FileSource, ReadAt};
 use sha2::{Digest, Sha256};
 
@@ -173,8 +172,8 @@ fn fuzzed_afl9_is_refused() {
     let e = open(&dir.join("qemu/afl9.vmdk")).unwrap_err();
     assert!(
         matches!(
-            e.kind(),
-            ErrorKind::Disk(DiskError::Vmdk(VmdkError::NewlineCheckFailed {
+            e.layer_error(),
+            Some(DiskError::Vmdk(VmdkError::NewlineCheckFailed {
                 found: [0, 0, 0, 0]
             }))
         ),
@@ -235,8 +234,8 @@ fn vmdks_inside_corpus_ovas() {
     let e = SparseVmdk::open(Arc::new(disk)).unwrap_err();
     assert!(
         matches!(
-            e.kind(),
-            ErrorKind::Disk(DiskError::Vmdk(VmdkError::StreamTruncated { sector: 2010 }))
+            e.layer_error(),
+            Some(DiskError::Vmdk(VmdkError::StreamTruncated { sector: 2010 }))
         ),
         "{e}"
     );

@@ -149,6 +149,13 @@ pub enum TarError {
     },
 }
 
+/// Lets `?` turn a tar error into the one public [`Error`](crate::error::Error).
+impl From<TarError> for crate::error::Error {
+    fn from(e: TarError) -> Self {
+        crate::error::Error::layer(e)
+    }
+}
+
 /// What kind of entry a member is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberKind {

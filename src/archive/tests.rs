@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::*;
-use crate::error::ErrorKind;
 
 /// One header under construction.
 #[derive(Clone)]
@@ -131,9 +130,9 @@ fn pax_rec(key: &str, value: &str) -> Vec<u8> {
 }
 
 fn tar_err(e: &crate::error::Error) -> &TarError {
-    match e.kind() {
-        ErrorKind::Tar(t) => t,
-        k => panic!("expected a tar error, got {k:?}"),
+    match e.layer_error() {
+        Some(t) => t,
+        None => panic!("expected a tar error, got {:?}", e.kind()),
     }
 }
 

@@ -73,7 +73,6 @@ pub fn inflate_exact(wrapper: Wrapper, input: &[u8], out: &mut [u8], unit: u64) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorKind;
     use libdeflater::{CompressionLvl, Compressor};
 
     fn zlib(data: &[u8]) -> Vec<u8> {
@@ -100,8 +99,8 @@ mod tests {
         let mut out = vec![0u8; 65536];
         let e = inflate_exact(Wrapper::Zlib, &z, &mut out, 7).unwrap_err();
         assert!(matches!(
-            e.kind(),
-            ErrorKind::Disk(DiskError::UnitSizeMismatch {
+            e.layer_error(),
+            Some(DiskError::UnitSizeMismatch {
                 unit: 7,
                 expected: 65536,
                 ..
@@ -115,13 +114,13 @@ mod tests {
         let mut out = vec![0u8; 65536];
         let e = inflate_exact(Wrapper::Zlib, &z, &mut out, 1).unwrap_err();
         assert!(matches!(
-            e.kind(),
-            ErrorKind::Disk(DiskError::UnitSizeMismatch { actual: 1000, .. })
+            e.layer_error(),
+            Some(DiskError::UnitSizeMismatch { actual: 1000, .. })
         ));
         let e = inflate_exact(Wrapper::Zlib, &[0x78, 0x9c, 0xff, 0xff], &mut out, 2).unwrap_err();
         assert!(matches!(
-            e.kind(),
-            ErrorKind::Disk(DiskError::CorruptUnit { unit: 2, .. })
+            e.layer_error(),
+            Some(DiskError::CorruptUnit { unit: 2, .. })
         ));
     }
 

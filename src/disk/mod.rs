@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use crate::error::{ErrorKind, Result};
+use crate::error::Result;
 use crate::io::ReadAt;
 use crate::io::budget::Budget;
 
@@ -526,6 +526,13 @@ pub enum DiskError {
     },
 }
 
+/// Lets `?` turn a disk error into the one public [`Error`](crate::error::Error).
+impl From<DiskError> for crate::error::Error {
+    fn from(e: DiskError) -> Self {
+        crate::error::Error::layer(e)
+    }
+}
+
 /// What the first bytes (and, for VHD, the last sector) of a source say it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sniffed {
@@ -614,8 +621,8 @@ pub fn open_with(source: Arc<dyn ReadAt>, ctx: &OpenContext<'_>) -> Result<Arc<d
             // other extents (qemu reads these the same way).
             Err(e)
                 if matches!(
-                    e.kind(),
-                    ErrorKind::Disk(DiskError::Vmdk(vmdk::VmdkError::DescriptorWrapper { .. }))
+                    e.layer_error(),
+                    Some(DiskError::Vmdk(vmdk::VmdkError::DescriptorWrapper { .. }))
                 ) =>
             {
                 Ok(Arc::new(vmdk_descriptor::DescriptorVmdk::open_wrapper(
@@ -679,8 +686,8 @@ mod tests {
         assert!(e.to_string().contains("VHD"), "{e}");
         let e = open(Arc::new(b"COWD".to_vec())).err().unwrap();
         assert!(matches!(
-            e.kind(),
-            ErrorKind::Disk(DiskError::Unsupported { .. })
+            e.layer_error(),
+            Some(DiskError::Unsupported { .. })
         ));
     }
 

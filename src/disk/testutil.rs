@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use super::{DiskError, DiskImage, Extent};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 
 /// Deterministic pseudo-random bytes (xorshift), so fixtures are reproducible.
 pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
@@ -116,33 +116,6 @@ pub fn disk_err<T>(r: Result<T>) -> DiskError {
 }
 
 fn into_disk(e: Error) -> DiskError {
-    let text = e.to_string();
-    match e.kind() {
-        ErrorKind::Disk(d) => clone_disk(d).unwrap_or_else(|| panic!("{text}")),
-        other => panic!("expected a disk error, got {other:?} ({text})"),
-    }
-}
-
-fn clone_disk(d: &DiskError) -> Option<DiskError> {
-    Some(match d {
-        DiskError::Vhd(v) => DiskError::Vhd(v.clone()),
-        DiskError::Vhdx(v) => DiskError::Vhdx(v.clone()),
-        DiskError::Qcow2(v) => DiskError::Qcow2(v.clone()),
-        DiskError::Vmdk(v) => DiskError::Vmdk(v.clone()),
-        DiskError::VmdkDescriptor(v) => DiskError::VmdkDescriptor(v.clone()),
-        DiskError::CorruptUnit { unit, reason } => DiskError::CorruptUnit {
-            unit: *unit,
-            reason: reason.clone(),
-        },
-        DiskError::UnitSizeMismatch {
-            unit,
-            expected,
-            actual,
-        } => DiskError::UnitSizeMismatch {
-            unit: *unit,
-            expected: *expected,
-            actual: *actual,
-        },
-        _ => return None,
-    })
+    e.into_layer_error()
+        .unwrap_or_else(|e| panic!("expected a disk error, got {:?} ({e})", e.kind()))
 }

@@ -260,6 +260,13 @@ pub enum OvfError {
     },
 }
 
+/// Lets `?` turn a descriptor error into the one public [`Error`](crate::error::Error).
+impl From<OvfError> for crate::error::Error {
+    fn from(e: OvfError) -> Self {
+        crate::error::Error::layer(e)
+    }
+}
+
 /// Parses a descriptor from its bytes (at most [`MAX_DESCRIPTOR_BYTES`]).
 pub fn parse(bytes: &[u8]) -> Result<Descriptor> {
     Ok(parse_descriptor(bytes)?)

@@ -2,7 +2,6 @@
 //! error kind, plus span and round-trip checks.
 
 use super::*;
-use crate::error::ErrorKind;
 
 const NS: &str = r#"xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance""#;
 
@@ -43,8 +42,8 @@ fn err(doc: impl AsRef<[u8]>) -> OvfError {
 fn parse_wraps_the_layer_error() {
     let e = parse(b"<Foo/>").unwrap_err();
     assert!(matches!(
-        e.kind(),
-        ErrorKind::Ovf(OvfError::NotAnEnvelope { .. })
+        e.layer_error(),
+        Some(OvfError::NotAnEnvelope { .. })
     ));
 }
 
@@ -234,8 +233,8 @@ fn splicing_new_values_changes_only_those_bytes() {
             replacement: String::new()
         }])
         .unwrap_err()
-        .kind(),
-        ErrorKind::Ovf(OvfError::BadEdit { .. })
+        .layer_error(),
+        Some(OvfError::BadEdit { .. })
     ));
 }
 

@@ -24,13 +24,14 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{Mode, SFlag, fstatat};
 
+use super::lookup;
 use super::resolve::{self, MemberSource, chunk_index_of};
 use super::{
     MAX_DIR_ENTRIES, Member, Movable, Package, PackageError, Relocation, SourceKind, access_ceiling,
 };
 use crate::archive::MemberKind;
 use crate::archive::names::{file_name, parent};
-use crate::error::{Error, ErrorKind, Result, ResultExt};
+use crate::error::{Error, ErrorKind, Refusal, Result, ResultExt};
 use crate::io::{FileSource, ReadAt, read_vec_at};
 use crate::ovf::{self, MAX_DESCRIPTOR_BYTES, OvfError};
 
@@ -65,7 +66,7 @@ fn sys_err(what: &Path, e: Errno) -> Error {
 
 impl PackageDir {
     /// Opens the folder `root` (the caller's own path: links in it are the user's choice).
-    fn open(root: &Path) -> Result<Self> {
+    pub fn open(root: &Path) -> Result<Self> {
         let fd = nix::fcntl::open(
             root,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -181,14 +182,16 @@ impl PackageDir {
         }
     }
 
-    /// Opens the regular file `name` (an extent or a parent another file names); see
-    /// [`super::Package::open_in_package`].
-    pub(super) fn open_member(&self, name: &str) -> Result<Option<Member>> {
+    /// Opens the regular file `name` (normalised, relative: an extent or a parent another
+    /// file names, a file a manifest lists); see [`super::Package::open_in_package`].
+    /// `Ok(None)` when there is nothing of that name; a symbolic link (anywhere in the name)
+    /// or a file that is not regular is an error.
+    pub fn open_member(&self, name: &str) -> Result<Option<Member>> {
         Ok(self.member(name, name)?.map(|(m, _)| m))
     }
 
     /// The UTF-8 names in folder `folder` of the package (at most [`MAX_DIR_ENTRIES`]).
-    fn list(&self, folder: &str) -> Result<Vec<String>> {
+    pub fn list(&self, folder: &str) -> Result<Vec<String>> {
         let dirs: Vec<&str> = folder.split('/').filter(|p| !p.is_empty()).collect();
         let shown = self.root.join(folder);
         let fd = match self.open_folder(&dirs) {
@@ -273,10 +276,11 @@ pub(super) fn open(path: &Path) -> Result<Package> {
             relocation.track(&m.name, m.size, data);
             m
         }
+        // Gone since the canonicalize above found it (or not a name at all).
         Found::Missing => {
-            return Err(io_err(
-                "cannot open",
-                io::Error::from_raw_os_error(libc::ENOENT),
+            return Err(Error::refused(
+                format!("cannot open {shown}"),
+                Refusal::NotFound,
             ));
         }
         _ => return Err(PackageError::NotARegularFile { href: shown }.into()),
@@ -308,13 +312,11 @@ pub(super) fn open(path: &Path) -> Result<Package> {
     let files = resolve::resolve_files(&descriptor, "", &mut source, &mut warnings)
         .with_context(|| shown.clone())?;
 
-    let base = desc_name
-        .get(..desc_name.len().saturating_sub(4))
-        .unwrap_or(&desc_name)
-        .to_string();
+    // The manifest and certificate, named like the descriptor (one listing serves both).
+    let listing = dir.list("").with_context(|| shown.clone())?;
     let mut sibling = |ext: &str| -> Result<Option<usize>> {
-        let wanted = format!("{base}.{ext}");
-        let Some(name) = find_case_insensitive(&dir, &wanted)? else {
+        let Some(name) = lookup::pick_sibling(&listing, &lookup::sibling_name(&desc_name, ext))
+        else {
             return Ok(None);
         };
         source.get(&name, &name)
@@ -347,21 +349,6 @@ pub(super) fn open(path: &Path) -> Result<Package> {
         relocation: Arc::new(relocation),
         dir: Some(dir),
     })
-}
-
-/// The entry of `dir` named `wanted` ignoring ASCII case: the exact name if present, else the
-/// first match in byte order (deterministic).
-fn find_case_insensitive(dir: &PackageDir, wanted: &str) -> Result<Option<String>> {
-    let mut matches: Vec<String> = dir
-        .list("")?
-        .into_iter()
-        .filter(|n| n.eq_ignore_ascii_case(wanted))
-        .collect();
-    matches.sort();
-    if matches.iter().any(|n| n == wanted) {
-        return Ok(Some(wanted.to_string()));
-    }
-    Ok(matches.into_iter().next())
 }
 
 /// Files of an unpacked package, opened on demand through the package folder.

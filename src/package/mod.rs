@@ -32,6 +32,7 @@
 //! Not here: manifest and certificate checking, disk formats, FUSE.
 
 mod folder;
+pub mod lookup;
 mod ova;
 pub mod reopen;
 mod resolve;
@@ -55,6 +56,7 @@ use crate::ovf::Descriptor;
 
 pub use crate::io::Concat;
 pub use folder::PackageDir;
+pub use lookup::{FileFinder, FoundFile, MemberNames, NameMatch};
 pub use reopen::{Movable, Relocation};
 pub use resolve::has_url_scheme;
 
@@ -163,6 +165,13 @@ pub enum PackageError {
         /// The path, lossily decoded.
         path: String,
     },
+}
+
+/// Lets `?` turn a package error into the one public [`Error`](crate::error::Error).
+impl From<PackageError> for crate::error::Error {
+    fn from(e: PackageError) -> Self {
+        crate::error::Error::layer(e)
+    }
 }
 
 /// Where the package comes from.

@@ -6,9 +6,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::lookup;
 use super::resolve::{self, MemberSource, chunk_index_of};
 use super::{Member, Movable, Package, PackageError, Relocation, SourceKind, access_ceiling};
-use crate::archive::names::{file_name, parent};
+use crate::archive::names::parent;
 use crate::archive::{self, MemberKind};
 use crate::error::{Result, ResultExt};
 use crate::io::budget::Limits;
@@ -169,20 +170,11 @@ fn open_with(
         ovf::parse(&bytes).with_context(|| format!("{shown}: descriptor {}", desc.name))?;
 
     let folder = parent(&desc.name).to_string();
-    let base = {
-        let f = file_name(&desc.name);
-        // `is_ovf` checked that the name ends with the ASCII ".ovf".
-        f.get(..f.len().saturating_sub(4)).unwrap_or(f).to_string()
-    };
     let sibling = |ext: &str| -> Option<usize> {
-        let wanted = format!("{base}.{ext}");
-        let mut found = members.iter().enumerate().filter(|(_, m)| {
-            m.kind == MemberKind::Regular
-                && parent(&m.name) == folder
-                && file_name(&m.name).eq_ignore_ascii_case(&wanted)
-        });
-        let first = found.next().map(|(i, _)| i);
+        let mut found = lookup::siblings(&members, &desc.name, ext);
+        let first = found.next();
         if found.next().is_some() {
+            let wanted = lookup::sibling_name(&desc.name, ext);
             log::warn!("{shown}: more than one {ext} member matches {wanted:?}; using the first");
         }
         first

@@ -51,9 +51,9 @@ fn open_bytes(bytes: Vec<u8>) -> Result<Package> {
 }
 
 fn pkg_err(e: &Error) -> &PackageError {
-    match e.kind() {
-        ErrorKind::Package(p) => p,
-        k => panic!("expected a package error, got {k:?} ({e})"),
+    match e.layer_error() {
+        Some(p) => p,
+        None => panic!("expected a package error, got {:?} ({e})", e.kind()),
     }
 }
 
@@ -243,18 +243,15 @@ fn decode_gives_the_decompressed_bytes() {
 fn not_a_tar() {
     let e = open_bytes(b"\x89PNG\r\n\x1a\n".repeat(100)).unwrap_err();
     assert!(matches!(
-        e.kind(),
-        ErrorKind::Tar(crate::archive::TarError::NotTar { .. })
+        e.layer_error(),
+        Some(crate::archive::TarError::NotTar { .. })
     ));
 }
 
 #[test]
 fn bad_descriptor_is_an_ovf_error_with_context() {
     let e = open_bytes(ova(&[("x.ovf", b"<?xml version=\"1.0\"?>\n<a>")])).unwrap_err();
-    assert!(matches!(
-        e.kind(),
-        ErrorKind::Ovf(OvfError::Truncated { .. })
-    ));
+    assert!(matches!(e.layer_error(), Some(OvfError::Truncated { .. })));
     assert!(e.to_string().contains("x.ovf"), "{e}");
 }
 
@@ -619,10 +616,7 @@ fn oversized_descriptor_is_refused_before_reading_it() {
         len: 512 + size + 1024,
     });
     let e = open_ova_source(src, Path::new("x.ova")).unwrap_err();
-    assert!(matches!(
-        e.kind(),
-        ErrorKind::Ovf(OvfError::TooLarge { .. })
-    ));
+    assert!(matches!(e.layer_error(), Some(OvfError::TooLarge { .. })));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -878,6 +872,15 @@ fn folder_missing_descriptor_is_an_io_error() {
     assert!(matches!(e.kind(), ErrorKind::Io { .. }));
     let e = open(&t.path().join("none.ova")).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::Io { .. }));
+}
+
+#[test]
+fn folder_descriptor_without_a_name_is_refused_as_not_found() {
+    // "/" canonicalizes, but names no file in its folder: the one way (besides a race with
+    // a deletion) that the descriptor is missing after the canonicalize found it.
+    let e = folder::open(Path::new("/")).unwrap_err();
+    assert_eq!(e.refusal(), Some(crate::error::Refusal::NotFound), "{e}");
+    assert_eq!(e.to_string(), "cannot open /: no such file or folder");
 }
 
 /// A small xorshift generator for deterministic mutations.

@@ -57,18 +57,16 @@ pub mod manifest;
 pub mod subject;
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::archive::MemberKind;
-use crate::archive::names::{file_name, join, normalize_str};
+use crate::archive::names::file_name;
 use crate::error::{Result, ResultExt};
-use crate::io::{FileSource, ReadAt, read_vec_at};
-use crate::package::Package;
+use crate::io::{ReadAt, read_vec_at};
+use crate::package::{self, MemberNames, NameMatch, Package, PackageDir};
 
 use cert::{ChainCheck, SignatureCheck, TrustStore};
 use digest::{DigestAlgorithm, DigestJob, DigestOptions, Progress};
@@ -243,24 +241,16 @@ enum Target {
 /// Finds what manifest names refer to.
 struct Resolver<'a> {
     pkg: &'a Subject,
-    by_name: HashMap<&'a str, usize>,
-    by_lower: HashMap<String, Vec<usize>>,
+    /// The members by name, found by the package layer's rule.
+    names: MemberNames<'a>,
     chunked: HashMap<String, usize>,
-    /// Root folder of an unpacked package (canonical).
-    root: Option<PathBuf>,
+    /// The folder of an unpacked package.
+    dir: Option<Arc<PackageDir>>,
     extras: Vec<(String, Arc<dyn ReadAt>)>,
 }
 
 impl<'a> Resolver<'a> {
     fn new(pkg: &'a Subject) -> Self {
-        let mut by_name = HashMap::new();
-        let mut by_lower: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, m) in pkg.members.iter().enumerate() {
-            if m.kind == MemberKind::Regular {
-                by_name.insert(m.name.as_str(), i);
-                by_lower.entry(m.name.to_lowercase()).or_default().push(i);
-            }
-        }
         let chunked = pkg
             .chunked
             .iter()
@@ -269,22 +259,21 @@ impl<'a> Resolver<'a> {
             .collect();
         Resolver {
             pkg,
-            by_name,
-            by_lower,
+            names: MemberNames::new(&pkg.members),
             chunked,
-            root: pkg.root.clone(),
+            dir: pkg.dir.clone(),
             extras: Vec::new(),
         }
     }
 
     /// The target of `name`, and a note when the match is not exact.
     fn resolve(&mut self, name: &str) -> (Target, Option<String>) {
-        let norm = match normalize_str(name) {
+        let full = match package::lookup::name_in(&self.pkg.folder, name) {
             Ok(n) => n,
             Err(p) => return (Target::Missing(format!("name refused: {p}")), None),
         };
-        let full = join(&self.pkg.folder, &norm);
-        if let Some(&i) = self.by_name.get(full.as_str()) {
+        let found = self.names.find(&full);
+        if let Some(NameMatch::Exact(i)) = found {
             if Some(i) == self.pkg.manifest_member {
                 return (Target::SelfManifest, None);
             }
@@ -296,8 +285,7 @@ impl<'a> Resolver<'a> {
                 Some("chunked file: the chunks joined".into()),
             );
         }
-        if let Some([i]) = self.by_lower.get(&full.to_lowercase()).map(Vec::as_slice) {
-            let i = *i;
+        if let Some(NameMatch::CaseDiffers(i)) = found {
             let member = self.pkg.members.get(i).map_or("", |m| m.name.as_str());
             let note = Some(format!("matched {member:?}, whose name differs in case"));
             if Some(i) == self.pkg.manifest_member {
@@ -305,10 +293,10 @@ impl<'a> Resolver<'a> {
             }
             return (Target::Member(i), note);
         }
-        if let Some(root) = &self.root
-            && let Some(src) = open_inside(root, &full)
+        if let Some(dir) = &self.dir
+            && let Ok(Some(m)) = dir.open_member(&full)
         {
-            self.extras.push((full, src));
+            self.extras.push((full, m.data));
             return (Target::Extra(self.extras.len() - 1), None);
         }
         (Target::Missing("not in the package".into()), None)
@@ -364,24 +352,6 @@ impl<'a> Resolver<'a> {
             _ => Vec::new(),
         }
     }
-}
-
-/// Opens `name` (normalised, relative) inside the canonical folder `root` if it is a regular
-/// file there, without following a symlink out of the folder or blocking on a FIFO.
-pub(crate) fn open_inside(root: &Path, name: &str) -> Option<Arc<dyn ReadAt>> {
-    let real = std::fs::canonicalize(root.join(name)).ok()?;
-    if !real.starts_with(root) {
-        return None;
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&real)
-        .ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
-    Some(Arc::new(FileSource::from_file(file, &real).ok()?))
 }
 
 /// One distinct manifest line and how often it appears.

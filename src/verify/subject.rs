@@ -23,11 +23,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::archive::names::{file_name, join, normalize_str, parent};
+use crate::archive::names::parent;
 use crate::archive::{self, MemberKind, TarIndex, TarMember};
-use crate::error::{Error, ErrorKind, Result, ResultExt};
+use crate::error::{Error, Result, ResultExt};
 use crate::io::{FileSource, ReadAt};
-use crate::package::{self, FileLocation, Member, Package, PackageError, SourceKind};
+use crate::ovf::OvfError;
+use crate::package::{self, FileLocation, Member, Package, PackageDir, PackageError, SourceKind};
 
 /// A chunked File (`ovf:chunkSize`): its whole name and its chunks.
 #[derive(Clone)]
@@ -173,9 +174,9 @@ pub struct Subject {
     pub folder: String,
     /// Chunked Files (empty when the descriptor could not be used).
     pub chunked: Vec<ChunkedFile>,
-    /// Canonical folder of an unpacked package, where listed files that are not members are
-    /// looked up.
-    pub root: Option<PathBuf>,
+    /// The folder of an unpacked package, held open, where listed files that are not
+    /// members are looked up (by the package layer's rule: never through a link).
+    pub dir: Option<Arc<PackageDir>>,
     /// Why the package layer refused the package, when the archive-level fallback was used.
     pub package_error: Option<String>,
     /// The package layer's warnings.
@@ -202,7 +203,7 @@ impl Subject {
             .iter()
             .filter_map(|f| match (&f.location, &f.data) {
                 (FileLocation::Chunks(c), Some(data)) => Some(ChunkedFile {
-                    name: join(&folder, &normalize_str(&f.href).ok()?),
+                    name: package::lookup::name_in(&folder, &f.href).ok()?,
                     chunks: c.clone(),
                     data: data.clone(),
                 }),
@@ -239,7 +240,7 @@ impl Subject {
             certificate_member: pkg.certificate_member,
             folder,
             chunked,
-            root: folder_root(pkg.kind, &pkg.path),
+            dir: pkg.dir.clone(),
             package_error: None,
             warnings: pkg.warnings.clone(),
             archive_entries,
@@ -256,14 +257,13 @@ impl Subject {
             Ok(pkg) => return Ok(Subject::from_package(&pkg)),
             Err(e) => e,
         };
-        let recoverable = match err.kind() {
-            ErrorKind::Ovf(_) => true,
-            ErrorKind::Package(p) => !matches!(
-                p,
-                PackageError::NoDescriptor | PackageError::CompressedArchive { .. }
-            ),
-            _ => false,
-        };
+        let recoverable = err.layer_error::<OvfError>().is_some()
+            || err.layer_error::<PackageError>().is_some_and(|p| {
+                !matches!(
+                    p,
+                    PackageError::NoDescriptor | PackageError::CompressedArchive { .. }
+                )
+            });
         if !recoverable {
             return Err(err);
         }
@@ -293,17 +293,10 @@ fn folder_root(kind: SourceKind, path: &Path) -> Option<PathBuf> {
         .and_then(|p| p.parent().map(Path::to_path_buf))
 }
 
-/// The member of `members` beside `desc` named like it with extension `ext`, compared
-/// case-insensitively (the package layer's rule).
+/// The member of `members` beside `desc` named like it with extension `ext` (the package
+/// layer's rule).
 fn sibling(members: &[Member], desc: &str, ext: &str) -> Option<usize> {
-    let folder = parent(desc);
-    let f = file_name(desc);
-    let wanted = format!("{}.{ext}", f.get(..f.len().saturating_sub(4)).unwrap_or(f));
-    members.iter().position(|m| {
-        m.kind == MemberKind::Regular
-            && parent(&m.name) == folder
-            && file_name(&m.name).eq_ignore_ascii_case(&wanted)
-    })
+    package::lookup::siblings(members, desc, ext).next()
 }
 
 /// Archive-level fallback for an OVA.
@@ -335,7 +328,7 @@ fn open_archive(path: &Path) -> Result<Subject> {
         folder: parent(&desc).to_string(),
         members,
         chunked: Vec::new(),
-        root: None,
+        dir: None,
         package_error: None,
         warnings: Vec::new(),
         archive_entries,
@@ -356,9 +349,10 @@ fn open_folder(path: &Path, root: PathBuf) -> Result<Subject> {
             })
         })?
         .to_string();
+    let dir = Arc::new(PackageDir::open(&root).with_context(|| path.display().to_string())?);
     let mut members = Vec::new();
     let mut add = |name: &str| -> Option<usize> {
-        let data = super::open_inside(&root, name)?;
+        let data = dir.open_member(name).ok()??.data;
         members.push(Member {
             name: name.to_string(),
             size: data.len(),
@@ -375,24 +369,10 @@ fn open_folder(path: &Path, root: PathBuf) -> Result<Subject> {
             href: path.display().to_string(),
         })
     })?;
-    let base = desc_name
-        .get(..desc_name.len().saturating_sub(4))
-        .unwrap_or(&desc_name)
-        .to_string();
-    let listing = list_dir(&root)?;
+    let listing = dir.list("")?;
     let mut find = |ext: &str| {
-        let wanted = format!("{base}.{ext}");
-        let mut m: Vec<&String> = listing
-            .iter()
-            .filter(|n| n.eq_ignore_ascii_case(&wanted))
-            .collect();
-        m.sort();
-        let name = if m.iter().any(|n| **n == wanted) {
-            Some(wanted)
-        } else {
-            m.first().map(|n| n.to_string())
-        };
-        name.and_then(|n| add(&n))
+        package::lookup::pick_sibling(&listing, &package::lookup::sibling_name(&desc_name, ext))
+            .and_then(|n| add(&n))
     };
     let manifest_member = find("mf");
     let certificate_member = find("cert");
@@ -405,33 +385,11 @@ fn open_folder(path: &Path, root: PathBuf) -> Result<Subject> {
         certificate_member,
         folder: String::new(),
         chunked: Vec::new(),
-        root: Some(root),
+        dir: Some(dir),
         package_error: None,
         warnings: Vec::new(),
         archive_entries: Vec::new(),
         archive_entries_total: 0,
         referenced: Vec::new(),
     })
-}
-
-/// The UTF-8 names in `dir`, at most [`package::MAX_DIR_ENTRIES`].
-fn list_dir(dir: &Path) -> Result<Vec<String>> {
-    let rd = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
-    let mut out = Vec::new();
-    for (n, entry) in rd.enumerate() {
-        if n as u64 >= package::MAX_DIR_ENTRIES {
-            return Err(ErrorKind::LimitExceeded {
-                what: "directory entries",
-                value: n as u64 + 1,
-                limit: package::MAX_DIR_ENTRIES,
-            }
-            .into());
-        }
-        let entry = entry.map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
-        if let Some(name) = entry.file_name().to_str() {
-            out.push(name.to_string());
-        }
-    }
-    Ok(out)
 }

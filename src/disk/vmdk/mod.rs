@@ -42,7 +42,7 @@ use header::{
 
 use super::inflate::{Wrapper, inflate_exact, looks_like_zlib};
 use super::{DiskError, DiskFormat, DiskImage, Extent, SECTOR_BYTES};
-use crate::error::{ErrorKind, Result, ResultExt};
+use crate::error::{Result, ResultExt};
 use crate::io::budget::Budget;
 use crate::io::{ReadAt, read_vec_at};
 
@@ -585,7 +585,7 @@ impl DiskImage for SparseVmdk {
 /// Whether `e` says the stream produced more bytes than the output holds.
 fn overflowed(e: &crate::error::Error) -> bool {
     matches!(
-        e.kind(),
-        ErrorKind::Disk(DiskError::UnitSizeMismatch { expected, actual, .. }) if actual > expected
+        e.layer_error(),
+        Some(DiskError::UnitSizeMismatch { expected, actual, .. }) if actual > expected
     )
 }

@@ -87,9 +87,9 @@ fn open(bytes: Vec<u8>) -> Result<SparseVmdk> {
 fn vmdk_err<T: std::fmt::Debug>(r: Result<T>) -> VmdkError {
     match r {
         Ok(v) => panic!("expected a VMDK error, got {v:?}"),
-        Err(e) => match e.kind() {
-            ErrorKind::Disk(DiskError::Vmdk(v)) => v.clone(),
-            other => panic!("expected a VMDK error, got {other:?} ({e})"),
+        Err(e) => match e.layer_error() {
+            Some(DiskError::Vmdk(v)) => v.clone(),
+            _ => panic!("expected a VMDK error, got {:?} ({e})", e.kind()),
         },
     }
 }
@@ -501,8 +501,8 @@ fn partial_last_grain_stored_whole_or_as_its_tail() {
     let img = open(b).unwrap();
     let e = img.decode_unit(7, &mut vec![0u8; 1536]).unwrap_err();
     assert!(matches!(
-        e.kind(),
-        ErrorKind::Disk(DiskError::UnitSizeMismatch { unit: 7, .. })
+        e.layer_error(),
+        Some(DiskError::UnitSizeMismatch { unit: 7, .. })
     ));
 }
 
@@ -547,8 +547,8 @@ fn hosted_sparse_maps_stored_zeroed_and_unallocated_grains() {
     check_tiling(&img, &raw, 11);
     let e = img.decode_unit(0, &mut vec![0u8; 4096]).unwrap_err();
     assert!(matches!(
-        e.kind(),
-        ErrorKind::Disk(DiskError::Vmdk(VmdkError::NotACompressedGrain { unit: 0 }))
+        e.layer_error(),
+        Some(DiskError::Vmdk(VmdkError::NotACompressedGrain { unit: 0 }))
     ));
 }
 
@@ -652,9 +652,9 @@ fn corrupt_grains_fail_decode_instead_of_reading_zeros() {
     let img = open(b).unwrap();
     let e = img.decode_unit(0, &mut vec![0u8; 65536]).unwrap_err();
     assert!(matches!(
-        e.kind(),
-        ErrorKind::Disk(DiskError::CorruptUnit { unit: 0, .. })
-            | ErrorKind::Disk(DiskError::UnitSizeMismatch { unit: 0, .. })
+        e.layer_error(),
+        Some(DiskError::CorruptUnit { unit: 0, .. })
+            | Some(DiskError::UnitSizeMismatch { unit: 0, .. })
     ));
     let disk = FlatDisk::new(Arc::new(img), Arc::new(UnitCache::new(0)), None);
     assert!(disk.read_at(10, &mut [0u8; 10]).is_err());
@@ -763,8 +763,8 @@ fn decode_unit_checks_its_arguments() {
     );
     let e = img.decode_unit(0, &mut [0u8; 100]).unwrap_err();
     assert!(matches!(
-        e.kind(),
-        ErrorKind::Disk(DiskError::UnitSizeMismatch {
+        e.layer_error(),
+        Some(DiskError::UnitSizeMismatch {
             unit: 0,
             expected: 4096,
             actual: 100
@@ -1344,8 +1344,8 @@ fn writer_skips_zero_grains_and_validates_its_options() {
     ] {
         let e = write_stream_optimized(src, &mut Vec::new(), &opts).unwrap_err();
         assert!(matches!(
-            e.kind(),
-            ErrorKind::Disk(DiskError::Vmdk(VmdkError::WriterInvalidInput { .. }))
+            e.layer_error(),
+            Some(DiskError::Vmdk(VmdkError::WriterInvalidInput { .. }))
         ));
     }
 }
