@@ -203,12 +203,17 @@ pub(crate) struct Applied {
 }
 
 impl Applied {
-    /// No change.
-    pub fn none(expect: impl Into<String>) -> Applied {
+    /// These edits, after which the setting reads `expect`.
+    pub fn new(edits: Vec<Edit>, expect: impl Into<String>) -> Applied {
         Applied {
-            edits: Vec::new(),
+            edits,
             expect: expect.into(),
         }
+    }
+
+    /// No change.
+    pub fn none(expect: impl Into<String>) -> Applied {
+        Applied::new(Vec::new(), expect)
     }
 }
 
@@ -252,7 +257,7 @@ type TypedKey = (usize, Option<String>, u16);
 
 /// Everything a reader or writer needs.
 pub(crate) struct Ctx<'d> {
-    pub desc: &'d Descriptor,
+    pub descriptor: &'d Descriptor,
     pub view: View<'d>,
     /// Safe names of the contents, with their owners, in document order.
     pub contents: Vec<(String, Owner)>,
@@ -263,7 +268,7 @@ pub(crate) struct Ctx<'d> {
     /// Memoised per call: item nodes by system, merged items by (system, configuration,
     /// ResourceType), property names by owner. Listing a large descriptor stays linear.
     hw_nodes: RefCell<HashMap<usize, Rc<Vec<Option<usize>>>>>,
-    typed: RefCell<HashMap<TypedKey, Rc<Vec<hw::Eff>>>>,
+    typed: RefCell<HashMap<TypedKey, Rc<Vec<hw::MergedItem>>>>,
     prop_names: RefCell<HashMap<Owner, Rc<Vec<String>>>>,
 }
 
@@ -304,7 +309,7 @@ impl<'d> Ctx<'d> {
                 .collect::<Vec<_>>(),
         );
         Ok(Ctx {
-            desc,
+            descriptor: desc,
             view,
             contents,
             networks,
@@ -318,7 +323,7 @@ impl<'d> Ctx<'d> {
     /// The VirtualSystem of a target, if it is one.
     pub fn system(&self, t: &Target) -> Option<&'d VirtualSystem> {
         match t.owner {
-            Owner::System(i) => self.desc.systems.get(i),
+            Owner::System(i) => self.descriptor.systems.get(i),
             Owner::Collection(_) => None,
         }
     }
@@ -326,8 +331,8 @@ impl<'d> Ctx<'d> {
     /// The element span of the owner.
     pub fn owner_element(&self, owner: Owner) -> Option<ovf::Span> {
         match owner {
-            Owner::System(i) => self.desc.systems.get(i).map(|s| s.element),
-            Owner::Collection(i) => self.desc.collections.get(i).map(|c| c.element),
+            Owner::System(i) => self.descriptor.systems.get(i).map(|s| s.element),
+            Owner::Collection(i) => self.descriptor.collections.get(i).map(|c| c.element),
         }
     }
 
@@ -342,13 +347,13 @@ impl<'d> Ctx<'d> {
     pub fn properties(&self, owner: Owner) -> &'d [ovf::Property] {
         match owner {
             Owner::System(i) => self
-                .desc
+                .descriptor
                 .systems
                 .get(i)
                 .map(|s| s.properties.as_slice())
                 .unwrap_or_default(),
             Owner::Collection(i) => self
-                .desc
+                .descriptor
                 .collections
                 .get(i)
                 .map(|c| c.properties.as_slice())
@@ -358,11 +363,15 @@ impl<'d> Ctx<'d> {
 
     /// The configuration a target's hardware settings apply to: the folder's, else the
     /// default one (`None` when the descriptor has no DeploymentOptionSection).
-    pub fn hw_config(&self, t: &Target) -> Option<&'d str> {
+    pub fn hardware_config(&self, t: &Target) -> Option<&'d str> {
         match t.config {
-            Some(i) => self.desc.configurations.get(i).map(|c| c.id.value.as_str()),
+            Some(i) => self
+                .descriptor
+                .configurations
+                .get(i)
+                .map(|c| c.id.value.as_str()),
             None => self
-                .desc
+                .descriptor
                 .default_configuration()
                 .map(|c| c.id.value.as_str()),
         }
@@ -371,7 +380,7 @@ impl<'d> Ctx<'d> {
     /// The configuration id of a `configs/CONFIG/` target.
     pub fn folder_config(&self, t: &Target) -> Option<&'d str> {
         t.config
-            .and_then(|i| self.desc.configurations.get(i))
+            .and_then(|i| self.descriptor.configurations.get(i))
             .map(|c| c.id.value.as_str())
     }
 
@@ -395,29 +404,33 @@ impl<'d> Ctx<'d> {
     }
 
     /// The hardware of a target's system.
-    pub fn hw(&self, t: &Target) -> Option<hw::Hw<'_, 'd>> {
+    pub fn hardware(&self, t: &Target) -> Option<hw::Hardware<'_, 'd>> {
         let Owner::System(i) = t.owner else {
             return None;
         };
-        let sys = self.desc.systems.get(i)?;
+        let sys = self.descriptor.systems.get(i)?;
         let nodes = {
             let mut cache = self.hw_nodes.borrow_mut();
             Rc::clone(
                 cache
                     .entry(i)
-                    .or_insert_with(|| Rc::new(hw::Hw::item_nodes(&self.view, sys))),
+                    .or_insert_with(|| Rc::new(hw::Hardware::item_nodes(&self.view, sys))),
             )
         };
-        hw::Hw::with_nodes(&self.view, sys, nodes)
+        hw::Hardware::with_nodes(&self.view, sys, nodes)
     }
 
     /// The merged items of type `rt` a target sees (in its configuration).
-    pub fn of_type(&self, t: &Target, rt: u16) -> Option<(hw::Hw<'_, 'd>, Rc<Vec<hw::Eff>>)> {
-        let h = self.hw(t)?;
+    pub fn of_type(
+        &self,
+        t: &Target,
+        rt: u16,
+    ) -> Option<(hw::Hardware<'_, 'd>, Rc<Vec<hw::MergedItem>>)> {
+        let h = self.hardware(t)?;
         let Owner::System(i) = t.owner else {
             return None;
         };
-        let config = self.hw_config(t);
+        let config = self.hardware_config(t);
         let key = (i, config.map(str::to_string), rt);
         if let Some(v) = self.typed.borrow().get(&key) {
             return Some((h, Rc::clone(v)));
@@ -438,7 +451,7 @@ impl<'d> Ctx<'d> {
 
     /// Number of network adapters a target sees.
     pub fn nic_count(&self, t: &Target) -> usize {
-        self.of_type(t, hw::RT_ETHERNET)
+        self.of_type(t, hw::RESOURCE_TYPE_ETHERNET)
             .map(|(_, v)| v.len())
             .unwrap_or(0)
     }
