@@ -3,9 +3,9 @@
 //!
 //! Pure logic: no FUSE, no file writing. The FUSE layer lists [`tree`] (or [`read_all`] for
 //! the values too), answers reads with [`read`], and turns a saved file into [`write()`] edits
-//! (or [`mkdir`]/[`rmdir`] for networks), which the commit layer splices into the
-//! descriptor with [`crate::ovf::splice()`]. A new descriptor written whole goes through
-//! [`check_replacement`]. Every function takes the descriptor as it is now and never
+//! (or [`mkdir`]/[`rmdir`] for networks); each comes with the edited descriptor, already
+//! spliced ([`crate::ovf::splice()`]) and parsed ([`Edited`]), which the editor commits. A
+//! new descriptor written whole goes through [`check_replacement`]. Every function takes the descriptor as it is now and never
 //! panics; errors are [`SettingError`]s whose messages are meant for the user's log.
 //!
 //! One static table (`table::SETTINGS`) lists every setting with its path, its
@@ -33,9 +33,10 @@
 //! - Password properties read like the others (the descriptor holds them in clear text
 //!   anyway); [`Entry::secret`] tells the FUSE layer to give them mode 0600.
 //!
-//! Every write is checked after the fact: the edits are spliced, the result re-parsed and the
-//! setting read back; a mismatch is refused as [`SettingError::Internal`] instead of being
-//! written. Writing a file's own content back is never an edit.
+//! Every write is checked after the fact: the edits are spliced, the result re-parsed (one
+//! XML parse gives both the model and the tree the read-back uses) and the setting read
+//! back; a mismatch is refused as [`SettingError::Internal`] instead of being written.
+//! Writing a file's own content back is never an edit.
 
 mod hw;
 mod os_types;
@@ -274,7 +275,11 @@ pub(crate) struct Ctx<'d> {
 
 impl<'d> Ctx<'d> {
     fn new(desc: &'d Descriptor) -> Result<Ctx<'d>, SettingError> {
-        let view = View::new(desc)?;
+        Ok(Ctx::with_view(View::new(desc)?))
+    }
+
+    fn with_view(view: View<'d>) -> Ctx<'d> {
+        let desc = view.desc;
         let mut owners: Vec<(usize, Owner, &str)> = desc
             .systems
             .iter()
@@ -308,7 +313,7 @@ impl<'d> Ctx<'d> {
                 .map(|c| c.id.value.as_str())
                 .collect::<Vec<_>>(),
         );
-        Ok(Ctx {
+        Ctx {
             descriptor: desc,
             view,
             contents,
@@ -317,7 +322,7 @@ impl<'d> Ctx<'d> {
             hw_nodes: RefCell::default(),
             typed: RefCell::default(),
             prop_names: RefCell::default(),
-        })
+        }
     }
 
     /// The VirtualSystem of a target, if it is one.
@@ -776,11 +781,14 @@ fn listing(desc: &Descriptor) -> Vec<(Entry, Option<String>)> {
 
 /// Reads a settings file: its value and a line break.
 pub fn read(desc: &Descriptor, path: &str) -> Result<String, SettingError> {
-    let ctx = Ctx::new(desc)?;
-    let r = resolve(&ctx, path).ok_or_else(|| SettingError::NotFound {
+    read_in(&Ctx::new(desc)?, path)
+}
+
+fn read_in(ctx: &Ctx<'_>, path: &str) -> Result<String, SettingError> {
+    let r = resolve(ctx, path).ok_or_else(|| SettingError::NotFound {
         path: path.to_string(),
     })?;
-    match (r.setting.read)(&ctx, &r.target)? {
+    match (r.setting.read)(ctx, &r.target)? {
         Some(v) => Ok(format!("{v}\n")),
         None => Err(SettingError::NotFound {
             path: path.to_string(),
@@ -789,9 +797,10 @@ pub fn read(desc: &Descriptor, path: &str) -> Result<String, SettingError> {
 }
 
 /// Validates a new value for a settings file and returns the edits that make the descriptor
-/// hold it (none when the value is unchanged). One trailing line break is ignored; each
-/// setting then trims what its format says (see [`man_section`]).
-pub fn write(desc: &Descriptor, path: &str, new: &[u8]) -> Result<Vec<Edit>, SettingError> {
+/// hold it, with the edited descriptor (no edits and no descriptor when the value is
+/// unchanged). One trailing line break is ignored; each setting then trims what its format
+/// says (see [`man_section`]).
+pub fn write(desc: &Descriptor, path: &str, new: &[u8]) -> Result<Edited, SettingError> {
     let ctx = Ctx::new(desc)?;
     let r = resolve(&ctx, path).ok_or_else(|| SettingError::NotFound {
         path: path.to_string(),
@@ -807,43 +816,83 @@ pub fn write(desc: &Descriptor, path: &str, new: &[u8]) -> Result<Vec<Edit>, Set
     let text = values::strip_newline(text);
     // The file's own content written back changes nothing, whatever the setting.
     if text == current {
-        return Ok(Vec::new());
+        return Ok(Edited::unchanged());
     }
     let applied = (r.setting.write)(&ctx, &r.target, text).map_err(|e| e.at(path, text))?;
     if applied.edits.is_empty() {
-        return Ok(applied.edits);
+        return Ok(Edited::unchanged());
     }
-    verify(desc, &applied.edits, |d| {
-        let got = read(d, path).map_err(|e| e.to_string())?;
-        if got.strip_suffix('\n') == Some(applied.expect.as_str()) {
+    let expect = applied.expect;
+    verify(desc, applied.edits, |new| {
+        let got = read_in(new, path).map_err(|e| e.to_string())?;
+        if got.strip_suffix('\n') == Some(expect.as_str()) {
             Ok(())
         } else {
             Err(format!(
-                "{path} reads {got:?} after the edit, not {:?}",
-                applied.expect
+                "{path} reads {got:?} after the edit, not {expect:?}"
             ))
         }
-    })?;
-    Ok(applied.edits)
+    })
 }
 
-/// Splices `edits`, re-parses, and runs `check` on the result.
+/// What [`write`], [`mkdir`] and [`rmdir`] accept: the splice edits and the descriptor they
+/// make. Every accepted edit is checked by splicing it and parsing the result (see
+/// `verify`); the parsed result is handed on, so that the caller need not splice and parse
+/// again. It dereferences to its edits.
+pub struct Edited {
+    /// The edits, in no particular order (see [`ovf::splice`]); none when nothing changes.
+    pub edits: Vec<Edit>,
+    /// The descriptor with the edits spliced in, parsed; `None` exactly when there are no
+    /// edits.
+    pub descriptor: Option<Descriptor>,
+}
+
+impl Edited {
+    fn unchanged() -> Edited {
+        Edited {
+            edits: Vec::new(),
+            descriptor: None,
+        }
+    }
+}
+
+impl std::ops::Deref for Edited {
+    type Target = [Edit];
+
+    fn deref(&self) -> &[Edit] {
+        &self.edits
+    }
+}
+
+impl std::fmt::Debug for Edited {
+    /// The edits (the descriptor is the old one with them spliced in).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.edits.fmt(f)
+    }
+}
+
+/// Splices `edits`, parses the result once (its model and its element tree), and runs
+/// `check` on it; the edits and the parsed result are what the caller gets.
 fn verify(
     desc: &Descriptor,
-    edits: &[Edit],
-    check: impl FnOnce(&Descriptor) -> Result<(), String>,
-) -> Result<(), SettingError> {
-    let bytes = ovf::splice(&desc.bytes, edits)
+    edits: Vec<Edit>,
+    check: impl FnOnce(&Ctx<'_>) -> Result<(), String>,
+) -> Result<Edited, SettingError> {
+    let bytes = ovf::splice(&desc.bytes, &edits)
         .map_err(|e| SettingError::Internal(format!("the edits do not apply: {e}")))?;
-    let new = ovf::parse_descriptor(&bytes).map_err(|e| {
+    let (new, tree) = ovf::parse_with_tree(&bytes).map_err(|e| {
         SettingError::Internal(format!("the edited descriptor does not parse: {e}"))
     })?;
-    check(&new).map_err(SettingError::Internal)
+    check(&Ctx::with_view(View::with_tree(&new, tree))).map_err(SettingError::Internal)?;
+    Ok(Edited {
+        edits,
+        descriptor: Some(new),
+    })
 }
 
 /// `mkdir networks/NAME`: adds `<Network ovf:name="NAME">` with a description to the
 /// NetworkSection (created when the descriptor has none).
-pub fn mkdir(desc: &Descriptor, path: &str) -> Result<Vec<Edit>, SettingError> {
+pub fn mkdir(desc: &Descriptor, path: &str) -> Result<Edited, SettingError> {
     let ctx = Ctx::new(desc)?;
     let Some(("networks", safe)) = path.split_once('/') else {
         return Err(SettingError::Unsupported {
@@ -863,19 +912,18 @@ pub fn mkdir(desc: &Descriptor, path: &str) -> Result<Vec<Edit>, SettingError> {
         return Err(SettingError::Exists { name });
     }
     let edits = table::add_network(&ctx, &name).map_err(|e| e.at(path, &name))?;
-    verify(desc, &edits, |d| {
-        if d.networks.iter().any(|n| n.name.value == name) {
+    verify(desc, edits, |new| {
+        if new.descriptor.networks.iter().any(|n| n.name.value == name) {
             Ok(())
         } else {
             Err(format!("network {name:?} is missing after the edit"))
         }
-    })?;
-    Ok(edits)
+    })
 }
 
 /// `rmdir networks/NAME`: removes a Network that no network adapter (in any configuration)
 /// is connected to.
-pub fn rmdir(desc: &Descriptor, path: &str) -> Result<Vec<Edit>, SettingError> {
+pub fn rmdir(desc: &Descriptor, path: &str) -> Result<Edited, SettingError> {
     let ctx = Ctx::new(desc)?;
     let idx = match path.split_once('/') {
         Some(("networks", safe)) => ctx.networks.iter().position(|n| n == safe),
@@ -893,14 +941,13 @@ pub fn rmdir(desc: &Descriptor, path: &str) -> Result<Vec<Edit>, SettingError> {
         .map(|n| n.name.value.clone())
         .unwrap_or_default();
     let before = desc.networks.len();
-    verify(desc, &edits, |d| {
-        if d.networks.len() + 1 == before {
+    verify(desc, edits, |new| {
+        if new.descriptor.networks.len() + 1 == before {
             Ok(())
         } else {
             Err(format!("network {name:?} is still there after the edit"))
         }
-    })?;
-    Ok(edits)
+    })
 }
 
 /// Checks a whole new descriptor written over the old one: it must parse (with every rule
