@@ -41,6 +41,27 @@ struct State {
     certificate: Option<Arc<[u8]>>,
     /// `None` for a read-only mount.
     committer: Option<Committer>,
+    /// The change the last `check` accepted, for the `store` of the same bytes that follows.
+    prepared: Option<Prepared>,
+}
+
+/// A change checked at write() time: the descriptor it makes, kept so that the store at
+/// flush neither splices nor parses again.
+struct Prepared {
+    /// The bytes of the descriptor it was made from: the same allocation as
+    /// `State::descriptor`'s while that is current (a commit replaces it).
+    base: Arc<[u8]>,
+    path: String,
+    data: Vec<u8>,
+    /// What [`Editor::new_descriptor`] answered.
+    new: Option<Descriptor>,
+}
+
+impl Prepared {
+    /// Whether this is the change of writing `data` to `path` on `current`.
+    fn is_for(&self, current: &Descriptor, path: &str, data: &[u8]) -> bool {
+        Arc::ptr_eq(&self.base, &current.bytes) && self.path == path && self.data == data
+    }
 }
 
 /// The editing side of one mount.
@@ -119,6 +140,7 @@ impl Editor {
                 manifest: manifest.as_ref().map(|(_, b)| b.clone()),
                 certificate: certificate.as_ref().map(|(_, b)| b.clone()),
                 committer,
+                prepared: None,
             }),
             descriptor_path,
             manifest_path: manifest.map(|(n, _)| n),
@@ -165,31 +187,54 @@ impl Editor {
         self.state().committer.is_some()
     }
 
-    /// The new descriptor bytes that writing `data` to `path` asks for (`None`: no change).
-    fn new_descriptor(&self, st: &State, path: &str, data: &[u8]) -> Result<Option<Vec<u8>>> {
+    /// Checks writing `data` to `path` as [`Editor::new_descriptor`] does, and keeps the
+    /// descriptor it makes for the store of the same bytes that follows.
+    fn prepare(&self, st: &mut State, path: &str, data: &[u8]) -> Result<()> {
+        let new = self.new_descriptor(st, path, data)?;
+        st.prepared = Some(Prepared {
+            base: st.descriptor.bytes.clone(),
+            path: path.to_string(),
+            data: data.to_vec(),
+            new,
+        });
+        Ok(())
+    }
+
+    /// The new descriptor, parsed, that writing `data` to `path` asks for (`None`: no
+    /// change): the prepared one when the last check was of these bytes on the current
+    /// descriptor, else checked now.
+    fn new_descriptor(
+        &self,
+        st: &mut State,
+        path: &str,
+        data: &[u8],
+    ) -> Result<Option<Descriptor>> {
+        if let Some(prepared) = st.prepared.take()
+            && prepared.is_for(&st.descriptor, path, data)
+        {
+            return Ok(prepared.new);
+        }
         if path == self.descriptor_path {
             let members: Vec<&str> = self.members.iter().map(String::as_str).collect();
-            settings::check_replacement(&st.descriptor, data, &members).map_err(setting_error)?;
-            return Ok((data != &*st.stored_descriptor).then(|| data.to_vec()));
+            let new = settings::check_replacement(&st.descriptor, data, &members)
+                .map_err(setting_error)?;
+            return Ok((data != &*st.stored_descriptor).then_some(new));
         }
-        let edits = settings::write(&st.descriptor, path, data).map_err(setting_error)?;
-        if edits.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(ovf::edit::splice(&st.descriptor.bytes, &edits)?))
+        let edited = settings::write(&st.descriptor, path, data).map_err(setting_error)?;
+        Ok(edited.descriptor)
     }
 
     /// Commits `new` as the descriptor and updates the state.
-    fn commit(&self, st: &mut State, new: Vec<u8>) -> Result<()> {
-        // The model must accept what we are about to store; a settings bug must never
-        // reach the package.
-        ovf::parse(&new)
-            .map_err(|e| e.context("the edited descriptor does not parse (not stored)"))?;
+    ///
+    /// `new` is a parsed model of the bytes stored: the model accepted what is about to be
+    /// stored (`settings::write`, `mkdir`, `rmdir` and `check_replacement` parse what they
+    /// hand on), so a settings bug that breaks the document never reaches the package.
+    fn commit(&self, st: &mut State, new: Descriptor) -> Result<()> {
         let committer = st
             .committer
             .as_mut()
             .ok_or_else(|| Error::new(ErrorKind::ReadOnly("the mount is read-only".into())))?;
-        let report = committer.commit(&ChangeSet::descriptor(new.as_slice()))?;
+        let report = committer.commit(&ChangeSet::descriptor(new.bytes.as_ref()))?;
         log::info!(
             "committed the descriptor ({:?}, {} bytes written, {:?})",
             report.path,
@@ -200,7 +245,8 @@ impl Editor {
             log::warn!("{name} no longer matches the manifest and was removed");
             st.certificate = None;
         }
-        st.descriptor = ovf::parse(&new)?;
+        st.descriptor = new;
+        st.prepared = None;
         st.stored_descriptor = Arc::from(report.descriptor);
         if let Some(m) = report.manifest {
             st.manifest = Some(Arc::from(m));
@@ -294,16 +340,9 @@ impl Editor {
             if let Err(ovf::OvfError::Truncated { .. }) = ovf::parse_descriptor(data) {
                 return Ok(());
             }
-            let st = self.state();
-            let members: Vec<&str> = self.members.iter().map(String::as_str).collect();
-            return settings::check_replacement(&st.descriptor, data, &members)
-                .map(|_| ())
-                .map_err(setting_error);
         }
-        let st = self.state();
-        settings::write(&st.descriptor, path, data)
-            .map(|_| ())
-            .map_err(setting_error)
+        let mut st = self.state();
+        self.prepare(&mut st, path, data)
     }
 
     /// Validates `data` as the new content of `path`, commits it, and brings the shown
@@ -316,7 +355,7 @@ impl Editor {
         }
         {
             let mut st = self.state();
-            match self.new_descriptor(&st, path, data)? {
+            match self.new_descriptor(&mut st, path, data)? {
                 Some(new) => self.commit(&mut st, new)?,
                 None => return Ok(()),
             }
@@ -329,9 +368,11 @@ impl Editor {
     fn mkdir(&self, path: &str) -> Result<()> {
         {
             let mut st = self.state();
-            let edits = settings::mkdir(&st.descriptor, path).map_err(setting_error)?;
-            let new = ovf::edit::splice(&st.descriptor.bytes, &edits)?;
-            self.commit(&mut st, new)?;
+            let edited = settings::mkdir(&st.descriptor, path).map_err(setting_error)?;
+            match edited.descriptor {
+                Some(new) => self.commit(&mut st, new)?,
+                None => return Ok(()),
+            }
         }
         self.resync();
         Ok(())
@@ -341,9 +382,11 @@ impl Editor {
     fn rmdir(&self, path: &str) -> Result<()> {
         {
             let mut st = self.state();
-            let edits = settings::rmdir(&st.descriptor, path).map_err(setting_error)?;
-            let new = ovf::edit::splice(&st.descriptor.bytes, &edits)?;
-            self.commit(&mut st, new)?;
+            let edited = settings::rmdir(&st.descriptor, path).map_err(setting_error)?;
+            match edited.descriptor {
+                Some(new) => self.commit(&mut st, new)?,
+                None => return Ok(()),
+            }
         }
         self.resync();
         Ok(())
@@ -502,4 +545,115 @@ impl FolderChanges for SettingsFolders {
 
 fn gone(path: &str) -> Error {
     Error::refused(format!("{path} was removed"), Refusal::NotFound)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::ovf::parse_count;
+    use crate::sample::{self, ApplianceSpec};
+
+    /// A writable editor of a one-system OVA (`vms/vm/`) written in `dir`, and the OVA.
+    fn editor(dir: &Path) -> (Editor, PathBuf) {
+        let spec = ApplianceSpec {
+            name: "vm".into(),
+            cpus: 1,
+            memory_mib: 512,
+            network: "VM Network".into(),
+            disks: Vec::new(),
+        };
+        std::fs::write(dir.join("vm.ovf"), sample::descriptor_xml(&spec)).unwrap();
+        let ova = dir.join("vm.ova");
+        sample::write_ova(&ova, dir, &["vm.ovf"]).unwrap();
+        let package = crate::package::open(&ova).unwrap();
+        let committer = Committer::open(&package).unwrap();
+        (Editor::new(&package, Some(committer)).unwrap(), ova)
+    }
+
+    /// What the package file holds now.
+    fn stored(ova: &Path) -> Descriptor {
+        crate::package::open(ova).unwrap().descriptor
+    }
+
+    /// (XML parses, models built) since `before`.
+    fn parses_since(before: (u64, u64)) -> (u64, u64) {
+        let now = parse_count::get();
+        (now.0 - before.0, now.1 - before.1)
+    }
+
+    #[test]
+    fn one_settings_edit_parses_the_descriptor_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (editor, ova) = editor(dir.path());
+        // What the FUSE layer does for `echo 4 > vms/vm/cpus`: write() checks the value,
+        // flush stores it.
+        let before = parse_count::get();
+        editor.check("vms/vm/cpus", b"4\n").unwrap();
+        let checked = parses_since(before);
+        editor.store("vms/vm/cpus", b"4\n").unwrap();
+        let edited = parses_since(before);
+        eprintln!("check: {checked:?}, check and store: {edited:?} (XML parses, models)");
+        // The check reads the old descriptor's tree, and parses the edited one once (its
+        // model and the tree the read-back uses); the store commits that model.
+        assert_eq!(checked, (2, 1));
+        assert_eq!(edited, (2, 1));
+        assert_eq!(&*editor.read("vms/vm/cpus").unwrap(), b"4\n");
+        let on_disk = stored(&ova);
+        assert_eq!(on_disk.bytes, editor.state().descriptor.bytes);
+        assert_eq!(settings::read(&on_disk, "vms/vm/cpus").unwrap(), "4\n");
+    }
+
+    #[test]
+    fn a_store_without_its_check_still_checks_and_parses_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (editor, ova) = editor(dir.path());
+        let before = parse_count::get();
+        editor.store("vms/vm/memory", b"1024").unwrap();
+        assert_eq!(parses_since(before), (2, 1));
+        assert!(editor.store("vms/vm/memory", b"0").is_err());
+        assert_eq!(
+            settings::read(&stored(&ova), "vms/vm/memory").unwrap(),
+            "1024\n"
+        );
+    }
+
+    #[test]
+    fn a_change_checked_before_another_commit_is_made_again_on_the_new_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (editor, ova) = editor(dir.path());
+        editor.check("vms/vm/cpus", b"4\n").unwrap();
+        // Another handle commits in between: the prepared descriptor lacks its change.
+        editor.mkdir("networks/lab").unwrap();
+        editor.store("vms/vm/cpus", b"4\n").unwrap();
+        let on_disk = stored(&ova);
+        assert_eq!(settings::read(&on_disk, "vms/vm/cpus").unwrap(), "4\n");
+        assert!(on_disk.networks.iter().any(|n| n.name.value == "lab"));
+        // A check of other bytes is not taken for this store.
+        editor.check("vms/vm/cpus", b"8\n").unwrap();
+        editor.store("vms/vm/cpus", b"2\n").unwrap();
+        assert_eq!(settings::read(&stored(&ova), "vms/vm/cpus").unwrap(), "2\n");
+    }
+
+    #[test]
+    fn a_whole_descriptor_written_is_parsed_once_after_its_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let (editor, ova) = editor(dir.path());
+        let path = editor.descriptor_path.clone();
+        let old = editor.read(&path).unwrap();
+        let new = String::from_utf8(old.to_vec())
+            .unwrap()
+            .replace("<rasd:VirtualQuantity>512<", "<rasd:VirtualQuantity>2048<");
+        assert_ne!(new.as_bytes(), &*old);
+        editor.check(&path, new.as_bytes()).unwrap();
+        let before = parse_count::get();
+        editor.store(&path, new.as_bytes()).unwrap();
+        assert_eq!(parses_since(before), (0, 0));
+        assert_eq!(
+            settings::read(&stored(&ova), "vms/vm/memory").unwrap(),
+            "2048\n"
+        );
+    }
 }

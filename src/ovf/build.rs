@@ -161,6 +161,8 @@ pub fn parse_host_resource(s: &str) -> Option<(HostResourceKind, &str)> {
 
 /// Builds the descriptor from its tree.
 pub(crate) fn build(tree: &Tree, bytes: Arc<[u8]>) -> Result<Descriptor, OvfError> {
+    #[cfg(test)]
+    super::parse_count::model();
     let root = tree.node(tree.root);
     if root.local != "Envelope" {
         return Err(OvfError::NotAnEnvelope {

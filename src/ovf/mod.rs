@@ -274,6 +274,14 @@ pub fn parse(bytes: &[u8]) -> Result<Descriptor> {
 
 /// [`parse`] with the layer's own error type.
 pub fn parse_descriptor(bytes: &[u8]) -> std::result::Result<Descriptor, OvfError> {
+    parse_with_tree(bytes).map(|(descriptor, _)| descriptor)
+}
+
+/// [`parse_descriptor`], also handing back the element tree the model was built from: the
+/// settings layer edits against that tree, and one XML parse then serves both.
+pub(crate) fn parse_with_tree(
+    bytes: &[u8],
+) -> std::result::Result<(Descriptor, xml::Tree), OvfError> {
     let size = bytes.len() as u64;
     if size > MAX_DESCRIPTOR_BYTES {
         return Err(OvfError::TooLarge {
@@ -282,7 +290,37 @@ pub fn parse_descriptor(bytes: &[u8]) -> std::result::Result<Descriptor, OvfErro
         });
     }
     let tree = xml::parse_tree(bytes)?;
-    build::build(&tree, Arc::from(bytes))
+    let descriptor = build::build(&tree, Arc::from(bytes))?;
+    Ok((descriptor, tree))
+}
+
+/// How many whole-document XML parses ([`xml::parse_tree`]) and descriptor models
+/// (`build::build`) this thread has made: tests count what an operation costs (one settings
+/// edit must not re-parse the descriptor again and again). Per thread, so tests running in
+/// parallel do not see each other's parses.
+#[cfg(test)]
+pub(crate) mod parse_count {
+    use std::cell::Cell;
+
+    thread_local! {
+        static TREES: Cell<u64> = const { Cell::new(0) };
+        static MODELS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// Counts one XML parse of a whole document.
+    pub(crate) fn tree() {
+        TREES.with(|n| n.set(n.get() + 1));
+    }
+
+    /// Counts one descriptor model built.
+    pub(crate) fn model() {
+        MODELS.with(|n| n.set(n.get() + 1));
+    }
+
+    /// (XML parses, models built) so far on this thread.
+    pub(crate) fn get() -> (u64, u64) {
+        (TREES.with(Cell::get), MODELS.with(Cell::get))
+    }
 }
 
 impl Descriptor {

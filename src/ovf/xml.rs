@@ -391,6 +391,8 @@ fn subslice_offset(outer: &str, inner: &str) -> Option<usize> {
 
 /// Builds the tree of `bytes`.
 pub(crate) fn parse_tree(bytes: &[u8]) -> Result<Tree, OvfError> {
+    #[cfg(test)]
+    super::parse_count::tree();
     let (text, base) = decode(bytes)?;
     let mut r = NsReader::from_str(text);
     {

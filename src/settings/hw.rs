@@ -29,11 +29,11 @@ use super::SettingError;
 use super::xmlview::{VMW_URI, View, escape_text};
 
 /// CIM ResourceType of a processor.
-pub(crate) const RT_PROCESSOR: u16 = 3;
+pub(crate) const RESOURCE_TYPE_PROCESSOR: u16 = 3;
 /// CIM ResourceType of memory.
-pub(crate) const RT_MEMORY: u16 = 4;
+pub(crate) const RESOURCE_TYPE_MEMORY: u16 = 4;
 /// CIM ResourceType of an Ethernet adapter.
-pub(crate) const RT_ETHERNET: u16 = 10;
+pub(crate) const RESOURCE_TYPE_ETHERNET: u16 = 10;
 
 /// The CIM ResourceAllocationSettingData namespace.
 const RASD_URI: &str =
@@ -103,14 +103,14 @@ pub(crate) struct Field {
 
 /// An item as one configuration sees it.
 #[derive(Debug, Clone)]
-pub(crate) struct Eff {
+pub(crate) struct MergedItem {
     pub iid: String,
     /// Indices of the items merged, in order.
     pub sources: Vec<usize>,
     pub fields: Vec<Field>,
 }
 
-impl Eff {
+impl MergedItem {
     /// The first field with this key.
     pub fn get(&self, key: &Key) -> Option<&Field> {
         self.fields.iter().find(|f| &f.key == key)
@@ -126,13 +126,13 @@ pub(crate) struct Change {
 }
 
 /// The first hardware section of a system, with the tree node of every item.
-pub(crate) struct Hw<'v, 'd> {
+pub(crate) struct Hardware<'v, 'd> {
     pub view: &'v View<'d>,
     pub hw: &'d VirtualHardware,
     nodes: Rc<Vec<Option<usize>>>,
 }
 
-impl<'v, 'd> Hw<'v, 'd> {
+impl<'v, 'd> Hardware<'v, 'd> {
     /// The tree node of every item of `sys`'s first hardware section.
     pub fn item_nodes(view: &View<'d>, sys: &'d VirtualSystem) -> Vec<Option<usize>> {
         sys.hardware
@@ -141,15 +141,15 @@ impl<'v, 'd> Hw<'v, 'd> {
             .unwrap_or_default()
     }
 
-    /// The hardware of `sys` with its item nodes (from [`Hw::item_nodes`]), if it has a
+    /// The hardware of `sys` with its item nodes (from [`Hardware::item_nodes`]), if it has a
     /// VirtualHardwareSection.
     pub fn with_nodes(
         view: &'v View<'d>,
         sys: &'d VirtualSystem,
         nodes: Rc<Vec<Option<usize>>>,
-    ) -> Option<Hw<'v, 'd>> {
+    ) -> Option<Hardware<'v, 'd>> {
         let hw = sys.hardware.first()?;
-        Some(Hw { view, hw, nodes })
+        Some(Hardware { view, hw, nodes })
     }
 
     fn item(&self, i: usize) -> Option<&'d Item> {
@@ -173,8 +173,8 @@ impl<'v, 'd> Hw<'v, 'd> {
     }
 
     /// The merged items of configuration `config`, in order of first appearance.
-    pub fn effective(&self, config: Option<&str>) -> Vec<Eff> {
-        let mut out: Vec<Eff> = Vec::new();
+    pub fn effective(&self, config: Option<&str>) -> Vec<MergedItem> {
+        let mut out: Vec<MergedItem> = Vec::new();
         let mut by_id: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         for (i, item) in self.hw.items.iter().enumerate() {
             if !item.applies_to(config) {
@@ -195,7 +195,7 @@ impl<'v, 'd> Hw<'v, 'd> {
                 }
                 None => {
                     by_id.insert(iid, out.len());
-                    out.push(Eff {
+                    out.push(MergedItem {
                         iid: iid.to_string(),
                         sources: vec![i],
                         fields: fields
@@ -219,12 +219,12 @@ impl<'v, 'd> Hw<'v, 'd> {
     }
 
     /// The text of the first field with this key.
-    pub fn get_text(&self, e: &Eff, key: &Key) -> Option<&str> {
+    pub fn get_text(&self, e: &MergedItem, key: &Key) -> Option<&str> {
         e.get(key).map(|f| self.text(f))
     }
 
     /// The ResourceType of a merged item.
-    pub fn resource_type(&self, e: &Eff) -> Option<u16> {
+    pub fn resource_type(&self, e: &MergedItem) -> Option<u16> {
         self.get_text(e, &Key::cim("ResourceType"))?
             .trim()
             .parse()
@@ -232,7 +232,7 @@ impl<'v, 'd> Hw<'v, 'd> {
     }
 
     /// The merged items of `config` with this ResourceType.
-    pub fn of_type(&self, config: Option<&str>, rt: u16) -> Vec<Eff> {
+    pub fn of_type(&self, config: Option<&str>, rt: u16) -> Vec<MergedItem> {
         self.effective(config)
             .into_iter()
             .filter(|e| self.resource_type(e) == Some(rt))
@@ -280,7 +280,7 @@ impl<'v, 'd> Hw<'v, 'd> {
     pub fn edit(
         &self,
         config: Option<&str>,
-        e: &Eff,
+        e: &MergedItem,
         changes: &[Change],
     ) -> Result<Vec<Edit>, SettingError> {
         let desc = self.view.desc;
@@ -419,7 +419,7 @@ impl<'v, 'd> Hw<'v, 'd> {
     fn split(
         &self,
         config: &str,
-        e: &Eff,
+        e: &MergedItem,
         changes: &[Change],
         anchor: usize,
     ) -> Result<Vec<Edit>, SettingError> {

@@ -3,9 +3,9 @@
 //!
 //! Pure logic: no FUSE, no file writing. The FUSE layer lists [`tree`] (or [`read_all`] for
 //! the values too), answers reads with [`read`], and turns a saved file into [`write()`] edits
-//! (or [`mkdir`]/[`rmdir`] for networks), which the commit layer splices into the
-//! descriptor with [`crate::ovf::splice()`]. A new descriptor written whole goes through
-//! [`check_replacement`]. Every function takes the descriptor as it is now and never
+//! (or [`mkdir`]/[`rmdir`] for networks); each comes with the edited descriptor, already
+//! spliced ([`crate::ovf::splice()`]) and parsed ([`Edited`]), which the editor commits. A
+//! new descriptor written whole goes through [`check_replacement`]. Every function takes the descriptor as it is now and never
 //! panics; errors are [`SettingError`]s whose messages are meant for the user's log.
 //!
 //! One static table (`table::SETTINGS`) lists every setting with its path, its
@@ -33,9 +33,10 @@
 //! - Password properties read like the others (the descriptor holds them in clear text
 //!   anyway); [`Entry::secret`] tells the FUSE layer to give them mode 0600.
 //!
-//! Every write is checked after the fact: the edits are spliced, the result re-parsed and the
-//! setting read back; a mismatch is refused as [`SettingError::Internal`] instead of being
-//! written. Writing a file's own content back is never an edit.
+//! Every write is checked after the fact: the edits are spliced, the result re-parsed (one
+//! XML parse gives both the model and the tree the read-back uses) and the setting read
+//! back; a mismatch is refused as [`SettingError::Internal`] instead of being written.
+//! Writing a file's own content back is never an edit.
 
 mod hw;
 mod os_types;
@@ -203,12 +204,17 @@ pub(crate) struct Applied {
 }
 
 impl Applied {
-    /// No change.
-    pub fn none(expect: impl Into<String>) -> Applied {
+    /// These edits, after which the setting reads `expect`.
+    pub fn new(edits: Vec<Edit>, expect: impl Into<String>) -> Applied {
         Applied {
-            edits: Vec::new(),
+            edits,
             expect: expect.into(),
         }
+    }
+
+    /// No change.
+    pub fn none(expect: impl Into<String>) -> Applied {
+        Applied::new(Vec::new(), expect)
     }
 }
 
@@ -252,7 +258,7 @@ type TypedKey = (usize, Option<String>, u16);
 
 /// Everything a reader or writer needs.
 pub(crate) struct Ctx<'d> {
-    pub desc: &'d Descriptor,
+    pub descriptor: &'d Descriptor,
     pub view: View<'d>,
     /// Safe names of the contents, with their owners, in document order.
     pub contents: Vec<(String, Owner)>,
@@ -263,13 +269,17 @@ pub(crate) struct Ctx<'d> {
     /// Memoised per call: item nodes by system, merged items by (system, configuration,
     /// ResourceType), property names by owner. Listing a large descriptor stays linear.
     hw_nodes: RefCell<HashMap<usize, Rc<Vec<Option<usize>>>>>,
-    typed: RefCell<HashMap<TypedKey, Rc<Vec<hw::Eff>>>>,
+    typed: RefCell<HashMap<TypedKey, Rc<Vec<hw::MergedItem>>>>,
     prop_names: RefCell<HashMap<Owner, Rc<Vec<String>>>>,
 }
 
 impl<'d> Ctx<'d> {
     fn new(desc: &'d Descriptor) -> Result<Ctx<'d>, SettingError> {
-        let view = View::new(desc)?;
+        Ok(Ctx::with_view(View::new(desc)?))
+    }
+
+    fn with_view(view: View<'d>) -> Ctx<'d> {
+        let desc = view.desc;
         let mut owners: Vec<(usize, Owner, &str)> = desc
             .systems
             .iter()
@@ -303,8 +313,8 @@ impl<'d> Ctx<'d> {
                 .map(|c| c.id.value.as_str())
                 .collect::<Vec<_>>(),
         );
-        Ok(Ctx {
-            desc,
+        Ctx {
+            descriptor: desc,
             view,
             contents,
             networks,
@@ -312,13 +322,13 @@ impl<'d> Ctx<'d> {
             hw_nodes: RefCell::default(),
             typed: RefCell::default(),
             prop_names: RefCell::default(),
-        })
+        }
     }
 
     /// The VirtualSystem of a target, if it is one.
     pub fn system(&self, t: &Target) -> Option<&'d VirtualSystem> {
         match t.owner {
-            Owner::System(i) => self.desc.systems.get(i),
+            Owner::System(i) => self.descriptor.systems.get(i),
             Owner::Collection(_) => None,
         }
     }
@@ -326,8 +336,8 @@ impl<'d> Ctx<'d> {
     /// The element span of the owner.
     pub fn owner_element(&self, owner: Owner) -> Option<ovf::Span> {
         match owner {
-            Owner::System(i) => self.desc.systems.get(i).map(|s| s.element),
-            Owner::Collection(i) => self.desc.collections.get(i).map(|c| c.element),
+            Owner::System(i) => self.descriptor.systems.get(i).map(|s| s.element),
+            Owner::Collection(i) => self.descriptor.collections.get(i).map(|c| c.element),
         }
     }
 
@@ -342,13 +352,13 @@ impl<'d> Ctx<'d> {
     pub fn properties(&self, owner: Owner) -> &'d [ovf::Property] {
         match owner {
             Owner::System(i) => self
-                .desc
+                .descriptor
                 .systems
                 .get(i)
                 .map(|s| s.properties.as_slice())
                 .unwrap_or_default(),
             Owner::Collection(i) => self
-                .desc
+                .descriptor
                 .collections
                 .get(i)
                 .map(|c| c.properties.as_slice())
@@ -358,11 +368,15 @@ impl<'d> Ctx<'d> {
 
     /// The configuration a target's hardware settings apply to: the folder's, else the
     /// default one (`None` when the descriptor has no DeploymentOptionSection).
-    pub fn hw_config(&self, t: &Target) -> Option<&'d str> {
+    pub fn hardware_config(&self, t: &Target) -> Option<&'d str> {
         match t.config {
-            Some(i) => self.desc.configurations.get(i).map(|c| c.id.value.as_str()),
+            Some(i) => self
+                .descriptor
+                .configurations
+                .get(i)
+                .map(|c| c.id.value.as_str()),
             None => self
-                .desc
+                .descriptor
                 .default_configuration()
                 .map(|c| c.id.value.as_str()),
         }
@@ -371,7 +385,7 @@ impl<'d> Ctx<'d> {
     /// The configuration id of a `configs/CONFIG/` target.
     pub fn folder_config(&self, t: &Target) -> Option<&'d str> {
         t.config
-            .and_then(|i| self.desc.configurations.get(i))
+            .and_then(|i| self.descriptor.configurations.get(i))
             .map(|c| c.id.value.as_str())
     }
 
@@ -395,29 +409,33 @@ impl<'d> Ctx<'d> {
     }
 
     /// The hardware of a target's system.
-    pub fn hw(&self, t: &Target) -> Option<hw::Hw<'_, 'd>> {
+    pub fn hardware(&self, t: &Target) -> Option<hw::Hardware<'_, 'd>> {
         let Owner::System(i) = t.owner else {
             return None;
         };
-        let sys = self.desc.systems.get(i)?;
+        let sys = self.descriptor.systems.get(i)?;
         let nodes = {
             let mut cache = self.hw_nodes.borrow_mut();
             Rc::clone(
                 cache
                     .entry(i)
-                    .or_insert_with(|| Rc::new(hw::Hw::item_nodes(&self.view, sys))),
+                    .or_insert_with(|| Rc::new(hw::Hardware::item_nodes(&self.view, sys))),
             )
         };
-        hw::Hw::with_nodes(&self.view, sys, nodes)
+        hw::Hardware::with_nodes(&self.view, sys, nodes)
     }
 
     /// The merged items of type `rt` a target sees (in its configuration).
-    pub fn of_type(&self, t: &Target, rt: u16) -> Option<(hw::Hw<'_, 'd>, Rc<Vec<hw::Eff>>)> {
-        let h = self.hw(t)?;
+    pub fn of_type(
+        &self,
+        t: &Target,
+        rt: u16,
+    ) -> Option<(hw::Hardware<'_, 'd>, Rc<Vec<hw::MergedItem>>)> {
+        let h = self.hardware(t)?;
         let Owner::System(i) = t.owner else {
             return None;
         };
-        let config = self.hw_config(t);
+        let config = self.hardware_config(t);
         let key = (i, config.map(str::to_string), rt);
         if let Some(v) = self.typed.borrow().get(&key) {
             return Some((h, Rc::clone(v)));
@@ -438,7 +456,7 @@ impl<'d> Ctx<'d> {
 
     /// Number of network adapters a target sees.
     pub fn nic_count(&self, t: &Target) -> usize {
-        self.of_type(t, hw::RT_ETHERNET)
+        self.of_type(t, hw::RESOURCE_TYPE_ETHERNET)
             .map(|(_, v)| v.len())
             .unwrap_or(0)
     }
@@ -763,11 +781,14 @@ fn listing(desc: &Descriptor) -> Vec<(Entry, Option<String>)> {
 
 /// Reads a settings file: its value and a line break.
 pub fn read(desc: &Descriptor, path: &str) -> Result<String, SettingError> {
-    let ctx = Ctx::new(desc)?;
-    let r = resolve(&ctx, path).ok_or_else(|| SettingError::NotFound {
+    read_in(&Ctx::new(desc)?, path)
+}
+
+fn read_in(ctx: &Ctx<'_>, path: &str) -> Result<String, SettingError> {
+    let r = resolve(ctx, path).ok_or_else(|| SettingError::NotFound {
         path: path.to_string(),
     })?;
-    match (r.setting.read)(&ctx, &r.target)? {
+    match (r.setting.read)(ctx, &r.target)? {
         Some(v) => Ok(format!("{v}\n")),
         None => Err(SettingError::NotFound {
             path: path.to_string(),
@@ -776,9 +797,10 @@ pub fn read(desc: &Descriptor, path: &str) -> Result<String, SettingError> {
 }
 
 /// Validates a new value for a settings file and returns the edits that make the descriptor
-/// hold it (none when the value is unchanged). One trailing line break is ignored; each
-/// setting then trims what its format says (see [`man_section`]).
-pub fn write(desc: &Descriptor, path: &str, new: &[u8]) -> Result<Vec<Edit>, SettingError> {
+/// hold it, with the edited descriptor (no edits and no descriptor when the value is
+/// unchanged). One trailing line break is ignored; each setting then trims what its format
+/// says (see [`man_section`]).
+pub fn write(desc: &Descriptor, path: &str, new: &[u8]) -> Result<Edited, SettingError> {
     let ctx = Ctx::new(desc)?;
     let r = resolve(&ctx, path).ok_or_else(|| SettingError::NotFound {
         path: path.to_string(),
@@ -794,43 +816,83 @@ pub fn write(desc: &Descriptor, path: &str, new: &[u8]) -> Result<Vec<Edit>, Set
     let text = values::strip_newline(text);
     // The file's own content written back changes nothing, whatever the setting.
     if text == current {
-        return Ok(Vec::new());
+        return Ok(Edited::unchanged());
     }
     let applied = (r.setting.write)(&ctx, &r.target, text).map_err(|e| e.at(path, text))?;
     if applied.edits.is_empty() {
-        return Ok(applied.edits);
+        return Ok(Edited::unchanged());
     }
-    verify(desc, &applied.edits, |d| {
-        let got = read(d, path).map_err(|e| e.to_string())?;
-        if got.strip_suffix('\n') == Some(applied.expect.as_str()) {
+    let expect = applied.expect;
+    verify(desc, applied.edits, |new| {
+        let got = read_in(new, path).map_err(|e| e.to_string())?;
+        if got.strip_suffix('\n') == Some(expect.as_str()) {
             Ok(())
         } else {
             Err(format!(
-                "{path} reads {got:?} after the edit, not {:?}",
-                applied.expect
+                "{path} reads {got:?} after the edit, not {expect:?}"
             ))
         }
-    })?;
-    Ok(applied.edits)
+    })
 }
 
-/// Splices `edits`, re-parses, and runs `check` on the result.
+/// What [`write`], [`mkdir`] and [`rmdir`] accept: the splice edits and the descriptor they
+/// make. Every accepted edit is checked by splicing it and parsing the result (see
+/// `verify`); the parsed result is handed on, so that the caller need not splice and parse
+/// again. It dereferences to its edits.
+pub struct Edited {
+    /// The edits, in no particular order (see [`ovf::splice`]); none when nothing changes.
+    pub edits: Vec<Edit>,
+    /// The descriptor with the edits spliced in, parsed; `None` exactly when there are no
+    /// edits.
+    pub descriptor: Option<Descriptor>,
+}
+
+impl Edited {
+    fn unchanged() -> Edited {
+        Edited {
+            edits: Vec::new(),
+            descriptor: None,
+        }
+    }
+}
+
+impl std::ops::Deref for Edited {
+    type Target = [Edit];
+
+    fn deref(&self) -> &[Edit] {
+        &self.edits
+    }
+}
+
+impl std::fmt::Debug for Edited {
+    /// The edits (the descriptor is the old one with them spliced in).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.edits.fmt(f)
+    }
+}
+
+/// Splices `edits`, parses the result once (its model and its element tree), and runs
+/// `check` on it; the edits and the parsed result are what the caller gets.
 fn verify(
     desc: &Descriptor,
-    edits: &[Edit],
-    check: impl FnOnce(&Descriptor) -> Result<(), String>,
-) -> Result<(), SettingError> {
-    let bytes = ovf::splice(&desc.bytes, edits)
+    edits: Vec<Edit>,
+    check: impl FnOnce(&Ctx<'_>) -> Result<(), String>,
+) -> Result<Edited, SettingError> {
+    let bytes = ovf::splice(&desc.bytes, &edits)
         .map_err(|e| SettingError::Internal(format!("the edits do not apply: {e}")))?;
-    let new = ovf::parse_descriptor(&bytes).map_err(|e| {
+    let (new, tree) = ovf::parse_with_tree(&bytes).map_err(|e| {
         SettingError::Internal(format!("the edited descriptor does not parse: {e}"))
     })?;
-    check(&new).map_err(SettingError::Internal)
+    check(&Ctx::with_view(View::with_tree(&new, tree))).map_err(SettingError::Internal)?;
+    Ok(Edited {
+        edits,
+        descriptor: Some(new),
+    })
 }
 
 /// `mkdir networks/NAME`: adds `<Network ovf:name="NAME">` with a description to the
 /// NetworkSection (created when the descriptor has none).
-pub fn mkdir(desc: &Descriptor, path: &str) -> Result<Vec<Edit>, SettingError> {
+pub fn mkdir(desc: &Descriptor, path: &str) -> Result<Edited, SettingError> {
     let ctx = Ctx::new(desc)?;
     let Some(("networks", safe)) = path.split_once('/') else {
         return Err(SettingError::Unsupported {
@@ -850,19 +912,18 @@ pub fn mkdir(desc: &Descriptor, path: &str) -> Result<Vec<Edit>, SettingError> {
         return Err(SettingError::Exists { name });
     }
     let edits = table::add_network(&ctx, &name).map_err(|e| e.at(path, &name))?;
-    verify(desc, &edits, |d| {
-        if d.networks.iter().any(|n| n.name.value == name) {
+    verify(desc, edits, |new| {
+        if new.descriptor.networks.iter().any(|n| n.name.value == name) {
             Ok(())
         } else {
             Err(format!("network {name:?} is missing after the edit"))
         }
-    })?;
-    Ok(edits)
+    })
 }
 
 /// `rmdir networks/NAME`: removes a Network that no network adapter (in any configuration)
 /// is connected to.
-pub fn rmdir(desc: &Descriptor, path: &str) -> Result<Vec<Edit>, SettingError> {
+pub fn rmdir(desc: &Descriptor, path: &str) -> Result<Edited, SettingError> {
     let ctx = Ctx::new(desc)?;
     let idx = match path.split_once('/') {
         Some(("networks", safe)) => ctx.networks.iter().position(|n| n == safe),
@@ -880,14 +941,13 @@ pub fn rmdir(desc: &Descriptor, path: &str) -> Result<Vec<Edit>, SettingError> {
         .map(|n| n.name.value.clone())
         .unwrap_or_default();
     let before = desc.networks.len();
-    verify(desc, &edits, |d| {
-        if d.networks.len() + 1 == before {
+    verify(desc, edits, |new| {
+        if new.descriptor.networks.len() + 1 == before {
             Ok(())
         } else {
             Err(format!("network {name:?} is still there after the edit"))
         }
-    })?;
-    Ok(edits)
+    })
 }
 
 /// Checks a whole new descriptor written over the old one: it must parse (with every rule

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 
 /// A property type as far as validation goes.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum PropType {
+pub(crate) enum PropertyType {
     /// An integer within the range.
     Int { min: i128, max: i128 },
     /// A finite number within ±max.
@@ -36,11 +36,11 @@ pub(crate) enum PropType {
     Other,
 }
 
-impl PropType {
+impl PropertyType {
     /// Reads `ovf:type`.
-    pub fn parse(type_name: Option<&str>) -> PropType {
+    pub fn parse(type_name: Option<&str>) -> PropertyType {
         let t = type_name.map(str::trim).unwrap_or("");
-        let int = |min: i128, max: i128| PropType::Int { min, max };
+        let int = |min: i128, max: i128| PropertyType::Int { min, max };
         match t {
             "uint8" => int(0, u8::MAX.into()),
             "uint16" => int(0, u16::MAX.into()),
@@ -50,18 +50,18 @@ impl PropType {
             "sint16" => int(i16::MIN.into(), i16::MAX.into()),
             "sint32" => int(i32::MIN.into(), i32::MAX.into()),
             "sint64" | "int" => int(i64::MIN.into(), i64::MAX.into()),
-            "real32" => PropType::Real {
+            "real32" => PropertyType::Real {
                 max: f64::from(f32::MAX),
             },
-            "real64" => PropType::Real { max: f64::MAX },
-            "boolean" => PropType::Bool,
-            "string" | "" => PropType::Str,
-            _ if t == "ip" || t.starts_with("ip:") => PropType::Ip,
+            "real64" => PropertyType::Real { max: f64::MAX },
+            "boolean" => PropertyType::Bool,
+            "string" | "" => PropertyType::Str,
+            _ if t == "ip" || t.starts_with("ip:") => PropertyType::Ip,
             _ => match t.strip_prefix("string[").and_then(|r| r.strip_suffix(']')) {
                 Some(list) => {
-                    PropType::Enum(list.split(',').map(|s| s.trim().to_string()).collect())
+                    PropertyType::Enum(list.split(',').map(|s| s.trim().to_string()).collect())
                 }
-                None => PropType::Other,
+                None => PropertyType::Other,
             },
         }
     }
@@ -188,14 +188,14 @@ fn quoted_list(args: &str) -> Vec<String> {
 
 /// Checks `value` against the type and qualifiers and returns the value to write (booleans
 /// are written `true`/`false`), or the reason it is refused.
-pub(crate) fn validate(value: &str, ty: &PropType, q: &Qualifiers) -> Result<String, String> {
+pub(crate) fn validate(value: &str, ty: &PropertyType, q: &Qualifiers) -> Result<String, String> {
     let value = match ty {
-        PropType::Bool => match value.trim().to_ascii_lowercase().as_str() {
+        PropertyType::Bool => match value.trim().to_ascii_lowercase().as_str() {
             "true" | "1" => "true".to_string(),
             "false" | "0" => "false".to_string(),
             _ => return Err("a boolean property takes true or false".into()),
         },
-        PropType::Int { min, max } => {
+        PropertyType::Int { min, max } => {
             let t = value.trim();
             let n: i128 = parse_int(t).ok_or_else(|| "not a whole number".to_string())?;
             if n < *min || n > *max {
@@ -204,7 +204,7 @@ pub(crate) fn validate(value: &str, ty: &PropType, q: &Qualifiers) -> Result<Str
             check_range(n as f64, q)?;
             t.to_string()
         }
-        PropType::Real { max } => {
+        PropertyType::Real { max } => {
             let t = value.trim();
             let ok_chars = !t.is_empty()
                 && t.chars()
@@ -220,22 +220,25 @@ pub(crate) fn validate(value: &str, ty: &PropType, q: &Qualifiers) -> Result<Str
             check_range(x, q)?;
             t.to_string()
         }
-        PropType::Ip => {
+        PropertyType::Ip => {
             if !value.is_empty() && value.parse::<IpAddr>().is_err() {
                 return Err("not an IPv4 or IPv6 address".into());
             }
             value.to_string()
         }
-        PropType::Enum(list) => {
+        PropertyType::Enum(list) => {
             if !list.iter().any(|v| v == value) {
                 return Err(format!("not one of {}", list.join(", ")));
             }
             value.to_string()
         }
-        PropType::Str | PropType::Other => value.to_string(),
+        PropertyType::Str | PropertyType::Other => value.to_string(),
     };
     let len = value.chars().count() as u64;
-    if matches!(ty, PropType::Str | PropType::Enum(_) | PropType::Other) {
+    if matches!(
+        ty,
+        PropertyType::Str | PropertyType::Enum(_) | PropertyType::Other
+    ) {
         if let Some(m) = q.min_len
             && len < m
         {
@@ -283,9 +286,9 @@ fn check_range(x: f64, q: &Qualifiers) -> Result<(), String> {
     Ok(())
 }
 
-fn value_map_allows(map: &[String], value: &str, ty: &PropType) -> bool {
+fn value_map_allows(map: &[String], value: &str, ty: &PropertyType) -> bool {
     let n = match ty {
-        PropType::Int { .. } => parse_int(value.trim()),
+        PropertyType::Int { .. } => parse_int(value.trim()),
         _ => None,
     };
     map.iter().any(|m| {
@@ -314,7 +317,7 @@ mod tests {
     fn v(value: &str, ty: &str, q: &str) -> Result<String, String> {
         validate(
             value,
-            &PropType::parse(Some(ty)),
+            &PropertyType::parse(Some(ty)),
             &Qualifiers::parse(Some(q)),
         )
     }

@@ -7,9 +7,12 @@ use crate::ovf::units::byte_factor;
 use crate::ovf::{Property, section_name};
 use crate::units::parse_size;
 
-use super::hw::{Change, Eff, Hw, Key, RT_ETHERNET, RT_MEMORY, RT_PROCESSOR};
+use super::hw::{
+    Change, Hardware, Key, MergedItem, RESOURCE_TYPE_ETHERNET, RESOURCE_TYPE_MEMORY,
+    RESOURCE_TYPE_PROCESSOR,
+};
 use super::os_types::{os_id, os_name};
-use super::props::{PropType, Qualifiers, validate};
+use super::props::{PropertyType, Qualifiers, validate};
 use super::values::{self, block, boolean, line, mac, token, token_list, uint};
 use super::vbox;
 use super::xmlview::{VMW_URI, View, escape_attr};
@@ -33,9 +36,9 @@ pub(crate) enum Place {
 }
 
 /// Reads a setting: `None` when this target does not have it (it is not listed).
-pub(crate) type ReadFn = fn(&Ctx<'_>, &Target) -> Result<Option<String>, SettingError>;
+pub(crate) type Reader = fn(&Ctx<'_>, &Target) -> Result<Option<String>, SettingError>;
 /// Validates a new value and returns the edits.
-pub(crate) type WriteFn = fn(&Ctx<'_>, &Target, &str) -> Result<Applied, SettingError>;
+pub(crate) type Writer = fn(&Ctx<'_>, &Target, &str) -> Result<Applied, SettingError>;
 
 /// One row of the table.
 pub(crate) struct Setting {
@@ -44,8 +47,8 @@ pub(crate) struct Setting {
     pub place: Place,
     /// The man page paragraph (plain text).
     pub doc: &'static str,
-    pub read: ReadFn,
-    pub write: WriteFn,
+    pub read: Reader,
+    pub write: Writer,
 }
 
 /// Every setting.
@@ -159,50 +162,50 @@ pub(crate) static SETTINGS: &[Setting] = &[
         path: "product/product",
         place: Place::Content,
         doc: "Product name of the first ProductSection (one line). Writing any product/ file adds a missing element in schema order, or the ProductSection itself.",
-        read: r_product,
-        write: w_product,
+        read: read_product,
+        write: write_product,
     },
     Setting {
         path: "product/vendor",
         place: Place::Content,
         doc: "Vendor (one line).",
-        read: r_vendor,
-        write: w_vendor,
+        read: read_vendor,
+        write: write_vendor,
     },
     Setting {
         path: "product/version",
         place: Place::Content,
         doc: "Short version (one line).",
-        read: r_version,
-        write: w_version,
+        read: read_version,
+        write: write_version,
     },
     Setting {
         path: "product/full_version",
         place: Place::Content,
         doc: "Full version (FullVersion, one line).",
-        read: r_full_version,
-        write: w_full_version,
+        read: read_full_version,
+        write: write_full_version,
     },
     Setting {
         path: "product/product_url",
         place: Place::Content,
         doc: "Product URL (ProductUrl; no white space).",
-        read: r_product_url,
-        write: w_product_url,
+        read: read_product_url,
+        write: write_product_url,
     },
     Setting {
         path: "product/vendor_url",
         place: Place::Content,
         doc: "Vendor URL (VendorUrl; no white space).",
-        read: r_vendor_url,
-        write: w_vendor_url,
+        read: read_vendor_url,
+        write: write_vendor_url,
     },
     Setting {
         path: "product/app_url",
         place: Place::Content,
         doc: "Application URL (AppUrl; no white space).",
-        read: r_app_url,
-        write: w_app_url,
+        read: read_app_url,
+        write: write_app_url,
     },
     Setting {
         path: "properties/KEY",
@@ -215,119 +218,108 @@ pub(crate) static SETTINGS: &[Setting] = &[
         path: "description",
         place: Place::Network,
         doc: "The network's Description (one line).",
-        read: read_net_description,
-        write: write_net_description,
+        read: read_network_description,
+        write: write_network_description,
     },
 ];
 
 // ---------------------------------------------------------------------------------------
 // Shared helpers
 
-/// Maps a value parser's reason to a refusal.
-fn inv(r: String) -> SettingError {
-    invalid(r)
-}
-
 /// The text of OVF child `local` of node `parent`, or "".
-fn child_text(v: &View<'_>, parent: usize, local: &str) -> String {
-    v.ovf_child(parent, local)
-        .map(|c| v.node(c).text.value.clone())
+fn child_text(view: &View<'_>, parent: usize, local: &str) -> String {
+    view.ovf_child(parent, local)
+        .map(|child| view.node(child).text.value.clone())
         .unwrap_or_default()
 }
 
 /// Rank of an OVF child in `order` (unknown ones after all of them).
-fn rank(v: &View<'_>, node: usize, order: &[&str]) -> usize {
-    let n = v.node(node);
+fn schema_rank(view: &View<'_>, node: usize, order: &[&str]) -> usize {
+    let element = view.node(node);
     order
         .iter()
-        .position(|o| n.is_ovf(o))
+        .position(|name| element.is_ovf(name))
         .unwrap_or(order.len())
 }
 
 /// Sets the text of OVF child `local` of `parent`, inserting it in `order` when missing (an
 /// empty value leaves a missing child missing).
-fn text_child(
-    v: &View<'_>,
+fn set_child_text(
+    view: &View<'_>,
     parent: usize,
     local: &str,
     value: &str,
     order: &[&str],
 ) -> Result<Applied, SettingError> {
-    match v.ovf_child(parent, local) {
-        Some(c) => {
-            if v.node(c).text.value == value {
+    match view.ovf_child(parent, local) {
+        Some(child) => {
+            if view.node(child).text.value == value {
                 return Ok(Applied::none(value));
             }
-            Ok(Applied {
-                edits: vec![v.set_text(c, value)],
-                expect: value.to_string(),
-            })
+            Ok(Applied::new(vec![view.set_text(child, value)], value))
         }
         None => {
             if value.is_empty() {
                 return Ok(Applied::none(value));
             }
-            let xml = v.ovf_element(parent, local, value);
-            let mine = order
+            let xml = view.ovf_element(parent, local, value);
+            let own_rank = order
                 .iter()
-                .position(|o| *o == local)
+                .position(|name| *name == local)
                 .unwrap_or(order.len());
-            let edit = v.insert_child_ordered(parent, &xml, &|c| rank(v, c, order) > mine)?;
-            Ok(Applied {
-                edits: vec![edit],
-                expect: value.to_string(),
-            })
+            let edit = view.insert_child_ordered(parent, &xml, &|sibling| {
+                schema_rank(view, sibling, order) > own_rank
+            })?;
+            Ok(Applied::new(vec![edit], value))
         }
-    }
-}
-
-fn applied(edits: Vec<Edit>, expect: impl Into<String>) -> Applied {
-    Applied {
-        edits,
-        expect: expect.into(),
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // Content: name, annotation, product
 
-fn read_name(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    let node = c.owner_node(t.owner)?;
-    Ok(Some(child_text(&c.view, node, "Name")))
+fn read_name(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    let node = ctx.owner_node(target.owner)?;
+    Ok(Some(child_text(&ctx.view, node, "Name")))
 }
 
-fn write_name(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let v = line(s).map_err(inv)?;
-    let node = c.owner_node(t.owner)?;
-    text_child(&c.view, node, "Name", &v, &["Info", "Name"])
+fn write_name(ctx: &Ctx<'_>, target: &Target, text: &str) -> Result<Applied, SettingError> {
+    let value = line(text).map_err(invalid)?;
+    let node = ctx.owner_node(target.owner)?;
+    set_child_text(&ctx.view, node, "Name", &value, &["Info", "Name"])
 }
 
-fn read_annotation(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    let node = c.owner_node(t.owner)?;
+fn read_annotation(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    let node = ctx.owner_node(target.owner)?;
     Ok(Some(
-        c.view
+        ctx.view
             .section(node, "AnnotationSection")
-            .map(|s| child_text(&c.view, s, "Annotation"))
+            .map(|section| child_text(&ctx.view, section, "Annotation"))
             .unwrap_or_default(),
     ))
 }
 
-fn write_annotation(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let value = block(s).map_err(inv)?;
-    let v = &c.view;
-    let node = c.owner_node(t.owner)?;
-    match v.section(node, "AnnotationSection") {
-        Some(sec) => text_child(v, sec, "Annotation", &value, &["Info", "Annotation"]),
+fn write_annotation(ctx: &Ctx<'_>, target: &Target, text: &str) -> Result<Applied, SettingError> {
+    let value = block(text).map_err(invalid)?;
+    let view = &ctx.view;
+    let node = ctx.owner_node(target.owner)?;
+    match view.section(node, "AnnotationSection") {
+        Some(section) => {
+            set_child_text(view, section, "Annotation", &value, &["Info", "Annotation"])
+        }
         None => {
             if value.is_empty() {
                 return Ok(Applied::none(value));
             }
-            let kids = [
-                v.ovf_element(node, "Info", "A human-readable annotation"),
-                v.ovf_element(node, "Annotation", &value),
+            let children = [
+                view.ovf_element(node, "Info", "A human-readable annotation"),
+                view.ovf_element(node, "Annotation", &value),
             ];
-            let xml = v.new_section(node, "AnnotationSection", "", &kids);
-            Ok(applied(vec![v.insert_section(node, &xml, None)?], value))
+            let xml = view.new_section(node, "AnnotationSection", "", &children);
+            Ok(Applied::new(
+                vec![view.insert_section(node, &xml, None)?],
+                value,
+            ))
         }
     }
 }
@@ -346,106 +338,110 @@ const PRODUCT_ORDER: &[&str] = &[
 ];
 
 /// The tree node of the owner's first ProductSection.
-fn product_node(c: &Ctx<'_>, t: &Target) -> Option<usize> {
-    let info = match t.owner {
-        super::Owner::System(i) => c.desc.systems.get(i)?.product.as_ref(),
-        super::Owner::Collection(i) => c.desc.collections.get(i)?.product.as_ref(),
+fn product_node(ctx: &Ctx<'_>, target: &Target) -> Option<usize> {
+    let product = match target.owner {
+        super::Owner::System(index) => ctx.descriptor.systems.get(index)?.product.as_ref(),
+        super::Owner::Collection(index) => ctx.descriptor.collections.get(index)?.product.as_ref(),
     }?;
-    c.view.find(info.element)
+    ctx.view.find(product.element)
 }
 
 fn read_product_field(
-    c: &Ctx<'_>,
-    t: &Target,
+    ctx: &Ctx<'_>,
+    target: &Target,
     local: &str,
 ) -> Result<Option<String>, SettingError> {
     Ok(Some(
-        product_node(c, t)
-            .map(|p| child_text(&c.view, p, local))
+        product_node(ctx, target)
+            .map(|product| child_text(&ctx.view, product, local))
             .unwrap_or_default(),
     ))
 }
 
 fn write_product_field(
-    c: &Ctx<'_>,
-    t: &Target,
-    s: &str,
+    ctx: &Ctx<'_>,
+    target: &Target,
+    text: &str,
     local: &str,
     url: bool,
 ) -> Result<Applied, SettingError> {
-    let value = line(s).map_err(inv)?;
+    let value = line(text).map_err(invalid)?;
     if url && value.contains(char::is_whitespace) {
         return Err(invalid("a URL has no white space"));
     }
-    let v = &c.view;
-    match product_node(c, t) {
-        Some(p) => text_child(v, p, local, &value, PRODUCT_ORDER),
+    let view = &ctx.view;
+    match product_node(ctx, target) {
+        Some(product) => set_child_text(view, product, local, &value, PRODUCT_ORDER),
         None => {
             if value.is_empty() {
                 return Ok(Applied::none(value));
             }
-            let node = c.owner_node(t.owner)?;
-            let kids = [
-                v.ovf_element(node, "Info", "Information about the installed software"),
-                v.ovf_element(node, local, &value),
+            let node = ctx.owner_node(target.owner)?;
+            let children = [
+                view.ovf_element(node, "Info", "Information about the installed software"),
+                view.ovf_element(node, local, &value),
             ];
-            let xml = v.new_section(node, "ProductSection", "", &kids);
-            Ok(applied(vec![v.insert_section(node, &xml, None)?], value))
+            let xml = view.new_section(node, "ProductSection", "", &children);
+            Ok(Applied::new(
+                vec![view.insert_section(node, &xml, None)?],
+                value,
+            ))
         }
     }
 }
 
 macro_rules! product_rw {
-    ($r:ident, $w:ident, $local:literal, $url:literal) => {
-        fn $r(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-            read_product_field(c, t, $local)
+    ($read:ident, $write:ident, $local:literal, $url:literal) => {
+        fn $read(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+            read_product_field(ctx, target, $local)
         }
-        fn $w(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-            write_product_field(c, t, s, $local, $url)
+        fn $write(ctx: &Ctx<'_>, target: &Target, text: &str) -> Result<Applied, SettingError> {
+            write_product_field(ctx, target, text, $local, $url)
         }
     };
 }
 
-product_rw!(r_product, w_product, "Product", false);
-product_rw!(r_vendor, w_vendor, "Vendor", false);
-product_rw!(r_version, w_version, "Version", false);
-product_rw!(r_full_version, w_full_version, "FullVersion", false);
-product_rw!(r_product_url, w_product_url, "ProductUrl", true);
-product_rw!(r_vendor_url, w_vendor_url, "VendorUrl", true);
-product_rw!(r_app_url, w_app_url, "AppUrl", true);
+product_rw!(read_product, write_product, "Product", false);
+product_rw!(read_vendor, write_vendor, "Vendor", false);
+product_rw!(read_version, write_version, "Version", false);
+product_rw!(read_full_version, write_full_version, "FullVersion", false);
+product_rw!(read_product_url, write_product_url, "ProductUrl", true);
+product_rw!(read_vendor_url, write_vendor_url, "VendorUrl", true);
+product_rw!(read_app_url, write_app_url, "AppUrl", true);
 
 // ---------------------------------------------------------------------------------------
 // System: os, os_type, os_description, system_type, transport
 
 fn os_text(id: u16) -> String {
     match os_name(id) {
-        Some(n) => format!("{id} {n}"),
+        Some(name) => format!("{id} {name}"),
         None => id.to_string(),
     }
 }
 
 /// The OperatingSystemSection node of a system.
-fn os_node(c: &Ctx<'_>, t: &Target) -> Option<usize> {
-    c.view.find(c.system(t)?.os.as_ref()?.element)
+fn os_node(ctx: &Ctx<'_>, target: &Target) -> Option<usize> {
+    ctx.view.find(ctx.system(target)?.os.as_ref()?.element)
 }
 
-fn read_os(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    let Some(sys) = c.system(t) else {
+fn read_os(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    let Some(system) = ctx.system(target) else {
         return Ok(None);
     };
     Ok(Some(
-        sys.os
+        system
+            .os
             .as_ref()
-            .map(|o| os_text(o.id.value))
+            .map(|os| os_text(os.id.value))
             .unwrap_or_default(),
     ))
 }
 
-fn write_os(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let sys = c
-        .system(t)
+fn write_os(ctx: &Ctx<'_>, target: &Target, text: &str) -> Result<Applied, SettingError> {
+    let system = ctx
+        .system(target)
         .ok_or_else(|| unsupported("not a virtual system"))?;
-    let text = s.trim();
+    let text = text.trim();
     if text.is_empty() {
         return Err(invalid(
             "an operating system id or name is needed, e.g. 36 or LINUX",
@@ -468,64 +464,68 @@ fn write_os(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
             invalid("not a CIM operating system id or name (e.g. 36, LINUX, Ubuntu 64-Bit)")
         })?
     };
-    let v = &c.view;
+    let view = &ctx.view;
     let expect = os_text(id);
-    match &sys.os {
+    match &system.os {
         Some(os) => {
             if os.id.value == id {
                 return Ok(Applied::none(expect));
             }
-            let node = os_node(c, t).ok_or_else(|| SettingError::Internal("no OS node".into()))?;
-            Ok(applied(
-                vec![v.set_attr(node, Some(os.id.span), "", "", &id.to_string())],
+            let node =
+                os_node(ctx, target).ok_or_else(|| SettingError::Internal("no OS node".into()))?;
+            Ok(Applied::new(
+                vec![view.set_attr(node, Some(os.id.span), "", "", &id.to_string())],
                 expect,
             ))
         }
         None => {
-            let node = c.owner_node(t.owner)?;
-            let (name, decl) = v.ovf_attr_name(node, "id");
-            let kids =
-                [v.ovf_element(node, "Info", "The kind of installed guest operating system")];
+            let node = ctx.owner_node(target.owner)?;
+            let (name, decl) = view.ovf_attr_name(node, "id");
+            let children =
+                [view.ovf_element(node, "Info", "The kind of installed guest operating system")];
             let attrs = format!("{decl} {name}=\"{id}\"");
-            let xml = v.new_section(node, "OperatingSystemSection", &attrs, &kids);
-            Ok(applied(
-                vec![v.insert_section(node, &xml, Some("VirtualHardwareSection"))?],
+            let xml = view.new_section(node, "OperatingSystemSection", &attrs, &children);
+            Ok(Applied::new(
+                vec![view.insert_section(node, &xml, Some("VirtualHardwareSection"))?],
                 expect,
             ))
         }
     }
 }
 
-fn read_os_type(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    Ok(c.system(t).and_then(|s| s.os.as_ref()).map(|o| {
-        o.vmw_os_type
-            .as_ref()
-            .map(|x| x.value.clone())
-            .unwrap_or_default()
-    }))
+fn read_os_type(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    Ok(ctx
+        .system(target)
+        .and_then(|system| system.os.as_ref())
+        .map(|os| {
+            os.vmw_os_type
+                .as_ref()
+                .map(|spanned| spanned.value.clone())
+                .unwrap_or_default()
+        }))
 }
 
-fn write_os_type(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let os = c
-        .system(t)
-        .and_then(|s| s.os.as_ref())
+fn write_os_type(ctx: &Ctx<'_>, target: &Target, text: &str) -> Result<Applied, SettingError> {
+    let os = ctx
+        .system(target)
+        .and_then(|system| system.os.as_ref())
         .ok_or_else(|| unsupported("the system has no OperatingSystemSection; write os first"))?;
-    let node = os_node(c, t).ok_or_else(|| SettingError::Internal("no OS node".into()))?;
-    let value = s.trim();
-    let cur = os.vmw_os_type.as_ref();
+    let node = os_node(ctx, target).ok_or_else(|| SettingError::Internal("no OS node".into()))?;
+    let value = text.trim();
+    let current = os.vmw_os_type.as_ref();
     let invalid_id = !value
         .chars()
         .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
         || value.len() > 64;
-    if invalid_id && cur.is_none_or(|x| x.value != value) {
+    if invalid_id && current.is_none_or(|old| old.value != value) {
         return Err(invalid(
             "a VMware guest id is letters, digits, '_' and '-' (e.g. otherLinux64Guest)",
         ));
     }
-    let v = &c.view;
-    set_optional_attr(v, node, cur, value, "vmw:osType", || {
-        match v.prefix_in_scope(node, &|u| u == VMW_URI, false) {
-            Some(p) => (format!("{p}osType"), String::new()),
+    let view = &ctx.view;
+    set_optional_attr(view, node, current, value, "vmw:osType", || {
+        match view.prefix_in_scope(node, &|uri| uri == VMW_URI, false) {
+            Some(prefix) => (format!("{prefix}osType"), String::new()),
             None => (
                 "vmw:osType".to_string(),
                 format!(" xmlns:vmw=\"{VMW_URI}\""),
@@ -534,43 +534,47 @@ fn write_os_type(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingErr
     })
 }
 
-/// Sets the optional attribute `cur` (called `what` in errors) of element `node` to `value`,
-/// or removes it when `value` is empty; no edit when it already holds that. A new attribute
-/// gets the qualified name and namespace declaration `name_decl` returns.
+/// Sets the optional attribute `current` (called `what` in errors) of element `node` to
+/// `value`, or removes it when `value` is empty; no edit when it already holds that. A new
+/// attribute gets the qualified name and namespace declaration `name_decl` returns.
 fn set_optional_attr(
-    v: &View<'_>,
+    view: &View<'_>,
     node: usize,
-    cur: Option<&crate::ovf::Spanned<String>>,
+    current: Option<&crate::ovf::Spanned<String>>,
     value: &str,
     what: &str,
     name_decl: impl FnOnce() -> (String, String),
 ) -> Result<Applied, SettingError> {
-    if cur.is_some_and(|x| x.value == value) || (cur.is_none() && value.is_empty()) {
+    if current.is_some_and(|old| old.value == value) || (current.is_none() && value.is_empty()) {
         return Ok(Applied::none(value));
     }
     if value.is_empty() {
-        let edit = cur
-            .and_then(|x| v.remove_attr(node, x.span))
+        let edit = current
+            .and_then(|old| view.remove_attr(node, old.span))
             .ok_or_else(|| SettingError::Internal(format!("{what} not found")))?;
-        return Ok(applied(vec![edit], ""));
+        return Ok(Applied::new(vec![edit], ""));
     }
     let (name, decl) = name_decl();
-    Ok(applied(
-        vec![v.set_attr(node, cur.map(|x| x.span), &name, &decl, value)],
+    Ok(Applied::new(
+        vec![view.set_attr(node, current.map(|old| old.span), &name, &decl, value)],
         value,
     ))
 }
 
-fn read_os_description(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    Ok(os_node(c, t).map(|n| child_text(&c.view, n, "Description")))
+fn read_os_description(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    Ok(os_node(ctx, target).map(|os| child_text(&ctx.view, os, "Description")))
 }
 
-fn write_os_description(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let node = os_node(c, t)
+fn write_os_description(
+    ctx: &Ctx<'_>,
+    target: &Target,
+    text: &str,
+) -> Result<Applied, SettingError> {
+    let node = os_node(ctx, target)
         .ok_or_else(|| unsupported("the system has no OperatingSystemSection; write os first"))?;
-    let value = line(s).map_err(inv)?;
-    text_child(
-        &c.view,
+    let value = line(text).map_err(invalid)?;
+    set_child_text(
+        &ctx.view,
         node,
         "Description",
         &value,
@@ -579,242 +583,281 @@ fn write_os_description(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, Set
 }
 
 /// The System node of a system's first hardware section.
-fn system_node(c: &Ctx<'_>, t: &Target) -> Option<usize> {
-    let sys = c.system(t)?;
-    c.view.find(sys.hardware.first()?.system.as_ref()?.element)
+fn system_node(ctx: &Ctx<'_>, target: &Target) -> Option<usize> {
+    let system = ctx.system(target)?;
+    ctx.view
+        .find(system.hardware.first()?.system.as_ref()?.element)
 }
 
-fn read_system_type(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    let Some(sys) = c.system(t) else {
+fn read_system_type(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    let Some(system) = ctx.system(target) else {
         return Ok(None);
     };
-    Ok(sys
+    Ok(system
         .hardware
         .first()
-        .and_then(|h| h.system.as_ref())
-        .map(|s| {
-            s.system_type
+        .and_then(|hardware| hardware.system.as_ref())
+        .map(|system| {
+            system
+                .system_type
                 .as_ref()
-                .map(|x| x.value.clone())
+                .map(|spanned| spanned.value.clone())
                 .unwrap_or_default()
         }))
 }
 
-fn is_token(s: &str) -> bool {
-    s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+fn is_system_type_token(word: &str) -> bool {
+    word.chars()
+        .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
 }
 
-fn write_system_type(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let node = system_node(c, t)
+fn write_system_type(ctx: &Ctx<'_>, target: &Target, text: &str) -> Result<Applied, SettingError> {
+    let node = system_node(ctx, target)
         .ok_or_else(|| unsupported("the hardware section has no System element"))?;
-    let value = token_list(s, "system type", is_token).map_err(inv)?;
+    let value = token_list(text, "system type", is_system_type_token).map_err(invalid)?;
     if value.is_empty() {
         return Err(invalid("a virtual system type is needed, e.g. vmx-13"));
     }
-    let v = &c.view;
-    let cur = v
+    let view = &ctx.view;
+    let current = view
         .node(node)
         .children
         .iter()
         .copied()
-        .find(|&k| v.node(k).local == "VirtualSystemType");
-    match cur {
-        Some(k) => {
-            if v.node(k).text.value == value {
+        .find(|&child| view.node(child).local == "VirtualSystemType");
+    match current {
+        Some(existing) => {
+            if view.node(existing).text.value == value {
                 return Ok(Applied::none(value));
             }
-            Ok(applied(vec![v.set_text(k, &value)], value))
+            Ok(Applied::new(vec![view.set_text(existing, &value)], value))
         }
         None => {
-            let sibling = v.node(node).children.first().copied().ok_or_else(|| {
+            let sibling = view.node(node).children.first().copied().ok_or_else(|| {
                 unsupported("the System element is empty; edit the descriptor instead")
             })?;
-            let xml = v.element_like(sibling, "VirtualSystemType", &value);
-            let edit = v.insert_child_ordered(node, &xml, &|k| {
-                v.node(k).local.to_ascii_lowercase().as_str() > "virtualsystemtype"
+            let xml = view.element_like(sibling, "VirtualSystemType", &value);
+            let edit = view.insert_child_ordered(node, &xml, &|child| {
+                view.node(child).local.to_ascii_lowercase().as_str() > "virtualsystemtype"
             })?;
-            Ok(applied(vec![edit], value))
+            Ok(Applied::new(vec![edit], value))
         }
     }
 }
 
-fn read_transport(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    Ok(c.system(t).and_then(|s| s.hardware.first()).map(|h| {
-        h.transport
-            .as_ref()
-            .map(|x| x.value.clone())
-            .unwrap_or_default()
-    }))
+fn read_transport(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    Ok(ctx
+        .system(target)
+        .and_then(|system| system.hardware.first())
+        .map(|hardware| {
+            hardware
+                .transport
+                .as_ref()
+                .map(|spanned| spanned.value.clone())
+                .unwrap_or_default()
+        }))
 }
 
-fn write_transport(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let hw = c
-        .system(t)
-        .and_then(|s| s.hardware.first())
+fn write_transport(ctx: &Ctx<'_>, target: &Target, text: &str) -> Result<Applied, SettingError> {
+    let hardware = ctx
+        .system(target)
+        .and_then(|system| system.hardware.first())
         .ok_or_else(|| unsupported("the system has no VirtualHardwareSection"))?;
-    let node = c
+    let node = ctx
         .view
-        .find(hw.element)
+        .find(hardware.element)
         .ok_or_else(|| SettingError::Internal("no hardware node".into()))?;
-    let value = token_list(s, "transport", |_| true).map_err(inv)?;
+    let value = token_list(text, "transport", |_| true).map_err(invalid)?;
     let value = value
         .split(' ')
-        .filter(|x| !x.is_empty())
-        .map(|x| match x {
+        .filter(|word| !word.is_empty())
+        .map(|word| match word {
             "vmware" => "com.vmware.guestInfo",
-            x => x,
+            other => other,
         })
         .collect::<Vec<_>>()
         .join(" ");
-    values::check_xml_chars(&value).map_err(inv)?;
-    let v = &c.view;
+    values::check_xml_chars(&value).map_err(invalid)?;
+    let view = &ctx.view;
     set_optional_attr(
-        v,
+        view,
         node,
-        hw.transport.as_ref(),
+        hardware.transport.as_ref(),
         &value,
         "ovf:transport",
-        || v.ovf_attr_name(node, "transport"),
+        || view.ovf_attr_name(node, "transport"),
     )
 }
 
 // ---------------------------------------------------------------------------------------
 // Hardware: cpus, cores_per_socket, memory
 
-/// The first merged item of type `rt` in the target's configuration.
-fn hw_item<'v, 'd>(c: &'v Ctx<'d>, t: &Target, rt: u16) -> Option<(Hw<'v, 'd>, Eff)> {
-    let (h, list) = c.of_type(t, rt)?;
-    let e = list.first()?.clone();
-    Some((h, e))
+/// The first merged item of type `resource_type` in the target's configuration.
+fn first_item<'v, 'd>(
+    ctx: &'v Ctx<'d>,
+    target: &Target,
+    resource_type: u16,
+) -> Option<(Hardware<'v, 'd>, MergedItem)> {
+    let (hardware, list) = ctx.of_type(target, resource_type)?;
+    let item = list.first()?.clone();
+    Some((hardware, item))
 }
 
 /// Why a hardware setting has nothing to change.
-fn missing_item(c: &Ctx<'_>, t: &Target, what: &str, rt: u16) -> String {
-    let mut s = format!("this virtual system has no {what} item (ResourceType {rt})");
-    if let Some(cfg) = c.hw_config(t) {
-        s.push_str(&format!(" in configuration {cfg:?}"));
+fn no_item_reason(ctx: &Ctx<'_>, target: &Target, what: &str, resource_type: u16) -> String {
+    let mut reason =
+        format!("this virtual system has no {what} item (ResourceType {resource_type})");
+    if let Some(config) = ctx.hardware_config(target) {
+        reason.push_str(&format!(" in configuration {config:?}"));
     }
-    s.push_str("; add one by writing the whole descriptor");
-    s
+    reason.push_str("; add one by writing the whole descriptor");
+    reason
 }
 
-fn vq() -> Key {
+fn virtual_quantity() -> Key {
     Key::cim("VirtualQuantity")
 }
 
-fn cores_key() -> Key {
+fn cores_per_socket_key() -> Key {
     Key::Vmw("CoresPerSocket".into())
 }
 
-fn read_cpus(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    if c.system(t).is_none() {
+fn read_cpus(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    if ctx.system(target).is_none() {
         return Ok(None);
     }
     Ok(Some(
-        hw_item(c, t, RT_PROCESSOR)
-            .and_then(|(h, e)| h.get_text(&e, &vq()).map(|s| s.trim().to_string()))
+        first_item(ctx, target, RESOURCE_TYPE_PROCESSOR)
+            .and_then(|(hardware, item)| {
+                hardware
+                    .get_text(&item, &virtual_quantity())
+                    .map(|value| value.trim().to_string())
+            })
             .unwrap_or_default(),
     ))
 }
 
-fn write_cpus(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let n = uint(s, 1, 4096).map_err(inv)?;
-    let (h, e) = hw_item(c, t, RT_PROCESSOR)
-        .ok_or_else(|| unsupported(missing_item(c, t, "processor", RT_PROCESSOR)))?;
-    if h.get_text(&e, &vq())
-        .and_then(|x| x.trim().parse::<u64>().ok())
-        == Some(n)
+fn write_cpus(ctx: &Ctx<'_>, target: &Target, text: &str) -> Result<Applied, SettingError> {
+    let cpus = uint(text, 1, 4096).map_err(invalid)?;
+    let (hardware, item) = first_item(ctx, target, RESOURCE_TYPE_PROCESSOR).ok_or_else(|| {
+        unsupported(no_item_reason(
+            ctx,
+            target,
+            "processor",
+            RESOURCE_TYPE_PROCESSOR,
+        ))
+    })?;
+    if hardware
+        .get_text(&item, &virtual_quantity())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        == Some(cpus)
     {
-        return Ok(Applied::none(n.to_string()));
+        return Ok(Applied::none(cpus.to_string()));
     }
-    if let Some(cores) = h
-        .get_text(&e, &cores_key())
-        .and_then(|x| x.trim().parse::<u64>().ok())
-        .filter(|&k| k > 0)
-        && n % cores != 0
+    if let Some(cores) = hardware
+        .get_text(&item, &cores_per_socket_key())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .filter(|&cores| cores > 0)
+        && cpus % cores != 0
     {
         return Err(invalid(format!(
-            "{n} CPUs do not split into sockets of {cores} cores (cores_per_socket); change that first"
+            "{cpus} CPUs do not split into sockets of {cores} cores (cores_per_socket); change that first"
         )));
     }
-    let mut edits = h.edit(
-        c.hw_config(t),
-        &e,
+    let mut edits = hardware.edit(
+        ctx.hardware_config(target),
+        &item,
         &[Change {
-            key: vq(),
-            value: Some(n.to_string()),
+            key: virtual_quantity(),
+            value: Some(cpus.to_string()),
         }],
     )?;
-    if t.config.is_none() {
-        edits.extend(vbox::set_cpus(&c.view, c.owner_node(t.owner)?, n)?);
+    if target.config.is_none() {
+        edits.extend(vbox::set_cpus(
+            &ctx.view,
+            ctx.owner_node(target.owner)?,
+            cpus,
+        )?);
     }
-    Ok(applied(edits, n.to_string()))
+    Ok(Applied::new(edits, cpus.to_string()))
 }
 
-fn read_cores(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    Ok(hw_item(c, t, RT_PROCESSOR).map(|(h, e)| {
-        h.get_text(&e, &cores_key())
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
-    }))
+fn read_cores(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    Ok(
+        first_item(ctx, target, RESOURCE_TYPE_PROCESSOR).map(|(hardware, item)| {
+            hardware
+                .get_text(&item, &cores_per_socket_key())
+                .map(|value| value.trim().to_string())
+                .unwrap_or_default()
+        }),
+    )
 }
 
-fn write_cores(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let (h, e) = hw_item(c, t, RT_PROCESSOR)
+fn write_cores(ctx: &Ctx<'_>, target: &Target, text: &str) -> Result<Applied, SettingError> {
+    let (hardware, item) = first_item(ctx, target, RESOURCE_TYPE_PROCESSOR)
         .ok_or_else(|| unsupported("this virtual system has no processor item"))?;
-    let cur = h.get_text(&e, &cores_key()).map(|x| x.trim().to_string());
-    if s.trim().is_empty() {
-        if cur.is_none() {
+    let current = hardware
+        .get_text(&item, &cores_per_socket_key())
+        .map(|value| value.trim().to_string());
+    if text.trim().is_empty() {
+        if current.is_none() {
             return Ok(Applied::none(""));
         }
-        let edits = h.edit(
-            c.hw_config(t),
-            &e,
+        let edits = hardware.edit(
+            ctx.hardware_config(target),
+            &item,
             &[Change {
-                key: cores_key(),
+                key: cores_per_socket_key(),
                 value: None,
             }],
         )?;
-        return Ok(applied(edits, ""));
+        return Ok(Applied::new(edits, ""));
     }
-    let n = uint(s, 1, 4096).map_err(inv)?;
-    if cur.as_deref().and_then(|x| x.parse::<u64>().ok()) == Some(n) {
-        return Ok(Applied::none(n.to_string()));
+    let cores = uint(text, 1, 4096).map_err(invalid)?;
+    if current
+        .as_deref()
+        .and_then(|value| value.parse::<u64>().ok())
+        == Some(cores)
+    {
+        return Ok(Applied::none(cores.to_string()));
     }
-    if let Some(cpus) = h
-        .get_text(&e, &vq())
-        .and_then(|x| x.trim().parse::<u64>().ok())
-        && cpus % n != 0
+    if let Some(cpus) = hardware
+        .get_text(&item, &virtual_quantity())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        && cpus % cores != 0
     {
         return Err(invalid(format!(
-            "{cpus} CPUs do not split into sockets of {n} cores; change cpus first"
+            "{cpus} CPUs do not split into sockets of {cores} cores; change cpus first"
         )));
     }
-    let edits = h.edit(
-        c.hw_config(t),
-        &e,
+    let edits = hardware.edit(
+        ctx.hardware_config(target),
+        &item,
         &[Change {
-            key: cores_key(),
-            value: Some(n.to_string()),
+            key: cores_per_socket_key(),
+            value: Some(cores.to_string()),
         }],
     )?;
-    Ok(applied(edits, n.to_string()))
+    Ok(Applied::new(edits, cores.to_string()))
 }
 
 const MIB: u64 = 1 << 20;
 
 /// The memory item's size in bytes, if its quantity and units read.
-fn memory_bytes(h: &Hw<'_, '_>, e: &Eff) -> Option<u64> {
-    let q: u64 = h.get_text(e, &vq())?.trim().parse().ok()?;
-    let f = match h.get_text(e, &Key::cim("AllocationUnits")) {
-        Some(u) => byte_factor(u).ok()?,
+fn memory_bytes(hardware: &Hardware<'_, '_>, item: &MergedItem) -> Option<u64> {
+    let quantity: u64 = hardware
+        .get_text(item, &virtual_quantity())?
+        .trim()
+        .parse()
+        .ok()?;
+    let factor = match hardware.get_text(item, &Key::cim("AllocationUnits")) {
+        Some(units) => byte_factor(units).ok()?,
         None => MIB,
     };
-    q.checked_mul(f)
+    quantity.checked_mul(factor)
 }
 
-fn mem_text(bytes: u64) -> String {
+fn memory_text(bytes: u64) -> String {
     if bytes.is_multiple_of(MIB) {
         (bytes / MIB).to_string()
     } else {
@@ -822,24 +865,24 @@ fn mem_text(bytes: u64) -> String {
     }
 }
 
-fn read_memory(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    if c.system(t).is_none() {
+fn read_memory(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    if ctx.system(target).is_none() {
         return Ok(None);
     }
-    Ok(Some(match hw_item(c, t, RT_MEMORY) {
-        Some((h, e)) => match memory_bytes(&h, &e) {
-            Some(b) => mem_text(b),
-            None => h
-                .get_text(&e, &vq())
-                .map(|s| s.trim().to_string())
+    Ok(Some(match first_item(ctx, target, RESOURCE_TYPE_MEMORY) {
+        Some((hardware, item)) => match memory_bytes(&hardware, &item) {
+            Some(bytes) => memory_text(bytes),
+            None => hardware
+                .get_text(&item, &virtual_quantity())
+                .map(|value| value.trim().to_string())
                 .unwrap_or_default(),
         },
         None => String::new(),
     }))
 }
 
-fn write_memory(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let bytes = parse_size(s, MIB)
+fn write_memory(ctx: &Ctx<'_>, target: &Target, text: &str) -> Result<Applied, SettingError> {
+    let bytes = parse_size(text, MIB)
         .ok_or_else(|| invalid("not a size: write 512, 512M, 512 MiB, 1G or 1 GiB"))?;
     if bytes == 0 {
         return Err(invalid("memory must be more than 0"));
@@ -847,95 +890,103 @@ fn write_memory(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingErro
     if bytes % MIB != 0 {
         return Err(invalid("memory must be a whole number of MiB"));
     }
-    let (h, e) = hw_item(c, t, RT_MEMORY)
-        .ok_or_else(|| unsupported(missing_item(c, t, "memory", RT_MEMORY)))?;
-    let expect = mem_text(bytes);
-    if memory_bytes(&h, &e) == Some(bytes) {
+    let (hardware, item) = first_item(ctx, target, RESOURCE_TYPE_MEMORY)
+        .ok_or_else(|| unsupported(no_item_reason(ctx, target, "memory", RESOURCE_TYPE_MEMORY)))?;
+    let expect = memory_text(bytes);
+    if memory_bytes(&hardware, &item) == Some(bytes) {
         return Ok(Applied::none(expect));
     }
-    let units = h.get_text(&e, &Key::cim("AllocationUnits"));
+    let units = hardware.get_text(&item, &Key::cim("AllocationUnits"));
     let factor = match units {
-        Some(u) => byte_factor(u).ok(),
+        Some(units) => byte_factor(units).ok(),
         None => Some(MIB),
     };
     let changes = match factor {
-        Some(f) if bytes % f == 0 => vec![Change {
-            key: vq(),
-            value: Some((bytes / f).to_string()),
+        Some(factor) if bytes % factor == 0 => vec![Change {
+            key: virtual_quantity(),
+            value: Some((bytes / factor).to_string()),
         }],
         _ => {
-            let legacy = units.is_some_and(|u| !u.contains('*') && !u.contains('^'));
+            // A unit written as a word (MegaBytes) rather than a formula (byte * 2^20).
+            let legacy = units.is_some_and(|units| !units.contains('*') && !units.contains('^'));
             vec![
                 Change {
                     key: Key::cim("AllocationUnits"),
                     value: Some(if legacy { "MegaBytes" } else { "byte * 2^20" }.into()),
                 },
                 Change {
-                    key: vq(),
+                    key: virtual_quantity(),
                     value: Some((bytes / MIB).to_string()),
                 },
             ]
         }
     };
-    let mut edits = h.edit(c.hw_config(t), &e, &changes)?;
-    if t.config.is_none() {
+    let mut edits = hardware.edit(ctx.hardware_config(target), &item, &changes)?;
+    if target.config.is_none() {
         edits.extend(vbox::set_memory(
-            &c.view,
-            c.owner_node(t.owner)?,
+            &ctx.view,
+            ctx.owner_node(target.owner)?,
             bytes / MIB,
         )?);
     }
-    Ok(applied(edits, expect))
+    Ok(Applied::new(edits, expect))
 }
 
 // ---------------------------------------------------------------------------------------
 // Network adapters
 
-fn nic<'v, 'd>(c: &'v Ctx<'d>, t: &Target) -> Option<(Hw<'v, 'd>, Eff)> {
-    let (h, list) = c.of_type(t, RT_ETHERNET)?;
-    let e = list.get(t.nic)?.clone();
-    Some((h, e))
+fn nic_item<'v, 'd>(ctx: &'v Ctx<'d>, target: &Target) -> Option<(Hardware<'v, 'd>, MergedItem)> {
+    let (hardware, list) = ctx.of_type(target, RESOURCE_TYPE_ETHERNET)?;
+    let item = list.get(target.nic)?.clone();
+    Some((hardware, item))
 }
 
-fn nic_text(c: &Ctx<'_>, t: &Target, key: &str) -> Option<String> {
-    let (h, e) = nic(c, t)?;
+fn nic_field(ctx: &Ctx<'_>, target: &Target, key: &str) -> Option<String> {
+    let (hardware, item) = nic_item(ctx, target)?;
     Some(
-        h.get_text(&e, &Key::cim(key))
-            .map(|s| s.trim().to_string())
+        hardware
+            .get_text(&item, &Key::cim(key))
+            .map(|value| value.trim().to_string())
             .unwrap_or_default(),
     )
 }
 
-fn nic_set(
-    c: &Ctx<'_>,
-    t: &Target,
+fn set_nic_field(
+    ctx: &Ctx<'_>,
+    target: &Target,
     key: Key,
     value: Option<String>,
     expect: String,
 ) -> Result<Applied, SettingError> {
-    let (h, e) = nic(c, t).ok_or_else(|| unsupported("no such network adapter"))?;
-    let edits = h.edit(c.hw_config(t), &e, &[Change { key, value }])?;
-    Ok(applied(edits, expect))
+    let (hardware, item) =
+        nic_item(ctx, target).ok_or_else(|| unsupported("no such network adapter"))?;
+    let edits = hardware.edit(ctx.hardware_config(target), &item, &[Change { key, value }])?;
+    Ok(Applied::new(edits, expect))
 }
 
-fn read_nic_network(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    Ok(nic_text(c, t, "Connection"))
+fn read_nic_network(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    Ok(nic_field(ctx, target, "Connection"))
 }
 
-fn write_nic_network(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let value = line(s).map_err(inv)?;
-    if nic_text(c, t, "Connection").as_deref() == Some(value.as_str()) {
+fn write_nic_network(ctx: &Ctx<'_>, target: &Target, text: &str) -> Result<Applied, SettingError> {
+    let value = line(text).map_err(invalid)?;
+    if nic_field(ctx, target, "Connection").as_deref() == Some(value.as_str()) {
         return Ok(Applied::none(value));
     }
     if value.is_empty() {
         return Err(invalid("a network name is needed (networks/ lists them)"));
     }
-    if !c.desc.networks.iter().any(|n| n.name.value == value) {
-        let names: Vec<String> = c
-            .desc
+    if !ctx
+        .descriptor
+        .networks
+        .iter()
+        .any(|network| network.name.value == value)
+    {
+        let names: Vec<String> = ctx
+            .descriptor
             .networks
             .iter()
-            .map(|n| format!("{:?}", n.name.value))
+            .map(|network| format!("{:?}", network.name.value))
             .collect();
         return Err(invalid(format!(
             "no such network (the descriptor has {}); create it first with mkdir networks/NAME",
@@ -946,60 +997,70 @@ fn write_nic_network(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, Settin
             }
         )));
     }
-    nic_set(c, t, Key::cim("Connection"), Some(value.clone()), value)
+    set_nic_field(
+        ctx,
+        target,
+        Key::cim("Connection"),
+        Some(value.clone()),
+        value,
+    )
 }
 
-fn read_nic_type(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    Ok(nic_text(c, t, "ResourceSubType"))
+fn read_nic_type(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    Ok(nic_field(ctx, target, "ResourceSubType"))
 }
 
-fn write_nic_type(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let value = token(s, "an adapter type").map_err(inv)?;
-    if nic_text(c, t, "ResourceSubType").as_deref() == Some(value.as_str()) {
+fn write_nic_type(ctx: &Ctx<'_>, target: &Target, text: &str) -> Result<Applied, SettingError> {
+    let value = token(text, "an adapter type").map_err(invalid)?;
+    if nic_field(ctx, target, "ResourceSubType").as_deref() == Some(value.as_str()) {
         return Ok(Applied::none(value));
     }
-    nic_set(
-        c,
-        t,
+    set_nic_field(
+        ctx,
+        target,
         Key::cim("ResourceSubType"),
         Some(value.clone()),
         value,
     )
 }
 
-fn read_nic_mac(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    Ok(nic_text(c, t, "Address"))
+fn read_nic_mac(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    Ok(nic_field(ctx, target, "Address"))
 }
 
-fn write_nic_mac(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let cur = nic_text(c, t, "Address").unwrap_or_default();
-    if s.trim().is_empty() {
-        if cur.is_empty() {
+fn write_nic_mac(ctx: &Ctx<'_>, target: &Target, text: &str) -> Result<Applied, SettingError> {
+    let current = nic_field(ctx, target, "Address").unwrap_or_default();
+    if text.trim().is_empty() {
+        if current.is_empty() {
             return Ok(Applied::none(""));
         }
-        return nic_set(c, t, Key::cim("Address"), None, String::new());
+        return set_nic_field(ctx, target, Key::cim("Address"), None, String::new());
     }
-    let value = mac(s).map_err(inv)?;
-    if mac(&cur).ok().as_deref() == Some(value.as_str()) {
-        return Ok(Applied::none(cur));
+    let value = mac(text).map_err(invalid)?;
+    if mac(&current).ok().as_deref() == Some(value.as_str()) {
+        return Ok(Applied::none(current));
     }
-    nic_set(c, t, Key::cim("Address"), Some(value.clone()), value)
+    set_nic_field(ctx, target, Key::cim("Address"), Some(value.clone()), value)
 }
 
-fn read_nic_connected(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    Ok(nic_text(c, t, "AutomaticAllocation"))
+fn read_nic_connected(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    Ok(nic_field(ctx, target, "AutomaticAllocation"))
 }
 
-fn write_nic_connected(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let b = boolean(s).map_err(inv)?;
-    let cur = nic_text(c, t, "AutomaticAllocation").unwrap_or_default();
-    if boolean(&cur).ok() == Some(b) {
-        return Ok(Applied::none(cur));
+fn write_nic_connected(
+    ctx: &Ctx<'_>,
+    target: &Target,
+    text: &str,
+) -> Result<Applied, SettingError> {
+    let connected = boolean(text).map_err(invalid)?;
+    let current = nic_field(ctx, target, "AutomaticAllocation").unwrap_or_default();
+    if boolean(&current).ok() == Some(connected) {
+        return Ok(Applied::none(current));
     }
-    let value = if b { "true" } else { "false" };
-    nic_set(
-        c,
-        t,
+    let value = if connected { "true" } else { "false" };
+    set_nic_field(
+        ctx,
+        target,
         Key::cim("AutomaticAllocation"),
         Some(value.into()),
         value.into(),
@@ -1008,8 +1069,8 @@ fn write_nic_connected(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, Sett
 
 /// The name field an adapter uses: ElementName, else Caption (else what the version
 /// writes).
-fn nic_name_key(c: &Ctx<'_>, t: &Target) -> &'static str {
-    if let Some((_, e)) = nic(c, t) {
+fn nic_name_field(ctx: &Ctx<'_>, target: &Target) -> &'static str {
+    if let Some((_, e)) = nic_item(ctx, target) {
         if e.get(&Key::cim("ElementName")).is_some() {
             return "ElementName";
         }
@@ -1017,140 +1078,143 @@ fn nic_name_key(c: &Ctx<'_>, t: &Target) -> &'static str {
             return "Caption";
         }
     }
-    if c.desc.version == crate::ovf::OvfVersion::V0_9 {
+    if ctx.descriptor.version == crate::ovf::OvfVersion::V0_9 {
         "Caption"
     } else {
         "ElementName"
     }
 }
 
-fn read_nic_name(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    Ok(nic_text(c, t, nic_name_key(c, t)))
+fn read_nic_name(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    Ok(nic_field(ctx, target, nic_name_field(ctx, target)))
 }
 
-fn write_nic_name(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let value = line(s).map_err(inv)?;
-    let key = nic_name_key(c, t);
-    if nic_text(c, t, key).as_deref() == Some(value.as_str()) {
+fn write_nic_name(ctx: &Ctx<'_>, target: &Target, text: &str) -> Result<Applied, SettingError> {
+    let value = line(text).map_err(invalid)?;
+    let key = nic_name_field(ctx, target);
+    if nic_field(ctx, target, key).as_deref() == Some(value.as_str()) {
         return Ok(Applied::none(value));
     }
     if value.is_empty() {
         return Err(invalid("an adapter name cannot be empty"));
     }
-    nic_set(c, t, Key::cim(key), Some(value.clone()), value)
+    set_nic_field(ctx, target, Key::cim(key), Some(value.clone()), value)
 }
 
 // ---------------------------------------------------------------------------------------
 // Properties
 
-fn property<'d>(c: &Ctx<'d>, t: &Target) -> Option<&'d Property> {
-    c.properties(t.owner).get(t.prop)
+/// The property a `properties/KEY` target names.
+fn target_property<'d>(ctx: &Ctx<'d>, target: &Target) -> Option<&'d Property> {
+    ctx.properties(target.owner).get(target.prop)
 }
 
-fn property_value(c: &Ctx<'_>, t: &Target, p: &Property) -> String {
-    match c.folder_config(t) {
-        None => p.value.as_ref(),
-        Some(cfg) => p.value_for(Some(cfg)),
+/// The value a property's file shows: its default at the top, its configuration's value in
+/// `configs/CONFIG/`.
+fn property_value(ctx: &Ctx<'_>, target: &Target, property: &Property) -> String {
+    match ctx.folder_config(target) {
+        None => property.value.as_ref(),
+        Some(config) => property.value_for(Some(config)),
     }
-    .map(|v| v.value.clone())
+    .map(|value| value.value.clone())
     .unwrap_or_default()
 }
 
-fn read_property(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    Ok(property(c, t).map(|p| property_value(c, t, p)))
+fn read_property(ctx: &Ctx<'_>, target: &Target) -> Result<Option<String>, SettingError> {
+    Ok(target_property(ctx, target).map(|property| property_value(ctx, target, property)))
 }
 
-fn write_property(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let p = property(c, t).ok_or_else(|| unsupported("no such property"))?;
-    values::check_xml_chars(s).map_err(inv)?;
-    let cur = property_value(c, t, p);
-    if s == cur {
-        return Ok(Applied::none(cur));
+fn write_property(ctx: &Ctx<'_>, target: &Target, text: &str) -> Result<Applied, SettingError> {
+    let property = target_property(ctx, target).ok_or_else(|| unsupported("no such property"))?;
+    values::check_xml_chars(text).map_err(invalid)?;
+    let current = property_value(ctx, target, property);
+    if text == current {
+        return Ok(Applied::none(current));
     }
-    let ty = PropType::parse(p.type_name.as_ref().map(|x| x.value.as_str()));
-    let q = Qualifiers::parse(p.qualifiers.as_ref().map(|x| x.value.as_str()));
-    let value = validate(s, &ty, &q).map_err(|r| {
-        let ty = p
-            .type_name
-            .as_ref()
-            .map(|x| x.value.as_str())
-            .unwrap_or("string");
-        invalid(format!("{r} (type {ty})"))
-    })?;
-    if value == cur {
-        return Ok(Applied::none(cur));
+    let type_name = property.type_name.as_ref().map(|name| name.value.as_str());
+    let property_type = PropertyType::parse(type_name);
+    let qualifiers =
+        Qualifiers::parse(property.qualifiers.as_ref().map(|list| list.value.as_str()));
+    let value = validate(text, &property_type, &qualifiers)
+        .map_err(|reason| invalid(format!("{reason} (type {})", type_name.unwrap_or("string"))))?;
+    if value == current {
+        return Ok(Applied::none(current));
     }
-    let v = &c.view;
-    let node = v
-        .find(p.element)
+    let view = &ctx.view;
+    let node = view
+        .find(property.element)
         .ok_or_else(|| SettingError::Internal("property not in the tree".into()))?;
-    let Some(cfg) = c.folder_config(t) else {
-        let local = if p.value.is_none() && c.desc.version == crate::ovf::OvfVersion::V0_9 {
-            "defaultValue"
-        } else {
-            "value"
-        };
-        let (name, decl) = v.ovf_attr_name(node, local);
-        return Ok(applied(
-            vec![v.set_attr(node, p.value.as_ref().map(|x| x.span), &name, &decl, &value)],
+    let Some(config) = ctx.folder_config(target) else {
+        let local =
+            if property.value.is_none() && ctx.descriptor.version == crate::ovf::OvfVersion::V0_9 {
+                "defaultValue"
+            } else {
+                "value"
+            };
+        let (name, decl) = view.ovf_attr_name(node, local);
+        let old_span = property.value.as_ref().map(|old| old.span);
+        return Ok(Applied::new(
+            vec![view.set_attr(node, old_span, &name, &decl, &value)],
             value,
         ));
     };
-    let (vname, vdecl) = v.ovf_attr_name(node, "value");
-    let (cname, _) = v.ovf_attr_name(node, "configuration");
-    let prefix = v.ovf_elem_prefix(node);
-    let new_value = format!(
-        "<{prefix}Value{vdecl} {vname}=\"{}\" {cname}=\"{}\"/>",
+    let (value_attr, value_decl) = view.ovf_attr_name(node, "value");
+    let (config_attr, _) = view.ovf_attr_name(node, "configuration");
+    let prefix = view.ovf_elem_prefix(node);
+    let value_element = format!(
+        "<{prefix}Value{value_decl} {value_attr}=\"{}\" {config_attr}=\"{}\"/>",
         escape_attr(&value),
-        escape_attr(cfg)
+        escape_attr(config)
     );
-    let own = p.values.iter().find(|x| {
-        x.configurations
+    let own_value = property.values.iter().find(|candidate| {
+        candidate
+            .configurations
             .as_ref()
-            .is_some_and(|l| l.value.iter().any(|y| y == cfg))
+            .is_some_and(|list| list.value.iter().any(|id| id == config))
     });
-    match own {
-        Some(x) => {
-            let xnode = v
-                .find(x.element)
+    match own_value {
+        Some(own) => {
+            let own_node = view
+                .find(own.element)
                 .ok_or_else(|| SettingError::Internal("Value not in the tree".into()))?;
-            let list = x.configurations.as_ref().map(|l| &l.value);
-            if list.is_some_and(|l| l.iter().all(|y| y == cfg)) {
-                return Ok(applied(
-                    vec![v.set_attr(xnode, Some(x.value.span), "", "", &value)],
+            let configs = own.configurations.as_ref().map(|list| &list.value);
+            if configs.is_some_and(|ids| ids.iter().all(|id| id == config)) {
+                return Ok(Applied::new(
+                    vec![view.set_attr(own_node, Some(own.value.span), "", "", &value)],
                     value,
                 ));
             }
             // The Value serves other configurations too: take this one out of its list and
             // give it a Value of its own.
-            let rest: Vec<&str> = list
+            let others: Vec<&str> = configs
                 .into_iter()
                 .flatten()
                 .map(String::as_str)
-                .filter(|y| *y != cfg)
+                .filter(|id| *id != config)
                 .collect();
-            let span = x
+            let span = own
                 .configurations
                 .as_ref()
-                .map(|l| l.span)
+                .map(|list| list.span)
                 .ok_or_else(|| SettingError::Internal("Value without a list".into()))?;
-            Ok(applied(
+            Ok(Applied::new(
                 vec![
                     Edit {
                         span,
-                        replacement: escape_attr(&rest.join(" ")),
+                        replacement: escape_attr(&others.join(" ")),
                     },
-                    v.insert_after(xnode, &new_value),
+                    view.insert_after(own_node, &value_element),
                 ],
                 value,
             ))
         }
         None => {
-            let edit = match p.values.last().and_then(|x| v.find(x.element)) {
-                Some(last) => v.insert_after(last, &new_value),
-                None => v.append_child(node, &new_value)?,
+            let last_value = property.values.last();
+            let edit = match last_value.and_then(|last| view.find(last.element)) {
+                Some(last) => view.insert_after(last, &value_element),
+                None => view.append_child(node, &value_element)?,
             };
-            Ok(applied(vec![edit], value))
+            Ok(Applied::new(vec![edit], value))
         }
     }
 }
@@ -1158,151 +1222,171 @@ fn write_property(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingEr
 // ---------------------------------------------------------------------------------------
 // Networks
 
-fn read_net_description(c: &Ctx<'_>, t: &Target) -> Result<Option<String>, SettingError> {
-    Ok(c.desc.networks.get(t.network).map(|n| {
-        n.description
+fn read_network_description(
+    ctx: &Ctx<'_>,
+    target: &Target,
+) -> Result<Option<String>, SettingError> {
+    Ok(ctx.descriptor.networks.get(target.network).map(|network| {
+        network
+            .description
             .as_ref()
-            .map(|d| d.value.clone())
+            .map(|description| description.value.clone())
             .unwrap_or_default()
     }))
 }
 
-fn write_net_description(c: &Ctx<'_>, t: &Target, s: &str) -> Result<Applied, SettingError> {
-    let n = c
-        .desc
+fn write_network_description(
+    ctx: &Ctx<'_>,
+    target: &Target,
+    text: &str,
+) -> Result<Applied, SettingError> {
+    let network = ctx
+        .descriptor
         .networks
-        .get(t.network)
+        .get(target.network)
         .ok_or_else(|| unsupported("no such network"))?;
-    let node = c
+    let node = ctx
         .view
-        .find(n.element)
+        .find(network.element)
         .ok_or_else(|| SettingError::Internal("network not in the tree".into()))?;
-    let value = line(s).map_err(inv)?;
-    text_child(&c.view, node, "Description", &value, &["Description"])
+    let value = line(text).map_err(invalid)?;
+    set_child_text(&ctx.view, node, "Description", &value, &["Description"])
 }
 
 /// The envelope-level NetworkSection node.
-fn network_section(v: &View<'_>) -> Option<usize> {
-    let root = v.tree.root;
-    v.node(root)
+fn network_section(view: &View<'_>) -> Option<usize> {
+    let root = view.tree.root;
+    view.node(root)
         .children
         .iter()
         .copied()
-        .find(|&k| section_name(v.node(k)) == Some("NetworkSection"))
+        .find(|&child| section_name(view.node(child)) == Some("NetworkSection"))
 }
 
-/// A new Network element; `inner` is the line break and indentation of its child.
-fn network_xml(v: &View<'_>, like: usize, name: &str, inner: &str, outer: &str) -> String {
-    let p = v.ovf_elem_prefix(like);
-    let (attr, decl) = v.ovf_attr_name(like, "name");
-    let desc = v.ovf_element(like, "Description", &format!("The {name} network"));
+/// A new Network element written like element `like`; `inner` is the line break and
+/// indentation before its child, `outer` those before its end tag.
+fn network_xml(view: &View<'_>, like: usize, name: &str, inner: &str, outer: &str) -> String {
+    let prefix = view.ovf_elem_prefix(like);
+    let (attr, decl) = view.ovf_attr_name(like, "name");
+    let description = view.ovf_element(like, "Description", &format!("The {name} network"));
     format!(
-        "<{p}Network{decl} {attr}=\"{}\">{inner}{desc}{outer}</{p}Network>",
+        "<{prefix}Network{decl} {attr}=\"{}\">{inner}{description}{outer}</{prefix}Network>",
         escape_attr(name)
     )
 }
 
 /// Edits that add a network named `name`.
-pub(crate) fn add_network(c: &Ctx<'_>, name: &str) -> Result<Vec<Edit>, SettingError> {
-    let name_ok = line(name).map_err(inv)?;
-    if name_ok != name || name.is_empty() {
+pub(crate) fn add_network(ctx: &Ctx<'_>, name: &str) -> Result<Vec<Edit>, SettingError> {
+    let as_line = line(name).map_err(invalid)?;
+    if as_line != name || name.is_empty() {
         return Err(invalid(
             "a network name is one line without surrounding spaces",
         ));
     }
-    let v = &c.view;
-    if let Some(last) = c.desc.networks.last().and_then(|n| v.find(n.element)) {
-        let inner = v.child_break(last);
-        let outer = v.own_break(last);
-        let xml = network_xml(v, last, name, &inner, &outer);
-        return Ok(vec![v.insert_after(last, &xml)]);
+    let view = &ctx.view;
+    let last_network = ctx.descriptor.networks.last();
+    if let Some(last) = last_network.and_then(|network| view.find(network.element)) {
+        let inner = view.child_break(last);
+        let outer = view.own_break(last);
+        let xml = network_xml(view, last, name, &inner, &outer);
+        return Ok(vec![view.insert_after(last, &xml)]);
     }
-    if let Some(sec) = network_section(v) {
-        let cb = v.child_break(sec);
-        let unit = if cb.is_empty() {
+    if let Some(section) = network_section(view) {
+        let child_break = view.child_break(section);
+        let indent = if child_break.is_empty() {
             String::new()
         } else {
-            v.indent_unit(sec)
+            view.indent_unit(section)
         };
-        let inner = format!("{cb}{unit}");
-        let xml = network_xml(v, sec, name, &inner, &cb);
-        return Ok(vec![v.append_child(sec, &xml)?]);
+        let inner = format!("{child_break}{indent}");
+        let xml = network_xml(view, section, name, &inner, &child_break);
+        return Ok(vec![view.append_child(section, &xml)?]);
     }
     // No NetworkSection: add one after the DiskSection (or References).
-    let root = v.tree.root;
-    let cb = v.child_break(root);
-    let unit = if cb.is_empty() {
+    let root = view.tree.root;
+    let child_break = view.child_break(root);
+    let indent = if child_break.is_empty() {
         String::new()
     } else {
-        v.indent_unit(root)
+        view.indent_unit(root)
     };
-    let inner = format!("{cb}{unit}{unit}");
-    let outer = format!("{cb}{unit}");
-    let kids = [
-        v.ovf_element(root, "Info", "The list of logical networks"),
-        network_xml(v, root, name, &inner, &outer),
+    let inner = format!("{child_break}{indent}{indent}");
+    let outer = format!("{child_break}{indent}");
+    let children = [
+        view.ovf_element(root, "Info", "The list of logical networks"),
+        network_xml(view, root, name, &inner, &outer),
     ];
-    let xml = v.new_section(root, "NetworkSection", "", &kids);
-    let anchor = v.node(root).children.iter().copied().rfind(|&k| {
-        section_name(v.node(k)) == Some("DiskSection") || v.node(k).is_ovf("References")
+    let xml = view.new_section(root, "NetworkSection", "", &children);
+    let anchor = view.node(root).children.iter().copied().rfind(|&child| {
+        section_name(view.node(child)) == Some("DiskSection")
+            || view.node(child).is_ovf("References")
     });
     let edit = match anchor {
-        Some(a) => v.insert_after(a, &xml),
-        None => match v.node(root).children.first() {
-            Some(&f) => v.insert_before(f, &xml),
-            None => v.append_child(root, &xml)?,
+        Some(anchor) => view.insert_after(anchor, &xml),
+        None => match view.node(root).children.first() {
+            Some(&first) => view.insert_before(first, &xml),
+            None => view.append_child(root, &xml)?,
         },
     };
     Ok(vec![edit])
 }
 
-/// Edits that remove network `idx`, refused while an adapter uses it.
-pub(crate) fn remove_network(c: &Ctx<'_>, idx: usize) -> Result<Vec<Edit>, SettingError> {
-    let net = c
-        .desc
+/// Edits that remove network number `index`, refused while an adapter uses it.
+pub(crate) fn remove_network(ctx: &Ctx<'_>, index: usize) -> Result<Vec<Edit>, SettingError> {
+    let network = ctx
+        .descriptor
         .networks
-        .get(idx)
+        .get(index)
         .ok_or_else(|| SettingError::Internal("no such network".into()))?;
-    let name = &net.name.value;
-    for (si, sys) in c.desc.systems.iter().enumerate() {
-        for item in sys.hardware.iter().flat_map(|h| h.items.iter()) {
+    let name = &network.name.value;
+    for (system_index, system) in ctx.descriptor.systems.iter().enumerate() {
+        let items = system
+            .hardware
+            .iter()
+            .flat_map(|hardware| hardware.items.iter());
+        for item in items {
             if item
                 .fields
                 .iter()
-                .any(|f| f.name == "Connection" && f.value.value == *name)
+                .any(|field| field.name == "Connection" && field.value.value == *name)
             {
-                let vm = c
+                let folder = ctx
                     .contents
                     .iter()
-                    .find(|(_, o)| *o == super::Owner::System(si))
-                    .map(|(n, _)| n.as_str())
+                    .find(|(_, owner)| *owner == super::Owner::System(system_index))
+                    .map(|(folder, _)| folder.as_str())
                     .unwrap_or("?");
-                let iid = item.instance_id().map(|x| x.value.as_str()).unwrap_or("?");
+                let instance_id = item
+                    .instance_id()
+                    .map(|id| id.value.as_str())
+                    .unwrap_or("?");
                 return Err(SettingError::InUse {
                     name: name.clone(),
-                    user: format!("the network adapter with InstanceID {iid} of vms/{vm}"),
+                    user: format!(
+                        "the network adapter with InstanceID {instance_id} of vms/{folder}"
+                    ),
                 });
             }
         }
     }
-    let node = c
+    let node = ctx
         .view
-        .find(net.element)
+        .find(network.element)
         .ok_or_else(|| SettingError::Internal("network not in the tree".into()))?;
-    Ok(vec![c.view.remove(node)])
+    Ok(vec![ctx.view.remove(node)])
 }
 
 // ---------------------------------------------------------------------------------------
 // The man page section
 
 /// Escapes plain text for roff.
-fn roff(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
+fn roff_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        match ch {
             '\\' => out.push_str("\\e"),
             '-' => out.push_str("\\-"),
-            c => out.push(c),
+            other => out.push(other),
         }
     }
     if out.starts_with('.') || out.starts_with('\'') {
@@ -1313,31 +1397,31 @@ fn roff(s: &str) -> String {
 
 /// The man page's SETTINGS FILES section, generated from the settings table.
 pub fn man_section() -> String {
-    let mut s = String::new();
-    s.push_str(".SH SETTINGS FILES\n");
-    s.push_str(&roff(
+    let mut section = String::new();
+    section.push_str(".SH SETTINGS FILES\n");
+    section.push_str(&roff_escape(
         "A writable mount shows the appliance's settings as small text files, one value per file, read with cat and changed with any editor or a shell redirect. A value the descriptor cannot take is refused with EINVAL and a log line saying why; the old value stays. An edit changes only the bytes of that value in the descriptor (or inserts the element it needs, in schema order, written like its neighbours).",
     ));
-    s.push('\n');
-    s.push_str(".PP\n");
-    s.push_str(&roff(
+    section.push('\n');
+    section.push_str(".PP\n");
+    section.push_str(&roff_escape(
         "vms/ID/ is a folder for every VirtualSystem and VirtualSystemCollection (nested collections are flattened), ID being its ovf:id with % and / written %25 and %2F; vm links to it when there is exactly one VirtualSystem. Its files show the default deployment configuration. When the descriptor has a DeploymentOptionSection, vms/ID/configs/CONFIG/ holds cpus, cores_per_socket, memory, nics/ and properties/ for each configuration. An edit there changes that configuration only: a hardware item shared with other configurations is copied for it (with ovf:configuration naming it) and the copy changed, so the others keep their values.",
     ));
-    s.push('\n');
-    s.push_str(".PP\n");
-    s.push_str(&roff(
+    section.push('\n');
+    section.push_str(".PP\n");
+    section.push_str(&roff_escape(
         "networks/NAME/ is a folder for every network of the NetworkSection. mkdir networks/NAME adds a network; rmdir removes one that no network adapter uses.",
     ));
-    s.push('\n');
+    section.push('\n');
     for row in SETTINGS {
         let path = match row.place {
             Place::Network => format!("networks/NAME/{}", row.path),
             _ => format!("vms/ID/{}", row.path),
         };
-        s.push_str(".TP\n");
-        s.push_str(&format!(".B {}\n", roff(&path)));
-        s.push_str(&roff(row.doc));
-        s.push('\n');
+        section.push_str(".TP\n");
+        section.push_str(&format!(".B {}\n", roff_escape(&path)));
+        section.push_str(&roff_escape(row.doc));
+        section.push('\n');
     }
-    s
+    section
 }

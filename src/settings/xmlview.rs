@@ -62,6 +62,12 @@ impl<'d> View<'d> {
         let tree = xml::parse_tree(&desc.bytes).map_err(|e| {
             SettingError::Internal(format!("the descriptor does not re-parse: {e}"))
         })?;
+        Ok(View::with_tree(desc, tree))
+    }
+
+    /// The view of `desc` over `tree`, the tree `desc` was built from (see
+    /// [`crate::ovf::parse_with_tree`]): no second parse.
+    pub fn with_tree(desc: &'d Descriptor, tree: Tree) -> View<'d> {
         let mut parent = vec![None; tree.nodes.len()];
         let mut by_start = HashMap::with_capacity(tree.nodes.len());
         for (i, n) in tree.nodes.iter().enumerate() {
@@ -76,13 +82,13 @@ impl<'d> View<'d> {
             Some(i) if i > 0 && desc.bytes.get(i - 1) == Some(&b'\r') => "\r\n",
             _ => "\n",
         };
-        Ok(View {
+        View {
             desc,
             tree,
             parent,
             by_start,
             nl,
-        })
+        }
     }
 
     /// The document bytes.
