@@ -17,6 +17,7 @@
 //! are re-pointed at the new file ([`crate::package::Relocation::reopen`]), so that the mount
 //! reads the new archive and the unlinked old one is closed.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use crate::commit::{ChangeSet, Committer};
@@ -43,6 +44,10 @@ struct State {
     committer: Option<Committer>,
     /// The change the last `check` accepted, for the `store` of the same bytes that follows.
     prepared: Option<Prepared>,
+    /// Every settings file's content for the current descriptor, made at the first read
+    /// after a change: a `stat` or `cat` of a setting then reads a map instead of building
+    /// the settings view of the whole descriptor again.
+    values: Option<HashMap<String, Arc<[u8]>>>,
 }
 
 /// A change checked at write() time: the descriptor it makes, kept so that the store at
@@ -136,6 +141,7 @@ impl Editor {
         Ok(Editor {
             state: Mutex::new(State {
                 descriptor: package.descriptor.clone(),
+                values: None,
                 stored_descriptor: stored,
                 manifest: manifest.as_ref().map(|(_, b)| b.clone()),
                 certificate: certificate.as_ref().map(|(_, b)| b.clone()),
@@ -246,6 +252,7 @@ impl Editor {
             st.certificate = None;
         }
         st.descriptor = new;
+        st.values = None;
         st.prepared = None;
         st.stored_descriptor = Arc::from(report.descriptor);
         if let Some(m) = report.manifest {
@@ -308,7 +315,8 @@ impl Editor {
 
     /// Current content of the live file at `path`.
     fn read(&self, path: &str) -> Result<Arc<[u8]>> {
-        let st = self.state();
+        let mut guard = self.state();
+        let st = &mut *guard;
         if path == self.descriptor_path {
             return Ok(st.stored_descriptor.clone());
         }
@@ -317,6 +325,15 @@ impl Editor {
         }
         if Some(path) == self.certificate_path.as_deref() {
             return st.certificate.clone().ok_or_else(|| gone(path));
+        }
+        let values = st.values.get_or_insert_with(|| {
+            settings::read_all(&st.descriptor)
+                .into_iter()
+                .map(|(p, v)| (p, Arc::from(v.into_bytes())))
+                .collect()
+        });
+        if let Some(v) = values.get(path) {
+            return Ok(v.clone());
         }
         let text = settings::read(&st.descriptor, path).map_err(setting_error)?;
         Ok(Arc::from(text.into_bytes()))
@@ -604,6 +621,33 @@ mod tests {
         let on_disk = stored(&ova);
         assert_eq!(on_disk.bytes, editor.state().descriptor.bytes);
         assert_eq!(settings::read(&on_disk, "vms/vm/cpus").unwrap(), "4\n");
+    }
+
+    #[test]
+    fn settings_reads_build_the_settings_view_once_per_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (editor, _ova) = editor(dir.path());
+        let paths = ["vms/vm/cpus", "vms/vm/memory", "vms/vm/name"];
+        let expected: Vec<String> = paths
+            .iter()
+            .map(|p| settings::read(&editor.state().descriptor, p).unwrap())
+            .collect();
+        let before = parse_count::get();
+        for _ in 0..3 {
+            for (p, want) in paths.iter().zip(&expected) {
+                assert_eq!(&*editor.read(p).unwrap(), want.as_bytes(), "{p}");
+            }
+        }
+        let first = parses_since(before);
+        // Nine reads of three files: one settings view of the descriptor, no model.
+        assert!(first.0 <= 1 && first.1 == 0, "{first:?}");
+        editor.store("vms/vm/cpus", b"3\n").unwrap();
+        assert_eq!(
+            &*editor.read("vms/vm/cpus").unwrap(),
+            b"3\n",
+            "a commit renews them"
+        );
+        assert!(editor.read("vms/vm/no-such-file").is_err());
     }
 
     #[test]

@@ -42,7 +42,11 @@ pub fn tool(name: &str) -> PathBuf {
 /// is skipped) when it is unset outside CI; under CI (`CI=true`) an unset variable fails.
 pub fn corpus_dir(what: &str) -> Option<PathBuf> {
     match std::env::var_os("OVAFS_CORPUS") {
-        Some(p) => Some(PathBuf::from(p)),
+        // Absolute, so that tools run in other folders (tar -C) find it too.
+        Some(p) => Some(
+            std::fs::canonicalize(&p)
+                .unwrap_or_else(|e| panic!("OVAFS_CORPUS={}: {e}", Path::new(&p).display())),
+        ),
         None => {
             assert!(
                 std::env::var("CI").map(|v| v != "true").unwrap_or(true),
