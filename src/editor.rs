@@ -383,23 +383,24 @@ impl Editor {
 
     /// Creates the settings folder `path` (for example a new network).
     fn mkdir(&self, path: &str) -> Result<()> {
-        {
-            let mut st = self.state();
-            let edited = settings::mkdir(&st.descriptor, path).map_err(setting_error)?;
-            match edited.descriptor {
-                Some(new) => self.commit(&mut st, new)?,
-                None => return Ok(()),
-            }
-        }
-        self.resync();
-        Ok(())
+        self.change_folder(path, settings::mkdir)
     }
 
     /// Removes the settings folder `path`.
     fn rmdir(&self, path: &str) -> Result<()> {
+        self.change_folder(path, settings::rmdir)
+    }
+
+    /// Commits what `change` (`settings::mkdir` or `rmdir`) makes of the descriptor for the
+    /// folder `path`, and brings the shown tree up to date.
+    fn change_folder(
+        &self,
+        path: &str,
+        change: fn(&Descriptor, &str) -> std::result::Result<settings::Edited, SettingError>,
+    ) -> Result<()> {
         {
             let mut st = self.state();
-            let edited = settings::rmdir(&st.descriptor, path).map_err(setting_error)?;
+            let edited = change(&st.descriptor, path).map_err(setting_error)?;
             match edited.descriptor {
                 Some(new) => self.commit(&mut st, new)?,
                 None => return Ok(()),

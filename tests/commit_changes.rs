@@ -32,27 +32,14 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::verify::{Layout, Package, coreutils, random, verify};
-use common::{path_str as p, run_ok, tool};
+use common::verify::{Package, coreutils, manifest_fixture, random, verify};
+use common::{copy_files, folder_files, path_str as p, run_ok, tool};
 use ovafs::commit::{
     self, CertificateAction, CertificateFate, ChangeSet, CommitOptions, CommitPath, Committer,
     Content, FaultHook, FaultPoint, Signer,
 };
 use ovafs::error::Result;
 use ovafs::io::ReadAt;
-
-/// The fixture: `x.ovf` (disk1.img of 70,000 bytes, disk2.img of 1000) and a SHA-256
-/// manifest of all three, in GNU tar format when packed.
-fn fixture() -> Package {
-    let f = Package::new(Layout {
-        disk1_bytes: 70_000,
-        capacity_bytes: 1 << 20,
-        tar_format: "gnu",
-        cert_padding: 0,
-    });
-    f.write_manifest(&["x.ovf", "disk1.img", "disk2.img"]);
-    f
-}
 
 /// A descriptor naming `disks` (href, file size), as the fixture's is made.
 fn descriptor(disks: &[(&str, u64)]) -> Vec<u8> {
@@ -179,7 +166,7 @@ fn assert_verify_passes(source: &Path, extra: &[&str]) {
 
 #[test]
 fn ova_member_replaced_added_and_removed() {
-    let f = fixture();
+    let f = manifest_fixture();
     let ova = f.ova(&[], &["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
     let mut c = open(&ova, CommitOptions::default());
     let r = c.commit(&replace_add_remove()).unwrap();
@@ -214,7 +201,7 @@ fn ova_member_replaced_added_and_removed() {
 
 #[test]
 fn folder_member_replaced_added_and_removed() {
-    let f = fixture();
+    let f = manifest_fixture();
     let ovf = f.path("x.ovf");
     let mut c = open(&ovf, CommitOptions::default());
     let r = c.commit(&replace_add_remove()).unwrap();
@@ -243,7 +230,7 @@ fn folder_member_replaced_added_and_removed() {
 
 #[test]
 fn small_replacement_that_fits_is_patched_in_place() {
-    let f = fixture();
+    let f = manifest_fixture();
     let ova = f.ova(&[], &["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
     let before = fs::metadata(&ova).unwrap();
     let mut c = open(&ova, CommitOptions::default());
@@ -310,7 +297,7 @@ fn signer(f: &Package) -> Signer {
 
 #[test]
 fn resigned_ova_verifies_with_ovafs_and_openssl() {
-    let f = fixture();
+    let f = manifest_fixture();
     let cert_pem = f.sign(&["-newkey", "rsa:2048"], &[]);
     let ova = f.ova(&[], &["x.ovf", "x.mf", "x.cert", "disk1.img", "disk2.img"]);
     assert_verify_passes(&ova, &["--require-trusted", "--ca-file", p(&cert_pem)]);
@@ -347,7 +334,7 @@ fn resigned_ova_verifies_with_ovafs_and_openssl() {
 
 #[test]
 fn resigned_folder_with_sha1_manifest() {
-    let f = fixture();
+    let f = manifest_fixture();
     // A SHA-1 manifest (sha1sum), no certificate yet; a key and certificate made by openssl.
     let text: String = ["x.ovf", "disk1.img", "disk2.img"]
         .iter()
@@ -370,7 +357,7 @@ fn resigned_folder_with_sha1_manifest() {
 
 #[test]
 fn certificate_kept_dropped_by_default_and_on_request() {
-    let f = fixture();
+    let f = manifest_fixture();
     f.sign(&["-newkey", "rsa:2048"], &[]);
     let ova = f.ova(&[], &["x.ovf", "x.mf", "x.cert", "disk1.img", "disk2.img"]);
     let mut c = open(&ova, CommitOptions::default());
@@ -386,7 +373,7 @@ fn certificate_kept_dropped_by_default_and_on_request() {
     assert_verify_passes(&ova, &[]);
 
     // Dropped on request while nothing else changes (the folder package).
-    let g = fixture();
+    let g = manifest_fixture();
     g.sign(&["-newkey", "rsa:2048"], &[]);
     let mut c = open(&g.path("x.ovf"), CommitOptions::default());
     let r = c
@@ -399,7 +386,7 @@ fn certificate_kept_dropped_by_default_and_on_request() {
 
 #[test]
 fn bad_change_sets_are_refused_and_change_nothing() {
-    let f = fixture();
+    let f = manifest_fixture();
     let ova = f.ova(&[], &["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
     let before = fs::read(&ova).unwrap();
     let mut c = open(&ova, CommitOptions::default());
@@ -479,37 +466,12 @@ fn crash_child() {
     c.commit(&crash_changes(kind)).unwrap();
 }
 
-/// Every file of a folder, by name.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().unwrap().is_file())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// Commits `kind` in this process (the fault points and the new state), then kills a child
 /// at each point in turn and checks the state after recovery.
 fn crash_matrix(kind: &str, pkg_dir: &Path, source: &str, work: &Path) -> Vec<String> {
-    let old = snapshot(pkg_dir);
+    let old = folder_files(pkg_dir);
     let reference = work.join("reference");
-    copy_dir(pkg_dir, &reference);
+    copy_files(pkg_dir, &reference);
     let points = Arc::new(Mutex::new(Vec::new()));
     let seen = points.clone();
     let hook: FaultHook = Arc::new(move |p| seen.lock().unwrap().push(p));
@@ -523,13 +485,13 @@ fn crash_matrix(kind: &str, pkg_dir: &Path, source: &str, work: &Path) -> Vec<St
     );
     c.commit(&crash_changes(kind)).unwrap();
     drop(c);
-    let new = snapshot(&reference);
+    let new = folder_files(&reference);
     assert_ne!(old, new);
     let points = points.lock().unwrap().clone();
     let mut table = Vec::new();
     for n in 1..=points.len() + 1 {
         let run = work.join(format!("run{n}"));
-        copy_dir(pkg_dir, &run);
+        copy_files(pkg_dir, &run);
         let src = run.join(source);
         let out = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
@@ -550,7 +512,7 @@ fn crash_matrix(kind: &str, pkg_dir: &Path, source: &str, work: &Path) -> Vec<St
             rec.read_only_reason().is_none(),
             "{kind} point {n}: {rec:?}"
         );
-        let state = snapshot(&run);
+        let state = folder_files(&run);
         let which = if state == old {
             "old"
         } else if state == new {
@@ -577,7 +539,7 @@ fn crash_matrix(kind: &str, pkg_dir: &Path, source: &str, work: &Path) -> Vec<St
 fn crash_during_a_change_set_leaves_old_or_new() {
     let mut table = Vec::new();
     for kind in ["rewrite", "inplace", "folder"] {
-        let f = fixture();
+        let f = manifest_fixture();
         let work = common::tempdir();
         let pkg_dir = work.path().join("pkg");
         fs::create_dir(&pkg_dir).unwrap();
@@ -679,7 +641,7 @@ fn memory_child() {
 
 #[test]
 fn large_replacement_is_streamed_in_bounded_memory() {
-    let f = fixture();
+    let f = manifest_fixture();
     let ova = f.ova(&[], &["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "memory_child", "--nocapture", "--test-threads=1"])
@@ -754,7 +716,7 @@ fn large_replacement_is_streamed_in_bounded_memory() {
 #[test]
 fn folder_journal_placing_or_unlinking_other_files_is_refused() {
     use ovafs::commit::journal::{FileId, Identity, Journal, Kind, Op};
-    let f = fixture();
+    let f = manifest_fixture();
     let ovf = f.path("x.ovf");
     let disk = fs::read(f.path("disk1.img")).unwrap();
     let st = nix::sys::stat::stat(&f.path("disk1.img")).unwrap();
@@ -797,7 +759,7 @@ fn folder_journal_placing_or_unlinking_other_files_is_refused() {
 /// ovftool orders them.
 #[test]
 fn resigning_an_unsigned_ova_adds_the_certificate_after_the_manifest() {
-    let f = fixture();
+    let f = manifest_fixture();
     let cert_pem = f.sign(&["-newkey", "rsa:3072"], &[]);
     let ova = f.ova(&[], &["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
     let mut c = open(&ova, CommitOptions::default());

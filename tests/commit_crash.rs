@@ -10,10 +10,11 @@
 //!   rewrites alternating) and the parent kills it at random times.
 //! - `crash_child`: the child side; does nothing unless the variable is set.
 
+mod common;
 #[path = "commit_support.rs"]
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{copy_files, folder_files};
 use ovafs::commit::{
     self, ChangeSet, CommitOptions, CommitPath, Committer, FaultPoint, JournalOutcome, padding,
 };
@@ -117,31 +119,6 @@ fn child(spec: &str) -> Command {
     cmd
 }
 
-/// Every file of a folder, by name (the whole state a crash may have changed).
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().unwrap().is_file())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// One commit, killed at each of its fault points in turn.
 struct Matrix {
     name: &'static str,
@@ -154,13 +131,13 @@ struct Matrix {
 }
 
 fn run_matrix(m: &Matrix, work: &Path) {
-    let old = snapshot(&m.pkg_dir);
+    let old = folder_files(&m.pkg_dir);
     let desc_file = work.join("new.ovf.bin");
     fs::write(&desc_file, &m.new_descriptor).unwrap();
 
     // Reference run in this process: the fault points in order and the new state.
     let reference = work.join("reference");
-    copy_dir(&m.pkg_dir, &reference);
+    copy_files(&m.pkg_dir, &reference);
     let points = Arc::new(Mutex::new(Vec::new()));
     let seen = points.clone();
     let hook: commit::FaultHook = Arc::new(move |p| seen.lock().unwrap().push(p));
@@ -178,14 +155,14 @@ fn run_matrix(m: &Matrix, work: &Path) {
         .commit(&ChangeSet::descriptor(m.new_descriptor.as_slice()))
         .unwrap();
     assert_eq!(r.path, m.expect, "{}", m.name);
-    let new = snapshot(&reference);
+    let new = folder_files(&reference);
     assert_ne!(old, new);
     let points = points.lock().unwrap().clone();
 
     let mut table = Vec::new();
     for n in 1..=points.len() + 1 {
         let run = work.join(format!("run{n}"));
-        copy_dir(&m.pkg_dir, &run);
+        copy_files(&m.pkg_dir, &run);
         let source = run.join(&m.source);
         let spec = format!("once\n{}\n{n}\n{}", source.display(), desc_file.display());
         let out = child(&spec).output().unwrap();
@@ -205,7 +182,7 @@ fn run_matrix(m: &Matrix, work: &Path) {
             );
         }
         let rec = commit::recover(&source).unwrap();
-        let state = snapshot(&run);
+        let state = folder_files(&run);
         let which = if state == old {
             "old"
         } else if state == new {

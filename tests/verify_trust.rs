@@ -28,22 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::verify::{Layout, Package, verify, verify_json};
+use common::verify::{Package, manifest_fixture, verify, verify_json};
 use common::{Mount, path_str as p, report_failures, run_ok, tar_create, tempdir, tool};
 use serde_json::Value;
-
-/// A package folder: `x.ovf` referencing `disk1.img` (70,000 bytes) and `disk2.img`, a
-/// SHA-256 manifest of all three; archives in GNU format.
-fn fixture() -> Package {
-    let f = Package::new(Layout {
-        disk1_bytes: 70_000,
-        capacity_bytes: 1 << 20,
-        tar_format: "gnu",
-        cert_padding: 0,
-    });
-    f.write_manifest(&["x.ovf", "disk1.img", "disk2.img"]);
-    f
-}
 
 /// The signed package, packed.
 fn signed_ova(f: &Package) -> PathBuf {
@@ -72,7 +59,7 @@ fn assert_verdict(ova: &Path, ca: &Path, what: &str, reason: Option<&str>) {
 
 #[test]
 fn signer_key_sizes_and_types() {
-    let f = fixture();
+    let f = manifest_fixture();
     let dsa_params = f.path("dsa.pem");
     run_ok(
         Command::new(tool("openssl"))
@@ -124,7 +111,7 @@ fn signer_key_sizes_and_types() {
 
 #[test]
 fn ed25519_signer_is_refused_by_name_though_its_signature_verifies() {
-    let f = fixture();
+    let f = manifest_fixture();
     let ca = f.sign_ed25519();
     let ova = signed_ova(&f);
     assert_verdict(
@@ -142,7 +129,7 @@ fn ed25519_signer_is_refused_by_name_though_its_signature_verifies() {
 
 #[test]
 fn signer_key_usage_and_extended_key_usage() {
-    let f = fixture();
+    let f = manifest_fixture();
     let rsa: &[&str] = &["-newkey", "rsa:2048"];
     let cases: [(&str, Option<&str>); 6] = [
         (
@@ -180,7 +167,7 @@ fn signer_key_usage_and_extended_key_usage() {
 
 #[test]
 fn signed_manifest_must_cover_the_descriptor_and_its_files() {
-    let f = fixture();
+    let f = manifest_fixture();
     let rsa: &[&str] = &["-newkey", "rsa:2048"];
 
     // Signed, the descriptor not listed: the signature does not cover it. A warning saying
@@ -272,7 +259,7 @@ fn failed_reports(ova: &Path) -> [(Value, String); 2] {
 
 #[test]
 fn archive_entries_duplicates_and_links_fail_naming_them() {
-    let f = fixture();
+    let f = manifest_fixture();
     let names = ["x.ovf", "x.mf", "disk1.img", "disk2.img"];
 
     // disk2.img twice: GNU tar appends a second copy (`tar -r`).
@@ -339,7 +326,7 @@ fn archive_entries_duplicates_and_links_fail_naming_them() {
 
 #[test]
 fn archive_entries_many_are_counted_not_all_named() {
-    let f = fixture();
+    let f = manifest_fixture();
     let mut names = vec!["x.ovf", "x.mf", "disk1.img", "disk2.img"];
     let links: Vec<String> = (0..25).map(|i| format!("link{i:02}")).collect();
     for l in &links {
@@ -386,7 +373,7 @@ with tarfile.open(sys.argv[1], "a", format=tarfile.GNU_FORMAT) as t:
 
 #[test]
 fn archive_entries_refused_names_fail_naming_them() {
-    let f = fixture();
+    let f = manifest_fixture();
     let ova = f.ova(&[], &["x.ovf", "x.mf", "disk1.img", "disk2.img"]);
     append_raw_names(&ova, &["../escape.txt", "/etc/cron.d/evil", "bad\u{1}name"]);
     // GNU tar, as a judge, sees the planted members.

@@ -692,3 +692,30 @@ pub fn as_nobody() -> Command {
     c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
     c
 }
+
+/// Every regular file directly in `dir`, by name, with its bytes (the whole state a crash
+/// or a commit may have changed in a package folder).
+pub fn folder_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Copies the regular files directly in `from` into `to` (created if needed).
+pub fn copy_files(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}

@@ -202,3 +202,16 @@ impl Package {
         fs::write(self.path("x.cert"), text).unwrap();
     }
 }
+
+/// The usual fixture: `x.ovf` referencing `disk1.img` (70,000 bytes) and `disk2.img`, and a
+/// SHA-256 manifest of all three; archives in GNU format.
+pub fn manifest_fixture() -> Package {
+    let f = Package::new(Layout {
+        disk1_bytes: 70_000,
+        capacity_bytes: 1 << 20,
+        tar_format: "gnu",
+        cert_padding: 0,
+    });
+    f.write_manifest(&["x.ovf", "disk1.img", "disk2.img"]);
+    f
+}
