@@ -156,18 +156,14 @@ pub enum CommitError {
 
 impl From<CommitError> for Error {
     fn from(e: CommitError) -> Self {
-        // `ErrorKind` has no commit variant yet: carry it as the source of an I/O error so
-        // that callers can still reach it with [`commit_error`].
-        Error::io("commit", std::io::Error::other(e))
+        // A layer error like every other layer's, found again with [`commit_error`].
+        Error::layer(e).context("commit")
     }
 }
 
 /// The [`CommitError`] inside `e`, if it is one.
 pub fn commit_error(e: &Error) -> Option<&CommitError> {
-    match e.kind() {
-        crate::error::ErrorKind::Io { source, .. } => source.get_ref()?.downcast_ref(),
-        _ => None,
-    }
+    e.layer_error::<CommitError>()
 }
 
 /// Whether `e` says the package cannot be written (read-only file, file system or folder;
