@@ -13,6 +13,7 @@
 //!   kill_9_during_edits_never_loses_an_acknowledged_edit.
 //! - inode_numbers_stay_across_edits_and_listings_agree_with_stat: numbers from the node
 //!   tree's inode table, judged by `stat` and `ls -i`.
+//! - fallocate_reaches_the_node: util-linux `fallocate` on an editor's file and a setting.
 
 mod common;
 
@@ -701,4 +702,64 @@ fn inode_numbers_stay_across_edits_and_listings_agree_with_stat() {
         bytes,
         "a refused mkdir writes nothing"
     );
+}
+
+/// `fallocate(1)` through the mount reaches the file's node: an editor's temporary file
+/// punches holes and zeroes ranges in memory; modes no file offers are refused, and a
+/// setting (edited whole, not by ranges) refuses it too, with nothing committed.
+#[test]
+fn fallocate_reaches_the_node() {
+    let tmp = tempdir();
+    let (ova, _) = sample_ova(tmp.path(), "falloc");
+    let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
+    let scratch = m.path("vm/.scratch");
+    fs::write(&scratch, b"abcdef").unwrap();
+    let fallocate = |args: &[&str], file: &Path| {
+        Command::new(tool("fallocate"))
+            .args(args)
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = fallocate(&["-p", "-o", "1", "-l", "2"], &scratch);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(&scratch).unwrap(), b"a\0\0def");
+    let out = fallocate(&["-z", "-o", "4", "-l", "4"], &scratch);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read(&scratch).unwrap(),
+        b"a\0\0d\0\0\0\0",
+        "zeroed and grown"
+    );
+    let out = fallocate(&["-l", "16"], &scratch);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::metadata(&scratch).unwrap().len(),
+        16,
+        "reserved and grown"
+    );
+    let out = fallocate(&["-c", "-o", "0", "-l", "4096"], &scratch);
+    assert!(!out.status.success(), "collapsing a range is not offered");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not supported"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = fs::read(&ova).unwrap();
+    let out = fallocate(&["-z", "-o", "0", "-l", "1"], &m.path("vm/cpus"));
+    assert!(!out.status.success(), "a setting is not written by ranges");
+    assert_eq!(read(&m.path("vm/cpus")), "2\n");
+    assert_eq!(fs::read(&ova).unwrap(), before, "nothing committed");
 }

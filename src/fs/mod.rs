@@ -34,7 +34,7 @@ use fuser::{
 };
 
 use crate::error::{Error, ErrorKind, Refusal};
-use crate::node::{BlockSize, Caching, DirNode, Node, OpenFile, OpenMode};
+use crate::node::{Allocation, BlockSize, Caching, DirNode, Node, OpenFile, OpenMode};
 use pool::Pool;
 use table::{ROOT_INO, Table};
 
@@ -53,6 +53,9 @@ const FILE_BLKSIZE: u32 = 64 << 10;
 
 /// Kernel background requests allowed in flight (read-ahead is background work).
 const MAX_BACKGROUND: u16 = 64;
+
+/// Largest write request the kernel sends.
+const MAX_WRITE: u32 = 1 << 20;
 
 /// Block size reported by statfs.
 const STATFS_BSIZE: u32 = 4096;
@@ -268,6 +271,19 @@ impl OvaFs {
             return Err(Errno::EINVAL);
         }
         Ok(n)
+    }
+}
+
+/// The [`Allocation`] an `fallocate()` mode asks for; `None` for modes no file here offers
+/// (collapsing, inserting, unsharing ranges).
+fn allocation_of(mode: i32) -> Option<Allocation> {
+    let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+    match mode & !libc::FALLOC_FL_KEEP_SIZE {
+        0 => Some(Allocation::Reserve { keep_size }),
+        // The kernel lets PUNCH_HOLE through only with KEEP_SIZE.
+        libc::FALLOC_FL_PUNCH_HOLE if keep_size => Some(Allocation::PunchHole),
+        libc::FALLOC_FL_ZERO_RANGE => Some(Allocation::ZeroRange { keep_size }),
+        _ => None,
     }
 }
 
@@ -577,6 +593,8 @@ fn with_read_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
 impl Filesystem for OvaFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_background(MAX_BACKGROUND);
+        // Large writes (a guest's disk, a whole descriptor) arrive in few requests.
+        let _ = config.set_max_write(MAX_WRITE);
         // O_TRUNC arrives with open() instead of as a separate truncate.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
         Ok(())
@@ -712,10 +730,10 @@ impl Filesystem for OvaFs {
         _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
-        _datasync: bool,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.reply_handle(ino.0, fh.0, "fsync", |h| h.fsync(), reply);
+        self.reply_handle(ino.0, fh.0, "fsync", |h| h.fsync(datasync), reply);
     }
 
     fn release(
@@ -955,6 +973,31 @@ impl Filesystem for OvaFs {
         let blocks = bytes.div_ceil(u64::from(STATFS_BSIZE));
         let files = self.table().len() as u64;
         reply.statfs(blocks, 0, 0, files, 0, STATFS_BSIZE, 255, STATFS_BSIZE);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if let Err(e) = self.check_writable() {
+            return reply.error(e);
+        }
+        let Some(how) = allocation_of(mode) else {
+            return reply.error(Errno::EOPNOTSUPP);
+        };
+        self.reply_handle(
+            ino.0,
+            fh.0,
+            "fallocate",
+            |h| h.allocate(offset, length, how),
+            reply,
+        );
     }
 
     fn lseek(

@@ -111,6 +111,27 @@ pub struct OpenMode {
     pub recreate: bool,
 }
 
+/// What an `fallocate()` asks of a range (the modes a guest's disk needs: qemu's discard is
+/// a punched hole, its write-zeroes a zeroed range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// Reserve space (mode 0, or `FALLOC_FL_KEEP_SIZE`): the range reads as before; without
+    /// `keep_size` the file grows to cover it.
+    Reserve {
+        /// `FALLOC_FL_KEEP_SIZE`.
+        keep_size: bool,
+    },
+    /// `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`: the range reads as zeros and need not
+    /// be stored; the size stays.
+    PunchHole,
+    /// `FALLOC_FL_ZERO_RANGE`: the range reads as zeros; without `keep_size` the file grows
+    /// to cover it.
+    ZeroRange {
+        /// `FALLOC_FL_KEEP_SIZE`.
+        keep_size: bool,
+    },
+}
+
 /// A file of the mount.
 pub trait FileNode: Send + Sync + 'static {
     /// Its attributes; `background` may be handed work that refines them later (a count of
@@ -182,9 +203,15 @@ pub trait OpenFile: Send + Sync {
         Ok(())
     }
 
-    /// `fsync()`: what was written is durable when this returns.
-    fn fsync(&self) -> Result<()> {
+    /// `fsync()` (`fdatasync()` when `data_only`): what was written is durable when this
+    /// returns.
+    fn fsync(&self, _data_only: bool) -> Result<()> {
         self.flush()
+    }
+
+    /// `fallocate()` of `len` bytes at `offset`.
+    fn allocate(&self, _offset: u64, _len: u64, _how: Allocation) -> Result<()> {
+        Err(Error::refused("fallocate", Refusal::NotSupported))
     }
 
     /// The last descriptor is gone: persists anything still pending. Errors here reach no

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use super::{
-    Background, BlockSize, Caching, FileAttributes, FileNode, OpenFile, OpenMode, read_slice,
-    write_into,
+    Allocation, Background, BlockSize, Caching, FileAttributes, FileNode, OpenFile, OpenMode,
+    read_slice, write_into,
 };
 use crate::error::{Error, Refusal, Result};
 
@@ -131,5 +131,31 @@ impl OpenFile for OpenScratch {
 
     fn set_len(&self, len: u64) -> Result<()> {
         self.0.resize(len)
+    }
+
+    /// In memory every byte is stored: reserving only grows the file, and holes and zeroed
+    /// ranges are zeros written.
+    fn allocate(&self, offset: u64, len: u64, how: Allocation) -> Result<()> {
+        let too_large = || Error::refused("fallocate", Refusal::TooLarge);
+        let end = offset.checked_add(len).ok_or_else(too_large)?;
+        let mut st = self.0.state();
+        let size = st.data.len() as u64;
+        let (zero, grow) = match how {
+            Allocation::Reserve { keep_size } => (false, !keep_size),
+            Allocation::PunchHole => (true, false),
+            Allocation::ZeroRange { keep_size } => (true, !keep_size),
+        };
+        let new_size = if grow { size.max(end) } else { size };
+        if new_size > MAX_SCRATCH_BYTES {
+            return Err(too_large());
+        }
+        // OK to cast: every bound here is <= MAX_SCRATCH_BYTES.
+        st.data.resize(new_size as usize, 0);
+        if zero {
+            let (start, stop) = (offset.min(new_size) as usize, end.min(new_size) as usize);
+            st.data[start..stop].fill(0);
+        }
+        st.mtime = SystemTime::now();
+        Ok(())
     }
 }
