@@ -9,6 +9,8 @@
 //!   `configs/DEFAULT/` or, for a property default, through the configurations without a
 //!   Value of their own), and writing the result back is again no edit. `mkdir` and `rmdir`
 //!   of a network round-trip to the original bytes.
+//! - `corpus_disk_images_updated`: the File size, populated size, capacity and format of every
+//!   disk follow a rewritten image (`settings::update_disk_image`).
 //!
 //! Without `OVAFS_CORPUS` the tests print a skip line and pass, except in CI (`CI=true`).
 
@@ -251,4 +253,92 @@ fn corpus_settings_edits() {
     }
     println!("{accepted} edits accepted and checked, {refused} refused");
     assert!(accepted > 200, "only {accepted} edits accepted");
+}
+
+/// The descriptor follows a disk written again (a committed writable disk), on every disk of
+/// every corpus descriptor: the current values make no edit; new sizes, a grown capacity and
+/// a format are spliced, parse back with exactly those values, and leave every settings file
+/// as it was; what cannot be kept true (a capacity given by a property, a chunked File, a
+/// Disk without a File) is refused, never mangled.
+#[test]
+fn corpus_disk_images_updated() {
+    let Some(root) = common::corpus_dir("corpus_disk_images_updated") else {
+        return;
+    };
+    let stream = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized";
+    let (mut updated, mut refused) = (0, 0);
+    for (name, d) in descriptors(&root) {
+        let before = snapshot(&d);
+        for disk in &d.disks {
+            let id = &disk.disk_id.value;
+            let file = disk.file_ref.as_ref().and_then(|f| d.file(&f.value));
+            if let Some(f) = file
+                && let Some(size) = &f.size
+                && f.chunk_size.is_none()
+                && f.compression.is_none()
+            {
+                let same = settings::DiskImageUpdate {
+                    stored_bytes: size.value,
+                    populated_bytes: disk.populated_size.as_ref().map(|p| p.value),
+                    capacity_bytes: disk.capacity_bytes,
+                    format_uri: disk.format_uri.as_ref().map(|f| f.value.clone()),
+                };
+                let edited = settings::update_disk_image(&d, id, &same)
+                    .unwrap_or_else(|e| panic!("{name} {id}: same values: {e}"));
+                assert!(
+                    edited.is_empty(),
+                    "{name} {id}: the same values make no edit"
+                );
+            }
+            let new = settings::DiskImageUpdate {
+                stored_bytes: 987_654_321,
+                populated_bytes: Some(123_456_789),
+                capacity_bytes: disk.capacity_bytes.map(|c| c.saturating_add(1 << 30)),
+                format_uri: Some(stream.into()),
+            };
+            match settings::update_disk_image(&d, id, &new) {
+                Ok(edited) => {
+                    let d2 = edited.descriptor.expect("edited");
+                    let disk2 = d2
+                        .disks
+                        .iter()
+                        .find(|x| &x.disk_id.value == id)
+                        .expect("disk");
+                    let f2 = d2
+                        .file(&disk2.file_ref.as_ref().expect("file").value)
+                        .expect("file");
+                    assert_eq!(
+                        f2.size.as_ref().map(|s| s.value),
+                        Some(987_654_321),
+                        "{name} {id}"
+                    );
+                    assert_eq!(
+                        disk2.populated_size.as_ref().map(|s| s.value),
+                        Some(123_456_789)
+                    );
+                    assert_eq!(disk2.capacity_bytes, new.capacity_bytes, "{name} {id}");
+                    assert_eq!(
+                        disk2.format_uri.as_ref().map(|f| f.value.as_str()),
+                        Some(stream)
+                    );
+                    assert_eq!(
+                        snapshot(&d2).len(),
+                        before.len(),
+                        "{name} {id}: settings tree"
+                    );
+                    updated += 1;
+                }
+                Err(e) => {
+                    let s = e.to_string();
+                    assert!(
+                        s.contains("property") || s.contains("chunks") || s.contains("no File"),
+                        "{name} {id}: unexpected refusal: {s}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+    }
+    println!("{updated} disks updated and checked, {refused} refused");
+    assert!(updated > 20, "only {updated} disks updated");
 }

@@ -38,6 +38,7 @@
 //! back; a mismatch is refused as [`SettingError::Internal`] instead of being written.
 //! Writing a file's own content back is never an edit.
 
+mod disk_file;
 mod hw;
 mod os_types;
 mod props;
@@ -52,6 +53,7 @@ use std::rc::Rc;
 
 use crate::ovf::{self, Descriptor, Edit, VirtualSystem};
 
+pub use disk_file::{DiskImageUpdate, update_disk_image};
 pub use table::man_section;
 use table::{Place, SETTINGS, Setting};
 use xmlview::View;
