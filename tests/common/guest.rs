@@ -11,9 +11,9 @@
 //!   without downloading either.
 //! - [`ext4_image`]: a raw disk image holding an ext4 file system with given files
 //!   (`mkfs.ext4 -d`), the guest's root.
-//! - [`Guest::boot`] / [`Guest::run`] / [`Guest::start`]: boots the guest (TCG; `OVAFS_GUEST_ACCEL=kvm` for KVM)
-//!   with `-kernel`/`-initrd`/`-append console=ttyS0 ...`, `-nographic -no-reboot`, the disks
-//!   as `-drive ...,if=virtio`, under a timeout. The guest's `/init` mounts `/dev/vda` (ext4)
+//! - [`Guest::boot`] / [`Guest::run`] / [`Guest::start`]: boots the guest (TCG;
+//!   `OVAFS_GUEST_ACCEL=kvm` for KVM) with `-kernel`/`-initrd`/`-append console=ttyS0 ...`,
+//!   `-nographic -no-reboot`, the disks as `-drive ...,if=virtio`, under a timeout. The guest's `/init` mounts `/dev/vda` (ext4)
 //!   on `/root` (read-only when the disk is), runs the test's script there with `sh` between
 //!   two markers on the console, unmounts, syncs and powers off; [`GuestRun`] holds exactly
 //!   what the script printed and its exit status. [`Running`] (from `start`) lets a test
@@ -592,8 +592,17 @@ fn build_or_reuse() -> Guest {
         busybox: dir.join("busybox"),
         versions,
     };
-    if dir.join("versions").is_file() {
+    let complete = |g: &Guest| {
+        [&g.kernel, &g.initramfs, &g.busybox, &dir.join("versions")]
+            .iter()
+            .all(|p| p.is_file())
+    };
+    if complete(&guest) {
         return guest;
+    }
+    if dir.exists() {
+        // Something removed part of it: build it again.
+        fs::remove_dir_all(&dir).unwrap();
     }
     fs::create_dir_all(&root).unwrap();
     let work = tempfile::Builder::new()
@@ -605,7 +614,7 @@ fn build_or_reuse() -> Guest {
     assemble(&debs[0], &debs[1], work.path(), &out);
     fs::write(out.join("versions"), &guest.versions).unwrap();
     // Another process may have finished the same build meanwhile: then keep its copy.
-    if fs::rename(&out, &dir).is_err() && !dir.join("versions").is_file() {
+    if fs::rename(&out, &dir).is_err() && !complete(&guest) {
         panic!("cannot move the built guest to {}", dir.display());
     }
     guest
