@@ -5,6 +5,7 @@
 //! - [`OvaBuilder`]: assembles an OVA (descriptor, manifest, disks) with GNU tar.
 //! - [`Mount`]: `ovafs mount` with a guard whose `Drop` unmounts (`fusermount3 -u`, then
 //!   `umount -l`), also when the test fails.
+//! - [`guest`]: a small Linux guest built from Debian's packages, booted by qemu.
 #![allow(dead_code)]
 
 use std::fs::{self, File, OpenOptions};
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+pub mod guest;
 pub mod verify;
 
 /// The ovafs binary under test.
