@@ -705,12 +705,27 @@ impl Filesystem for OvaFs {
         if let Err(e) = self.check_writable() {
             return reply.error(e);
         }
-        let Some((file, _)) = self.handle(fh.0) else {
+        let Some((file, caching)) = self.handle(fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        match file.write_at(offset, data) {
-            Ok(()) => reply.written(data.len() as u32),
-            Err(e) => reply.error(self.fail("write", ino.0, &e)),
+        let written = data.len() as u32;
+        match caching {
+            // A disk's write does I/O: on a worker, like its reads.
+            Caching::Stable => {
+                let data = data.to_vec();
+                let table = self.table.clone();
+                self.pool.read(move || match file.write_at(offset, &data) {
+                    Ok(()) => reply.written(written),
+                    Err(e) => {
+                        log_failure("write", &path_in(&table, ino.0), &e);
+                        reply.error(errno_of(&e));
+                    }
+                });
+            }
+            Caching::Changing => match file.write_at(offset, data) {
+                Ok(()) => reply.written(written),
+                Err(e) => reply.error(self.fail("write", ino.0, &e)),
+            },
         }
     }
 
@@ -733,7 +748,20 @@ impl Filesystem for OvaFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.reply_handle(ino.0, fh.0, "fsync", |h| h.fsync(datasync), reply);
+        match self.handle(fh.0) {
+            // Making a disk's writes durable waits for the storage: on a worker.
+            Some((file, Caching::Stable)) => {
+                let table = self.table.clone();
+                self.pool.read(move || match file.fsync(datasync) {
+                    Ok(()) => reply.ok(),
+                    Err(e) => {
+                        log_failure("fsync", &path_in(&table, ino.0), &e);
+                        reply.error(errno_of(&e));
+                    }
+                });
+            }
+            _ => self.reply_handle(ino.0, fh.0, "fsync", |h| h.fsync(datasync), reply),
+        }
     }
 
     fn release(

@@ -14,7 +14,8 @@
 //! its own: a settings file buffers what one `open()` writes and checks it whole.
 //!
 //! Implementations here: [`member::MemberFile`] (bytes as stored), [`disk::DiskFile`] (a flat
-//! disk), [`scratch::ScratchFile`] (an editor's temporary file, in memory),
+//! disk), [`written_disk::WrittenDiskFile`] (a flat disk whose changes a
+//! [`written_disk::DiskChanges`] keeps), [`scratch::ScratchFile`] (an editor's temporary file, in memory),
 //! [`live::LiveFile`] (content produced on demand by a [`live::LiveSource`]: the descriptor,
 //! the manifest, settings, the status report) and [`folder::Folder`] (a folder of named
 //! nodes, where editors may create scratch files). The names the mount reserves for itself
@@ -29,6 +30,7 @@ pub mod live;
 pub mod member;
 pub mod refusals;
 pub mod scratch;
+pub mod written_disk;
 
 use std::any::Any;
 use std::sync::Arc;

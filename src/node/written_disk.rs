@@ -1,0 +1,300 @@
+//! A flat disk that takes writes: the decoded image underneath, and its changes kept by a
+//! [`DiskChanges`] (the copy-on-write overlay), so that a guest can run from the mount.
+//!
+//! Reads of unchanged ranges are the base image's, through the cache and its read-ahead, at
+//! today's speed; changed ranges are the overlay's. Writes are acknowledged once the overlay
+//! has the data; `fsync`/`fdatasync` make every acknowledged write durable before they
+//! return (never answered as "not implemented": the kernel would then fake success for every
+//! later flush). `fallocate` with PUNCH_HOLE|KEEP_SIZE and ZERO_RANGE (qemu's discard and
+//! write-zeroes) turn ranges to zeros; SEEK_DATA/SEEK_HOLE answer over base and overlay;
+//! `truncate -s` grows the disk.
+//!
+//! Group and others never get write access, whatever the image file allows: a disk is
+//! written by its owner (a hypervisor running as the mounting user, or root).
+
+use std::any::Any;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use super::{
+    Allocation, Background, BlockSize, Caching, FileAttributes, FileNode, OpenFile, OpenMode,
+};
+use crate::disk::engine::FlatDisk;
+use crate::error::Result;
+
+/// What keeps a disk's changes (the overlay), as the flat file needs it. Offsets are bytes
+/// of the flat disk; `base` is the image underneath.
+pub trait DiskChanges: Send + Sync {
+    /// The disk's size now (the base's, or more after growing).
+    fn len(&self) -> u64;
+    /// Whether the size is 0.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Reads the disk as changed: overlay blocks over the base.
+    fn read_at(&self, base: &FlatDisk, offset: u64, buf: &mut [u8]) -> Result<usize>;
+    /// Writes `data` at `offset` (sub-block writes read the base around them).
+    fn write_at(&self, base: &FlatDisk, offset: u64, data: &[u8]) -> Result<()>;
+    /// Makes `len` bytes at `offset` read as zeros (a discard or write-zeroes).
+    fn zero_range(&self, base: &FlatDisk, offset: u64, len: u64) -> Result<()>;
+    /// Grows (or shrinks) the disk to `len` bytes.
+    fn set_len(&self, len: u64) -> Result<()>;
+    /// Makes every write acknowledged so far durable.
+    fn sync(&self) -> Result<()>;
+    /// The first offset at or after `offset` holding data (`data`) or a hole, over base and
+    /// changes; `None` when there is none.
+    fn seek(&self, base: &FlatDisk, offset: u64, data: bool) -> Result<Option<u64>>;
+}
+
+/// A writable flat disk.
+pub struct WrittenDiskFile {
+    base: Arc<FlatDisk>,
+    changes: Arc<dyn DiskChanges>,
+    mode: u32,
+    mtime: Mutex<SystemTime>,
+}
+
+impl WrittenDiskFile {
+    /// The flat image `base` with its changes in `changes`; `mode` is the image file's
+    /// (write access is the owner's only).
+    pub fn new(
+        base: Arc<FlatDisk>,
+        changes: Arc<dyn DiskChanges>,
+        mode: u32,
+        mtime: SystemTime,
+    ) -> Self {
+        WrittenDiskFile {
+            base,
+            changes,
+            mode: (mode & 0o444) | 0o600,
+            mtime: Mutex::new(mtime),
+        }
+    }
+
+    // The time is replaced whole: a panic cannot leave it half written.
+    fn mtime(&self) -> MutexGuard<'_, SystemTime> {
+        self.mtime.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl FileNode for WrittenDiskFile {
+    fn attributes(&self, _background: &dyn Background) -> FileAttributes {
+        FileAttributes {
+            size: self.changes.len(),
+            // Shown as fully allocated (never wrong for readers); SEEK_DATA/SEEK_HOLE tell
+            // sparse copiers where the data is.
+            allocated: None,
+            mode: self.mode,
+            mtime: *self.mtime(),
+            block_size: BlockSize::Large,
+        }
+    }
+
+    /// All changes arrive through this mount, so the kernel's page cache stays true, and
+    /// reads and writes do I/O: they run on the workers.
+    fn caching(&self) -> Caching {
+        Caching::Stable
+    }
+
+    fn open(self: Arc<Self>, _mode: OpenMode) -> Result<Arc<dyn OpenFile>> {
+        Ok(Arc::new(OpenWrittenDisk(self)))
+    }
+
+    fn set_len(&self, len: u64) -> Result<()> {
+        self.changes.set_len(len)?;
+        *self.mtime() = SystemTime::now();
+        Ok(())
+    }
+
+    fn set_times(&self, _mode: Option<u32>, mtime: Option<SystemTime>) {
+        if let Some(t) = mtime {
+            *self.mtime() = t;
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// An open of a writable flat disk.
+struct OpenWrittenDisk(Arc<WrittenDiskFile>);
+
+impl OpenWrittenDisk {
+    fn touched(&self) {
+        *self.0.mtime() = SystemTime::now();
+    }
+}
+
+impl OpenFile for OpenWrittenDisk {
+    fn len(&self) -> u64 {
+        self.0.changes.len()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.0.changes.read_at(&self.0.base, offset, buf)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.0.changes.write_at(&self.0.base, offset, data)?;
+        self.touched();
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn fsync(&self, _data_only: bool) -> Result<()> {
+        self.0.changes.sync()
+    }
+
+    fn allocate(&self, offset: u64, len: u64, how: Allocation) -> Result<()> {
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| crate::error::Error::overflow("fallocate range"))?;
+        let (zero, grow) = match how {
+            Allocation::Reserve { keep_size } => (false, !keep_size),
+            Allocation::PunchHole => (true, false),
+            Allocation::ZeroRange { keep_size } => (true, !keep_size),
+        };
+        if grow && end > self.len() {
+            self.0.changes.set_len(end)?;
+        }
+        if zero {
+            let stop = end.min(self.len());
+            if offset < stop {
+                self.0
+                    .changes
+                    .zero_range(&self.0.base, offset, stop - offset)?;
+            }
+        }
+        self.touched();
+        Ok(())
+    }
+
+    fn seek(&self, offset: u64, data: bool) -> Result<Option<u64>> {
+        self.0.changes.seek(&self.0.base, offset, data)
+    }
+
+    /// Read-ahead of the base image: changed ranges read from the overlay need none, and a
+    /// unit decoded ahead of them is only cache.
+    fn note_read(&self, offset: u64, len: u64, background: &dyn Background) {
+        for unit in self.0.base.note_read(offset, len) {
+            let disk = self.0.base.clone();
+            background.read_ahead(Box::new(move || disk.prefetch(unit)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::UnitCache;
+    use crate::io::ReadAt;
+
+    /// Changes kept in memory: the whole disk as bytes (a model of the overlay).
+    struct InMemory {
+        bytes: Mutex<Vec<u8>>,
+        syncs: Mutex<usize>,
+    }
+
+    impl InMemory {
+        fn of(base: &FlatDisk) -> InMemory {
+            let mut bytes = vec![0u8; base.len() as usize];
+            base.read_at(0, &mut bytes).unwrap();
+            InMemory {
+                bytes: Mutex::new(bytes),
+                syncs: Mutex::new(0),
+            }
+        }
+    }
+
+    impl DiskChanges for InMemory {
+        fn len(&self) -> u64 {
+            self.bytes.lock().unwrap().len() as u64
+        }
+        fn read_at(&self, _base: &FlatDisk, offset: u64, buf: &mut [u8]) -> Result<usize> {
+            Ok(crate::node::read_slice(
+                &self.bytes.lock().unwrap(),
+                offset,
+                buf,
+            ))
+        }
+        fn write_at(&self, _base: &FlatDisk, offset: u64, data: &[u8]) -> Result<()> {
+            crate::node::write_into(&mut self.bytes.lock().unwrap(), offset, data, u64::MAX)
+        }
+        fn zero_range(&self, _base: &FlatDisk, offset: u64, len: u64) -> Result<()> {
+            let mut b = self.bytes.lock().unwrap();
+            b[offset as usize..(offset + len) as usize].fill(0);
+            Ok(())
+        }
+        fn set_len(&self, len: u64) -> Result<()> {
+            self.bytes.lock().unwrap().resize(len as usize, 0);
+            Ok(())
+        }
+        fn sync(&self) -> Result<()> {
+            *self.syncs.lock().unwrap() += 1;
+            Ok(())
+        }
+        fn seek(&self, _base: &FlatDisk, offset: u64, data: bool) -> Result<Option<u64>> {
+            let len = self.len();
+            Ok(match (offset < len, data) {
+                (true, true) => Some(offset),
+                (true, false) => Some(len),
+                (false, _) => None,
+            })
+        }
+    }
+
+    struct NoBackground;
+    impl Background for NoBackground {
+        fn run(&self, _task: crate::node::Task) {}
+        fn read_ahead(&self, _task: crate::node::Task) {}
+    }
+
+    fn disk() -> (Arc<WrittenDiskFile>, Arc<InMemory>) {
+        let source: Arc<dyn ReadAt> = Arc::new(vec![7u8; 64 << 10]);
+        let image = crate::disk::open(source).unwrap();
+        let base = Arc::new(FlatDisk::new(image, Arc::new(UnitCache::new(0)), None));
+        let changes = Arc::new(InMemory::of(&base));
+        let file = WrittenDiskFile::new(base, changes.clone(), 0o644, SystemTime::UNIX_EPOCH);
+        (Arc::new(file), changes)
+    }
+
+    #[test]
+    fn writes_reads_syncs_and_zeroes_reach_the_changes() {
+        let (file, changes) = disk();
+        assert_eq!(file.attributes(&NoBackground).mode, 0o644 & 0o444 | 0o600);
+        let h = file.clone().open(OpenMode::default()).unwrap();
+        h.write_at(10, b"abc").unwrap();
+        let mut buf = [0u8; 5];
+        h.read_at(9, &mut buf).unwrap();
+        assert_eq!(&buf, &[7, b'a', b'b', b'c', 7]);
+        h.fsync(true).unwrap();
+        assert_eq!(
+            *changes.syncs.lock().unwrap(),
+            1,
+            "fsync is the overlay's sync"
+        );
+        h.allocate(8, 4, Allocation::PunchHole).unwrap();
+        h.read_at(7, &mut buf).unwrap();
+        assert_eq!(&buf, &[7, 0, 0, 0, 0], "punched");
+        h.allocate(
+            60 << 10,
+            8 << 10,
+            Allocation::ZeroRange { keep_size: false },
+        )
+        .unwrap();
+        assert_eq!(h.len(), 68 << 10, "zero range past the end grows the disk");
+        h.allocate(0, 1 << 20, Allocation::Reserve { keep_size: true })
+            .unwrap();
+        assert_eq!(h.len(), 68 << 10, "reserving with KEEP_SIZE keeps it");
+        file.set_len(1 << 20).unwrap();
+        assert_eq!(
+            file.attributes(&NoBackground).size,
+            1 << 20,
+            "truncate -s grows"
+        );
+    }
+}
