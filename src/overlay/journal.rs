@@ -208,9 +208,8 @@ impl Header {
             return Err(bad(8, format!("version {version}, not {VERSION}")));
         }
         let header_bytes = u32_at(&head, 12) as usize;
-        if header_bytes < NAME_AT + 4
-            || header_bytes > MAX_HEADER_BYTES
-            || header_bytes % RECORD_BYTES != 0
+        if !(NAME_AT + 4..=MAX_HEADER_BYTES).contains(&header_bytes)
+            || !header_bytes.is_multiple_of(RECORD_BYTES)
         {
             return Err(bad(
                 12,
@@ -312,7 +311,10 @@ pub fn replay(src: &dyn ReadAt, limits: Limits) -> Result<Replayed, DecodeError>
     let file_len = src.len();
     let mut at = header_bytes;
     let mut valid_bytes = header_bytes;
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let chunk_bytes = usize::try_from(file_len - header_bytes.min(file_len))
+        .unwrap_or(READ_CHUNK_BYTES)
+        .min(READ_CHUNK_BYTES);
+    let mut chunk = vec![0u8; chunk_bytes];
     // The first slot that failed its checksum (or was cut short): everything from there on
     // must fail too, or the file is damaged rather than torn.
     let mut torn_at: Option<u64> = None;
@@ -406,7 +408,7 @@ impl Replayer {
                         ),
                     ));
                 }
-                if self.pending.len() > self.limits.max_runs {
+                if self.pending.len() > self.limits.max_runs.max(1) {
                     return Err(bad(
                         at,
                         format!("a batch of more than {} records", self.limits.max_runs),

@@ -144,7 +144,8 @@ fn check_against_model(base_len: usize, ops: &[Op]) {
         let got = o.read_at(&f.base, at, &mut buf).unwrap();
         let want = crate::io::clamp_len(at, n, model.len() as u64);
         assert_eq!(got, want);
-        assert_eq!(buf[..got], model[at as usize..at as usize + got]);
+        let from = (at as usize).min(model.len());
+        assert_eq!(buf[..got], model[from..from + got]);
     }
     let data_blocks = o.changed_bytes() / BLOCK_BYTES;
     assert!(data_blocks <= journal::blocks_for(o.len()));
@@ -664,6 +665,88 @@ fn bad_keys_are_refused() {
     let _ = untrusted_rule;
 }
 
+/// The peak resident memory of this process, in KiB.
+fn vm_hwm_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Runs of the memory measurement.
+const MEASURED_RUNS: u64 = 1 << 20;
+
+/// The child of `a_map_costs_a_few_dozen_bytes_per_run`: prints its peak memory before and
+/// after holding `MEASURED_RUNS` runs that cannot merge.
+#[test]
+#[ignore = "run by a_map_costs_a_few_dozen_bytes_per_run"]
+fn map_memory_child() {
+    if std::env::var("OVAFS_OVERLAY_MEMORY_CHILD").is_err() {
+        return;
+    }
+    let before = vm_hwm_kib();
+    let mut m = BlockMap::new();
+    for i in 0..MEASURED_RUNS {
+        m.set(2 * i, 2 * i + 1, BlockState::Data);
+    }
+    assert_eq!(m.run_count() as u64, MEASURED_RUNS);
+    println!("VmHWM {before} {}", vm_hwm_kib());
+}
+
+/// The cost DEFAULT_MAX_RUNS's comment states (about 50 bytes per run, at most 64 here),
+/// measured as the peak memory of a child process.
+#[test]
+fn a_map_costs_a_few_dozen_bytes_per_run() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "overlay::tests::map_memory_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("OVAFS_OVERLAY_MEMORY_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find("VmHWM ").unwrap_or_else(|| panic!("{text}"));
+    let line = text[at..].lines().next().unwrap();
+    let v: Vec<u64> = line
+        .split(' ')
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let per_run = (v[1] - v[0]) * 1024 / MEASURED_RUNS;
+    eprintln!(
+        "map memory: {per_run} bytes per run ({} KiB for {MEASURED_RUNS} runs)",
+        v[1] - v[0]
+    );
+    assert!(per_run <= 64, "{per_run} bytes per run");
+}
+
+#[test]
+fn a_sync_of_more_records_than_runs_replays() {
+    // Many dirty ranges over a map of few runs, with a small bound: the sync's records are
+    // split into batches the replay accepts.
+    let f = fixture(64 * BLOCK_BYTES as usize);
+    let opts = OverlayOptions {
+        max_runs: 8,
+        ..OverlayOptions::default()
+    };
+    let o = Overlay::open_or_create(&f.location(), &f.package, &f.identity, opts).unwrap();
+    o.set_len(128 * BLOCK_BYTES).unwrap();
+    for b in [0u64, 2, 4, 6, 1, 3, 5] {
+        o.write_at(&f.base, b * BLOCK_BYTES, &[b as u8 + 1; 4096])
+            .unwrap();
+    }
+    o.zero_range(&f.base, 7 * BLOCK_BYTES, 2 * BLOCK_BYTES)
+        .unwrap();
+    o.sync().unwrap();
+    let want = read_all(&o, &f.base);
+    drop(o);
+    let o = Overlay::open_or_create(&f.location(), &f.package, &f.identity, opts).unwrap();
+    assert_eq!(read_all(&o, &f.base), want);
+}
+
 // ---- crash test: a child process writes and syncs, and is killed at random moments ----
 
 /// Blocks of the crash test's disk.
@@ -689,7 +772,7 @@ fn crash_ops(seed: u64) -> Vec<(u64, u64, u64, bool)> {
         .map(|i| {
             let first = rng.next() % CRASH_BLOCKS;
             let blocks = 1 + rng.next() % 4.min(CRASH_BLOCKS - first);
-            (i, first, blocks, rng.next() % 5 == 0)
+            (i, first, blocks, rng.next().is_multiple_of(5))
         })
         .collect()
 }
@@ -755,7 +838,7 @@ fn crash_child() {
             }
             o.write_at(&base, first * BLOCK_BYTES, &data).unwrap();
         }
-        if rng.next() % 8 == 0 {
+        if rng.next().is_multiple_of(8) {
             o.sync().unwrap();
             use std::io::Write;
             writeln!(&progress, "{seed} {}", id + 1).unwrap();
