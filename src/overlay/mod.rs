@@ -977,21 +977,48 @@ impl Overlay {
         st.dirty.is_empty() && st.len == st.durable_len
     }
 
-    /// Throws the changes away: removes the map (first: without it the data file means
-    /// nothing) and the data file, and the folder if that leaves it empty.
+    /// Throws the changes away: [`remove`] of this overlay's files.
     pub fn discard(self, package: &FileStat) -> Result<()> {
-        let rules = Rules::journal(package);
-        remove_own(&self.folder, &self.location.map_name(), &rules)?;
-        remove_own(&self.folder, &self.location.data_name(), &rules)?;
-        self.folder.sync()?;
-        match std::fs::remove_dir(&self.location.folder) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
-            Err(e) => Err(Error::io(
-                format!("remove folder {}", self.location.folder.display()),
-                e,
-            )),
-        }
+        let location = self.location.clone();
+        drop(self);
+        remove(&location, package).map(|_| ())
+    }
+}
+
+/// Removes the overlay at `location` without opening it (for a stale overlay, or one of a
+/// disk no longer mounted): the map first (without it the data file means nothing), the
+/// data file, a compaction's leftover, then the folder if that leaves it empty. Only files
+/// that pass the trust rules are removed; anything else is refused, naming the rule, before
+/// anything is removed. `Ok(false)`: there was no overlay.
+pub fn remove(location: &Location, package: &FileStat) -> Result<bool> {
+    location.check_key()?;
+    let rules = Rules::journal(package);
+    let folder = match open_folder(location, &rules, false) {
+        Ok(f) => f,
+        Err(e) if e.refusal() == Some(Refusal::NotFound) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let names = [
+        location.map_name(),
+        location.data_name(),
+        location.tmp_name(),
+    ];
+    let mut found = false;
+    for name in &names {
+        // Check all before removing any.
+        found |= open_own(&folder, name, &rules)?.is_some();
+    }
+    for name in &names {
+        remove_own(&folder, name, &rules)?;
+    }
+    folder.sync()?;
+    match std::fs::remove_dir(&location.folder) {
+        Ok(()) => Ok(found),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(found),
+        Err(e) => Err(Error::io(
+            format!("remove folder {}", location.folder.display()),
+            e,
+        )),
     }
 }
 

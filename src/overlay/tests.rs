@@ -460,6 +460,29 @@ fn discard_removes_the_files_and_the_empty_folder() {
     assert_eq!(o.changed_bytes(), 0);
 }
 
+#[test]
+fn a_stale_overlay_can_be_removed_without_opening_it() {
+    let f = fixture(8192);
+    let o = f.open().unwrap();
+    o.write_at(&f.base, 0, b"x").unwrap();
+    o.sync().unwrap();
+    drop(o);
+    // Another disk's files in the same folder stay.
+    std::fs::write(f.location().folder.join("other.raw.map"), b"x").unwrap();
+    std::fs::set_permissions(f.map_path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let e = remove(&f.location(), &f.package).unwrap_err();
+    assert!(untrusted_rule(&e).contains("writable by group or others"));
+    assert!(f.map_path().exists() && f.data_path().exists());
+    std::fs::set_permissions(f.map_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(remove(&f.location(), &f.package).unwrap());
+    assert!(!f.map_path().exists() && !f.data_path().exists());
+    assert!(f.location().folder.join("other.raw.map").exists());
+    std::fs::remove_file(f.location().folder.join("other.raw.map")).unwrap();
+    assert!(!remove(&f.location(), &f.package).unwrap());
+    assert!(!f.location().folder.exists());
+    assert!(!remove(&f.location(), &f.package).unwrap());
+}
+
 /// Makes an overlay with one synced write, then lets `plant` spoil it; opening must refuse
 /// with `rule` and leave every file as it was.
 fn refused_and_untouched(plant: impl FnOnce(&Fixture), rule: &str) {
@@ -662,7 +685,6 @@ fn bad_keys_are_refused() {
             Some(OverlayError::BadKey(_))
         ));
     }
-    let _ = untrusted_rule;
 }
 
 /// The peak resident memory of this process, in KiB.
