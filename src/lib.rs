@@ -1,7 +1,7 @@
 //! ovafs: mount an OVF appliance (OVA archive or unpacked OVF package) as a directory.
 //!
 //! Layers, each using only the ones below it (see the README for the ranked goals):
-//! `cli` → `fs` → `editor`, `integrity` → `settings` → `commit` → `verify` → `appliance` →
+//! `cli` → `fs` → `editor`, `integrity` → `settings` → `overlay` → `commit` → `verify` → `appliance` →
 //! `node` → `package` → `disk` → `cache` → `ovf` → `archive` → `io` → `error`.
 
 #![deny(unsafe_code)]
@@ -20,6 +20,7 @@ pub mod integrity;
 pub mod io;
 pub mod logging;
 pub mod node;
+pub mod overlay;
 pub mod ovf;
 pub mod package;
 pub mod sample;

@@ -67,7 +67,7 @@ mod ova;
 pub mod padding;
 mod recover;
 mod sign;
-mod trust;
+pub(crate) mod trust;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 
 /// Who may have written a file beside the package, and how writable it may be.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Rules {
+pub(crate) struct Rules {
     /// The package file's owner.
     package_owner: u32,
     /// The user running ovafs.
@@ -41,7 +41,7 @@ pub(super) struct Rules {
 
 impl Rules {
     /// Rules for journals: owned by the package's owner or by us, writable by the owner only.
-    pub(super) fn journal(package: &FileStat) -> Rules {
+    pub(crate) fn journal(package: &FileStat) -> Rules {
         Rules {
             package_owner: package.st_uid,
             me: nix::unistd::geteuid().as_raw(),
@@ -51,7 +51,7 @@ impl Rules {
 
     /// Rules for temporary files: as journals, but they carry the package file's mode (they
     /// become it), so the group/other write bits the package has are tolerated.
-    pub(super) fn temporary(package: &FileStat) -> Rules {
+    pub(crate) fn temporary(package: &FileStat) -> Rules {
         Rules {
             tolerated_write_bits: package.st_mode & 0o022,
             ..Rules::journal(package)
@@ -59,7 +59,7 @@ impl Rules {
     }
 
     /// The first rule `st` breaks, in words.
-    fn broken_rule(&self, st: &FileStat) -> Option<String> {
+    pub(crate) fn broken_rule(&self, st: &FileStat) -> Option<String> {
         let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
         if kind != SFlag::S_IFREG {
             return Some(format!("it is {}, not a regular file", kind_name(kind)));
@@ -70,6 +70,21 @@ impl Rules {
                 st.st_nlink
             ));
         }
+        self.broken_owner_or_mode_rule(st)
+    }
+
+    /// The first rule a folder of ovafs's own (an overlay folder) breaks, in words: a
+    /// directory, owned as a file of ours would be, not writable by group or others. Links
+    /// are not counted (a folder has one per subfolder).
+    pub(crate) fn broken_folder_rule(&self, st: &FileStat) -> Option<String> {
+        let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+        if kind != SFlag::S_IFDIR {
+            return Some(format!("it is {}, not a directory", kind_name(kind)));
+        }
+        self.broken_owner_or_mode_rule(st)
+    }
+
+    fn broken_owner_or_mode_rule(&self, st: &FileStat) -> Option<String> {
         if st.st_uid != self.package_owner && st.st_uid != self.me && st.st_uid != 0 {
             return Some(format!(
                 "it is owned by uid {}, neither the package's owner (uid {}), the user running ovafs (uid {}) nor root",
@@ -101,16 +116,16 @@ fn kind_name(kind: SFlag) -> &'static str {
 
 /// A file that passed the [`Rules`], open read-only.
 #[derive(Debug)]
-pub(super) struct Trusted {
+pub(crate) struct Trusted {
     /// The open file.
-    pub(super) file: File,
+    pub(crate) file: File,
     /// Its metadata, from the descriptor.
-    pub(super) stat: FileStat,
+    pub(crate) stat: FileStat,
 }
 
 /// What is found under a name.
 #[derive(Debug)]
-pub(super) enum Found {
+pub(crate) enum Found {
     /// Nothing.
     Missing,
     /// A file of ours.
@@ -121,19 +136,19 @@ pub(super) enum Found {
 
 /// The package folder, opened once.
 #[derive(Debug)]
-pub(super) struct Folder {
+pub(crate) struct Folder {
     fd: OwnedFd,
     path: PathBuf,
 }
 
 /// An I/O error for a failed system call `what`.
-pub(super) fn errno_err(what: impl Into<String>, e: Errno) -> Error {
+pub(crate) fn errno_err(what: impl Into<String>, e: Errno) -> Error {
     Error::io(what, std::io::Error::from(e))
 }
 
 impl Folder {
     /// Opens the folder `path` (not following a symlink at its last component).
-    pub(super) fn open(path: &Path) -> Result<Folder> {
+    pub(crate) fn open(path: &Path) -> Result<Folder> {
         let fd = nix::fcntl::open(
             path,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
@@ -147,17 +162,17 @@ impl Folder {
     }
 
     /// The folder's descriptor.
-    pub(super) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
     /// `name` in the folder, for messages.
-    pub(super) fn shown(&self, name: &str) -> String {
+    pub(crate) fn shown(&self, name: &str) -> String {
         self.path.join(name).display().to_string()
     }
 
     /// The metadata of `name` without following a symlink; `None` when there is none.
-    pub(super) fn lstat(&self, name: &str) -> Result<Option<FileStat>> {
+    pub(crate) fn lstat(&self, name: &str) -> Result<Option<FileStat>> {
         match nix::sys::stat::fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some(st)),
             Err(Errno::ENOENT) => Ok(None),
@@ -167,18 +182,25 @@ impl Folder {
 
     /// Opens `name` read-only if it passes `rules`. Never follows a symlink, never blocks,
     /// never opens anything but a regular file.
-    pub(super) fn open_trusted(&self, name: &str, rules: &Rules) -> Result<Found> {
+    pub(crate) fn open_trusted(&self, name: &str, rules: &Rules) -> Result<Found> {
+        self.open_trusted_with(name, rules, OFlag::O_RDONLY)
+    }
+
+    /// As [`Folder::open_trusted`], opened with `access` (`O_RDONLY` or `O_RDWR`).
+    pub(crate) fn open_trusted_with(
+        &self,
+        name: &str,
+        rules: &Rules,
+        access: OFlag,
+    ) -> Result<Found> {
         let Some(before) = self.lstat(name)? else {
             return Ok(Found::Missing);
         };
         if let Some(rule) = rules.broken_rule(&before) {
             return Ok(Found::Untrusted(rule));
         }
-        let flags = OFlag::O_RDONLY
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_NONBLOCK
-            | OFlag::O_CLOEXEC
-            | OFlag::O_NOCTTY;
+        let flags =
+            access | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
         let fd = match nix::fcntl::openat(&self.fd, name, flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(Found::Missing),
@@ -202,27 +224,41 @@ impl Folder {
         }))
     }
 
+    /// Creates `name` read-write, mode 0600, failing if anything is there already
+    /// (`O_CREAT | O_EXCL | O_NOFOLLOW`): a new file of ours.
+    pub(crate) fn create_private(&self, name: &str) -> Result<File> {
+        let flags = OFlag::O_RDWR
+            | OFlag::O_CREAT
+            | OFlag::O_EXCL
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NOCTTY;
+        let fd = nix::fcntl::openat(&self.fd, name, flags, Mode::from_bits_truncate(0o600))
+            .map_err(|e| errno_err(format!("create {}", self.shown(name)), e))?;
+        Ok(File::from(fd))
+    }
+
     /// Removes `name` (never a directory; a symlink itself, not its target).
-    pub(super) fn unlink(&self, name: &str) -> Result<()> {
+    pub(crate) fn unlink(&self, name: &str) -> Result<()> {
         nix::unistd::unlinkat(&self.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
             .map_err(|e| errno_err(format!("remove {}", self.shown(name)), e))
     }
 
     /// Renames `from` over `to`, both in this folder.
-    pub(super) fn rename(&self, from: &str, to: &str) -> Result<()> {
+    pub(crate) fn rename(&self, from: &str, to: &str) -> Result<()> {
         nix::fcntl::renameat(&self.fd, from, &self.fd, to)
             .map_err(|e| errno_err(format!("rename {} to {to}", self.shown(from)), e))
     }
 
     /// Makes creations, renames and removals in the folder durable.
-    pub(super) fn sync(&self) -> Result<()> {
+    pub(crate) fn sync(&self) -> Result<()> {
         nix::unistd::fsync(self.fd.as_fd())
             .map_err(|e| errno_err(format!("fsync folder {}", self.path.display()), e))
     }
 
     /// The names in the folder that start with `prefix` (at most `limit` entries are looked
     /// at). Only names: every check is made when a file is opened.
-    pub(super) fn names_with_prefix(&self, prefix: &str, limit: u64) -> Result<Vec<String>> {
+    pub(crate) fn names_with_prefix(&self, prefix: &str, limit: u64) -> Result<Vec<String>> {
         let rd = std::fs::read_dir(&self.path)
             .map_err(|e| Error::io(format!("list {}", self.path.display()), e))?;
         let mut out = Vec::new();
