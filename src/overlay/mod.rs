@@ -26,6 +26,7 @@
 //! different blocks do not. Memory is proportional to the number of changed runs, bounded by
 //! [`OverlayOptions::max_runs`] ([`OverlayError::TooManyRuns`]).
 
+mod flat;
 pub mod journal;
 pub mod map;
 
