@@ -37,7 +37,7 @@ use std::sync::{Condvar, Mutex};
 use super::vmdk::{SparseVmdk, StoredGrain, parse_extent_line};
 use super::vmdk_writer::{
     DESCRIPTOR_SECTORS, FooterLayout, GrainCoder, SectorWriter, StreamWriterOptions,
-    compression_level, descriptor_text, footer_layout_header,
+    compression_level, descriptor_text, footer_layout_header, is_all_zero,
 };
 use super::{DiskImage, MAX_VIRTUAL_BYTES, SECTOR_BYTES};
 use crate::error::{Error, Result};
@@ -45,6 +45,12 @@ use crate::io::ReadAt;
 
 /// Consecutive grains one worker reads and compresses at a time (1 MiB at 64 KiB grains).
 pub const BATCH_GRAINS: u64 = 16;
+
+/// A copied grain whose stored bytes are at most 1/64 of a grain (1 KiB at 64 KiB grains;
+/// a zlib grain of zeros takes about 100 bytes) is inflated to see whether it is all zeros,
+/// and then omitted: qemu-img writes zero grains into its streams. Nothing bigger is ever
+/// inflated.
+pub const ZERO_PROBE_DIVISOR: u64 = 64;
 
 /// Batches each worker may have in flight ahead of the writer.
 pub const BATCHES_PER_WORKER: u64 = 4;
@@ -200,9 +206,9 @@ pub fn reencode_stream_optimized<W: Write + ?Sized>(
             let (sched, job) = (&sched, &job);
             scope.spawn(move || {
                 let mut coder = GrainCoder::new(job.flat, geometry, level);
-                let mut stored = Vec::new();
+                let mut probe = ZeroProbe::new(geometry.grain_bytes);
                 while let Some(index) = sched.claim(batches, window) {
-                    let batch = job.run(index, &mut coder, &mut stored);
+                    let batch = job.run(index, &mut coder, &mut probe);
                     let failed = batch.is_err();
                     if tx.send((index, batch)).is_err() || failed {
                         sched.stop();
@@ -364,7 +370,7 @@ impl ForcedGrains {
 }
 
 impl Job<'_> {
-    fn run(&self, index: u64, coder: &mut GrainCoder<'_>, stored: &mut Vec<u8>) -> Result<Batch> {
+    fn run(&self, index: u64, coder: &mut GrainCoder<'_>, probe: &mut ZeroProbe) -> Result<Batch> {
         let first = index * BATCH_GRAINS;
         let end = (first + BATCH_GRAINS).min(self.geometry_grains);
         // Compressed grains are at most a grain plus a little; one grain each is the usual.
@@ -377,7 +383,7 @@ impl Job<'_> {
         for grain in first..end {
             let from_base = match &self.base {
                 Some(base) if !self.forced.contains(grain) && !(self.changed)(grain) => {
-                    base.grain(grain, stored)?
+                    base.grain(grain, probe)?
                 }
                 _ => Reuse::Deflate,
             };
@@ -385,7 +391,7 @@ impl Job<'_> {
                 Reuse::Omit => None,
                 Reuse::Copy => {
                     let start = batch.data.len();
-                    batch.data.extend_from_slice(stored);
+                    batch.data.extend_from_slice(&probe.stored);
                     Some((GrainKind::Copied, start))
                 }
                 Reuse::Deflate => coder.load(grain)?.map(|size| {
@@ -413,11 +419,47 @@ enum Reuse {
     Deflate,
 }
 
+/// A worker's buffers for a base grain: its stored bytes, and what a small one inflates to.
+struct ZeroProbe {
+    stored: Vec<u8>,
+    inflated: Vec<u8>,
+    decompressor: libdeflater::Decompressor,
+    max_probed: usize,
+}
+
+impl ZeroProbe {
+    fn new(grain_bytes: u64) -> Self {
+        ZeroProbe {
+            stored: Vec::new(),
+            // OK to cast: grain_bytes <= 1 MiB (validated header).
+            inflated: vec![0u8; grain_bytes as usize],
+            decompressor: libdeflater::Decompressor::new(),
+            max_probed: (grain_bytes / ZERO_PROBE_DIVISOR) as usize,
+        }
+    }
+
+    /// Whether the stored zlib bytes are small and inflate to zeros. A stream that does not
+    /// inflate is not zeros: it is then copied as it is, as any other stored grain.
+    fn stored_zeros(&mut self) -> bool {
+        if self.stored.len() > self.max_probed {
+            return false;
+        }
+        match self
+            .decompressor
+            .zlib_decompress(&self.stored, &mut self.inflated)
+        {
+            Ok(n) => is_all_zero(&self.inflated[..n]),
+            Err(_) => false,
+        }
+    }
+}
+
 impl Reusable<'_> {
-    fn grain(&self, grain: u64, stored: &mut Vec<u8>) -> Result<Reuse> {
-        Ok(match self.vmdk.stored_grain(grain, stored)? {
+    fn grain(&self, grain: u64, probe: &mut ZeroProbe) -> Result<Reuse> {
+        Ok(match self.vmdk.stored_grain(grain, &mut probe.stored)? {
             StoredGrain::Unallocated if self.unallocated_is_zero => Reuse::Omit,
             StoredGrain::Zeroed => Reuse::Omit,
+            StoredGrain::Compressed { zlib: true } if probe.stored_zeros() => Reuse::Omit,
             StoredGrain::Compressed { zlib: true } => Reuse::Copy,
             // Raw deflate (qemu reads only zlib), uncompressed hosted-sparse grains, and a
             // delta link's parent data.
