@@ -13,7 +13,9 @@
 //! * otherwise (a changed grain, a base in another format, an uncompressed monolithicSparse
 //!   grain, a raw-deflate grain qemu could not read, a delta link's unallocated grain, the
 //!   grains at the old and new ends of a resized disk) it is read from the flat content and
-//!   deflated with libdeflate, or omitted when it is all zeros.
+//!   deflated with libdeflate, or omitted when it is all zeros. A partial last grain is
+//!   always deflated from the flat content, padded to a whole grain (qemu-img stores it
+//!   short; VirtualBox inflates whole grains only).
 //!
 //! Work is split into batches of [`BATCH_GRAINS`] consecutive grains; worker threads (one
 //! per core by default) take the next batch, read and compress it, and the caller's thread
@@ -489,9 +491,10 @@ impl Plan {
                 let base_sectors = g.capacity_bytes / SECTOR_BYTES;
                 let new_grains = capacity_sectors.div_ceil(grain_sectors);
                 let resized = base_sectors != capacity_sectors;
-                // The base's last grain is reused only while the capacity is the same: a
-                // partial last grain may be stored short, and a grown disk reads past it.
-                let from = if resized {
+                // The base's last grain is reused only while the capacity is the same and it
+                // is whole: qemu-img stores a partial last grain short, which VirtualBox
+                // refuses (it inflates whole grains), and a grown disk reads past it.
+                let from = if resized || !base_sectors.is_multiple_of(grain_sectors) {
                     g.grains.saturating_sub(1)
                 } else {
                     g.grains
