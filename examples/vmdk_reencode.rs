@@ -44,7 +44,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => out = Some(a),
         }
     }
-    let (Some(flat), Some(out)) = (flat, out) else { usage() };
+    let (Some(flat), Some(out)) = (flat, out) else {
+        usage()
+    };
     let flat = FileSource::open(flat.as_ref())?;
     let vmdk = match (&base, other) {
         (Some(b), false) => Some(SparseVmdk::open(Arc::new(FileSource::open(b.as_ref())?))?),
@@ -58,7 +60,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for line in std::io::BufReader::new(std::fs::File::open(r)?).lines() {
             let line = line?;
             let mut w = line.split_whitespace().map(str::parse::<u64>);
-            let (Some(Ok(off)), Some(Ok(len))) = (w.next(), w.next()) else { continue };
+            let (Some(Ok(off)), Some(Ok(len))) = (w.next(), w.next()) else {
+                continue;
+            };
             if len == 0 {
                 continue;
             }

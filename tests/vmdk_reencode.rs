@@ -20,7 +20,9 @@ use std::sync::Arc;
 
 use common::{Rng, path_str, qemu_img, qemu_to_raw, scattered_raw, sha256_file, to_stream_vmdk};
 use ovafs::disk::vmdk::{SparseVmdk, StoredGrain};
-use ovafs::disk::vmdk_reencode::{Base, ReencodeOptions, ReencodeReport, reencode_stream_optimized};
+use ovafs::disk::vmdk_reencode::{
+    Base, ReencodeOptions, ReencodeReport, reencode_stream_optimized,
+};
 use ovafs::disk::vmdk_writer::{StreamWriterOptions, write_stream_optimized};
 use ovafs::io::{FileSource, ReadAt};
 
@@ -100,12 +102,19 @@ fn check_layout(path: &Path) -> Layout {
     let len = b.len() as u64;
     let mut differences = Vec::new();
     let mut differ = |what: String| differences.push(what);
-    assert!(len.is_multiple_of(SECTOR), "file length {len} is not whole sectors");
+    assert!(
+        len.is_multiple_of(SECTOR),
+        "file length {len} is not whole sectors"
+    );
     let h = header(&b[..512]);
     // Header (technote "SparseExtentHeader"; formats.md §4.1, §4.2; rule 15-17).
     assert_eq!(h.version, 3, "version");
     assert_ne!(h.flags & 1, 0, "flag bit 0 (newline detection) set");
-    assert_eq!(h.newline, [0x0A, 0x20, 0x0D, 0x0A], "newline detection bytes");
+    assert_eq!(
+        h.newline,
+        [0x0A, 0x20, 0x0D, 0x0A],
+        "newline detection bytes"
+    );
     assert_ne!(h.flags & (1 << 16), 0, "flag bit 16 (compressed)");
     assert_ne!(h.flags & (1 << 17), 0, "flag bit 17 (markers)");
     assert_eq!(h.flags & 0xFFFC_0000, 0, "no unknown incompatible flag");
@@ -113,11 +122,20 @@ fn check_layout(path: &Path) -> Layout {
         differ(format!("flags {:#x} (VMware writes 0x30001)", h.flags));
     }
     assert_eq!(h.compress, 1, "compressAlgorithm DEFLATE");
-    assert!(h.grain_size.is_power_of_two() && h.grain_size >= 8, "grainSize");
+    assert!(
+        h.grain_size.is_power_of_two() && h.grain_size >= 8,
+        "grainSize"
+    );
     assert_eq!(h.gtes_per_gt, 512, "numGTEsPerGT");
     assert!(h.capacity > 0);
-    assert!(h.descriptor_offset >= 1 && h.descriptor_size >= 1, "embedded descriptor");
-    assert!(h.descriptor_offset + h.descriptor_size <= h.overhead, "descriptor before grains");
+    assert!(
+        h.descriptor_offset >= 1 && h.descriptor_size >= 1,
+        "embedded descriptor"
+    );
+    assert!(
+        h.descriptor_offset + h.descriptor_size <= h.overhead,
+        "descriptor before grains"
+    );
     let d0 = (h.descriptor_offset * SECTOR) as usize;
     let desc = &b[d0..d0 + (h.descriptor_size * SECTOR) as usize];
     // VirtualBox accepts only these first lines (formats.md §4.7).
@@ -125,14 +143,21 @@ fn check_layout(path: &Path) -> Layout {
         desc.starts_with(b"# Disk DescriptorFile") || desc.starts_with(b"# Disk Descriptor File"),
         "descriptor's first line"
     );
-    let desc_text = String::from_utf8_lossy(&desc[..desc.iter().position(|&c| c == 0).unwrap_or(desc.len())]);
-    assert!(desc_text.contains("createType=\"streamOptimized\""), "createType: {desc_text}");
+    let desc_text =
+        String::from_utf8_lossy(&desc[..desc.iter().position(|&c| c == 0).unwrap_or(desc.len())]);
+    assert!(
+        desc_text.contains("createType=\"streamOptimized\""),
+        "createType: {desc_text}"
+    );
     let extent = desc_text
         .lines()
         .find(|l| l.starts_with("RW ") || l.starts_with("RDONLY "))
         .expect("an extent line");
     let extent_sectors: u64 = extent.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert_eq!(extent_sectors, h.capacity, "the extent line's sectors = capacity");
+    assert_eq!(
+        extent_sectors, h.capacity,
+        "the extent line's sectors = capacity"
+    );
 
     let grain_bytes = h.grain_size * SECTOR;
     let grains_total = h.capacity.div_ceil(h.grain_size);
@@ -145,10 +170,21 @@ fn check_layout(path: &Path) -> Layout {
         // Footer position (qemu's and VirtualBox's reading, formats.md §4.5).
         assert!(len >= 3 * SECTOR + h.overhead * SECTOR);
         let fm = marker(&b, len / SECTOR - 3);
-        assert_eq!(fm, (1, 0, 3), "footer marker at len - 1536 (val 1, size 0, type 3)");
+        assert_eq!(
+            fm,
+            (1, 0, 3),
+            "footer marker at len - 1536 (val 1, size 0, type 3)"
+        );
         let footer = header(&b[(len - 1024) as usize..(len - 512) as usize]);
-        assert_eq!(marker(&b, len / SECTOR - 1), (0, 0, 0), "EOS as the last sector");
-        assert!(b[(len - 512) as usize..].iter().all(|&c| c == 0), "EOS sector is zero");
+        assert_eq!(
+            marker(&b, len / SECTOR - 1),
+            (0, 0, 0),
+            "EOS as the last sector"
+        );
+        assert!(
+            b[(len - 512) as usize..].iter().all(|&c| c == 0),
+            "EOS sector is zero"
+        );
         let mut same = footer.clone();
         same.gd_offset = GD_AT_END;
         assert_eq!(same, h, "the footer equals the header except gdOffset");
@@ -159,7 +195,10 @@ fn check_layout(path: &Path) -> Layout {
         (h.clone(), None)
     };
     let gd_at = effective.gd_offset;
-    assert!(gd_at + gd_sectors <= len / SECTOR, "grain directory inside the file");
+    assert!(
+        gd_at + gd_sectors <= len / SECTOR,
+        "grain directory inside the file"
+    );
     let gd: Vec<u64> = (0..gd_entries)
         .map(|i| le32(&b, (gd_at * SECTOR + i * 4) as usize) as u64)
         .collect();
@@ -188,15 +227,28 @@ fn check_layout(path: &Path) -> Layout {
             let at = (sector * SECTOR + 12) as usize;
             let data = b[at..at + size as usize].to_vec();
             assert_eq!(data[0] & 0x0F, 8, "zlib header (CM 8) at grain {grain}");
-            assert_eq!(u16::from_be_bytes([data[0], data[1]]) % 31, 0, "zlib FCHECK");
+            assert_eq!(
+                u16::from_be_bytes([data[0], data[1]]) % 31,
+                0,
+                "zlib FCHECK"
+            );
             let n = decompressor.zlib_decompress(&data, &mut out).unwrap();
             let whole = n as u64 == grain_bytes;
-            let is_last_partial = grain == grains_total - 1 && !h.capacity.is_multiple_of(h.grain_size);
+            let is_last_partial =
+                grain == grains_total - 1 && !h.capacity.is_multiple_of(h.grain_size);
             if !whole {
-                assert!(is_last_partial, "grain {grain} inflates to {n} bytes, not a grain");
-                differ(format!("last grain {grain} inflates to {n} bytes (VirtualBox wants a whole grain)"));
+                assert!(
+                    is_last_partial,
+                    "grain {grain} inflates to {n} bytes, not a grain"
+                );
+                differ(format!(
+                    "last grain {grain} inflates to {n} bytes (VirtualBox wants a whole grain)"
+                ));
             }
-            assert!(out[..n].iter().any(|&c| c != 0), "grain {grain} is all zeros");
+            assert!(
+                out[..n].iter().any(|&c| c != 0),
+                "grain {grain} is all zeros"
+            );
             let table = grain / 512;
             match run_table {
                 Some(t) if t != table => {
@@ -210,13 +262,19 @@ fn check_layout(path: &Path) -> Layout {
             continue;
         }
         let block = &b[(sector * SECTOR + 16) as usize..((sector + 1) * SECTOR) as usize];
-        assert!(block.iter().all(|&c| c == 0), "metadata marker padding at {sector}");
+        assert!(
+            block.iter().all(|&c| c == 0),
+            "metadata marker padding at {sector}"
+        );
         match kind {
             0 => {
                 assert_eq!(val, 0, "EOS val");
                 if sector != len / SECTOR - 1 {
                     let rest = &b[(sector * SECTOR) as usize..];
-                    assert!(rest.iter().all(|&c| c == 0), "bytes after an EOS at {sector}");
+                    assert!(
+                        rest.iter().all(|&c| c == 0),
+                        "bytes after an EOS at {sector}"
+                    );
                     differ("zero sectors after the last grain, no EOS as the last sector".into());
                     break;
                 }
@@ -225,14 +283,23 @@ fn check_layout(path: &Path) -> Layout {
             }
             1 => {
                 assert_eq!(val, 4, "GT marker val (512 entries = 4 sectors)");
-                let t = run_table.take().expect("a grain table after its run of grains");
+                let t = run_table
+                    .take()
+                    .expect("a grain table after its run of grains");
                 assert!(gd_seen.is_none(), "grain table after the directory");
                 tables_seen.push((t, sector + 1));
             }
             2 => {
                 assert_eq!(val, gd_sectors, "GD marker val");
-                assert!(run_table.is_none(), "grains without a table before the directory");
-                assert_eq!(sector + 1, gd_at, "the footer's gdOffset points after the GD marker");
+                assert!(
+                    run_table.is_none(),
+                    "grains without a table before the directory"
+                );
+                assert_eq!(
+                    sector + 1,
+                    gd_at,
+                    "the footer's gdOffset points after the GD marker"
+                );
                 gd_seen = Some(sector + 1);
             }
             3 => {
@@ -275,19 +342,28 @@ fn check_layout(path: &Path) -> Layout {
             Some(list) => {
                 assert_ne!(gde, 0, "GD entry {t} for a table with grains");
                 if !tables_seen.is_empty() {
-                    assert!(tables_seen.contains(&(t, gde)), "GD entry {t} -> its GT marker's payload");
+                    assert!(
+                        tables_seen.contains(&(t, gde)),
+                        "GD entry {t} -> its GT marker's payload"
+                    );
                 }
                 for i in 0..512u64 {
                     let gte = le32(&b, (gde * SECTOR + i * 4) as usize) as u64;
                     let grain = t * 512 + i;
-                    let want = list.iter().find(|&&(g, _)| g == grain).map_or(0, |&(_, s)| s);
+                    let want = list
+                        .iter()
+                        .find(|&&(g, _)| g == grain)
+                        .map_or(0, |&(_, s)| s);
                     assert_eq!(gte, want, "GT {t} entry {i} -> grain {grain}'s marker");
                 }
             }
         }
     }
     for (t, _) in &tables_seen {
-        assert!(expected_tables.contains_key(t), "GT {t} written for no grain");
+        assert!(
+            expected_tables.contains_key(t),
+            "GT {t} written for no grain"
+        );
     }
     differences.sort();
     differences.dedup();
@@ -337,22 +413,34 @@ fn reencode(
         ..ReencodeOptions::default()
     };
     let mut last = None;
-    let report =
-        reencode_stream_optimized(base, &src, changed, &mut file, &opts, &mut |p| last = Some(p))
-            .unwrap();
+    let report = reencode_stream_optimized(base, &src, changed, &mut file, &opts, &mut |p| {
+        last = Some(p)
+    })
+    .unwrap();
     std::io::Write::flush(&mut file).unwrap();
     drop(file);
     let progress = last.unwrap();
-    assert_eq!(progress.grains_done, progress.grains, "progress reaches the end");
+    assert_eq!(
+        progress.grains_done, progress.grains,
+        "progress reaches the end"
+    );
     assert_eq!(report.bytes_written, std::fs::metadata(out).unwrap().len());
     assert_eq!(report.capacity_bytes, src.len());
     qemu_img(&["check", path_str(out)]);
     let back = out.with_extension("back.raw");
     qemu_to_raw(out, "vmdk", &back);
-    assert_eq!(sha256_file(&back), sha256_file(flat), "qemu-img's raw of the output");
+    assert_eq!(
+        sha256_file(&back),
+        sha256_file(flat),
+        "qemu-img's raw of the output"
+    );
     std::fs::remove_file(&back).unwrap();
     let layout = check_layout(out);
-    assert!(layout.vmware, "not VMware's layout: {:?}", layout.differences);
+    assert!(
+        layout.vmware,
+        "not VMware's layout: {:?}",
+        layout.differences
+    );
     let g = layout.header.grain_size * SECTOR;
     let populated: u64 = layout
         .grains
@@ -360,7 +448,10 @@ fn reencode(
         .map(|&(grain, _, _)| g.min(src.len() - grain * g))
         .sum();
     assert_eq!(report.populated_bytes, populated);
-    assert_eq!(report.grains_copied + report.grains_deflated, layout.grains.len() as u64);
+    assert_eq!(
+        report.grains_copied + report.grains_deflated,
+        layout.grains.len() as u64
+    );
     assert_eq!(
         report.grains_copied + report.grains_deflated + report.grains_omitted,
         src.len().div_ceil(g)
@@ -372,7 +463,12 @@ fn reencode(
 fn scribble(path: &Path, offset: u64, len: usize, seed: u64) {
     let mut buf = vec![0u8; len];
     Rng::new(seed).fill(&mut buf);
-    File::options().write(true).open(path).unwrap().write_all_at(&buf, offset).unwrap();
+    File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(&buf, offset)
+        .unwrap();
 }
 
 fn zero(path: &Path, offset: u64, len: usize) {
@@ -410,7 +506,12 @@ fn the_checker_accepts_qemu_imgs_own_stream_and_names_what_differs() {
     let layout = check_layout(&vmdk);
     assert!(!layout.vmware);
     let d = layout.differences.join("; ");
-    for expected in ["flags 0x30003", "gdOffset in the header", "no GD marker", "no GT markers"] {
+    for expected in [
+        "flags 0x30003",
+        "gdOffset in the header",
+        "no GD marker",
+        "no GT markers",
+    ] {
         assert!(d.contains(expected), "{expected:?} not in {d}");
     }
     eprintln!("qemu-img stream vs VMware's layout: {d}");
@@ -437,7 +538,10 @@ fn an_unchanged_qemu_disk_copies_every_grain_verbatim() {
     // qemu-img writes its zero grains; they are omitted (and only they).
     assert!(a.iter().flatten().count() as u64 >= copied);
     // Nothing changed: the descriptor keeps its CID.
-    assert_eq!(open_vmdk(&out).descriptor().unwrap().cid, open_vmdk(&vmdk).descriptor().unwrap().cid);
+    assert_eq!(
+        open_vmdk(&out).descriptor().unwrap().cid,
+        open_vmdk(&vmdk).descriptor().unwrap().cid
+    );
 }
 
 #[test]
@@ -447,8 +551,12 @@ fn an_unchanged_disk_of_ovafs_s_writer_is_rewritten_byte_for_byte() {
     scattered_raw(&raw, (33 << 20) + 5 * SECTOR, 40, 5);
     let vmdk = dir.path().join("base.vmdk");
     let mut f = File::create(&vmdk).unwrap();
-    write_stream_optimized(&FileSource::open(&raw).unwrap(), &mut f, &StreamWriterOptions::default())
-        .unwrap();
+    write_stream_optimized(
+        &FileSource::open(&raw).unwrap(),
+        &mut f,
+        &StreamWriterOptions::default(),
+    )
+    .unwrap();
     drop(f);
     let out = dir.path().join("out.vmdk");
     let (report, _) = reencode(Some(&vmdk), &raw, &|_| false, &out, 3);
@@ -466,7 +574,10 @@ fn a_one_grain_change_rewrites_exactly_that_grain() {
     scribble(&flat, grain * GRAIN + 1000, 3000, 99);
     let out = dir.path().join("out.vmdk");
     let (report, _) = reencode(Some(&vmdk), &flat, &|g| g == grain, &out, 2);
-    assert_eq!(report.grains_deflated, 2, "the changed grain and the partial last one");
+    assert_eq!(
+        report.grains_deflated, 2,
+        "the changed grain and the partial last one"
+    );
     let (mut a, mut b) = (stored_grains(&vmdk), stored_grains(&out));
     a.pop();
     b.pop();
@@ -478,7 +589,11 @@ fn a_one_grain_change_rewrites_exactly_that_grain() {
         }
     }
     let (old, new) = (open_vmdk(&vmdk), open_vmdk(&out));
-    assert_ne!(old.descriptor().unwrap().cid, new.descriptor().unwrap().cid, "a new CID");
+    assert_ne!(
+        old.descriptor().unwrap().cid,
+        new.descriptor().unwrap().cid,
+        "a new CID"
+    );
     assert_eq!(new.descriptor().unwrap().parent_cid, Some(u32::MAX));
 }
 
@@ -509,11 +624,20 @@ fn grains_changed_to_zero_are_omitted_and_the_file_shrinks() {
     }
     let out = dir.path().join("out.vmdk");
     let (report, layout) = reencode(Some(&vmdk), &flat, &|g| zeroed.contains(&g), &out, 2);
-    assert_eq!(report.grains_deflated, 1, "only the partial last grain is deflated");
+    assert_eq!(
+        report.grains_deflated, 1,
+        "only the partial last grain is deflated"
+    );
     for &g in &zeroed {
-        assert!(layout.grains.iter().all(|&(x, _, _)| x != g), "grain {g} omitted");
+        assert!(
+            layout.grains.iter().all(|&(x, _, _)| x != g),
+            "grain {g} omitted"
+        );
     }
-    let (old, new) = (std::fs::metadata(&vmdk).unwrap().len(), report.bytes_written);
+    let (old, new) = (
+        std::fs::metadata(&vmdk).unwrap().len(),
+        report.bytes_written,
+    );
     assert!(new < old, "{new} < {old}");
 }
 
@@ -524,7 +648,12 @@ fn a_grown_disk_gets_its_new_capacity_in_header_and_descriptor() {
     let flat = copy(&raw, &dir.path().join("new.raw"));
     let old_len = std::fs::metadata(&raw).unwrap().len();
     let new_len = (45 << 20) + 7 * SECTOR;
-    File::options().write(true).open(&flat).unwrap().set_len(new_len).unwrap();
+    File::options()
+        .write(true)
+        .open(&flat)
+        .unwrap()
+        .set_len(new_len)
+        .unwrap();
     scribble(&flat, old_len - 100, 5000, 7); // across the old end
     scribble(&flat, new_len - 2000, 2000, 8); // in the new partial last grain
     let first_new = (old_len - 100) / GRAIN;
@@ -549,7 +678,10 @@ fn a_partial_last_grain_is_always_deflated_whole() {
     let grains = std::fs::metadata(&raw).unwrap().len().div_ceil(GRAIN);
     let last = grains - 1;
     let before = stored_grains(&vmdk);
-    assert!(before[last as usize].is_some(), "the fixture has data in its last grain");
+    assert!(
+        before[last as usize].is_some(),
+        "the fixture has data in its last grain"
+    );
     let out = dir.path().join("same.vmdk");
     let (report, _) = reencode(Some(&vmdk), &raw, &|_| false, &out, 1);
     assert_eq!(report.grains_deflated, 1);
@@ -566,14 +698,25 @@ fn a_qcow2_base_is_deflated_from_the_flat_content() {
     let dir = common::tempdir();
     let (raw, _) = qemu_base(dir.path());
     let qcow = dir.path().join("base.qcow2");
-    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", path_str(&raw), path_str(&qcow)]);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        path_str(&raw),
+        path_str(&qcow),
+    ]);
     let flat = dir.path().join("flat.raw");
     qemu_to_raw(&qcow, "qcow2", &flat);
     let out = dir.path().join("out.vmdk");
     let (report, _) = reencode(None, &flat, &|_| false, &out, 2);
     assert_eq!(report.grains_copied, 0);
     assert!(report.grains_deflated > 0 && report.grains_omitted > 0);
-    assert_eq!(open_vmdk(&out).extent_lines()[0].file_name.as_deref(), Some("disk.vmdk"));
+    assert_eq!(
+        open_vmdk(&out).extent_lines()[0].file_name.as_deref(),
+        Some("disk.vmdk")
+    );
 }
 
 #[test]
@@ -582,14 +725,30 @@ fn a_vhd_base_and_a_monolithic_sparse_base_are_deflated_too() {
     let (raw, _) = qemu_base(dir.path());
     // VHD: qemu's vpc rounds the size to its CHS geometry; the flat content is its raw.
     let vhd = dir.path().join("base.vhd");
-    qemu_img(&["convert", "-f", "raw", "-O", "vpc", path_str(&raw), path_str(&vhd)]);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vpc",
+        path_str(&raw),
+        path_str(&vhd),
+    ]);
     let flat = dir.path().join("flat.raw");
     qemu_to_raw(&vhd, "vpc", &flat);
     reencode(None, &flat, &|_| false, &dir.path().join("vhd.vmdk"), 2);
     // monolithicSparse: uncompressed grains are deflated, absent ones omitted without
     // reading; createType becomes streamOptimized.
     let sparse = dir.path().join("sparse.vmdk");
-    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", path_str(&raw), path_str(&sparse)]);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        path_str(&raw),
+        path_str(&sparse),
+    ]);
     let out = dir.path().join("out.vmdk");
     let (report, _) = reencode(Some(&sparse), &raw, &|_| false, &out, 2);
     assert_eq!(report.grains_copied, 0);

@@ -261,7 +261,9 @@ fn write_batches(
     let mut next = 0u64;
     while next < batches {
         let Ok((index, batch)) = rx.recv() else {
-            return Err(invalid("a re-encoding worker stopped before its work was done"));
+            return Err(invalid(
+                "a re-encoding worker stopped before its work was done",
+            ));
         };
         pending.insert(index, batch?);
         while let Some(batch) = pending.remove(&next) {
@@ -635,7 +637,12 @@ pub fn edit_descriptor(old: &[u8], edits: &DescriptorEdits) -> Vec<u8> {
     let mut extent_done = false;
     let mut create_type_seen = false;
     for line in old.split_inclusive(|&b| b == b'\n') {
-        let body_len = line.len() - line.iter().rev().take_while(|&&b| b == b'\n' || b == b'\r').count();
+        let body_len = line.len()
+            - line
+                .iter()
+                .rev()
+                .take_while(|&&b| b == b'\n' || b == b'\r')
+                .count();
         let (body, ending) = line.split_at(body_len);
         let replaced = text_of(body).and_then(|text| {
             edit_line(

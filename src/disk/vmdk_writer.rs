@@ -302,7 +302,14 @@ impl FooterLayout {
             geometry,
             with_tables,
             // OK to cast: gd_entries <= 4 Mi (validated); 4 bytes a directory entry.
-            gd: vec![0u32; if with_tables { geometry.gd_entries as usize } else { 0 }],
+            gd: vec![
+                0u32;
+                if with_tables {
+                    geometry.gd_entries as usize
+                } else {
+                    0
+                }
+            ],
             // OK to cast: <= 512 entries.
             gt: vec![0u32; geometry.gtes_per_gt as usize],
             table: 0,
@@ -515,8 +522,7 @@ pub fn write_stream_optimized<W: Write + ?Sized>(
 
     match opts.layout {
         StreamLayout::GdInFooter | StreamLayout::NoGrainDirectory => {
-            let mut layout =
-                FooterLayout::new(geometry, opts.layout == StreamLayout::GdInFooter);
+            let mut layout = FooterLayout::new(geometry, opts.layout == StreamLayout::GdInFooter);
             w.write(&header.encode())?;
             w.write(descriptor.as_bytes())?;
             w.pad_to(header.overhead_sectors)?;
