@@ -755,3 +755,28 @@ fn a_vhd_base_and_a_monolithic_sparse_base_are_deflated_too() {
     assert!(report.grains_deflated > 0);
     assert_eq!(open_vmdk(&out).create_type(), Some("streamOptimized"));
 }
+
+#[test]
+fn a_vmdk_base_without_an_embedded_descriptor_gets_a_fresh_one() {
+    let dir = common::tempdir();
+    let raw = dir.path().join("base.raw");
+    scattered_raw(&raw, 4 << 20, 5, 9);
+    let vmdk = dir.path().join("base.vmdk");
+    let mut f = File::create(&vmdk).unwrap();
+    write_stream_optimized(
+        &FileSource::open(&raw).unwrap(),
+        &mut f,
+        &StreamWriterOptions::default(),
+    )
+    .unwrap();
+    // descriptorOffset = 0 in the header: no embedded descriptor.
+    f.write_all_at(&0u64.to_le_bytes(), 28).unwrap();
+    drop(f);
+    assert!(open_vmdk(&vmdk).descriptor().is_none());
+    let out = dir.path().join("out.vmdk");
+    let (report, _) = reencode(Some(&vmdk), &raw, &|_| false, &out, 2);
+    assert!(report.grains_copied > 0);
+    let new = open_vmdk(&out);
+    assert_eq!(new.create_type(), Some("streamOptimized"));
+    assert_eq!(new.descriptor().unwrap().cid, Some(report.cid));
+}

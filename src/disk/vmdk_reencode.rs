@@ -539,9 +539,14 @@ impl Plan {
         changed: &(dyn Fn(u64) -> bool + Sync),
         opts: &ReencodeOptions,
     ) -> Result<(Vec<u8>, u32)> {
-        match base {
-            Base::Vmdk(v) => {
-                let old = v.descriptor_bytes()?.unwrap_or_default();
+        // A VMDK base without an embedded descriptor has nothing to keep: it gets a fresh
+        // one, as a base in another format does.
+        let old = match base {
+            Base::Vmdk(v) => v.descriptor_bytes()?.filter(|d| !d.is_empty()),
+            Base::Other => None,
+        };
+        match (base, old) {
+            (Base::Vmdk(v), Some(old)) => {
                 let old_cid = v.descriptor().and_then(|d| d.cid);
                 let resized = v.geometry().capacity_bytes / SECTOR_BYTES != capacity_sectors;
                 // Changed content needs a new CID; finding out costs one predicate call a
@@ -561,7 +566,7 @@ impl Plan {
                 };
                 Ok((edit_descriptor(&old, &edits), cid))
             }
-            Base::Other => {
+            (_, _) => {
                 let cid = opts.cid.unwrap_or_else(|| random_cid(None));
                 let fresh = StreamWriterOptions {
                     cid,
