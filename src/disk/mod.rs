@@ -27,6 +27,7 @@ pub mod vhd;
 pub mod vhdx;
 pub mod vmdk;
 pub mod vmdk_descriptor;
+pub mod vmdk_reencode;
 pub mod vmdk_writer;
 
 #[cfg(test)]

@@ -187,13 +187,23 @@ pub fn descriptor_text(opts: &StreamWriterOptions, capacity_sectors: u64) -> Str
 }
 
 /// Counts bytes written so that grain and table positions are known without seeking.
-struct SectorWriter<'a, W: Write + ?Sized> {
+pub(crate) struct SectorWriter<'a, W: Write + ?Sized> {
     out: &'a mut W,
     written: u64,
 }
 
-impl<W: Write + ?Sized> SectorWriter<'_, W> {
-    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+impl<'a, W: Write + ?Sized> SectorWriter<'a, W> {
+    /// A writer at byte 0 of `out`.
+    pub(crate) fn new(out: &'a mut W) -> Self {
+        SectorWriter { out, written: 0 }
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.out
             .write_all(bytes)
             .map_err(|e| Error::io("writing stream-optimized VMDK", e))?;
@@ -212,7 +222,7 @@ impl<W: Write + ?Sized> SectorWriter<'_, W> {
     }
 
     /// Pads with zeros up to `sector`.
-    fn pad_to(&mut self, sector: u64) -> Result<()> {
+    pub(crate) fn pad_to(&mut self, sector: u64) -> Result<()> {
         let target = sector * SECTOR_BYTES;
         let zeros = [0u8; 4096];
         while self.written < target {
@@ -244,10 +254,162 @@ impl<W: Write + ?Sized> SectorWriter<'_, W> {
         self.write(&bytes)?;
         self.pad_sector()
     }
+
+    /// Writes one grain: its marker (`lba`, compressed size) and the compressed bytes, padded
+    /// to a sector.
+    pub(crate) fn grain(&mut self, lba: u64, compressed: &[u8]) -> Result<()> {
+        let size = u32::try_from(compressed.len())
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| invalid(format!("compressed grain of {} bytes", compressed.len())))?;
+        self.write(&lba.to_le_bytes())?;
+        self.write(&size.to_le_bytes())?;
+        self.write(compressed)?;
+        self.pad_sector()
+    }
+}
+
+/// Whether `bytes` are all zero (a word-wide OR per 4 KiB block, which the compiler
+/// vectorises; the early exit is per block).
+pub(crate) fn is_all_zero(bytes: &[u8]) -> bool {
+    bytes
+        .chunks(4096)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+/// VMware's layout after the header and descriptor: grains in increasing order, each run of
+/// grains of one grain table followed by that table (with its marker), then the grain
+/// directory, the footer and the end-of-stream marker. Shared by the writer and the
+/// re-encoder (`vmdk_reencode`).
+pub(crate) struct FooterLayout {
+    geometry: Geometry,
+    with_tables: bool,
+    gd: Vec<u32>,
+    gt: Vec<u32>,
+    /// Directory index of the table being filled, and whether it holds a grain yet.
+    table: u64,
+    used: bool,
+    /// Last grain written, to refuse grains out of order.
+    last: Option<u64>,
+    /// Grain tables written.
+    pub(crate) tables_written: u64,
+}
+
+impl FooterLayout {
+    /// An empty layout for `geometry`; without tables it writes only grains and EOS.
+    pub(crate) fn new(geometry: Geometry, with_tables: bool) -> Self {
+        FooterLayout {
+            geometry,
+            with_tables,
+            // OK to cast: gd_entries <= 4 Mi (validated); 4 bytes a directory entry.
+            gd: vec![
+                0u32;
+                if with_tables {
+                    geometry.gd_entries as usize
+                } else {
+                    0
+                }
+            ],
+            // OK to cast: <= 512 entries.
+            gt: vec![0u32; geometry.gtes_per_gt as usize],
+            table: 0,
+            used: false,
+            last: None,
+            tables_written: 0,
+        }
+    }
+
+    /// Writes grain `grain` (after every grain written before it) with its marker.
+    pub(crate) fn grain<W: Write + ?Sized>(
+        &mut self,
+        w: &mut SectorWriter<'_, W>,
+        grain: u64,
+        compressed: &[u8],
+    ) -> Result<()> {
+        if grain >= self.geometry.grains || self.last.is_some_and(|l| l >= grain) {
+            return Err(invalid(format!(
+                "grain {grain} written out of order (after {:?}, of {})",
+                self.last, self.geometry.grains
+            )));
+        }
+        self.last = Some(grain);
+        let table = grain / self.geometry.gtes_per_gt;
+        if table != self.table {
+            self.close_table(w)?;
+            self.table = table;
+        }
+        // OK to cast: < 512.
+        self.gt[(grain % self.geometry.gtes_per_gt) as usize] = w.sector_u32()?;
+        self.used = true;
+        w.grain(grain * self.geometry.grain_sectors, compressed)
+    }
+
+    /// Writes the table being filled, if it holds a grain.
+    fn close_table<W: Write + ?Sized>(&mut self, w: &mut SectorWriter<'_, W>) -> Result<()> {
+        if self.used && self.with_tables {
+            w.metadata(MarkerType::GrainTable, self.geometry.gt_sectors)?;
+            // OK to cast: table < gd_entries <= 4 Mi.
+            self.gd[self.table as usize] = w.sector_u32()?;
+            w.table(&self.gt)?;
+            self.tables_written += 1;
+        }
+        self.gt.fill(0);
+        self.used = false;
+        Ok(())
+    }
+
+    /// Writes the last table, the grain directory, the footer (`header` with the real
+    /// gdOffset) and the end-of-stream marker.
+    pub(crate) fn finish<W: Write + ?Sized>(
+        &mut self,
+        w: &mut SectorWriter<'_, W>,
+        header: &SparseExtentHeader,
+    ) -> Result<()> {
+        self.close_table(w)?;
+        if self.with_tables {
+            w.metadata(MarkerType::GrainDirectory, self.geometry.gd_sectors)?;
+            let mut footer = *header;
+            footer.gd_offset_sectors = w.sector();
+            w.table(&self.gd)?;
+            w.metadata(MarkerType::Footer, 1)?;
+            w.write(&footer.encode())?;
+        }
+        w.metadata(MarkerType::EndOfStream, 0)
+    }
+}
+
+/// The header of a stream written in VMware's layout: version 3, flags 0x30001, zlib,
+/// gdOffset `GD_AT_END`, the descriptor at sector 1, grains from the first grain boundary
+/// after it. Validated, with its geometry.
+pub(crate) fn footer_layout_header(
+    capacity_sectors: u64,
+    grain_sectors: u64,
+    descriptor_sectors: u64,
+) -> Result<(SparseExtentHeader, Geometry)> {
+    let mut header = SparseExtentHeader {
+        magic_number: SPARSE_MAGIC,
+        version: WRITER_VERSION,
+        flags: FLAG_NEWLINE_DETECT | FLAG_COMPRESSED | FLAG_MARKERS,
+        capacity_sectors,
+        grain_sectors,
+        descriptor_offset_sectors: 1,
+        descriptor_size_sectors: descriptor_sectors,
+        num_gtes_per_gt: GTES_PER_GT,
+        rgd_offset_sectors: 0,
+        gd_offset_sectors: GD_AT_END,
+        overhead_sectors: 0,
+        unclean_shutdown: 0,
+        newline_bytes: NEWLINE_BYTES,
+        compress_algorithm: COMPRESSION_DEFLATE,
+    };
+    // The reader's own rules are the writer's preconditions.
+    let geometry = header.validate().map_err(|e| invalid(e.to_string()))?;
+    header.overhead_sectors = (1 + descriptor_sectors).next_multiple_of(grain_sectors);
+    Ok((header, geometry))
 }
 
 /// Reads grains of the source (zero-padded past its end) and compresses them.
-struct GrainCoder<'a> {
+pub(crate) struct GrainCoder<'a> {
     src: &'a dyn ReadAt,
     geometry: Geometry,
     compressor: Compressor,
@@ -255,9 +417,24 @@ struct GrainCoder<'a> {
     compressed: Vec<u8>,
 }
 
-impl GrainCoder<'_> {
+impl<'a> GrainCoder<'a> {
+    /// A coder of `src`'s grains of `geometry` at `level`.
+    pub(crate) fn new(src: &'a dyn ReadAt, geometry: Geometry, level: CompressionLvl) -> Self {
+        let mut compressor = Compressor::new(level);
+        // OK to cast: grain_bytes <= 1 MiB.
+        let grain_bytes = geometry.grain_bytes as usize;
+        let bound = compressor.zlib_compress_bound(grain_bytes);
+        GrainCoder {
+            src,
+            geometry,
+            compressor,
+            raw: vec![0u8; grain_bytes],
+            compressed: vec![0u8; bound],
+        }
+    }
+
     /// Reads grain `grain`; returns the compressed length, or `None` if it is all zeros.
-    fn load(&mut self, grain: u64) -> Result<Option<usize>> {
+    pub(crate) fn load(&mut self, grain: u64) -> Result<Option<usize>> {
         let offset = grain * self.geometry.grain_bytes;
         let n = self.src.read_at(offset, &mut self.raw)?;
         let want = self
@@ -271,7 +448,7 @@ impl GrainCoder<'_> {
             )));
         }
         self.raw[n..].fill(0);
-        if self.raw.iter().all(|&b| b == 0) {
+        if is_all_zero(&self.raw) {
             return Ok(None);
         }
         let size = self
@@ -281,19 +458,16 @@ impl GrainCoder<'_> {
         Ok(Some(size))
     }
 
-    /// Writes the grain last loaded (compressed to `size` bytes) with its marker.
-    fn emit<W: Write + ?Sized>(
-        &self,
-        w: &mut SectorWriter<'_, W>,
-        grain: u64,
-        size: usize,
-    ) -> Result<()> {
-        let lba = grain * self.geometry.grain_sectors;
-        w.write(&lba.to_le_bytes())?;
-        w.write(&(size as u32).to_le_bytes())?;
-        w.write(&self.compressed[..size])?;
-        w.pad_sector()
+    /// The compressed bytes of the grain last loaded (`size` from [`GrainCoder::load`]).
+    pub(crate) fn compressed(&self, size: usize) -> &[u8] {
+        &self.compressed[..size]
     }
+}
+
+/// The libdeflate level for `level`, or the writer's error.
+pub(crate) fn compression_level(level: i32) -> Result<CompressionLvl> {
+    CompressionLvl::new(level)
+        .map_err(|_| invalid(format!("compression level {level} is not in 0..=12")))
 }
 
 /// Writes `src` as a stream-optimized VMDK to `out`.
@@ -326,49 +500,17 @@ pub fn write_stream_optimized<W: Write + ?Sized>(
             opts.grain_sectors
         )));
     }
-    let level = CompressionLvl::new(opts.compression_level).map_err(|_| {
-        invalid(format!(
-            "compression level {} is not in 0..=12",
-            opts.compression_level
-        ))
-    })?;
+    let level = compression_level(opts.compression_level)?;
 
     let capacity_sectors = len.div_ceil(SECTOR_BYTES);
     let descriptor = descriptor_text(opts, capacity_sectors);
     let descriptor_sectors = (descriptor.len() as u64)
         .div_ceil(SECTOR_BYTES)
         .max(DESCRIPTOR_SECTORS);
-    let mut header = SparseExtentHeader {
-        magic_number: SPARSE_MAGIC,
-        version: WRITER_VERSION,
-        flags: FLAG_NEWLINE_DETECT | FLAG_COMPRESSED | FLAG_MARKERS,
-        capacity_sectors,
-        grain_sectors: opts.grain_sectors,
-        descriptor_offset_sectors: 1,
-        descriptor_size_sectors: descriptor_sectors,
-        num_gtes_per_gt: GTES_PER_GT,
-        rgd_offset_sectors: 0,
-        gd_offset_sectors: GD_AT_END,
-        overhead_sectors: 0, // set per layout below
-        unclean_shutdown: 0,
-        newline_bytes: NEWLINE_BYTES,
-        compress_algorithm: COMPRESSION_DEFLATE,
-    };
-    // The reader's own rules are the writer's preconditions.
-    let geometry = header.validate().map_err(|e| invalid(e.to_string()))?;
-
-    let mut compressor = Compressor::new(level);
-    // OK to cast: grain_bytes <= 1 MiB.
-    let grain_bytes = geometry.grain_bytes as usize;
-    let bound = compressor.zlib_compress_bound(grain_bytes);
-    let mut coder = GrainCoder {
-        src,
-        geometry,
-        compressor,
-        raw: vec![0u8; grain_bytes],
-        compressed: vec![0u8; bound],
-    };
-    let mut w = SectorWriter { out, written: 0 };
+    let (mut header, geometry) =
+        footer_layout_header(capacity_sectors, opts.grain_sectors, descriptor_sectors)?;
+    let mut coder = GrainCoder::new(src, geometry, level);
+    let mut w = SectorWriter::new(out);
     let after_descriptor = 1 + descriptor_sectors;
     let per_gt = geometry.gtes_per_gt;
     let mut summary = StreamSummary {
@@ -380,43 +522,18 @@ pub fn write_stream_optimized<W: Write + ?Sized>(
 
     match opts.layout {
         StreamLayout::GdInFooter | StreamLayout::NoGrainDirectory => {
-            let with_tables = opts.layout == StreamLayout::GdInFooter;
-            header.overhead_sectors = after_descriptor.next_multiple_of(geometry.grain_sectors);
+            let mut layout = FooterLayout::new(geometry, opts.layout == StreamLayout::GdInFooter);
             w.write(&header.encode())?;
             w.write(descriptor.as_bytes())?;
             w.pad_to(header.overhead_sectors)?;
-            // OK to cast: gd_entries <= 4 Mi (validated).
-            let mut gd = vec![0u32; geometry.gd_entries as usize];
-            let mut gt = vec![0u32; per_gt as usize];
-            for (gd_index, gde) in gd.iter_mut().enumerate() {
-                gt.fill(0);
-                let first = gd_index as u64 * per_gt;
-                let last = (first + per_gt).min(geometry.grains);
-                let mut used = false;
-                for grain in first..last {
-                    if let Some(size) = coder.load(grain)? {
-                        gt[(grain - first) as usize] = w.sector_u32()?;
-                        coder.emit(&mut w, grain, size)?;
-                        summary.grains_written += 1;
-                        used = true;
-                    }
-                }
-                if used && with_tables {
-                    w.metadata(MarkerType::GrainTable, geometry.gt_sectors)?;
-                    *gde = w.sector_u32()?;
-                    w.table(&gt)?;
-                    summary.grain_tables_written += 1;
+            for grain in 0..geometry.grains {
+                if let Some(size) = coder.load(grain)? {
+                    layout.grain(&mut w, grain, coder.compressed(size))?;
+                    summary.grains_written += 1;
                 }
             }
-            if with_tables {
-                w.metadata(MarkerType::GrainDirectory, geometry.gd_sectors)?;
-                let mut footer = header;
-                footer.gd_offset_sectors = w.sector();
-                w.table(&gd)?;
-                w.metadata(MarkerType::Footer, 1)?;
-                w.write(&footer.encode())?;
-            }
-            w.metadata(MarkerType::EndOfStream, 0)?;
+            layout.finish(&mut w, &header)?;
+            summary.grain_tables_written = layout.tables_written;
         }
         StreamLayout::GdInHeader => {
             // Pass 1: compressed sizes, to place the tables before the grains.
@@ -462,7 +579,7 @@ pub fn write_stream_optimized<W: Write + ?Sized>(
                         "grain {grain} changed between the two passes over the source"
                     )));
                 }
-                coder.emit(&mut w, grain, size)?;
+                w.grain(grain * geometry.grain_sectors, coder.compressed(size))?;
                 summary.grains_written += 1;
             }
             debug_assert_eq!(w.sector(), sector);

@@ -356,6 +356,14 @@ pub enum VmdkError {
         /// Unit (grain) number.
         unit: u64,
     },
+    /// A grain past the end of the disk was asked for.
+    #[error("VMDK grain {grain} is past the disk's {grains} grains")]
+    GrainPastEnd {
+        /// Grain asked for.
+        grain: u64,
+        /// Grains of the disk.
+        grains: u64,
+    },
 
     // ----- writer -----
     /// The stream-optimized writer was given options or a source it cannot write.

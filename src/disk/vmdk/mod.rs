@@ -65,6 +65,28 @@ thread_local! {
     static COMPRESSED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// How one grain is held in the extent, as its grain table says
+/// ([`SparseVmdk::stored_grain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredGrain {
+    /// Grain table entry 0: not in this extent (zeros, or the parent's bytes in a delta link).
+    Unallocated,
+    /// Grain table entry 1 with flag bit 2: zeros whatever a parent holds.
+    Zeroed,
+    /// Compressed: the bytes after the grain marker (or size field), exactly as stored, were
+    /// read into the caller's buffer. `zlib` says whether they start with a zlib header
+    /// (every producer writes zlib; raw deflate is the spec's letter and rare).
+    Compressed {
+        /// Whether the stored bytes are a zlib stream.
+        zlib: bool,
+    },
+    /// Uncompressed (hosted sparse): the grain's bytes are at `source_offset` of the source.
+    Uncompressed {
+        /// Byte offset of the grain in [`DiskImage::source`].
+        source_offset: u64,
+    },
+}
+
 /// A parsed VMDK sparse extent.
 pub struct SparseVmdk {
     source: Arc<dyn ReadAt>,
@@ -362,6 +384,58 @@ impl SparseVmdk {
     /// The extent lines of the embedded descriptor (empty without a descriptor).
     pub fn extent_lines(&self) -> &[ExtentLine] {
         self.descriptor.as_ref().map_or(&[], |d| &d.extents)
+    }
+
+    /// How grain `grain` (< `geometry().grains`) is stored; for a compressed grain its stored
+    /// bytes (marker checked as for a read, rule 19) are read into `buf`, so a re-encoder can
+    /// copy them without inflating. Reads the grain's table if it is not cached.
+    pub fn stored_grain(&self, grain: u64, buf: &mut Vec<u8>) -> Result<StoredGrain> {
+        if grain >= self.geometry.grains {
+            return Err(VmdkError::GrainPastEnd {
+                grain,
+                grains: self.geometry.grains,
+            }
+            .into());
+        }
+        let run = self.grains.run(&*self.source, grain, 1, false)?;
+        match run.entry {
+            0 => Ok(StoredGrain::Unallocated),
+            1 if self.effective.has_zeroed_grain_gte() => Ok(StoredGrain::Zeroed),
+            sector => {
+                self.check_entry(grain, sector)?;
+                if self.effective.is_compressed() {
+                    self.read_compressed(grain, sector, buf)
+                        .map_err(|e| e.context(format!("VMDK grain {grain} at sector {sector}")))?;
+                    Ok(StoredGrain::Compressed {
+                        zlib: looks_like_zlib(buf),
+                    })
+                } else {
+                    Ok(StoredGrain::Uncompressed {
+                        source_offset: sector * SECTOR_BYTES,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The embedded descriptor's bytes as stored (cut at the first NUL), if there is one.
+    /// Its range was checked at open.
+    pub fn descriptor_bytes(&self) -> Result<Option<Vec<u8>>> {
+        let h = &self.header;
+        if self.descriptor.is_none() {
+            return Ok(None);
+        }
+        let mut bytes = read_vec_at(
+            &*self.source,
+            "VMDK embedded descriptor",
+            h.descriptor_offset_sectors * SECTOR_BYTES,
+            h.descriptor_size_sectors * SECTOR_BYTES,
+            MAX_DESCRIPTOR_SECTORS * SECTOR_BYTES,
+        )?;
+        if let Some(end) = bytes.iter().position(|&b| b == 0) {
+            bytes.truncate(end);
+        }
+        Ok(Some(bytes))
     }
 
     /// Checks a grain table entry (> 0, not a zeroed entry in force) for `grain` (rule 21).

@@ -1,0 +1,782 @@
+//! The stream-optimized re-encoder (`disk::vmdk_reencode`, issue 11 deliverable 3) judged by
+//! qemu-img and by a layout checker written here from the VMDK 5.0 technote
+//! (docs/formats.md §4.5) and VirtualBox's reading rules (§4.7, §6 rules 15-21).
+//!
+//! Every case re-encodes a base (made by qemu-img, by ovafs's writer, or in another format)
+//! against new flat content and requires: `qemu-img check` clean; `qemu-img convert -O raw`
+//! of the output has the SHA-256 of the intended flat content; the checker accepts the
+//! layout field by field; grains that did not change have the same stored bytes as in the
+//! base. The checker is also run on qemu-img's own stream (another layout, accepted with
+//! its differences listed).
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{Rng, path_str, qemu_img, qemu_to_raw, scattered_raw, sha256_file, to_stream_vmdk};
+use ovafs::disk::vmdk::{SparseVmdk, StoredGrain};
+use ovafs::disk::vmdk_reencode::{
+    Base, ReencodeOptions, ReencodeReport, reencode_stream_optimized,
+};
+use ovafs::disk::vmdk_writer::{StreamWriterOptions, write_stream_optimized};
+use ovafs::io::{FileSource, ReadAt};
+
+const GRAIN: u64 = 64 << 10;
+const SECTOR: u64 = 512;
+const GD_AT_END: u64 = u64::MAX;
+
+// ---------------------------------------------------------------------------------------
+// The layout checker (VMDK 5.0 technote; docs/formats.md §4.1-4.5, §4.7)
+// ---------------------------------------------------------------------------------------
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// The header fields, decoded here byte by byte (not with ovafs's parser).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Header {
+    version: u32,
+    flags: u32,
+    capacity: u64,
+    grain_size: u64,
+    descriptor_offset: u64,
+    descriptor_size: u64,
+    gtes_per_gt: u32,
+    rgd_offset: u64,
+    gd_offset: u64,
+    overhead: u64,
+    newline: [u8; 4],
+    compress: u16,
+}
+
+fn header(b: &[u8]) -> Header {
+    assert_eq!(&b[0..4], b"KDMV", "magic");
+    Header {
+        version: le32(b, 4),
+        flags: le32(b, 8),
+        capacity: le64(b, 12),
+        grain_size: le64(b, 20),
+        descriptor_offset: le64(b, 28),
+        descriptor_size: le64(b, 36),
+        gtes_per_gt: le32(b, 44),
+        rgd_offset: le64(b, 48),
+        gd_offset: le64(b, 56),
+        overhead: le64(b, 64),
+        newline: [b[73], b[74], b[75], b[76]],
+        compress: u16::from_le_bytes([b[77], b[78]]),
+    }
+}
+
+/// A marker: (val, size, type).
+fn marker(b: &[u8], sector: u64) -> (u64, u32, u32) {
+    let at = (sector * SECTOR) as usize;
+    (le64(b, at), le32(b, at + 8), le32(b, at + 12))
+}
+
+/// What the checker found.
+#[derive(Debug)]
+struct Layout {
+    header: Header,
+    /// (grain index, marker sector, compressed bytes) in file order.
+    grains: Vec<(u64, u64, Vec<u8>)>,
+    /// Whether the file is in VMware's layout (footer, tables after runs, EOS last).
+    vmware: bool,
+    /// How the file departs from VMware's layout (empty when `vmware`).
+    differences: Vec<String>,
+}
+
+/// Checks a stream-optimized VMDK. Rules every stream must keep are asserted; departures
+/// from VMware's layout are listed in `differences` (the caller asserts there are none for
+/// ovafs's output).
+fn check_layout(path: &Path) -> Layout {
+    let b = std::fs::read(path).unwrap();
+    let len = b.len() as u64;
+    let mut differences = Vec::new();
+    let mut differ = |what: String| differences.push(what);
+    assert!(
+        len.is_multiple_of(SECTOR),
+        "file length {len} is not whole sectors"
+    );
+    let h = header(&b[..512]);
+    // Header (technote "SparseExtentHeader"; formats.md §4.1, §4.2; rule 15-17).
+    assert_eq!(h.version, 3, "version");
+    assert_ne!(h.flags & 1, 0, "flag bit 0 (newline detection) set");
+    assert_eq!(
+        h.newline,
+        [0x0A, 0x20, 0x0D, 0x0A],
+        "newline detection bytes"
+    );
+    assert_ne!(h.flags & (1 << 16), 0, "flag bit 16 (compressed)");
+    assert_ne!(h.flags & (1 << 17), 0, "flag bit 17 (markers)");
+    assert_eq!(h.flags & 0xFFFC_0000, 0, "no unknown incompatible flag");
+    if h.flags != 0x30001 {
+        differ(format!("flags {:#x} (VMware writes 0x30001)", h.flags));
+    }
+    assert_eq!(h.compress, 1, "compressAlgorithm DEFLATE");
+    assert!(
+        h.grain_size.is_power_of_two() && h.grain_size >= 8,
+        "grainSize"
+    );
+    assert_eq!(h.gtes_per_gt, 512, "numGTEsPerGT");
+    assert!(h.capacity > 0);
+    assert!(
+        h.descriptor_offset >= 1 && h.descriptor_size >= 1,
+        "embedded descriptor"
+    );
+    assert!(
+        h.descriptor_offset + h.descriptor_size <= h.overhead,
+        "descriptor before grains"
+    );
+    let d0 = (h.descriptor_offset * SECTOR) as usize;
+    let desc = &b[d0..d0 + (h.descriptor_size * SECTOR) as usize];
+    // VirtualBox accepts only these first lines (formats.md §4.7).
+    assert!(
+        desc.starts_with(b"# Disk DescriptorFile") || desc.starts_with(b"# Disk Descriptor File"),
+        "descriptor's first line"
+    );
+    let desc_text =
+        String::from_utf8_lossy(&desc[..desc.iter().position(|&c| c == 0).unwrap_or(desc.len())]);
+    assert!(
+        desc_text.contains("createType=\"streamOptimized\""),
+        "createType: {desc_text}"
+    );
+    let extent = desc_text
+        .lines()
+        .find(|l| l.starts_with("RW ") || l.starts_with("RDONLY "))
+        .expect("an extent line");
+    let extent_sectors: u64 = extent.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(
+        extent_sectors, h.capacity,
+        "the extent line's sectors = capacity"
+    );
+
+    let grain_bytes = h.grain_size * SECTOR;
+    let grains_total = h.capacity.div_ceil(h.grain_size);
+    let coverage = 512 * h.grain_size;
+    let gd_entries = h.capacity.div_ceil(coverage);
+    let gd_sectors = (gd_entries * 4).div_ceil(SECTOR);
+
+    // The grain directory in force: the footer's (VMware) or the header's.
+    let (effective, footer_at) = if h.gd_offset == GD_AT_END {
+        // Footer position (qemu's and VirtualBox's reading, formats.md §4.5).
+        assert!(len >= 3 * SECTOR + h.overhead * SECTOR);
+        let fm = marker(&b, len / SECTOR - 3);
+        assert_eq!(
+            fm,
+            (1, 0, 3),
+            "footer marker at len - 1536 (val 1, size 0, type 3)"
+        );
+        let footer = header(&b[(len - 1024) as usize..(len - 512) as usize]);
+        assert_eq!(
+            marker(&b, len / SECTOR - 1),
+            (0, 0, 0),
+            "EOS as the last sector"
+        );
+        assert!(
+            b[(len - 512) as usize..].iter().all(|&c| c == 0),
+            "EOS sector is zero"
+        );
+        let mut same = footer.clone();
+        same.gd_offset = GD_AT_END;
+        assert_eq!(same, h, "the footer equals the header except gdOffset");
+        assert_ne!(footer.gd_offset, GD_AT_END, "the footer's gdOffset is real");
+        (footer, Some(len / SECTOR - 3))
+    } else {
+        differ("gdOffset in the header (VMware: GD_AT_END, directory in the footer)".into());
+        (h.clone(), None)
+    };
+    let gd_at = effective.gd_offset;
+    assert!(
+        gd_at + gd_sectors <= len / SECTOR,
+        "grain directory inside the file"
+    );
+    let gd: Vec<u64> = (0..gd_entries)
+        .map(|i| le32(&b, (gd_at * SECTOR + i * 4) as usize) as u64)
+        .collect();
+
+    // Walk the markers from overHead (technote "Stream-Optimized Compressed Sparse Extents").
+    let mut decompressor = libdeflater::Decompressor::new();
+    let mut out = vec![0u8; grain_bytes as usize];
+    let mut grains: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+    let mut tables_seen: Vec<(u64, u64)> = Vec::new(); // (table index, payload sector)
+    let mut run_table: Option<u64> = None; // table of the grains since the last GT
+    let mut gd_seen = None;
+    let mut sector = h.overhead;
+    let mut ended = false;
+    while sector < len / SECTOR {
+        let (val, size, kind) = marker(&b, sector);
+        if size != 0 {
+            // Grain marker: LBA on a grain boundary, inside the capacity, in LBA order.
+            assert_eq!(val % h.grain_size, 0, "grain LBA {val} on a grain boundary");
+            assert!(val < h.capacity, "grain LBA {val} inside the capacity");
+            let grain = val / h.grain_size;
+            if let Some(&(last, _, _)) = grains.last() {
+                assert!(grain > last, "grains in LBA order: {grain} after {last}");
+            }
+            // VirtualBox refuses size >= 2 grains and inflates whole grains only.
+            assert!((size as u64) < 2 * grain_bytes, "compressed size {size}");
+            let at = (sector * SECTOR + 12) as usize;
+            let data = b[at..at + size as usize].to_vec();
+            assert_eq!(data[0] & 0x0F, 8, "zlib header (CM 8) at grain {grain}");
+            assert_eq!(
+                u16::from_be_bytes([data[0], data[1]]) % 31,
+                0,
+                "zlib FCHECK"
+            );
+            let n = decompressor.zlib_decompress(&data, &mut out).unwrap();
+            let whole = n as u64 == grain_bytes;
+            let is_last_partial =
+                grain == grains_total - 1 && !h.capacity.is_multiple_of(h.grain_size);
+            if !whole {
+                assert!(
+                    is_last_partial,
+                    "grain {grain} inflates to {n} bytes, not a grain"
+                );
+                differ(format!(
+                    "last grain {grain} inflates to {n} bytes (VirtualBox wants a whole grain)"
+                ));
+            }
+            assert!(
+                out[..n].iter().any(|&c| c != 0),
+                "grain {grain} is all zeros"
+            );
+            let table = grain / 512;
+            match run_table {
+                Some(t) if t != table => {
+                    differ(format!("no grain table between tables {t} and {table}"));
+                    run_table = Some(table);
+                }
+                _ => run_table = Some(table),
+            }
+            grains.push((grain, sector, data));
+            sector += (12 + size as u64).div_ceil(SECTOR);
+            continue;
+        }
+        let block = &b[(sector * SECTOR + 16) as usize..((sector + 1) * SECTOR) as usize];
+        assert!(
+            block.iter().all(|&c| c == 0),
+            "metadata marker padding at {sector}"
+        );
+        match kind {
+            0 => {
+                assert_eq!(val, 0, "EOS val");
+                if sector != len / SECTOR - 1 {
+                    let rest = &b[(sector * SECTOR) as usize..];
+                    assert!(
+                        rest.iter().all(|&c| c == 0),
+                        "bytes after an EOS at {sector}"
+                    );
+                    differ("zero sectors after the last grain, no EOS as the last sector".into());
+                    break;
+                }
+                ended = true;
+                break;
+            }
+            1 => {
+                assert_eq!(val, 4, "GT marker val (512 entries = 4 sectors)");
+                let t = run_table
+                    .take()
+                    .expect("a grain table after its run of grains");
+                assert!(gd_seen.is_none(), "grain table after the directory");
+                tables_seen.push((t, sector + 1));
+            }
+            2 => {
+                assert_eq!(val, gd_sectors, "GD marker val");
+                assert!(
+                    run_table.is_none(),
+                    "grains without a table before the directory"
+                );
+                assert_eq!(
+                    sector + 1,
+                    gd_at,
+                    "the footer's gdOffset points after the GD marker"
+                );
+                gd_seen = Some(sector + 1);
+            }
+            3 => {
+                assert_eq!(val, 1, "footer marker val");
+                assert_eq!(Some(sector), footer_at, "footer marker at len - 1536");
+                assert!(gd_seen.is_some(), "footer after the directory");
+            }
+            other => panic!("unknown marker type {other} at sector {sector}"),
+        }
+        sector += 1 + val;
+    }
+    if !ended {
+        differ("no end-of-stream marker".into());
+    }
+    if gd_seen.is_none() {
+        differ("no GD marker (directory and tables before the grains, without markers)".into());
+    }
+    if tables_seen.is_empty() && !grains.is_empty() {
+        differ("no GT markers".into());
+    }
+    // Every GD/GT entry points at the right thing (technote; rule 18, 21).
+    let mut expected_tables = std::collections::BTreeMap::new();
+    for &(grain, s, _) in &grains {
+        expected_tables
+            .entry(grain / 512)
+            .or_insert_with(Vec::new)
+            .push((grain, s));
+    }
+    for (t, &gde) in gd.iter().enumerate() {
+        let t = t as u64;
+        match expected_tables.get(&t) {
+            None => {
+                if gde != 0 {
+                    // qemu allocates every table; its entries must then all be 0.
+                    let all_zero = (0..512).all(|i| le32(&b, (gde * SECTOR + i * 4) as usize) == 0);
+                    assert!(all_zero, "table {t} without grains has entries");
+                    differ("tables allocated for empty ranges".into());
+                }
+            }
+            Some(list) => {
+                assert_ne!(gde, 0, "GD entry {t} for a table with grains");
+                if !tables_seen.is_empty() {
+                    assert!(
+                        tables_seen.contains(&(t, gde)),
+                        "GD entry {t} -> its GT marker's payload"
+                    );
+                }
+                for i in 0..512u64 {
+                    let gte = le32(&b, (gde * SECTOR + i * 4) as usize) as u64;
+                    let grain = t * 512 + i;
+                    let want = list
+                        .iter()
+                        .find(|&&(g, _)| g == grain)
+                        .map_or(0, |&(_, s)| s);
+                    assert_eq!(gte, want, "GT {t} entry {i} -> grain {grain}'s marker");
+                }
+            }
+        }
+    }
+    for (t, _) in &tables_seen {
+        assert!(
+            expected_tables.contains_key(t),
+            "GT {t} written for no grain"
+        );
+    }
+    differences.sort();
+    differences.dedup();
+    Layout {
+        vmware: differences.is_empty(),
+        header: h,
+        grains,
+        differences,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixtures and judges
+// ---------------------------------------------------------------------------------------
+
+fn open_vmdk(path: &Path) -> SparseVmdk {
+    SparseVmdk::open(Arc::new(FileSource::open(path).unwrap())).unwrap()
+}
+
+/// Each grain's stored compressed bytes (None when not stored).
+fn stored_grains(path: &Path) -> Vec<Option<Vec<u8>>> {
+    let v = open_vmdk(path);
+    let mut buf = Vec::new();
+    (0..v.geometry().grains)
+        .map(|g| match v.stored_grain(g, &mut buf).unwrap() {
+            StoredGrain::Compressed { .. } => Some(buf.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Re-encodes `flat` over `base` into `out` with `changed`, then judges the output: qemu-img
+/// check, qemu-img's raw equals `flat` (SHA-256), and the layout checker.
+fn reencode(
+    base: Option<&Path>,
+    flat: &Path,
+    changed: &(dyn Fn(u64) -> bool + Sync),
+    out: &Path,
+    threads: usize,
+) -> (ReencodeReport, Layout) {
+    let vmdk = base.map(open_vmdk);
+    let base = vmdk.as_ref().map_or(Base::Other, Base::Vmdk);
+    let src = FileSource::open(flat).unwrap();
+    let mut file = std::io::BufWriter::new(File::create(out).unwrap());
+    let opts = ReencodeOptions {
+        threads,
+        ..ReencodeOptions::default()
+    };
+    let mut last = None;
+    let report = reencode_stream_optimized(base, &src, changed, &mut file, &opts, &mut |p| {
+        last = Some(p)
+    })
+    .unwrap();
+    std::io::Write::flush(&mut file).unwrap();
+    drop(file);
+    let progress = last.unwrap();
+    assert_eq!(
+        progress.grains_done, progress.grains,
+        "progress reaches the end"
+    );
+    assert_eq!(report.bytes_written, std::fs::metadata(out).unwrap().len());
+    assert_eq!(report.capacity_bytes, src.len());
+    qemu_img(&["check", path_str(out)]);
+    let back = out.with_extension("back.raw");
+    qemu_to_raw(out, "vmdk", &back);
+    assert_eq!(
+        sha256_file(&back),
+        sha256_file(flat),
+        "qemu-img's raw of the output"
+    );
+    std::fs::remove_file(&back).unwrap();
+    let layout = check_layout(out);
+    assert!(
+        layout.vmware,
+        "not VMware's layout: {:?}",
+        layout.differences
+    );
+    let g = layout.header.grain_size * SECTOR;
+    let populated: u64 = layout
+        .grains
+        .iter()
+        .map(|&(grain, _, _)| g.min(src.len() - grain * g))
+        .sum();
+    assert_eq!(report.populated_bytes, populated);
+    assert_eq!(
+        report.grains_copied + report.grains_deflated,
+        layout.grains.len() as u64
+    );
+    assert_eq!(
+        report.grains_copied + report.grains_deflated + report.grains_omitted,
+        src.len().div_ceil(g)
+    );
+    (report, layout)
+}
+
+/// Overwrites `len` bytes at `offset` of `path` with compressible noise from `seed`.
+fn scribble(path: &Path, offset: u64, len: usize, seed: u64) {
+    let mut buf = vec![0u8; len];
+    Rng::new(seed).fill(&mut buf);
+    File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(&buf, offset)
+        .unwrap();
+}
+
+fn zero(path: &Path, offset: u64, len: usize) {
+    File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(&vec![0u8; len], offset)
+        .unwrap();
+}
+
+/// A disk of 40 MiB + 3 sectors (two grain tables, a partial last grain) with data
+/// scattered over it, and qemu-img's stream of it.
+fn qemu_base(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let raw = dir.join("base.raw");
+    let vmdk = dir.join("base.vmdk");
+    scattered_raw(&raw, (40 << 20) + 3 * SECTOR, 60, 11);
+    to_stream_vmdk(&raw, &vmdk);
+    (raw, vmdk)
+}
+
+fn copy(from: &Path, to: &Path) -> std::path::PathBuf {
+    std::fs::copy(from, to).unwrap();
+    to.to_path_buf()
+}
+
+// ---------------------------------------------------------------------------------------
+// Cases
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn the_checker_accepts_qemu_imgs_own_stream_and_names_what_differs() {
+    let dir = common::tempdir();
+    let (_, vmdk) = qemu_base(dir.path());
+    let layout = check_layout(&vmdk);
+    assert!(!layout.vmware);
+    let d = layout.differences.join("; ");
+    for expected in [
+        "flags 0x30003",
+        "gdOffset in the header",
+        "no GD marker",
+        "no GT markers",
+    ] {
+        assert!(d.contains(expected), "{expected:?} not in {d}");
+    }
+    eprintln!("qemu-img stream vs VMware's layout: {d}");
+}
+
+#[test]
+fn an_unchanged_qemu_disk_copies_every_grain_verbatim() {
+    let dir = common::tempdir();
+    let (raw, vmdk) = qemu_base(dir.path());
+    let out = dir.path().join("out.vmdk");
+    let (report, _) = reencode(Some(&vmdk), &raw, &|_| false, &out, 2);
+    // Only the partial last grain (stored short by qemu-img) is deflated again.
+    assert_eq!(report.grains_deflated, 1);
+    let (mut a, mut b) = (stored_grains(&vmdk), stored_grains(&out));
+    a.pop();
+    b.pop();
+    let copied = b.iter().flatten().count() as u64;
+    assert_eq!(report.grains_copied, copied);
+    for (g, (a, b)) in a.iter().zip(&b).enumerate() {
+        if let Some(b) = b {
+            assert_eq!(Some(b), a.as_ref(), "grain {g}'s stored bytes");
+        }
+    }
+    // qemu-img writes its zero grains; they are omitted (and only they).
+    assert!(a.iter().flatten().count() as u64 >= copied);
+    // Nothing changed: the descriptor keeps its CID.
+    assert_eq!(
+        open_vmdk(&out).descriptor().unwrap().cid,
+        open_vmdk(&vmdk).descriptor().unwrap().cid
+    );
+}
+
+#[test]
+fn an_unchanged_disk_of_ovafs_s_writer_is_rewritten_byte_for_byte() {
+    let dir = common::tempdir();
+    let raw = dir.path().join("base.raw");
+    scattered_raw(&raw, (33 << 20) + 5 * SECTOR, 40, 5);
+    let vmdk = dir.path().join("base.vmdk");
+    let mut f = File::create(&vmdk).unwrap();
+    write_stream_optimized(
+        &FileSource::open(&raw).unwrap(),
+        &mut f,
+        &StreamWriterOptions::default(),
+    )
+    .unwrap();
+    drop(f);
+    let out = dir.path().join("out.vmdk");
+    let (report, _) = reencode(Some(&vmdk), &raw, &|_| false, &out, 3);
+    // Every grain copied but the partial last one, deflated again to the same bytes.
+    assert_eq!(report.grains_deflated, 1);
+    common::assert_same_bytes(&vmdk, &out);
+}
+
+#[test]
+fn a_one_grain_change_rewrites_exactly_that_grain() {
+    let dir = common::tempdir();
+    let (raw, vmdk) = qemu_base(dir.path());
+    let flat = copy(&raw, &dir.path().join("new.raw"));
+    let grain = 517; // in the second grain table
+    scribble(&flat, grain * GRAIN + 1000, 3000, 99);
+    let out = dir.path().join("out.vmdk");
+    let (report, _) = reencode(Some(&vmdk), &flat, &|g| g == grain, &out, 2);
+    assert_eq!(
+        report.grains_deflated, 2,
+        "the changed grain and the partial last one"
+    );
+    let (mut a, mut b) = (stored_grains(&vmdk), stored_grains(&out));
+    a.pop();
+    b.pop();
+    for (g, (a, b)) in a.iter().zip(&b).enumerate() {
+        if g as u64 == grain {
+            assert!(b.is_some() && a != b, "the changed grain is new");
+        } else if let Some(b) = b {
+            assert_eq!(Some(b), a.as_ref(), "grain {g} copied");
+        }
+    }
+    let (old, new) = (open_vmdk(&vmdk), open_vmdk(&out));
+    assert_ne!(
+        old.descriptor().unwrap().cid,
+        new.descriptor().unwrap().cid,
+        "a new CID"
+    );
+    assert_eq!(new.descriptor().unwrap().parent_cid, Some(u32::MAX));
+}
+
+#[test]
+fn a_change_of_everything_deflates_every_grain() {
+    let dir = common::tempdir();
+    let (raw, vmdk) = qemu_base(dir.path());
+    let flat = dir.path().join("new.raw");
+    scattered_raw(&flat, std::fs::metadata(&raw).unwrap().len(), 80, 12345);
+    let out = dir.path().join("out.vmdk");
+    let (report, _) = reencode(Some(&vmdk), &flat, &|_| true, &out, 2);
+    assert_eq!(report.grains_copied, 0);
+    assert!(report.grains_deflated > 100);
+}
+
+#[test]
+fn grains_changed_to_zero_are_omitted_and_the_file_shrinks() {
+    let dir = common::tempdir();
+    let (raw, vmdk) = qemu_base(dir.path());
+    let flat = copy(&raw, &dir.path().join("new.raw"));
+    let before = stored_grains(&vmdk);
+    let data: Vec<u64> = (0..before.len() as u64)
+        .filter(|&g| before[g as usize].as_ref().is_some_and(|b| b.len() > 1024))
+        .collect();
+    let zeroed: Vec<u64> = data.iter().copied().step_by(2).collect();
+    for &g in &zeroed {
+        zero(&flat, g * GRAIN, GRAIN as usize);
+    }
+    let out = dir.path().join("out.vmdk");
+    let (report, layout) = reencode(Some(&vmdk), &flat, &|g| zeroed.contains(&g), &out, 2);
+    assert_eq!(
+        report.grains_deflated, 1,
+        "only the partial last grain is deflated"
+    );
+    for &g in &zeroed {
+        assert!(
+            layout.grains.iter().all(|&(x, _, _)| x != g),
+            "grain {g} omitted"
+        );
+    }
+    let (old, new) = (
+        std::fs::metadata(&vmdk).unwrap().len(),
+        report.bytes_written,
+    );
+    assert!(new < old, "{new} < {old}");
+}
+
+#[test]
+fn a_grown_disk_gets_its_new_capacity_in_header_and_descriptor() {
+    let dir = common::tempdir();
+    let (raw, vmdk) = qemu_base(dir.path());
+    let flat = copy(&raw, &dir.path().join("new.raw"));
+    let old_len = std::fs::metadata(&raw).unwrap().len();
+    let new_len = (45 << 20) + 7 * SECTOR;
+    File::options()
+        .write(true)
+        .open(&flat)
+        .unwrap()
+        .set_len(new_len)
+        .unwrap();
+    scribble(&flat, old_len - 100, 5000, 7); // across the old end
+    scribble(&flat, new_len - 2000, 2000, 8); // in the new partial last grain
+    let first_new = (old_len - 100) / GRAIN;
+    let out = dir.path().join("out.vmdk");
+    let changed = |g: u64| g >= first_new;
+    let (report, layout) = reencode(Some(&vmdk), &flat, &changed, &out, 2);
+    assert_eq!(layout.header.capacity, new_len / SECTOR);
+    assert!(report.grains_copied > 0);
+    let new = open_vmdk(&out);
+    assert_eq!(new.extent_lines()[0].size_sectors, new_len / SECTOR);
+    let info = String::from_utf8(qemu_img(&["info", path_str(&out)]).stdout).unwrap();
+    assert!(info.contains(&format!("({new_len} bytes)")), "{info}");
+}
+
+#[test]
+fn a_partial_last_grain_is_always_deflated_whole() {
+    // qemu-img stores a partial last grain short; VirtualBox inflates whole grains only, so
+    // the re-encoder deflates the last grain from the flat content, padded to a grain (the
+    // checker asserts every grain inflates to a whole grain).
+    let dir = common::tempdir();
+    let (raw, vmdk) = qemu_base(dir.path());
+    let grains = std::fs::metadata(&raw).unwrap().len().div_ceil(GRAIN);
+    let last = grains - 1;
+    let before = stored_grains(&vmdk);
+    assert!(
+        before[last as usize].is_some(),
+        "the fixture has data in its last grain"
+    );
+    let out = dir.path().join("same.vmdk");
+    let (report, _) = reencode(Some(&vmdk), &raw, &|_| false, &out, 1);
+    assert_eq!(report.grains_deflated, 1);
+    assert_ne!(stored_grains(&out)[last as usize], before[last as usize]);
+    let flat = copy(&raw, &dir.path().join("new.raw"));
+    scribble(&flat, last * GRAIN + 10, 600, 4);
+    let out = dir.path().join("changed.vmdk");
+    let (report, _) = reencode(Some(&vmdk), &flat, &|g| g == last, &out, 2);
+    assert_eq!(report.grains_deflated, 1);
+}
+
+#[test]
+fn a_qcow2_base_is_deflated_from_the_flat_content() {
+    let dir = common::tempdir();
+    let (raw, _) = qemu_base(dir.path());
+    let qcow = dir.path().join("base.qcow2");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        path_str(&raw),
+        path_str(&qcow),
+    ]);
+    let flat = dir.path().join("flat.raw");
+    qemu_to_raw(&qcow, "qcow2", &flat);
+    let out = dir.path().join("out.vmdk");
+    let (report, _) = reencode(None, &flat, &|_| false, &out, 2);
+    assert_eq!(report.grains_copied, 0);
+    assert!(report.grains_deflated > 0 && report.grains_omitted > 0);
+    assert_eq!(
+        open_vmdk(&out).extent_lines()[0].file_name.as_deref(),
+        Some("disk.vmdk")
+    );
+}
+
+#[test]
+fn a_vhd_base_and_a_monolithic_sparse_base_are_deflated_too() {
+    let dir = common::tempdir();
+    let (raw, _) = qemu_base(dir.path());
+    // VHD: qemu's vpc rounds the size to its CHS geometry; the flat content is its raw.
+    let vhd = dir.path().join("base.vhd");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vpc",
+        path_str(&raw),
+        path_str(&vhd),
+    ]);
+    let flat = dir.path().join("flat.raw");
+    qemu_to_raw(&vhd, "vpc", &flat);
+    reencode(None, &flat, &|_| false, &dir.path().join("vhd.vmdk"), 2);
+    // monolithicSparse: uncompressed grains are deflated, absent ones omitted without
+    // reading; createType becomes streamOptimized.
+    let sparse = dir.path().join("sparse.vmdk");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        path_str(&raw),
+        path_str(&sparse),
+    ]);
+    let out = dir.path().join("out.vmdk");
+    let (report, _) = reencode(Some(&sparse), &raw, &|_| false, &out, 2);
+    assert_eq!(report.grains_copied, 0);
+    assert!(report.grains_deflated > 0);
+    assert_eq!(open_vmdk(&out).create_type(), Some("streamOptimized"));
+}
+
+#[test]
+fn a_vmdk_base_without_an_embedded_descriptor_gets_a_fresh_one() {
+    let dir = common::tempdir();
+    let raw = dir.path().join("base.raw");
+    scattered_raw(&raw, 4 << 20, 5, 9);
+    let vmdk = dir.path().join("base.vmdk");
+    let mut f = File::create(&vmdk).unwrap();
+    write_stream_optimized(
+        &FileSource::open(&raw).unwrap(),
+        &mut f,
+        &StreamWriterOptions::default(),
+    )
+    .unwrap();
+    // descriptorOffset = 0 in the header: no embedded descriptor.
+    f.write_all_at(&0u64.to_le_bytes(), 28).unwrap();
+    drop(f);
+    assert!(open_vmdk(&vmdk).descriptor().is_none());
+    let out = dir.path().join("out.vmdk");
+    let (report, _) = reencode(Some(&vmdk), &raw, &|_| false, &out, 2);
+    assert!(report.grains_copied > 0);
+    let new = open_vmdk(&out);
+    assert_eq!(new.create_type(), Some("streamOptimized"));
+    assert_eq!(new.descriptor().unwrap().cid, Some(report.cid));
+}
