@@ -18,7 +18,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{Rng, path_str, qemu_img, qemu_to_raw, scattered_raw, sha256_file, to_stream_vmdk};
+use common::{
+    Rng, path_str, qemu_img, qemu_to_raw, raw_to_format, scattered_raw, sha256_file, to_stream_vmdk,
+};
 use ovafs::disk::vmdk::{SparseVmdk, StoredGrain};
 use ovafs::disk::vmdk_reencode::{
     Base, ReencodeOptions, ReencodeReport, reencode_stream_optimized,
@@ -698,15 +700,7 @@ fn a_qcow2_base_is_deflated_from_the_flat_content() {
     let dir = common::tempdir();
     let (raw, _) = qemu_base(dir.path());
     let qcow = dir.path().join("base.qcow2");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        path_str(&raw),
-        path_str(&qcow),
-    ]);
+    raw_to_format(&raw, "qcow2", &qcow);
     let flat = dir.path().join("flat.raw");
     qemu_to_raw(&qcow, "qcow2", &flat);
     let out = dir.path().join("out.vmdk");
@@ -725,30 +719,14 @@ fn a_vhd_base_and_a_monolithic_sparse_base_are_deflated_too() {
     let (raw, _) = qemu_base(dir.path());
     // VHD: qemu's vpc rounds the size to its CHS geometry; the flat content is its raw.
     let vhd = dir.path().join("base.vhd");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vpc",
-        path_str(&raw),
-        path_str(&vhd),
-    ]);
+    raw_to_format(&raw, "vpc", &vhd);
     let flat = dir.path().join("flat.raw");
     qemu_to_raw(&vhd, "vpc", &flat);
     reencode(None, &flat, &|_| false, &dir.path().join("vhd.vmdk"), 2);
     // monolithicSparse: uncompressed grains are deflated, absent ones omitted without
     // reading; createType becomes streamOptimized.
     let sparse = dir.path().join("sparse.vmdk");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        path_str(&raw),
-        path_str(&sparse),
-    ]);
+    raw_to_format(&raw, "vmdk", &sparse);
     let out = dir.path().join("out.vmdk");
     let (report, _) = reencode(Some(&sparse), &raw, &|_| false, &out, 2);
     assert_eq!(report.grains_copied, 0);

@@ -127,6 +127,19 @@ pub fn qemu_img(args: &[&str]) -> Output {
     run_ok(Command::new(tool("qemu-img")).args(args))
 }
 
+/// Converts the raw image `raw` to `format` (a qemu-img format name) at `out`.
+pub fn raw_to_format(raw: &Path, format: &str, out: &Path) {
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        format,
+        path_str(raw),
+        path_str(out),
+    ]);
+}
+
 /// Converts the raw image `raw` to a stream-optimized VMDK at `vmdk` with qemu-img (an
 /// independent producer: its layout keeps the grain directory in the header).
 pub fn to_stream_vmdk(raw: &Path, vmdk: &Path) {
