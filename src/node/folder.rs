@@ -501,7 +501,7 @@ fn join(dir: &str, name: &str) -> String {
 }
 
 /// Calls `visit` for every node below `dir`, depth first, without entering lazy folders
-/// (their children are expensive) and at most [`MAX_DEPTH`] folders deep.
+/// (their children are expensive) and at most 256 folders deep.
 pub fn walk(dir: &dyn DirNode, visit: &mut dyn FnMut(&Node)) {
     let mut stack: Vec<(Vec<(String, Node)>, usize)> = vec![(dir.entries(), 0)];
     while let Some((entries, depth)) = stack.pop() {

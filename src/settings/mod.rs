@@ -837,7 +837,7 @@ pub fn write(desc: &Descriptor, path: &str, new: &[u8]) -> Result<Edited, Settin
     })
 }
 
-/// What [`write`], [`mkdir`] and [`rmdir`] accept: the splice edits and the descriptor they
+/// What [`write()`], [`mkdir`] and [`rmdir`] accept: the splice edits and the descriptor they
 /// make. Every accepted edit is checked by splicing it and parsing the result (see
 /// `verify`); the parsed result is handed on, so that the caller need not splice and parse
 /// again. It dereferences to its edits.
