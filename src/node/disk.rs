@@ -64,6 +64,10 @@ impl FileNode for DiskFile {
         Ok(Arc::new(OpenDisk(self.disk.clone())))
     }
 
+    fn size(&self, _background: &dyn Background) -> u64 {
+        self.disk.len()
+    }
+
     fn caching(&self) -> Caching {
         Caching::Stable
     }
@@ -90,9 +94,15 @@ impl OpenFile for OpenDisk {
     }
 
     fn note_read(&self, offset: u64, len: u64, background: &dyn Background) {
-        for unit in self.0.note_read(offset, len) {
-            let disk = self.0.clone();
-            background.read_ahead(Box::new(move || disk.prefetch(unit)));
-        }
+        read_ahead(&self.0, offset, len, background);
+    }
+}
+
+/// Tells `disk` of a read of `len` bytes at `offset` and hands the units it wants decoded
+/// ahead of a sequential reader to `background`.
+pub fn read_ahead(disk: &Arc<FlatDisk>, offset: u64, len: u64, background: &dyn Background) {
+    for unit in disk.note_read(offset, len) {
+        let disk = disk.clone();
+        background.read_ahead(Box::new(move || disk.prefetch(unit)));
     }
 }

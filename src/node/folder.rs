@@ -525,7 +525,7 @@ pub fn stored_bytes(dir: &dyn DirNode, background: &dyn super::Background) -> u6
         if let Node::File(f) = node
             && !f.edited_whole()
         {
-            total = total.saturating_add(f.attributes(background).size);
+            total = total.saturating_add(f.size(background));
         }
     });
     total

@@ -134,6 +134,21 @@ pub enum Allocation {
     },
 }
 
+impl Allocation {
+    /// Whether the range reads as zeros afterwards.
+    pub fn zeroes(self) -> bool {
+        !matches!(self, Allocation::Reserve { .. })
+    }
+
+    /// Whether the file grows to cover the range (no `FALLOC_FL_KEEP_SIZE`).
+    pub fn grows(self) -> bool {
+        match self {
+            Allocation::Reserve { keep_size } | Allocation::ZeroRange { keep_size } => !keep_size,
+            Allocation::PunchHole => false,
+        }
+    }
+}
+
 /// A file of the mount.
 pub trait FileNode: Send + Sync + 'static {
     /// Its attributes; `background` may be handed work that refines them later (a count of
@@ -142,6 +157,12 @@ pub trait FileNode: Send + Sync + 'static {
 
     /// How its content may be cached (cheap: asked at every open and read).
     fn caching(&self) -> Caching;
+
+    /// Its size alone (for `statfs`): files whose other attributes cost more (a flat disk
+    /// counts its allocated bytes) answer it without that work.
+    fn size(&self, background: &dyn Background) -> u64 {
+        self.attributes(background).size
+    }
 
     /// Opens it. Opening for writing a file that never changes is refused
     /// ([`Refusal::AccessDenied`]).

@@ -140,11 +140,7 @@ impl OpenFile for OpenScratch {
         let end = offset.checked_add(len).ok_or_else(too_large)?;
         let mut st = self.0.state();
         let size = st.data.len() as u64;
-        let (zero, grow) = match how {
-            Allocation::Reserve { keep_size } => (false, !keep_size),
-            Allocation::PunchHole => (true, false),
-            Allocation::ZeroRange { keep_size } => (true, !keep_size),
-        };
+        let (zero, grow) = (how.zeroes(), how.grows());
         let new_size = if grow { size.max(end) } else { size };
         if new_size > MAX_SCRATCH_BYTES {
             return Err(too_large());

@@ -153,11 +153,7 @@ impl OpenFile for OpenWrittenDisk {
         let end = offset
             .checked_add(len)
             .ok_or_else(|| crate::error::Error::overflow("fallocate range"))?;
-        let (zero, grow) = match how {
-            Allocation::Reserve { keep_size } => (false, !keep_size),
-            Allocation::PunchHole => (true, false),
-            Allocation::ZeroRange { keep_size } => (true, !keep_size),
-        };
+        let (zero, grow) = (how.zeroes(), how.grows());
         if grow && end > self.len() {
             self.0.changes.set_len(end)?;
         }
@@ -180,10 +176,7 @@ impl OpenFile for OpenWrittenDisk {
     /// Read-ahead of the base image: changed ranges read from the overlay need none, and a
     /// unit decoded ahead of them is only cache.
     fn note_read(&self, offset: u64, len: u64, background: &dyn Background) {
-        for unit in self.0.base.note_read(offset, len) {
-            let disk = self.0.base.clone();
-            background.read_ahead(Box::new(move || disk.prefetch(unit)));
-        }
+        super::disk::read_ahead(&self.0.base, offset, len, background);
     }
 }
 

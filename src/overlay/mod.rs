@@ -439,6 +439,17 @@ fn write_map_atomically(
     folder.sync()
 }
 
+/// The map header of `identity`, as written at the start of the map at `map_path`.
+fn encoded_header(identity: &Identity, map_path: &str) -> Result<Vec<u8>> {
+    identity.header().encode().map_err(|source| {
+        OverlayError::Corrupt {
+            path: map_path.to_string(),
+            source,
+        }
+        .into()
+    })
+}
+
 impl Overlay {
     /// Opens the overlay of the disk `identity` describes at `location`, creating it when
     /// missing (and `options.create`). `package` is the package file's metadata (whose
@@ -477,14 +488,7 @@ impl Overlay {
                 // ours, and empty of anything recorded.
                 remove_own(&folder, &location.data_name(), &rules)?;
                 folder.create_private(&location.data_name())?;
-                let header =
-                    identity
-                        .header()
-                        .encode()
-                        .map_err(|source| OverlayError::Corrupt {
-                            path: map_path.clone(),
-                            source,
-                        })?;
+                let header = encoded_header(identity, &map_path)?;
                 write_map_atomically(&folder, location, &rules, &header)?;
                 open_own(&folder, &map_name, &rules)?
                     .ok_or_else(|| Error::refused(map_path.clone(), Refusal::NotFound))?
@@ -540,13 +544,7 @@ impl Overlay {
             && replayed.records
                 > COMPACT_RECORDS_PER_RUN.saturating_mul(replayed.map.run_count() as u64 + 2);
         if worth_compacting {
-            let mut bytes = identity
-                .header()
-                .encode()
-                .map_err(|source| OverlayError::Corrupt {
-                    path: map_path.clone(),
-                    source,
-                })?;
+            let mut bytes = encoded_header(identity, &map_path)?;
             let header_len = bytes.len() as u64;
             let grown = (replayed.len > identity.base_len).then_some(replayed.len);
             let records = records_of(&replayed.map, None, grown);
