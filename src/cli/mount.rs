@@ -333,6 +333,7 @@ fn write_mount_record(config: &MountConfig, writable: bool) {
         pid: std::process::id(),
         device: entry.device,
         writable,
+        commit_at_umount: config.commit_at_umount,
     });
 }
 
