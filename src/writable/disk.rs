@@ -20,6 +20,7 @@ use crate::error::{Error, Refusal, Result};
 use crate::io::ReadAt;
 use crate::node::Background;
 use crate::node::written_disk::WritableDisk;
+use crate::overlay::journal::BLOCK_BYTES;
 use crate::overlay::{self, Identity, Location, Overlay, OverlayError, OverlayOptions, Whence};
 
 /// What a disk is, as the package stores it.
@@ -208,6 +209,24 @@ impl OverlaidDisk {
     }
 }
 
+/// Runs of changes beyond which `stat` does not count the allocated bytes.
+const COUNTED_RUNS: usize = 256;
+
+/// Bytes of data (not holes) of `base` in `start..end`.
+fn base_data_within(base: &FlatDisk, start: u64, end: u64) -> Result<u64> {
+    let mut total = 0;
+    let mut at = start;
+    while at < end {
+        let Some(data) = base.seek(at, true)?.filter(|&d| d < end) else {
+            break;
+        };
+        let hole = base.seek(data, false)?.unwrap_or(end).min(end);
+        total += hole - data;
+        at = hole;
+    }
+    Ok(total)
+}
+
 /// The identity of the disk `source` with flat image `base`.
 fn identity_of(source: &DiskSource, base: &FlatDisk) -> Result<Identity> {
     Identity::of_disk(
@@ -321,6 +340,26 @@ impl WritableDisk for OverlaidDisk {
     fn read_ahead(&self, offset: u64, len: u64, background: &dyn Background) {
         let base = self.read().base.clone();
         crate::node::disk::read_ahead(&base, offset, len, background);
+    }
+
+    /// The base's allocated bytes, less those of its data under changed blocks, plus the
+    /// overlay's data blocks: exact, counted only while the changes are few runs.
+    fn allocated(&self, background: &dyn Background) -> Option<u64> {
+        let cur = self.read();
+        let base = crate::node::disk::allocated_bytes(&cur.base, background)?;
+        let Some(o) = &cur.overlay else {
+            return Some(base);
+        };
+        if o.run_count() > COUNTED_RUNS {
+            return None;
+        }
+        let mut under_changes = 0u64;
+        for run in o.changed_blocks() {
+            let start = run.first.saturating_mul(BLOCK_BYTES);
+            let end = run.end.saturating_mul(BLOCK_BYTES).min(cur.base.len());
+            under_changes += base_data_within(&cur.base, start, end).ok()?;
+        }
+        Some(base.saturating_sub(under_changes) + o.changed_bytes())
     }
 
     fn opened(&self) {
