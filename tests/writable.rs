@@ -127,8 +127,11 @@ fn disk_state<'a>(v: &'a serde_json::Value, disk: &str) -> &'a serde_json::Value
         .unwrap_or_else(|| panic!("no {disk} in {v}"))
 }
 
-/// qemu-img judges the VMDK: `check` passes and its content equals `model`.
+/// qemu-img judges the VMDK: `check` passes and its content equals `model`; and it is in
+/// VMware's layout, field by field (tests/common/vmdk_layout.rs).
 fn assert_vmdk_is(vmdk: &Path, model: &Path) {
+    let layout = common::vmdk_layout::check_layout(vmdk);
+    assert!(layout.vmware, "{}: {:?}", vmdk.display(), layout.differences);
     qemu_img(&["check", path_str(vmdk)]);
     qemu_img(&[
         "compare",
@@ -407,9 +410,8 @@ fn a_stale_overlay_is_refused_and_can_be_discarded() {
             .arg(&pkg)
             .args(["app.ovf", "app.mf", "disk1.vmdk", "disk2.vmdk"]),
     );
-    let (m, out) = Mount::bounded(&fx.ova, &fx.mnt(), &[], 30);
+    let (m, notice) = Mount::bounded(&fx.ova, &fx.mnt(), &[], 30);
     let m = m.expect("the mount works with a stale overlay");
-    let notice = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         notice.contains("disks/disk1.raw is read-only") && notice.contains("stale"),
         "{notice}"
