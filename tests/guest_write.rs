@@ -254,7 +254,8 @@ fn judge_ova(ova: &Path, work: &Path, name: &str) -> PathBuf {
     raw
 }
 
-/// `virt-v2v -i ova OVA --print-source` succeeds and names the disk.
+/// `virt-v2v -i ova OVA --print-source` succeeds (it checks the manifest's digests of the
+/// disk) and lists one disk.
 fn virt_v2v_accepts(ova: &Path, work: &Path) {
     let out = run_ok(
         Command::new(tool("virt-v2v"))
@@ -265,7 +266,18 @@ fn virt_v2v_accepts(ova: &Path, work: &Path) {
             .env("LIBGUESTFS_BACKEND", "direct"),
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("disks:"), "virt-v2v --print-source: {text}");
+    // The disk list is a `disks:` line followed by one `\tINDEX [CONTROLLER]` line a disk.
+    let disks: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "disks:")
+        .skip(1)
+        .take_while(|l| l.starts_with('\t'))
+        .collect();
+    assert_eq!(disks.len(), 1, "virt-v2v --print-source: {text}");
+    assert!(
+        disks[0].trim().starts_with("0 ["),
+        "virt-v2v --print-source: {text}"
+    );
 }
 
 /// The guest writes through the mount with qemu's `cache`; remount, commit in `form`, judges,
@@ -304,6 +316,7 @@ fn guest_write_round_trip(cache: &str, form: CommitForm) {
         CommitForm::Mount => {
             commit(&mnt);
             written.check(&m.path("disks/root.raw"));
+            assert_eq!(status(&mnt), (0, None), "status after commit at the mount");
             m.umount();
         }
         CommitForm::Source => {
