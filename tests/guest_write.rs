@@ -17,7 +17,8 @@
 //! - guest_trim_shrinks_the_committed_vmdk: the guest deletes a 16 MiB file of random bytes
 //!   and syncs (no discard reaches the disk), `ovafs commit MNT`; then it runs `fstrim` with
 //!   `discard=unmap`, commit again: the VMDK member `tar tvf` lists is at least 15 MiB
-//!   smaller than after the first commit, and the committed disk holds the right files.
+//!   smaller than after the first commit; the file's blocks (debugfs) held its bytes after
+//!   the first commit and are zero after the second, and the other files are intact.
 //!
 //! The judges of every commit: GNU tar extracts the OVA; `sha256sum -c` checks the manifest;
 //! the descriptor's `ovf:size` of the VMDK is the size `tar tvf` lists; `qemu-img check`
@@ -33,7 +34,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::guest::{Boot, Guest, ext4_cat, ext4_image, ext4_names};
+use common::guest::{Boot, Guest, ext4_blocks, ext4_cat, ext4_image, ext4_names};
 use common::verify::coreutils_check_manifest;
 use common::*;
 
@@ -173,18 +174,39 @@ fn commit(target: &Path) {
     ovafs_ok(&[Path::new("commit"), target]);
 }
 
-/// `ovafs status --json TARGET`: the one disk's (changed_bytes, overlay path or None).
-fn status(target: &Path) -> (u64, Option<String>) {
+/// The one disk's row of `ovafs status --json`.
+#[derive(Debug, PartialEq)]
+struct Status {
+    changed_bytes: u64,
+    synced: bool,
+    overlay: Option<String>,
+}
+
+impl Status {
+    /// What a disk without changes reports.
+    const CLEAN: Status = Status {
+        changed_bytes: 0,
+        synced: true,
+        overlay: None,
+    };
+}
+
+/// `ovafs status --json TARGET` (a mount point or the OVA) for the guest's one disk.
+fn status(target: &Path) -> Status {
     let text = ovafs_ok(&[Path::new("status"), Path::new("--json"), target]);
     let v: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("status --json: {e}: {text}"));
     let disks = v.as_array().unwrap_or_else(|| panic!("{text}"));
     assert_eq!(disks.len(), 1, "{text}");
-    assert_eq!(disks[0]["disk"], "root.raw", "{text}");
-    let changed = disks[0]["changed_bytes"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{text}"));
-    (changed, disks[0]["overlay"].as_str().map(str::to_string))
+    let disk = &disks[0];
+    assert_eq!(disk["disk"], "root.raw", "{text}");
+    Status {
+        changed_bytes: disk["changed_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{text}")),
+        synced: disk["synced"].as_bool().unwrap_or_else(|| panic!("{text}")),
+        overlay: disk["overlay"].as_str().map(str::to_string),
+    }
 }
 
 /// The overlay folder ovafs keeps beside `ova`.
@@ -336,17 +358,25 @@ fn guest_write_round_trip(cache: &str, form: CommitForm) {
 
     let m = Mount::ok(&ova, &mnt, &[]);
     written.check(&m.path("disks/root.raw"));
-    let (changed, overlay) = status(&mnt);
+    let after_boot = status(&mnt);
     assert!(
-        changed >= 4 << 20,
-        "status after the guest wrote: {changed} bytes"
+        after_boot.changed_bytes >= 4 << 20 && after_boot.synced,
+        "status after the guest wrote 4 MiB and synced: {after_boot:?}"
     );
-    assert!(overlay.is_some(), "status names no overlay");
+    let overlay = after_boot.overlay.expect("status names the overlay");
+    assert!(
+        Path::new(&overlay).starts_with(overlay_dir(&ova)),
+        "overlay {overlay}"
+    );
     match form {
         CommitForm::Mount => {
             commit(&mnt);
             written.check(&m.path("disks/root.raw"));
-            assert_eq!(status(&mnt), (0, None), "status after commit at the mount");
+            assert_eq!(
+                status(&mnt),
+                Status::CLEAN,
+                "status after commit at the mount"
+            );
             m.umount();
         }
         CommitForm::Source => {
@@ -369,7 +399,11 @@ fn guest_write_round_trip(cache: &str, form: CommitForm) {
 
     let m = Mount::ok(&ova, &mnt, &[]);
     written.check(&m.path("disks/root.raw"));
-    assert_eq!(status(&mnt), (0, None), "status after commit and remount");
+    assert_eq!(
+        status(&mnt),
+        Status::CLEAN,
+        "status after commit and remount"
+    );
     m.umount();
     assert!(!overlay_dir(&ova).exists(), "a remount made an overlay");
 }
@@ -384,6 +418,16 @@ fn guest_writes_with_cache_writeback_survive_remount_and_commit_of_the_source() 
     guest_write_round_trip("writeback", CommitForm::Source);
 }
 
+/// The bytes of the 4 KiB `blocks` of the raw image `image`, concatenated.
+fn blocks_of(image: &Path, blocks: &[u64]) -> Vec<u8> {
+    let bytes = fs::read(image).unwrap();
+    blocks
+        .iter()
+        .flat_map(|b| &bytes[(*b as usize) << 12..((*b as usize) + 1) << 12])
+        .copied()
+        .collect()
+}
+
 #[test]
 fn guest_trim_shrinks_the_committed_vmdk() {
     let guest = Guest::build();
@@ -394,6 +438,8 @@ fn guest_trim_shrinks_the_committed_vmdk() {
     let m = Mount::ok(&ova, &mnt, &[]);
     let flat = m.path("disks/root.raw");
     assert_eq!(ext4_cat(&flat, "/big.bin"), big);
+    let big_blocks = ext4_blocks(&flat, "/big.bin");
+    assert_eq!(big_blocks.len(), BIG_MIB << 8, "{big_blocks:?}");
     let original = vmdk_member_size(&ova);
 
     // Deleted without a discard: the freed blocks keep their bytes.
@@ -407,6 +453,10 @@ fn guest_trim_shrinks_the_committed_vmdk() {
     let kept = vmdk_member_size(&ova);
     let raw = judge_ova(&ova, tmp.path(), "deleted");
     assert_eq!(ext4_names(&raw, "/"), ["hello.txt", "lost+found"]);
+    assert!(
+        blocks_of(&raw, &big_blocks) == big,
+        "the blocks of the deleted file changed without a discard"
+    );
 
     // Trimmed: the freed blocks become zero grains, which a stream-optimized VMDK omits.
     let run = guest.run(&Boot::new("set -e\nfstrim /root\nsync").disk(
@@ -426,6 +476,10 @@ fn guest_trim_shrinks_the_committed_vmdk() {
     );
     let raw = judge_ova(&ova, tmp.path(), "trimmed");
     assert_eq!(ext4_names(&raw, "/"), ["hello.txt", "lost+found"]);
+    assert!(
+        blocks_of(&raw, &big_blocks).iter().all(|b| *b == 0),
+        "the trimmed blocks of the deleted file are not zero"
+    );
     assert_eq!(ext4_cat(&raw, "/hello.txt"), HELLO.as_bytes());
     m.umount();
     assert!(

@@ -10,8 +10,9 @@
 //!   the downloaded `.deb` files are kept beside it (`debs/`), so a recipe change rebuilds
 //!   without downloading either.
 //! - [`ext4_image`]: a raw disk image holding an ext4 file system with given files
-//!   (`mkfs.ext4 -d`), the guest's root; [`ext4_cat`] and [`ext4_names`] read a file or a
-//!   folder of such an image back with `debugfs` (what the guest left on its disk).
+//!   (`mkfs.ext4 -d`), the guest's root; [`ext4_cat`], [`ext4_names`] and [`ext4_blocks`]
+//!   read a file, a folder or a file's block list of such an image back with `debugfs`
+//!   (what the guest left on its disk).
 //! - [`Guest::boot`] / [`Guest::run`] / [`Guest::start`]: boots the guest (TCG;
 //!   `OVAFS_GUEST_ACCEL=kvm` for KVM) with `-kernel`/`-initrd`/`-append console=ttyS0 ...`,
 //!   `-nographic -no-reboot`, the disks as `-drive ...,if=virtio`, under a timeout. The guest's `/init` mounts `/dev/vda` (ext4)
@@ -440,6 +441,19 @@ pub fn ext4_names(image: &Path, dir: &str) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// The file system block numbers (4 KiB blocks, as [`ext4_image`] makes them) holding the
+/// data of file `path` in the ext4 image `image`, in file order, from `debugfs -R 'blocks
+/// PATH'`.
+pub fn ext4_blocks(image: &Path, path: &str) -> Vec<u64> {
+    let text = String::from_utf8(debugfs(image, &format!("blocks {path}"))).unwrap();
+    text.split_whitespace()
+        .map(|n| {
+            n.parse()
+                .unwrap_or_else(|e| panic!("debugfs blocks {path}: {n:?}: {e}"))
+        })
+        .collect()
 }
 
 /// Runs the debugfs request `request` on `image` read-only; returns its stdout, panicking
