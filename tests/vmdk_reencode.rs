@@ -18,6 +18,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use common::vmdk_layout::{Layout, check_layout};
 use common::{
     Rng, path_str, qemu_img, qemu_to_raw, raw_to_format, scattered_raw, sha256_file, to_stream_vmdk,
 };
@@ -27,7 +28,6 @@ use ovafs::disk::vmdk_reencode::{
 };
 use ovafs::disk::vmdk_writer::{StreamWriterOptions, write_stream_optimized};
 use ovafs::io::{FileSource, ReadAt};
-use common::vmdk_layout::{Layout, check_layout};
 
 const GRAIN: u64 = 64 << 10;
 const SECTOR: u64 = 512;

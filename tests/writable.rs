@@ -81,7 +81,10 @@ impl Fixture {
             .unwrap();
         f.write_all_at(data, offset).unwrap();
         f.sync_all().unwrap();
-        let model = fs::OpenOptions::new().write(true).open(&self.model).unwrap();
+        let model = fs::OpenOptions::new()
+            .write(true)
+            .open(&self.model)
+            .unwrap();
         model.write_all_at(data, offset).unwrap();
     }
 
@@ -131,7 +134,12 @@ fn disk_state<'a>(v: &'a serde_json::Value, disk: &str) -> &'a serde_json::Value
 /// VMware's layout, field by field (tests/common/vmdk_layout.rs).
 fn assert_vmdk_is(vmdk: &Path, model: &Path) {
     let layout = common::vmdk_layout::check_layout(vmdk);
-    assert!(layout.vmware, "{}: {:?}", vmdk.display(), layout.differences);
+    assert!(
+        layout.vmware,
+        "{}: {:?}",
+        vmdk.display(),
+        layout.differences
+    );
     qemu_img(&["check", path_str(vmdk)]);
     qemu_img(&[
         "compare",
@@ -189,10 +197,16 @@ fn writes_survive_a_remount_and_commit_through_the_mount() {
     let before = fx.extract("before");
     let out = ovafs_ok(&["commit", path_str(&m.dir)]);
     assert!(out.contains("disks/disk1.raw: committed"), "{out}");
-    assert!(!fx.overlay_folder().exists(), "the overlay is gone after commit");
+    assert!(
+        !fx.overlay_folder().exists(),
+        "the overlay is gone after commit"
+    );
     assert_same_bytes(&m.path("disks/disk1.raw"), &fx.model);
     assert_eq!(status_json(&m.dir).as_array().unwrap().len(), 2);
-    assert_eq!(disk_state(&status_json(&m.dir), "disk1.raw")["changed"], false);
+    assert_eq!(
+        disk_state(&status_json(&m.dir), "disk1.raw")["changed"],
+        false
+    );
     m.umount();
 
     let after = fx.extract("after");
@@ -203,7 +217,10 @@ fn writes_survive_a_remount_and_commit_through_the_mount() {
         fs::read(before.join("disk2.vmdk")).unwrap(),
         "the unchanged disk's member is byte-identical"
     );
-    assert_eq!(fs::read(after.join("disk2.vmdk")).unwrap(), fs::read(&fx.other).unwrap());
+    assert_eq!(
+        fs::read(after.join("disk2.vmdk")).unwrap(),
+        fs::read(&fx.other).unwrap()
+    );
     let ovf = fs::read_to_string(after.join("app.ovf")).unwrap();
     let size = fs::metadata(after.join("disk1.vmdk")).unwrap().len();
     assert!(ovf.contains(&format!("ovf:size=\"{size}\"")), "{ovf}");
@@ -306,7 +323,10 @@ fn growing_and_punching() {
             .args(["-s", "20M"])
             .arg(m.path("disks/disk1.raw")),
     );
-    assert_eq!(fs::metadata(m.path("disks/disk1.raw")).unwrap().len(), 20 * MIB);
+    assert_eq!(
+        fs::metadata(m.path("disks/disk1.raw")).unwrap().len(),
+        20 * MIB
+    );
     fs::OpenOptions::new()
         .write(true)
         .open(&fx.model)
@@ -364,7 +384,10 @@ fn other_formats_commit_as_stream_vmdk_and_raw_stays_raw() {
         .build();
     let m = Mount::ok(&ova, &dir.path().join("mnt"), &[]);
     for (disk, model) in [("disks/disk1.raw", &model), ("disks/disk2.raw", &raw_model)] {
-        let f = fs::OpenOptions::new().write(true).open(m.path(disk)).unwrap();
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(m.path(disk))
+            .unwrap();
         f.write_all_at(b"changed", 4096 * 3).unwrap();
         f.sync_all().unwrap();
         let mf = fs::OpenOptions::new().write(true).open(model).unwrap();
@@ -376,11 +399,23 @@ fn other_formats_commit_as_stream_vmdk_and_raw_stays_raw() {
     m.umount();
     let out = dir.path().join("x");
     fs::create_dir_all(&out).unwrap();
-    run_ok(Command::new(tool("tar")).arg("-xf").arg(&ova).arg("-C").arg(&out));
+    run_ok(
+        Command::new(tool("tar"))
+            .arg("-xf")
+            .arg(&ova)
+            .arg("-C")
+            .arg(&out),
+    );
     assert_vmdk_is(&out.join("disk1.qcow2"), &model);
-    assert_eq!(fs::read(out.join("disk2.img")).unwrap(), fs::read(&raw_model).unwrap());
+    assert_eq!(
+        fs::read(out.join("disk2.img")).unwrap(),
+        fs::read(&raw_model).unwrap()
+    );
     let ovf = fs::read_to_string(out.join("fmt.ovf")).unwrap();
-    assert!(ovf.contains(STREAM), "the qcow2 disk is now a stream VMDK: {ovf}");
+    assert!(
+        ovf.contains(STREAM),
+        "the qcow2 disk is now a stream VMDK: {ovf}"
+    );
     assert!(ovf.contains(raw_uri), "the raw disk stays raw: {ovf}");
     assert!(!ovf.contains(qcow_uri), "{ovf}");
 }
@@ -423,7 +458,10 @@ fn a_stale_overlay_is_refused_and_can_be_discarded() {
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
     assert_same_bytes(&m.path("disks/disk1.raw"), &changed);
     let text = ovafs_ok(&["status", path_str(&m.dir)]);
-    assert!(text.contains("read-only") && text.contains("stale"), "{text}");
+    assert!(
+        text.contains("read-only") && text.contains("stale"),
+        "{text}"
+    );
     let out = ovafs_ok(&["discard", path_str(&m.dir), "disk1"]);
     assert!(out.contains("changes discarded"), "{out}");
     assert!(!fx.overlay_folder().exists());

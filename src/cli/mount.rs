@@ -280,7 +280,7 @@ pub(super) fn serve(
     let result = session.run();
     super::control::remove(&config.mountpoint);
     if let Some(disks) = &writable {
-        finish_disks(config, disks, &*editor);
+        finish_disks(config, disks, &editor);
     }
     super::record::remove_own(
         &super::mountinfo::canonical_mount_path(&config.mountpoint),

@@ -174,7 +174,7 @@ fn read_file(path: &Path) -> Result<Record, String> {
     let f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&path)
+        .open(path)
         .map_err(|e| format!("no mount record {}: {e}", path.display()))?;
     check_trusted(&f, path)?;
     let mut bytes = Vec::new();

@@ -32,7 +32,6 @@ impl DiskFile {
             mtime,
         }
     }
-
 }
 
 /// The allocated bytes a `stat` of `disk` reports: see the module's comment.
