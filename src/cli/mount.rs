@@ -292,9 +292,11 @@ pub(super) fn serve(
     }
 }
 
-/// At the end of a mount: commits the disks' changes with `-o commit=umount`, else says
-/// where they stay.
+/// At the end of a mount: makes the disks' writes durable, then commits them with `-o
+/// commit=umount`, else says where they stay.
 fn finish_disks(config: &MountConfig, disks: &WritableDisks, editor: &Editor) {
+    // Unsynced writes were acknowledged: a clean unmount keeps them.
+    let _ = disks.sync_all();
     if !disks.has_changes() {
         return;
     }

@@ -111,15 +111,16 @@ pub fn encode(
     })
 }
 
-/// Flushes and syncs the temporary file (its bytes are copied into the package next; a
-/// short write must fail here, not as a short member later).
+/// Flushes the temporary file. It is not synced: it has no name and is only copied into the
+/// package, whose new file the commit syncs; a sync here would write the whole disk to
+/// storage once more for nothing.
 fn finish(out: BufWriter<File>, folder: &std::path::Path) -> Result<File> {
-    let shown = || format!("write a temporary file in {}", folder.display());
-    let file = out
-        .into_inner()
-        .map_err(|e| Error::io(shown(), e.into_error()))?;
-    file.sync_data().map_err(|e| Error::io(shown(), e))?;
-    Ok(file)
+    out.into_inner().map_err(|e| {
+        Error::io(
+            format!("write a temporary file in {}", folder.display()),
+            e.into_error(),
+        )
+    })
 }
 
 /// The grains a disk's changed blocks touch, plus every grain past the old end (the disk

@@ -232,6 +232,22 @@ impl WritableDisks {
         out
     }
 
+    /// Makes every disk's acknowledged writes durable (at the end of a mount: an unmount
+    /// keeps what was written, synced or not). Every disk is tried; the first failure is
+    /// returned.
+    pub fn sync_all(&self) -> Result<()> {
+        let mut first = Ok(());
+        for d in &self.disks {
+            if let Err(e) = crate::node::written_disk::WritableDisk::sync(&**d) {
+                log::error!("disks/{}: cannot sync its overlay: {e}", d.name);
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
     /// Whether any disk has changes to commit.
     pub fn has_changes(&self) -> bool {
         self.disks.iter().any(|d| state_of(d).changed)
