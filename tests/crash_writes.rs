@@ -1,0 +1,738 @@
+//! kill -9 during guest writes and during commits (issue 11, section 5): after each kill the
+//! OVA is the old one or a new valid one, every write an fsync acknowledged reads back, and
+//! every block is old or new bytes, never anything else. Seeded: each test prints its seed;
+//! `OVAFS_CRASH_WRITES_SEED=N` repeats a run.
+//!
+//! Contents:
+//! - `crash_writer_child`: the writer, this test binary re-run with `OVAFS_CRASH_WRITER`
+//!   set (`--ignored --exact crash_writer_child`): runs a [`model::Plan`] against a file and
+//!   keeps an acknowledgement log outside the mount.
+//! - `judge_against_a_plain_file`: the writer killed against a plain file, and the judge
+//!   shown to refuse a lost acknowledged write, a foreign value and a short length (so the
+//!   tests below can fail).
+//! - `kill_the_daemon_during_writes`: the daemon killed while the writer runs (O_DIRECT
+//!   and buffered rounds); remount; the judge reads the disk back.
+//! - `kill_the_daemon_during_commit`, `kill_the_offline_commit`: `ovafs commit MNT` with the
+//!   daemon killed at a random delay, and `ovafs commit SRC` killed itself; the OVA is old or
+//!   new (`ovafs verify`, GNU tar), the remounted disk equals the model; at the end a last
+//!   commit runs to completion and qemu-img reads the committed VMDK out of the OVA.
+//! - `kill_qemu_during_writes`: `qemu-io -t none` writes and flushes through the mount and
+//!   is killed at random; the mount goes on serving, and every write qemu-io finished reads
+//!   back; after a clean umount and remount too.
+
+mod common;
+#[path = "crash_model.rs"]
+mod model;
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Mount, OvaBuilder, daemon_pid, ovafs, qemu_stream_vmdk, run_ok, tool};
+use model::{BLOCK, Io, LogState, Op, Plan, Rng, Verdict, judge, read_log, run_plan};
+
+/// Tells `crash_writer_child` what to do: the target, the log, then the plan's spec.
+const WRITER_ENV: &str = "OVAFS_CRASH_WRITER";
+/// Repeats a run.
+const SEED_ENV: &str = "OVAFS_CRASH_WRITES_SEED";
+
+/// The disk: a few MiB, grown by the writers up to `MAX_DISK`.
+const DISK_BYTES: u64 = 4 << 20;
+const MAX_DISK: u64 = 6 << 20;
+/// Operations per writer run (the kill comes at a random one of them).
+const WRITER_OPS: usize = 300;
+/// Longest a child may take to notice that its daemon died, or a commit to end.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The writer side.
+#[test]
+#[ignore = "child process of the crash tests (runs only with OVAFS_CRASH_WRITER set)"]
+fn crash_writer_child() {
+    let Ok(spec) = std::env::var(WRITER_ENV) else {
+        eprintln!("{WRITER_ENV} is not set: nothing to do");
+        return;
+    };
+    let lines: Vec<&str> = spec.lines().collect();
+    let plan = Plan::from_spec(&lines[2..]);
+    run_plan(&plan, Path::new(lines[0]), Path::new(lines[1]));
+    // Wait to be killed: the parent expects SIGKILL (or a failure logged after a kill).
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn spawn_writer(plan: &Plan, target: &Path, log: &Path) -> Child {
+    // A log left by the last run would be read as this one's until the writer truncates it.
+    let _ = fs::remove_file(log);
+    let spec = format!(
+        "{}\n{}\n{}",
+        target.display(),
+        log.display(),
+        plan.to_spec()
+    );
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "crash_writer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(WRITER_ENV, spec)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The run's seed: from `OVAFS_CRASH_WRITES_SEED`, else the clock; printed.
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var(SEED_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("{test}: seed {seed} ({SEED_ENV}={seed} to repeat)");
+    seed
+}
+
+/// Waits until the writer's log shows operation `k` begun (or the writer stopped).
+fn wait_for_begin(log: &Path, k: usize, writer: &mut Child) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let st = read_log(log);
+        if st.begun.is_some_and(|b| b >= k) || st.ended || st.failure.is_some() {
+            return;
+        }
+        if let Some(status) = writer.try_wait().unwrap() {
+            panic!(
+                "the writer ended on its own ({status}): {}",
+                stderr_of(writer)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the writer stalled before op {k}"
+        );
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+/// Waits for `child` for at most [`PATIENCE`]; `None` if it is still running.
+fn wait_bounded(child: &mut Child) -> Option<ExitStatus> {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+fn sigkill(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+/// Waits until process `pid` (not our child) is gone or a zombie.
+fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return,
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap()
+                    .trim_start()
+                    .starts_with('Z') =>
+            {
+                return;
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    panic!("process {pid} survived SIGKILL");
+}
+
+/// Kills the daemon serving `ova` with SIGKILL and waits until it is gone.
+fn kill_daemon(ova: &Path) {
+    let pid = daemon_pid(ova);
+    sigkill(pid);
+    wait_gone(pid);
+}
+
+fn read_all(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Runs `plan` against a plain file, kills the writer at a random operation, and judges.
+fn plain_file_round(rng: &mut Rng, io: Io, file: &Path, log: &Path) -> Verdict {
+    let before = read_all(file);
+    let plan = Plan {
+        seed: rng.next(),
+        io,
+        start_len: before.len() as u64,
+        max_len: MAX_DISK,
+        count: WRITER_OPS,
+    };
+    let mut w = spawn_writer(&plan, file, log);
+    wait_for_begin(log, 1 + rng.below(WRITER_OPS as u64 - 1) as usize, &mut w);
+    w.kill().unwrap();
+    let st = w.wait().unwrap();
+    assert_eq!(st.signal(), Some(9), "{}", stderr_of(&mut w));
+    let state = read_log(log);
+    assert!(state.failure.is_none(), "writer failed: {state:?}");
+    judge(&before, &plan.ops(), &state, &read_all(file))
+        .unwrap_or_else(|e| panic!("plain file, {io:?}: {e}"))
+}
+
+#[test]
+fn judge_against_a_plain_file() {
+    let t = common::tempdir();
+    let mut rng = Rng::new(seed("judge_against_a_plain_file"));
+    let file = t.path().join("disk.raw");
+    fs::write(&file, model::payload(rng.next(), DISK_BYTES)).unwrap();
+    let log = t.path().join("ack.log");
+    for io in [Io::Direct, Io::Buffered, Io::Direct, Io::Buffered] {
+        let v = plain_file_round(&mut rng, io, &file, &log);
+        println!("plain file, {io:?}: {v:?}");
+        assert!(v.exact_blocks > 0);
+    }
+    let mut image = read_all(&file);
+    for _ in 0..2 {
+        let (seen, got) = qemu_round_judged(&file, &mut rng, &image).unwrap();
+        println!("plain file, qemu-io: killed after {seen} writes");
+        image = got;
+    }
+    judge_refuses_what_it_must(&mut rng);
+}
+
+/// The judge accepts a disk holding every operation, and refuses one that lost an
+/// acknowledged write, holds a value no operation wrote, or is shorter than acknowledged.
+fn judge_refuses_what_it_must(rng: &mut Rng) {
+    let base = model::payload(rng.next(), DISK_BYTES);
+    let plan = Plan {
+        seed: rng.next(),
+        io: Io::Buffered,
+        start_len: DISK_BYTES,
+        max_len: MAX_DISK,
+        count: WRITER_OPS,
+    };
+    let ops = plan.ops();
+    let syncs: Vec<usize> = (0..ops.len())
+        .filter(|&i| matches!(ops[i], Op::Sync { .. }))
+        .collect();
+    let acked = syncs[syncs.len() / 2];
+    let log = LogState::through(&ops, Some(acked), Some(ops.len() - 1));
+    let mut all = base.clone();
+    ops.iter()
+        .for_each(|op| model::apply_to_image(&mut all, op));
+    let mut durable = base.clone();
+    ops[..=acked]
+        .iter()
+        .for_each(|op| model::apply_to_image(&mut durable, op));
+    let v = judge(&base, &ops, &log, &all).unwrap();
+    assert!(v.new_blocks > 0 && v.exact_blocks > 0, "{v:?}");
+
+    // The last acknowledged write, lost (its blocks back to the base) where nothing later
+    // touched them.
+    let last_write = (0..=acked)
+        .rev()
+        .find(|&i| {
+            matches!(ops[i], Op::Write { offset, len, .. }
+                if !touched_later(&ops[acked + 1..], offset, len))
+        })
+        .expect("a write acknowledged and untouched later");
+    let Op::Write { offset, len, .. } = ops[last_write] else {
+        unreachable!()
+    };
+    let mut lost = all.clone();
+    for at in offset as usize..(offset + len) as usize {
+        lost[at] = base.get(at).copied().unwrap_or(0);
+    }
+    assert!(
+        judge(&base, &ops, &log, &lost).is_err(),
+        "a lost write passed"
+    );
+
+    // A byte no operation wrote (payload bytes are odd), in a block touched later.
+    let touched = ops[acked + 1..]
+        .iter()
+        .find_map(|op| match *op {
+            Op::Write { offset, .. } => Some(offset),
+            _ => None,
+        })
+        .unwrap();
+    let mut foreign = all.clone();
+    foreign[touched as usize] = 0xEE;
+    assert!(
+        judge(&base, &ops, &log, &foreign).is_err(),
+        "a foreign value passed"
+    );
+
+    // Shorter than acknowledged.
+    let short = &all[..durable.len() - BLOCK as usize];
+    assert!(
+        judge(&base, &ops, &log, short).is_err(),
+        "a short disk passed"
+    );
+}
+
+fn touched_later(later: &[Op], offset: u64, len: u64) -> bool {
+    later.iter().any(|op| match *op {
+        Op::Write {
+            offset: o, len: l, ..
+        }
+        | Op::Fill {
+            offset: o, len: l, ..
+        }
+        | Op::Zero {
+            offset: o, len: l, ..
+        } => o < offset + len && offset < o + l,
+        Op::Grow { .. } | Op::Sync { .. } => false,
+    })
+}
+
+/// An OVA with one stream-optimized disk (`disks/disk1.raw` on the mount) made by qemu-img.
+struct Appliance {
+    _dir: tempfile::TempDir,
+    ova: PathBuf,
+    mnt: PathBuf,
+    work: PathBuf,
+    /// The disk's content as the OVA was built.
+    raw: PathBuf,
+}
+
+impl Appliance {
+    fn new(seed: u64) -> Appliance {
+        let dir = common::tempdir();
+        let work = dir.path().join("work");
+        fs::create_dir_all(&work).unwrap();
+        let (raw, vmdk) = qemu_stream_vmdk(&work, "disk1", DISK_BYTES, 6, seed);
+        let ova = OvaBuilder::new(&dir.path().join("pkg"), "crash")
+            .disk(&vmdk, DISK_BYTES, ovafs::sample::VMDK_STREAM_URI)
+            .build();
+        Appliance {
+            mnt: dir.path().join("mnt"),
+            ova,
+            work,
+            raw,
+            _dir: dir,
+        }
+    }
+
+    fn mount(&self) -> Mount {
+        let (m, err) = Mount::bounded(&self.ova, &self.mnt, &[], 30);
+        m.unwrap_or_else(|| panic!("mount failed: {err}"))
+    }
+
+    fn flat(&self) -> PathBuf {
+        self.mnt.join("disks/disk1.raw")
+    }
+}
+
+/// One writer run on the mount, the daemon killed at a random operation, the mount cleaned
+/// and remounted; returns the remounted guard, the judge's verdict and the new content.
+fn daemon_kill_round(
+    app: &Appliance,
+    m: Mount,
+    rng: &mut Rng,
+    io: Io,
+    before: &[u8],
+) -> (Mount, Verdict, Vec<u8>) {
+    let log = app.work.join("ack.log");
+    let plan = Plan {
+        seed: rng.next(),
+        io,
+        start_len: before.len() as u64,
+        max_len: MAX_DISK,
+        count: WRITER_OPS,
+    };
+    let mut w = spawn_writer(&plan, &app.flat(), &log);
+    wait_for_begin(&log, 1 + rng.below(WRITER_OPS as u64 - 1) as usize, &mut w);
+    std::thread::sleep(Duration::from_micros(rng.below(2000)));
+    kill_daemon(&app.ova);
+    // The writer's next request fails (ENOTCONN) and it logs that, or it is between
+    // operations and must be killed.
+    std::thread::sleep(Duration::from_millis(5));
+    let _ = w.kill();
+    assert!(wait_bounded(&mut w).is_some(), "the writer hung");
+    drop(m);
+    let m = app.mount();
+    let got = read_all(&app.flat());
+    let state = read_log(&log);
+    let v = judge(before, &plan.ops(), &state, &got)
+        .unwrap_or_else(|e| panic!("{io:?} plan seed {}: {e}\nlog: {state:?}", plan.seed));
+    (m, v, got)
+}
+
+#[test]
+fn kill_the_daemon_during_writes() {
+    let seed = seed("kill_the_daemon_during_writes");
+    let mut rng = Rng::new(seed);
+    let app = Appliance::new(seed);
+    let mut m = app.mount();
+    let mut image = read_all(&app.flat());
+    assert_eq!(image, read_all(&app.raw));
+    let rounds = 40;
+    let (mut acked, mut unacked, mut new, mut old) = (0, 0, 0, 0);
+    for round in 0..rounds {
+        let io = if round % 2 == 0 {
+            Io::Direct
+        } else {
+            Io::Buffered
+        };
+        let (next, v, got) = daemon_kill_round(&app, m, &mut rng, io, &image);
+        m = next;
+        image = got;
+        acked += v.acked_ops;
+        unacked += v.unacked_ops;
+        new += v.new_blocks;
+        old += v.old_blocks;
+    }
+    println!(
+        "{rounds} daemon kills during writes: {acked} operations acknowledged and read back, \
+         {unacked} begun but not acknowledged; of the blocks these touched {new} read new \
+         and {old} old bytes; final length {}",
+        image.len()
+    );
+    m.umount();
+}
+
+/// `ovafs commit TARGET`, started.
+fn spawn_commit(target: &Path) -> Child {
+    Command::new(ovafs())
+        .arg("commit")
+        .arg(target)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Writes a few fsynced changes through the mount and applies them to `image`.
+fn change_disk(app: &Appliance, rng: &mut Rng, image: &mut Vec<u8>) {
+    let plan = Plan {
+        seed: rng.next(),
+        io: Io::Buffered,
+        start_len: image.len() as u64,
+        max_len: MAX_DISK,
+        count: 30,
+    };
+    run_plan(&plan, &app.flat(), &app.work.join("changes.log"));
+    let st = read_log(&app.work.join("changes.log"));
+    assert!(st.ended, "the changes failed: {st:?}");
+    File::options()
+        .write(true)
+        .open(app.flat())
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    plan.ops()
+        .iter()
+        .for_each(|op| model::apply_to_image(image, op));
+}
+
+/// Which OVA a kill left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Left {
+    Old,
+    New,
+}
+
+/// The OVA must be byte for byte the one before the commit, or a new one that GNU tar lists
+/// and `ovafs verify` passes.
+fn judge_ova(ova: &Path, old: &[u8]) -> Left {
+    if read_all(ova) == old {
+        return Left::Old;
+    }
+    run_ok(Command::new(tool("tar")).arg("-tf").arg(ova));
+    let out = Command::new(ovafs())
+        .arg("verify")
+        .arg(ova)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the OVA changed and does not verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Left::New
+}
+
+/// The time an uninterrupted commit takes: the kill delays are drawn up to 1.3 times it.
+fn timed_commit(target: &Path) -> Duration {
+    let start = Instant::now();
+    let mut c = spawn_commit(target);
+    let st = wait_bounded(&mut c).expect("commit hung");
+    assert!(st.success(), "commit failed: {}", stderr_of(&mut c));
+    start.elapsed()
+}
+
+/// Tallies of the commit kills.
+#[derive(Debug, Default)]
+struct CommitTally {
+    killed_left_old: usize,
+    killed_left_new: usize,
+    completed: usize,
+    failed_left_old: usize,
+}
+
+impl CommitTally {
+    fn add(&mut self, status: ExitStatus, left: Left, err: &str) {
+        match (status.success(), left) {
+            (true, Left::New) => self.completed += 1,
+            (true, Left::Old) => panic!("commit reported success but the OVA is the old one"),
+            (false, Left::New) if status.signal() == Some(9) || !err.is_empty() => {
+                self.killed_left_new += 1
+            }
+            (false, Left::Old) if status.signal() == Some(9) => self.killed_left_old += 1,
+            (false, Left::Old) => self.failed_left_old += 1,
+            (false, Left::New) => self.killed_left_new += 1,
+        }
+    }
+}
+
+/// The end of a commit test: a last commit runs to completion, and the disk member of the
+/// OVA, extracted by GNU tar and converted by qemu-img, is the model.
+fn final_commit_matches(app: &Appliance, image: &[u8]) {
+    let st = spawn_commit(&app.ova).wait().unwrap();
+    assert!(st.success());
+    let out = app.work.join("extracted");
+    fs::create_dir_all(&out).unwrap();
+    run_ok(
+        Command::new(tool("tar"))
+            .arg("-xf")
+            .arg(&app.ova)
+            .arg("-C")
+            .arg(&out),
+    );
+    let raw = app.work.join("committed.raw");
+    common::qemu_to_raw(&out.join("disk1.vmdk"), "vmdk", &raw);
+    assert!(
+        read_all(&raw) == image,
+        "the committed VMDK is not the model"
+    );
+}
+
+#[test]
+fn kill_the_daemon_during_commit() {
+    let seed = seed("kill_the_daemon_during_commit");
+    let mut rng = Rng::new(seed);
+    let app = Appliance::new(seed);
+    let mut m = app.mount();
+    let mut image = read_all(&app.flat());
+    change_disk(&app, &mut rng, &mut image);
+    let took = timed_commit(&app.mnt);
+    assert_eq!(read_all(&app.flat()), image, "commit changed the content");
+    let mut tally = CommitTally::default();
+    let rounds = 20;
+    for round in 0..rounds {
+        change_disk(&app, &mut rng, &mut image);
+        let old = read_all(&app.ova);
+        let mut c = spawn_commit(&app.mnt);
+        std::thread::sleep(random_delay(&mut rng, took));
+        kill_daemon(&app.ova);
+        let status = wait_bounded(&mut c).expect("commit hung after its daemon died");
+        let err = stderr_of(&mut c);
+        drop(m);
+        let left = judge_ova(&app.ova, &old);
+        tally.add(status, left, &err);
+        m = app.mount();
+        assert!(
+            read_all(&app.flat()) == image,
+            "round {round}: after the kill ({left:?} OVA) the disk is not the model"
+        );
+    }
+    println!(
+        "{rounds} daemon kills during `ovafs commit MNT` (uninterrupted: {took:?}): {tally:?}"
+    );
+    m.umount();
+    final_commit_matches(&app, &image);
+}
+
+#[test]
+fn kill_the_offline_commit() {
+    let seed = seed("kill_the_offline_commit");
+    let mut rng = Rng::new(seed);
+    let app = Appliance::new(seed);
+    let m = app.mount();
+    let mut image = read_all(&app.flat());
+    change_disk(&app, &mut rng, &mut image);
+    m.umount();
+    let took = timed_commit(&app.ova);
+    let mut tally = CommitTally::default();
+    let rounds = 20;
+    for round in 0..rounds {
+        let m = app.mount();
+        assert!(
+            read_all(&app.flat()) == image,
+            "round {round}: the remounted disk is not the model"
+        );
+        change_disk(&app, &mut rng, &mut image);
+        m.umount();
+        let old = read_all(&app.ova);
+        let mut c = spawn_commit(&app.ova);
+        std::thread::sleep(random_delay(&mut rng, took));
+        let _ = c.kill();
+        let status = c.wait().unwrap();
+        let err = stderr_of(&mut c);
+        tally.add(status, judge_ova(&app.ova, &old), &err);
+    }
+    let m = app.mount();
+    assert!(read_all(&app.flat()) == image, "the disk is not the model");
+    m.umount();
+    println!("{rounds} kills of `ovafs commit SRC` (uninterrupted: {took:?}): {tally:?}");
+    final_commit_matches(&app, &image);
+}
+
+/// A delay up to 1.3 times `took`.
+fn random_delay(rng: &mut Rng, took: Duration) -> Duration {
+    Duration::from_micros(rng.below(took.as_micros() as u64 * 13 / 10 + 1))
+}
+
+/// `n` aligned pattern writes inside `len` bytes, for qemu-io.
+fn qemu_writes(rng: &mut Rng, len: u64, n: usize) -> Vec<Op> {
+    (0..n)
+        .map(|_| {
+            let blocks = 1 + rng.below(16);
+            let hot = if rng.below(2) == 0 { 64 } else { len / BLOCK };
+            let offset = BLOCK * rng.below(hot - blocks);
+            Op::Fill {
+                offset,
+                len: blocks * BLOCK,
+                byte: 1 + rng.below(255) as u8,
+            }
+        })
+        .collect()
+}
+
+/// qemu-io writing `ops` (each followed by a flush) to the flat disk, killed after a random
+/// number of them; returns how many it reported done.
+fn qemu_kill_round(target: &Path, rng: &mut Rng, ops: &[Op]) -> usize {
+    let mut cmd = Command::new(tool("stdbuf"));
+    cmd.arg("-oL")
+        .arg(tool("qemu-io"))
+        .args(["-f", "raw", "-t", "none"]);
+    for op in ops {
+        let Op::Fill { offset, len, byte } = *op else {
+            unreachable!()
+        };
+        cmd.arg("-c")
+            .arg(format!("write -P 0x{byte:02x} {offset} {len}"))
+            .arg("-c")
+            .arg("flush");
+    }
+    let mut q = cmd
+        .arg(target)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = BufReader::new(q.stdout.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        for line in out.lines() {
+            let line = line.unwrap();
+            if line.starts_with("wrote ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let target = rng.below(ops.len() as u64) as usize;
+    let deadline = Instant::now() + PATIENCE;
+    let mut seen = 0;
+    while seen < target {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(()) => seen += 1,
+            Err(_) if q.try_wait().unwrap().is_some() => break,
+            Err(_) => assert!(Instant::now() < deadline, "qemu-io stalled"),
+        }
+    }
+    std::thread::sleep(Duration::from_micros(rng.below(3000)));
+    let _ = q.kill();
+    let status = q.wait().unwrap();
+    reader.join().unwrap();
+    seen += rx.try_iter().count();
+    if status.signal() != Some(9) {
+        assert!(
+            status.success() && seen == ops.len(),
+            "qemu-io failed ({status}): {}",
+            stderr_of(&mut q)
+        );
+    }
+    seen
+}
+
+/// Writes per qemu-io run.
+const QEMU_WRITES: usize = 60;
+
+/// One qemu-io run against `target` (whose content was `before`), killed at random, judged:
+/// the writes qemu-io reported done are there (a live file, or a mount whose daemon lives),
+/// the one after them may be in flight. Returns how many it reported and the new content.
+fn qemu_round_judged(
+    target: &Path,
+    rng: &mut Rng,
+    before: &[u8],
+) -> Result<(usize, Vec<u8>), String> {
+    let ops = qemu_writes(rng, before.len() as u64, QEMU_WRITES);
+    let seen = qemu_kill_round(target, rng, &ops);
+    let log = LogState::through(&ops, seen.checked_sub(1), Some(seen.min(ops.len() - 1)));
+    let got = read_all(target);
+    judge(before, &ops, &log, &got).map_err(|e| format!("after {seen} writes: {e}"))?;
+    Ok((seen, got))
+}
+
+#[test]
+fn kill_qemu_during_writes() {
+    let seed = seed("kill_qemu_during_writes");
+    let mut rng = Rng::new(seed);
+    let app = Appliance::new(seed);
+    let m = app.mount();
+    let mut image = read_all(&app.flat());
+    let rounds = 30;
+    let (mut done, mut in_flight) = (0, 0);
+    for round in 0..rounds {
+        let (seen, got) = qemu_round_judged(&app.flat(), &mut rng, &image)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        done += seen;
+        in_flight += usize::from(seen < QEMU_WRITES);
+        image = got;
+    }
+    m.umount();
+    let m = app.mount();
+    assert!(
+        read_all(&app.flat()) == image,
+        "after a clean umount and remount the disk lost writes qemu-io finished"
+    );
+    m.umount();
+    println!(
+        "{rounds} qemu-io kills: {done} writes reported done and read back, {in_flight} \
+         rounds killed with a write in flight"
+    );
+}
