@@ -385,8 +385,12 @@ fn daemon_kill_round(
     let m = app.mount();
     let got = read_all(&app.flat());
     let state = read_log(&log);
-    let v = judge(before, &plan.ops(), &state, &got)
-        .unwrap_or_else(|e| panic!("{io:?} plan seed {}: {e}\nlog: {state:?}", plan.seed));
+    let v = judge(before, &plan.ops(), &state, &got).unwrap_or_else(|e| {
+        panic!(
+            "{io:?} plan seed {}: {e} (last ack: op {:?}, last begun: op {:?}, writer error: {:?})",
+            plan.seed, state.acked, state.begun, state.failure
+        )
+    });
     (m, v, got)
 }
 
@@ -526,10 +530,13 @@ struct CommitTally {
     killed_left_new: usize,
     /// Finished before the kill.
     completed: usize,
+    /// Of all these, the kills that waited for the rename.
+    at_rename: usize,
 }
 
 impl CommitTally {
-    fn add(&mut self, status: ExitStatus, err: &str, left: Left) {
+    fn add(&mut self, status: ExitStatus, err: &str, left: Left, moment: Moment) {
+        self.at_rename += usize::from(moment == Moment::Renamed);
         match (status.success(), left) {
             (true, Left::New) => self.completed += 1,
             (true, Left::Old) => panic!("commit reported success but the OVA is the old one"),
@@ -567,6 +574,7 @@ fn kill_the_daemon_during_commit() {
     let mut image = read_all(&app.flat());
     change_disk(&app, &mut rng, &mut image);
     let took = timed_commit(&app.mnt);
+    let mut clock = KillClock { took };
     assert!(read_all(&app.flat()) == image, "commit changed the content");
     assert!(committed_disk(&app) == image, "the commit is not the model");
     let mut tally = CommitTally::default();
@@ -575,13 +583,14 @@ fn kill_the_daemon_during_commit() {
         change_disk(&app, &mut rng, &mut image);
         let old = read_all(&app.ova);
         let mut c = spawn_commit(&app.mnt);
-        std::thread::sleep(random_delay(&mut rng, took));
+        let moment = kill_moment(round, &mut clock, &mut rng, &app.ova, &mut c);
         kill_daemon(&app.ova);
         let status = wait_bounded(&mut c).expect("commit hung after its daemon died");
         let err = stderr_of(&mut c);
         drop(m);
         let left = judge_ova(&app, &old, &image);
-        tally.add(status, &err, left);
+        tally.add(status, &err, left, moment);
+        clock.learn(status, left, moment);
         m = app.mount();
         remounted_disk_is_the_model(&app, &image, round, left);
     }
@@ -602,6 +611,7 @@ fn kill_the_offline_commit() {
     change_disk(&app, &mut rng, &mut image);
     m.umount();
     let took = timed_commit(&app.ova);
+    let mut clock = KillClock { took };
     assert!(committed_disk(&app) == image, "the commit is not the model");
     let mut tally = CommitTally::default();
     let rounds = 20;
@@ -613,17 +623,21 @@ fn kill_the_offline_commit() {
         m.umount();
         let old = read_all(&app.ova);
         let mut c = spawn_commit(&app.ova);
-        std::thread::sleep(random_delay(&mut rng, took));
+        let moment = kill_moment(round, &mut clock, &mut rng, &app.ova, &mut c);
         let _ = c.kill();
         let status = c.wait().unwrap();
         let err = stderr_of(&mut c);
         left = judge_ova(&app, &old, &image);
-        tally.add(status, &err, left);
+        tally.add(status, &err, left, moment);
+        clock.learn(status, left, moment);
     }
     let m = app.mount();
     remounted_disk_is_the_model(&app, &image, rounds, left);
     m.umount();
-    println!("{rounds} kills of `ovafs commit SRC` (uninterrupted: {took:?}): {tally:?}");
+    println!(
+        "{rounds} kills of `ovafs commit SRC` (uninterrupted: {took:?}, last estimate {:?}): {tally:?}",
+        clock.took
+    );
     finish_with_a_commit(&app, &image);
 }
 
@@ -638,9 +652,72 @@ fn finish_with_a_commit(app: &Appliance, image: &[u8]) {
     );
 }
 
-/// A delay up to 1.3 times `took`.
-fn random_delay(rng: &mut Rng, took: Duration) -> Duration {
-    Duration::from_micros(rng.below(took.as_micros() as u64 * 13 / 10 + 1))
+/// What a commit kill waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    /// A random delay ([`KillClock`]).
+    Delay,
+    /// The OVA's replacement by its rename (a new inode at its path), then up to 500 µs:
+    /// the window between the rename and the overlay's removal, which random delays over a
+    /// whole commit seldom hit.
+    Renamed,
+}
+
+/// Every third round kills at the rename, the others at a random delay; waits for it.
+fn kill_moment(
+    round: usize,
+    clock: &mut KillClock,
+    rng: &mut Rng,
+    ova: &Path,
+    commit: &mut Child,
+) -> Moment {
+    use std::os::unix::fs::MetadataExt;
+    if round % 3 != 2 {
+        std::thread::sleep(clock.delay(rng));
+        return Moment::Delay;
+    }
+    let inode = fs::metadata(ova).unwrap().ino();
+    let deadline = Instant::now() + PATIENCE;
+    while fs::metadata(ova).map(|m| m.ino()).unwrap_or(inode) == inode {
+        assert!(
+            Instant::now() < deadline,
+            "the commit never replaced the OVA"
+        );
+        if commit.try_wait().unwrap().is_some() {
+            panic!(
+                "the commit ended without replacing the OVA: {}",
+                stderr_of(commit)
+            );
+        }
+        std::hint::spin_loop();
+    }
+    std::thread::sleep(Duration::from_micros(rng.below(500)));
+    Moment::Renamed
+}
+
+/// When to kill a commit: at a random delay up to 1.3 times the time a commit is believed
+/// to take, first measured on an uninterrupted commit, then adjusted: a kill that left the
+/// old OVA stretches it (the machine is busy, or the kills let changes pile up), a commit
+/// that finished first shrinks it, so that the kills spread over the whole commit.
+struct KillClock {
+    took: Duration,
+}
+
+impl KillClock {
+    fn delay(&self, rng: &mut Rng) -> Duration {
+        Duration::from_micros(rng.below(self.took.as_micros() as u64 * 13 / 10 + 1))
+    }
+
+    fn learn(&mut self, status: ExitStatus, left: Left, moment: Moment) {
+        if moment == Moment::Renamed {
+            return;
+        }
+        self.took = match (status.success(), left) {
+            (false, Left::Old) => self.took * 5 / 4,
+            (true, _) => self.took * 4 / 5,
+            (false, Left::New) => self.took,
+        };
+    }
 }
 
 /// `n` aligned pattern writes inside `len` bytes, for qemu-io.
