@@ -41,9 +41,15 @@ const WRITER_ENV: &str = "OVAFS_CRASH_WRITER";
 /// Repeats a run.
 const SEED_ENV: &str = "OVAFS_CRASH_WRITES_SEED";
 
-/// The disk: a few MiB, grown by the writers up to `MAX_DISK`.
+/// The disk: a few MiB, grown by each writer run by up to `GROWTH`, to at most `MAX_DISK`.
 const DISK_BYTES: u64 = 4 << 20;
-const MAX_DISK: u64 = 6 << 20;
+const GROWTH: u64 = 128 << 10;
+const MAX_DISK: u64 = 10 << 20;
+
+/// How far a writer run starting at `len` bytes may grow the disk.
+fn grown(len: u64) -> u64 {
+    (len + GROWTH).min(MAX_DISK)
+}
 /// Operations per writer run (the kill comes at a random one of them).
 const WRITER_OPS: usize = 300;
 /// Longest a child may take to notice that its daemon died, or a commit to end.
@@ -196,7 +202,7 @@ fn plain_file_round(rng: &mut Rng, io: Io, file: &Path, log: &Path) -> Verdict {
         seed: rng.next(),
         io,
         start_len: before.len() as u64,
-        max_len: MAX_DISK,
+        max_len: grown(before.len() as u64),
         count: WRITER_OPS,
     };
     let mut w = spawn_writer(&plan, file, log);
@@ -239,7 +245,7 @@ fn judge_refuses_what_it_must(rng: &mut Rng) {
         seed: rng.next(),
         io: Io::Buffered,
         start_len: DISK_BYTES,
-        max_len: MAX_DISK,
+        max_len: grown(DISK_BYTES),
         count: WRITER_OPS,
     };
     let ops = plan.ops();
@@ -369,7 +375,7 @@ fn daemon_kill_round(
         seed: rng.next(),
         io,
         start_len: before.len() as u64,
-        max_len: MAX_DISK,
+        max_len: grown(before.len() as u64),
         count: WRITER_OPS,
     };
     let mut w = spawn_writer(&plan, &app.flat(), &log);
@@ -445,7 +451,7 @@ fn change_disk(app: &Appliance, rng: &mut Rng, image: &mut Vec<u8>) {
         seed: rng.next(),
         io: Io::Buffered,
         start_len: image.len() as u64,
-        max_len: MAX_DISK,
+        max_len: grown(image.len() as u64),
         count: 30,
     };
     run_plan(&plan, &app.flat(), &app.work.join("changes.log"));
@@ -551,13 +557,19 @@ impl CommitTally {
     }
 }
 
-/// After a remount: the disk reads as the model, and no journal or temporary file of an
-/// interrupted commit is left beside the OVA (the mount recovers them).
+/// After a remount: the disk reads as the model and opens for writing (an overlay that a
+/// completed commit left behind is not refused as stale), and no journal or temporary file
+/// of an interrupted commit is left beside the OVA (the mount recovers them).
 fn remounted_disk_is_the_model(app: &Appliance, image: &[u8], round: usize, left: Left) {
     assert!(
         read_all(&app.flat()) == image,
         "round {round}: after the kill ({left:?} OVA) the disk is not the model"
     );
+    if let Err(e) = File::options().read(true).write(true).open(app.flat()) {
+        panic!(
+            "round {round}: after the kill ({left:?} OVA) the disk does not open for writing: {e}"
+        );
+    }
     assert_eq!(
         support::leftovers(&app.ova),
         Vec::<String>::new(),
