@@ -373,6 +373,13 @@ fn aligned_copy(bytes: &[u8]) -> (Vec<u8>, usize) {
     (v, at)
 }
 
+/// Runs `ops` against `file` (no log: for changes the test makes itself).
+pub fn run_ops(file: &File, ops: &[Op]) {
+    for op in ops {
+        apply_to_file(file, op).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+    }
+}
+
 /// Runs one operation against `file`.
 fn apply_to_file(file: &File, op: &Op) -> std::io::Result<()> {
     use nix::fcntl::{FallocateFlags, fallocate};
