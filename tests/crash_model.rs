@@ -98,7 +98,7 @@ impl Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
     /// Next value.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -106,7 +106,7 @@ impl Rng {
     }
     /// A value in `0..n`.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 }
 
@@ -116,7 +116,7 @@ pub fn payload(seed: u64, len: u64) -> Vec<u8> {
     let mut rng = Rng::new(seed);
     let mut out = Vec::with_capacity(len as usize + 8);
     while (out.len() as u64) < len {
-        out.extend_from_slice(&(rng.next() | 0x0101_0101_0101_0101).to_le_bytes());
+        out.extend_from_slice(&(rng.next_u64() | 0x0101_0101_0101_0101).to_le_bytes());
     }
     out.truncate(len as usize);
     out
@@ -192,7 +192,7 @@ impl Plan {
                 Op::Write {
                     offset,
                     len: len + ahead - offset,
-                    seed: rng.next(),
+                    seed: rng.next_u64(),
                 }
             }
             _ => {
@@ -200,7 +200,7 @@ impl Plan {
                 Op::Write {
                     offset,
                     len: n,
-                    seed: rng.next(),
+                    seed: rng.next_u64(),
                 }
             }
         }
