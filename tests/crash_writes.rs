@@ -18,7 +18,12 @@
 //!   commit runs to completion and qemu-img reads the committed VMDK out of the OVA.
 //! - `kill_qemu_during_writes`: `qemu-io -t none` writes and flushes through the mount and
 //!   is killed at random; the mount goes on serving, and every write qemu-io finished reads
-//!   back; after a clean umount and remount too.
+//!   back; after an fsync, a clean umount and a remount too.
+//! - `kill_the_daemon_under_qemu`: the same qemu-io runs with the daemon killed instead;
+//!   after the remount every write whose flush returned reads back.
+//! - `a_clean_umount_keeps_unsynced_writes`: writes never fsynced survive `ovafs umount`.
+//!
+//! Kill points per run: 40 + 20 + 20 + 30 + 15 = 125 (and 6 writer kills on a plain file).
 
 mod common;
 #[path = "crash_model.rs"]
@@ -230,7 +235,8 @@ fn judge_against_a_plain_file() {
     }
     let mut image = read_all(&file);
     for _ in 0..2 {
-        let (seen, got) = qemu_round_judged(&file, &mut rng, &image).unwrap();
+        let (seen, got) =
+            qemu_round_judged(&file, &mut rng, &image, Victim::Qemu, || file.clone()).unwrap();
         println!("plain file, qemu-io: killed after {seen} writes");
         image = got;
     }
@@ -755,9 +761,25 @@ fn qemu_writes(rng: &mut Rng, len: u64, n: usize) -> Vec<Op> {
         .collect()
 }
 
-/// qemu-io writing `ops` (each followed by a flush) to the flat disk, killed after a random
-/// number of them; returns how many it reported done.
-fn qemu_kill_round(target: &Path, rng: &mut Rng, ops: &[Op]) -> usize {
+/// Whom a qemu-io round kills.
+#[derive(Clone, Copy)]
+enum Victim<'a> {
+    /// qemu-io itself; the daemon lives on, so every write qemu-io finished must be there.
+    Qemu,
+    /// The daemon of the mount of this OVA (then qemu-io); only flushed writes must be.
+    Daemon(&'a Path),
+}
+
+/// What qemu-io said, line by line.
+enum Said {
+    Wrote,
+    Failed(String),
+}
+
+/// qemu-io writing `ops` (each followed by a flush) to `target`, and `victim` killed after
+/// a random number of them; returns how many writes qemu-io reported done before anything
+/// failed.
+fn qemu_kill_round(target: &Path, rng: &mut Rng, ops: &[Op], victim: Victim) -> usize {
     let mut cmd = Command::new(tool("stdbuf"));
     cmd.arg("-oL")
         .arg(tool("qemu-io"))
@@ -778,37 +800,60 @@ fn qemu_kill_round(target: &Path, rng: &mut Rng, ops: &[Op]) -> usize {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // qemu-io reports a command's result on stdout when it ends, failures included.
     let (tx, rx) = std::sync::mpsc::channel();
     let out = BufReader::new(q.stdout.take().unwrap());
     let reader = std::thread::spawn(move || {
         for line in out.lines() {
             let line = line.unwrap();
-            if line.starts_with("wrote ") {
-                let _ = tx.send(());
-            }
+            let said = if line.starts_with("wrote ") {
+                Said::Wrote
+            } else if line.contains("failed") {
+                Said::Failed(line)
+            } else {
+                continue;
+            };
+            let _ = tx.send(said);
         }
     });
-    let target = rng.below(ops.len() as u64) as usize;
-    let deadline = Instant::now() + PATIENCE;
     let mut seen = 0;
-    while seen < target {
+    let mut failure = None;
+    let mut count = |said: Said, failure: &mut Option<String>| match said {
+        Said::Wrote if failure.is_none() => seen += 1,
+        Said::Wrote => {}
+        Said::Failed(line) => *failure = failure.take().or(Some(line)),
+    };
+    let kill_after = rng.below(ops.len() as u64) as usize;
+    let deadline = Instant::now() + PATIENCE;
+    let mut heard = 0;
+    while heard < kill_after && failure.is_none() {
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(()) => seen += 1,
+            Ok(said) => {
+                heard += 1;
+                count(said, &mut failure);
+            }
             Err(_) if q.try_wait().unwrap().is_some() => break,
             Err(_) => assert!(Instant::now() < deadline, "qemu-io stalled"),
         }
     }
     std::thread::sleep(Duration::from_micros(rng.below(3000)));
+    if let Victim::Daemon(ova) = victim {
+        kill_daemon(ova);
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let _ = q.kill();
     let status = q.wait().unwrap();
     reader.join().unwrap();
-    seen += rx.try_iter().count();
-    if status.signal() != Some(9) {
-        assert!(
-            status.success() && seen == ops.len(),
-            "qemu-io failed ({status}): {}",
-            stderr_of(&mut q)
-        );
+    rx.try_iter().for_each(|said| count(said, &mut failure));
+    if let Victim::Qemu = victim {
+        assert!(failure.is_none(), "qemu-io: {}", failure.unwrap());
+        if status.signal() != Some(9) {
+            assert!(
+                status.success() && seen == ops.len(),
+                "qemu-io failed ({status}): {}",
+                stderr_of(&mut q)
+            );
+        }
     }
     seen
 }
@@ -816,18 +861,27 @@ fn qemu_kill_round(target: &Path, rng: &mut Rng, ops: &[Op]) -> usize {
 /// Writes per qemu-io run.
 const QEMU_WRITES: usize = 60;
 
-/// One qemu-io run against `target` (whose content was `before`), killed at random, judged:
-/// the writes qemu-io reported done are there (a live file, or a mount whose daemon lives),
-/// the one after them may be in flight. Returns how many it reported and the new content.
+/// One qemu-io round against `target` (whose content was `before`), killing `victim`, then
+/// judged (after `remount`, which returns the path to read): with the daemon alive, every
+/// write qemu-io reported done is there and the one after may be in flight; with the daemon
+/// killed, every write whose flush returned (qemu-io went on to the next write) is there,
+/// the last one reported and the next may be lost. Returns how many writes qemu-io
+/// reported and the new content.
 fn qemu_round_judged(
     target: &Path,
     rng: &mut Rng,
     before: &[u8],
+    victim: Victim,
+    remount: impl FnOnce() -> PathBuf,
 ) -> Result<(usize, Vec<u8>), String> {
     let ops = qemu_writes(rng, before.len() as u64, QEMU_WRITES);
-    let seen = qemu_kill_round(target, rng, &ops);
-    let log = LogState::through(&ops, seen.checked_sub(1), Some(seen.min(ops.len() - 1)));
-    let got = read_all(target);
+    let seen = qemu_kill_round(target, rng, &ops, victim);
+    let durable = match victim {
+        Victim::Qemu => seen,
+        Victim::Daemon(_) => seen.saturating_sub(1),
+    };
+    let log = LogState::through(&ops, durable.checked_sub(1), Some(seen.min(ops.len() - 1)));
+    let got = read_all(&remount());
     judge(before, &ops, &log, &got).map_err(|e| format!("after {seen} writes: {e}"))?;
     Ok((seen, got))
 }
@@ -842,8 +896,9 @@ fn kill_qemu_during_writes() {
     let rounds = 30;
     let (mut done, mut in_flight) = (0, 0);
     for round in 0..rounds {
-        let (seen, got) = qemu_round_judged(&app.flat(), &mut rng, &image)
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let (seen, got) =
+            qemu_round_judged(&app.flat(), &mut rng, &image, Victim::Qemu, || app.flat())
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
         done += seen;
         in_flight += usize::from(seen < QEMU_WRITES);
         image = got;
@@ -861,6 +916,34 @@ fn kill_qemu_during_writes() {
     println!(
         "{rounds} qemu-io kills: {done} writes reported done and read back, {in_flight} \
          rounds killed with a write in flight"
+    );
+}
+
+#[test]
+fn kill_the_daemon_under_qemu() {
+    let seed = seed("kill_the_daemon_under_qemu");
+    let mut rng = Rng::new(seed);
+    let app = Appliance::new(seed);
+    let mut m = Some(app.mount());
+    let mut image = read_all(&app.flat());
+    let rounds = 15;
+    let mut reported = 0;
+    for round in 0..rounds {
+        let remount = || {
+            drop(m.take());
+            m = Some(app.mount());
+            app.flat()
+        };
+        let victim = Victim::Daemon(&app.ova);
+        let (seen, got) = qemu_round_judged(&app.flat(), &mut rng, &image, victim, remount)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        reported += seen;
+        image = got;
+    }
+    m.take().unwrap().umount();
+    println!(
+        "{rounds} daemon kills under qemu-io: {reported} writes reported done, all but the \
+         last of each round flushed and read back after the remount"
     );
 }
 
