@@ -370,6 +370,18 @@ impl Appliance {
     fn flat(&self) -> PathBuf {
         self.mnt.join("disks/disk1.raw")
     }
+
+    /// `ovafs status --json MNT` of the disk.
+    fn status(&self) -> serde_json::Value {
+        let out = run_ok(
+            Command::new(ovafs())
+                .args(["status", "--json"])
+                .arg(&self.mnt),
+        );
+        let states: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(states[0]["disk"], "disk1.raw", "{states}");
+        states[0].clone()
+    }
 }
 
 /// One writer run on the mount, the daemon killed at a random operation, the mount cleaned
@@ -400,6 +412,11 @@ fn daemon_kill_round(
     assert!(wait_bounded(&mut w).is_some(), "the writer hung");
     drop(m);
     let m = app.mount();
+    let status = app.status();
+    assert!(
+        status["synced"] == true && status["read_only"].is_null(),
+        "after the remount ovafs status says {status}"
+    );
     let got = read_all(&app.flat());
     let state = read_log(&log);
     let v = judge(before, &plan.ops(), &state, &got).unwrap_or_else(|e| {
@@ -569,12 +586,23 @@ impl CommitTally {
 }
 
 /// After a remount: the disk reads as the model and opens for writing (an overlay that a
-/// completed commit left behind is not refused as stale), and no journal or temporary file
-/// of an interrupted commit is left beside the OVA (the mount recovers them).
+/// completed commit left behind is not refused as stale), `ovafs status` shows it changed
+/// exactly when the OVA is the old one, and no journal or temporary file of an interrupted
+/// commit is left beside the OVA (the mount recovers them).
 fn remounted_disk_is_the_model(app: &Appliance, image: &[u8], round: usize, left: Left) {
     assert!(
         read_all(&app.flat()) == image,
         "round {round}: after the kill ({left:?} OVA) the disk is not the model"
+    );
+    let state = app.status();
+    assert_eq!(
+        (&state["changed"], &state["synced"], &state["read_only"]),
+        (
+            &serde_json::json!(left == Left::Old),
+            &serde_json::json!(true),
+            &serde_json::Value::Null
+        ),
+        "round {round}: after the kill ({left:?} OVA) ovafs status says {state}"
     );
     if let Err(e) = File::options().read(true).write(true).open(app.flat()) {
         panic!(
