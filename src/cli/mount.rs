@@ -280,7 +280,7 @@ pub(super) fn serve(
     let result = session.run();
     super::control::remove(&config.mountpoint);
     if let Some(disks) = &writable {
-        finish_disks(config, disks, &*editor);
+        finish_disks(config, disks, &editor);
     }
     super::record::remove_own(
         &super::mountinfo::canonical_mount_path(&config.mountpoint),
@@ -333,6 +333,7 @@ fn write_mount_record(config: &MountConfig, writable: bool) {
         pid: std::process::id(),
         device: entry.device,
         writable,
+        commit_at_umount: config.commit_at_umount,
     });
 }
 

@@ -995,7 +995,7 @@ impl Overlay {
     /// ([`committed_marker`]); if the commit does not complete, the package still matches the
     /// overlay and the marker means nothing.
     pub fn mark_committed(&self, fingerprint: &[u8; 32]) -> Result<()> {
-        let rules = self.rules()?;
+        let rules = self.rules;
         let name = self.location.committed_name();
         let tmp = format!("{name}.tmp");
         remove_own(&self.folder, &tmp, &rules)?;
@@ -1005,10 +1005,6 @@ impl Overlay {
             .map_err(io_err(format!("write {}", self.folder.shown(&tmp))))?;
         self.folder.rename(&tmp, &name)?;
         self.folder.sync()
-    }
-
-    fn rules(&self) -> Result<Rules> {
-        Ok(self.rules.clone())
     }
 
     /// Throws the changes away: [`remove`] of this overlay's files.

@@ -144,7 +144,7 @@ impl Relocation {
     /// changed). Returns how many members now read the new file.
     pub fn reopen(&self, replaced: &[String]) -> Result<usize> {
         let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
-        let is_replaced = |p: &Placed| replaced.iter().any(|r| *r == p.name);
+        let is_replaced = |p: &Placed| replaced.contains(&p.name);
         for p in members.iter().filter(|p| p.kept) {
             let old = p.data.current();
             match read_vec_at(&*old, "member", 0, p.size, MAX_KEPT_BYTES) {

@@ -267,7 +267,10 @@ impl WritableDisks {
             };
             let e = encode::encode(cur, &disk.location().folder, &reencode, &mut report)
                 .map_err(|e| e.context(format!("encode disks/{}", disk.name)))?;
-            let capacity = e.report.map_or(e.data.len(), |r| r.capacity_bytes);
+            // The flat size the next mount sees: a VMDK's capacity is whole sectors.
+            let capacity = e
+                .report
+                .map_or(e.data.len(), |r| r.capacity_bytes.div_ceil(512) * 512);
             let now = Identity::of_disk(&cur.source.member, &*e.data, None, capacity)?;
             o.mark_committed(&now.fingerprint)?;
             encoded.push((i, e));

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 pub mod guest;
 pub mod verify;
+pub mod vmdk_layout;
 
 /// The ovafs binary under test.
 pub fn ovafs() -> PathBuf {
