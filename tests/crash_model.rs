@@ -17,7 +17,8 @@
 //!   where they overlap), every 4 KiB block touched after the last acknowledgement holds one
 //!   of the values it had between the last acknowledgement and the last operation begun
 //!   (old or new bytes, never anything else), and the length is at least the acknowledged
-//!   length and at most the largest one reached.
+//!   length and at most the largest one reached. [`LogState::through`] gives it the log of a
+//!   writer that keeps none (qemu-io's [`Op::Fill`] writes, acknowledged by its output).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
