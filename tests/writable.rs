@@ -516,3 +516,99 @@ fn read_only_mounts_refuse_writes_and_commit_at_umount() {
     let after = fx.extract("after");
     assert_vmdk_is(&after.join("disk1.vmdk"), &fx.model);
 }
+
+#[test]
+fn a_folder_package_and_a_gzip_disk_commit_too() {
+    let dir = tempdir();
+    let model = dir.path().join("model.raw");
+    scattered_raw(&model, 8 * MIB, 6, 21);
+    let vmdk = dir.path().join("disk1.vmdk");
+    to_stream_vmdk(&model, &vmdk);
+    let gz_model = dir.path().join("gz-model.raw");
+    scattered_raw(&gz_model, 4 * MIB, 4, 22);
+    let gz_vmdk = dir.path().join("disk2.vmdk");
+    to_stream_vmdk(&gz_model, &gz_vmdk);
+    // An unpacked package: the descriptor, the manifest and the disks as files.
+    let pkg = dir.path().join("pkg");
+    OvaBuilder::new(&pkg, "folder")
+        .disk(&vmdk, 8 * MIB, STREAM)
+        .gzip_disk(&gz_vmdk, 4 * MIB, STREAM)
+        .write_package();
+    let ovf = pkg.join("folder.ovf");
+    let m = Mount::ok(&ovf, &dir.path().join("mnt"), &[]);
+    for (disk, model, at) in [
+        ("disks/disk1.raw", &model, 3 * MIB + 5),
+        ("disks/disk2.raw", &gz_model, 1000),
+    ] {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(m.path(disk))
+            .unwrap();
+        f.write_all_at(b"folder package change", at).unwrap();
+        f.sync_all().unwrap();
+        let mf = fs::OpenOptions::new().write(true).open(model).unwrap();
+        mf.write_all_at(b"folder package change", at).unwrap();
+    }
+    ovafs_ok(&["commit", path_str(&m.dir)]);
+    assert_same_bytes(&m.path("disks/disk1.raw"), &model);
+    assert_same_bytes(&m.path("disks/disk2.raw"), &gz_model);
+    m.umount();
+    assert_vmdk_is(&pkg.join("disk1.vmdk"), &model);
+    // The gzip member now holds the new VMDK as it is, and the File says so.
+    assert_vmdk_is(&pkg.join("disk2.vmdk.gz"), &gz_model);
+    let text = fs::read_to_string(&ovf).unwrap();
+    assert!(!text.contains("ovf:compression"), "{text}");
+    assert_manifest_verifies(&pkg, "folder.mf");
+    assert!(!pkg.join("folder.ovf.ovafs-overlay").exists());
+    let m = Mount::ok(&ovf, &dir.path().join("mnt"), &[]);
+    assert_same_bytes(&m.path("disks/disk1.raw"), &model);
+    assert_same_bytes(&m.path("disks/disk2.raw"), &gz_model);
+    m.umount();
+}
+
+#[test]
+fn several_direct_writers_at_once() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fx = fixture();
+    let m = Mount::ok(&fx.ova, &fx.mnt(), &[]);
+    let disk = m.path("disks/disk1.raw");
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let disk = disk.clone();
+            std::thread::spawn(move || {
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(&disk)
+                    .unwrap();
+                // 4 KiB-aligned buffers for O_DIRECT.
+                let mut buf = vec![0u8; (128 << 10) + 4096];
+                let at = buf.as_ptr().align_offset(4096);
+                let block = &mut buf[at..at + (128 << 10)];
+                for i in 0..16u64 {
+                    block.fill((w * 16 + i) as u8 | 0x80);
+                    // Interleaved: writer w writes every 4th 128 KiB block.
+                    f.write_all_at(block, (i * 4 + w) * (128 << 10)).unwrap();
+                }
+                f.sync_all().unwrap();
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let model = fs::OpenOptions::new().write(true).open(&fx.model).unwrap();
+    for w in 0..4u64 {
+        for i in 0..16u64 {
+            let block = vec![(w * 16 + i) as u8 | 0x80; 128 << 10];
+            model
+                .write_all_at(&block, (i * 4 + w) * (128 << 10))
+                .unwrap();
+        }
+    }
+    assert_same_bytes(&disk, &fx.model);
+    ovafs_ok(&["commit", path_str(&m.dir)]);
+    m.umount();
+    let after = fx.extract("after");
+    assert_vmdk_is(&after.join("disk1.vmdk"), &fx.model);
+}

@@ -35,6 +35,9 @@ pub struct DiskSource {
     pub manifest_digest: Option<String>,
     /// The image's format.
     pub format: DiskFormat,
+    /// Whether `stored` is the image itself (not gzip-compressed in the package), so that
+    /// a VMDK's compressed grains can be copied from it.
+    pub stored_is_image: bool,
 }
 
 /// The base and overlay that belong together.
@@ -201,6 +204,7 @@ impl OverlaidDisk {
         let image = crate::disk::open(cur.source.stored.clone())?;
         cur.source.format = image.format();
         cur.source.manifest_digest = manifest_digest;
+        cur.source.stored_is_image = true;
         cur.base = Arc::new(FlatDisk::new(image, self.cache.clone(), None));
         cur.overlay = None;
         Ok(())
@@ -407,6 +411,7 @@ mod tests {
                 stored,
                 manifest_digest: None,
                 format: DiskFormat::Raw,
+                stored_is_image: true,
             };
             OverlaidDisk::open(
                 "disk1.raw",

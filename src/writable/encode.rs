@@ -60,7 +60,8 @@ pub fn encode(
         });
     }
     let vmdk = match cur.source.format {
-        DiskFormat::VmdkStreamOptimized | DiskFormat::VmdkSparse => {
+        // A gzip-compressed member's grains are deflated anew from the flat content.
+        DiskFormat::VmdkStreamOptimized | DiskFormat::VmdkSparse if cur.source.stored_is_image => {
             Some(SparseVmdk::open(cur.source.stored.clone())?)
         }
         _ => None,

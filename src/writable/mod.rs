@@ -464,6 +464,7 @@ fn disk_source(package: &Package, d: &ApplianceDisk) -> std::result::Result<Disk
             .as_ref()
             .and_then(|m| manifest_digest(m, &member.name)),
         format,
+        stored_is_image: pd.encoding == crate::package::Encoding::Identity,
     })
 }
 
