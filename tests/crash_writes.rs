@@ -16,6 +16,8 @@
 //!   daemon killed at a random delay, and `ovafs commit SRC` killed itself; the OVA is old or
 //!   new (`ovafs verify`, GNU tar), the remounted disk equals the model; at the end a last
 //!   commit runs to completion and qemu-img reads the committed VMDK out of the OVA.
+//! - `kill_the_daemon_during_commit_at_umount`: `-o commit=umount`, the daemon killed while
+//!   it commits after `ovafs umount` unmounted it; the same judges.
 //! - `kill_qemu_during_writes`: `qemu-io -t none` writes and flushes through the mount and
 //!   is killed at random; the mount goes on serving, and every write qemu-io finished reads
 //!   back; after an fsync, a clean umount and a remount too.
@@ -23,7 +25,7 @@
 //!   after the remount every write whose flush returned reads back.
 //! - `a_clean_umount_keeps_unsynced_writes`: writes never fsynced survive `ovafs umount`.
 //!
-//! Kill points per run: 40 + 20 + 20 + 30 + 15 = 125 (and 6 writer kills on a plain file).
+//! Kill points per run: 40 + 20 + 20 + 10 + 30 + 15 = 135 (and 6 writer kills on a plain file).
 
 mod common;
 #[path = "crash_model.rs"]
@@ -167,26 +169,26 @@ fn sigkill(pid: i32) {
     .unwrap();
 }
 
+/// Whether process `pid` (not our child) still runs (a zombie does not).
+fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .trim_start()
+            .starts_with('Z'),
+    }
+}
+
 /// Waits until process `pid` (not our child) is gone or a zombie.
 fn wait_gone(pid: i32) {
     let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        match fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => return,
-            Ok(stat)
-                if stat
-                    .rsplit(')')
-                    .next()
-                    .unwrap()
-                    .trim_start()
-                    .starts_with('Z') =>
-            {
-                return;
-            }
-            Ok(_) => std::thread::sleep(Duration::from_millis(1)),
-        }
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "process {pid} survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(1));
     }
-    panic!("process {pid} survived SIGKILL");
 }
 
 /// Kills the daemon serving `ova` with SIGKILL and waits until it is gone.
@@ -363,7 +365,11 @@ impl Appliance {
     }
 
     fn mount(&self) -> Mount {
-        let (m, err) = Mount::bounded(&self.ova, &self.mnt, &[], 30);
+        self.mount_with(&[])
+    }
+
+    fn mount_with(&self, opts: &[&str]) -> Mount {
+        let (m, err) = Mount::bounded(&self.ova, &self.mnt, opts, 30);
         m.unwrap_or_else(|| panic!("mount failed: {err}"))
     }
 
@@ -569,20 +575,25 @@ struct CommitTally {
 }
 
 impl CommitTally {
-    fn add(&mut self, status: ExitStatus, err: &str, left: Left, moment: Moment) {
+    /// One kill: whether the commit finished before it (`ovafs commit` exited 0, or the
+    /// daemon committing at umount had exited), what it left, and when it came.
+    fn add(&mut self, finished: bool, left: Left, moment: Moment) {
         self.at_rename += usize::from(moment == Moment::Renamed);
-        match (status.success(), left) {
+        match (finished, left) {
             (true, Left::New) => self.completed += 1,
-            (true, Left::Old) => panic!("commit reported success but the OVA is the old one"),
+            (true, Left::Old) => panic!("the commit finished but the OVA is the old one"),
             (false, Left::Old) => self.killed_left_old += 1,
             (false, Left::New) => self.killed_left_new += 1,
         }
-        // A commit whose daemon died must say so; one killed itself says nothing.
-        assert!(
-            status.success() || status.signal() == Some(9) || !err.trim().is_empty(),
-            "commit failed ({status}) without a message"
-        );
     }
+}
+
+/// A failed `ovafs commit` must say why, unless it was killed itself.
+fn says_why(status: ExitStatus, err: &str) {
+    assert!(
+        status.success() || status.signal() == Some(9) || !err.trim().is_empty(),
+        "commit failed ({status}) without a message"
+    );
 }
 
 /// After a remount: the disk reads as the model and opens for writing (an overlay that a
@@ -640,8 +651,9 @@ fn kill_the_daemon_during_commit() {
         let err = stderr_of(&mut c);
         drop(m);
         let left = judge_ova(&app, &old, &image);
-        tally.add(status, &err, left, moment);
-        clock.learn(status, left, moment);
+        says_why(status, &err);
+        tally.add(status.success(), left, moment);
+        clock.learn(status.success(), left, moment);
         m = app.mount();
         remounted_disk_is_the_model(&app, &image, round, left);
     }
@@ -679,8 +691,9 @@ fn kill_the_offline_commit() {
         let status = c.wait().unwrap();
         let err = stderr_of(&mut c);
         left = judge_ova(&app, &old, &image);
-        tally.add(status, &err, left, moment);
-        clock.learn(status, left, moment);
+        says_why(status, &err);
+        tally.add(status.success(), left, moment);
+        clock.learn(status.success(), left, moment);
     }
     let m = app.mount();
     remounted_disk_is_the_model(&app, &image, rounds, left);
@@ -690,6 +703,85 @@ fn kill_the_offline_commit() {
         clock.took
     );
     finish_with_a_commit(&app, &image);
+}
+
+/// `-o commit=umount`: the daemon commits after `ovafs umount` has unmounted it, and is
+/// killed during that commit; `ovafs umount` must still return (it completes what it can).
+#[test]
+fn kill_the_daemon_during_commit_at_umount() {
+    let seed = seed("kill_the_daemon_during_commit_at_umount");
+    let mut rng = Rng::new(seed);
+    let app = Appliance::new(seed);
+    let opts = ["commit=umount"];
+    let m = app.mount_with(&opts);
+    let mut image = read_all(&app.flat());
+    change_disk(&app, &mut rng, &mut image);
+    let took = timed_umount(m, &app);
+    assert!(
+        committed_disk(&app) == image,
+        "the commit at umount is not the model"
+    );
+    let mut clock = KillClock { took };
+    let mut tally = CommitTally::default();
+    let rounds = 10;
+    let mut left = Left::New;
+    for round in 0..rounds {
+        let m = app.mount_with(&opts);
+        remounted_disk_is_the_model(&app, &image, round, left);
+        change_disk(&app, &mut rng, &mut image);
+        let old = read_all(&app.ova);
+        let daemon = daemon_pid(&app.ova);
+        let mut u = spawn_umount(&app.mnt);
+        let moment = kill_moment(round, &mut clock, &mut rng, &app.ova, &mut u);
+        // The daemon may have committed and exited already: then there is nothing to kill.
+        let finished = !alive(daemon);
+        if !finished {
+            sigkill(daemon);
+        }
+        wait_gone(daemon);
+        let status = wait_bounded(&mut u).expect("ovafs umount hung after its daemon died");
+        assert!(
+            status.success(),
+            "ovafs umount failed ({status}): {}",
+            stderr_of(&mut u)
+        );
+        drop(m);
+        left = judge_ova(&app, &old, &image);
+        tally.add(finished, left, moment);
+        clock.learn(finished, left, moment);
+    }
+    let m = app.mount_with(&opts);
+    remounted_disk_is_the_model(&app, &image, rounds, left);
+    timed_umount(m, &app);
+    assert!(
+        committed_disk(&app) == image,
+        "the last commit at umount is not the model"
+    );
+    println!(
+        "{rounds} daemon kills during the commit at `ovafs umount` (uninterrupted: {took:?}): {tally:?}"
+    );
+}
+
+/// `ovafs umount MNT`, started.
+fn spawn_umount(mnt: &Path) -> Child {
+    Command::new(ovafs())
+        .arg("umount")
+        .arg(mnt)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `ovafs umount` of `m`, not killed; returns how long it took.
+fn timed_umount(m: Mount, app: &Appliance) -> Duration {
+    let start = Instant::now();
+    let mut u = spawn_umount(&app.mnt);
+    let st = wait_bounded(&mut u).expect("ovafs umount hung");
+    assert!(st.success(), "ovafs umount failed: {}", stderr_of(&mut u));
+    drop(m);
+    start.elapsed()
 }
 
 /// A last commit, not killed, puts the model into the OVA.
@@ -761,11 +853,11 @@ impl KillClock {
         Duration::from_micros(rng.below(self.took.as_micros() as u64 * 13 / 10 + 1))
     }
 
-    fn learn(&mut self, status: ExitStatus, left: Left, moment: Moment) {
+    fn learn(&mut self, finished: bool, left: Left, moment: Moment) {
         if moment == Moment::Renamed {
             return;
         }
-        self.took = match (status.success(), left) {
+        self.took = match (finished, left) {
             (false, Left::Old) => self.took * 5 / 4,
             (true, _) => self.took * 4 / 5,
             (false, Left::New) => self.took,
