@@ -105,13 +105,7 @@ fn extract(ova: &Path, work: &Path) -> PathBuf {
     let dir = work.join("extracted");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-xf")
-            .arg(ova)
-            .arg("-C")
-            .arg(&dir),
-    );
+    common::tar_extract(ova, &dir);
     dir
 }
 

@@ -247,13 +247,7 @@ fn vmdk_member_size(ova: &Path) -> u64 {
 fn judge_ova(ova: &Path, work: &Path, name: &str) -> PathBuf {
     let x = work.join(name);
     fs::create_dir_all(&x).unwrap();
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-xf")
-            .arg(ova)
-            .arg("-C")
-            .arg(&x),
-    );
+    tar_extract(ova, &x);
     coreutils_check_manifest(&x, "guest.mf");
     let vmdks: Vec<PathBuf> = fs::read_dir(&x)
         .unwrap()

@@ -39,13 +39,7 @@ fn members_are_byte_exact_and_disks_match_qemu() {
         .build();
     let extracted = tmp.path().join("x");
     fs::create_dir(&extracted).unwrap();
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-xf")
-            .arg(&ova)
-            .arg("-C")
-            .arg(&extracted),
-    );
+    tar_extract(&ova, &extracted);
 
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
     let mut names: Vec<String> = fs::read_dir(&m.dir)

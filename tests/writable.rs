@@ -92,13 +92,7 @@ impl Fixture {
     fn extract(&self, name: &str) -> PathBuf {
         let out = self.dir.path().join(name);
         fs::create_dir_all(&out).unwrap();
-        run_ok(
-            Command::new(tool("tar"))
-                .arg("-xf")
-                .arg(&self.ova)
-                .arg("-C")
-                .arg(&out),
-        );
+        tar_extract(&self.ova, &out);
         out
     }
 }
@@ -399,13 +393,7 @@ fn other_formats_commit_as_stream_vmdk_and_raw_stays_raw() {
     m.umount();
     let out = dir.path().join("x");
     fs::create_dir_all(&out).unwrap();
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-xf")
-            .arg(&ova)
-            .arg("-C")
-            .arg(&out),
-    );
+    tar_extract(&ova, &out);
     assert_vmdk_is(&out.join("disk1.qcow2"), &model);
     assert_eq!(
         fs::read(out.join("disk2.img")).unwrap(),

@@ -1015,18 +1015,26 @@ impl Overlay {
     }
 }
 
+/// The overlay folder of `location` if it exists, checked, with the rules its files must
+/// pass.
+fn existing_folder(location: &Location, package: &FileStat) -> Result<Option<(Folder, Rules)>> {
+    location.check_key()?;
+    let rules = Rules::journal(package);
+    match open_folder(location, &rules, false) {
+        Ok(f) => Ok(Some((f, rules))),
+        Err(e) if e.refusal() == Some(Refusal::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Removes the overlay at `location` without opening it (for a stale overlay, or one of a
 /// disk no longer mounted): the map first (without it the data file means nothing), the
 /// data file, a compaction's leftover, then the folder if that leaves it empty. Only files
 /// that pass the trust rules are removed; anything else is refused, naming the rule, before
 /// anything is removed. `Ok(false)`: there was no overlay.
 pub fn remove(location: &Location, package: &FileStat) -> Result<bool> {
-    location.check_key()?;
-    let rules = Rules::journal(package);
-    let folder = match open_folder(location, &rules, false) {
-        Ok(f) => f,
-        Err(e) if e.refusal() == Some(Refusal::NotFound) => return Ok(false),
-        Err(e) => return Err(e),
+    let Some((folder, rules)) = existing_folder(location, package)? else {
+        return Ok(false);
     };
     let names = [
         location.map_name(),
@@ -1057,12 +1065,8 @@ pub fn remove(location: &Location, package: &FileStat) -> Result<bool> {
 /// Whether an overlay (its map) exists at `location`: a missing folder or map is `false`,
 /// an untrusted one an error.
 pub fn exists(location: &Location, package: &FileStat) -> Result<bool> {
-    location.check_key()?;
-    let rules = Rules::journal(package);
-    let folder = match open_folder(location, &rules, false) {
-        Ok(f) => f,
-        Err(e) if e.refusal() == Some(Refusal::NotFound) => return Ok(false),
-        Err(e) => return Err(e),
+    let Some((folder, rules)) = existing_folder(location, package)? else {
+        return Ok(false);
     };
     Ok(open_own(&folder, &location.map_name(), &rules)?.is_some())
 }
@@ -1070,12 +1074,8 @@ pub fn exists(location: &Location, package: &FileStat) -> Result<bool> {
 /// The fingerprint [`Overlay::mark_committed`] recorded at `location`, if any (a marker that
 /// is not 64 hex digits is no marker).
 pub fn committed_marker(location: &Location, package: &FileStat) -> Result<Option<[u8; 32]>> {
-    location.check_key()?;
-    let rules = Rules::journal(package);
-    let folder = match open_folder(location, &rules, false) {
-        Ok(f) => f,
-        Err(e) if e.refusal() == Some(Refusal::NotFound) => return Ok(None),
-        Err(e) => return Err(e),
+    let Some((folder, rules)) = existing_folder(location, package)? else {
+        return Ok(None);
     };
     let Some(file) = open_own(&folder, &location.committed_name(), &rules)? else {
         return Ok(None);

@@ -99,6 +99,19 @@ pub fn tar_create(archive: &Path, dir: &Path) -> Command {
     c
 }
 
+/// Extracts `archive` with GNU tar into `dir` (created if needed), failing the test if tar
+/// fails.
+pub fn tar_extract(archive: &Path, dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    run_ok(
+        Command::new(tool("tar"))
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(dir),
+    );
+}
+
 /// The pairs (`a`, `b`) of string fields of each object in the JSON array `v`.
 pub fn string_pairs(v: &serde_json::Value, a: &str, b: &str) -> Vec<(String, String)> {
     v.as_array()
