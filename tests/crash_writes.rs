@@ -106,15 +106,7 @@ fn spawn_writer(plan: &Plan, target: &Path, log: &Path) -> Child {
 
 /// The run's seed: from `OVAFS_CRASH_WRITES_SEED`, else the clock; printed.
 fn seed(test: &str) -> u64 {
-    let seed = std::env::var(SEED_ENV)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = common::seed_from_env(SEED_ENV);
     println!("{test}: seed {seed} ({SEED_ENV}={seed} to repeat)");
     seed
 }
@@ -467,16 +459,21 @@ fn kill_the_daemon_during_writes() {
     m.umount();
 }
 
-/// `ovafs commit TARGET`, started.
-fn spawn_commit(target: &Path) -> Child {
+/// `ovafs COMMAND TARGET`, started (its stderr kept for the verdict).
+fn spawn_ovafs(command: &str, target: &Path) -> Child {
     Command::new(ovafs())
-        .arg("commit")
+        .arg(command)
         .arg(target)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// `ovafs commit TARGET`, started.
+fn spawn_commit(target: &Path) -> Child {
+    spawn_ovafs("commit", target)
 }
 
 /// Writes a few fsynced changes through the mount and applies them to `image`.
@@ -764,14 +761,7 @@ fn kill_the_daemon_during_commit_at_umount() {
 
 /// `ovafs umount MNT`, started.
 fn spawn_umount(mnt: &Path) -> Child {
-    Command::new(ovafs())
-        .arg("umount")
-        .arg(mnt)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    spawn_ovafs("umount", mnt)
 }
 
 /// `ovafs umount` of `m`, not killed; returns how long it took.

@@ -214,24 +214,9 @@ fn overlay_dir(ova: &Path) -> PathBuf {
     PathBuf::from(format!("{}.ovafs-overlay", path_str(ova)))
 }
 
-/// (name, size) of every member GNU tar lists (`tar tvf`).
-fn tar_members(ova: &Path) -> Vec<(String, u64)> {
-    let out = run_ok(Command::new(tool("tar")).arg("-tvf").arg(ova));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            // -rw-r--r-- owner/group SIZE DATE TIME NAME
-            let f: Vec<&str> = l.split_whitespace().collect();
-            assert!(f.len() >= 6, "tar tvf line {l:?}");
-            (f[5..].join(" "), f[2].parse().unwrap())
-        })
-        .collect()
-}
-
 /// The size of the one VMDK member of `ova`, as `tar tvf` lists it.
 fn vmdk_member_size(ova: &Path) -> u64 {
-    let vmdks: Vec<(String, u64)> = tar_members(ova)
+    let vmdks: Vec<(String, u64)> = tar_list(ova)
         .into_iter()
         .filter(|(n, _)| n.ends_with(".vmdk"))
         .collect();
@@ -257,7 +242,7 @@ fn judge_ova(ova: &Path, work: &Path, name: &str) -> PathBuf {
     assert_eq!(vmdks.len(), 1, "{vmdks:?}");
     let vmdk = path_str(&vmdks[0]);
     let member = vmdks[0].file_name().unwrap().to_str().unwrap();
-    let listed = tar_members(ova);
+    let listed = tar_list(ova);
     let (_, member_size) = listed
         .iter()
         .find(|(n, _)| n == member)

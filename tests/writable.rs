@@ -146,26 +146,6 @@ fn assert_vmdk_is(vmdk: &Path, model: &Path) {
     ]);
 }
 
-/// `sha256sum -c` of the package's manifest, converted to coreutils' format.
-fn assert_manifest_verifies(extracted: &Path, mf: &str) {
-    let text = fs::read_to_string(extracted.join(mf)).unwrap();
-    let mut lines = String::new();
-    for line in text.lines() {
-        let (name, hex) = line
-            .strip_prefix("SHA256(")
-            .and_then(|r| r.split_once(")= "))
-            .unwrap_or_else(|| panic!("unexpected manifest line {line:?}"));
-        lines.push_str(&format!("{hex}  {name}\n"));
-    }
-    fs::write(extracted.join("check.sha256"), lines).unwrap();
-    run_ok(
-        Command::new(tool("sha256sum"))
-            .arg("-c")
-            .arg("check.sha256")
-            .current_dir(extracted),
-    );
-}
-
 #[test]
 fn writes_survive_a_remount_and_commit_through_the_mount() {
     let fx = fixture();
@@ -205,7 +185,7 @@ fn writes_survive_a_remount_and_commit_through_the_mount() {
 
     let after = fx.extract("after");
     assert_vmdk_is(&after.join("disk1.vmdk"), &fx.model);
-    assert_manifest_verifies(&after, "app.mf");
+    common::verify::coreutils_check_manifest(&after, "app.mf");
     assert_eq!(
         fs::read(after.join("disk2.vmdk")).unwrap(),
         fs::read(before.join("disk2.vmdk")).unwrap(),
@@ -546,7 +526,7 @@ fn a_folder_package_and_a_gzip_disk_commit_too() {
     assert_vmdk_is(&pkg.join("disk2.vmdk.gz"), &gz_model);
     let text = fs::read_to_string(&ovf).unwrap();
     assert!(!text.contains("ovf:compression"), "{text}");
-    assert_manifest_verifies(&pkg, "folder.mf");
+    common::verify::coreutils_check_manifest(&pkg, "folder.mf");
     assert!(!pkg.join("folder.ovf.ovafs-overlay").exists());
     let m = Mount::ok(&ovf, &dir.path().join("mnt"), &[]);
     assert_same_bytes(&m.path("disks/disk1.raw"), &model);
