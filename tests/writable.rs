@@ -16,8 +16,10 @@
 //!   stream-optimized VMDK with `ovf:format` updated; a raw disk is committed raw.
 //! - a_stale_overlay_is_refused_and_can_be_discarded: the package replaced under an
 //!   overlay: the disk is read-only with a clear notice until the overlay is discarded.
-//! - read_only_mounts_refuse_writes_and_commit_at_umount: `-o ro` refuses writes (EROFS);
-//!   `-o commit=umount` commits at `ovafs umount`; a manual mount's umount warns.
+//! - read_only_mounts_refuse_writes_and_commit_at_umount: `-o ro` refuses writes (EROFS)
+//!   and says which overlays it does not show; `-o commit=umount` commits at `ovafs umount`;
+//!   a manual mount's umount warns.
+//! - a_folder_package_and_a_gzip_disk_commit_too, several_direct_writers_at_once.
 
 mod common;
 
@@ -476,6 +478,18 @@ fn read_only_mounts_refuse_writes_and_commit_at_umount() {
         "{warning}"
     );
     assert!(fx.overlay_folder().exists());
+
+    // A read-only mount says it does not show them, and the CLI says it is read-only.
+    let (m, notice) = Mount::bounded(&fx.ova, &fx.mnt(), &["ro"], 30);
+    let m = m.expect("read-only mount");
+    assert!(
+        notice.contains("disks/disk1.raw has uncommitted changes in its overlay, not shown"),
+        "{notice}"
+    );
+    let out = ovafs_cmd(&["status", path_str(&m.dir)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the mount is read-only"));
+    m.umount();
 
     let m = Mount::ok(&fx.ova, &fx.mnt(), &["commit=umount"]);
     fx.write_both(&m, 2 * MIB, &[5u8; 8192]);

@@ -193,9 +193,17 @@ pub(super) fn serve(
         },
     );
     let writable = writable.map(Arc::new);
+    let unshown = match &writable {
+        None => unshown_overlays(config, &appliance, &package_stat),
+        Some(_) => Vec::new(),
+    };
     let refusals = Arc::new(Refusals::default());
     let mut package_notices = recovery.notices();
     let mut ready_notices: Vec<String> = read_only_reason.iter().cloned().collect();
+    for notice in unshown {
+        package_notices.push(notice.clone());
+        ready_notices.push(notice);
+    }
     for r in writable.iter().flat_map(|w| w.read_only()) {
         let notice = format!("disks/{} is read-only: {}", r.name, r.reason);
         package_notices.push(notice.clone());
@@ -290,6 +298,30 @@ pub(super) fn serve(
         Ok(()) => Ok(EXIT_OK),
         Err(e) => Err(Error::io("FUSE session failed", e)),
     }
+}
+
+/// On a read-only mount, the disks whose overlays hold changes it does not show (reading
+/// them could write: a torn journal tail is cut, a long one compacted).
+fn unshown_overlays(
+    config: &MountConfig,
+    appliance: &Appliance,
+    package: &nix::sys::stat::FileStat,
+) -> Vec<String> {
+    let options = config.writable_options();
+    appliance
+        .disks
+        .iter()
+        .map(|d| format!("{}.raw", d.stem))
+        .filter(|name| {
+            let location = options.location(&config.source, name);
+            crate::overlay::exists(&location, package).unwrap_or(false)
+        })
+        .map(|name| {
+            format!(
+                "disks/{name} has uncommitted changes in its overlay, not shown on a read-only mount"
+            )
+        })
+        .collect()
 }
 
 /// At the end of a mount: makes the disks' writes durable, then commits them with `-o
