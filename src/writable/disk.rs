@@ -48,6 +48,24 @@ pub(super) struct Current {
 }
 
 impl Current {
+    /// SEEK_DATA (`data`) or SEEK_HOLE from `offset`, over the overlay and the base.
+    pub(super) fn seek(&self, offset: u64, data: bool) -> Result<Option<u64>> {
+        match &self.overlay {
+            Some(o) => {
+                let whence = if data { Whence::Data } else { Whence::Hole };
+                let base_seek = |at: u64, w: Whence| self.base.seek(at, w == Whence::Data);
+                o.seek(offset, whence, &base_seek)
+            }
+            None => self.base.seek(offset, data),
+        }
+    }
+
+    /// Bytes of the disk that are data, not holes (a raw disk's `ovf:populatedSize`).
+    pub(super) fn data_bytes(&self) -> Result<u64> {
+        let end = self.overlay.as_ref().map_or(self.base.len(), |o| o.len());
+        data_within(&|at, data| self.seek(at, data), 0, end)
+    }
+
     /// The disk's content: the overlay over the base, or the base alone.
     pub(super) fn content(&self) -> Arc<dyn ReadAt> {
         match &self.overlay {
@@ -214,15 +232,20 @@ impl OverlaidDisk {
 /// Runs of changes beyond which `stat` does not count the allocated bytes.
 const COUNTED_RUNS: usize = 256;
 
-/// Bytes of data (not holes) of `base` in `start..end`.
-fn base_data_within(base: &FlatDisk, start: u64, end: u64) -> Result<u64> {
+/// Bytes of data (not holes) in `start..end` of what `seek` (SEEK_DATA when its flag is
+/// true, else SEEK_HOLE) describes.
+fn data_within(
+    seek: &dyn Fn(u64, bool) -> Result<Option<u64>>,
+    start: u64,
+    end: u64,
+) -> Result<u64> {
     let mut total = 0;
     let mut at = start;
     while at < end {
-        let Some(data) = base.seek(at, true)?.filter(|&d| d < end) else {
+        let Some(data) = seek(at, true)?.filter(|&d| d < end) else {
             break;
         };
-        let hole = base.seek(data, false)?.unwrap_or(end).min(end);
+        let hole = seek(data, false)?.unwrap_or(end).min(end);
         total += hole - data;
         at = hole;
     }
@@ -322,15 +345,7 @@ impl WritableDisk for OverlaidDisk {
     }
 
     fn seek(&self, offset: u64, data: bool) -> Result<Option<u64>> {
-        let cur = self.read();
-        match &cur.overlay {
-            Some(o) => {
-                let whence = if data { Whence::Data } else { Whence::Hole };
-                let base_seek = |at: u64, w: Whence| cur.base.seek(at, w == Whence::Data);
-                o.seek(offset, whence, &base_seek)
-            }
-            None => cur.base.seek(offset, data),
-        }
+        self.read().seek(offset, data)
     }
 
     /// Read-ahead of the base image: changed ranges read from the overlay need none, and a
@@ -355,7 +370,7 @@ impl WritableDisk for OverlaidDisk {
         for run in o.changed_blocks() {
             let start = run.first.saturating_mul(BLOCK_BYTES);
             let end = run.end.saturating_mul(BLOCK_BYTES).min(cur.base.len());
-            under_changes += base_data_within(&cur.base, start, end).ok()?;
+            under_changes += data_within(&|at, d| cur.base.seek(at, d), start, end).ok()?;
         }
         Some(base.saturating_sub(under_changes) + o.changed_bytes())
     }

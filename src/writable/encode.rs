@@ -47,7 +47,8 @@ pub fn encode(
     let old_len = cur.base.len();
     let capacity_bytes = Some(len);
     if cur.source.format == DiskFormat::Raw {
-        let populated = None;
+        // Stored as it reads; its holes stay holes in the package (zero chunks are skipped).
+        let populated = Some(cur.data_bytes()?);
         return Ok(Encoded {
             data: content,
             update: DiskImageUpdate {
