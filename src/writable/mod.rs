@@ -268,8 +268,14 @@ impl WritableDisks {
             compression_level: self.options.commit_level,
             ..ReencodeOptions::default()
         };
-        for (i, (disk, cur)) in held.iter().enumerate() {
+        for (i, (disk, cur)) in held.iter_mut().enumerate() {
             let Some(o) = cur.overlay.as_ref().filter(|o| has_changes(o, &cur.base)) else {
+                // An overlay without changes (all written back to the base's bytes) goes.
+                if cur.overlay.take().is_some()
+                    && let Err(e) = overlay::remove(disk.location(), disk.package())
+                {
+                    log::warn!("disks/{}: cannot remove its empty overlay: {e}", disk.name);
+                }
                 summary.unchanged.push(disk.name.clone());
                 continue;
             };
@@ -319,6 +325,7 @@ impl WritableDisks {
             .manifest
             .as_deref()
             .and_then(|m| crate::verify::manifest::parse(m).ok());
+        let mut failed = None;
         for (i, e) in encoded {
             let (disk, cur) = &mut held[i];
             // The commit is durable: failing to tidy up only leaves a marked overlay that the
@@ -332,8 +339,14 @@ impl WritableDisks {
             let digest = manifest
                 .as_ref()
                 .and_then(|m| manifest_digest(m, &cur.source.member));
-            disk.rebase(cur, digest)
-                .map_err(|err| err.context(format!("reopen disks/{}", disk.name)))?;
+            if let Err(err) = disk.rebase(cur, digest) {
+                // The package holds the disk; only this mount cannot read it any more.
+                let why = format!("cannot reopen its committed member: {err}");
+                log::error!("disks/{}: {why}; remount to read it", disk.name);
+                cur.base.fail(why);
+                cur.overlay = None;
+                failed.get_or_insert(err.context(format!("reopen disks/{}", disk.name)));
+            }
             let r = e.report.unwrap_or_default();
             summary.committed.push(CommittedDisk {
                 disk: disk.name.clone(),
@@ -344,7 +357,10 @@ impl WritableDisks {
                 grains_omitted: r.grains_omitted,
             });
         }
-        Ok(summary)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
     }
 
     /// Throws away the changes of disk `name` (`disk1`, `disk1.raw`, or its Disk id). A disk
