@@ -309,6 +309,20 @@ fn growing_and_punching() {
         .unwrap()
         .set_len(20 * MIB)
         .unwrap();
+    // And `qemu-img resize` through the mount, as a user grows a disk for a guest.
+    qemu_img(&[
+        "resize",
+        "-f",
+        "raw",
+        path_str(&m.path("disks/disk1.raw")),
+        "22M",
+    ]);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&fx.model)
+        .unwrap()
+        .set_len(22 * MIB)
+        .unwrap();
     fx.write_both(&m, 18 * MIB, b"data in the grown part");
     ovafs_ok(&["commit", path_str(&m.dir)]);
     m.umount();
@@ -316,7 +330,7 @@ fn growing_and_punching() {
     assert_vmdk_is(&after.join("disk1.vmdk"), &fx.model);
     let ovf = fs::read_to_string(after.join("app.ovf")).unwrap();
     assert!(
-        ovf.contains("ovf:capacity=\"20971520\"") || ovf.contains("ovf:capacity=\"20\""),
+        ovf.contains("ovf:capacity=\"23068672\"") || ovf.contains("ovf:capacity=\"22\""),
         "the capacity follows: {ovf}"
     );
     let grown_size = fs::metadata(after.join("disk1.vmdk")).unwrap().len();
@@ -325,7 +339,7 @@ fn growing_and_punching() {
     let m = Mount::ok(&fx.ova, &fx.mnt(), &[]);
     run_ok(
         Command::new("fallocate")
-            .args(["-p", "-o", "0", "-l", "20M"])
+            .args(["-p", "-o", "0", "-l", "22M"])
             .arg(m.path("disks/disk1.raw")),
     );
     ovafs_ok(&["commit", path_str(&m.dir)]);
@@ -337,7 +351,7 @@ fn growing_and_punching() {
         "punched {punched_size} vs {grown_size}"
     );
     let zeros = fx.dir.path().join("zeros.raw");
-    fs::File::create(&zeros).unwrap().set_len(20 * MIB).unwrap();
+    fs::File::create(&zeros).unwrap().set_len(22 * MIB).unwrap();
     assert_vmdk_is(&after.join("disk1.vmdk"), &zeros);
 }
 
