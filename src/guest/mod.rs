@@ -7,6 +7,7 @@
 //! `..`, never empty, without `/`; the empty list is the root. A symbolic link is reported as
 //! one and never followed by these calls.
 
+pub mod ext4;
 pub mod partition;
 
 use std::time::SystemTime;
