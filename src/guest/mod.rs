@@ -1,7 +1,8 @@
 //! Guest file systems: the files inside an appliance's disks, read by ovafs itself, without
-//! root, loop devices or a kernel appliance (issue 12). Nothing here is wired into the mount
-//! yet: this layer reads a disk's partition table and a partition's file system from any
-//! [`ReadAt`] (a flat disk, a partition's window of it), behind one read-only interface.
+//! root, loop devices or a kernel appliance (issue 12). This layer reads a disk's partition
+//! table ([`partition`]) and a partition's file system from any [`ReadAt`] (a flat disk, a
+//! partition's window of it), behind one read-only interface ([`GuestFs`]); [`open`]
+//! recognises the file system by content. Adding a kind is a module and one [`KINDS`] entry.
 //!
 //! Paths are lists of components as bytes (guest names need not be UTF-8), never `.` or
 //! `..`, never empty, without `/`; the empty list is the root. A symbolic link is reported as
@@ -10,9 +11,40 @@
 pub mod ext4;
 pub mod partition;
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::error::Result;
+use crate::io::ReadAt;
+
+/// One file-system kind ovafs reads: its name, whether `source` holds one (by content, a few
+/// sectors read, never an error: unreadable is "no"), and how to open it.
+struct Kind {
+    name: &'static str,
+    probe: fn(&dyn ReadAt) -> bool,
+    open: fn(Arc<dyn ReadAt>) -> Result<Arc<dyn GuestFs>>,
+}
+
+/// Every kind, tried in this order (a kind whose signature is more specific comes first).
+const KINDS: &[Kind] = &[Kind {
+    name: "ext4",
+    probe: ext4::probe,
+    open: ext4::open,
+}];
+
+/// The name of the file-system kind `source` holds, if ovafs reads it.
+pub fn probe(source: &dyn ReadAt) -> Option<&'static str> {
+    KINDS.iter().find(|k| (k.probe)(source)).map(|k| k.name)
+}
+
+/// Opens the file system `source` holds, recognised by content; `None` when ovafs reads no
+/// file system there (an unknown one, swap, an empty partition).
+pub fn open(source: Arc<dyn ReadAt>) -> Result<Option<Arc<dyn GuestFs>>> {
+    match KINDS.iter().find(|k| (k.probe)(&*source)) {
+        Some(kind) => (kind.open)(source).map(Some),
+        None => Ok(None),
+    }
+}
 
 /// What a directory entry or a path is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
