@@ -30,8 +30,10 @@ use crate::io::ReadAt;
 use crate::node::Node;
 use crate::node::disk::DiskFile;
 use crate::node::folder::{Folder, Origin};
+use crate::node::guest_disk::GuestDiskFolder;
 use crate::node::layout::{self, Escaped};
 use crate::node::member::MemberFile;
+use crate::node::prefetch::{DiskContent, GuestSource};
 use crate::ovf::DiskDef;
 use crate::package::{self, FileLocation, Limits, Package, PackageDisk};
 
@@ -192,7 +194,7 @@ impl Appliance {
         &self,
         cache: &Arc<UnitCache>,
         served: &[usize],
-        disk_node: &mut dyn FnMut(&ApplianceDisk, &Arc<FlatDisk>) -> Option<Node>,
+        disk_node: &mut dyn FnMut(&ApplianceDisk, &Arc<FlatDisk>) -> Option<(Node, DiskContent)>,
     ) -> BuiltTree {
         let root = Folder::root(self.source_mtime);
         root.ensure_dir(DISKS_DIR, 0o555, self.source_mtime, Origin::Fixed);
@@ -200,14 +202,13 @@ impl Appliance {
         for d in &self.disks {
             let flat = Arc::new(flat_chain(d, cache));
             let path = format!("{DISKS_DIR}/{}.raw", d.stem);
-            let node = disk_node(d, &flat).unwrap_or_else(|| {
-                Node::File(Arc::new(DiskFile::new(
-                    flat.clone(),
-                    d.mode & 0o444,
-                    d.mtime,
-                )))
+            let (node, content) = disk_node(d, &flat).unwrap_or_else(|| {
+                let file = DiskFile::new(flat.clone(), d.mode & 0o444, d.mtime);
+                (Node::File(Arc::new(file)), DiskContent::Flat(flat.clone()))
             });
             root.add(&path, node, d.mtime, Origin::Fixed);
+            let guest = guest_view(&d.stem, content, d.mtime);
+            root.add(&format!("{DISKS_DIR}/{}", d.stem), guest, d.mtime, Origin::Fixed);
             let mut files = vec![d.file.clone()];
             files.extend(d.parents.iter().map(|p| p.name.clone()));
             shown.push(ShownDisk { path, files, flat });
@@ -245,6 +246,12 @@ impl Appliance {
             escaped,
         }
     }
+}
+
+/// `disks/NAME/`: the partitions and guest files of the disk `stem` (nothing is read now).
+pub fn guest_view(stem: &str, content: DiskContent, mtime: SystemTime) -> Node {
+    let source = Arc::new(GuestSource::new(content));
+    Node::Dir(Arc::new(GuestDiskFolder::new(stem, source, mtime)))
 }
 
 /// The flat image of `d` with its parent chain below it.

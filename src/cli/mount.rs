@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::fs::{FsOptions, OvaFs};
 use crate::integrity::{self, Integrity, StatusNotes, VerifyMode};
 use crate::node::Node;
+use crate::node::prefetch::DiskContent;
 use crate::node::refusals::Refusals;
 use crate::node::written_disk::WrittenDiskFile;
 use crate::verify::Subject;
@@ -188,8 +189,8 @@ pub(super) fn serve(
         &Editor::served_members(&appliance.package),
         &mut |d, flat| {
             let disk = writable.as_mut()?.open_disk(&appliance, d, flat, &cache)?;
-            let file = WrittenDiskFile::new(disk, d.mode & 0o444, d.mtime);
-            Some(Node::File(Arc::new(file)))
+            let file = WrittenDiskFile::new(disk.clone(), d.mode & 0o444, d.mtime);
+            Some((Node::File(Arc::new(file)), DiskContent::Written(disk)))
         },
     );
     let writable = writable.map(Arc::new);

@@ -75,6 +75,8 @@ pub struct OvaFs {
     table: Arc<RwLock<Table>>,
     pool: Pool,
     handles: Mutex<HashMap<u64, Open>>,
+    /// The listing of each open folder, by handle (taken at `opendir`).
+    listings: Mutex<HashMap<u64, Arc<Listing>>>,
     next_handle: AtomicU64,
     /// Nodes in the table when mounted (the bound on scratch files counts from here).
     built_nodes: usize,
@@ -97,6 +99,9 @@ pub struct FsOptions {
 
 type Reply<T> = std::result::Result<T, Errno>;
 
+/// A folder's entries as `readdir` returns them: inode, kind, name (`.` and `..` first).
+type Listing = Vec<(u64, FileType, String)>;
+
 impl OvaFs {
     /// A filesystem showing the folder `root`.
     pub fn new(root: Arc<dyn DirNode>, opts: &FsOptions) -> std::io::Result<Self> {
@@ -105,6 +110,7 @@ impl OvaFs {
             table: Arc::new(RwLock::new(Table::new(Node::Dir(root)))),
             pool: Pool::new(opts.threads)?,
             handles: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             built_nodes,
             read_only: opts.read_only,
@@ -125,6 +131,10 @@ impl OvaFs {
 
     fn handles(&self) -> MutexGuard<'_, HashMap<u64, Open>> {
         self.handles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn listings(&self) -> MutexGuard<'_, HashMap<u64, Arc<Listing>>> {
+        self.listings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn new_handle(&self, open: Open) -> FileHandle {
@@ -379,7 +389,11 @@ fn reply_seek(reply: ReplyLseek, at: Option<u64>) {
 impl OvaFs {
     fn do_lookup(&self, parent: u64, name: &OsStr) -> Reply<(String, Node)> {
         let name = name.to_str().ok_or(Errno::ENOENT)?;
-        let node = self.dir(parent)?.lookup(name).ok_or(Errno::ENOENT)?;
+        let node = self
+            .dir(parent)?
+            .find(name)
+            .map_err(|e| errno_of(&e))?
+            .ok_or(Errno::ENOENT)?;
         Ok((name.to_string(), node))
     }
 
@@ -929,49 +943,59 @@ impl Filesystem for OvaFs {
         reply.error(Errno::EPERM);
     }
 
+    /// The listing is taken here, once per open: `readdir` then pages through it (a guest
+    /// directory is not read again for every page), and an unreadable directory fails here.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.node(ino.0) {
-            Ok(Node::Dir(d)) => {
-                let flags = match d.attributes().caching {
-                    Caching::Stable => FopenFlags::FOPEN_CACHE_DIR,
-                    Caching::Changing => FopenFlags::empty(),
-                };
-                reply.opened(FileHandle(0), flags)
-            }
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
         let dir = match self.dir(ino.0) {
             Ok(d) => d,
             Err(e) => return reply.error(e),
         };
+        let children = match dir.list() {
+            Ok(c) => c,
+            Err(e) => {
+                log_failure("opendir", &path_in(&self.table, ino.0), &e);
+                return reply.error(errno_of(&e));
+            }
+        };
+        let flags = match dir.attributes().caching {
+            Caching::Stable => FopenFlags::FOPEN_CACHE_DIR,
+            Caching::Changing => FopenFlags::empty(),
+        };
         let parent = self.table().get(ino.0).map_or(ROOT_INO, |s| s.parent);
-        let children = dir.entries();
-        let dots = [
+        let mut listing = vec![
             (ino.0, FileType::Directory, ".".to_string()),
             (parent, FileType::Directory, "..".to_string()),
         ];
-        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-        let listed = children.into_iter().map(|(name, node)| {
+        listing.extend(children.into_iter().map(|(name, node)| {
             let kind = match node {
                 Node::Dir(_) => FileType::Directory,
                 Node::Symlink(_) => FileType::Symlink,
                 Node::File(_) => FileType::RegularFile,
             };
             (self.number(ino.0, &name, &node, false), kind, name)
-        });
-        for (i, (child, kind, name)) in dots.into_iter().chain(listed).enumerate().skip(skip) {
-            if reply.add(INodeNo(child), (i + 1) as u64, kind, &name) {
+        }));
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.listings().insert(fh, Arc::new(listing));
+        reply.opened(FileHandle(fh), flags)
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        if let Err(e) = self.dir(ino.0) {
+            return reply.error(e);
+        }
+        let Some(listing) = self.listings().get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, (child, kind, name)) in listing.iter().enumerate().skip(skip) {
+            if reply.add(INodeNo(*child), (i + 1) as u64, *kind, name) {
                 break;
             }
         }
@@ -982,10 +1006,11 @@ impl Filesystem for OvaFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.listings().remove(&fh.0);
         reply.ok();
     }
 

@@ -90,17 +90,25 @@ impl GuestFolder {
         }
     }
 
-    /// The child `name`: the node handed out before while it lives, else made now.
-    fn child(&self, name: &str, stat: Option<GuestStat>) -> Option<Node> {
+    /// The child `name`: the node handed out before while it lives, else made now (`stat`,
+    /// when the caller has it, else asked). `None`: no such name, or nothing ovafs shows
+    /// (a device, a link whose target cannot be read).
+    fn child(&self, name: &str, stat: Option<GuestStat>) -> Result<Option<Node>> {
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = children.get(name).and_then(WeakNode::upgrade) {
-            return Some(n);
+            return Ok(Some(n));
         }
         let stat = match stat {
             Some(s) => s,
-            None => self.fs.stat(&self.child_path(name)).ok()?,
+            None => match self.fs.stat(&self.child_path(name)) {
+                Ok(s) => s,
+                Err(e) if e.refusal() == Some(Refusal::NotFound) => return Ok(None),
+                Err(e) => return Err(e),
+            },
         };
-        let node = self.make(name, stat)?;
+        let Some(node) = self.make(name, stat) else {
+            return Ok(None);
+        };
         match &node {
             Node::File(f) => {
                 children.insert(name.to_string(), WeakNode::File(Arc::downgrade(f)));
@@ -115,18 +123,19 @@ impl GuestFolder {
         if children.len() > 4096 {
             children.retain(|_, w| w.upgrade().is_some());
         }
-        Some(node)
+        Ok(Some(node))
     }
 }
 
 /// A symbolic link's target made safe to follow on the host: a target that is absolute or
-/// climbs with `..` is resolved against the link's folder `folder` inside the guest (never
-/// above its root) and written relative to that folder; a plain relative target stays as
-/// written. The kernel then follows it inside the mount, within the guest's tree.
+/// climbs above the guest's root is resolved against the link's folder `folder` inside the
+/// guest (never above its root) and written relative to that folder; a relative target
+/// that stays inside the guest is kept as written. The kernel then follows it inside the
+/// mount, within the guest's tree.
 fn contained_target(target: &[u8], folder: &[Vec<u8>]) -> String {
     let text = String::from_utf8_lossy(target);
     let absolute = text.starts_with('/');
-    if !absolute && !text.split('/').any(|p| p == "..") {
+    if !absolute && stays_inside(&text, folder.len()) {
         return text.into_owned();
     }
     let mut at: Vec<String> = if absolute {
@@ -153,6 +162,23 @@ fn contained_target(target: &[u8], folder: &[Vec<u8>]) -> String {
     }
 }
 
+/// Whether the relative path `text`, followed from a folder `depth` levels below the root,
+/// never climbs above the root.
+fn stays_inside(text: &str, depth: usize) -> bool {
+    let mut at = depth;
+    for part in text.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match at.checked_sub(1) {
+                Some(up) => at = up,
+                None => return false,
+            },
+            _ => at += 1,
+        }
+    }
+    true
+}
+
 impl DirNode for GuestFolder {
     fn attributes(&self) -> DirAttributes {
         DirAttributes {
@@ -164,17 +190,27 @@ impl DirNode for GuestFolder {
     }
 
     fn lookup(&self, name: &str) -> Option<Node> {
-        self.child(name, None)
+        self.find(name).ok().flatten()
     }
 
     fn entries(&self) -> Vec<(String, Node)> {
-        let listed = match self.fs.read_dir(&self.path) {
-            Ok(l) => l,
-            Err(e) => {
-                log::error!("{}: {e}", shown(&self.path));
-                return Vec::new();
-            }
-        };
+        self.list().unwrap_or_default()
+    }
+
+    fn find(&self, name: &str) -> Result<Option<Node>> {
+        self.child(name, None).map_err(|e| {
+            log::error!("{}: {e}", shown(&self.child_path(name)));
+            e
+        })
+    }
+
+    /// A child that cannot be read (a corrupt inode) is left out with a log line; a
+    /// directory that cannot be read fails whole.
+    fn list(&self) -> Result<Vec<(String, Node)>> {
+        let listed = self.fs.read_dir(&self.path).map_err(|e| {
+            log::error!("{}: {e}", shown(&self.path));
+            e
+        })?;
         let mut out = Vec::with_capacity(listed.len());
         let mut skipped = 0usize;
         for entry in listed {
@@ -182,8 +218,10 @@ impl DirNode for GuestFolder {
                 skipped += 1;
                 continue;
             };
-            if let Some(node) = self.child(&name, None) {
-                out.push((name, node));
+            match self.child(&name, None) {
+                Ok(Some(node)) => out.push((name, node)),
+                Ok(None) => {}
+                Err(e) => log::error!("{}: {e}", shown(&self.child_path(&name))),
             }
         }
         if skipped > 0 {
@@ -192,7 +230,7 @@ impl DirNode for GuestFolder {
                 shown(&self.path)
             );
         }
-        out
+        Ok(out)
     }
 
     fn is_lazy(&self) -> bool {
@@ -419,7 +457,8 @@ mod tests {
         let ssh = [b"etc".to_vec(), b"ssh".to_vec()];
         assert_eq!(contained_target(b"/usr/share/x", &ssh), "../../usr/share/x");
         assert_eq!(contained_target(b"moduli", &ssh), "moduli");
-        assert_eq!(contained_target(b"../hosts", &ssh), "../../etc/hosts");
+        assert_eq!(contained_target(b"../hosts", &ssh), "../hosts");
+        assert_eq!(contained_target(b"../../../hosts", &ssh), "../../hosts");
         assert_eq!(
             contained_target(b"../../../../../etc/passwd", &ssh),
             "../../etc/passwd"

@@ -26,9 +26,11 @@
 pub mod disk;
 pub mod folder;
 pub mod guest;
+pub mod guest_disk;
 pub mod layout;
 pub mod live;
 pub mod member;
+pub mod prefetch;
 pub mod refusals;
 pub mod scratch;
 pub mod written_disk;
@@ -276,6 +278,17 @@ pub trait DirNode: Send + Sync + 'static {
 
     /// Every child, by name.
     fn entries(&self) -> Vec<(String, Node)>;
+
+    /// The child `name` (`None`: there is none), or why it cannot be looked up (a guest
+    /// folder on a corrupt file system: the caller sees EIO, not a missing name).
+    fn find(&self, name: &str) -> Result<Option<Node>> {
+        Ok(self.lookup(name))
+    }
+
+    /// Every child, or why they cannot be listed (see `find`).
+    fn list(&self) -> Result<Vec<(String, Node)>> {
+        Ok(self.entries())
+    }
 
     /// Its owner and group, when they are not the mount's (a guest directory's).
     fn owner(&self) -> Option<(u32, u32)> {
