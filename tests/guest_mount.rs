@@ -358,3 +358,64 @@ fn the_guest_view_of_a_writable_disk_shows_its_overlay() {
     );
     m.umount();
 }
+
+fn ovafs_out(args: &[&str]) -> std::process::Output {
+    Command::new(ovafs()).args(args).output().unwrap()
+}
+
+#[test]
+fn ls_and_cat_read_the_guest_without_a_mount() {
+    let f = fixture();
+    let ova = path_str(&f.ova);
+    let names = |out: &std::process::Output| -> Vec<String> {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    };
+    assert_eq!(names(&ovafs_out(&["ls", ova])), ["disk"]);
+    assert_eq!(
+        names(&ovafs_out(&["ls", ova, "disks/disk"])),
+        ["p1", "p1.raw", "p2", "p2.raw", "p3.raw", "p4", "p4.raw", "partitions"]
+    );
+    let mut want: Vec<String> = fs::read_dir(f.trees[0].join("etc"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    want.sort();
+    assert_eq!(names(&ovafs_out(&["ls", ova, "disk/p1/etc"])), want);
+
+    // Long listing: the guest's modes (write bits cleared), owners and link targets.
+    let long = names(&ovafs_out(&["ls", "-l", ova, "disk/p1/home/user"]));
+    assert_eq!(long.len(), 1);
+    assert!(long[0].starts_with("-r--r--r-- 1234 99 14 "), "{}", long[0]);
+    assert!(long[0].ends_with(" notes.txt"), "{}", long[0]);
+    let etc = names(&ovafs_out(&["ls", "-l", ova, "disk/p1/etc"]));
+    assert!(etc.iter().any(|l| l.starts_with("-r-sr-xr-x 0 0 10 ") && l.ends_with(" tool")), "{etc:?}");
+    assert!(etc.iter().any(|l| l.ends_with(" escape -> ../etc/passwd")), "{etc:?}");
+
+    // cat: bytes as stored, through links followed inside the guest.
+    for (path, source) in [
+        ("disk/p1/var/log/app/big.log", f.trees[0].join("var/log/app/big.log")),
+        ("disk/p2/etc/ssh/host_abs", f.trees[1].join("etc/hostname")),
+        ("disk/p1.raw", f.images[0].clone()),
+    ] {
+        let out = ovafs_out(&["cat", ova, path]);
+        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.stdout, fs::read(&source).unwrap(), "{path}");
+    }
+    let table = ovafs_out(&["cat", ova, "disk/partitions"]);
+    assert!(String::from_utf8_lossy(&table.stdout).starts_with("table\tgpt\t"));
+
+    // Failures are one line and exit 1: a missing name, a folder, a damaged file system.
+    for (path, says) in [
+        ("disk/p1/etc/nope", "disk/p1/etc/nope"),
+        ("disk/p1/etc", "is a folder"),
+        ("disk/p4/etc/hostname", "disk/p4"),
+        ("disk/p1/etc/escape", "disk/p1/etc/passwd"),
+    ] {
+        let out = ovafs_out(&["cat", ova, path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{path}: {err}");
+        assert_eq!(err.lines().count(), 1, "{path}: {err}");
+        assert!(err.starts_with("ovafs: ") && err.contains(says), "{path}: {err}");
+    }
+}

@@ -7,6 +7,7 @@
 mod control;
 mod demo;
 mod disks;
+mod guest;
 mod info;
 mod mount;
 mod mountinfo;
@@ -112,6 +113,25 @@ enum Command {
         /// The disk: disk1, disk1.raw, or its Disk id.
         disk: String,
     },
+    /// List a folder of a disk's guest view without mounting (as below the mount's disks/):
+    /// disk1, disk1/p1/etc
+    Ls {
+        /// Show mode, owner, group, size, modification time (UTC) and link targets.
+        #[arg(short = 'l')]
+        long: bool,
+        /// The OVA or OVF.
+        source: PathBuf,
+        /// The folder or file: NAME, NAME/pN, NAME/pN/PATH (NAME/fs/PATH without a table).
+        #[arg(default_value = "")]
+        path: String,
+    },
+    /// Write a guest file of a disk to standard output without mounting: disk1/p1/etc/hostname
+    Cat {
+        /// The OVA or OVF.
+        source: PathBuf,
+        /// The file: NAME/pN/PATH, NAME/pN.raw, NAME/partitions.
+        path: String,
+    },
     /// Build a sample appliance, mount it in a temporary folder, and show what to try.
     Demo,
 }
@@ -183,6 +203,8 @@ pub fn run(args: Vec<OsString>) -> i32 {
             target,
             disk,
         } => report(disks::discard(&target, &disk, overlay)),
+        Command::Ls { long, source, path } => report(guest::ls(&source, &path, long)),
+        Command::Cat { source, path } => report(guest::cat(&source, &path)),
         Command::Demo => report(demo::run()),
     }
 }
