@@ -194,7 +194,7 @@ impl Appliance {
         &self,
         cache: &Arc<UnitCache>,
         served: &[usize],
-        disk_node: &mut dyn FnMut(&ApplianceDisk, &Arc<FlatDisk>) -> Option<(Node, DiskContent)>,
+        disk_node: &mut DiskNodeMaker<'_>,
     ) -> BuiltTree {
         let root = Folder::root(self.source_mtime);
         root.ensure_dir(DISKS_DIR, 0o555, self.source_mtime, Origin::Fixed);
@@ -247,6 +247,11 @@ impl Appliance {
         }
     }
 }
+
+/// Makes a disk's `disks/NAME.raw` node and says what the guest view reads, or `None` for
+/// the read-only flat file (see [`Appliance::build_tree`]).
+pub type DiskNodeMaker<'a> =
+    dyn FnMut(&ApplianceDisk, &Arc<FlatDisk>) -> Option<(Node, DiskContent)> + 'a;
 
 /// `disks/NAME/`: the partitions and guest files of the disk `stem` (nothing is read now).
 pub fn guest_view(stem: &str, content: DiskContent, mtime: SystemTime) -> Node {

@@ -22,8 +22,11 @@ use crate::io::ReadAt;
 struct Kind {
     name: &'static str,
     probe: fn(&dyn ReadAt) -> bool,
-    open: fn(Arc<dyn ReadAt>) -> Result<Arc<dyn GuestFs>>,
+    open: Opener,
 }
+
+/// Opens a file system of one kind.
+type Opener = fn(Arc<dyn ReadAt>) -> Result<Arc<dyn GuestFs>>;
 
 /// Every kind, tried in this order (a kind whose signature is more specific comes first).
 const KINDS: &[Kind] = &[Kind {
