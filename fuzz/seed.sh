@@ -42,3 +42,20 @@ if command -v qemu-img >/dev/null; then
   qemu-img create -q -f vmdk corpus/disk/empty.vmdk 4M
 fi
 head -c 4096 /dev/zero > corpus/disk/raw4k.img
+# partition_table: [flags u8][extra zero sectors u32 LE][bytes]; the tables' own sectors of
+# 1 MiB disks made by sgdisk and sfdisk, the rest claimed as zero sectors, flag 1 (reseal).
+mkdir -p corpus/partition_table
+PATH="$PATH:/usr/sbin:/sbin"
+if command -v sgdisk >/dev/null && command -v sfdisk >/dev/null; then
+  truncate -s 1M "$tmp/g.img"
+  sgdisk -a 1 -n 1:34:+100K -c 1:boot -n 2:0:+300K -t 2:8200 -n 4:0:0 -t 4:0700 "$tmp/g.img" >/dev/null
+  # 34 sectors kept (MBR, header, array); 2014 claimed: the backup is zeros (refused).
+  { printf '\001\336\007\000\000'; head -c 17408 "$tmp/g.img"; } > corpus/partition_table/gpt
+  # The whole disk: both copies present.
+  { printf '\001\000\000\000\000'; cat "$tmp/g.img"; } > corpus/partition_table/gpt-whole
+  truncate -s 1M "$tmp/m.img"
+  printf 'label: dos\nunit: sectors\nstart=4, size=60, type=83\nstart=64, size=1900, type=5\nstart=66, size=100, type=82\nstart=200, size=100, type=7\nstart=302, size=50, type=c\n' |
+    sfdisk -q --no-reread --no-tell-kernel "$tmp/m.img" >/dev/null 2>&1 || true
+  # The MBR and EBRs lie in the first 352 sectors; 1696 more claimed.
+  { printf '\000\240\006\000\000'; head -c 180224 "$tmp/m.img"; } > corpus/partition_table/mbr
+fi

@@ -52,16 +52,14 @@ impl Header {
         u64::from(self.num_entries) * u64::from(self.entry_size)
     }
 
-    /// The fields both copies must agree on.
-    fn shared(&self) -> (u64, u64, [u8; 16], u32, u32, u32) {
-        (
-            self.first_usable,
-            self.last_usable,
-            self.disk_guid,
-            self.num_entries,
-            self.entry_size,
-            self.entries_crc,
-        )
+    /// Whether `other` agrees with this copy on the fields both copies share.
+    fn agrees_with(&self, other: &Header) -> bool {
+        self.first_usable == other.first_usable
+            && self.last_usable == other.last_usable
+            && self.disk_guid == other.disk_guid
+            && self.num_entries == other.num_entries
+            && self.entry_size == other.entry_size
+            && self.entries_crc == other.entries_crc
     }
 }
 
@@ -102,8 +100,8 @@ pub(super) fn read(disk: &dyn ReadAt, notes: &mut Notes) -> Result<Found> {
     };
     let sectors = disk.len() / ss;
     let last = sectors.saturating_sub(1);
-    let primary = read_copy(disk, ss, 1);
-    let backup_lba = match &primary {
+    let primary = read_copy(disk, ss, 1)?;
+    let mut backup_lba = match &primary {
         Ok(p) if p.header.alternate_lba != last => {
             notes.push(format!(
                 "the GPT primary header puts its backup at LBA {}, not at the disk's last LBA {last} (the disk was resized?)",
@@ -113,11 +111,24 @@ pub(super) fn read(disk: &dyn ReadAt, notes: &mut Notes) -> Result<Found> {
         }
         _ => last,
     };
-    let backup = read_copy(disk, ss, backup_lba);
+    let mut backup = read_copy(disk, ss, backup_lba)?;
+    if backup.is_err() && backup_lba != last {
+        // The primary's pointer may be stale or hostile: the disk's last LBA is the
+        // backup's place by the specification.
+        if let Ok(b) = read_copy(disk, ss, last)? {
+            notes.push(format!(
+                "no GPT backup header at LBA {backup_lba}: the one at the last LBA {last} is used as the backup"
+            ));
+            backup = Ok(b);
+            backup_lba = last;
+        }
+    }
     let (used, other) = match (primary, backup) {
         (Ok(p), Ok(b)) => {
-            if p.header.shared() != b.header.shared() || b.header.alternate_lba != 1 {
-                notes.push("the GPT backup header differs from the primary: the primary is used".into());
+            if !p.header.agrees_with(&b.header) || b.header.alternate_lba != 1 {
+                notes.push(
+                    "the GPT backup header differs from the primary: the primary is used".into(),
+                );
             }
             (p, Some(b))
         }
@@ -154,51 +165,56 @@ pub(super) fn read(disk: &dyn ReadAt, notes: &mut Notes) -> Result<Found> {
 
 /// Marks a copy's header and entry array as the table's own bytes.
 fn reserve(reserved: &mut Vec<Reserved>, h: &Header, ss: u64) {
-    // Both products were bounded when the copy was read (inside the disk).
+    // Both products were checked when the copy was read (inside the disk); saturating
+    // keeps that a local fact.
     reserved.push(Reserved {
-        start: h.my_lba * ss,
+        start: h.my_lba.saturating_mul(ss),
         len: ss,
         what: format!("the GPT header at LBA {}", h.my_lba),
     });
     reserved.push(Reserved {
-        start: h.entries_lba * ss,
+        start: h.entries_lba.saturating_mul(ss),
         len: h.array_bytes(),
         what: format!("the GPT entry array at LBA {}", h.entries_lba),
     });
 }
 
-/// Reads and verifies the copy whose header is at `lba`; the error says why it is refused.
-fn read_copy(disk: &dyn ReadAt, ss: u64, lba: u64) -> std::result::Result<Copy, String> {
-    let offset = lba
+/// A copy's verdict: the copy, or why it is refused (in words, for a note or the error).
+type Verdict = std::result::Result<Copy, String>;
+
+/// Reads and verifies the copy whose header is at `lba`. The inner error says why the copy
+/// is refused; the outer one is a read failure of the disk (every range is checked
+/// against the disk first, so that is a real I/O error, passed on).
+fn read_copy(disk: &dyn ReadAt, ss: u64, lba: u64) -> Result<Verdict> {
+    let Some(offset) = lba
         .checked_mul(ss)
         .filter(|o| o.checked_add(ss).is_some_and(|end| end <= disk.len()))
-        .ok_or_else(|| format!("LBA {lba} is past the end of the disk"))?;
-    let mut sector = vec![0u8; ss as usize];
-    disk.read_exact_at(offset, &mut sector)
-        .map_err(|e| format!("reading LBA {lba}: {e}"))?;
-    let header = parse_header(&sector, lba, disk.len() / ss)?;
-    let array_offset = header
-        .entries_lba
-        .checked_mul(ss)
-        .ok_or("its entry array's offset overflows")?;
+    else {
+        return Ok(Err(format!("LBA {lba} is past the end of the disk")));
+    };
+    let mut sector = vec![0u8; ss as usize]; // ss is 512 or 4096
+    disk.read_exact_at(offset, &mut sector)?;
+    let header = match parse_header(&sector, lba, disk.len() / ss) {
+        Ok(h) => h,
+        Err(why) => return Ok(Err(why)),
+    };
     let array_bytes = header.array_bytes();
-    if array_offset
-        .checked_add(array_bytes)
-        .is_none_or(|end| end > disk.len())
-    {
-        return Err(format!(
+    let Some(array_offset) = header.entries_lba.checked_mul(ss).filter(|o| {
+        o.checked_add(array_bytes)
+            .is_some_and(|end| end <= disk.len())
+    }) else {
+        return Ok(Err(format!(
             "its entry array (LBA {}, {array_bytes} bytes) is past the end of the disk",
             header.entries_lba
-        ));
-    }
+        )));
+    };
     // Bounded by MAX_ARRAY_BYTES in parse_header.
     let mut array = vec![0u8; array_bytes as usize];
-    disk.read_exact_at(array_offset, &mut array)
-        .map_err(|e| format!("reading its entry array: {e}"))?;
+    disk.read_exact_at(array_offset, &mut array)?;
     if CRC32.checksum(&array) != header.entries_crc {
-        return Err("its entry array's CRC does not match".into());
+        return Ok(Err("its entry array's CRC does not match".into()));
     }
-    Ok(Copy { header, array })
+    Ok(Ok(Copy { header, array }))
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -241,10 +257,13 @@ pub fn parse_header(s: &[u8], lba: u64, sectors: u64) -> std::result::Result<Hea
         entries_crc: u32_at(s, 88),
     };
     if h.my_lba != lba {
-        return Err(format!("the header at LBA {lba} says it is at LBA {}", h.my_lba));
+        return Err(format!(
+            "the header at LBA {lba} says it is at LBA {}",
+            h.my_lba
+        ));
     }
     // The UEFI specification: 128 × 2^n bytes per entry.
-    if h.entry_size < MIN_ENTRY || !(h.entry_size / MIN_ENTRY).is_power_of_two() || h.entry_size % MIN_ENTRY != 0 {
+    if !h.entry_size.is_multiple_of(MIN_ENTRY) || !(h.entry_size / MIN_ENTRY).is_power_of_two() {
         return Err(format!("its entry size {} is not 128 × 2^n", h.entry_size));
     }
     if h.array_bytes() > MAX_ARRAY_BYTES {

@@ -42,7 +42,7 @@ pub enum Sector {
     /// A table (the 0x55AA signature and valid boot indicators).
     Entries([Entry; 4]),
     /// The boot sector of a FAT, exFAT or NTFS file system on the whole disk.
-    BootSector,
+    FileSystem,
     /// Neither.
     NotMbr,
 }
@@ -54,7 +54,7 @@ pub fn parse_sector(s: &[u8; SECTOR as usize]) -> Sector {
     }
     // A FAT/NTFS boot sector has the same signature; its boot code overlaps the table.
     if is_fs_boot_sector(s) {
-        return Sector::BootSector;
+        return Sector::FileSystem;
     }
     // Linux refuses a table whose boot indicator is neither 0 nor 0x80.
     if (0..4).any(|i| !matches!(s[TABLE_OFFSET + 16 * i], 0 | 0x80)) {
@@ -63,15 +63,31 @@ pub fn parse_sector(s: &[u8; SECTOR as usize]) -> Sector {
     Sector::Entries(entries_of(s))
 }
 
-/// Whether the sector is a FAT, exFAT or NTFS boot sector (a jump, then its OEM name or
-/// file system label where those file systems keep them).
+/// Whether the sector is a FAT, exFAT or NTFS boot sector: a jump, then its OEM name or
+/// file system label where those file systems keep them, and (FAT, NTFS) a sane BIOS
+/// parameter block. The BPB check keeps an MBR whose boot code happens to start with a
+/// jump and hold such bytes (GRUB copies an old BPB into its MBR) a partition table.
 fn is_fs_boot_sector(s: &[u8; SECTOR as usize]) -> bool {
-    let jump = s[0] == 0xeb || s[0] == 0xe9;
-    jump && (&s[3..11] == b"NTFS    "
-        || &s[3..11] == b"EXFAT   "
+    if s[0] != 0xeb && s[0] != 0xe9 {
+        return false;
+    }
+    if &s[3..11] == b"EXFAT   " {
+        return true; // exFAT zeroes the BPB area (bytes 11..64)
+    }
+    let named = &s[3..11] == b"NTFS    "
         || &s[0x36..0x3b] == b"FAT12"
         || &s[0x36..0x3b] == b"FAT16"
-        || &s[0x52..0x57] == b"FAT32")
+        || &s[0x52..0x57] == b"FAT32";
+    named && plausible_bpb(s)
+}
+
+/// Bytes per sector a power of two from 512 to 4096, sectors per cluster a power of two
+/// (NTFS may store a negative shift there: 0xf4..=0xff), as every FAT and NTFS has them.
+fn plausible_bpb(s: &[u8; SECTOR as usize]) -> bool {
+    let bytes_per_sector = u16::from_le_bytes([s[11], s[12]]);
+    let per_cluster = s[13];
+    matches!(bytes_per_sector, 512 | 1024 | 2048 | 4096)
+        && (per_cluster.is_power_of_two() || per_cluster >= 0xf4)
 }
 
 /// The partitions of an MBR whose entries are `entries` (sector 0 already parsed).
@@ -157,7 +173,9 @@ fn walk_chain(
         let Sector::Entries(entries) = parse_sector_ebr(&s) else {
             // An empty extended partition need not hold an EBR at all.
             if step > 0 {
-                notes.push(format!("no valid EBR at sector {this}: the chain stops there"));
+                notes.push(format!(
+                    "no valid EBR at sector {this}: the chain stops there"
+                ));
             }
             break;
         };

@@ -140,7 +140,7 @@ fn detect(disk: &dyn ReadAt, notes: &mut Notes) -> Result<Found> {
             Ok(Found::none())
         }
         mbr::Sector::Entries(entries) => mbr::read(disk, &entries, notes),
-        mbr::Sector::BootSector => Ok(Found::none()),
+        mbr::Sector::FileSystem => Ok(Found::none()),
         mbr::Sector::NotMbr if gpt_sig => {
             notes.push("a GPT header without a protective MBR: the GPT is used".into());
             gpt::read(disk, notes)
