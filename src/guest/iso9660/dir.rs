@@ -207,7 +207,9 @@ pub fn node(source: &dyn ReadAt, tree: &Tree, rec: &Record, rr: &RockRidge) -> R
         Data::Link(target) => target.len() as u64,
         Data::Other => 0,
     };
-    let default_mode = if kind == EntryKind::Dir { 0o555 } else { 0o444 };
+    // What Linux shows without Rock Ridge (and xorriso too): r-x for all, files included
+    // ("the disc could be shared with DOS machines", isofs says).
+    let default_mode = 0o555;
     let stat = GuestStat {
         kind,
         size,
@@ -430,6 +432,75 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record of `name` for `len` bytes at block `lba` with `flags`.
+    fn raw(name: &[u8], lba: u32, len: u32, flags: u8) -> Vec<u8> {
+        let mut r = vec![0u8; 33];
+        r[2..6].copy_from_slice(&lba.to_le_bytes());
+        r[6..10].copy_from_slice(&lba.to_be_bytes());
+        r[10..14].copy_from_slice(&len.to_le_bytes());
+        r[14..18].copy_from_slice(&len.to_be_bytes());
+        r[25] = flags;
+        r[28] = 1;
+        r[31] = 1;
+        r[32] = name.len() as u8;
+        r.extend_from_slice(name);
+        if r.len() % 2 == 1 {
+            r.push(0);
+        }
+        r[0] = r.len() as u8;
+        r
+    }
+
+    const PLAIN: Tree = Tree {
+        block_size: 2048,
+        names: Names::Plain,
+    };
+
+    fn build(recs: &[Vec<u8>]) -> Result<Listing> {
+        let mut b = Builder::default();
+        let image = Vec::<u8>::new();
+        for r in recs {
+            b.add(&image, &PLAIN, &record(r)?)?;
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn file_sections_join() {
+        let l = build(&[
+            raw(&[0], 1, 2048, FLAG_DIR),
+            raw(&[1], 1, 2048, FLAG_DIR),
+            raw(b"BIG.BIN;1", 10, 100, FLAG_MULTI_EXTENT),
+            raw(b"BIG.BIN;1", 20, 50, FLAG_MULTI_EXTENT),
+            raw(b"BIG.BIN;1", 30, 7, 0),
+            raw(b"SMALL;1", 40, 1, 0),
+        ])
+        .unwrap();
+        assert_eq!(l.entries.len(), 2);
+        let big = l.get(b"BIG.BIN").unwrap();
+        assert_eq!(big.stat.size, 157);
+        let Data::File { sections, .. } = &big.data else {
+            panic!("{big:?}");
+        };
+        assert_eq!(sections, &[(10 * 2048, 100), (20 * 2048, 50), (30 * 2048, 7)]);
+        assert_eq!(l.get(b"SMALL").unwrap().stat.size, 1);
+    }
+
+    #[test]
+    fn broken_file_sections_are_corrupt() {
+        let apart = build(&[raw(b"A;1", 10, 100, FLAG_MULTI_EXTENT), raw(b"B;1", 20, 1, 0)]);
+        assert!(apart.is_err());
+        let unfinished = build(&[raw(b"A;1", 10, 100, FLAG_MULTI_EXTENT)]);
+        assert!(unfinished.is_err());
+    }
+
+    #[test]
+    fn duplicates_and_unusable_names_are_left_out() {
+        let l = build(&[raw(b"A;1", 1, 1, 0), raw(b"A;2", 2, 2, 0), raw(b"A/B", 3, 3, 0)]).unwrap();
+        assert_eq!(l.entries.len(), 1);
+        assert_eq!(l.get(b"A").unwrap().stat.size, 1);
+    }
 
     #[test]
     fn versions_and_trailing_dots_go() {

@@ -294,3 +294,24 @@ fn refused(path: &[Vec<u8>], reason: Refusal) -> Error {
         .collect();
     Error::refused(format!("/{}", shown.join("/")), reason)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cross_file_sections() {
+        let image = b"abcdXXXXXXefghYY".to_vec();
+        let sections = [(0, 4), (10, 4)];
+        let mut buf = [0u8; 4];
+        assert_eq!(read_sections(&image, &sections, 2, &mut buf).unwrap(), 4);
+        assert_eq!(&buf, b"cdef");
+        let mut buf = [0u8; 10];
+        assert_eq!(read_sections(&image, &sections, 5, &mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"fgh");
+        assert_eq!(read_sections(&image, &sections, 8, &mut buf).unwrap(), 0);
+        assert_eq!(read_sections(&image, &sections, u64::MAX, &mut buf).unwrap(), 0);
+        // A section past the image's end is an error, not a short read.
+        assert!(read_sections(&image, &[(12, 10)], 0, &mut buf).is_err());
+    }
+}
