@@ -27,10 +27,18 @@ fn make_tree(root: &Path) {
     let long = format!("{}.txt", "long-name-".repeat(20));
     fs::write(root.join(long), "a name of 204 bytes\n").unwrap();
     fs::write(root.join("héllo wörld.txt"), "non-ASCII\n").unwrap();
-    fs::set_permissions(root.join("héllo wörld.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(
+        root.join("héllo wörld.txt"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     fs::create_dir(root.join("secret")).unwrap();
     fs::write(root.join("secret/setuid"), "#!/bin/sh\n").unwrap();
-    fs::set_permissions(root.join("secret/setuid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(
+        root.join("secret/setuid"),
+        fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
     fs::set_permissions(root.join("secret"), fs::Permissions::from_mode(0o750)).unwrap();
     fs::write(root.join("owned"), "by 1234:5678\n").unwrap();
     std::os::unix::fs::chown(root.join("owned"), Some(1234), Some(5678)).unwrap();
@@ -50,7 +58,12 @@ fn make_tree(root: &Path) {
 
 /// `xorriso ARGS` under a time limit; its output.
 fn xorriso(args: &[&str]) -> String {
-    let out = run_ok(Command::new("timeout").arg("300").arg(tool("xorriso")).args(args));
+    let out = run_ok(
+        Command::new("timeout")
+            .arg("300")
+            .arg(tool("xorriso"))
+            .args(args),
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -109,7 +122,11 @@ fn perms(kind: EntryKind, mode: u32) -> String {
         EntryKind::Symlink => 'l',
         EntryKind::Other => '?',
     });
-    for (shift, special, lower, upper) in [(6, 0o4000, 's', 'S'), (3, 0o2000, 's', 'S'), (0, 0o1000, 't', 'T')] {
+    for (shift, special, lower, upper) in [
+        (6, 0o4000, 's', 'S'),
+        (3, 0o2000, 's', 'S'),
+        (0, 0o1000, 't', 'T'),
+    ] {
         let bits = (mode >> shift) & 7;
         s.push(if bits & 4 != 0 { 'r' } else { '-' });
         s.push(if bits & 2 != 0 { 'w' } else { '-' });
@@ -161,13 +178,19 @@ fn read_all(fs: &dyn GuestFs, path: &[Vec<u8>], piece: usize) -> Vec<u8> {
         if n == 0 {
             return data;
         }
-        assert!(n == piece || fs.read(path, (data.len() + n) as u64, &mut buf).unwrap() == 0, "short read before the end");
+        assert!(
+            n == piece || fs.read(path, (data.len() + n) as u64, &mut buf).unwrap() == 0,
+            "short read before the end"
+        );
         data.extend_from_slice(&buf[..n]);
     }
 }
 
 fn components(path: &str) -> Vec<Vec<u8>> {
-    path.split('/').filter(|c| !c.is_empty()).map(|c| c.as_bytes().to_vec()).collect()
+    path.split('/')
+        .filter(|c| !c.is_empty())
+        .map(|c| c.as_bytes().to_vec())
+        .collect()
 }
 
 fn open_iso(iso: &Path) -> Arc<dyn GuestFs> {
@@ -180,13 +203,22 @@ fn open_iso(iso: &Path) -> Arc<dyn GuestFs> {
 
 /// Reads `iso` with ovafs and checks it against xorriso's listing and extraction, and (with
 /// `tree`) the modification times against the tree it was made of.
-fn check_against_xorriso(iso: &Path, tree: &Path, work: &Path) -> BTreeMap<String, (GuestStat, Option<String>)> {
+fn check_against_xorriso(
+    iso: &Path,
+    tree: &Path,
+    work: &Path,
+) -> BTreeMap<String, (GuestStat, Option<String>)> {
     let fs = open_iso(iso);
     let ours = walk(&*fs);
     let theirs = xorriso_listing(iso);
     let our_paths: Vec<&String> = ours.keys().collect();
     let their_paths: Vec<&String> = theirs.keys().collect();
-    assert_eq!(our_paths, their_paths, "{}: the paths differ", iso.display());
+    assert_eq!(
+        our_paths,
+        their_paths,
+        "{}: the paths differ",
+        iso.display()
+    );
     for (path, (stat, target)) in &ours {
         let listed = Listed {
             perms: perms(stat.kind, stat.mode),
@@ -198,12 +230,27 @@ fn check_against_xorriso(iso: &Path, tree: &Path, work: &Path) -> BTreeMap<Strin
         };
         assert_eq!(&listed, &theirs[path], "{}: {path}", iso.display());
         if let Some(t) = target {
-            assert_eq!(stat.size, t.len() as u64, "{path}: a link's size is its target's length");
+            assert_eq!(
+                stat.size,
+                t.len() as u64,
+                "{path}: a link's size is its target's length"
+            );
         }
     }
     // The bytes, against xorriso's extraction.
-    let out = work.join(format!("{}.extracted", iso.file_name().unwrap().to_str().unwrap()));
-    xorriso(&["-osirrox", "on", "-indev", path_str(iso), "-extract", "/", path_str(&out)]);
+    let out = work.join(format!(
+        "{}.extracted",
+        iso.file_name().unwrap().to_str().unwrap()
+    ));
+    xorriso(&[
+        "-osirrox",
+        "on",
+        "-indev",
+        path_str(iso),
+        "-extract",
+        "/",
+        path_str(&out),
+    ]);
     let mut files = 0;
     for (path, (stat, _)) in &ours {
         if stat.kind != EntryKind::File {
@@ -211,7 +258,10 @@ fn check_against_xorriso(iso: &Path, tree: &Path, work: &Path) -> BTreeMap<Strin
         }
         let want = fs::read(out.join(path.trim_start_matches('/'))).unwrap();
         for piece in [4096, 100_000] {
-            assert!(read_all(&*fs, &components(path), piece) == want, "{path}: bytes differ");
+            assert!(
+                read_all(&*fs, &components(path), piece) == want,
+                "{path}: bytes differ"
+            );
         }
         files += 1;
     }
@@ -221,12 +271,25 @@ fn check_against_xorriso(iso: &Path, tree: &Path, work: &Path) -> BTreeMap<Strin
     for (path, (stat, _)) in ours.iter().filter(|(p, _)| p.as_str() != "/") {
         if let Ok(meta) = fs::symlink_metadata(tree.join(path.trim_start_matches('/'))) {
             let want = SystemTime::UNIX_EPOCH + Duration::from_secs(meta.mtime() as u64);
-            let got = stat.mtime.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
-            assert_eq!(got, want.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(), "{path}: mtime");
+            let got = stat
+                .mtime
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            assert_eq!(
+                got,
+                want.duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs(),
+                "{path}: mtime"
+            );
             timed += 1;
         }
     }
-    assert!(timed > 0 || !ours.contains_key("/d1"), "no modification time compared");
+    assert!(
+        timed > 0 || !ours.contains_key("/d1"),
+        "no modification time compared"
+    );
     ours
 }
 
@@ -244,7 +307,11 @@ fn images() -> Images {
     make_tree(&tree);
     let work = dir.path().join("work");
     fs::create_dir(&work).unwrap();
-    Images { tree, work, _dir: dir }
+    Images {
+        tree,
+        work,
+        _dir: dir,
+    }
 }
 
 #[test]
@@ -278,8 +345,15 @@ fn rock_ridge_and_joliet_read_as_rock_ridge() {
     assert_eq!(err.refusal(), Some(ovafs::error::Refusal::NotFound));
     // A read past the end is empty; one across it is short.
     let mut buf = [0u8; 64];
-    assert_eq!(fs.read(&components("/big.bin"), 6 << 20, &mut buf).unwrap(), 0);
-    assert_eq!(fs.read(&components("/big.bin"), (5 << 20) + 100, &mut buf).unwrap(), 23);
+    assert_eq!(
+        fs.read(&components("/big.bin"), 6 << 20, &mut buf).unwrap(),
+        0
+    );
+    assert_eq!(
+        fs.read(&components("/big.bin"), (5 << 20) + 100, &mut buf)
+            .unwrap(),
+        23
+    );
 }
 
 #[test]
@@ -290,14 +364,20 @@ fn joliet_alone_and_plain_iso9660() {
     let ours = check_against_xorriso(&joliet, &im.tree, &im.work);
     assert!(ours.contains_key("/héllo wörld.txt"), "{:?}", ours.keys());
     assert_eq!(ours["/secret"].0.mode, 0o555);
-    assert!(ours.values().all(|(s, _)| s.uid == 0 && s.kind != EntryKind::Symlink));
+    assert!(
+        ours.values()
+            .all(|(s, _)| s.uid == 0 && s.kind != EntryKind::Symlink)
+    );
 
     let plain = im.work.join("plain.iso");
     make_iso(&im.tree, &plain, &["-rockridge", "off", "-joliet", "off"]);
     let fs = open_iso(&plain);
     let ours = walk(&*fs);
     let theirs = xorriso_listing(&plain);
-    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>());
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>()
+    );
     assert!(ours.contains_key("/D1/D2"), "{:?}", ours.keys());
     for (path, (stat, _)) in &ours {
         assert_eq!(perms(stat.kind, stat.mode), theirs[path].perms, "{path}");
@@ -327,7 +407,9 @@ fn corrupt_images_fail_without_panic_or_hang() {
     let root_lba = &image[32768 + 156 + 2..32768 + 156 + 10].to_vec();
     let d2 = dir_record(&image, b"D2");
     cyclic[d2 + 2..d2 + 10].copy_from_slice(root_lba);
-    let fs = guest::open(Arc::new(cyclic) as Arc<dyn ReadAt>).unwrap().unwrap();
+    let fs = guest::open(Arc::new(cyclic) as Arc<dyn ReadAt>)
+        .unwrap()
+        .unwrap();
     assert!(fs.read_dir(&components("/d1")).is_ok());
     let err = fs.read_dir(&components("/d1/d2")).unwrap_err();
     assert!(err.to_string().contains("contains itself"), "{err}");
@@ -359,8 +441,15 @@ fn corrupt_images_fail_without_panic_or_hang() {
             }
         }
     }
-    assert!(started.elapsed() < Duration::from_secs(120), "corrupt images took {:?}", started.elapsed());
-    assert!(opened > 0 && failed_somewhere > 0, "opened {opened}, failed {failed_somewhere}");
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "corrupt images took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        opened > 0 && failed_somewhere > 0,
+        "opened {opened}, failed {failed_somewhere}"
+    );
 }
 
 /// Walks `fs` (at most 10 000 nodes, links read, files read in part); the first error.

@@ -93,7 +93,9 @@ impl Ext4Fs {
         if sent.is_err() {
             return Err(Ext4FsError::Failed.into());
         }
-        answer.recv().unwrap_or_else(|_| Err(Ext4FsError::Failed.into()))
+        answer
+            .recv()
+            .unwrap_or_else(|_| Err(Ext4FsError::Failed.into()))
     }
 }
 

@@ -273,7 +273,9 @@ fn name(tree: &Tree, rec: &Record, rr: &RockRidge) -> Option<Vec<u8>> {
 /// UTF-8 of a UCS-2 (read as UTF-16) big-endian identifier; unpaired surrogates become
 /// U+FFFD, an odd last byte is dropped.
 fn joliet_name(raw: &[u8]) -> Vec<u8> {
-    let units = raw.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+    let units = raw
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]));
     char::decode_utf16(units)
         .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
         .collect::<String>()
@@ -370,10 +372,10 @@ impl Builder {
                 .size
                 .checked_add(section_len)
                 .ok_or(IsoError::Corrupt("file size"))?;
-            if rec.flags & FLAG_MULTI_EXTENT == 0 {
-                if let Some((_, name, node)) = self.open.take() {
-                    self.push(name, node)?;
-                }
+            if rec.flags & FLAG_MULTI_EXTENT == 0
+                && let Some((_, name, node)) = self.open.take()
+            {
+                self.push(name, node)?;
             }
             return Ok(());
         }
@@ -483,13 +485,19 @@ mod tests {
         let Data::File { sections, .. } = &big.data else {
             panic!("{big:?}");
         };
-        assert_eq!(sections, &[(10 * 2048, 100), (20 * 2048, 50), (30 * 2048, 7)]);
+        assert_eq!(
+            sections,
+            &[(10 * 2048, 100), (20 * 2048, 50), (30 * 2048, 7)]
+        );
         assert_eq!(l.get(b"SMALL").unwrap().stat.size, 1);
     }
 
     #[test]
     fn broken_file_sections_are_corrupt() {
-        let apart = build(&[raw(b"A;1", 10, 100, FLAG_MULTI_EXTENT), raw(b"B;1", 20, 1, 0)]);
+        let apart = build(&[
+            raw(b"A;1", 10, 100, FLAG_MULTI_EXTENT),
+            raw(b"B;1", 20, 1, 0),
+        ]);
         assert!(apart.is_err());
         let unfinished = build(&[raw(b"A;1", 10, 100, FLAG_MULTI_EXTENT)]);
         assert!(unfinished.is_err());
@@ -497,7 +505,12 @@ mod tests {
 
     #[test]
     fn duplicates_and_unusable_names_are_left_out() {
-        let l = build(&[raw(b"A;1", 1, 1, 0), raw(b"A;2", 2, 2, 0), raw(b"A/B", 3, 3, 0)]).unwrap();
+        let l = build(&[
+            raw(b"A;1", 1, 1, 0),
+            raw(b"A;2", 2, 2, 0),
+            raw(b"A/B", 3, 3, 0),
+        ])
+        .unwrap();
         assert_eq!(l.entries.len(), 1);
         assert_eq!(l.get(b"A").unwrap().stat.size, 1);
     }
@@ -512,7 +525,10 @@ mod tests {
 
     #[test]
     fn joliet_names_decode() {
-        assert_eq!(joliet_name(b"\x00h\x00\xe9\xd8\x3d\xde\x00;"), "hé😀".as_bytes());
+        assert_eq!(
+            joliet_name(b"\x00h\x00\xe9\xd8\x3d\xde\x00;"),
+            "hé😀".as_bytes()
+        );
         assert_eq!(joliet_name(b"\xd8\x00\x00a"), "\u{FFFD}a".as_bytes());
     }
 

@@ -310,7 +310,10 @@ mod tests {
         assert_eq!(read_sections(&image, &sections, 5, &mut buf).unwrap(), 3);
         assert_eq!(&buf[..3], b"fgh");
         assert_eq!(read_sections(&image, &sections, 8, &mut buf).unwrap(), 0);
-        assert_eq!(read_sections(&image, &sections, u64::MAX, &mut buf).unwrap(), 0);
+        assert_eq!(
+            read_sections(&image, &sections, u64::MAX, &mut buf).unwrap(),
+            0
+        );
         // A section past the image's end is an error, not a short read.
         assert!(read_sections(&image, &[(12, 10)], 0, &mut buf).is_err());
     }

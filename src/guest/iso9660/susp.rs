@@ -305,7 +305,9 @@ mod tests {
         // Block 1 holds a CE pointing at itself.
         let ce = entry(
             b"CE",
-            &[1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 28, 0, 0, 0, 0, 0, 0, 28],
+            &[
+                1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 28, 0, 0, 0, 0, 0, 0, 28,
+            ],
         );
         let mut image = vec![0u8; 4096];
         image[2048..2048 + ce.len()].copy_from_slice(&ce);
