@@ -93,9 +93,7 @@ impl Ext4Fs {
         if sent.is_err() {
             return Err(Ext4FsError::Failed.into());
         }
-        answer
-            .recv()
-            .unwrap_or_else(|_| Err(Ext4FsError::Failed.into()))
+        answer.recv().unwrap_or_else(|_| Err(Ext4FsError::Failed.into()))
     }
 }
 

@@ -137,11 +137,7 @@ impl State {
             .into());
         }
         let mut entries = Vec::new();
-        for entry in self
-            .fs
-            .read_dir(abs.as_slice())
-            .map_err(|e| convert(&abs, e))?
-        {
+        for entry in self.fs.read_dir(abs.as_slice()).map_err(|e| convert(&abs, e))? {
             let entry = entry.map_err(|e| convert(&abs, e))?;
             let name = entry.file_name().as_ref().to_vec();
             if name == b"." || name == b".." {

@@ -117,9 +117,7 @@ pub(super) fn read(disk: &dyn ReadAt, notes: &mut Notes) -> Result<Found> {
     let (used, other) = match (primary, backup) {
         (Ok(p), Ok(b)) => {
             if p.header.shared() != b.header.shared() || b.header.alternate_lba != 1 {
-                notes.push(
-                    "the GPT backup header differs from the primary: the primary is used".into(),
-                );
+                notes.push("the GPT backup header differs from the primary: the primary is used".into());
             }
             (p, Some(b))
         }
@@ -243,16 +241,10 @@ pub fn parse_header(s: &[u8], lba: u64, sectors: u64) -> std::result::Result<Hea
         entries_crc: u32_at(s, 88),
     };
     if h.my_lba != lba {
-        return Err(format!(
-            "the header at LBA {lba} says it is at LBA {}",
-            h.my_lba
-        ));
+        return Err(format!("the header at LBA {lba} says it is at LBA {}", h.my_lba));
     }
     // The UEFI specification: 128 × 2^n bytes per entry.
-    if h.entry_size < MIN_ENTRY
-        || !(h.entry_size / MIN_ENTRY).is_power_of_two()
-        || h.entry_size % MIN_ENTRY != 0
-    {
+    if h.entry_size < MIN_ENTRY || !(h.entry_size / MIN_ENTRY).is_power_of_two() || h.entry_size % MIN_ENTRY != 0 {
         return Err(format!("its entry size {} is not 128 × 2^n", h.entry_size));
     }
     if h.array_bytes() > MAX_ARRAY_BYTES {

@@ -157,9 +157,7 @@ fn walk_chain(
         let Sector::Entries(entries) = parse_sector_ebr(&s) else {
             // An empty extended partition need not hold an EBR at all.
             if step > 0 {
-                notes.push(format!(
-                    "no valid EBR at sector {this}: the chain stops there"
-                ));
+                notes.push(format!("no valid EBR at sector {this}: the chain stops there"));
             }
             break;
         };

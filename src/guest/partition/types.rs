@@ -42,22 +42,13 @@ const GPT_TYPES: &[(&str, &str)] = &[
     ("E6D6D379-F507-44C2-A23C-238F2A3DF928", "LVM"),
     ("A19D880F-05FC-4D3B-A006-743F0F84911E", "Linux RAID"),
     ("933AC7E1-2EB4-4F13-B844-0E14E2AEF915", "Linux home"),
-    (
-        "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
-        "Linux root (x86-64)",
-    ),
+    ("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "Linux root (x86-64)"),
     ("44479540-F297-41B2-9AF7-D131D5F0458A", "Linux root (x86)"),
     ("B921B045-1DF0-41C3-AF44-4C6F280D3FAE", "Linux root (ARM64)"),
-    (
-        "BC13C2FF-59E6-4262-A352-B275FD6F7172",
-        "Linux extended boot",
-    ),
+    ("BC13C2FF-59E6-4262-A352-B275FD6F7172", "Linux extended boot"),
     ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "EFI System"),
     ("21686148-6449-6E6F-744E-656564454649", "BIOS boot"),
-    (
-        "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",
-        "Microsoft basic data",
-    ),
+    ("EBD0A0A2-B9E5-4433-87C0-68B6B72699C7", "Microsoft basic data"),
     ("E3C9E316-0B5C-4DB8-817D-F92DF00215AE", "Microsoft reserved"),
     ("DE94BBA4-06D1-4D40-A16A-BFD50179D6AC", "Windows recovery"),
     ("48465300-0000-11AA-AA11-00306543ECAC", "Apple HFS/HFS+"),
@@ -78,21 +69,7 @@ pub fn gpt_type_name(guid_text: &str) -> String {
 pub fn guid_text(b: &[u8; 16]) -> String {
     format!(
         "{:02X}{:02X}{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}{:02X}{:02X}{:02X}{:02X}",
-        b[3],
-        b[2],
-        b[1],
-        b[0],
-        b[5],
-        b[4],
-        b[7],
-        b[6],
-        b[8],
-        b[9],
-        b[10],
-        b[11],
-        b[12],
-        b[13],
-        b[14],
-        b[15]
+        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
+        b[14], b[15]
     )
 }
