@@ -528,3 +528,36 @@ fn a_file_over_4_gib_reads_across_its_sections() {
         assert!(got == want, "bytes at {at} differ");
     }
 }
+
+#[test]
+fn relocated_deep_folders_are_where_rock_ridge_puts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    let deep = tree.join("a/b/c/d/e/f/g/h/i/j");
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("f.txt"), "relocated\n").unwrap();
+    let iso = dir.path().join("reloc.iso");
+    // ISO 9660 folders deeper than 8 levels moved to rr_moved, with CL/PL/RE entries.
+    make_iso(
+        &tree,
+        &iso,
+        &["-compliance", "deep_paths_off", "-rr_reloc_dir", "rr_moved"],
+    );
+    let image = fs::read(&iso).unwrap();
+    assert!(
+        image.windows(4).any(|w| w == b"CL\x0c\x01") && image.windows(8).any(|w| w == b"RR_MOVED"),
+        "xorriso relocated nothing"
+    );
+    let fs = open_iso(&iso);
+    let ours = walk(&*fs);
+    // libisofs marks the relocation folder itself RE too: hidden, as Linux and xorriso
+    // hide it.
+    assert!(!ours.contains_key("/rr_moved"), "{:?}", ours.keys());
+    let theirs = xorriso_listing(&iso);
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>()
+    );
+    let f = components("/a/b/c/d/e/f/g/h/i/j/f.txt");
+    assert_eq!(read_all(&*fs, &f, 4096), b"relocated\n");
+}
