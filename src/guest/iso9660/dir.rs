@@ -18,6 +18,9 @@ use super::{IsoError, time};
 const MIN_RECORD: usize = 34;
 /// Largest directory read (a million entries with long Rock Ridge names fit).
 pub const MAX_DIR_BYTES: u64 = 256 << 20;
+/// Rock Ridge continuation areas read per directory listed (a legitimate image has at most
+/// one per entry).
+pub const MAX_CE_PER_DIR: usize = MAX_DIR_ENTRIES;
 /// Bytes of a directory read from the image at once.
 const CHUNK: u64 = 64 << 10;
 /// File sections one file may have (xorriso cuts at 4 GiB - 2 KiB: this is 256 TiB).
@@ -156,12 +159,18 @@ impl Record<'_> {
         matches!(self.name, [0] | [1])
     }
 
-    /// The Rock Ridge entries of this record (none outside a Rock Ridge tree).
-    pub fn rock_ridge(&self, source: &dyn ReadAt, tree: &Tree) -> Result<RockRidge> {
+    /// The Rock Ridge entries of this record (none outside a Rock Ridge tree), reading at
+    /// most `budget` continuation areas.
+    pub fn rock_ridge(
+        &self,
+        source: &dyn ReadAt,
+        tree: &Tree,
+        budget: &mut usize,
+    ) -> Result<RockRidge> {
         match tree.names {
             Names::RockRidge { skip } => {
                 let area = self.system_use.get(usize::from(skip)..).unwrap_or(&[]);
-                susp::parse(source, tree.block_size, area)
+                susp::parse(source, tree.block_size, area, budget)
             }
             _ => Ok(RockRidge::default()),
         }
@@ -308,7 +317,7 @@ pub fn list(source: &dyn ReadAt, tree: &Tree, start: u64, len: u64) -> Result<Li
     if start.checked_add(len).is_none_or(|end| end > source.len()) {
         return Err(IsoError::Corrupt("directory extent past the end of the image").into());
     }
-    let mut builder = Builder::default();
+    let mut builder = Builder::new();
     let mut chunk = Vec::new();
     let mut done = 0u64;
     while done < len {
@@ -344,15 +353,24 @@ fn records(block: &[u8], mut each: impl FnMut(&Record) -> Result<()>) -> Result<
 }
 
 /// A listing being built record by record.
-#[derive(Default)]
 struct Builder {
     listing: Listing,
+    /// Continuation areas this directory may still read.
+    ce_budget: usize,
     /// A multi-extent file whose last section has not come yet: its stored identifier,
     /// name and node.
     open: Option<(Vec<u8>, Option<Vec<u8>>, Node)>,
 }
 
 impl Builder {
+    fn new() -> Self {
+        Builder {
+            listing: Listing::default(),
+            ce_budget: MAX_CE_PER_DIR,
+            open: None,
+        }
+    }
+
     /// Takes one record in.
     fn add(&mut self, source: &dyn ReadAt, tree: &Tree, rec: &Record) -> Result<()> {
         if let Some((raw, _, node)) = &mut self.open {
@@ -382,7 +400,7 @@ impl Builder {
         if rec.is_self_or_parent() || rec.flags & FLAG_ASSOCIATED != 0 {
             return Ok(());
         }
-        let rr = rec.rock_ridge(source, tree)?;
+        let rr = rec.rock_ridge(source, tree, &mut self.ce_budget)?;
         if rr.relocated {
             return Ok(()); // Listed where its `CL` entry is.
         }
@@ -460,7 +478,7 @@ mod tests {
     };
 
     fn build(recs: &[Vec<u8>]) -> Result<Listing> {
-        let mut b = Builder::default();
+        let mut b = Builder::new();
         let image = Vec::<u8>::new();
         for r in recs {
             b.add(&image, &PLAIN, &record(r)?)?;

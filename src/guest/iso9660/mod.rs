@@ -87,6 +87,8 @@ impl IsoFs {
             names: Names::Plain,
         };
         let primary_dot = root_dot(&*source, &plain, &vol.primary_root)?;
+        // The root's two records are read like one directory's.
+        let mut budget = dir::MAX_CE_PER_DIR;
         let sp = dir::record(&primary_dot)?
             .rock_ridge(
                 &*source,
@@ -94,6 +96,7 @@ impl IsoFs {
                     block_size,
                     names: Names::RockRidge { skip: 0 },
                 },
+                &mut budget,
             )
             .ok()
             .and_then(|rr| rr.sp_skip);
@@ -116,7 +119,7 @@ impl IsoFs {
             (None, None) => (plain, primary_dot),
         };
         let rec = dir::record(&dot)?;
-        let rr = rec.rock_ridge(&*source, &tree)?;
+        let rr = rec.rock_ridge(&*source, &tree, &mut budget)?;
         let root = dir::node(&*source, &tree, &rec, &rr)?;
         if root.stat.kind != EntryKind::Dir {
             return Err(IsoError::Corrupt("the root is not a directory").into());

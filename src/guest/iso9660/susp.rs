@@ -85,8 +85,15 @@ struct Continuation {
 }
 
 /// Reads the SUSP entries of `area` (a record's System Use area, already past the `SP`
-/// skip) and of its continuation areas in `source`.
-pub fn parse(source: &dyn ReadAt, block_size: u64, area: &[u8]) -> Result<RockRidge> {
+/// skip) and of its continuation areas in `source`. `budget` is how many continuation
+/// areas the caller may still read (one directory's records share one budget, so that a
+/// directory of millions of records, each with a chain of 32, is refused rather than read).
+pub fn parse(
+    source: &dyn ReadAt,
+    block_size: u64,
+    area: &[u8],
+    budget: &mut usize,
+) -> Result<RockRidge> {
     let mut rr = RockRidge::default();
     let mut next = entries(area, &mut rr)?;
     let mut followed = 0;
@@ -95,6 +102,9 @@ pub fn parse(source: &dyn ReadAt, block_size: u64, area: &[u8]) -> Result<RockRi
         if followed > MAX_CE {
             return Err(IsoError::Corrupt("Rock Ridge continuation chain too long").into());
         }
+        *budget = budget.checked_sub(1).ok_or(IsoError::Corrupt(
+            "too many Rock Ridge continuation areas in one directory",
+        ))?;
         let data = read_continuation(source, block_size, ce)?;
         next = entries(&data, &mut rr)?;
     }
@@ -278,7 +288,7 @@ mod tests {
         let mut area = entry(b"NM", b"\x01long-");
         area.extend(entry(b"NM", b"\x00name"));
         area.extend(entry(b"NM", b"\x00ignored"));
-        let rr = parse(&Vec::<u8>::new(), 2048, &area).unwrap();
+        let rr = parse(&Vec::<u8>::new(), 2048, &area, &mut 100).unwrap();
         assert_eq!(rr.name.as_deref(), Some(&b"long-name"[..]));
     }
 
@@ -290,14 +300,14 @@ mod tests {
             b"\x01\x08\x00\x00\x03usr\x04\x00\x00\x03lib\x01\x01x",
         );
         area.extend(entry(b"SL", b"\x00\x00\x01y"));
-        let rr = parse(&Vec::<u8>::new(), 2048, &area).unwrap();
+        let rr = parse(&Vec::<u8>::new(), 2048, &area, &mut 100).unwrap();
         assert_eq!(rr.link.as_deref(), Some(&b"/usr/../lib/xy"[..]));
     }
 
     #[test]
     fn a_component_past_its_entry_is_corrupt() {
         let area = entry(b"SL", b"\x00\x00\x09ab");
-        assert!(parse(&Vec::<u8>::new(), 2048, &area).is_err());
+        assert!(parse(&Vec::<u8>::new(), 2048, &area, &mut 100).is_err());
     }
 
     #[test]
@@ -311,7 +321,9 @@ mod tests {
         );
         let mut image = vec![0u8; 4096];
         image[2048..2048 + ce.len()].copy_from_slice(&ce);
-        let err = parse(&image, 2048, &ce).unwrap_err();
+        let err = parse(&image, 2048, &ce, &mut 100).unwrap_err();
         assert!(err.to_string().contains("chain"), "{err}");
+        let err = parse(&image, 2048, &ce, &mut 5).unwrap_err();
+        assert!(err.to_string().contains("one directory"), "{err}");
     }
 }
