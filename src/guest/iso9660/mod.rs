@@ -30,8 +30,11 @@ use dir::{Data, Listing, Names, Node, Tree};
 
 pub use volume::probe;
 
-/// Directory listings kept (by the byte offset of their extent).
+/// Directory listings kept (by the byte offset of their extent)...
 const CACHED_DIRS: usize = 256;
+/// ...holding this many entries in all at most: directories of a hostile image may overlap
+/// at many offsets, each a listing of a million entries.
+const CACHED_ENTRIES: usize = 1 << 20;
 /// Most components of a path walked (a path within Linux's `PATH_MAX`).
 pub const MAX_DEPTH: usize = 2048;
 
@@ -74,7 +77,35 @@ pub struct IsoFs {
     tree: Tree,
     root: Arc<Node>,
     /// Listings by directory extent offset.
-    dirs: Mutex<LruCache<u64, Arc<Listing>>>,
+    dirs: Mutex<DirCache>,
+}
+
+/// The listings kept, and how many entries they hold.
+struct DirCache {
+    lru: LruCache<u64, Arc<Listing>>,
+    entries: usize,
+}
+
+impl DirCache {
+    /// Keeps `listing`, dropping the least recently used ones beyond [`CACHED_ENTRIES`]; a
+    /// listing larger than that alone is not kept.
+    fn put(&mut self, start: u64, listing: Arc<Listing>) {
+        let n = listing.entries.len();
+        if n > CACHED_ENTRIES {
+            return;
+        }
+        if let Some(old) = self.lru.pop(&start) {
+            self.entries = self.entries.saturating_sub(old.entries.len());
+        }
+        while self.entries + n > CACHED_ENTRIES || self.lru.len() == self.lru.cap().get() {
+            let Some((_, old)) = self.lru.pop_lru() else {
+                break;
+            };
+            self.entries = self.entries.saturating_sub(old.entries.len());
+        }
+        self.entries += n;
+        self.lru.put(start, listing);
+    }
 }
 
 impl IsoFs {
@@ -128,9 +159,10 @@ impl IsoFs {
             source,
             tree,
             root: Arc::new(root),
-            dirs: Mutex::new(LruCache::new(
-                NonZeroUsize::new(CACHED_DIRS).unwrap_or(NonZeroUsize::MIN),
-            )),
+            dirs: Mutex::new(DirCache {
+                lru: LruCache::new(NonZeroUsize::new(CACHED_DIRS).unwrap_or(NonZeroUsize::MIN)),
+                entries: 0,
+            }),
         })
     }
 
@@ -149,6 +181,7 @@ impl IsoFs {
             .dirs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .lru
             .get(&start)
             .cloned();
         if let Some(l) = cached {
@@ -301,6 +334,45 @@ fn refused(path: &[Vec<u8>], reason: Refusal) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn listing(n: usize) -> Arc<Listing> {
+        let node = Arc::new(Node {
+            stat: GuestStat {
+                kind: EntryKind::File,
+                size: 0,
+                mode: 0,
+                uid: 0,
+                gid: 0,
+                mtime: std::time::SystemTime::UNIX_EPOCH,
+                nlink: 1,
+            },
+            data: Data::Other,
+        });
+        let mut l = Listing::default();
+        l.entries = vec![(Vec::new(), node); n];
+        Arc::new(l)
+    }
+
+    #[test]
+    fn the_cache_holds_a_bounded_number_of_entries() {
+        let mut c = DirCache {
+            lru: LruCache::new(NonZeroUsize::new(3).unwrap()),
+            entries: 0,
+        };
+        c.put(1, listing(CACHED_ENTRIES / 2));
+        c.put(2, listing(CACHED_ENTRIES / 2));
+        c.put(3, listing(10));
+        assert_eq!(c.entries, CACHED_ENTRIES / 2 + 10);
+        assert!(c.lru.get(&1).is_none() && c.lru.get(&2).is_some());
+        c.put(3, listing(20));
+        assert_eq!(c.entries, CACHED_ENTRIES / 2 + 20);
+        c.put(4, listing(1));
+        c.put(5, listing(1));
+        assert_eq!(c.lru.len(), 3);
+        assert_eq!(c.entries, 22);
+        c.put(6, listing(CACHED_ENTRIES + 1));
+        assert!(c.lru.get(&6).is_none());
+    }
 
     #[test]
     fn reads_cross_file_sections() {
