@@ -9,6 +9,7 @@
 //! one and never followed by these calls.
 
 pub mod ext4;
+pub mod iso9660;
 pub mod partition;
 
 use std::sync::Arc;
@@ -29,11 +30,18 @@ struct Kind {
 type Opener = fn(Arc<dyn ReadAt>) -> Result<Arc<dyn GuestFs>>;
 
 /// Every kind, tried in this order (a kind whose signature is more specific comes first).
-const KINDS: &[Kind] = &[Kind {
-    name: "ext4",
-    probe: ext4::probe,
-    open: ext4::open,
-}];
+const KINDS: &[Kind] = &[
+    Kind {
+        name: "ext4",
+        probe: ext4::probe,
+        open: ext4::open,
+    },
+    Kind {
+        name: "iso9660",
+        probe: iso9660::probe,
+        open: iso9660::open,
+    },
+];
 
 /// The name of the file-system kind `source` holds, if ovafs reads it.
 pub fn probe(source: &dyn ReadAt) -> Option<&'static str> {
