@@ -186,16 +186,28 @@ impl Appliance {
     /// The tree a mount shows: `disks/<stem>.raw`, then every member (except those in
     /// `served`, which the editor shows as live files) under its own name, or under
     /// `.ovafs/members/<name>` when that name is the mount's own ([`layout::shown_path`]).
-    /// Each collision is logged and listed in the result.
-    pub fn build_tree(&self, cache: &Arc<UnitCache>, served: &[usize]) -> BuiltTree {
+    /// Each collision is logged and listed in the result. `disk_node` may serve a disk's
+    /// flat image as another node (a writable disk); `None` serves it read-only.
+    pub fn build_tree(
+        &self,
+        cache: &Arc<UnitCache>,
+        served: &[usize],
+        disk_node: &mut dyn FnMut(&ApplianceDisk, &Arc<FlatDisk>) -> Option<Node>,
+    ) -> BuiltTree {
         let root = Folder::root(self.source_mtime);
         root.ensure_dir(DISKS_DIR, 0o555, self.source_mtime, Origin::Fixed);
         let mut shown = Vec::new();
         for d in &self.disks {
             let flat = Arc::new(flat_chain(d, cache));
             let path = format!("{DISKS_DIR}/{}.raw", d.stem);
-            let file = DiskFile::new(flat.clone(), d.mode & 0o444, d.mtime);
-            root.add(&path, Node::File(Arc::new(file)), d.mtime, Origin::Fixed);
+            let node = disk_node(d, &flat).unwrap_or_else(|| {
+                Node::File(Arc::new(DiskFile::new(
+                    flat.clone(),
+                    d.mode & 0o444,
+                    d.mtime,
+                )))
+            });
+            root.add(&path, node, d.mtime, Origin::Fixed);
             let mut files = vec![d.file.clone()];
             files.extend(d.parents.iter().map(|p| p.name.clone()));
             shown.push(ShownDisk { path, files, flat });

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
-use crate::commit::{ChangeSet, Committer};
+use crate::commit::{ChangeSet, CommitReport, Committer};
 use crate::error::{Error, ErrorKind, Refusal, Result};
 use crate::node::folder::{Folder, FolderChanges, LiveTree};
 use crate::node::layout;
@@ -236,11 +236,22 @@ impl Editor {
     /// stored (`settings::write`, `mkdir`, `rmdir` and `check_replacement` parse what they
     /// hand on), so a settings bug that breaks the document never reaches the package.
     fn commit(&self, st: &mut State, new: Descriptor) -> Result<()> {
+        self.commit_set(st, new, ChangeSet::default()).map(|_| ())
+    }
+
+    /// Commits `changes` with `new` as the descriptor, and follows the package: the state
+    /// takes the stored descriptor and manifest, and members that moved are re-pointed.
+    fn commit_set(
+        &self,
+        st: &mut State,
+        new: Descriptor,
+        changes: ChangeSet,
+    ) -> Result<CommitReport> {
         let committer = st
             .committer
             .as_mut()
             .ok_or_else(|| Error::new(ErrorKind::ReadOnly("the mount is read-only".into())))?;
-        let report = committer.commit(&ChangeSet::descriptor(new.bytes.as_ref()))?;
+        let report = committer.commit(&changes.with_descriptor(new.bytes.as_ref()))?;
         log::info!(
             "committed the descriptor ({:?}, {} bytes written, {:?})",
             report.path,
@@ -254,18 +265,35 @@ impl Editor {
         st.descriptor = new;
         st.values = None;
         st.prepared = None;
-        st.stored_descriptor = Arc::from(report.descriptor);
-        if let Some(m) = report.manifest {
-            st.manifest = Some(Arc::from(m));
+        st.stored_descriptor = Arc::from(report.descriptor.clone());
+        if let Some(m) = &report.manifest {
+            st.manifest = Some(Arc::from(m.clone()));
         }
-        if report.replaced {
+        if report.replaced || !report.members_replaced.is_empty() {
             // The commit is durable; failing to follow it only leaves reads on the old file.
-            match self.relocation.reopen() {
+            match self.relocation.reopen(&report.members_replaced) {
                 Ok(n) => log::info!("the package file was replaced; {n} members now read it"),
                 Err(e) => log::warn!("cannot follow the replaced package file: {e}"),
             }
         }
-        Ok(())
+        Ok(report)
+    }
+}
+
+impl crate::writable::PackageCommit for Editor {
+    /// Disk commits go through the editor's committer (the package's one write lock), so
+    /// that the descriptor they change is the one the settings show.
+    fn commit_disks(
+        &self,
+        edit: &mut dyn FnMut(&Descriptor) -> Result<Descriptor>,
+        changes: ChangeSet,
+    ) -> Result<CommitReport> {
+        let mut st = self.state();
+        let new = edit(&st.descriptor)?;
+        let report = self.commit_set(&mut st, new, changes)?;
+        drop(st);
+        self.resync();
+        Ok(report)
     }
 }
 

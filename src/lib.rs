@@ -27,3 +27,4 @@ pub mod sample;
 pub mod settings;
 pub mod units;
 pub mod verify;
+pub mod writable;

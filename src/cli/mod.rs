@@ -1,10 +1,12 @@
 //! The command line: argument parsing into validated configurations, and the commands.
 //!
-//! `ovafs mount|umount|info|verify|demo`, and the same binary called as `mount.ovafs SOURCE DIR -o
+//! `ovafs mount|umount|status|commit|discard|info|verify|demo`, and the same binary called as `mount.ovafs SOURCE DIR -o
 //! OPTS` by `mount -t ovafs` and fstab. Every command returns an exit code; errors reach the
 //! user as one line on stderr.
 
+mod control;
 mod demo;
+mod disks;
 mod info;
 mod mount;
 mod mountinfo;
@@ -81,6 +83,35 @@ enum Command {
         /// The appliance: an .ova archive or an .ovf descriptor.
         source: PathBuf,
     },
+    /// Show each writable disk's changes: bytes changed, overlay file, synced or not.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The overlay folder, for a package no mount serves (as `-o overlay=DIR`).
+        #[arg(long, value_name = "DIR")]
+        overlay: Option<PathBuf>,
+        /// A mount point, or a package (.ova or .ovf).
+        target: PathBuf,
+    },
+    /// Write every changed disk into the package (atomically), then drop its overlay.
+    Commit {
+        /// Options: commit_level=N (0 to 12, default 6), overlay=DIR.
+        #[arg(short = 'o', value_name = "OPT[,OPT...]")]
+        options: Vec<String>,
+        /// A mount point, or a package (.ova or .ovf).
+        target: PathBuf,
+    },
+    /// Throw away a disk's changes (its overlay).
+    Discard {
+        /// The overlay folder, for a package no mount serves (as `-o overlay=DIR`).
+        #[arg(long, value_name = "DIR")]
+        overlay: Option<PathBuf>,
+        /// A mount point, or a package (.ova or .ovf).
+        target: PathBuf,
+        /// The disk: disk1, disk1.raw, or its Disk id.
+        disk: String,
+    },
     /// Build a sample appliance, mount it in a temporary folder, and show what to try.
     Demo,
 }
@@ -138,8 +169,37 @@ pub fn run(args: Vec<OsString>) -> i32 {
             require_trusted,
             ca_file,
         })),
+        Command::Status {
+            json,
+            overlay,
+            target,
+        } => report(disks::status(&target, json, overlay)),
+        Command::Commit { options, target } => report(
+            commit_options(&options)
+                .and_then(|(overlay, level)| disks::commit(&target, overlay, level)),
+        ),
+        Command::Discard {
+            overlay,
+            target,
+            disk,
+        } => report(disks::discard(&target, &disk, overlay)),
         Command::Demo => report(demo::run()),
     }
+}
+
+/// The options `ovafs commit -o` takes: `overlay=DIR` and `commit_level=N`.
+fn commit_options(lists: &[String]) -> Result<(Option<PathBuf>, i32)> {
+    let mut overlay = None;
+    let mut level = crate::writable::WritableOptions::default().commit_level;
+    for opt in lists.iter().flat_map(|l| l.split(',')).map(str::trim) {
+        match opt.split_once('=') {
+            Some(("overlay", v)) if !v.is_empty() => overlay = Some(PathBuf::from(v)),
+            Some(("commit_level", v)) => level = options::parse_commit_level(v)?,
+            _ if opt.is_empty() => {}
+            _ => return Err(Error::usage(format!("unknown commit option '{opt}'"))),
+        }
+    }
+    Ok((overlay, level))
 }
 
 /// Prints an error as one line and turns a result into an exit code.

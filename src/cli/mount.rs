@@ -27,8 +27,11 @@ use crate::editor::Editor;
 use crate::error::{Error, Result};
 use crate::fs::{FsOptions, OvaFs};
 use crate::integrity::{self, Integrity, StatusNotes, VerifyMode};
+use crate::node::Node;
 use crate::node::refusals::Refusals;
+use crate::node::written_disk::WrittenDiskFile;
 use crate::verify::Subject;
+use crate::writable::WritableDisks;
 
 /// Environment variable that tells a `__serve` daemon to report readiness on stdout.
 const NOTIFY_ENV: &str = "OVAFS_NOTIFY_STDOUT";
@@ -176,9 +179,28 @@ pub(super) fn serve(
     let read_only = committer.is_none();
     let editor = Arc::new(Editor::new(&appliance.package, committer)?);
     let cache = Arc::new(UnitCache::new(config.cache_bytes));
-    let built = appliance.build_tree(&cache, &Editor::served_members(&appliance.package));
+    let package_stat = nix::sys::stat::stat(&config.source)
+        .map_err(|e| Error::io(format!("stat {}", config.source.display()), e.into()))?;
+    let mut writable =
+        (!read_only).then(|| WritableDisks::new(config.writable_options(), package_stat));
+    let built = appliance.build_tree(
+        &cache,
+        &Editor::served_members(&appliance.package),
+        &mut |d, flat| {
+            let disk = writable.as_mut()?.open_disk(&appliance, d, flat, &cache)?;
+            let file = WrittenDiskFile::new(disk, d.mode & 0o444, d.mtime);
+            Some(Node::File(Arc::new(file)))
+        },
+    );
+    let writable = writable.map(Arc::new);
     let refusals = Arc::new(Refusals::default());
     let mut package_notices = recovery.notices();
+    let mut ready_notices: Vec<String> = read_only_reason.iter().cloned().collect();
+    for r in writable.iter().flat_map(|w| w.read_only()) {
+        let notice = format!("disks/{} is read-only: {}", r.name, r.reason);
+        package_notices.push(notice.clone());
+        ready_notices.push(notice);
+    }
     // The reason for a read-only mount, unless it only repeats a recovery notice.
     if let Some(why) = &read_only_reason
         && !package_notices.iter().any(|n| why.starts_with(n.as_str()))
@@ -223,6 +245,21 @@ pub(super) fn serve(
         cache.budget_bytes()
     );
 
+    let notifier = session.notifier();
+    super::control::listen(
+        &config.mountpoint,
+        super::control::Served {
+            disks: writable.clone(),
+            committer: editor.clone(),
+            mount_point: config.mountpoint.clone(),
+            invalidate: Box::new(move |ino| {
+                if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
+                    log::debug!("cannot invalidate inode {ino}: {e}");
+                }
+            }),
+        },
+    );
+
     let mut unmounter = session.unmount_callable();
     let mountpoint = config.mountpoint.clone();
     std::thread::Builder::new()
@@ -237,9 +274,14 @@ pub(super) fn serve(
         })
         .map_err(|e| Error::io("cannot start the signal thread", e))?;
 
-    on_ready(read_only_reason.as_deref())?;
+    let notice = (!ready_notices.is_empty()).then(|| ready_notices.join("; "));
+    on_ready(notice.as_deref())?;
     integrity.start(Subject::from_package(&appliance.package));
     let result = session.run();
+    super::control::remove(&config.mountpoint);
+    if let Some(disks) = &writable {
+        finish_disks(config, disks, &*editor);
+    }
     super::record::remove_own(
         &super::mountinfo::canonical_mount_path(&config.mountpoint),
         std::process::id(),
@@ -247,6 +289,33 @@ pub(super) fn serve(
     match result {
         Ok(()) => Ok(EXIT_OK),
         Err(e) => Err(Error::io("FUSE session failed", e)),
+    }
+}
+
+/// At the end of a mount: commits the disks' changes with `-o commit=umount`, else says
+/// where they stay.
+fn finish_disks(config: &MountConfig, disks: &WritableDisks, editor: &Editor) {
+    if !disks.has_changes() {
+        return;
+    }
+    if !config.commit_at_umount {
+        log::warn!(
+            "{}: uncommitted disk changes stay in the overlay; 'ovafs commit {}' writes them into the package",
+            config.source.display(),
+            config.source.display()
+        );
+        return;
+    }
+    match disks.commit(editor, &mut |_| {}) {
+        Ok(summary) => log::info!(
+            "{}: committed {} disks at unmount",
+            config.source.display(),
+            summary.committed.len()
+        ),
+        Err(e) => log::error!(
+            "{}: commit at unmount failed ({e}); the changes stay in the overlay",
+            config.source.display()
+        ),
     }
 }
 

@@ -64,6 +64,28 @@ pub struct MountConfig {
     /// Bytes that indexing compressed data may inflate before the mount is ready
     /// (`inflate_limit=`).
     pub inflate_limit: u64,
+    /// The overlay folder of the writable disks (`overlay=DIR`); `None`: beside the package.
+    #[serde(default)]
+    pub overlay: Option<PathBuf>,
+    /// Commit the disks' changes when the mount ends (`commit=umount`; `commit=manual`:
+    /// only `ovafs commit` does).
+    #[serde(default)]
+    pub commit_at_umount: bool,
+    /// libdeflate level of re-encoded grains (`commit_level=`, 0 to 12).
+    #[serde(default = "default_commit_level")]
+    pub commit_level: i32,
+}
+
+fn default_commit_level() -> i32 {
+    crate::writable::WritableOptions::default().commit_level
+}
+
+/// Parses a `commit_level=` value (0 to 12).
+pub fn parse_commit_level(v: &str) -> Result<i32> {
+    v.parse::<i32>()
+        .ok()
+        .filter(|n| (0..=12).contains(n))
+        .ok_or_else(|| Error::usage(format!("commit_level={v}: expected 0 to 12")))
 }
 
 impl MountConfig {
@@ -83,6 +105,18 @@ impl MountConfig {
             verify: VerifyMode::default(),
             metadata_limit: DEFAULT_METADATA_LIMIT,
             inflate_limit: DEFAULT_INFLATE_LIMIT,
+            overlay: None,
+            commit_at_umount: false,
+            commit_level: default_commit_level(),
+        }
+    }
+
+    /// The options of the writable disks. A relative overlay folder is taken from the
+    /// working directory of `ovafs mount` (the daemon works from `/`).
+    pub fn writable_options(&self) -> crate::writable::WritableOptions {
+        crate::writable::WritableOptions {
+            overlay_folder: self.overlay.clone(),
+            commit_level: self.commit_level,
         }
     }
 
@@ -146,6 +180,25 @@ impl MountConfig {
                 }
             }
             "fsname" => self.fsname = Some(need_value(key, value)?.to_string()),
+            "overlay" => {
+                let v = need_value(key, value)?;
+                self.overlay = Some(
+                    std::path::absolute(v)
+                        .map_err(|e| Error::usage(format!("overlay={v}: {e}")))?,
+                );
+            }
+            "commit" => {
+                self.commit_at_umount = match need_value(key, value)? {
+                    "umount" => true,
+                    "manual" => false,
+                    v => {
+                        return Err(Error::usage(format!(
+                            "commit={v}: expected umount or manual"
+                        )));
+                    }
+                }
+            }
+            "commit_level" => self.commit_level = parse_commit_level(need_value(key, value)?)?,
             "verify" => {
                 let v = need_value(key, value)?;
                 self.verify = VerifyMode::parse(v).ok_or_else(|| {
@@ -198,6 +251,21 @@ mod tests {
         assert!(cfg(&["threads=0"]).is_err());
         assert!(cfg(&["metadata_limit=0"]).is_err());
         assert!(cfg(&["inflate_limit=much"]).is_err());
+        assert!(cfg(&["commit=later"]).is_err());
+        assert!(cfg(&["commit_level=13"]).is_err());
+        assert!(cfg(&["overlay="]).is_err());
+    }
+
+    #[test]
+    fn writable_disk_options_apply() {
+        let c = cfg(&[]).unwrap();
+        assert!(!c.commit_at_umount);
+        assert_eq!(c.commit_level, 6);
+        assert_eq!(c.overlay, None);
+        let c = cfg(&["commit=umount,commit_level=9,overlay=/var/tmp/ov"]).unwrap();
+        assert!(c.commit_at_umount);
+        assert_eq!(c.commit_level, 9);
+        assert_eq!(c.overlay, Some(PathBuf::from("/var/tmp/ov")));
     }
 
     #[test]

@@ -79,9 +79,34 @@ fn runtime_dir() -> Result<PathBuf, String> {
 
 /// The record's file name for a mount point.
 fn file_name(mount_point: &Path) -> String {
+    format!("{}.json", key_of(mount_point))
+}
+
+/// The SHA-256 of a mount point's path, in hex: the name of its files in the folder.
+fn key_of(mount_point: &Path) -> String {
     let digest = Sha256::digest(mount_point.as_os_str().as_encoded_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{hex}.json")
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The path of the control socket of the mount at `mount_point` (see `control.rs`), in the
+/// same private folder as the records.
+pub fn socket_path(mount_point: &Path) -> Result<PathBuf, String> {
+    Ok(runtime_dir()?.join(format!("{}.sock", key_of(mount_point))))
+}
+
+/// The trusted record of a live mount that serves `source` (its real path), if any.
+pub fn find_by_source(source: &Path) -> Option<Record> {
+    let dir = runtime_dir().ok()?;
+    let entries = fs::read_dir(&dir).ok()?;
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| read_file(&e.path()).ok())
+        .filter(|r| r.source == source)
+        .find(|r| {
+            super::mountinfo::find(&r.mount_point).is_some_and(|m| m.device == r.device)
+                && read(&r.mount_point).is_ok()
+        })
 }
 
 /// Writes the record for this mount (atomically: a private temporary file renamed into
@@ -133,12 +158,21 @@ pub fn remove(mount_point: &Path) {
 pub fn read(mount_point: &Path) -> Result<Record, String> {
     let dir = runtime_dir()?;
     let path = dir.join(file_name(mount_point));
+    let record = read_file(&path)?;
+    if record.mount_point != mount_point {
+        return Err(format!("{} is for another mount point", path.display()));
+    }
+    Ok(record)
+}
+
+/// The record in the file `path`, if it passes the rules (see the module comment).
+fn read_file(path: &Path) -> Result<Record, String> {
     let f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| format!("no mount record {}: {e}", path.display()))?;
-    check_trusted(&f, &path)?;
+    check_trusted(&f, path)?;
     let mut bytes = Vec::new();
     f.take(MAX_RECORD_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -151,8 +185,8 @@ pub fn read(mount_point: &Path) -> Result<Record, String> {
     }
     let record: Record = serde_json::from_slice(&bytes)
         .map_err(|e| format!("{} is not a mount record: {e}", path.display()))?;
-    if record.mount_point != mount_point || !record.source.is_absolute() {
-        return Err(format!("{} is for another mount point", path.display()));
+    if !record.source.is_absolute() {
+        return Err(format!("{} names no absolute source", path.display()));
     }
     Ok(record)
 }

@@ -15,7 +15,7 @@
 //!
 //! Implementations here: [`member::MemberFile`] (bytes as stored), [`disk::DiskFile`] (a flat
 //! disk), [`written_disk::WrittenDiskFile`] (a flat disk whose changes a
-//! [`written_disk::DiskChanges`] keeps), [`scratch::ScratchFile`] (an editor's temporary file, in memory),
+//! [`written_disk::WritableDisk`] serves), [`scratch::ScratchFile`] (an editor's temporary file, in memory),
 //! [`live::LiveFile`] (content produced on demand by a [`live::LiveSource`]: the descriptor,
 //! the manifest, settings, the status report) and [`folder::Folder`] (a folder of named
 //! nodes, where editors may create scratch files). The names the mount reserves for itself

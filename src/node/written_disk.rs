@@ -1,5 +1,6 @@
-//! A flat disk that takes writes: the decoded image underneath, and its changes kept by a
-//! [`DiskChanges`] (the copy-on-write overlay), so that a guest can run from the mount.
+//! A flat disk that takes writes: a [`WritableDisk`] (the decoded image underneath and its
+//! changes in the copy-on-write overlay, `crate::writable`), so that a guest can run from
+//! the mount.
 //!
 //! Reads of unchanged ranges are the base image's, through the cache and its read-ahead, at
 //! today's speed; changed ranges are the overlay's. Writes are acknowledged once the overlay
@@ -19,12 +20,12 @@ use std::time::SystemTime;
 use super::{
     Allocation, Background, BlockSize, Caching, FileAttributes, FileNode, OpenFile, OpenMode,
 };
-use crate::disk::engine::FlatDisk;
 use crate::error::Result;
 
-/// What keeps a disk's changes (the overlay), as the flat file needs it. Offsets are bytes
-/// of the flat disk; `base` is the image underneath.
-pub trait DiskChanges: Send + Sync {
+/// A disk image that takes writes, as the flat file needs it: the image underneath and its
+/// changes (the copy-on-write overlay) behind one interface. Offsets are bytes of the flat
+/// disk.
+pub trait WritableDisk: Send + Sync {
     /// The disk's size now (the base's, or more after growing).
     fn len(&self) -> u64;
     /// Whether the size is 0.
@@ -32,40 +33,39 @@ pub trait DiskChanges: Send + Sync {
         self.len() == 0
     }
     /// Reads the disk as changed: overlay blocks over the base.
-    fn read_at(&self, base: &FlatDisk, offset: u64, buf: &mut [u8]) -> Result<usize>;
-    /// Writes `data` at `offset` (sub-block writes read the base around them).
-    fn write_at(&self, base: &FlatDisk, offset: u64, data: &[u8]) -> Result<()>;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
+    /// Writes `data` at `offset` (sub-block writes read the base around them); a write that
+    /// ends past the end grows the disk.
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<()>;
     /// Makes `len` bytes at `offset` read as zeros (a discard or write-zeroes).
-    fn zero_range(&self, base: &FlatDisk, offset: u64, len: u64) -> Result<()>;
-    /// Grows (or shrinks) the disk to `len` bytes.
+    fn zero_range(&self, offset: u64, len: u64) -> Result<()>;
+    /// Grows the disk to `len` bytes.
     fn set_len(&self, len: u64) -> Result<()>;
     /// Makes every write acknowledged so far durable.
     fn sync(&self) -> Result<()>;
     /// The first offset at or after `offset` holding data (`data`) or a hole, over base and
     /// changes; `None` when there is none.
-    fn seek(&self, base: &FlatDisk, offset: u64, data: bool) -> Result<Option<u64>>;
+    fn seek(&self, offset: u64, data: bool) -> Result<Option<u64>>;
+    /// Starts decoding ahead of a read of `len` bytes at `offset`, on `background`.
+    fn read_ahead(&self, offset: u64, len: u64, background: &dyn Background);
+    /// The flat file was opened (counted, so that a discard can refuse an open disk).
+    fn opened(&self) {}
+    /// An open of the flat file ended.
+    fn closed(&self) {}
 }
 
 /// A writable flat disk.
 pub struct WrittenDiskFile {
-    base: Arc<FlatDisk>,
-    changes: Arc<dyn DiskChanges>,
+    disk: Arc<dyn WritableDisk>,
     mode: u32,
     mtime: Mutex<SystemTime>,
 }
 
 impl WrittenDiskFile {
-    /// The flat image `base` with its changes in `changes`; `mode` is the image file's
-    /// (write access is the owner's only).
-    pub fn new(
-        base: Arc<FlatDisk>,
-        changes: Arc<dyn DiskChanges>,
-        mode: u32,
-        mtime: SystemTime,
-    ) -> Self {
+    /// The disk `disk`; `mode` is the image file's (write access is the owner's only).
+    pub fn new(disk: Arc<dyn WritableDisk>, mode: u32, mtime: SystemTime) -> Self {
         WrittenDiskFile {
-            base,
-            changes,
+            disk,
             mode: (mode & 0o444) | 0o600,
             mtime: Mutex::new(mtime),
         }
@@ -80,7 +80,7 @@ impl WrittenDiskFile {
 impl FileNode for WrittenDiskFile {
     fn attributes(&self, _background: &dyn Background) -> FileAttributes {
         FileAttributes {
-            size: self.changes.len(),
+            size: self.disk.len(),
             // Shown as fully allocated (never wrong for readers); SEEK_DATA/SEEK_HOLE tell
             // sparse copiers where the data is.
             allocated: None,
@@ -97,11 +97,12 @@ impl FileNode for WrittenDiskFile {
     }
 
     fn open(self: Arc<Self>, _mode: OpenMode) -> Result<Arc<dyn OpenFile>> {
+        self.disk.opened();
         Ok(Arc::new(OpenWrittenDisk(self)))
     }
 
     fn set_len(&self, len: u64) -> Result<()> {
-        self.changes.set_len(len)?;
+        self.disk.set_len(len)?;
         *self.mtime() = SystemTime::now();
         Ok(())
     }
@@ -120,6 +121,12 @@ impl FileNode for WrittenDiskFile {
 /// An open of a writable flat disk.
 struct OpenWrittenDisk(Arc<WrittenDiskFile>);
 
+impl Drop for OpenWrittenDisk {
+    fn drop(&mut self) {
+        self.0.disk.closed();
+    }
+}
+
 impl OpenWrittenDisk {
     fn touched(&self) {
         *self.0.mtime() = SystemTime::now();
@@ -128,15 +135,15 @@ impl OpenWrittenDisk {
 
 impl OpenFile for OpenWrittenDisk {
     fn len(&self) -> u64 {
-        self.0.changes.len()
+        self.0.disk.len()
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        self.0.changes.read_at(&self.0.base, offset, buf)
+        self.0.disk.read_at(offset, buf)
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.0.changes.write_at(&self.0.base, offset, data)?;
+        self.0.disk.write_at(offset, data)?;
         self.touched();
         Ok(())
     }
@@ -146,7 +153,7 @@ impl OpenFile for OpenWrittenDisk {
     }
 
     fn fsync(&self, _data_only: bool) -> Result<()> {
-        self.0.changes.sync()
+        self.0.disk.sync()
     }
 
     fn allocate(&self, offset: u64, len: u64, how: Allocation) -> Result<()> {
@@ -155,14 +162,12 @@ impl OpenFile for OpenWrittenDisk {
             .ok_or_else(|| crate::error::Error::overflow("fallocate range"))?;
         let (zero, grow) = (how.zeroes(), how.grows());
         if grow && end > self.len() {
-            self.0.changes.set_len(end)?;
+            self.0.disk.set_len(end)?;
         }
         if zero {
             let stop = end.min(self.len());
             if offset < stop {
-                self.0
-                    .changes
-                    .zero_range(&self.0.base, offset, stop - offset)?;
+                self.0.disk.zero_range(offset, stop - offset)?;
             }
         }
         self.touched();
@@ -170,21 +175,17 @@ impl OpenFile for OpenWrittenDisk {
     }
 
     fn seek(&self, offset: u64, data: bool) -> Result<Option<u64>> {
-        self.0.changes.seek(&self.0.base, offset, data)
+        self.0.disk.seek(offset, data)
     }
 
-    /// Read-ahead of the base image: changed ranges read from the overlay need none, and a
-    /// unit decoded ahead of them is only cache.
     fn note_read(&self, offset: u64, len: u64, background: &dyn Background) {
-        super::disk::read_ahead(&self.0.base, offset, len, background);
+        self.0.disk.read_ahead(offset, len, background);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::UnitCache;
-    use crate::io::ReadAt;
 
     /// Changes kept in memory: the whole disk as bytes (a model of the overlay).
     struct InMemory {
@@ -193,9 +194,7 @@ mod tests {
     }
 
     impl InMemory {
-        fn of(base: &FlatDisk) -> InMemory {
-            let mut bytes = vec![0u8; base.len() as usize];
-            base.read_at(0, &mut bytes).unwrap();
+        fn of(bytes: Vec<u8>) -> InMemory {
             InMemory {
                 bytes: Mutex::new(bytes),
                 syncs: Mutex::new(0),
@@ -203,21 +202,21 @@ mod tests {
         }
     }
 
-    impl DiskChanges for InMemory {
+    impl WritableDisk for InMemory {
         fn len(&self) -> u64 {
             self.bytes.lock().unwrap().len() as u64
         }
-        fn read_at(&self, _base: &FlatDisk, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
             Ok(crate::node::read_slice(
                 &self.bytes.lock().unwrap(),
                 offset,
                 buf,
             ))
         }
-        fn write_at(&self, _base: &FlatDisk, offset: u64, data: &[u8]) -> Result<()> {
+        fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
             crate::node::write_into(&mut self.bytes.lock().unwrap(), offset, data, u64::MAX)
         }
-        fn zero_range(&self, _base: &FlatDisk, offset: u64, len: u64) -> Result<()> {
+        fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
             let mut b = self.bytes.lock().unwrap();
             b[offset as usize..(offset + len) as usize].fill(0);
             Ok(())
@@ -230,7 +229,7 @@ mod tests {
             *self.syncs.lock().unwrap() += 1;
             Ok(())
         }
-        fn seek(&self, _base: &FlatDisk, offset: u64, data: bool) -> Result<Option<u64>> {
+        fn seek(&self, offset: u64, data: bool) -> Result<Option<u64>> {
             let len = self.len();
             Ok(match (offset < len, data) {
                 (true, true) => Some(offset),
@@ -238,6 +237,7 @@ mod tests {
                 (false, _) => None,
             })
         }
+        fn read_ahead(&self, _offset: u64, _len: u64, _background: &dyn Background) {}
     }
 
     struct NoBackground;
@@ -247,11 +247,8 @@ mod tests {
     }
 
     fn disk() -> (Arc<WrittenDiskFile>, Arc<InMemory>) {
-        let source: Arc<dyn ReadAt> = Arc::new(vec![7u8; 64 << 10]);
-        let image = crate::disk::open(source).unwrap();
-        let base = Arc::new(FlatDisk::new(image, Arc::new(UnitCache::new(0)), None));
-        let changes = Arc::new(InMemory::of(&base));
-        let file = WrittenDiskFile::new(base, changes.clone(), 0o644, SystemTime::UNIX_EPOCH);
+        let changes = Arc::new(InMemory::of(vec![7u8; 64 << 10]));
+        let file = WrittenDiskFile::new(changes.clone(), 0o644, SystemTime::UNIX_EPOCH);
         (Arc::new(file), changes)
     }
 

@@ -26,7 +26,6 @@
 //! different blocks do not. Memory is proportional to the number of changed runs, bounded by
 //! [`OverlayOptions::max_runs`] ([`OverlayError::TooManyRuns`]).
 
-mod flat;
 pub mod journal;
 pub mod map;
 
@@ -168,6 +167,15 @@ impl Location {
 
     fn tmp_name(&self) -> String {
         format!("{}.map.tmp", self.key)
+    }
+
+    fn committed_name(&self) -> String {
+        format!("{}.committed", self.key)
+    }
+
+    /// The data file's path (what `ovafs status` shows).
+    pub fn data_path(&self) -> PathBuf {
+        self.folder.join(self.data_name())
     }
 
     fn check_key(&self) -> Result<()> {
@@ -323,6 +331,8 @@ struct JournalEnd {
 #[derive(Debug)]
 pub struct Overlay {
     location: Location,
+    /// The trust rules it was opened with (for the files it adds later).
+    rules: Rules,
     folder: Folder,
     data: File,
     map_file: File,
@@ -566,6 +576,7 @@ impl Overlay {
         }
         Ok(Overlay {
             location: location.clone(),
+            rules,
             folder,
             data,
             map_file,
@@ -976,6 +987,30 @@ impl Overlay {
         st.dirty.is_empty() && st.len == st.durable_len
     }
 
+    /// Records, durably, that a commit is about to write this overlay's disk into the
+    /// package as the image whose manifest-free identity fingerprint is `fingerprint`
+    /// (`Identity::of_disk(member, new bytes, None, len)`). If the commit completes but the
+    /// overlay cannot be removed (a crash between the rename and the removal), the next
+    /// open finds the package holding that image and knows the overlay is in it
+    /// ([`committed_marker`]); if the commit does not complete, the package still matches the
+    /// overlay and the marker means nothing.
+    pub fn mark_committed(&self, fingerprint: &[u8; 32]) -> Result<()> {
+        let rules = self.rules()?;
+        let name = self.location.committed_name();
+        let tmp = format!("{name}.tmp");
+        remove_own(&self.folder, &tmp, &rules)?;
+        let f = self.folder.create_private(&tmp)?;
+        f.write_all_at(hex(fingerprint).as_bytes(), 0)
+            .and_then(|()| f.sync_all())
+            .map_err(io_err(format!("write {}", self.folder.shown(&tmp))))?;
+        self.folder.rename(&tmp, &name)?;
+        self.folder.sync()
+    }
+
+    fn rules(&self) -> Result<Rules> {
+        Ok(self.rules.clone())
+    }
+
     /// Throws the changes away: [`remove`] of this overlay's files.
     pub fn discard(self, package: &FileStat) -> Result<()> {
         let location = self.location.clone();
@@ -1001,6 +1036,8 @@ pub fn remove(location: &Location, package: &FileStat) -> Result<bool> {
         location.map_name(),
         location.data_name(),
         location.tmp_name(),
+        location.committed_name(),
+        format!("{}.tmp", location.committed_name()),
     ];
     let mut found = false;
     for name in &names {
@@ -1019,6 +1056,55 @@ pub fn remove(location: &Location, package: &FileStat) -> Result<bool> {
             e,
         )),
     }
+}
+
+/// Whether an overlay (its map) exists at `location`: a missing folder or map is `false`,
+/// an untrusted one an error.
+pub fn exists(location: &Location, package: &FileStat) -> Result<bool> {
+    location.check_key()?;
+    let rules = Rules::journal(package);
+    let folder = match open_folder(location, &rules, false) {
+        Ok(f) => f,
+        Err(e) if e.refusal() == Some(Refusal::NotFound) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    Ok(open_own(&folder, &location.map_name(), &rules)?.is_some())
+}
+
+/// The fingerprint [`Overlay::mark_committed`] recorded at `location`, if any (a marker that
+/// is not 64 hex digits is no marker).
+pub fn committed_marker(location: &Location, package: &FileStat) -> Result<Option<[u8; 32]>> {
+    location.check_key()?;
+    let rules = Rules::journal(package);
+    let folder = match open_folder(location, &rules, false) {
+        Ok(f) => f,
+        Err(e) if e.refusal() == Some(Refusal::NotFound) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(file) = open_own(&folder, &location.committed_name(), &rules)? else {
+        return Ok(None);
+    };
+    let mut text = [0u8; 64];
+    let n = file
+        .read_at(&mut text, 0)
+        .map_err(io_err(folder.shown(&location.committed_name())))?;
+    let mut out = [0u8; 32];
+    for (i, pair) in text[..n].chunks(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16);
+        match (pair, out.get_mut(i)) {
+            ([a, b], Some(o)) => match (digit(*a), digit(*b)) {
+                // OK to cast: two hex digits.
+                (Some(a), Some(b)) => *o = (a * 16 + b) as u8,
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        }
+    }
+    Ok((n == 64).then_some(out))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The records that say the state of the blocks in `only` (every changed block when

@@ -140,9 +140,11 @@ impl Relocation {
     }
 
     /// Re-points every member at the package file as it is now (after a commit that
-    /// replaced it). Returns how many members now read the new file.
-    pub fn reopen(&self) -> Result<usize> {
+    /// replaced it, or replaced the members named in `replaced`, whose sizes may have
+    /// changed). Returns how many members now read the new file.
+    pub fn reopen(&self, replaced: &[String]) -> Result<usize> {
         let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
+        let is_replaced = |p: &Placed| replaced.iter().any(|r| *r == p.name);
         for p in members.iter().filter(|p| p.kept) {
             let old = p.data.current();
             match read_vec_at(&*old, "member", 0, p.size, MAX_KEPT_BYTES) {
@@ -151,8 +153,16 @@ impl Relocation {
             }
         }
         if self.kind == SourceKind::Folder {
-            // A folder commit replaces only the descriptor and the manifest (kept above).
-            return Ok(0);
+            // Settings commits replace only the descriptor and the manifest (kept above);
+            // a replaced member (a committed disk) is a new file of the folder.
+            let mut moved = 0;
+            for p in members.iter_mut().filter(|p| !p.kept && is_replaced(p)) {
+                let src = self.open_folder_member(&p.name)?;
+                p.size = src.len();
+                p.data.repoint(src);
+                moved += 1;
+            }
+            return Ok(moved);
         }
         let shown = self.real_path.display().to_string();
         let file = OpenOptions::new()
@@ -184,8 +194,10 @@ impl Relocation {
             .collect();
         let mut moved = 0;
         for p in members.iter_mut().filter(|p| !p.kept) {
+            let resized = is_replaced(p);
             match found.get(p.name.as_str()) {
-                Some(&(offset, size)) if size == p.size => {
+                Some(&(offset, size)) if size == p.size || resized => {
+                    p.size = size;
                     p.data
                         .repoint(Arc::new(Window::new(src.clone(), offset, size)?));
                     moved += 1;
@@ -201,5 +213,30 @@ impl Relocation {
             a.repoint(src);
         }
         Ok(moved)
+    }
+
+    /// Opens member `name` of a folder package anew (a file a commit put in place), with
+    /// the rules the package was opened with: no symbolic links, a regular file, owned by
+    /// this process's user or the package's owner.
+    fn open_folder_member(&self, name: &str) -> Result<Arc<dyn ReadAt>> {
+        let root = self.real_path.parent().unwrap_or(std::path::Path::new("/"));
+        let path = root.join(name);
+        let shown = path.display().to_string();
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| Error::io(format!("cannot reopen {shown}"), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("cannot stat {shown}"), e))?;
+        let euid = nix::unistd::geteuid().as_raw();
+        if !meta.is_file() || (meta.uid() != euid && Some(meta.uid()) != self.owner) {
+            return Err(Error::refused(
+                format!("{shown}: not a regular file of this user or the package's owner"),
+                crate::error::Refusal::AccessDenied,
+            ));
+        }
+        Ok(Arc::new(FileSource::from_file(file, &path)?))
     }
 }
