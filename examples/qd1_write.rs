@@ -3,16 +3,20 @@
 //! exported by qemu-storage-daemon and a plain file, so only the target differs).
 //!
 //! ```text
-//! qd1_write FILE [--ops N] [--seed S] [--block BYTES] [--span BYTES]
-//!                [--sync fsync|fdatasync|none] [--buffered] [--samples]
+//! qd1_write FILE... [--ops N] [--seed S] [--block BYTES] [--span BYTES]
+//!                   [--sync fsync|fdatasync|none] [--buffered] [--samples]
 //! ```
 //! Each operation is one `pwrite` of a block at a random block-aligned offset below `--span`
-//! (default: the file's size), then the `--sync` call (default `fsync`): what a guest's
-//! `cache=none` disk does for a small synchronous write. The file is opened with `O_DIRECT`
-//! unless `--buffered`. Every block carries different bytes (the operation number and a
-//! pseudo-random fill), so no layer can skip a write as a repeat. Prints one JSON object:
-//! percentiles (microseconds) of the write, of the flush and of both together, and with
-//! `--samples` every operation's times (so a caller can pool interleaved runs).
+//! (default: the smallest file's size), then the `--sync` call (default `fsync`): what a
+//! guest's `cache=none` disk does for a small synchronous write. Files are opened with
+//! `O_DIRECT` unless `--buffered`. Every block carries different bytes (the operation number
+//! and a pseudo-random fill), so no layer can skip a write as a repeat.
+//!
+//! With several files, operation k goes to every file in turn (the same offset and bytes,
+//! the first file rotating) before operation k+1: on a shared machine whose flush latency
+//! moves from one second to the next, every target sees the same moments. Prints one JSON
+//! object: per file, percentiles (microseconds) of the write, of the flush and of both, and
+//! with `--samples` every operation's times.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::fs::OpenOptions;
@@ -26,7 +30,7 @@ const BUFFER_ALIGN: usize = 4096;
 fn usage() -> ! {
     eprintln!(
         "usage: qd1_write FILE [--ops N] [--seed S] [--block BYTES] [--span BYTES] \
-         [--sync fsync|fdatasync|none] [--buffered] [--samples]"
+         [--sync fsync|fdatasync|none] [--buffered] [--samples] (FILE may repeat)"
     );
     std::process::exit(2)
 }
@@ -39,7 +43,7 @@ enum Flush {
 }
 
 struct Options {
-    path: String,
+    paths: Vec<String>,
     ops: usize,
     seed: u64,
     block: usize,
@@ -52,7 +56,7 @@ struct Options {
 fn parse_args() -> Options {
     let mut args = std::env::args().skip(1);
     let mut o = Options {
-        path: String::new(),
+        paths: vec![],
         ops: 2000,
         seed: 11,
         block: 4096,
@@ -79,11 +83,11 @@ fn parse_args() -> Options {
             }
             "--buffered" => o.direct = false,
             "--samples" => o.samples = true,
-            _ if a.starts_with("--") || !o.path.is_empty() => usage(),
-            _ => o.path = a,
+            _ if a.starts_with("--") => usage(),
+            _ => o.paths.push(a),
         }
     }
-    if o.path.is_empty() || o.block == 0 || o.block % BUFFER_ALIGN != 0 {
+    if o.paths.is_empty() || o.block == 0 || o.block % BUFFER_ALIGN != 0 {
         usage()
     }
     o
@@ -167,49 +171,99 @@ fn summary(name: &str, values: &[f64], samples: bool) -> String {
     out
 }
 
+/// One file under test and its per-operation times (microseconds).
+struct Target {
+    path: String,
+    file: std::fs::File,
+    write_us: Vec<f64>,
+    sync_us: Vec<f64>,
+    total_us: Vec<f64>,
+}
+
+impl Target {
+    fn open(path: &str, direct: bool) -> Result<Self, String> {
+        let mut open = OpenOptions::new();
+        open.write(true);
+        if direct {
+            open.custom_flags(libc::O_DIRECT);
+        }
+        let file = open.open(path).map_err(|e| format!("{path}: {e}"))?;
+        Ok(Target {
+            path: path.to_string(),
+            file,
+            write_us: vec![],
+            sync_us: vec![],
+            total_us: vec![],
+        })
+    }
+
+    /// One write of `block` at `offset`, then the flush; records both times.
+    fn write_and_flush(&mut self, block: &[u8], offset: u64, flush: Flush) -> Result<(), String> {
+        let t0 = Instant::now();
+        self.file
+            .write_all_at(block, offset)
+            .map_err(|e| format!("{}: write at {offset}: {e}", self.path))?;
+        let t1 = Instant::now();
+        match flush {
+            Flush::Fsync => self.file.sync_all(),
+            Flush::Fdatasync => self.file.sync_data(),
+            Flush::None => Ok(()),
+        }
+        .map_err(|e| format!("{}: flush: {e}", self.path))?;
+        let t2 = Instant::now();
+        self.write_us.push((t1 - t0).as_secs_f64() * 1e6);
+        self.sync_us.push((t2 - t1).as_secs_f64() * 1e6);
+        self.total_us.push((t2 - t0).as_secs_f64() * 1e6);
+        Ok(())
+    }
+
+    fn json(&self, samples: bool) -> String {
+        format!(
+            "{{\"file\": {:?}, {}, {}, {}}}",
+            self.path,
+            summary("write_us", &self.write_us, samples),
+            summary("sync_us", &self.sync_us, samples),
+            summary("total_us", &self.total_us, samples),
+        )
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let o = parse_args();
-    let mut open = OpenOptions::new();
-    open.write(true);
-    if o.direct {
-        open.custom_flags(libc::O_DIRECT);
+    let mut targets = o
+        .paths
+        .iter()
+        .map(|p| Target::open(p, o.direct))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut span = u64::MAX;
+    for t in &targets {
+        span = span.min(t.file.metadata()?.len());
     }
-    let file = open.open(&o.path).map_err(|e| format!("{}: {e}", o.path))?;
-    let span = o.span.unwrap_or(file.metadata()?.len());
-    let blocks = span / o.block as u64;
+    let blocks = o.span.unwrap_or(span) / o.block as u64;
     if blocks == 0 {
-        return Err(format!("{}: smaller than one block", o.path).into());
+        return Err("the files are smaller than one block".into());
     }
     let mut offsets = SplitMix(o.seed);
     let mut content = SplitMix(o.seed ^ 0x5eed);
     let mut buf = AlignedBuf::new(o.block);
-    let (mut write_us, mut sync_us, mut total_us) = (vec![], vec![], vec![]);
     let run = Instant::now();
-    for op in 0..o.ops as u64 {
+    for op in 0..o.ops {
         let offset = offsets.next() % blocks * o.block as u64;
-        fill(buf.bytes(), op, &mut content);
-        let t0 = Instant::now();
-        file.write_all_at(buf.bytes(), offset)?;
-        let t1 = Instant::now();
-        match o.flush {
-            Flush::Fsync => file.sync_all()?,
-            Flush::Fdatasync => file.sync_data()?,
-            Flush::None => {}
+        fill(buf.bytes(), op as u64, &mut content);
+        let n = targets.len();
+        for i in 0..n {
+            targets[(op + i) % n].write_and_flush(buf.bytes(), offset, o.flush)?;
         }
-        let t2 = Instant::now();
-        write_us.push((t1 - t0).as_secs_f64() * 1e6);
-        sync_us.push((t2 - t1).as_secs_f64() * 1e6);
-        total_us.push((t2 - t0).as_secs_f64() * 1e6);
     }
     let seconds = run.elapsed().as_secs_f64();
+    let per_file: Vec<String> = targets.iter().map(|t| t.json(o.samples)).collect();
     println!(
-        "{{\"ops\": {}, \"block\": {}, \"direct\": {}, \"seconds\": {seconds:.3}, {}, {}, {}}}",
+        "{{\"ops\": {}, \"block\": {}, \"direct\": {}, \"seconds\": {seconds:.3}, \
+         \"targets\": [{}]}}",
         o.ops,
         o.block,
         o.direct,
-        summary("write_us", &write_us, o.samples),
-        summary("sync_us", &sync_us, o.samples),
-        summary("total_us", &total_us, o.samples),
+        per_file.join(", "),
     );
     Ok(())
 }
