@@ -87,7 +87,7 @@ fn parse_args() -> Options {
             _ => o.paths.push(a),
         }
     }
-    if o.paths.is_empty() || o.block == 0 || o.block % BUFFER_ALIGN != 0 {
+    if o.paths.is_empty() || o.block == 0 || !o.block.is_multiple_of(BUFFER_ALIGN) {
         usage()
     }
     o
