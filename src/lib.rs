@@ -16,6 +16,7 @@ pub mod disk;
 pub mod editor;
 pub mod error;
 pub mod fs;
+pub mod guest;
 pub mod integrity;
 pub mod io;
 pub mod logging;

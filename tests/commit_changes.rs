@@ -82,19 +82,6 @@ fn open(source: &Path, options: CommitOptions) -> Committer {
     Committer::open_with(&pkg, options).unwrap()
 }
 
-/// `tar -tvf`: (name, size) of every entry, in order.
-fn tar_tv(ova: &Path) -> Vec<(String, u64)> {
-    let out = run_ok(Command::new(tool("tar")).arg("-tvf").arg(ova));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f[5..].join(" "), f[2].parse().unwrap())
-        })
-        .collect()
-}
-
 /// `tar -xOf OVA NAME`.
 fn tar_x_o(ova: &Path, name: &str) -> Vec<u8> {
     run_ok(Command::new(tool("tar")).arg("-xOf").arg(ova).arg(name)).stdout
@@ -105,13 +92,7 @@ fn extract(ova: &Path, work: &Path) -> PathBuf {
     let dir = work.join("extracted");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-xf")
-            .arg(ova)
-            .arg("-C")
-            .arg(&dir),
-    );
+    common::tar_extract(ova, &dir);
     dir
 }
 
@@ -177,7 +158,7 @@ fn ova_member_replaced_added_and_removed() {
     assert_eq!(r.certificate, CertificateFate::None);
     assert!(r.manifest_changed && r.replaced);
 
-    let listing = tar_tv(&ova);
+    let listing = common::tar_list(&ova);
     let names: Vec<&str> = listing.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["x.ovf", "x.mf", "disk1.img", "disk3.img"]);
     assert_eq!(listing[2].1, NEW_DISK1_BYTES as u64);
@@ -307,7 +288,7 @@ fn resigned_ova_verifies_with_ovafs_and_openssl() {
         .unwrap();
     assert_eq!(r.certificate, CertificateFate::Signed("x.cert".into()));
     assert_eq!(r.certificate_dropped, None);
-    let names: Vec<String> = tar_tv(&ova).into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = common::tar_list(&ova).into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["x.ovf", "x.mf", "x.cert", "disk1.img", "disk3.img"]);
     assert_verify_passes(&ova, &["--require-trusted", "--ca-file", p(&cert_pem)]);
     let dir = extract(&ova, &f.dir);
@@ -369,7 +350,7 @@ fn certificate_kept_dropped_by_default_and_on_request() {
     let r = c.commit(&replace_add_remove()).unwrap();
     assert_eq!(r.certificate, CertificateFate::Dropped("x.cert".into()));
     assert_eq!(r.certificate_dropped.as_deref(), Some("x.cert"));
-    assert!(!tar_tv(&ova).iter().any(|(n, _)| n == "x.cert"));
+    assert!(!common::tar_list(&ova).iter().any(|(n, _)| n == "x.cert"));
     assert_verify_passes(&ova, &[]);
 
     // Dropped on request while nothing else changes (the folder package).
@@ -674,7 +655,7 @@ fn large_replacement_is_streamed_in_bounded_memory() {
     );
 
     // GNU tar and sha256sum judge the 2 GiB member against the manifest.
-    let listing = tar_tv(&ova);
+    let listing = common::tar_list(&ova);
     assert_eq!(listing[2], ("disk1.img".to_string(), BIG));
     let mut tar = Command::new(tool("tar"))
         .arg("-xOf")
@@ -769,7 +750,7 @@ fn resigning_an_unsigned_ova_adds_the_certificate_after_the_manifest() {
     assert_eq!(r.path, CommitPath::Rewrite);
     assert_eq!(r.certificate, CertificateFate::Signed("x.cert".into()));
     assert!(!r.manifest_changed);
-    let names: Vec<String> = tar_tv(&ova).into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = common::tar_list(&ova).into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["x.ovf", "x.mf", "x.cert", "disk1.img", "disk2.img"]);
     assert_verify_passes(&ova, &["--require-trusted", "--ca-file", p(&cert_pem)]);
     let dir = extract(&ova, &f.dir);

@@ -317,15 +317,7 @@ fn crash_random_kills_during_repeated_commits() {
         .chain((0..LOOP_MAX).map(|i| loop_descriptor(&base, i)))
         .map(|d| support::sha256(d.as_bytes()))
         .collect();
-    let seed = std::env::var("OVAFS_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = common::seed_from_env("OVAFS_CRASH_SEED");
     println!("seed {seed} (OVAFS_CRASH_SEED to repeat)");
     let mut rng = Rng(seed | 1);
     let (mut replayed, mut discarded, mut temps, mut clean) = (0, 0, 0, 0);

@@ -226,13 +226,7 @@ fn every_editor_saves() {
 /// Extracts `ova` into a new folder and returns it.
 fn extract(ova: &Path, into: &Path) -> PathBuf {
     fs::create_dir_all(into).unwrap();
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-xf")
-            .arg(ova)
-            .arg("-C")
-            .arg(into),
-    );
+    tar_extract(ova, into);
     into.to_path_buf()
 }
 

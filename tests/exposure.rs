@@ -459,13 +459,7 @@ fn after_a_rewrite_the_mount_reads_the_new_archive() {
     // Every member reads as GNU tar extracts it from the new archive.
     let out = tmp.path().join("extracted");
     fs::create_dir(&out).unwrap();
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-xf")
-            .arg(&ova)
-            .arg("-C")
-            .arg(&out),
-    );
+    tar_extract(&ova, &out);
     let extracted = walk(&out);
     assert!(extracted.len() >= 3, "{extracted:?}");
     for rel in extracted {

@@ -46,13 +46,7 @@ fn gzip_disks_match_qemu_and_members_are_byte_exact() {
     assert_eq!(descriptor.matches("ovf:compression=\"gzip\"").count(), 2);
     let extracted = tmp.path().join("x");
     fs::create_dir(&extracted).unwrap();
-    run_ok(
-        Command::new(tool("tar"))
-            .arg("-xf")
-            .arg(&ova)
-            .arg("-C")
-            .arg(&extracted),
-    );
+    tar_extract(&ova, &extracted);
 
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
     assert_eq!(

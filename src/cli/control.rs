@@ -152,10 +152,11 @@ fn check_peer(stream: &UnixStream) -> std::result::Result<(), String> {
 
 fn answer(request: Request, served: &Served, progress: &mut dyn FnMut(&Reply)) -> Reply {
     let Some(disks) = &served.disks else {
-        return match request {
-            Request::Status => Reply::Status(Vec::new()),
-            _ => Reply::Error("the mount is read-only".into()),
-        };
+        return Reply::Error(
+            "the mount is read-only: its disks take no changes (ovafs status SOURCE, without a \
+             mount, shows changes left in an overlay)"
+                .into(),
+        );
     };
     match request {
         Request::Status => Reply::Status(disks.status()),

@@ -193,9 +193,17 @@ pub(super) fn serve(
         },
     );
     let writable = writable.map(Arc::new);
+    let unshown = match &writable {
+        None => unshown_overlays(config, &appliance, &package_stat),
+        Some(_) => Vec::new(),
+    };
     let refusals = Arc::new(Refusals::default());
     let mut package_notices = recovery.notices();
     let mut ready_notices: Vec<String> = read_only_reason.iter().cloned().collect();
+    for notice in unshown {
+        package_notices.push(notice.clone());
+        ready_notices.push(notice);
+    }
     for r in writable.iter().flat_map(|w| w.read_only()) {
         let notice = format!("disks/{} is read-only: {}", r.name, r.reason);
         package_notices.push(notice.clone());
@@ -280,7 +288,7 @@ pub(super) fn serve(
     let result = session.run();
     super::control::remove(&config.mountpoint);
     if let Some(disks) = &writable {
-        finish_disks(config, disks, &*editor);
+        finish_disks(config, disks, &editor);
     }
     super::record::remove_own(
         &super::mountinfo::canonical_mount_path(&config.mountpoint),
@@ -292,9 +300,35 @@ pub(super) fn serve(
     }
 }
 
-/// At the end of a mount: commits the disks' changes with `-o commit=umount`, else says
-/// where they stay.
+/// On a read-only mount, the disks whose overlays hold changes it does not show (reading
+/// them could write: a torn journal tail is cut, a long one compacted).
+fn unshown_overlays(
+    config: &MountConfig,
+    appliance: &Appliance,
+    package: &nix::sys::stat::FileStat,
+) -> Vec<String> {
+    let options = config.writable_options();
+    appliance
+        .disks
+        .iter()
+        .map(|d| format!("{}.raw", d.stem))
+        .filter(|name| {
+            let location = options.location(&config.source, name);
+            crate::overlay::exists(&location, package).unwrap_or(false)
+        })
+        .map(|name| {
+            format!(
+                "disks/{name} has uncommitted changes in its overlay, not shown on a read-only mount"
+            )
+        })
+        .collect()
+}
+
+/// At the end of a mount: makes the disks' writes durable, then commits them with `-o
+/// commit=umount`, else says where they stay.
 fn finish_disks(config: &MountConfig, disks: &WritableDisks, editor: &Editor) {
+    // Unsynced writes were acknowledged: a clean unmount keeps them.
+    let _ = disks.sync_all();
     if !disks.has_changes() {
         return;
     }
@@ -333,6 +367,7 @@ fn write_mount_record(config: &MountConfig, writable: bool) {
         pid: std::process::id(),
         device: entry.device,
         writable,
+        commit_at_umount: config.commit_at_umount,
     });
 }
 

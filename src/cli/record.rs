@@ -42,6 +42,10 @@ pub struct Record {
     /// Whether the mount could write the package (a read-only mount never writes, so
     /// `ovafs umount` has nothing to complete for it and does not try).
     pub writable: bool,
+    /// Whether the daemon commits the disks' changes when the mount ends (`-o
+    /// commit=umount`); otherwise `ovafs umount` says where uncommitted changes stay.
+    #[serde(default)]
+    pub commit_at_umount: bool,
 }
 
 /// The private runtime folder for the user running ovafs, created if needed; why not, when
@@ -170,7 +174,7 @@ fn read_file(path: &Path) -> Result<Record, String> {
     let f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&path)
+        .open(path)
         .map_err(|e| format!("no mount record {}: {e}", path.display()))?;
     check_trusted(&f, path)?;
     let mut bytes = Vec::new();

@@ -36,9 +36,16 @@ pub fn run(mountpoint: &Path) -> Result<i32> {
     }
     // Read before unmounting: the daemon removes its record when it exits.
     let source = trusted_source(&path, &entry);
+    let uncommitted = uncommitted_disks(&path);
     unmount_retrying_while_busy(&path)?;
     wait_for_daemon(&path);
     record::remove(&path);
+    if let Some((disks, shown)) = uncommitted {
+        eprintln!(
+            "ovafs: uncommitted changes of {disks} stay in the overlay; 'ovafs commit {shown}' \
+             writes them into the package, 'ovafs discard {shown} DISK' throws them away"
+        );
+    }
     // A daemon killed in the middle of a commit leaves a journal: complete it now, so that
     // the package holds every acknowledged edit when this command returns.
     match source {
@@ -59,6 +66,27 @@ pub fn run(mountpoint: &Path) -> Result<i32> {
         ),
     }
     Ok(EXIT_OK)
+}
+
+/// The disks with uncommitted changes that stay in their overlays when this mount ends (a
+/// mount without `-o commit=umount`), and the package to name in the advice; `None` when
+/// there are none or the daemon cannot be asked.
+fn uncommitted_disks(path: &Path) -> Option<(String, String)> {
+    let r = record::read(path).ok()?;
+    if r.commit_at_umount || !r.writable {
+        return None;
+    }
+    let request = super::control::Request::Status;
+    let reply = super::control::ask(path, &request, &mut |_, _, _| {}).ok()?;
+    let super::control::Reply::Status(states) = reply else {
+        return None;
+    };
+    let changed: Vec<String> = states
+        .iter()
+        .filter(|s| s.changed)
+        .map(|s| format!("disks/{}", s.disk))
+        .collect();
+    (!changed.is_empty()).then(|| (changed.join(", "), r.source.display().to_string()))
 }
 
 /// The package the daemon of this mount served, from its record, if the record is trusted

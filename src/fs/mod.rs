@@ -203,6 +203,12 @@ impl OvaFs {
                 LIVE_TTL,
             ),
         };
+        let (uid, gid) = match node {
+            Node::Dir(d) => d.owner(),
+            Node::File(f) => f.owner(),
+            Node::Symlink(_) => None,
+        }
+        .unwrap_or((self.uid, self.gid));
         let attr = FileAttr {
             ino: INodeNo(ino),
             size,
@@ -214,8 +220,8 @@ impl OvaFs {
             kind,
             perm: (mode & 0o7777) as u16,
             nlink,
-            uid: self.uid,
-            gid: self.gid,
+            uid,
+            gid,
             rdev: 0,
             blksize,
             flags: 0,

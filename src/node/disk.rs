@@ -32,25 +32,25 @@ impl DiskFile {
             mtime,
         }
     }
+}
 
-    /// The allocated bytes a `stat` reports: see the module's comment.
-    fn allocated_bytes(&self, background: &dyn Background) -> Option<u64> {
-        let known = self.disk.allocated_bytes_within(INLINE_COUNTED_EXTENTS);
-        if known.is_none() && self.disk.claim_count() {
-            let disk = self.disk.clone();
-            background.run(Box::new(move || {
-                disk.allocated_bytes();
-            }));
-        }
-        known
+/// The allocated bytes a `stat` of `disk` reports: see the module's comment.
+pub fn allocated_bytes(disk: &Arc<FlatDisk>, background: &dyn Background) -> Option<u64> {
+    let known = disk.allocated_bytes_within(INLINE_COUNTED_EXTENTS);
+    if known.is_none() && disk.claim_count() {
+        let disk = disk.clone();
+        background.run(Box::new(move || {
+            disk.allocated_bytes();
+        }));
     }
+    known
 }
 
 impl FileNode for DiskFile {
     fn attributes(&self, background: &dyn Background) -> FileAttributes {
         FileAttributes {
             size: self.disk.len(),
-            allocated: self.allocated_bytes(background),
+            allocated: allocated_bytes(&self.disk, background),
             mode: self.mode,
             mtime: self.mtime,
             block_size: BlockSize::Large,

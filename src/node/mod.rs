@@ -25,6 +25,7 @@
 
 pub mod disk;
 pub mod folder;
+pub mod guest;
 pub mod layout;
 pub mod live;
 pub mod member;
@@ -158,6 +159,11 @@ pub trait FileNode: Send + Sync + 'static {
     /// How its content may be cached (cheap: asked at every open and read).
     fn caching(&self) -> Caching;
 
+    /// Its owner and group, when they are not the mount's (a guest file's).
+    fn owner(&self) -> Option<(u32, u32)> {
+        None
+    }
+
     /// Its size alone (for `statfs`): files whose other attributes cost more (a flat disk
     /// counts its allocated bytes) answer it without that work.
     fn size(&self, background: &dyn Background) -> u64 {
@@ -270,6 +276,11 @@ pub trait DirNode: Send + Sync + 'static {
 
     /// Every child, by name.
     fn entries(&self) -> Vec<(String, Node)>;
+
+    /// Its owner and group, when they are not the mount's (a guest directory's).
+    fn owner(&self) -> Option<(u32, u32)> {
+        None
+    }
 
     /// Whether its children are expensive to produce (a guest file system): the inode table
     /// then forgets them when the kernel does, instead of keeping them for the mount's life.

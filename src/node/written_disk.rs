@@ -48,6 +48,11 @@ pub trait WritableDisk: Send + Sync {
     fn seek(&self, offset: u64, data: bool) -> Result<Option<u64>>;
     /// Starts decoding ahead of a read of `len` bytes at `offset`, on `background`.
     fn read_ahead(&self, offset: u64, len: u64, background: &dyn Background);
+    /// The bytes the disk holds (`st_blocks`), when they are known cheaply; `None` shows
+    /// the disk as fully allocated, which is never wrong for readers.
+    fn allocated(&self, _background: &dyn Background) -> Option<u64> {
+        None
+    }
     /// The flat file was opened (counted, so that a discard can refuse an open disk).
     fn opened(&self) {}
     /// An open of the flat file ended.
@@ -78,12 +83,10 @@ impl WrittenDiskFile {
 }
 
 impl FileNode for WrittenDiskFile {
-    fn attributes(&self, _background: &dyn Background) -> FileAttributes {
+    fn attributes(&self, background: &dyn Background) -> FileAttributes {
         FileAttributes {
             size: self.disk.len(),
-            // Shown as fully allocated (never wrong for readers); SEEK_DATA/SEEK_HOLE tell
-            // sparse copiers where the data is.
-            allocated: None,
+            allocated: self.disk.allocated(background),
             mode: self.mode,
             mtime: *self.mtime(),
             block_size: BlockSize::Large,

@@ -995,7 +995,7 @@ impl Overlay {
     /// ([`committed_marker`]); if the commit does not complete, the package still matches the
     /// overlay and the marker means nothing.
     pub fn mark_committed(&self, fingerprint: &[u8; 32]) -> Result<()> {
-        let rules = self.rules()?;
+        let rules = self.rules;
         let name = self.location.committed_name();
         let tmp = format!("{name}.tmp");
         remove_own(&self.folder, &tmp, &rules)?;
@@ -1007,15 +1007,23 @@ impl Overlay {
         self.folder.sync()
     }
 
-    fn rules(&self) -> Result<Rules> {
-        Ok(self.rules.clone())
-    }
-
     /// Throws the changes away: [`remove`] of this overlay's files.
     pub fn discard(self, package: &FileStat) -> Result<()> {
         let location = self.location.clone();
         drop(self);
         remove(&location, package).map(|_| ())
+    }
+}
+
+/// The overlay folder of `location` if it exists, checked, with the rules its files must
+/// pass.
+fn existing_folder(location: &Location, package: &FileStat) -> Result<Option<(Folder, Rules)>> {
+    location.check_key()?;
+    let rules = Rules::journal(package);
+    match open_folder(location, &rules, false) {
+        Ok(f) => Ok(Some((f, rules))),
+        Err(e) if e.refusal() == Some(Refusal::NotFound) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -1025,12 +1033,8 @@ impl Overlay {
 /// that pass the trust rules are removed; anything else is refused, naming the rule, before
 /// anything is removed. `Ok(false)`: there was no overlay.
 pub fn remove(location: &Location, package: &FileStat) -> Result<bool> {
-    location.check_key()?;
-    let rules = Rules::journal(package);
-    let folder = match open_folder(location, &rules, false) {
-        Ok(f) => f,
-        Err(e) if e.refusal() == Some(Refusal::NotFound) => return Ok(false),
-        Err(e) => return Err(e),
+    let Some((folder, rules)) = existing_folder(location, package)? else {
+        return Ok(false);
     };
     let names = [
         location.map_name(),
@@ -1061,12 +1065,8 @@ pub fn remove(location: &Location, package: &FileStat) -> Result<bool> {
 /// Whether an overlay (its map) exists at `location`: a missing folder or map is `false`,
 /// an untrusted one an error.
 pub fn exists(location: &Location, package: &FileStat) -> Result<bool> {
-    location.check_key()?;
-    let rules = Rules::journal(package);
-    let folder = match open_folder(location, &rules, false) {
-        Ok(f) => f,
-        Err(e) if e.refusal() == Some(Refusal::NotFound) => return Ok(false),
-        Err(e) => return Err(e),
+    let Some((folder, rules)) = existing_folder(location, package)? else {
+        return Ok(false);
     };
     Ok(open_own(&folder, &location.map_name(), &rules)?.is_some())
 }
@@ -1074,12 +1074,8 @@ pub fn exists(location: &Location, package: &FileStat) -> Result<bool> {
 /// The fingerprint [`Overlay::mark_committed`] recorded at `location`, if any (a marker that
 /// is not 64 hex digits is no marker).
 pub fn committed_marker(location: &Location, package: &FileStat) -> Result<Option<[u8; 32]>> {
-    location.check_key()?;
-    let rules = Rules::journal(package);
-    let folder = match open_folder(location, &rules, false) {
-        Ok(f) => f,
-        Err(e) if e.refusal() == Some(Refusal::NotFound) => return Ok(None),
-        Err(e) => return Err(e),
+    let Some((folder, rules)) = existing_folder(location, package)? else {
+        return Ok(None);
     };
     let Some(file) = open_own(&folder, &location.committed_name(), &rules)? else {
         return Ok(None);

@@ -12,7 +12,7 @@
 //! old name and size (which a commit never does) keeps reading the old file, with a warning.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -144,7 +144,7 @@ impl Relocation {
     /// changed). Returns how many members now read the new file.
     pub fn reopen(&self, replaced: &[String]) -> Result<usize> {
         let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
-        let is_replaced = |p: &Placed| replaced.iter().any(|r| *r == p.name);
+        let is_replaced = |p: &Placed| replaced.contains(&p.name);
         for p in members.iter().filter(|p| p.kept) {
             let old = p.data.current();
             match read_vec_at(&*old, "member", 0, p.size, MAX_KEPT_BYTES) {
@@ -165,25 +165,16 @@ impl Relocation {
             return Ok(moved);
         }
         let shown = self.real_path.display().to_string();
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&self.real_path)
-            .map_err(|e| Error::io(format!("cannot reopen {shown}"), e))?;
-        // Only a file written by this process (the rewrite) or by the package's owner is
-        // followed: one that another user renamed into place since is not.
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io(format!("cannot stat {shown}"), e))?;
-        let euid = nix::unistd::geteuid().as_raw();
-        if !meta.is_file() || (meta.uid() != euid && Some(meta.uid()) != self.owner) {
-            log::warn!(
-                "{shown} is now owned by uid {} (not this mount's owner or the package's); \
-                 the mount keeps reading the file it opened",
-                meta.uid()
-            );
-            return Ok(0);
-        }
+        let file = match self.open_followed(&self.real_path)? {
+            Ok(file) => file,
+            Err(uid) => {
+                log::warn!(
+                    "{shown} is now owned by uid {uid} (not this mount's owner or the package's); \
+                     the mount keeps reading the file it opened"
+                );
+                return Ok(0);
+            }
+        };
         let src: Arc<dyn ReadAt> = Arc::new(FileSource::from_file(file, &self.real_path)?);
         let index = archive::index(&*src).map_err(|e| e.context(shown.clone()))?;
         let found: HashMap<&str, (u64, u64)> = index
@@ -215,28 +206,40 @@ impl Relocation {
         Ok(moved)
     }
 
-    /// Opens member `name` of a folder package anew (a file a commit put in place), with
-    /// the rules the package was opened with: no symbolic links, a regular file, owned by
-    /// this process's user or the package's owner.
+    /// Opens member `name` of a folder package anew (a file a commit put in place).
     fn open_folder_member(&self, name: &str) -> Result<Arc<dyn ReadAt>> {
         let root = self.real_path.parent().unwrap_or(std::path::Path::new("/"));
         let path = root.join(name);
+        match self.open_followed(&path)? {
+            Ok(file) => Ok(Arc::new(FileSource::from_file(file, &path)?)),
+            Err(uid) => Err(Error::refused(
+                format!(
+                    "{}: owned by uid {uid}, not this user or the package's owner",
+                    path.display()
+                ),
+                crate::error::Refusal::AccessDenied,
+            )),
+        }
+    }
+
+    /// Opens `path` to follow the package into it, with the rules the package was opened
+    /// with: no symbolic link, a regular file written by this process's user (the commit)
+    /// or the package's owner; `Err(uid)` names the owner of a file that breaks them (one
+    /// that another user renamed into place is not followed).
+    fn open_followed(&self, path: &std::path::Path) -> Result<std::result::Result<File, u32>> {
         let shown = path.display().to_string();
         let file = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&path)
+            .open(path)
             .map_err(|e| Error::io(format!("cannot reopen {shown}"), e))?;
         let meta = file
             .metadata()
             .map_err(|e| Error::io(format!("cannot stat {shown}"), e))?;
         let euid = nix::unistd::geteuid().as_raw();
         if !meta.is_file() || (meta.uid() != euid && Some(meta.uid()) != self.owner) {
-            return Err(Error::refused(
-                format!("{shown}: not a regular file of this user or the package's owner"),
-                crate::error::Refusal::AccessDenied,
-            ));
+            return Ok(Err(meta.uid()));
         }
-        Ok(Arc::new(FileSource::from_file(file, &path)?))
+        Ok(Ok(file))
     }
 }

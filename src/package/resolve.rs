@@ -292,7 +292,7 @@ pub(super) fn resolve_disks(desc: &Descriptor, files: &[PackageFile]) -> Vec<Pac
             };
             let encoding = pf.map_or(Encoding::Identity, |f| f.encoding.clone());
             let stem = match pf {
-                Some(f) => stem_of(&f.href, &encoding),
+                Some(f) => stem_of(&f.href),
                 None => sanitize(&d.disk_id.value),
             };
             PackageDisk {
@@ -310,17 +310,17 @@ pub(super) fn resolve_disks(desc: &Descriptor, files: &[PackageFile]) -> Vec<Pac
     disks
 }
 
-/// The stem of an href: last path segment, `.gz` removed when gzip-compressed, then the last
-/// extension removed; made safe as a file name.
-fn stem_of(href: &str, encoding: &Encoding) -> String {
+/// The stem of an href: last path segment, `.gz` removed, then the last extension removed;
+/// made safe as a file name. `.gz` goes whether or not the File says gzip: a committed gzip
+/// disk keeps its member name but is stored plain, and its flat disk keeps its name.
+fn stem_of(href: &str) -> String {
     let path = href.split(['?', '#']).next().unwrap_or(href);
     let mut base = file_name(path.trim_end_matches('/')).to_string();
     if let Some(decoded) = percent_decode(&base) {
         base = decoded;
     }
     let mut s = base.as_str();
-    if *encoding == Encoding::Gzip
-        && s.len() > 3
+    if s.len() > 3
         && s.get(s.len() - 3..)
             .is_some_and(|e| e.eq_ignore_ascii_case(".gz"))
     {
@@ -424,19 +424,17 @@ mod tests {
 
     #[test]
     fn stems() {
-        let id = Encoding::Identity;
-        assert_eq!(stem_of("disk1.vmdk", &id), "disk1");
-        assert_eq!(stem_of("disks/disk1.vmdk", &id), "disk1");
-        assert_eq!(stem_of("t3-disk1.vmdk.gz", &Encoding::Gzip), "t3-disk1");
-        assert_eq!(stem_of("t3-disk1.vmdk.gz", &id), "t3-disk1.vmdk");
-        assert_eq!(stem_of("noext", &id), "noext");
-        assert_eq!(stem_of(".hidden", &id), ".hidden");
-        assert_eq!(stem_of("w2k3 32bit-disk1.vmdk", &id), "w2k3 32bit-disk1");
-        assert_eq!(stem_of("a%20b.vmdk", &id), "a b");
-        assert_eq!(stem_of("http://host/path/img.vmdk?x=1", &id), "img");
-        assert_eq!(stem_of("虚拟机-1.vmdk", &id), "虚拟机-1");
-        assert_eq!(stem_of("..", &id), "disk");
-        assert_eq!(stem_of("x/", &id), "x");
+        assert_eq!(stem_of("disk1.vmdk"), "disk1");
+        assert_eq!(stem_of("disks/disk1.vmdk"), "disk1");
+        assert_eq!(stem_of("t3-disk1.vmdk.gz"), "t3-disk1");
+        assert_eq!(stem_of("noext"), "noext");
+        assert_eq!(stem_of(".hidden"), ".hidden");
+        assert_eq!(stem_of("w2k3 32bit-disk1.vmdk"), "w2k3 32bit-disk1");
+        assert_eq!(stem_of("a%20b.vmdk"), "a b");
+        assert_eq!(stem_of("http://host/path/img.vmdk?x=1"), "img");
+        assert_eq!(stem_of("虚拟机-1.vmdk"), "虚拟机-1");
+        assert_eq!(stem_of(".."), "disk");
+        assert_eq!(stem_of("x/"), "x");
         assert_eq!(sanitize("a\u{1}b/c"), "a_b_c");
         assert_eq!(sanitize(""), "disk");
         let long = "é".repeat(150);

@@ -20,6 +20,7 @@ use crate::error::{Error, Refusal, Result};
 use crate::io::ReadAt;
 use crate::node::Background;
 use crate::node::written_disk::WritableDisk;
+use crate::overlay::journal::BLOCK_BYTES;
 use crate::overlay::{self, Identity, Location, Overlay, OverlayError, OverlayOptions, Whence};
 
 /// What a disk is, as the package stores it.
@@ -34,6 +35,9 @@ pub struct DiskSource {
     pub manifest_digest: Option<String>,
     /// The image's format.
     pub format: DiskFormat,
+    /// Whether `stored` is the image itself (not gzip-compressed in the package), so that
+    /// a VMDK's compressed grains can be copied from it.
+    pub stored_is_image: bool,
 }
 
 /// The base and overlay that belong together.
@@ -44,6 +48,24 @@ pub(super) struct Current {
 }
 
 impl Current {
+    /// SEEK_DATA (`data`) or SEEK_HOLE from `offset`, over the overlay and the base.
+    pub(super) fn seek(&self, offset: u64, data: bool) -> Result<Option<u64>> {
+        match &self.overlay {
+            Some(o) => {
+                let whence = if data { Whence::Data } else { Whence::Hole };
+                let base_seek = |at: u64, w: Whence| self.base.seek(at, w == Whence::Data);
+                o.seek(offset, whence, &base_seek)
+            }
+            None => self.base.seek(offset, data),
+        }
+    }
+
+    /// Bytes of the disk that are data, not holes (a raw disk's `ovf:populatedSize`).
+    pub(super) fn data_bytes(&self) -> Result<u64> {
+        let end = self.overlay.as_ref().map_or(self.base.len(), |o| o.len());
+        data_within(&|at, data| self.seek(at, data), 0, end)
+    }
+
     /// The disk's content: the overlay over the base, or the base alone.
     pub(super) fn content(&self) -> Arc<dyn ReadAt> {
         match &self.overlay {
@@ -103,9 +125,7 @@ impl OverlaidDisk {
             ..OverlayOptions::default()
         };
         let overlay = if overlay::exists(&location, &package)? {
-            Some(Arc::new(open_existing(
-                &location, &package, &source, &base,
-            )?))
+            open_existing(&location, &package, &source, &base)?.map(Arc::new)
         } else {
             None
         };
@@ -202,10 +222,34 @@ impl OverlaidDisk {
         let image = crate::disk::open(cur.source.stored.clone())?;
         cur.source.format = image.format();
         cur.source.manifest_digest = manifest_digest;
+        cur.source.stored_is_image = true;
         cur.base = Arc::new(FlatDisk::new(image, self.cache.clone(), None));
         cur.overlay = None;
         Ok(())
     }
+}
+
+/// Runs of changes beyond which `stat` does not count the allocated bytes.
+const COUNTED_RUNS: usize = 256;
+
+/// Bytes of data (not holes) in `start..end` of what `seek` (SEEK_DATA when its flag is
+/// true, else SEEK_HOLE) describes.
+fn data_within(
+    seek: &dyn Fn(u64, bool) -> Result<Option<u64>>,
+    start: u64,
+    end: u64,
+) -> Result<u64> {
+    let mut total = 0;
+    let mut at = start;
+    while at < end {
+        let Some(data) = seek(at, true)?.filter(|&d| d < end) else {
+            break;
+        };
+        let hole = seek(data, false)?.unwrap_or(end).min(end);
+        total += hole - data;
+        at = hole;
+    }
+    Ok(total)
 }
 
 /// The identity of the disk `source` with flat image `base`.
@@ -219,13 +263,13 @@ fn identity_of(source: &DiskSource, base: &FlatDisk) -> Result<Identity> {
 }
 
 /// Opens the overlay that exists at `location`; one whose commit completed is removed
-/// (`OverlayError::Stale` otherwise).
+/// (`None`), any other made for other disk bytes is `OverlayError::Stale`.
 fn open_existing(
     location: &Location,
     package: &FileStat,
     source: &DiskSource,
     base: &FlatDisk,
-) -> Result<Overlay> {
+) -> Result<Option<Overlay>> {
     let identity = identity_of(source, base)?;
     let options = OverlayOptions {
         create: false,
@@ -243,13 +287,9 @@ fn open_existing(
                 location.folder.join(&location.key).display()
             );
             overlay::remove(location, package)?;
-            let create = OverlayOptions {
-                create: true,
-                ..options
-            };
-            Overlay::open_or_create(location, package, &identity, create)
+            Ok(None)
         }
-        other => other,
+        other => other.map(Some),
     }
 }
 
@@ -305,15 +345,7 @@ impl WritableDisk for OverlaidDisk {
     }
 
     fn seek(&self, offset: u64, data: bool) -> Result<Option<u64>> {
-        let cur = self.read();
-        match &cur.overlay {
-            Some(o) => {
-                let whence = if data { Whence::Data } else { Whence::Hole };
-                let base_seek = |at: u64, w: Whence| cur.base.seek(at, w == Whence::Data);
-                o.seek(offset, whence, &base_seek)
-            }
-            None => cur.base.seek(offset, data),
-        }
+        self.read().seek(offset, data)
     }
 
     /// Read-ahead of the base image: changed ranges read from the overlay need none, and a
@@ -323,11 +355,170 @@ impl WritableDisk for OverlaidDisk {
         crate::node::disk::read_ahead(&base, offset, len, background);
     }
 
+    /// The base's allocated bytes, less those of its data under changed blocks, plus the
+    /// overlay's data blocks: exact, counted only while the changes are few runs.
+    fn allocated(&self, background: &dyn Background) -> Option<u64> {
+        let cur = self.read();
+        let base = crate::node::disk::allocated_bytes(&cur.base, background)?;
+        let Some(o) = &cur.overlay else {
+            return Some(base);
+        };
+        if o.run_count() > COUNTED_RUNS {
+            return None;
+        }
+        let mut under_changes = 0u64;
+        for run in o.changed_blocks() {
+            let start = run.first.saturating_mul(BLOCK_BYTES);
+            let end = run.end.saturating_mul(BLOCK_BYTES).min(cur.base.len());
+            under_changes += data_within(&|at, d| cur.base.seek(at, d), start, end).ok()?;
+        }
+        Some(base.saturating_sub(under_changes) + o.changed_bytes())
+    }
+
     fn opened(&self) {
         self.opens.fetch_add(1, Ordering::Relaxed);
     }
 
     fn closed(&self) {
         self.opens.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::node::written_disk::WrittenDiskFile;
+    use crate::node::{Allocation, FileNode, OpenMode};
+
+    /// A raw disk of 256 KiB whose every block holds its number, as a package member.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        package: FileStat,
+        location: Location,
+        raw: Vec<u8>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let ova = dir.path().join("app.ova");
+        std::fs::write(&ova, b"package").unwrap();
+        Fixture {
+            package: nix::sys::stat::stat(&ova).unwrap(),
+            location: Location::beside(&ova, "disk1.raw"),
+            raw: (0..256 << 10).map(|i| (i / 4096) as u8 | 1).collect(),
+            _dir: dir,
+        }
+    }
+
+    impl Fixture {
+        /// The disk as a mount opens it, over `stored` bytes.
+        fn open(&self, stored: &[u8]) -> Result<OverlaidDisk> {
+            let stored: Arc<dyn ReadAt> = Arc::new(stored.to_vec());
+            let cache = Arc::new(UnitCache::new(1 << 20));
+            let image = crate::disk::open(stored.clone()).unwrap();
+            let base = Arc::new(FlatDisk::new(image, cache.clone(), None));
+            let source = DiskSource {
+                disk_id: "vmdisk1".into(),
+                member: "disk1.img".into(),
+                stored,
+                manifest_digest: None,
+                format: DiskFormat::Raw,
+                stored_is_image: true,
+            };
+            OverlaidDisk::open(
+                "disk1.raw",
+                source,
+                base,
+                self.location.clone(),
+                self.package,
+                cache,
+            )
+        }
+    }
+
+    /// Writes through the flat file; reopening shows what a later mount sees.
+    #[test]
+    fn a_written_disk_keeps_what_was_synced() {
+        let fx = fixture();
+        let disk = Arc::new(fx.open(&fx.raw).unwrap());
+        assert!(!fx.location.folder.exists(), "opening makes no overlay");
+        let file = Arc::new(WrittenDiskFile::new(disk, 0o644, SystemTime::UNIX_EPOCH));
+        let h = file
+            .clone()
+            .open(OpenMode {
+                write: true,
+                ..OpenMode::default()
+            })
+            .unwrap();
+        h.write_at(4096 + 100, b"guest data").unwrap();
+        h.allocate(8 << 12, 2 << 12, Allocation::PunchHole).unwrap();
+        h.write_at(fx.raw.len() as u64 + 10, b"past the end")
+            .unwrap();
+        h.fsync(false).unwrap();
+        h.write_at(0, b"never synced").unwrap();
+        // SEEK_HOLE finds the punched blocks, SEEK_DATA the next data after them.
+        assert_eq!(h.seek(0, false).unwrap(), Some(8 << 12));
+        assert_eq!(h.seek(8 << 12, true).unwrap(), Some(10 << 12));
+        drop(h);
+        drop(file);
+        let again = fx.open(&fx.raw).unwrap();
+        let mut buf = vec![0u8; 10];
+        again.read_at(4096 + 100, &mut buf).unwrap();
+        assert_eq!(&buf, b"guest data", "a synced write survives");
+        again.read_at(8 << 12, &mut buf).unwrap();
+        assert_eq!(buf, vec![0u8; 10], "the hole survives");
+        assert_eq!(again.len(), fx.raw.len() as u64 + 22, "so does the growth");
+        let mut first = vec![0u8; 12];
+        again.read_at(0, &mut first).unwrap();
+        assert!(
+            first == fx.raw[..12] || &first[..] == b"never synced",
+            "an unsynced write is either there or not, never garbage"
+        );
+    }
+
+    /// A package whose disk changed under the overlay: stale, unless the overlay's commit
+    /// marker names exactly the disk the package holds now (the commit completed).
+    #[test]
+    fn a_stale_overlay_is_refused_unless_its_commit_completed() {
+        let fx = fixture();
+        let disk = fx.open(&fx.raw).unwrap();
+        disk.write_at(0, b"changed").unwrap();
+        disk.sync().unwrap();
+        let mut committed = fx.raw.clone();
+        committed[..7].copy_from_slice(b"changed");
+        let mut other = fx.raw.clone();
+        other[5] = 0;
+        let e = fx.open(&other).err().unwrap();
+        assert!(
+            matches!(e.layer_error(), Some(OverlayError::Stale { .. })),
+            "{e}"
+        );
+
+        let stored: Arc<dyn ReadAt> = Arc::new(committed.clone());
+        let now = Identity::of_disk("disk1.img", &*stored, None, committed.len() as u64).unwrap();
+        disk.read()
+            .overlay
+            .as_ref()
+            .unwrap()
+            .mark_committed(&now.fingerprint)
+            .unwrap();
+        assert!(fx.open(&other).is_err(), "the marker names another disk");
+        let reopened = fx.open(&fx.raw).unwrap();
+        let mut head = [0u8; 7];
+        reopened.read_at(0, &mut head).unwrap();
+        assert_eq!(
+            &head, b"changed",
+            "before the package changed, the overlay is in use"
+        );
+        drop(reopened);
+        let after = fx.open(&committed).unwrap();
+        assert!(
+            after.read().overlay.is_none(),
+            "the committed overlay is removed"
+        );
+        assert!(!overlay::exists(&fx.location, &fx.package).unwrap());
     }
 }

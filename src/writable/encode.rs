@@ -47,7 +47,8 @@ pub fn encode(
     let old_len = cur.base.len();
     let capacity_bytes = Some(len);
     if cur.source.format == DiskFormat::Raw {
-        let populated = None;
+        // Stored as it reads; its holes stay holes in the package (zero chunks are skipped).
+        let populated = Some(cur.data_bytes()?);
         return Ok(Encoded {
             data: content,
             update: DiskImageUpdate {
@@ -60,7 +61,8 @@ pub fn encode(
         });
     }
     let vmdk = match cur.source.format {
-        DiskFormat::VmdkStreamOptimized | DiskFormat::VmdkSparse => {
+        // A gzip-compressed member's grains are deflated anew from the flat content.
+        DiskFormat::VmdkStreamOptimized | DiskFormat::VmdkSparse if cur.source.stored_is_image => {
             Some(SparseVmdk::open(cur.source.stored.clone())?)
         }
         _ => None,
@@ -110,15 +112,16 @@ pub fn encode(
     })
 }
 
-/// Flushes and syncs the temporary file (its bytes are copied into the package next; a
-/// short write must fail here, not as a short member later).
+/// Flushes the temporary file. It is not synced: it has no name and is only copied into the
+/// package, whose new file the commit syncs; a sync here would write the whole disk to
+/// storage once more for nothing.
 fn finish(out: BufWriter<File>, folder: &std::path::Path) -> Result<File> {
-    let shown = || format!("write a temporary file in {}", folder.display());
-    let file = out
-        .into_inner()
-        .map_err(|e| Error::io(shown(), e.into_error()))?;
-    file.sync_data().map_err(|e| Error::io(shown(), e))?;
-    Ok(file)
+    out.into_inner().map_err(|e| {
+        Error::io(
+            format!("write a temporary file in {}", folder.display()),
+            e.into_error(),
+        )
+    })
 }
 
 /// The grains a disk's changed blocks touch, plus every grain past the old end (the disk

@@ -232,6 +232,22 @@ impl WritableDisks {
         out
     }
 
+    /// Makes every disk's acknowledged writes durable (at the end of a mount: an unmount
+    /// keeps what was written, synced or not). Every disk is tried; the first failure is
+    /// returned.
+    pub fn sync_all(&self) -> Result<()> {
+        let mut first = Ok(());
+        for d in &self.disks {
+            if let Err(e) = crate::node::written_disk::WritableDisk::sync(&**d) {
+                log::error!("disks/{}: cannot sync its overlay: {e}", d.name);
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
     /// Whether any disk has changes to commit.
     pub fn has_changes(&self) -> bool {
         self.disks.iter().any(|d| state_of(d).changed)
@@ -252,8 +268,14 @@ impl WritableDisks {
             compression_level: self.options.commit_level,
             ..ReencodeOptions::default()
         };
-        for (i, (disk, cur)) in held.iter().enumerate() {
+        for (i, (disk, cur)) in held.iter_mut().enumerate() {
             let Some(o) = cur.overlay.as_ref().filter(|o| has_changes(o, &cur.base)) else {
+                // An overlay without changes (all written back to the base's bytes) goes.
+                if cur.overlay.take().is_some()
+                    && let Err(e) = overlay::remove(disk.location(), disk.package())
+                {
+                    log::warn!("disks/{}: cannot remove its empty overlay: {e}", disk.name);
+                }
                 summary.unchanged.push(disk.name.clone());
                 continue;
             };
@@ -267,7 +289,10 @@ impl WritableDisks {
             };
             let e = encode::encode(cur, &disk.location().folder, &reencode, &mut report)
                 .map_err(|e| e.context(format!("encode disks/{}", disk.name)))?;
-            let capacity = e.report.map_or(e.data.len(), |r| r.capacity_bytes);
+            // The flat size the next mount sees: a VMDK's capacity is whole sectors.
+            let capacity = e
+                .report
+                .map_or(e.data.len(), |r| r.capacity_bytes.div_ceil(512) * 512);
             let now = Identity::of_disk(&cur.source.member, &*e.data, None, capacity)?;
             o.mark_committed(&now.fingerprint)?;
             encoded.push((i, e));
@@ -300,6 +325,7 @@ impl WritableDisks {
             .manifest
             .as_deref()
             .and_then(|m| crate::verify::manifest::parse(m).ok());
+        let mut failed = None;
         for (i, e) in encoded {
             let (disk, cur) = &mut held[i];
             // The commit is durable: failing to tidy up only leaves a marked overlay that the
@@ -313,8 +339,14 @@ impl WritableDisks {
             let digest = manifest
                 .as_ref()
                 .and_then(|m| manifest_digest(m, &cur.source.member));
-            disk.rebase(cur, digest)
-                .map_err(|err| err.context(format!("reopen disks/{}", disk.name)))?;
+            if let Err(err) = disk.rebase(cur, digest) {
+                // The package holds the disk; only this mount cannot read it any more.
+                let why = format!("cannot reopen its committed member: {err}");
+                log::error!("disks/{}: {why}; remount to read it", disk.name);
+                cur.base.fail(why);
+                cur.overlay = None;
+                failed.get_or_insert(err.context(format!("reopen disks/{}", disk.name)));
+            }
             let r = e.report.unwrap_or_default();
             summary.committed.push(CommittedDisk {
                 disk: disk.name.clone(),
@@ -325,7 +357,10 @@ impl WritableDisks {
                 grains_omitted: r.grains_omitted,
             });
         }
-        Ok(summary)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
     }
 
     /// Throws away the changes of disk `name` (`disk1`, `disk1.raw`, or its Disk id). A disk
@@ -461,6 +496,7 @@ fn disk_source(package: &Package, d: &ApplianceDisk) -> std::result::Result<Disk
             .as_ref()
             .and_then(|m| manifest_digest(m, &member.name)),
         format,
+        stored_is_image: pd.encoding == crate::package::Encoding::Identity,
     })
 }
 

@@ -10,7 +10,9 @@
 //!   the downloaded `.deb` files are kept beside it (`debs/`), so a recipe change rebuilds
 //!   without downloading either.
 //! - [`ext4_image`]: a raw disk image holding an ext4 file system with given files
-//!   (`mkfs.ext4 -d`), the guest's root.
+//!   (`mkfs.ext4 -d`), the guest's root; [`ext4_cat`], [`ext4_names`] and [`ext4_blocks`]
+//!   read a file, a folder or a file's block list of such an image back with `debugfs`
+//!   (what the guest left on its disk).
 //! - [`Guest::boot`] / [`Guest::run`] / [`Guest::start`]: boots the guest (TCG;
 //!   `OVAFS_GUEST_ACCEL=kvm` for KVM) with `-kernel`/`-initrd`/`-append console=ttyS0 ...`,
 //!   `-nographic -no-reboot`, the disks as `-drive ...,if=virtio`, under a timeout. The guest's `/init` mounts `/dev/vda` (ext4)
@@ -417,6 +419,64 @@ pub fn ext4_image(path: &Path, size_mib: u64, files: &[(&str, &[u8])]) {
             .arg(format!("{size_mib}M"))
             .stdout(Stdio::null()),
     );
+}
+
+/// The bytes of file `path` (absolute, e.g. `/data/blob.bin`) in the ext4 file system of the
+/// raw image `image`, read by `debugfs -R 'cat PATH'` (read-only; it never mounts). Panics
+/// when debugfs reports anything but its banner (it exits 0 for a missing file).
+pub fn ext4_cat(image: &Path, path: &str) -> Vec<u8> {
+    debugfs(image, &format!("cat {path}"))
+}
+
+/// The names in folder `dir` (absolute) of the ext4 file system in the raw image `image`,
+/// without `.` and `..`, sorted, from `debugfs -R 'ls -p DIR'`.
+pub fn ext4_names(image: &Path, dir: &str) -> Vec<String> {
+    let listing = String::from_utf8(debugfs(image, &format!("ls -p {dir}"))).unwrap();
+    // Each entry is a line `/INODE/MODE/UID/GID/NAME/SIZE/`.
+    let mut names: Vec<String> = listing
+        .lines()
+        .filter_map(|l| l.split('/').nth(5))
+        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
+/// The file system block numbers (4 KiB blocks, as [`ext4_image`] makes them) holding the
+/// data of file `path` in the ext4 image `image`, in file order, from `debugfs -R 'blocks
+/// PATH'`.
+pub fn ext4_blocks(image: &Path, path: &str) -> Vec<u64> {
+    let text = String::from_utf8(debugfs(image, &format!("blocks {path}"))).unwrap();
+    text.split_whitespace()
+        .map(|n| {
+            n.parse()
+                .unwrap_or_else(|e| panic!("debugfs blocks {path}: {n:?}: {e}"))
+        })
+        .collect()
+}
+
+/// Runs the debugfs request `request` on `image` read-only; returns its stdout, panicking
+/// when stderr holds more than the version banner.
+fn debugfs(image: &Path, request: &str) -> Vec<u8> {
+    let out = run_ok(
+        Command::new(sbin_tool("debugfs"))
+            .arg("-R")
+            .arg(request)
+            .arg(image),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .collect();
+    assert!(
+        complaints.is_empty(),
+        "debugfs -R '{request}' {}: {}",
+        image.display(),
+        complaints.join("; ")
+    );
+    out.stdout
 }
 
 /// Like [`tool`], but also looks in `/usr/sbin` and `/sbin`, which a non-root `PATH` may

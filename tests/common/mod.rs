@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 pub mod guest;
 pub mod verify;
+pub mod vmdk_layout;
 
 /// The ovafs binary under test.
 pub fn ovafs() -> PathBuf {
@@ -96,6 +97,48 @@ pub fn tar_create(archive: &Path, dir: &Path) -> Command {
     let mut c = Command::new(tool("tar"));
     c.arg("-cf").arg(archive).arg("-C").arg(dir);
     c
+}
+
+/// A test's random seed: the number in the environment variable `var`, else one from the
+/// clock (the caller prints it, so that a failing run can be repeated).
+pub fn seed_from_env(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+/// (name, size) of every entry GNU tar lists (`tar -tvf`), in order.
+pub fn tar_list(archive: &Path) -> Vec<(String, u64)> {
+    let out = run_ok(Command::new(tool("tar")).arg("-tvf").arg(archive));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            // -rw-r--r-- owner/group SIZE DATE TIME NAME
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert!(f.len() >= 6, "tar tvf line {l:?}");
+            (f[5..].join(" "), f[2].parse().unwrap())
+        })
+        .collect()
+}
+
+/// Extracts `archive` with GNU tar into `dir` (created if needed), failing the test if tar
+/// fails.
+pub fn tar_extract(archive: &Path, dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    run_ok(
+        Command::new(tool("tar"))
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(dir),
+    );
 }
 
 /// The pairs (`a`, `b`) of string fields of each object in the JSON array `v`.

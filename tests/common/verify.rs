@@ -1,6 +1,7 @@
 //! Helpers for the `ovafs verify` tests (`verify_cli`, `verify_trust`): running the command,
-//! a package folder with a descriptor and two disks, manifests from coreutils, archives from
-//! GNU tar, and keys, certificates and signatures from the `openssl` CLI.
+//! a package folder with a descriptor and two disks, manifests from coreutils (and
+//! [`coreutils_check_manifest`], which checks an extracted package's manifest with them),
+//! archives from GNU tar, and keys, certificates and signatures from the `openssl` CLI.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,46 @@ pub fn coreutils(tool_name: &str, file: &Path) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+/// Checks the manifest `mf` (a file name in `dir`, the extracted package) with coreutils:
+/// its `SHA256(name)= hex` / `SHA1(...)` / `SHA512(...)` lines are rewritten as `hex  name`
+/// lines and given to `sha256sum -c --strict` (or `sha1sum`, `sha512sum`) in `dir`. Panics
+/// when a tool reports a mismatch or a missing file, or when the manifest has no line.
+pub fn coreutils_check_manifest(dir: &Path, mf: &str) {
+    let text = fs::read_to_string(dir.join(mf)).unwrap();
+    let mut by_tool: Vec<(&str, String)> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (alg, rest) = line
+            .split_once('(')
+            .unwrap_or_else(|| panic!("{mf}: not a manifest line: {line:?}"));
+        let (name, hex) = rest
+            .rsplit_once(")=")
+            .unwrap_or_else(|| panic!("{mf}: not a manifest line: {line:?}"));
+        let tool_name = match alg.trim() {
+            "SHA1" => "sha1sum",
+            "SHA256" => "sha256sum",
+            "SHA512" => "sha512sum",
+            other => panic!("{mf}: unexpected algorithm {other:?}"),
+        };
+        let entry = format!("{}  {name}\n", hex.trim().to_lowercase());
+        match by_tool.iter_mut().find(|(t, _)| *t == tool_name) {
+            Some((_, lines)) => lines.push_str(&entry),
+            None => by_tool.push((tool_name, entry)),
+        }
+    }
+    assert!(!by_tool.is_empty(), "{mf} has no digest line");
+    for (tool_name, lines) in by_tool {
+        let list = tempdir();
+        let input = list.path().join("sums");
+        fs::write(&input, lines).unwrap();
+        run_ok(
+            Command::new(tool(tool_name))
+                .args(["-c", "--strict"])
+                .arg(&input)
+                .current_dir(dir),
+        );
+    }
 }
 
 /// `len` deterministic bytes from `seed`.
