@@ -604,58 +604,190 @@ struct Copied {
 /// Chunk a content is copied in: the memory a copy uses, whatever its length.
 const COPY_CHUNK: usize = 1 << 20;
 
+/// Chunks queued between the copy and the digest thread of [`copy_content`] (each
+/// [`COPY_CHUNK`] bytes; at most this many plus two exist at once).
+const DIGEST_QUEUE: usize = 2;
+
+/// The digests [`copy_content`] computes: the manifest's algorithms, and SHA-256 apart
+/// when the manifest does not use it.
+struct Digesting {
+    hashers: Vec<(
+        crate::verify::digest::DigestAlgorithm,
+        Box<dyn sha2::digest::DynDigest + Send>,
+    )>,
+    sha256: Option<sha2::Sha256>,
+}
+
+impl Digesting {
+    fn new(algorithms: &[crate::verify::digest::DigestAlgorithm]) -> Digesting {
+        use crate::verify::digest::DigestAlgorithm;
+        Digesting {
+            hashers: algorithms.iter().map(|a| (*a, a.hasher())).collect(),
+            sha256: (!algorithms.contains(&DigestAlgorithm::Sha256))
+                .then(<sha2::Sha256 as sha2::Digest>::new),
+        }
+    }
+
+    fn update(&mut self, chunk: &[u8]) {
+        for (_, h) in &mut self.hashers {
+            h.update(chunk);
+        }
+        if let Some(h) = &mut self.sha256 {
+            sha2::Digest::update(h, chunk);
+        }
+    }
+
+    fn finish(self, size: u64) -> Copied {
+        use crate::verify::digest::DigestAlgorithm;
+        let digests: Vec<(DigestAlgorithm, Vec<u8>)> = self
+            .hashers
+            .into_iter()
+            .map(|(a, h)| (a, h.finalize().into_vec()))
+            .collect();
+        let sha256: journal::Digest32 = match (
+            digests.iter().find(|(a, _)| *a == DigestAlgorithm::Sha256),
+            self.sha256,
+        ) {
+            (Some((_, d)), _) => d.as_slice().try_into().unwrap_or_default(),
+            (None, Some(h)) => sha2::Digest::finalize(h).into(),
+            (None, None) => journal::Digest32::default(),
+        };
+        Copied {
+            values: manifest::MemberValues { size, digests },
+            sha256,
+        }
+    }
+}
+
 /// Copies `content` to the current position of `out`, digesting it in `algorithms` while it
 /// is copied. Chunks of zeros are skipped with a seek (the output stays sparse where the
-/// content is; the caller writes something after it or sets the length).
+/// content is; the caller writes something after it or sets the length). The digests are
+/// computed on a thread of their own, a chunk behind the copy: a disk member of a commit is
+/// hundreds of MiB, and digesting it after each read would add the digest's time to the
+/// copy's instead of overlapping them.
 fn copy_content(
     content: &Content,
     out: &mut File,
     algorithms: &[crate::verify::digest::DigestAlgorithm],
     shown: &str,
 ) -> Result<Copied> {
-    use crate::verify::digest::DigestAlgorithm;
+    use std::sync::mpsc;
+    let digesting = Digesting::new(algorithms);
+    std::thread::scope(|scope| {
+        let (to_digest, chunks) = mpsc::sync_channel::<Vec<u8>>(DIGEST_QUEUE);
+        let (give_back, spares) = mpsc::channel::<Vec<u8>>();
+        let digester = scope.spawn(move || {
+            let mut d = digesting;
+            for chunk in chunks {
+                d.update(&chunk);
+                // The copy may have ended (an error): the buffer is then simply dropped.
+                let _ = give_back.send(chunk);
+            }
+            d
+        });
+        let copied = copy_chunks(content, out, shown, &to_digest, &spares);
+        drop(to_digest);
+        let digests = digester.join().map_err(|_| {
+            Error::io(
+                format!("digest the copy into {shown}"),
+                std::io::Error::other("the digest thread stopped"),
+            )
+        });
+        copied?;
+        Ok(digests?.finish(content.len))
+    })
+}
+
+/// The copy loop of [`copy_content`]: each chunk read, written (or skipped when zeros),
+/// then handed to the digest thread; buffers come back through `spares`.
+fn copy_chunks(
+    content: &Content,
+    out: &mut File,
+    shown: &str,
+    to_digest: &std::sync::mpsc::SyncSender<Vec<u8>>,
+    spares: &std::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<()> {
     use std::io::{Seek, SeekFrom};
-    let mut hashers: Vec<_> = algorithms.iter().map(|a| (*a, a.hasher())).collect();
-    let sha256_separate = !algorithms.contains(&DigestAlgorithm::Sha256);
-    let mut sha256 = <sha2::Sha256 as sha2::Digest>::new();
-    let mut buf = vec![0u8; COPY_CHUNK];
     let mut done = 0u64;
+    let mut writeback = Writeback::at(out);
     while done < content.len {
         let want =
             usize::try_from((content.len - done).min(COPY_CHUNK as u64)).unwrap_or(COPY_CHUNK);
-        let chunk = &mut buf[..want];
-        content.data.read_exact_at(done, chunk)?;
-        for (_, h) in &mut hashers {
-            h.update(chunk);
-        }
-        if sha256_separate {
-            sha2::Digest::update(&mut sha256, &*chunk);
-        }
-        if chunk.iter().all(|&b| b == 0) {
+        // At most DIGEST_QUEUE + 2 buffers exist: the queue is bounded, so a new one is
+        // made only while the digest thread holds or queues the others.
+        let mut buf = spares.try_recv().unwrap_or_else(|_| vec![0u8; COPY_CHUNK]);
+        buf.resize(want, 0);
+        content.data.read_exact_at(done, &mut buf)?;
+        if buf.iter().all(|&b| b == 0) {
             out.seek(SeekFrom::Current(want as i64))
                 .map_err(|e| Error::io(format!("seek {shown}"), e))?;
         } else {
-            out.write_all(chunk)
+            out.write_all(&buf)
                 .map_err(|e| Error::io(format!("write {shown}"), e))?;
         }
         done += want as u64;
+        writeback.wrote(out, want as u64);
+        to_digest.send(buf).map_err(|_| {
+            Error::io(
+                format!("digest the copy into {shown}"),
+                std::io::Error::other("the digest thread stopped"),
+            )
+        })?;
     }
-    let digests: Vec<(DigestAlgorithm, Vec<u8>)> = hashers
-        .into_iter()
-        .map(|(a, h)| (a, h.finalize().into_vec()))
-        .collect();
-    let sha256: journal::Digest32 =
-        match digests.iter().find(|(a, _)| *a == DigestAlgorithm::Sha256) {
-            Some((_, d)) => d.as_slice().try_into().unwrap_or_default(),
-            None => sha2::Digest::finalize(sha256).into(),
+    Ok(())
+}
+
+/// Bytes copied between two writeback kicks of [`Writeback`].
+const WRITEBACK_STEP: u64 = 16 << 20;
+
+/// Starts the writeback of a big copy's pages while the copy goes on, so that the commit's
+/// fsync finds most of them written instead of writing the whole member after the copy.
+/// `posix_fadvise(DONTNEED)` on the range just written is Linux's way to do it without
+/// `unsafe` (the crate has no `sync_file_range`): it starts writeback of the range's dirty
+/// pages without waiting, and drops only the pages already clean (so some of the new
+/// member may have to be read from storage later). Durability still comes from the fsync
+/// alone; where the call fails nothing changes but the overlap.
+struct Writeback {
+    /// Where the pages not yet kicked begin (`None`: the position is unknown, no kicks).
+    from: Option<u64>,
+    /// Bytes copied since `from`.
+    pending: u64,
+}
+
+impl Writeback {
+    fn at(out: &mut File) -> Writeback {
+        use std::io::Seek;
+        Writeback {
+            from: out.stream_position().ok(),
+            pending: 0,
+        }
+    }
+
+    /// Records `n` bytes copied; every [`WRITEBACK_STEP`] starts their writeback.
+    fn wrote(&mut self, out: &File, n: u64) {
+        use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+        let Some(from) = self.from else { return };
+        self.pending = self.pending.saturating_add(n);
+        if self.pending < WRITEBACK_STEP {
+            return;
+        }
+        let range = (
+            libc::off_t::try_from(from),
+            libc::off_t::try_from(self.pending),
+        );
+        let kicked = match range {
+            (Ok(offset), Ok(len)) => {
+                posix_fadvise(out, offset, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED).is_ok()
+            }
+            _ => false,
         };
-    Ok(Copied {
-        values: manifest::MemberValues {
-            size: content.len,
-            digests,
-        },
-        sha256,
-    })
+        self.from = if kicked {
+            from.checked_add(self.pending)
+        } else {
+            None
+        };
+        self.pending = 0;
+    }
 }
 
 // ---- helpers shared by the OVA and folder committers and by recovery ----

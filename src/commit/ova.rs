@@ -933,6 +933,7 @@ impl OvaCommitter {
         // Where the manifest's and certificate's data sit, to fill them in at the end.
         let mut manifest_at = None;
         let mut cert_at = None;
+        let started = std::time::Instant::now();
         for (count, slot) in order.iter().enumerate() {
             let out = tmp.as_file_mut();
             match *slot {
@@ -1029,10 +1030,18 @@ impl OvaCommitter {
                 "certificate",
             )?;
         }
+        let copied = started.elapsed();
         tmp.as_file()
             .sync_all()
             .map_err(io_err(format!("fsync {tmp_shown}")))?;
+        let synced = started.elapsed();
         check_rewritten(tmp.as_file(), tmp.path(), &expect, &stored)?;
+        log::info!(
+            "rewrite {shown}: {written} bytes copied in {:.3} s, fsync {:.3} s, check {:.3} s",
+            copied.as_secs_f64(),
+            (synced - copied).as_secs_f64(),
+            (started.elapsed() - synced).as_secs_f64()
+        );
         opts.fault(FaultPoint::RewriteDurable);
 
         // Locked before it takes the name, so that a mount opening the new archive finds it

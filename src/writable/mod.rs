@@ -287,8 +287,15 @@ impl WritableDisks {
                     grains: p.grains,
                 })
             };
+            let started = std::time::Instant::now();
             let e = encode::encode(cur, &disk.location().folder, &reencode, &mut report)
                 .map_err(|e| e.context(format!("encode disks/{}", disk.name)))?;
+            log::info!(
+                "commit: disks/{} encoded in {:.3} s ({} bytes)",
+                disk.name,
+                started.elapsed().as_secs_f64(),
+                e.data.len()
+            );
             // The flat size the next mount sees: a VMDK's capacity is whole sectors.
             let capacity = e
                 .report
@@ -320,7 +327,12 @@ impl WritableDisks {
             }
             Ok(now)
         };
+        let started = std::time::Instant::now();
         let report = package.commit_disks(&mut edit, changes)?;
+        log::info!(
+            "commit: package written in {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
         let manifest = report
             .manifest
             .as_deref()
