@@ -30,8 +30,8 @@ use crate::io::ReadAt;
 use crate::node::Node;
 use crate::node::disk::DiskFile;
 use crate::node::folder::{Folder, Origin};
-use crate::node::guest_disk::GuestDiskFolder;
-use crate::node::layout::{self, Escaped};
+use crate::node::guest_disk::{GuestDiskFolder, media_folder};
+use crate::node::layout::{self, Escaped, MEDIA_DIR};
 use crate::node::member::MemberFile;
 use crate::node::prefetch::{DiskContent, GuestSource};
 use crate::ovf::DiskDef;
@@ -232,6 +232,11 @@ impl Appliance {
                 MemberKind::Regular if !served.contains(&i) => {
                     let file = MemberFile::new(m.data.clone(), m.mode, mtime);
                     root.add(&path, Node::File(Arc::new(file)), mtime, Origin::Fixed);
+                    if let Some(stem) = iso_stem(&m.name) {
+                        let label = format!("{MEDIA_DIR}/{stem}");
+                        let tree = media_folder(&label, m.data.clone(), mtime);
+                        root.add(&label, tree, mtime, Origin::Fixed);
+                    }
                 }
                 MemberKind::Directory => {
                     root.ensure_dir(&path, 0o555, mtime, Origin::Fixed);
@@ -246,6 +251,15 @@ impl Appliance {
             escaped,
         }
     }
+}
+
+/// The name `media/NAME/` shows the member `name` under, when it is an ISO image by its name
+/// (`.iso`, any case; its content is checked only when the folder is entered).
+fn iso_stem(name: &str) -> Option<&str> {
+    let file = name.rsplit('/').next()?;
+    let cut = file.len().checked_sub(4)?;
+    let (stem, ext) = (file.get(..cut)?, file.get(cut..)?);
+    (ext.eq_ignore_ascii_case(".iso") && !stem.is_empty()).then_some(stem)
 }
 
 /// Makes a disk's `disks/NAME.raw` node and says what the guest view reads, or `None` for

@@ -419,3 +419,48 @@ fn ls_and_cat_read_the_guest_without_a_mount() {
         assert!(err.starts_with("ovafs: ") && err.contains(says), "{path}: {err}");
     }
 }
+
+#[test]
+fn an_iso_member_is_browsable_under_media() {
+    let dir = tempdir();
+    let tree = dir.path().join("cd");
+    fs::create_dir_all(tree.join("drivers/net")).unwrap();
+    fs::write(tree.join("README.TXT"), "install me\n").unwrap();
+    let mut blob = vec![0u8; 300_000];
+    Rng::new(7).fill(&mut blob);
+    fs::write(tree.join("drivers/net/virtio-net.ko"), &blob).unwrap();
+    std::os::unix::fs::symlink("drivers/net/virtio-net.ko", tree.join("driver")).unwrap();
+    let iso = dir.path().join("tools.iso");
+    run_ok(
+        Command::new(tool("xorriso"))
+            .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-o"])
+            .arg(&iso)
+            .arg(&tree),
+    );
+    let fake = dir.path().join("fake.iso");
+    fs::write(&fake, vec![0x5a; 64 * 1024]).unwrap();
+    let raw = dir.path().join("small.raw");
+    fs::write(&raw, vec![0u8; MIB as usize]).unwrap();
+    let vmdk = dir.path().join("small.vmdk");
+    to_stream_vmdk(&raw, &vmdk);
+    let ova = OvaBuilder::new(&dir.path().join("pkg"), "media")
+        .disk(&vmdk, MIB, STREAM)
+        .file(&iso)
+        .file(&fake)
+        .build();
+    let m = Mount::ok(&ova, &dir.path().join("mnt"), &["ro"]);
+    let media = m.path("media/tools");
+    assert_eq!(fs::read(media.join("README.TXT")).unwrap(), b"install me\n");
+    assert_eq!(
+        sha256_file(&media.join("driver")),
+        sha256_file(&tree.join("drivers/net/virtio-net.ko")),
+        "the Rock Ridge link is followed inside the image"
+    );
+    assert_eq!(
+        fs::read_link(media.join("driver")).unwrap(),
+        Path::new("drivers/net/virtio-net.ko")
+    );
+    assert_eq!(sha256_file(&m.path("tools.iso")), sha256_file(&iso), "the member itself stays");
+    assert_eq!(errno_of(fs::read_dir(m.path("media/fake"))), Some(libc_eio()));
+    m.umount();
+}

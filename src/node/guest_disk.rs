@@ -208,6 +208,19 @@ impl DirNode for GuestDiskFolder {
     }
 }
 
+/// `media/NAME/`: the file tree of the package member `source` named `label` (an ISO 9660
+/// image), opened when first entered; a member that holds no file system ovafs reads
+/// fails with EIO there.
+pub fn media_folder(label: &str, source: Arc<dyn ReadAt>, mtime: SystemTime) -> Node {
+    Node::Dir(Arc::new(FileSystemRoot {
+        label: label.to_string(),
+        source,
+        kind: "iso9660",
+        mtime,
+        root: OnceLock::new(),
+    }))
+}
+
 /// `pN/` or `fs/`: a file system, opened when first entered.
 struct FileSystemRoot {
     label: String,
@@ -224,7 +237,7 @@ impl FileSystemRoot {
                 let opened = crate::guest::open(self.source.clone()).and_then(|fs| match fs {
                     Some(fs) => GuestFolder::root(fs),
                     None => Err(Error::layer(Unreadable(format!(
-                        "no {} file system any more",
+                        "no {} file system there",
                         self.kind
                     )))),
                 });

@@ -20,6 +20,9 @@ pub const STATUS_DIR: &str = ".ovafs";
 /// Folder of the flat images (`disks/NAME.raw`).
 pub const DISKS_DIR: &str = "disks";
 
+/// Folder of the file trees of the package's ISO 9660 members (`media/NAME/`).
+pub const MEDIA_DIR: &str = "media";
+
 /// Where a package file whose name collides with the mount's own names is shown:
 /// `.ovafs/members/<its path in the package>`.
 pub const ESCAPE_DIR: &str = ".ovafs/members";
@@ -27,9 +30,10 @@ pub const ESCAPE_DIR: &str = ".ovafs/members";
 /// Every top-level name the mount generates. A package file whose first path component is
 /// one of these is shown under [`ESCAPE_DIR`] (the one place this rule is applied is
 /// [`shown_path`]).
-pub const RESERVED_NAMES: [&str; 5] = [
+pub const RESERVED_NAMES: [&str; 6] = [
     STATUS_DIR,
     DISKS_DIR,
+    MEDIA_DIR,
     SETTINGS_DIRS[0],
     SETTINGS_DIRS[1],
     SETTINGS_DIRS[2],
