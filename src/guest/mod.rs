@@ -9,6 +9,7 @@
 //! one and never followed by these calls.
 
 pub mod ext4;
+pub mod fat;
 pub mod partition;
 
 use std::sync::Arc;
@@ -26,11 +27,18 @@ struct Kind {
 }
 
 /// Every kind, tried in this order (a kind whose signature is more specific comes first).
-const KINDS: &[Kind] = &[Kind {
-    name: "ext4",
-    probe: ext4::probe,
-    open: ext4::open,
-}];
+const KINDS: &[Kind] = &[
+    Kind {
+        name: "ext4",
+        probe: ext4::probe,
+        open: ext4::open,
+    },
+    Kind {
+        name: "vfat",
+        probe: fat::probe,
+        open: fat::open,
+    },
+];
 
 /// The name of the file-system kind `source` holds, if ovafs reads it.
 pub fn probe(source: &dyn ReadAt) -> Option<&'static str> {
