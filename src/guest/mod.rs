@@ -9,6 +9,7 @@
 //! one and never followed by these calls.
 
 pub mod ext4;
+pub mod fat;
 pub mod iso9660;
 pub mod partition;
 
@@ -40,6 +41,11 @@ const KINDS: &[Kind] = &[
         name: "iso9660",
         probe: iso9660::probe,
         open: iso9660::open,
+    },
+    Kind {
+        name: "vfat",
+        probe: fat::probe,
+        open: fat::open,
     },
 ];
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 pub mod guest;
+pub mod guest_fs;
 pub mod verify;
 pub mod vmdk_layout;
 
