@@ -4,7 +4,7 @@
 set -eu
 C=${1:?usage: sh seed.sh PATH/TO/shared/corpus}
 cd "$(dirname "$0")"
-mkdir -p corpus/tar_index corpus/descriptor corpus/manifest corpus/certificate corpus/disk corpus/package corpus/settings
+mkdir -p corpus/tar_index corpus/descriptor corpus/manifest corpus/certificate corpus/disk corpus/package corpus/settings corpus/guest_ext4
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for f in $(find "$C" -name '*.ova' -size -300k); do
@@ -58,4 +58,16 @@ if command -v sgdisk >/dev/null && command -v sfdisk >/dev/null; then
     sfdisk -q --no-reread --no-tell-kernel "$tmp/m.img" >/dev/null 2>&1 || true
   # The MBR and EBRs lie in the first 352 sectors; 1696 more claimed.
   { printf '\000\240\006\000\000'; head -c 180224 "$tmp/m.img"; } > corpus/partition_table/mbr
+fi
+# guest_ext4: small images made by mke2fs from a tiny tree (a file, a hard link, fast and
+# slow links, a directory), with and without checksums, ext2 with block maps.
+if command -v mkfs.ext4 >/dev/null || [ -x /usr/sbin/mkfs.ext4 ]; then
+  PATH=$PATH:/usr/sbin:/sbin
+  mkdir -p corpus/guest_ext4 "$tmp/e4/d"
+  echo hello > "$tmp/e4/f"; ln "$tmp/e4/f" "$tmp/e4/d/h"; ln -s f "$tmp/e4/fast"
+  ln -s "$(printf '%0100d' 0)" "$tmp/e4/slow"; head -c 20000 /dev/urandom > "$tmp/e4/d/big"
+  mkfs.ext4 -q -F -b 1024 -N 32 -O ^has_journal -d "$tmp/e4" corpus/guest_ext4/csum.img 256K
+  mkfs.ext4 -q -F -b 1024 -N 32 -O ^has_journal,^metadata_csum -d "$tmp/e4" corpus/guest_ext4/plain.img 256K
+  mkfs.ext2 -q -F -b 1024 -N 32 -d "$tmp/e4" corpus/guest_ext4/ext2.img 256K
+  mkfs.ext4 -q -F -b 1024 -N 32 -I 256 -O ^has_journal,inline_data -d "$tmp/e4" corpus/guest_ext4/inline.img 256K
 fi

@@ -6,6 +6,7 @@
 //! - [`Mount`]: `ovafs mount` with a guard whose `Drop` unmounts (`fusermount3 -u`, then
 //!   `umount -l`), also when the test fails.
 //! - [`guest`]: a small Linux guest built from Debian's packages, booted by qemu.
+//! - [`ext4`]: ext2/3/4 images judged by `debugfs` (a whole tree: listings, stats, rdump).
 #![allow(dead_code)]
 
 use std::fs::{self, File, OpenOptions};
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+pub mod ext4;
 pub mod guest;
 pub mod guest_fs;
 pub mod verify;
