@@ -10,6 +10,7 @@
 
 pub mod ext4;
 pub mod fat;
+pub mod ntfs;
 pub mod partition;
 
 use std::sync::Arc;
@@ -32,6 +33,11 @@ const KINDS: &[Kind] = &[
         name: "ext4",
         probe: ext4::probe,
         open: ext4::open,
+    },
+    Kind {
+        name: "ntfs",
+        probe: ntfs::probe,
+        open: ntfs::open,
     },
     Kind {
         name: "vfat",
