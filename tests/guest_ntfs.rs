@@ -6,10 +6,12 @@
 //!   resident file, a 300 KiB non-resident one, a sparse 8 MiB file with data in its
 //!   middle, a hard link, a folder of 300 names (an index with `$INDEX_ALLOCATION`), a
 //!   read-only file, a compressed file (`-o compression` and the compressed attribute on
-//!   its folder), a symbolic link), unmounted; then every path, kind, size, mode, link
+//!   its folder), symbolic links (ntfs-3g makes them Interix style: a system file holding
+//!   `IntxLNK\1` and the UTF-16 target), one relative with a non-ASCII target), unmounted; then every path, kind, size, mode, link
 //!   count, modification time and file's bytes that ovafs gives are those of a read-only
 //!   ntfs-3g mount of the image, and `ntfscat` gives the same bytes. The compressed file is
-//!   refused with an error (not garbage); the symbolic link is listed as `Other`.
+//!   refused with an error (not garbage); the symbolic links are `Symlink`s whose targets
+//!   are those ntfs-3g reads.
 //! - probe_claims_ntfs_only: zeros and a FAT image are not NTFS.
 
 mod common;
@@ -77,6 +79,7 @@ fn write_tree(m: &Path) {
     drop(sparse);
     fs::hard_link(m.join("big.bin"), m.join("dir1/big link.bin")).unwrap();
     std::os::unix::fs::symlink("big.bin", m.join("link to big")).unwrap();
+    std::os::unix::fs::symlink("../ünïcödé näme.txt", m.join("dir1/link up")).unwrap();
     fs::create_dir(m.join("many")).unwrap();
     for i in 0..300 {
         fs::write(m.join(format!("many/a rather long file name number {i:03}.txt")), format!("{i}\n")).unwrap();
@@ -133,6 +136,8 @@ fn ntfs_matches_ntfs_3g() {
             EntryKind::Dir
         } else if meta.is_file() {
             EntryKind::File
+        } else if meta.is_symlink() {
+            EntryKind::Symlink
         } else {
             EntryKind::Other
         };
@@ -144,6 +149,12 @@ fn ntfs_matches_ntfs_3g() {
             continue;
         }
         assert_eq!(stat.size, meta.len(), "{path}: size");
+        if kind == EntryKind::Symlink {
+            let target = fs.read_link(&components(path)).unwrap();
+            assert_eq!(target, fs::read_link(m.0.join(&path[1..])).unwrap().as_os_str().as_bytes(), "{path}: target");
+            assert!(fs.read(&components(path), 0, &mut [0u8; 10]).is_err(), "{path}: read of a link");
+            continue;
+        }
         if kind != EntryKind::File {
             continue;
         }
@@ -164,7 +175,10 @@ fn ntfs_matches_ntfs_3g() {
         let cat = run_ok(Command::new(tool("ntfscat")).arg(&image).arg(&path)).stdout;
         assert!(cat == data, "{path}: bytes differ from ntfscat's");
     }
-    assert_eq!(ours["/link to big"].kind, EntryKind::Other);
+    assert_eq!(ours["/link to big"].kind, EntryKind::Symlink);
+    assert_eq!(fs.read_link(&components("/link to big")).unwrap(), b"big.bin");
+    assert_eq!(fs.read_link(&components("/dir1/link up")).unwrap(), "../ünïcödé näme.txt".as_bytes());
+    assert!(fs.read_link(&components("/big.bin")).is_err());
     assert_eq!(ours["/big.bin"].nlink, 2);
     assert_eq!(ours["/sparse.bin"].size, 8 << 20);
 }

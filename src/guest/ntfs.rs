@@ -1,13 +1,16 @@
 //! NTFS, read with the ntfs crate (0.4.0): resident and non-resident `$DATA`, sparse runs
 //! (zeros), attribute lists, hard links; compressed and encrypted files are refused with
 //! [`NtfsFsError::Unsupported`] (the crate would return their stored bytes, not their
-//! contents); named data streams (ADS) are ignored; reparse points (symbolic links,
-//! junctions) are listed as [`EntryKind::Other`] and never read.
+//! contents); named data streams (ADS) are ignored. Symbolic links as ntfs-3g makes them
+//! (Interix style: a file with the system attribute whose data is `IntxLNK\1` and the
+//! target in UTF-16) are [`EntryKind::Symlink`]; Interix FIFOs, sockets and devices, and
+//! every reparse point (Windows symbolic links, junctions, deduplicated files) are listed
+//! as [`EntryKind::Other`] and never read.
 //!
 //! What ntfs-3g shows by default is shown: names in the Win32 or POSIX namespace (not the
 //! DOS 8.3 aliases), the system files (records below 16) hidden, modes 0777 (ntfs-3g's
-//! default `umask=0`) less the write bits for the read-only attribute, owner and group 0,
-//! the record's link count, the modification time of `$STANDARD_INFORMATION`.
+//! default `umask=0`; like ntfs-3g, the read-only attribute does not show in them), owner
+//! and group 0, the record's link count, the modification time of `$STANDARD_INFORMATION`.
 //!
 //! The crate's `Ntfs` is plain data (`Send + Sync`) and takes the reader per call, so no
 //! thread of its own is needed: the state sits behind a mutex and each request runs inside
@@ -46,6 +49,14 @@ const LISTINGS: usize = 8;
 const MODE: u32 = 0o777;
 /// Seconds from 1601-01-01 (NTFS's epoch) to 1970-01-01.
 const NT_TO_UNIX_SECS: u64 = 11_644_473_600;
+/// The magic that starts an Interix symbolic link's data; the UTF-16LE target follows.
+const INTX_LINK: &[u8; 8] = b"IntxLNK\x01";
+/// The magics of Interix character and block devices (major and minor, u64 each, follow).
+const INTX_DEVICES: [&[u8; 8]; 2] = [b"IntxCHR\0", b"IntxBLK\0"];
+/// The size of an Interix device file.
+const INTX_DEVICE_SIZE: u64 = 24;
+/// The largest Interix file ntfs-3g decodes: the magic and `PATH_MAX` UTF-16 units.
+const INTX_MAX: u64 = 8 + 2 * 4096;
 
 /// What goes wrong reading an NTFS file system, besides a missing path or a wrong kind.
 #[derive(Debug, thiserror::Error)]
@@ -217,14 +228,13 @@ impl GuestFs for NtfsFs {
     }
 
     fn read_link(&self, path: &[Vec<u8>]) -> Result<Vec<u8>> {
-        self.stat(path)?;
-        Err(refused(path, Refusal::InvalidArgument))
+        self.call(|s| s.read_link(path))
     }
 }
 
 impl NtfsFs {
-    /// The kinds of the entries of `path` as [`GuestFs::stat`] says (a reparse point is
-    /// `Other`, which the index's flags do not tell).
+    /// The kinds of the entries of `path` as [`GuestFs::stat`] says (symbolic links and
+    /// special files, which the index's flags do not tell).
     fn fix_kinds(&self, path: &[Vec<u8>], mut entries: Vec<GuestEntry>) -> Result<Vec<GuestEntry>> {
         for e in &mut entries {
             if e.kind == EntryKind::File {
@@ -244,26 +254,16 @@ impl State {
         let file = self.ntfs.file(&mut self.reader, record).map_err(convert)?;
         let info = file.info().map_err(convert)?;
         let attrs = info.file_attributes();
-        let kind = if attrs.contains(NtfsFileAttributeFlags::REPARSE_POINT) {
-            EntryKind::Other
-        } else if file.is_directory() {
-            EntryKind::Dir
-        } else {
-            EntryKind::File
-        };
-        let size = match kind {
-            EntryKind::Dir => index_size(&mut self.reader, &file)?,
-            _ => data_size(&mut self.reader, &file)?,
-        };
-        let mode = if attrs.contains(NtfsFileAttributeFlags::READ_ONLY) && kind != EntryKind::Dir {
-            MODE & !0o222
-        } else {
-            MODE
+        let (kind, size) = match shape(&mut self.reader, &file, attrs)? {
+            Shape::Dir => (EntryKind::Dir, index_size(&mut self.reader, &file)?),
+            Shape::File => (EntryKind::File, data_size(&mut self.reader, &file)?),
+            Shape::Symlink(target) => (EntryKind::Symlink, target.len() as u64),
+            Shape::Other => (EntryKind::Other, data_size(&mut self.reader, &file)?),
         };
         Ok(GuestStat {
             kind,
             size,
-            mode,
+            mode: MODE,
             uid: 0,
             gid: 0,
             mtime: nt_time(info.modification_time().nt_timestamp()),
@@ -275,53 +275,142 @@ impl State {
     fn read(&mut self, path: &[Vec<u8>], offset: u64, buf: &mut [u8]) -> Result<usize> {
         let record = self.resolve(path)?;
         let file = self.ntfs.file(&mut self.reader, record).map_err(convert)?;
-        if file.is_directory() {
-            return Err(refused(path, Refusal::IsAFolder));
-        }
         let info = file.info().map_err(convert)?;
-        if info
-            .file_attributes()
-            .contains(NtfsFileAttributeFlags::REPARSE_POINT)
-        {
-            return Err(refused(path, Refusal::InvalidArgument));
-        }
-        let Some(item) = file.data(&mut self.reader, "") else {
-            return Ok(0); // No unnamed $DATA: an empty file.
-        };
-        let item = item.map_err(convert)?;
-        let attribute = item.to_attribute().map_err(convert)?;
-        let flags = attribute.flags();
-        if flags.contains(NtfsAttributeFlags::COMPRESSED) {
-            return Err(NtfsFsError::Unsupported("compressed").into());
-        }
-        if flags.contains(NtfsAttributeFlags::ENCRYPTED) {
-            return Err(NtfsFsError::Unsupported("encrypted").into());
-        }
-        let mut value = attribute.value(&mut self.reader).map_err(convert)?;
-        let len = value.len();
-        if offset >= len {
-            return Ok(0);
-        }
-        let want = usize::try_from(len - offset)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        // What the caller gets back may be read besides the budget.
-        self.reader.budget = self.reader.budget.saturating_add(want as u64);
-        value
-            .seek(&mut self.reader, SeekFrom::Start(offset))
-            .map_err(convert)?;
-        let mut done = 0;
-        while done < want {
-            let n = value
-                .read(&mut self.reader, &mut buf[done..want])
-                .map_err(convert)?;
-            if n == 0 {
-                break;
+        match shape(&mut self.reader, &file, info.file_attributes())? {
+            Shape::File => {}
+            Shape::Dir => return Err(refused(path, Refusal::IsAFolder)),
+            Shape::Symlink(_) | Shape::Other => {
+                return Err(refused(path, Refusal::InvalidArgument));
             }
-            done += n;
         }
-        Ok(done)
+        // What the caller gets back may be read besides the budget.
+        self.reader.budget = self.reader.budget.saturating_add(buf.len() as u64);
+        read_data(&mut self.reader, &file, offset, buf)
     }
+
+    /// The target of symbolic link `path`.
+    fn read_link(&mut self, path: &[Vec<u8>]) -> Result<Vec<u8>> {
+        let record = self.resolve(path)?;
+        let file = self.ntfs.file(&mut self.reader, record).map_err(convert)?;
+        let info = file.info().map_err(convert)?;
+        match shape(&mut self.reader, &file, info.file_attributes())? {
+            Shape::Symlink(target) => Ok(target),
+            _ => Err(refused(path, Refusal::InvalidArgument)),
+        }
+    }
+}
+
+/// What a file record is, as ntfs-3g shows it.
+enum Shape {
+    Dir,
+    File,
+    /// An Interix symbolic link and its target (UTF-8).
+    Symlink(Vec<u8>),
+    /// A reparse point, an Interix FIFO, socket or device.
+    Other,
+}
+
+/// What `file` (with attributes `attrs`) is. ntfs-3g's rules (`ntfs_fuse_getstat`): a
+/// reparse point is never a plain file; a non-folder with the system attribute is an
+/// Interix special file when its data says so: empty = FIFO, one byte = socket (both
+/// only when not hidden), `IntxCHR`/`IntxBLK` + 16 bytes = device, `IntxLNK\1` + UTF-16
+/// = symbolic link; otherwise it is a regular file.
+fn shape(reader: &mut Reader, file: &NtfsFile<'_>, attrs: NtfsFileAttributeFlags) -> Result<Shape> {
+    if attrs.contains(NtfsFileAttributeFlags::REPARSE_POINT) {
+        return Ok(Shape::Other);
+    }
+    if file.is_directory() {
+        return Ok(Shape::Dir);
+    }
+    if !attrs.contains(NtfsFileAttributeFlags::SYSTEM) {
+        return Ok(Shape::File);
+    }
+    let size = data_size(reader, file)?;
+    if size <= 1 {
+        let hidden = attrs.contains(NtfsFileAttributeFlags::HIDDEN);
+        return Ok(if hidden { Shape::File } else { Shape::Other });
+    }
+    if size <= INTX_LINK.len() as u64 || size > INTX_MAX {
+        return Ok(Shape::File);
+    }
+    // Bounded by INTX_MAX above.
+    let mut data = vec![0u8; usize::try_from(size).unwrap_or(0)];
+    let n = match read_data(reader, file, 0, &mut data) {
+        Ok(n) => n,
+        // A compressed or encrypted system file: shown as the file it is, refused on read.
+        Err(e)
+            if e.layer_error::<NtfsFsError>()
+                .is_some_and(|e| matches!(e, NtfsFsError::Unsupported(_))) =>
+        {
+            return Ok(Shape::File);
+        }
+        Err(e) => return Err(e),
+    };
+    let data = data.get(..n).unwrap_or_default();
+    let Some((magic, rest)) = data.split_first_chunk::<8>() else {
+        return Ok(Shape::File);
+    };
+    if INTX_DEVICES.contains(&magic) && size == INTX_DEVICE_SIZE {
+        return Ok(Shape::Other);
+    }
+    if magic != INTX_LINK {
+        return Ok(Shape::File);
+    }
+    let units: Vec<u16> = rest
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect();
+    let target = String::from_utf16_lossy(&units).into_bytes();
+    // A target no path can be (empty, or with a NUL) is shown but not followed.
+    if target.is_empty() || target.contains(&0) {
+        return Ok(Shape::Other);
+    }
+    Ok(Shape::Symlink(target))
+}
+
+/// Up to `buf.len()` bytes of the unnamed `$DATA` of `file` from `offset` (none: empty);
+/// compressed and encrypted data are refused.
+fn read_data(
+    reader: &mut Reader,
+    file: &NtfsFile<'_>,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<usize> {
+    let Some(item) = file.data(reader, "") else {
+        return Ok(0); // No unnamed $DATA: an empty file.
+    };
+    let item = item.map_err(convert)?;
+    let attribute = item.to_attribute().map_err(convert)?;
+    let flags = attribute.flags();
+    if flags.contains(NtfsAttributeFlags::COMPRESSED) {
+        return Err(NtfsFsError::Unsupported("compressed").into());
+    }
+    if flags.contains(NtfsAttributeFlags::ENCRYPTED) {
+        return Err(NtfsFsError::Unsupported("encrypted").into());
+    }
+    let mut value = attribute.value(reader).map_err(convert)?;
+    let len = value.len();
+    if offset >= len {
+        return Ok(0);
+    }
+    let want = usize::try_from(len - offset)
+        .unwrap_or(usize::MAX)
+        .min(buf.len());
+    value
+        .seek(reader, SeekFrom::Start(offset))
+        .map_err(convert)?;
+    let mut done = 0;
+    while let Some(rest) = buf.get_mut(done..want) {
+        if rest.is_empty() {
+            break;
+        }
+        let n = value.read(reader, rest).map_err(convert)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
 }
 
 /// The length of the unnamed `$DATA` of `file` (0 without one).
@@ -446,11 +535,11 @@ fn convert(e: NtfsError) -> Error {
     if io.get_ref().is_some_and(|i| i.is::<BudgetSpent>()) {
         return NtfsFsError::Budget.into();
     }
-    if io.get_ref().is_some_and(|i| i.is::<Error>())
-        && let Some(inner) = io.into_inner()
-        && let Ok(inner) = inner.downcast::<Error>()
-    {
-        return *inner;
+    if io.get_ref().is_some_and(|i| i.is::<Error>()) {
+        if let Some(Ok(inner)) = io.into_inner().map(|i| i.downcast::<Error>()) {
+            return *inner;
+        }
+        return NtfsFsError::Crate(NtfsError::Io(io::Error::other("unreadable source"))).into();
     }
-    NtfsFsError::Budget.into()
+    NtfsFsError::Crate(NtfsError::Io(io)).into()
 }
