@@ -1,6 +1,6 @@
 //! The NTFS reader (src/guest/ntfs) over in-memory bytes: probing never panics, and neither
 //! does opening or walking what it opens (every folder listed, every entry stat'ed, every
-//! file read at its start and at an offset chosen by the input), nor does the file system
+//! file read at its start and at an offset chosen by the input, every link's target read), nor does the file system
 //! report a panic of the ntfs crate (`Failed`): every corrupt input is an ordinary error. The walk
 //! is bounded (entries and folders visited) so that one input stays fast.
 #![no_main]
@@ -52,6 +52,11 @@ fn walk(fs: &dyn GuestFs, tail: u64) {
             };
             match entry.kind {
                 EntryKind::Dir => todo.push(path),
+                EntryKind::Symlink => {
+                    if let Err(e) = fs.read_link(&path) {
+                        not_failed(&e);
+                    }
+                }
                 _ => {
                     for offset in [0, tail % stat.size.max(1)] {
                         if let Err(e) = fs.read(&path, offset, &mut buf) {
