@@ -11,6 +11,7 @@
 pub mod ext4;
 pub mod fat;
 pub mod iso9660;
+pub mod ntfs;
 pub mod partition;
 
 use std::sync::Arc;
@@ -41,6 +42,11 @@ const KINDS: &[Kind] = &[
         name: "iso9660",
         probe: iso9660::probe,
         open: iso9660::open,
+    },
+    Kind {
+        name: "ntfs",
+        probe: ntfs::probe,
+        open: ntfs::open,
     },
     Kind {
         name: "vfat",
