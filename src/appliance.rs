@@ -207,7 +207,7 @@ impl Appliance {
                 (Node::File(Arc::new(file)), DiskContent::Flat(flat.clone()))
             });
             root.add(&path, node, d.mtime, Origin::Fixed);
-            let guest = guest_view(&d.stem, content, d.mtime);
+            let guest = guest_view(&d.stem, content, d.mtime, d.mode);
             root.add(&format!("{DISKS_DIR}/{}", d.stem), guest, d.mtime, Origin::Fixed);
             let mut files = vec![d.file.clone()];
             files.extend(d.parents.iter().map(|p| p.name.clone()));
@@ -234,7 +234,7 @@ impl Appliance {
                     root.add(&path, Node::File(Arc::new(file)), mtime, Origin::Fixed);
                     if let Some(stem) = iso_stem(&m.name) {
                         let label = format!("{MEDIA_DIR}/{stem}");
-                        let tree = media_folder(&label, m.data.clone(), mtime);
+                        let tree = media_folder(&label, m.data.clone(), mtime, m.mode);
                         root.add(&label, tree, mtime, Origin::Fixed);
                     }
                 }
@@ -268,9 +268,10 @@ pub type DiskNodeMaker<'a> =
     dyn FnMut(&ApplianceDisk, &Arc<FlatDisk>) -> Option<(Node, DiskContent)> + 'a;
 
 /// `disks/NAME/`: the partitions and guest files of the disk `stem` (nothing is read now).
-pub fn guest_view(stem: &str, content: DiskContent, mtime: SystemTime) -> Node {
+/// `mode` is the disk image's: the view is never readable by more users than the disk.
+pub fn guest_view(stem: &str, content: DiskContent, mtime: SystemTime, mode: u32) -> Node {
     let source = Arc::new(GuestSource::new(content));
-    Node::Dir(Arc::new(GuestDiskFolder::new(stem, source, mtime)))
+    Node::Dir(Arc::new(GuestDiskFolder::new(stem, source, mtime, mode)))
 }
 
 /// The flat image of `d` with its parent chain below it.

@@ -662,10 +662,9 @@ fn inode_numbers_stay_across_edits_and_listings_agree_with_stat() {
     };
     let disk = fs::read_dir(m.path("disks"))
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .file_name();
+        .map(|e| e.unwrap().file_name())
+        .find(|n| n.to_string_lossy().ends_with(".raw"))
+        .unwrap();
     let disk = format!("disks/{}", disk.to_string_lossy());
     let watched = ["vm/cpus", "vm/memory", disk.as_str(), "inodes.ovf"];
     let before: Vec<String> = watched.iter().map(|p| stat_ino(p)).collect();

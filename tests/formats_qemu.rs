@@ -71,7 +71,11 @@ fn check_mount(ova: &Path, mnt: &Path, expected: &[(String, PathBuf)]) {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     shown.sort();
-    let mut want: Vec<String> = expected.iter().map(|(s, _)| format!("{s}.raw")).collect();
+    // Each flat image NAME.raw has its guest view NAME/ beside it.
+    let mut want: Vec<String> = expected
+        .iter()
+        .flat_map(|(s, _)| [format!("{s}.raw"), s.clone()])
+        .collect();
     want.sort();
     assert_eq!(shown, want, "{}", ova.display());
     for (s, raw) in expected {

@@ -78,7 +78,7 @@ fn guest_root(source: &Path) -> Result<Arc<dyn DirNode>> {
     let root = Folder::root(SystemTime::UNIX_EPOCH);
     for d in &appliance.disks {
         let flat = Arc::new(appliance::flat_chain(d, &cache));
-        let view = appliance::guest_view(&d.stem, DiskContent::Flat(flat), d.mtime);
+        let view = appliance::guest_view(&d.stem, DiskContent::Flat(flat), d.mtime, d.mode);
         root.add(&d.stem, view, d.mtime, Origin::Fixed);
     }
     Ok(root)

@@ -45,24 +45,42 @@ fn failure(u: &Unreadable) -> Error {
     Error::layer(Unreadable(u.0.clone()))
 }
 
+/// The permission bits of a folder that shows the content of a file with mode `file_mode`:
+/// read and enter for whom the file is readable, nothing more. The guest view of a disk is
+/// never wider than the disk (a guest's `/etc/hostname` is 0644 in the guest, but who may
+/// not read the disk may not enter its view: `default_permissions` enforces this).
+pub fn view_mode(file_mode: u32) -> u32 {
+    let read = file_mode & 0o444;
+    read | (read >> 2)
+}
+
 /// `disks/NAME/`.
 pub struct GuestDiskFolder {
     /// The disk's name (`disk1`), for log lines.
     name: String,
     source: Arc<dyn ReadAt>,
     mtime: SystemTime,
+    /// Its mode (see [`view_mode`]); the files in it are readable by the same users.
+    mode: u32,
     children: OnceLock<std::result::Result<Vec<(String, Node)>, Unreadable>>,
 }
 
 impl GuestDiskFolder {
-    /// The guest view of the disk `name` whose current content is `source`.
-    pub fn new(name: &str, source: Arc<dyn ReadAt>, mtime: SystemTime) -> Self {
+    /// The guest view of the disk `name` whose current content is `source` and whose flat
+    /// file has mode `disk_mode`.
+    pub fn new(name: &str, source: Arc<dyn ReadAt>, mtime: SystemTime, disk_mode: u32) -> Self {
         GuestDiskFolder {
             name: name.to_string(),
             source,
             mtime,
+            mode: view_mode(disk_mode),
             children: OnceLock::new(),
         }
+    }
+
+    /// The mode of the files in it: readable by those who may enter it.
+    fn file_mode(&self) -> u32 {
+        self.mode & 0o444
     }
 
     fn children(&self) -> Result<&Vec<(String, Node)>> {
@@ -94,7 +112,7 @@ impl GuestDiskFolder {
         for p in &table.partitions {
             let window = partition::partition_source(self.source.clone(), p)
                 .map_err(|e| unreadable(&format!("disks/{}: p{}", self.name, p.number), &e))?;
-            let raw = MemberFile::new(window.clone(), 0o444, self.mtime);
+            let raw = MemberFile::new(window.clone(), self.file_mode(), self.mtime);
             children.push((format!("p{}.raw", p.number), Node::File(Arc::new(raw))));
             let kind = crate::guest::probe(&*window);
             if let Some(kind) = kind {
@@ -103,7 +121,7 @@ impl GuestDiskFolder {
             kinds.push(kind);
         }
         let text = table_text(&table, &kinds, self.source.len());
-        let file = MemberFile::new(Arc::new(text.into_bytes()), 0o444, self.mtime);
+        let file = MemberFile::new(Arc::new(text.into_bytes()), self.file_mode(), self.mtime);
         children.push((TABLE_FILE.to_string(), Node::File(Arc::new(file))));
         Ok(children)
     }
@@ -114,6 +132,7 @@ impl GuestDiskFolder {
             source,
             kind,
             mtime: self.mtime,
+            limit: self.mode,
             root: OnceLock::new(),
         };
         (name.to_string(), Node::Dir(Arc::new(root)))
@@ -168,7 +187,7 @@ fn one_field(s: &str) -> String {
 impl DirNode for GuestDiskFolder {
     fn attributes(&self) -> DirAttributes {
         DirAttributes {
-            mode: 0o555,
+            mode: self.mode,
             mtime: self.mtime,
             caching: Caching::Stable,
             subfolders: 0,
@@ -209,14 +228,20 @@ impl DirNode for GuestDiskFolder {
 }
 
 /// `media/NAME/`: the file tree of the package member `source` named `label` (an ISO 9660
-/// image), opened when first entered; a member that holds no file system ovafs reads
-/// fails with EIO there.
-pub fn media_folder(label: &str, source: Arc<dyn ReadAt>, mtime: SystemTime) -> Node {
+/// image) whose mode is `member_mode`, opened when first entered; a member that holds no
+/// file system ovafs reads fails with EIO there.
+pub fn media_folder(
+    label: &str,
+    source: Arc<dyn ReadAt>,
+    mtime: SystemTime,
+    member_mode: u32,
+) -> Node {
     Node::Dir(Arc::new(FileSystemRoot {
         label: label.to_string(),
         source,
         kind: "iso9660",
         mtime,
+        limit: view_mode(member_mode | 0o400),
         root: OnceLock::new(),
     }))
 }
@@ -227,6 +252,9 @@ struct FileSystemRoot {
     source: Arc<dyn ReadAt>,
     kind: &'static str,
     mtime: SystemTime,
+    /// The most its mode may allow (see [`view_mode`]): the guest root's own mode is
+    /// masked with it, so the view is never wider than what holds it.
+    limit: u32,
     root: OnceLock<std::result::Result<Arc<GuestFolder>, Unreadable>>,
 }
 
@@ -257,9 +285,13 @@ impl DirNode for FileSystemRoot {
     /// (stat of `disks/NAME/` entries must not open every file system).
     fn attributes(&self) -> DirAttributes {
         match self.root.get() {
-            Some(Ok(root)) => root.attributes(),
+            Some(Ok(root)) => {
+                let mut a = root.attributes();
+                a.mode &= self.limit;
+                a
+            }
             _ => DirAttributes {
-                mode: 0o555,
+                mode: self.limit,
                 mtime: self.mtime,
                 caching: Caching::Stable,
                 subfolders: 0,
