@@ -88,7 +88,7 @@ const INODE_CACHE: usize = 1024;
 /// Metadata blocks kept (extent nodes, indirect blocks, descriptor blocks).
 const BLOCK_CACHE: usize = 256;
 /// Resolved paths kept.
-const PATH_CACHE: usize = 4096;
+const PATH_CACHE: usize = 65536;
 /// The root directory's inode.
 const ROOT: u32 = 2;
 
@@ -507,6 +507,7 @@ impl GuestFs for Ext4Fs {
             return Err(refused(path, Refusal::NotAFolder));
         }
         let mut out = Vec::new();
+        let mut inos = Vec::new();
         self.scan(&inode, |e| {
             if out.len() == MAX_DIR_ENTRIES {
                 return Err(ErrorKind::LimitExceeded {
@@ -520,8 +521,18 @@ impl GuestFs for Ext4Fs {
                 name: e.name.to_vec(),
                 kind: self.entry_kind(&e)?,
             });
+            inos.push(e.ino);
             Ok(false)
         })?;
+        // A listing is followed by a stat of each entry: remember where each one is, so that
+        // those stats do not scan the directory again (a scan per entry is quadratic).
+        let mut paths = lock(&self.paths);
+        for (entry, ino) in out.iter().zip(inos) {
+            let mut child = path.to_vec();
+            child.push(entry.name.clone());
+            paths.put(child, ino);
+        }
+        drop(paths);
         Ok(out)
     }
 
