@@ -208,7 +208,12 @@ impl Appliance {
             });
             root.add(&path, node, d.mtime, Origin::Fixed);
             let guest = guest_view(&d.stem, content, d.mtime, d.mode);
-            root.add(&format!("{DISKS_DIR}/{}", d.stem), guest, d.mtime, Origin::Fixed);
+            root.add(
+                &format!("{DISKS_DIR}/{}", d.stem),
+                guest,
+                d.mtime,
+                Origin::Fixed,
+            );
             let mut files = vec![d.file.clone()];
             files.extend(d.parents.iter().map(|p| p.name.clone()));
             shown.push(ShownDisk { path, files, flat });

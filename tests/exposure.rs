@@ -145,7 +145,11 @@ fn members_cannot_forge_the_mounts_own_names() {
     // The flat image and its guest view (random bytes: no table, no file system).
     assert_eq!(
         walk(&m.path("disks")),
-        ["forged-disk1", "forged-disk1.raw", "forged-disk1/partitions"]
+        [
+            "forged-disk1",
+            "forged-disk1.raw",
+            "forged-disk1/partitions"
+        ]
     );
     assert_same_bytes(&m.path("disks/forged-disk1.raw"), &raw);
     let vm = fs::read_link(m.path("vm")).unwrap();

@@ -121,7 +121,11 @@ fn stage(dir: &Path) {
 
     w("names/with space", b"s");
     w(&"n".repeat(255), b"longest name");
-    fs::write(dir.join(std::ffi::OsStr::from_bytes(b"names/caf\xe9")), b"latin-1").unwrap();
+    fs::write(
+        dir.join(std::ffi::OsStr::from_bytes(b"names/caf\xe9")),
+        b"latin-1",
+    )
+    .unwrap();
 
     run_ok(Command::new("mkfifo").arg(dir.join("fifo")));
 
@@ -136,7 +140,10 @@ fn stage(dir: &Path) {
         .enumerate()
     {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000 + 86_400 * k as u64);
-        fs::File::open(dir.join(name)).unwrap().set_modified(t).unwrap();
+        fs::File::open(dir.join(name))
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
     }
 }
 
@@ -176,12 +183,17 @@ fn make_image(mkfs: &str, args: &[&str], image: &Path) {
 /// Opens the file system in `image` through a file `ReadAt`.
 fn open(image: &Path) -> Arc<dyn GuestFs> {
     let source = Arc::new(FileSource::open(image).unwrap());
-    guest::open(source).unwrap().expect("an ext2/3/4 file system")
+    guest::open(source)
+        .unwrap()
+        .expect("an ext2/3/4 file system")
 }
 
 /// The interface's path of absolute `abs`.
 fn components(abs: &[u8]) -> Vec<Vec<u8>> {
-    abs.split(|&b| b == b'/').filter(|c| !c.is_empty()).map(<[u8]>::to_vec).collect()
+    abs.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 /// The kind debugfs's `st_mode` says.
@@ -222,8 +234,10 @@ fn compare(fs: &dyn GuestFs, image: &Path) -> usize {
     for (dir, entries) in &judge.dirs {
         let dir_path = components(dir);
         let listed = fs.read_dir(&dir_path).unwrap();
-        let ours: BTreeSet<(Vec<u8>, String)> =
-            listed.into_iter().map(|e| (e.name, format!("{:?}", e.kind))).collect();
+        let ours: BTreeSet<(Vec<u8>, String)> = listed
+            .into_iter()
+            .map(|e| (e.name, format!("{:?}", e.kind)))
+            .collect();
         let theirs: BTreeSet<(Vec<u8>, String)> = entries
             .iter()
             .map(|(n, e)| (n.clone(), format!("{:?}", kind_of(e.mode))))
@@ -234,7 +248,9 @@ fn compare(fs: &dyn GuestFs, image: &Path) -> usize {
             let shown = String::from_utf8_lossy(&abs).into_owned();
             let path = components(&abs);
             let info = &judge.inodes[&listed.ino];
-            let st = fs.stat(&path).unwrap_or_else(|e| panic!("stat {shown}: {e}"));
+            let st = fs
+                .stat(&path)
+                .unwrap_or_else(|e| panic!("stat {shown}: {e}"));
             assert_eq!(st.kind, kind_of(listed.mode), "{shown}");
             assert_eq!(st.mode, info.mode, "mode of {shown}");
             assert_eq!((st.uid, st.gid), (info.uid, info.gid), "owner of {shown}");
@@ -270,10 +286,16 @@ fn compare(fs: &dyn GuestFs, image: &Path) -> usize {
                             .to_vec(),
                     };
                     assert_eq!(fs.read_link(&path).unwrap(), want, "target of {shown}");
-                    assert!(fs.read(&path, 0, &mut [0u8; 8]).is_err(), "read of link {shown}");
+                    assert!(
+                        fs.read(&path, 0, &mut [0u8; 8]).is_err(),
+                        "read of link {shown}"
+                    );
                 }
                 EntryKind::Dir => {
-                    assert!(fs.read(&path, 0, &mut [0u8; 8]).is_err(), "read of dir {shown}");
+                    assert!(
+                        fs.read(&path, 0, &mut [0u8; 8]).is_err(),
+                        "read of dir {shown}"
+                    );
                 }
                 EntryKind::Other => {}
             }
@@ -290,7 +312,13 @@ fn spot_reads(fs: &dyn GuestFs, path: &[Vec<u8>], want: &[u8]) {
         return;
     }
     let len = want.len() as u64;
-    for (offset, n) in [(len / 2, 5000), (1, 3), (len - 1, 10), (len / 3, 70000), (len, 4)] {
+    for (offset, n) in [
+        (len / 2, 5000),
+        (1, 3),
+        (len - 1, 10),
+        (len / 3, 70000),
+        (len, 4),
+    ] {
         let mut buf = vec![0u8; n];
         let got = fs.read(path, offset, &mut buf).unwrap();
         let end = (offset as usize + n).min(want.len());
@@ -302,26 +330,39 @@ fn spot_reads(fs: &dyn GuestFs, path: &[Vec<u8>], want: &[u8]) {
 /// directory is an htree, the triple-linked file has three links, owners above 65535 came
 /// through, the far sparse file is there.
 fn sanity(fs: &dyn GuestFs, image: &Path, compared: usize) {
-    assert!(compared > HTREE_ENTRIES + 30, "compared only {compared} entries");
+    assert!(
+        compared > HTREE_ENTRIES + 30,
+        "compared only {compared} entries"
+    );
     let judge = Debugfs::tree(image);
     let htree = judge.dirs[&b"/".to_vec()][&b"htree".to_vec()].ino;
-    assert_ne!(judge.inodes[&htree].flags & 0x1000, 0, "/htree is not an htree");
+    assert_ne!(
+        judge.inodes[&htree].flags & 0x1000,
+        0,
+        "/htree is not an htree"
+    );
     let p = |s: &str| components(s.as_bytes());
     assert_eq!(fs.stat(&p("links/a")).unwrap().nlink, 3);
     assert_eq!(fs.stat(&p("owned/high")).unwrap().uid, 70000);
     assert_eq!(fs.stat(&p("owned/high")).unwrap().gid, 80001);
     assert_eq!(fs.stat(&p("setuid")).unwrap().mode, 0o4755);
     assert_eq!(fs.stat(&p("sparse_far")).unwrap().size, (70 << 20) + 8);
-    if judge.inodes[&judge.dirs[&b"/".to_vec()][&b"fragmented".to_vec()].ino].flags & 0x8_0000 != 0 {
+    if judge.inodes[&judge.dirs[&b"/".to_vec()][&b"fragmented".to_vec()].ino].flags & 0x8_0000 != 0
+    {
         let ex = String::from_utf8_lossy(&debugfs_r(image, "ex /fragmented")).into_owned();
         // "Level Entries ...", then " 0/ D ..." with D the tree's depth.
-        let depth: u32 = ex.lines().nth(1).and_then(|l| l.split('/').nth(1)).map_or(0, |d| {
-            d.split_whitespace().next().unwrap().parse().unwrap()
-        });
+        let depth: u32 = ex
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split('/').nth(1))
+            .map_or(0, |d| d.split_whitespace().next().unwrap().parse().unwrap());
         assert!(depth >= 1, "no extent tree below the inode: {ex}");
     }
     // Through a link in the middle of a path: refused, never followed.
-    assert!(fs.stat(&[b"other".to_vec(), b"up".to_vec(), b"x".to_vec()]).is_err());
+    assert!(
+        fs.stat(&[b"other".to_vec(), b"up".to_vec(), b"x".to_vec()])
+            .is_err()
+    );
     let missing = fs.stat(&p("nope")).unwrap_err().to_string();
     assert!(missing.contains("no such"), "{missing}");
 }
@@ -333,7 +374,10 @@ fn check(mkfs: &str, args: &[&str], features: &[&str], absent: &[&str]) {
     let image = dir.path().join("fs.img");
     make_image(mkfs, args, &image);
     let stats = String::from_utf8_lossy(&debugfs_r(&image, "stats")).into_owned();
-    let line = stats.lines().find(|l| l.starts_with("Filesystem features:")).unwrap();
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("Filesystem features:"))
+        .unwrap();
     let have: BTreeSet<&str> = line.split_whitespace().skip(2).collect();
     for f in features {
         assert!(have.contains(f), "{mkfs} {args:?} lacks {f}: {line}");
@@ -352,7 +396,14 @@ fn ext4_4k_metadata_csum() {
     check(
         "mkfs.ext4",
         &["-b", "4096"],
-        &["extent", "64bit", "metadata_csum", "dir_index", "has_journal", "flex_bg"],
+        &[
+            "extent",
+            "64bit",
+            "metadata_csum",
+            "dir_index",
+            "has_journal",
+            "flex_bg",
+        ],
         &["inline_data"],
     );
 }
@@ -373,7 +424,14 @@ fn ext4_meta_bg_many_groups() {
     // whose descriptor blocks lie in groups 0, 32 and 64.
     check(
         "mkfs.ext4",
-        &["-b", "1024", "-g", "1024", "-O", "meta_bg,^resize_inode,^64bit"],
+        &[
+            "-b",
+            "1024",
+            "-g",
+            "1024",
+            "-O",
+            "meta_bg,^resize_inode,^64bit",
+        ],
         &["meta_bg", "extent"],
         &["resize_inode"],
     );
@@ -382,17 +440,32 @@ fn ext4_meta_bg_many_groups() {
 #[test]
 fn ext2_without_filetype() {
     // Directory entries without types: each listed kind comes from the entry's inode.
-    check("mkfs.ext2", &["-b", "4096", "-O", "^filetype"], &["dir_index"], &["filetype"]);
+    check(
+        "mkfs.ext2",
+        &["-b", "4096", "-O", "^filetype"],
+        &["dir_index"],
+        &["filetype"],
+    );
 }
 
 #[test]
 fn ext3_block_maps() {
-    check("mkfs.ext3", &["-b", "4096"], &["has_journal", "dir_index"], &["extent"]);
+    check(
+        "mkfs.ext3",
+        &["-b", "4096"],
+        &["has_journal", "dir_index"],
+        &["extent"],
+    );
 }
 
 #[test]
 fn ext2_block_maps_1k() {
-    check("mkfs.ext2", &["-b", "1024"], &["dir_index"], &["extent", "has_journal"]);
+    check(
+        "mkfs.ext2",
+        &["-b", "1024"],
+        &["dir_index"],
+        &["extent", "has_journal"],
+    );
 }
 
 #[test]
@@ -403,7 +476,13 @@ fn inline_data_files_and_directories() {
     fs::create_dir_all(staged.join("small_dir")).unwrap();
     fs::create_dir_all(staged.join("empty_dir")).unwrap();
     let mut rng = Rng::new(21);
-    for (name, len) in [("tiny", 23), ("sixty", 60), ("past_i_block", 100), ("xattr_full", 150), ("blocks", 9000)] {
+    for (name, len) in [
+        ("tiny", 23),
+        ("sixty", 60),
+        ("past_i_block", 100),
+        ("xattr_full", 150),
+        ("blocks", 9000),
+    ] {
         let mut v = vec![0u8; len];
         rng.fill(&mut v);
         fs::write(staged.join(name), v).unwrap();
@@ -439,7 +518,14 @@ fn inline_data_files_and_directories() {
     let compared = compare(&*fs, &image);
     assert!(compared >= 17, "compared only {compared}");
     // A second judge for the inline files (debugfs pads them): the staged bytes.
-    for name in ["tiny", "sixty", "past_i_block", "xattr_full", "blocks", "empty"] {
+    for name in [
+        "tiny",
+        "sixty",
+        "past_i_block",
+        "xattr_full",
+        "blocks",
+        "empty",
+    ] {
         let want = fs::read(staged.join(name)).unwrap();
         let got = read_all(&*fs, &[name.as_bytes().to_vec()], want.len() as u64);
         assert!(got == want, "bytes of {name}");
@@ -462,7 +548,10 @@ fn inode_offset(image: &Path, ino: u32, block_size: u64) -> u64 {
     let rest = &text[at..];
     let block: u64 = rest[..rest.find(',').unwrap()].parse().unwrap();
     let off = rest.find("offset 0x").unwrap() + 9;
-    let hex: String = rest[off..].chars().take_while(char::is_ascii_hexdigit).collect();
+    let hex: String = rest[off..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
     block * block_size + u64::from_str_radix(&hex, 16).unwrap()
 }
 
@@ -477,7 +566,12 @@ fn first_block(image: &Path, path: &str) -> u64 {
 fn unwritten_extents_read_as_zeros() {
     let dir = tempdir();
     let image = dir.path().join("prealloc.img");
-    run_ok(Command::new(sbin("mkfs.ext4")).args(["-q", "-F", "-b", "4096"]).arg(&image).arg("16M"));
+    run_ok(
+        Command::new(sbin("mkfs.ext4"))
+            .args(["-q", "-F", "-b", "4096"])
+            .arg(&image)
+            .arg("16M"),
+    );
     let local = dir.path().join("head");
     fs::write(&local, b"written head").unwrap();
     let local_s = local.to_str().unwrap();
@@ -498,7 +592,10 @@ fn unwritten_extents_read_as_zeros() {
     poke(&image, (first + 1) * 4096, &vec![0xAA; 9 * 4096]);
     let want = debugfs_r(&image, "cat /f");
     assert_eq!(want.len(), 40960);
-    assert!(want[12..].iter().all(|&b| b == 0), "debugfs reads the unwritten blocks as zeros");
+    assert!(
+        want[12..].iter().all(|&b| b == 0),
+        "debugfs reads the unwritten blocks as zeros"
+    );
     let fs = open(&image);
     let got = read_all(&*fs, &[b"f".to_vec()], 40960);
     assert!(got == want, "unwritten blocks must read as zeros");
@@ -534,13 +631,22 @@ fn ino_of(image: &Path, path: &str) -> u32 {
     let out = debugfs_r(image, &format!("stat {path}"));
     let text = String::from_utf8_lossy(&out);
     let at = text.find("Inode: ").unwrap() + 7;
-    text[at..].split_whitespace().next().unwrap().parse().unwrap()
+    text[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// What must still work after a corruption elsewhere.
 fn the_rest_reads(fs: &dyn GuestFs) {
     let mut buf = vec![0u8; 60_000];
-    assert_eq!(fs.read(&[b"keep".to_vec(), b"file".to_vec()], 0, &mut buf).unwrap(), 50_000);
+    assert_eq!(
+        fs.read(&[b"keep".to_vec(), b"file".to_vec()], 0, &mut buf)
+            .unwrap(),
+        50_000
+    );
     assert!(buf[..50_000].iter().all(|&b| b == 7));
     assert_eq!(
         fs.read_link(&[b"keep".to_vec(), b"slow".to_vec()]).unwrap(),
@@ -555,13 +661,22 @@ fn a_corrupt_inode_fails_its_file_only() {
         let image = small_image(dir.path(), extra);
         let ino = ino_of(&image, "/victim");
         // The mode's type bits become 0xF000 (no such type) and the size absurd.
-        poke(&image, inode_offset(&image, ino, 1024), &[0xFF, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        poke(
+            &image,
+            inode_offset(&image, ino, 1024),
+            &[0xFF, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF],
+        );
         let fs = open(&image);
         let victim = [b"victim".to_vec()];
         assert!(fs.stat(&victim).is_err(), "{extra:?}");
         assert!(fs.read(&victim, 0, &mut [0u8; 16]).is_err(), "{extra:?}");
         // Still listed (the directory entry is intact), and the rest reads.
-        let names: Vec<_> = fs.read_dir(&[]).unwrap().into_iter().map(|e| e.name).collect();
+        let names: Vec<_> = fs
+            .read_dir(&[])
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
         assert!(names.contains(&b"victim".to_vec()));
         the_rest_reads(&*fs);
     }
@@ -588,7 +703,9 @@ fn walk_bounded(fs: &dyn GuestFs, budget: &mut usize) {
     let mut todo: Vec<Vec<Vec<u8>>> = vec![vec![]];
     let mut buf = vec![0u8; 8192];
     while let Some(dir) = todo.pop() {
-        let Ok(entries) = fs.read_dir(&dir) else { continue };
+        let Ok(entries) = fs.read_dir(&dir) else {
+            continue;
+        };
         for e in entries {
             if *budget == 0 {
                 return;
@@ -633,7 +750,10 @@ fn random_corruption_never_panics() {
                 let mut budget = 500;
                 walk_bounded(&*fs, &mut budget);
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "round {round} took too long");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "round {round} took too long"
+            );
         }
     }
 }
@@ -651,7 +771,13 @@ fn two_readers_read_in_parallel() {
     fs::write(staged.join("a"), &a).unwrap();
     fs::write(staged.join("b"), &b).unwrap();
     let image = dir.path().join("two.img");
-    run_ok(Command::new(sbin("mkfs.ext4")).args(["-q", "-F", "-d"]).arg(&staged).arg(&image).arg("32M"));
+    run_ok(
+        Command::new(sbin("mkfs.ext4"))
+            .args(["-q", "-F", "-d"])
+            .arg(&staged)
+            .arg(&image)
+            .arg("32M"),
+    );
     let fs = open(&image);
     std::thread::scope(|s| {
         for (name, want) in [("a", &a), ("b", &b), ("a", &a)] {
@@ -680,7 +806,13 @@ fn read_speed() {
     fs::write(staged.join("big2"), &data).unwrap();
     drop(data);
     let image = dir.path().join("speed.img");
-    run_ok(Command::new(sbin("mkfs.ext4")).args(["-q", "-F", "-d"]).arg(&staged).arg(&image).arg("600M"));
+    run_ok(
+        Command::new(sbin("mkfs.ext4"))
+            .args(["-q", "-F", "-d"])
+            .arg(&staged)
+            .arg(&image)
+            .arg("600M"),
+    );
     let fs = open(&image);
     let mb = 200.0 * 1.048576;
     // Warm the page cache first, so every figure reads the image from memory.
@@ -696,7 +828,10 @@ fn read_speed() {
             s.spawn(move || read_all(&**fs, &[name.as_bytes().to_vec()], 200 << 20).len());
         }
     });
-    println!("two readers, two files: {:.0} MB/s in all", 2.0 * mb / t.elapsed().as_secs_f64());
+    println!(
+        "two readers, two files: {:.0} MB/s in all",
+        2.0 * mb / t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     debugfs_r(&image, "dump /big /dev/null");
     println!("debugfs dump: {:.0} MB/s", mb / t.elapsed().as_secs_f64());

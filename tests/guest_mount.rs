@@ -102,7 +102,9 @@ fn fixture() -> Fixture {
     let trees = [dir.path().join("tree1"), dir.path().join("tree2")];
     make_tree(&trees[0], 1);
     make_tree(&trees[1], 2);
-    let images: Vec<PathBuf> = (1..=4).map(|n| dir.path().join(format!("p{n}.img"))).collect();
+    let images: Vec<PathBuf> = (1..=4)
+        .map(|n| dir.path().join(format!("p{n}.img")))
+        .collect();
     make_ext4(&images[0], &trees[0], LAYOUT[0].1, &["-b", "4096"]);
     make_ext4(
         &images[1],
@@ -177,8 +179,16 @@ fn scan(root: &Path) -> BTreeMap<String, Entry> {
             } else {
                 ("file", sha256_file(&root.join(&rel)))
             };
-            let mode = if kind == "link" { 0 } else { meta.mode() & 0o7777 };
-            let owner = if kind == "link" { (0, 0) } else { (meta.uid(), meta.gid()) };
+            let mode = if kind == "link" {
+                0
+            } else {
+                meta.mode() & 0o7777
+            };
+            let owner = if kind == "link" {
+                (0, 0)
+            } else {
+                (meta.uid(), meta.gid())
+            };
             out.insert(
                 rel.to_string_lossy().into_owned(),
                 Entry {
@@ -230,8 +240,17 @@ fn assert_same_tree(got: &BTreeMap<String, Entry>, want: &BTreeMap<String, Entry
             None => diffs.push(format!("{path}: missing")),
         }
     }
-    diffs.extend(got.keys().filter(|p| !want.contains_key(*p)).map(|p| format!("{p}: extra")));
-    assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
+    diffs.extend(
+        got.keys()
+            .filter(|p| !want.contains_key(*p))
+            .map(|p| format!("{p}: extra")),
+    );
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
 }
 
 fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
@@ -251,17 +270,33 @@ fn the_guest_files_of_each_partition_are_plain_read_only_files() {
     listed.sort();
     assert_eq!(
         listed,
-        ["p1", "p1.raw", "p2", "p2.raw", "p3.raw", "p4", "p4.raw", "partitions"],
+        [
+            "p1",
+            "p1.raw",
+            "p2",
+            "p2.raw",
+            "p3.raw",
+            "p4",
+            "p4.raw",
+            "partitions"
+        ],
         "an empty partition has no folder; a damaged one is recognised by its superblock"
     );
-    assert!(m.path("disks/disk.raw").is_file(), "the flat disk stays where it was");
+    assert!(
+        m.path("disks/disk.raw").is_file(),
+        "the flat disk stays where it was"
+    );
 
     // The partition table file against sfdisk's reading of the same disk.
     let table = fs::read_to_string(disk.join("partitions")).unwrap();
     let json = run_ok(Command::new(sbin("sfdisk")).arg("--json").arg(&f.raw));
     let sf: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let parts = sf["partitiontable"]["partitions"].as_array().unwrap();
-    let lines: Vec<Vec<&str>> = table.lines().skip(2).map(|l| l.split('\t').collect()).collect();
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .skip(2)
+        .map(|l| l.split('\t').collect())
+        .collect();
     assert!(table.starts_with(&format!("table\tgpt\tdisk bytes\t{}\n", DISK_MIB * MIB)));
     assert_eq!(lines.len(), parts.len(), "{table}");
     for (line, p) in lines.iter().zip(parts) {
@@ -293,17 +328,22 @@ fn the_guest_files_of_each_partition_are_plain_read_only_files() {
             fs::read(root.join("etc/ssh/host_abs")).unwrap(),
             fs::read(tree.join("etc/hostname")).unwrap()
         );
-        assert!(fs::read(root.join("etc/escape")).is_err(), "no passwd in the guest");
+        assert!(
+            fs::read(root.join("etc/escape")).is_err(),
+            "no passwd in the guest"
+        );
         // Reads at offsets, as a copy program or a reader seeking around makes them.
         let big = fs::File::open(root.join("var/log/app/big.log")).unwrap();
         let want = fs::read(tree.join("var/log/app/big.log")).unwrap();
         let mut buf = vec![0u8; 70000];
         big.read_exact_at(&mut buf, 1_000_003).unwrap();
         assert_eq!(buf, want[1_000_003..1_070_003]);
-        assert!(fs::OpenOptions::new()
-            .write(true)
-            .open(root.join("etc/hostname"))
-            .is_err());
+        assert!(
+            fs::OpenOptions::new()
+                .write(true)
+                .open(root.join("etc/hostname"))
+                .is_err()
+        );
     }
 
     // debugfs, reading the partition image, lists the same root.
@@ -365,7 +405,10 @@ fn the_guest_view_of_a_writable_disk_shows_its_overlay() {
         fs::read_to_string(m.path("disks/disk/p2/srv/new.txt")).unwrap(),
         "written through the mount\n"
     );
-    assert_eq!(sha256_file(&m.path("disks/disk/p2.raw")), sha256_file(&image));
+    assert_eq!(
+        sha256_file(&m.path("disks/disk/p2.raw")),
+        sha256_file(&image)
+    );
     assert_eq!(
         fs::read(m.path("disks/disk/p1/etc/hostname")).unwrap(),
         b"guest-1\n"
@@ -382,13 +425,29 @@ fn ls_and_cat_read_the_guest_without_a_mount() {
     let f = fixture();
     let ova = path_str(&f.ova);
     let names = |out: &std::process::Output| -> Vec<String> {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
     };
     assert_eq!(names(&ovafs_out(&["ls", ova])), ["disk"]);
     assert_eq!(
         names(&ovafs_out(&["ls", ova, "disks/disk"])),
-        ["p1", "p1.raw", "p2", "p2.raw", "p3.raw", "p4", "p4.raw", "partitions"]
+        [
+            "p1",
+            "p1.raw",
+            "p2",
+            "p2.raw",
+            "p3.raw",
+            "p4",
+            "p4.raw",
+            "partitions"
+        ]
     );
     let mut want: Vec<String> = fs::read_dir(f.trees[0].join("etc"))
         .unwrap()
@@ -403,17 +462,31 @@ fn ls_and_cat_read_the_guest_without_a_mount() {
     assert!(long[0].starts_with("-r--r--r-- 1234 99 14 "), "{}", long[0]);
     assert!(long[0].ends_with(" notes.txt"), "{}", long[0]);
     let etc = names(&ovafs_out(&["ls", "-l", ova, "disk/p1/etc"]));
-    assert!(etc.iter().any(|l| l.starts_with("-r-sr-xr-x 0 0 10 ") && l.ends_with(" tool")), "{etc:?}");
-    assert!(etc.iter().any(|l| l.ends_with(" escape -> ../etc/passwd")), "{etc:?}");
+    assert!(
+        etc.iter()
+            .any(|l| l.starts_with("-r-sr-xr-x 0 0 10 ") && l.ends_with(" tool")),
+        "{etc:?}"
+    );
+    assert!(
+        etc.iter().any(|l| l.ends_with(" escape -> ../etc/passwd")),
+        "{etc:?}"
+    );
 
     // cat: bytes as stored, through links followed inside the guest.
     for (path, source) in [
-        ("disk/p1/var/log/app/big.log", f.trees[0].join("var/log/app/big.log")),
+        (
+            "disk/p1/var/log/app/big.log",
+            f.trees[0].join("var/log/app/big.log"),
+        ),
         ("disk/p2/etc/ssh/host_abs", f.trees[1].join("etc/hostname")),
         ("disk/p1.raw", f.images[0].clone()),
     ] {
         let out = ovafs_out(&["cat", ova, path]);
-        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(out.stdout, fs::read(&source).unwrap(), "{path}");
     }
     let table = ovafs_out(&["cat", ova, "disk/partitions"]);
@@ -430,7 +503,10 @@ fn ls_and_cat_read_the_guest_without_a_mount() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{path}: {err}");
         assert_eq!(err.lines().count(), 1, "{path}: {err}");
-        assert!(err.starts_with("ovafs: ") && err.contains(says), "{path}: {err}");
+        assert!(
+            err.starts_with("ovafs: ") && err.contains(says),
+            "{path}: {err}"
+        );
     }
 }
 
@@ -474,8 +550,15 @@ fn an_iso_member_is_browsable_under_media() {
         fs::read_link(media.join("driver")).unwrap(),
         Path::new("drivers/net/virtio-net.ko")
     );
-    assert_eq!(sha256_file(&m.path("tools.iso")), sha256_file(&iso), "the member itself stays");
-    assert_eq!(errno_of(fs::read_dir(m.path("media/fake"))), Some(libc_eio()));
+    assert_eq!(
+        sha256_file(&m.path("tools.iso")),
+        sha256_file(&iso),
+        "the member itself stays"
+    );
+    assert_eq!(
+        errno_of(fs::read_dir(m.path("media/fake"))),
+        Some(libc_eio())
+    );
     m.umount();
 }
 
@@ -488,7 +571,9 @@ fn a_busybox_root_reads_as_debugfs_extracts_it() {
     let guest = common::guest::Guest::build();
     let dir = tempdir();
     let root = dir.path().join("root");
-    for d in ["bin", "sbin", "etc", "dev", "proc", "sys", "root", "var/log"] {
+    for d in [
+        "bin", "sbin", "etc", "dev", "proc", "sys", "root", "var/log",
+    ] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
     fs::create_dir_all(root.join("tmp")).unwrap();
@@ -503,11 +588,19 @@ fn a_busybox_root_reads_as_debugfs_extracts_it() {
         if link.exists() || !applet.starts_with("bin/") && !applet.starts_with("sbin/") {
             continue;
         }
-        let target = if applet.starts_with("bin/") { "busybox" } else { "../bin/busybox" };
+        let target = if applet.starts_with("bin/") {
+            "busybox"
+        } else {
+            "../bin/busybox"
+        };
         std::os::unix::fs::symlink(target, &link).unwrap();
     }
     fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    fs::write(root.join("etc/os-release"), "NAME=\"ovafs test root\"\nID=busybox\n").unwrap();
+    fs::write(
+        root.join("etc/os-release"),
+        "NAME=\"ovafs test root\"\nID=busybox\n",
+    )
+    .unwrap();
     fs::write(root.join("etc/hostname"), "appliance\n").unwrap();
     let image = dir.path().join("root.img");
     make_ext4(&image, &root, 64, &[]);
@@ -534,7 +627,11 @@ fn a_busybox_root_reads_as_debugfs_extracts_it() {
         }
     }
     // rdump creates folders without their sticky bit; debugfs's stat says what /tmp has.
-    let stat = run_ok(Command::new(sbin("debugfs")).args(["-R", "stat /tmp"]).arg(&image));
+    let stat = run_ok(
+        Command::new(sbin("debugfs"))
+            .args(["-R", "stat /tmp"])
+            .arg(&image),
+    );
     assert!(String::from_utf8_lossy(&stat.stdout).contains("Mode:  01777"));
     want.get_mut("tmp").unwrap().mode = 0o1555;
     let got = scan(&view);

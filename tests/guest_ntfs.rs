@@ -27,8 +27,8 @@ use std::time::{Duration, SystemTime};
 
 use common::guest_fs::{components, image_source, open_image, read_all, walk};
 use common::*;
-use ovafs::guest::{self, EntryKind};
 use ovafs::guest::ntfs::NtfsFsError;
+use ovafs::guest::{self, EntryKind};
 
 /// An ntfs-3g mount, unmounted when dropped.
 struct Mounted(PathBuf);
@@ -36,14 +36,24 @@ struct Mounted(PathBuf);
 impl Mounted {
     fn new(image: &Path, dir: &Path, opts: &str) -> Self {
         fs::create_dir_all(dir).unwrap();
-        run_ok(Command::new(tool("ntfs-3g")).arg("-o").arg(opts).arg(image).arg(dir));
+        run_ok(
+            Command::new(tool("ntfs-3g"))
+                .arg("-o")
+                .arg(opts)
+                .arg(image)
+                .arg(dir),
+        );
         Mounted(dir.to_path_buf())
     }
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let ok = Command::new(tool("fusermount3")).arg("-u").arg(&self.0).status().map(|s| s.success());
+        let ok = Command::new(tool("fusermount3"))
+            .arg("-u")
+            .arg(&self.0)
+            .status()
+            .map(|s| s.success());
         if ok.ok() != Some(true) {
             let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
@@ -57,7 +67,13 @@ fn set_attrib(path: &Path, attrib: u32) {
     let value = attrib.to_be_bytes();
     // SAFETY: both strings are NUL-terminated, the value is 4 readable bytes.
     let rc = unsafe { libc::setxattr(p.as_ptr(), name.as_ptr(), value.as_ptr().cast(), 4, 0) };
-    assert_eq!(rc, 0, "setxattr {}: {}", path.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "setxattr {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Writes the tree through the mount at `m`.
@@ -82,16 +98,38 @@ fn write_tree(m: &Path) {
     std::os::unix::fs::symlink("../ünïcödé näme.txt", m.join("dir1/link up")).unwrap();
     fs::create_dir(m.join("many")).unwrap();
     for i in 0..300 {
-        fs::write(m.join(format!("many/a rather long file name number {i:03}.txt")), format!("{i}\n")).unwrap();
+        fs::write(
+            m.join(format!("many/a rather long file name number {i:03}.txt")),
+            format!("{i}\n"),
+        )
+        .unwrap();
     }
     fs::write(m.join("readonly.txt"), b"read-only\n").unwrap();
     set_attrib(&m.join("readonly.txt"), 0x01);
     fs::create_dir(m.join("packed")).unwrap();
     set_attrib(&m.join("packed"), 0x800);
-    fs::write(m.join("packed/compressed.txt"), b"compress me ".repeat(20_000)).unwrap();
-    for (i, p) in ["tiny", "big.bin", "dir1/nested dir/deeper/deep.txt", "readonly.txt"].iter().enumerate() {
-        let t = SystemTime::UNIX_EPOCH + Duration::new(1_600_000_000 + 86_400 * i as u64, 123_456_700);
-        fs::File::options().write(true).open(m.join(p)).unwrap().set_modified(t).unwrap();
+    fs::write(
+        m.join("packed/compressed.txt"),
+        b"compress me ".repeat(20_000),
+    )
+    .unwrap();
+    for (i, p) in [
+        "tiny",
+        "big.bin",
+        "dir1/nested dir/deeper/deep.txt",
+        "readonly.txt",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let t =
+            SystemTime::UNIX_EPOCH + Duration::new(1_600_000_000 + 86_400 * i as u64, 123_456_700);
+        fs::File::options()
+            .write(true)
+            .open(m.join(p))
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
     }
 }
 
@@ -118,7 +156,11 @@ fn ntfs_matches_ntfs_3g() {
     let dir = tempdir();
     let image = dir.path().join("ntfs.img");
     fs::write(&image, vec![0u8; 64 << 20]).unwrap();
-    run_ok(Command::new(tool("mkntfs")).args(["-F", "-f", "-q"]).arg(&image));
+    run_ok(
+        Command::new(tool("mkntfs"))
+            .args(["-F", "-f", "-q"])
+            .arg(&image),
+    );
     {
         let m = Mounted::new(&image, &dir.path().join("rw"), "compression");
         write_tree(&m.0);
@@ -128,7 +170,10 @@ fn ntfs_matches_ntfs_3g() {
     let ours = walk(&*fs);
     let m = Mounted::new(&image, &dir.path().join("ro"), "ro");
     let theirs = walk_mount(&m.0);
-    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>());
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>()
+    );
     let mut for_ntfscat = Vec::new();
     for (path, stat) in &ours {
         let meta = &theirs[path];
@@ -142,7 +187,11 @@ fn ntfs_matches_ntfs_3g() {
             EntryKind::Other
         };
         assert_eq!(stat.kind, kind, "{path}");
-        assert_eq!(stat.mode, meta.permissions().mode() & 0o7777, "{path}: mode");
+        assert_eq!(
+            stat.mode,
+            meta.permissions().mode() & 0o7777,
+            "{path}: mode"
+        );
         assert_eq!(stat.nlink, meta.nlink() as u32, "{path}: links");
         assert_eq!(stat.mtime, meta.modified().unwrap(), "{path}: mtime");
         if kind == EntryKind::Other {
@@ -151,20 +200,41 @@ fn ntfs_matches_ntfs_3g() {
         assert_eq!(stat.size, meta.len(), "{path}: size");
         if kind == EntryKind::Symlink {
             let target = fs.read_link(&components(path)).unwrap();
-            assert_eq!(target, fs::read_link(m.0.join(&path[1..])).unwrap().as_os_str().as_bytes(), "{path}: target");
-            assert!(fs.read(&components(path), 0, &mut [0u8; 10]).is_err(), "{path}: read of a link");
+            assert_eq!(
+                target,
+                fs::read_link(m.0.join(&path[1..]))
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes(),
+                "{path}: target"
+            );
+            assert!(
+                fs.read(&components(path), 0, &mut [0u8; 10]).is_err(),
+                "{path}: read of a link"
+            );
             continue;
         }
         if kind != EntryKind::File {
             continue;
         }
         if path == "/packed/compressed.txt" {
-            let e = fs.read(&components(path), 0, &mut [0u8; 100]).expect_err("compressed file read");
-            assert!(matches!(e.layer_error::<NtfsFsError>(), Some(NtfsFsError::Unsupported(_))), "{e}");
+            let e = fs
+                .read(&components(path), 0, &mut [0u8; 100])
+                .expect_err("compressed file read");
+            assert!(
+                matches!(
+                    e.layer_error::<NtfsFsError>(),
+                    Some(NtfsFsError::Unsupported(_))
+                ),
+                "{e}"
+            );
             continue;
         }
         let data = read_all(&*fs, path);
-        assert!(data == fs::read(m.0.join(&path[1..])).unwrap(), "{path}: bytes differ from ntfs-3g's");
+        assert!(
+            data == fs::read(m.0.join(&path[1..])).unwrap(),
+            "{path}: bytes differ from ntfs-3g's"
+        );
         if data.len() > 1000 {
             for_ntfscat.push((path.clone(), data));
         }
@@ -176,8 +246,14 @@ fn ntfs_matches_ntfs_3g() {
         assert!(cat == data, "{path}: bytes differ from ntfscat's");
     }
     assert_eq!(ours["/link to big"].kind, EntryKind::Symlink);
-    assert_eq!(fs.read_link(&components("/link to big")).unwrap(), b"big.bin");
-    assert_eq!(fs.read_link(&components("/dir1/link up")).unwrap(), "../ünïcödé näme.txt".as_bytes());
+    assert_eq!(
+        fs.read_link(&components("/link to big")).unwrap(),
+        b"big.bin"
+    );
+    assert_eq!(
+        fs.read_link(&components("/dir1/link up")).unwrap(),
+        "../ünïcödé näme.txt".as_bytes()
+    );
     assert!(fs.read_link(&components("/big.bin")).is_err());
     assert_eq!(ours["/big.bin"].nlink, 2);
     assert_eq!(ours["/sparse.bin"].size, 8 << 20);
@@ -188,11 +264,20 @@ fn probe_claims_ntfs_only() {
     let dir = tempdir();
     assert_eq!(guest::probe(&vec![0u8; 1 << 20]), None);
     let fat = dir.path().join("fat.img");
-    run_ok(Command::new(tool("mkfs.vfat")).args(["-C", "-F", "16", "-s", "1"]).arg(&fat).arg("8192"));
+    run_ok(
+        Command::new(tool("mkfs.vfat"))
+            .args(["-C", "-F", "16", "-s", "1"])
+            .arg(&fat)
+            .arg("8192"),
+    );
     assert_eq!(guest::probe(&*image_source(&fat)), Some("vfat"));
     let ntfs = dir.path().join("ntfs.img");
     fs::write(&ntfs, vec![0u8; 8 << 20]).unwrap();
-    run_ok(Command::new(tool("mkntfs")).args(["-F", "-f", "-q"]).arg(&ntfs));
+    run_ok(
+        Command::new(tool("mkntfs"))
+            .args(["-F", "-f", "-q"])
+            .arg(&ntfs),
+    );
     let mut bytes = fs::read(&ntfs).unwrap();
     assert_eq!(guest::probe(&bytes), Some("ntfs"));
     // A boot sector with garbage fields: recognised, refused when opened, no panic.

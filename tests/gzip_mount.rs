@@ -66,7 +66,10 @@ fn gzip_disks_match_qemu_and_members_are_byte_exact() {
     for member in ["app.ovf", "app.mf", "sys.vmdk.gz", "data.img.gz"] {
         assert_same_bytes(&m.path(member), &extracted.join(member));
     }
-    assert_eq!(listing(&m.path("disks")), ["data", "data.raw", "sys", "sys.raw"]);
+    assert_eq!(
+        listing(&m.path("disks")),
+        ["data", "data.raw", "sys", "sys.raw"]
+    );
     let reference = tmp.path().join("sys.qemu.raw");
     qemu_to_raw(&vmdk, "vmdk", &reference);
     assert_same_bytes(&m.path("disks/sys.raw"), &reference);

@@ -61,7 +61,11 @@ fn members_are_byte_exact_and_disks_match_qemu() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     disks.sort();
-    assert_eq!(disks, ["big", "big.raw", "odd", "odd.raw"], "flat images and guest views");
+    assert_eq!(
+        disks,
+        ["big", "big.raw", "odd", "odd.raw"],
+        "flat images and guest views"
+    );
 
     for (disk, vmdk) in [("big", &big), ("odd", &odd)] {
         let flat = m.path(&format!("disks/{disk}.raw"));

@@ -103,7 +103,9 @@ fn resolve(root: Arc<dyn DirNode>, path: &str, follow_last: bool) -> Result<(Nod
             stack.pop();
             continue;
         }
-        let dir = stack.last().map_or_else(|| root.clone(), |(_, d)| d.clone());
+        let dir = stack
+            .last()
+            .map_or_else(|| root.clone(), |(_, d)| d.clone());
         let here = shown(&stack, &name);
         let node = dir
             .find(&name)
@@ -158,7 +160,11 @@ fn print_entry(out: &mut impl Write, name: &str, node: &Node, long: bool) -> Res
             let a = f.attributes(&Inline);
             let (uid, gid) = f.owner().unwrap_or((0, 0));
             let time = humantime::format_rfc3339_seconds(a.mtime);
-            format!("-{} {uid} {gid} {} {time} {name}\n", mode_text(a.mode), a.size)
+            format!(
+                "-{} {uid} {gid} {} {time} {name}\n",
+                mode_text(a.mode),
+                a.size
+            )
         }
         Node::Symlink(t) => format!("lrwxrwxrwx 0 0 {} - {name} -> {t}\n", t.len()),
     };

@@ -420,7 +420,11 @@ mod tests {
         assert_eq!(etc.owner(), Some((1000, 100)));
         let mut names: Vec<String> = etc.entries().into_iter().map(|(n, _)| n).collect();
         names.sort();
-        assert_eq!(names, ["hosts", "link", "\u{e9}t\u{e9}"], "the non-UTF-8 name is not shown");
+        assert_eq!(
+            names,
+            ["hosts", "link", "\u{e9}t\u{e9}"],
+            "the non-UTF-8 name is not shown"
+        );
         let Some(Node::File(hosts)) = etc.lookup("hosts") else {
             panic!("hosts is a file")
         };
@@ -430,13 +434,15 @@ mod tests {
         let mut buf = [0u8; 9];
         h.read_at(0, &mut buf).unwrap();
         assert_eq!(&buf, b"127.0.0.1");
-        assert!(hosts
-            .clone()
-            .open(OpenMode {
-                write: true,
-                ..OpenMode::default()
-            })
-            .is_err());
+        assert!(
+            hosts
+                .clone()
+                .open(OpenMode {
+                    write: true,
+                    ..OpenMode::default()
+                })
+                .is_err()
+        );
         let Some(Node::File(again)) = etc.lookup("hosts") else {
             panic!()
         };

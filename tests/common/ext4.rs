@@ -130,7 +130,11 @@ fn dir_ino(dirs: &BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Listed>>, dir: &[u8]) -> u
         return 2;
     }
     let cut = dir.iter().rposition(|&b| b == b'/').unwrap();
-    let parent = if cut == 0 { b"/".to_vec() } else { dir[..cut].to_vec() };
+    let parent = if cut == 0 {
+        b"/".to_vec()
+    } else {
+        dir[..cut].to_vec()
+    };
     dirs[&parent][&dir[cut + 1..]].ino
 }
 
@@ -154,7 +158,12 @@ fn parse_ls(out: &[u8]) -> BTreeMap<Vec<u8>, Listed> {
         }
         let fields: Vec<&[u8]> = line.split(|&b| b == b'/').collect();
         // ["", ino, mode, uid, gid, name, size, ""]
-        assert_eq!(fields.len(), 8, "ls -p line {:?}", String::from_utf8_lossy(line));
+        assert_eq!(
+            fields.len(),
+            8,
+            "ls -p line {:?}",
+            String::from_utf8_lossy(line)
+        );
         let name = fields[5].to_vec();
         // `/0/000000/0/0//0/`: an unused record (a block e2fsck -D left empty).
         if name == b"." || name == b".." || (fields[1] == b"0" && name.is_empty()) {
@@ -179,13 +188,22 @@ fn parse_stats(out: &[u8]) -> (BTreeMap<u32, InodeInfo>, BTreeMap<u32, Vec<u8>>)
     let mut links = BTreeMap::new();
     for section in text.split("debugfs: ").skip(1) {
         let word_after = |key: &str| -> String {
-            let at = section.find(key).unwrap_or_else(|| panic!("no {key} in {section}"));
-            section[at + key.len()..].split_whitespace().next().unwrap().to_string()
+            let at = section
+                .find(key)
+                .unwrap_or_else(|| panic!("no {key} in {section}"));
+            section[at + key.len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string()
         };
         let ino: u32 = word_after("Inode:").parse().unwrap();
         let mtime = word_after(" mtime:");
         let (secs, extra) = match mtime.split_once(':') {
-            Some((s, e)) => (s, u32::from_str_radix(e.trim_start_matches("0x"), 16).unwrap()),
+            Some((s, e)) => (
+                s,
+                u32::from_str_radix(e.trim_start_matches("0x"), 16).unwrap(),
+            ),
             None => (mtime.as_str(), 0),
         };
         let secs = i64::from_str_radix(secs.trim_start_matches("0x"), 16).unwrap();
