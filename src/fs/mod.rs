@@ -10,9 +10,11 @@
 //! descriptor, editors' scratch files) get zero TTLs and direct I/O and are answered on the
 //! session thread from memory.
 //!
-//! Extended attributes: there are none. `getxattr` answers ENODATA and `listxattr` an empty
-//! list (instead of fuser's "not implemented" warning on every `ls -l`); setting one is
-//! refused with ENOTSUP.
+//! Extended attributes: there are none. `getxattr`, `listxattr` and `setxattr` answer
+//! ENOSYS (without fuser's "not implemented" warning): the kernel then remembers that this
+//! file system has no extended attributes and answers every later call itself with
+//! EOPNOTSUPP, as for vfat. That saves `cp -a` and `ls -l` three requests per file (a third
+//! of all requests of a `cp -a` out of a guest file system).
 //!
 //! This is the only layer that knows errnos: [`errno_of`] is its one table.
 
@@ -1086,16 +1088,14 @@ impl Filesystem for OvaFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
         match self.node(ino.0) {
-            Ok(_) => reply.error(Errno::ENODATA),
+            Ok(_) => reply.error(Errno::ENOSYS),
             Err(e) => reply.error(e),
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, _req: &Request, ino: INodeNo, _size: u32, reply: ReplyXattr) {
         match self.node(ino.0) {
-            // No names: the list is empty (its size is 0 whether or not a buffer was given).
-            Ok(_) if size == 0 => reply.size(0),
-            Ok(_) => reply.data(&[]),
+            Ok(_) => reply.error(Errno::ENOSYS),
             Err(e) => reply.error(e),
         }
     }
@@ -1110,7 +1110,7 @@ impl Filesystem for OvaFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOTSUP);
+        reply.error(Errno::ENOSYS);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {

@@ -41,7 +41,17 @@ pub struct GuestFolder {
     fs: Arc<dyn GuestFs>,
     path: Vec<Vec<u8>>,
     stat: GuestStat,
-    children: Mutex<HashMap<String, WeakNode>>,
+    children: Mutex<Children>,
+}
+
+/// Smallest number of remembered children before dead ones are swept out.
+const MIN_SWEEP: usize = 4096;
+
+/// The children handed out, kept weakly, and when to sweep out the dead ones.
+struct Children {
+    map: HashMap<String, WeakNode>,
+    /// Sweep when the map reaches this many entries.
+    sweep_at: usize,
 }
 
 impl GuestFolder {
@@ -56,7 +66,10 @@ impl GuestFolder {
             fs,
             path,
             stat,
-            children: Mutex::new(HashMap::new()),
+            children: Mutex::new(Children {
+                map: HashMap::new(),
+                sweep_at: MIN_SWEEP,
+            }),
         }
     }
 
@@ -95,7 +108,7 @@ impl GuestFolder {
     /// (a device, a link whose target cannot be read).
     fn child(&self, name: &str, stat: Option<GuestStat>) -> Result<Option<Node>> {
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = children.get(name).and_then(WeakNode::upgrade) {
+        if let Some(n) = children.map.get(name).and_then(WeakNode::upgrade) {
             return Ok(Some(n));
         }
         let stat = match stat {
@@ -111,17 +124,24 @@ impl GuestFolder {
         };
         match &node {
             Node::File(f) => {
-                children.insert(name.to_string(), WeakNode::File(Arc::downgrade(f)));
+                children
+                    .map
+                    .insert(name.to_string(), WeakNode::File(Arc::downgrade(f)));
             }
             Node::Dir(d) => {
-                children.insert(name.to_string(), WeakNode::Dir(Arc::downgrade(d)));
+                children
+                    .map
+                    .insert(name.to_string(), WeakNode::Dir(Arc::downgrade(d)));
             }
             // A link is its target: nothing to keep.
             Node::Symlink(_) => {}
         }
-        // Dead entries go once the map has grown past what the kernel keeps alive.
-        if children.len() > 4096 {
-            children.retain(|_, w| w.upgrade().is_some());
+        // Dead entries go once the map has doubled since the last sweep (at least
+        // MIN_SWEEP entries), so a sweep costs amortised O(1) per insert even when every
+        // child is alive (a listing of a 50,000-entry folder holds all of them).
+        if children.map.len() >= children.sweep_at {
+            children.map.retain(|_, w| w.upgrade().is_some());
+            children.sweep_at = children.map.len().saturating_mul(2).max(MIN_SWEEP);
         }
         Ok(Some(node))
     }
