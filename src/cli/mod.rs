@@ -1,6 +1,6 @@
 //! The command line: argument parsing into validated configurations, and the commands.
 //!
-//! `ovafs mount|umount|status|commit|discard|info|verify|demo`, and the same binary called as `mount.ovafs SOURCE DIR -o
+//! `ovafs mount|umount|status|commit|discard|sign|info|verify|demo`, and the same binary called as `mount.ovafs SOURCE DIR -o
 //! OPTS` by `mount -t ovafs` and fstab. Every command returns an exit code; errors reach the
 //! user as one line on stderr.
 
@@ -13,6 +13,7 @@ mod mount;
 mod mountinfo;
 pub mod options;
 mod record;
+mod sign;
 mod umount;
 mod verify;
 
@@ -113,6 +114,20 @@ enum Command {
         /// The disk: disk1, disk1.raw, or its Disk id.
         disk: String,
     },
+    /// Re-sign a package: its certificate (.cert) regenerated over its manifest with this
+    /// key, as ovftool writes it (atomically, in place).
+    Sign {
+        /// The signer's RSA private key in PEM (unencrypted; mode 0600). The certificate may
+        /// follow the key in the same file.
+        #[arg(short = 'k', long = "key", value_name = "KEY.pem")]
+        key: PathBuf,
+        /// The signer's certificate in PEM (chain certificates may follow it); default: the
+        /// certificates in the key file.
+        #[arg(long, value_name = "CERT.pem")]
+        cert: Option<PathBuf>,
+        /// The package (.ova or .ovf).
+        source: PathBuf,
+    },
     /// List a folder of a disk's guest view without mounting (as below the mount's disks/):
     /// disk1, disk1/p1/etc
     Ls {
@@ -203,6 +218,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
             target,
             disk,
         } => report(disks::discard(&target, &disk, overlay)),
+        Command::Sign { key, cert, source } => {
+            report(sign::run(&sign::SignArgs { key, cert, source }))
+        }
         Command::Ls { long, source, path } => report(guest::ls(&source, &path, long)),
         Command::Cat { source, path } => report(guest::cat(&source, &path)),
         Command::Demo => report(demo::run()),
