@@ -34,10 +34,10 @@ use crate::error::{Error, ErrorKind, Result};
 /// Largest key or certificate file read: a PEM chain is a few KiB.
 pub const MAX_PEM_BYTES: u64 = 1 << 20;
 
-/// A key or certificate file that is not used.
+/// Why a package is not signed (its key or certificate files, the package).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum KeyFileError {
+pub enum SignError {
     /// It cannot be opened or read.
     #[error("{path}: {source}")]
     Read {
@@ -54,16 +54,26 @@ pub enum KeyFileError {
         /// The rule.
         rule: String,
     },
+    /// The package has no manifest for the signature to sign.
+    #[error(
+        "{package} has no manifest: a signature signs the manifest (make one with ovftool or cot, then sign)"
+    )]
+    NoManifest {
+        /// The package.
+        package: String,
+    },
     /// `--cert` was left out and the key file holds no certificate.
-    #[error("{path} holds no certificate after the key: give the signer's certificate with --cert (or sign_cert=)")]
+    #[error(
+        "{path} holds no certificate after the key: give the signer's certificate with --cert (or sign_cert=)"
+    )]
     NoCertificate {
         /// The key file.
         path: String,
     },
 }
 
-impl From<KeyFileError> for Error {
-    fn from(e: KeyFileError) -> Self {
+impl From<SignError> for Error {
+    fn from(e: SignError) -> Self {
         Error::layer(e).context("sign")
     }
 }
@@ -80,11 +90,11 @@ enum Secrecy {
 /// Reads a key or certificate file under the rules of the module comment.
 fn read_pem(path: &Path, secrecy: Secrecy) -> Result<Vec<u8>> {
     let shown = path.display().to_string();
-    let read_err = |source| KeyFileError::Read {
+    let read_err = |source| SignError::Read {
         path: shown.clone(),
         source,
     };
-    let unsafe_file = |rule: String| KeyFileError::Unsafe {
+    let unsafe_file = |rule: String| SignError::Unsafe {
         path: shown.clone(),
         rule,
     };
@@ -102,7 +112,11 @@ fn read_pem(path: &Path, secrecy: Secrecy) -> Result<Vec<u8>> {
     }
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
-        return Err(unsafe_file(format!("owned by uid {}, neither us ({me}) nor root", meta.uid())).into());
+        return Err(unsafe_file(format!(
+            "owned by uid {}, neither us ({me}) nor root",
+            meta.uid()
+        ))
+        .into());
     }
     let forbidden = match secrecy {
         Secrecy::Private => 0o077,
@@ -116,7 +130,11 @@ fn read_pem(path: &Path, secrecy: Secrecy) -> Result<Vec<u8>> {
         return Err(unsafe_file(format!("mode {:04o}: {what}", meta.mode() & 0o7777)).into());
     }
     if meta.len() > MAX_PEM_BYTES {
-        return Err(unsafe_file(format!("{} bytes, above the limit of {MAX_PEM_BYTES}", meta.len())).into());
+        return Err(unsafe_file(format!(
+            "{} bytes, above the limit of {MAX_PEM_BYTES}",
+            meta.len()
+        ))
+        .into());
     }
     let mut bytes = Vec::new();
     file.take(MAX_PEM_BYTES)
@@ -134,11 +152,8 @@ pub fn load_signer(key: &Path, cert: Option<&Path>) -> Result<Signer> {
         None => {
             // The certificates after the key in the same file. Only the blocks' presence is
             // checked here; `Signer` parses them and keeps nothing else.
-            if !key_pem
-                .windows(CERT_BEGIN.len())
-                .any(|w| w == CERT_BEGIN)
-            {
-                return Err(KeyFileError::NoCertificate {
+            if !key_pem.windows(CERT_BEGIN.len()).any(|w| w == CERT_BEGIN) {
+                return Err(SignError::NoCertificate {
                     path: key.display().to_string(),
                 }
                 .into());
@@ -151,6 +166,16 @@ pub fn load_signer(key: &Path, cert: Option<&Path>) -> Result<Signer> {
 
 /// The start of a PEM certificate block.
 const CERT_BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
+
+/// Runs `f` with warnings off: recovery logs what it did, and `ovafs sign` says it once
+/// itself (a refusal as its one error line, a completed commit as a notice).
+fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    let level = log::max_level();
+    log::set_max_level(log::LevelFilter::Error.min(level));
+    let out = f();
+    log::set_max_level(level);
+    out
+}
 
 /// What `ovafs sign` is given.
 #[derive(Debug)]
@@ -180,9 +205,12 @@ pub fn run(args: &SignArgs) -> Result<i32> {
             r.mount_point.display()
         ))));
     }
-    let recovery = commit::recover(&real)?;
+    let recovery = quietly(|| commit::recover(&real))?;
     if let Some(why) = recovery.read_only_reason() {
         return Err(Error::new(ErrorKind::ReadOnly(why)));
+    }
+    for notice in recovery.notices() {
+        eprintln!("ovafs: {}: {notice}", source.display());
     }
     let package = crate::package::open(&real)?;
     if let Some(format) = package.archive_compression {
@@ -192,10 +220,10 @@ pub fn run(args: &SignArgs) -> Result<i32> {
         ))));
     }
     if package.manifest_member.is_none() {
-        return Err(Error::usage(format!(
-            "{} has no manifest: a signature signs the manifest (make one with ovftool or cot, then sign)",
-            source.display()
-        )));
+        return Err(SignError::NoManifest {
+            package: source.display().to_string(),
+        }
+        .into());
     }
     let mut committer = Committer::open(&package)?;
     let report =

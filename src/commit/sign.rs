@@ -79,10 +79,7 @@ impl Signer {
                 .map_err(|e| bad(format!("the certificate cannot be written: {e}")))?;
             out.extend_from_slice(&pem);
         }
-        Ok(Signer {
-            key,
-            cert_pem: out,
-        })
+        Ok(Signer { key, cert_pem: out })
     }
 
     /// The `.cert` file for `manifest` (named `manifest_name` in the package), signed with
