@@ -358,7 +358,11 @@ fn disk_summary(
 /// quoted with escapes (a hostile descriptor's value may hold control characters).
 fn property_line(p: &PropertySummary) -> String {
     let mut facts: Vec<String> = Vec::new();
-    facts.push(p.type_name.clone().unwrap_or_else(|| "no type".into()));
+    facts.push(
+        p.type_name
+            .as_deref()
+            .map_or_else(|| "no type".into(), shown),
+    );
     if let Some(q) = &p.qualifiers {
         facts.push(format!("qualifiers {q:?}"));
     }
@@ -369,18 +373,33 @@ fn property_line(p: &PropertySummary) -> String {
         facts.push("password".into());
     }
     if let Some(c) = &p.configurations {
-        facts.push(format!("only in {}", c.join(" ")));
+        facts.push(format!("only in {}", shown(&c.join(" "))));
     }
     let value = match (&p.value, p.password) {
         (_, true) => "(hidden)".to_string(),
         (Some(v), false) => format!("{v:?}"),
         (None, false) => "(no value)".to_string(),
     };
-    let mut line = format!("{}: {} = {value}", p.key, facts.join(", "));
+    let mut line = format!("{}: {} = {value}", shown(&p.key), facts.join(", "));
     if let Some(l) = &p.label {
         line += &format!(" ({l:?})");
     }
     line
+}
+
+/// A name from the descriptor with its control characters escaped, so that it cannot
+/// move the terminal's cursor or forge lines.
+fn shown(name: &str) -> String {
+    name.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 fn print_configurations(configs: &[ConfigurationSummary]) {
@@ -389,7 +408,7 @@ fn print_configurations(configs: &[ConfigurationSummary]) {
     }
     println!("\nDeployment configurations ({}):", configs.len());
     for c in configs {
-        let mut line = format!("  {}", c.id);
+        let mut line = format!("  {}", shown(&c.id));
         if let Some(l) = &c.label {
             line += &format!(" {l:?}");
         }
@@ -401,17 +420,17 @@ fn print_configurations(configs: &[ConfigurationSummary]) {
             println!("    same settings as the default");
         }
         for ch in &c.changes {
-            let shown = |v: &Option<String>| match (v, ch.password) {
+            let value = |v: &Option<String>| match (v, ch.password) {
                 (_, true) => "(hidden)".to_string(),
                 (Some(v), false) => format!("{v:?}"),
                 (None, false) => "(not set)".to_string(),
             };
             println!(
                 "    {}/{}: {} (default {})",
-                ch.content,
-                ch.setting,
-                shown(&ch.value),
-                shown(&ch.default_value)
+                shown(&ch.content),
+                shown(&ch.setting),
+                value(&ch.value),
+                value(&ch.default_value)
             );
         }
     }
