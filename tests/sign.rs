@@ -15,12 +15,15 @@
 //!   same size); the key never reaches the `.cert`.
 //! - `sha1_manifest_folder_gets_a_sha256_signature`: an OVF folder with a SHA-1 manifest.
 //! - `a_mount_with_sign_key_resigns_its_edits`: `echo 4 > MNT/vm/cpus` on a mount with
-//!   `-o sign_key=,sign_cert=`; the mount shows the new certificate; after unmounting the
-//!   package verifies and holds 4 CPUs.
+//!   `-o sign_key=,sign_cert=`; the mount shows the new certificate; a property edit and a
+//!   disk commit (`ovafs commit MNT`) follow; after unmounting the package verifies, holds
+//!   4 CPUs, the new property value and the written disk bytes (qemu-img convert).
 //! - `bad_keys_are_refused_with_one_line_and_change_nothing`: another key, an Ed25519 key,
 //!   a key others may read, a symlinked key, a key file without certificate, a certificate
 //!   others may write, a package without manifest; `ovafs sign` and `ovafs mount`.
 //! - `a_writable_mount_or_a_foreign_journal_refuses_sign`.
+//! - `offline_commit_with_sign_key_resigns`: `ovafs commit -o sign_key= SOURCE` of disk
+//!   changes left in the overlay; refused for a mount point.
 
 mod common;
 
@@ -312,6 +315,15 @@ fn a_mount_with_sign_key_resigns_its_edits() {
         "echo edge-7 > {}",
         p(&m.path("vm/properties/hostname"))
     ));
+    // A disk commit through the daemon re-signs too.
+    let disk = m.path("disks/edit-disk1.raw");
+    common::sh(&format!(
+        "printf 'signed disk' | dd of={} bs=4096 seek=5 conv=notrunc,fsync status=none",
+        p(&disk)
+    ));
+    let (code, out, err) = ovafs(&["commit", p(&m.dir)]);
+    assert_eq!(code, 0, "ovafs commit: {out}{err}");
+    assert!(out.contains("committed as edit-disk1.vmdk"), "{out}");
     m.umount();
     assert_trusted(&ova, &pki.ca);
     let dir = extract(&ova, &tmp.path().join("x"));
@@ -325,6 +337,10 @@ fn a_mount_with_sign_key_resigns_its_edits() {
     assert!(ovf.contains("ovf:value=\"edge-7\""), "{ovf}");
     // The first edit's certificate was shown; the second one signed another manifest.
     assert_ne!(shown, fs::read(dir.join("edit.cert")).unwrap());
+    let raw = tmp.path().join("committed.raw");
+    common::qemu_to_raw(&dir.join("edit-disk1.vmdk"), "vmdk", &raw);
+    let bytes = fs::read(&raw).unwrap();
+    assert_eq!(&bytes[5 * 4096..5 * 4096 + 11], b"signed disk");
     assert!(String::from_utf8_lossy(&shown).starts_with("SHA256(edit.mf)= "));
 }
 
@@ -443,4 +459,30 @@ fn a_writable_mount_or_a_foreign_journal_refuses_sign() {
     fs::remove_file(&journal).unwrap();
     sign_ok(&args[1..]);
     assert_trusted(&ova, &pki.ca);
+}
+
+#[test]
+fn offline_commit_with_sign_key_resigns() {
+    let tmp = tempdir();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let ova = sample_ova(tmp.path(), "off");
+    let opt = format!("sign_key={},sign_cert={}", p(&pki.key), p(&pki.cert));
+    let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
+    common::sh(&format!(
+        "printf 'offline' | dd of={} bs=4096 seek=3 conv=notrunc,fsync status=none",
+        p(&m.path("disks/off-disk1.raw"))
+    ));
+    // A mount re-signs as it was mounted: the option is refused there.
+    let (code, out, err) = ovafs(&["commit", "-o", &opt, p(&m.dir)]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("no mount serves"), "{err}");
+    m.umount();
+    // The changes stayed in the overlay; committed now, without a mount, and signed.
+    let (code, out, err) = ovafs(&["commit", "-o", &opt, p(&ova)]);
+    assert_eq!(code, 0, "ovafs commit: {out}{err}");
+    assert!(out.contains("committed as off-disk1.vmdk"), "{out}");
+    assert_trusted(&ova, &pki.ca);
+    let dir = extract(&ova, &tmp.path().join("x"));
+    assert_openssl_verifies(&dir, "off.cert", "off.mf", &pki);
+    coreutils_check_manifest(&dir, "off.mf");
 }

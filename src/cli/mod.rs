@@ -209,10 +209,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
             overlay,
             target,
         } => report(disks::status(&target, json, overlay)),
-        Command::Commit { options, target } => report(
-            commit_options(&options)
-                .and_then(|(overlay, level)| disks::commit(&target, overlay, level)),
-        ),
+        Command::Commit { options, target } => {
+            report(commit_options(&options).and_then(|o| disks::commit(&target, &o)))
+        }
         Command::Discard {
             overlay,
             target,
@@ -227,19 +226,29 @@ pub fn run(args: Vec<OsString>) -> i32 {
     }
 }
 
-/// The options `ovafs commit -o` takes: `overlay=DIR` and `commit_level=N`.
-fn commit_options(lists: &[String]) -> Result<(Option<PathBuf>, i32)> {
-    let mut overlay = None;
-    let mut level = crate::writable::WritableOptions::default().commit_level;
+/// The options `ovafs commit -o` takes: `overlay=DIR`, `commit_level=N`, `sign_key=PEM`
+/// and `sign_cert=PEM`.
+fn commit_options(lists: &[String]) -> Result<disks::CommitArgs> {
+    let mut o = disks::CommitArgs {
+        overlay: None,
+        level: crate::writable::WritableOptions::default().commit_level,
+        sign_key: None,
+        sign_cert: None,
+    };
     for opt in lists.iter().flat_map(|l| l.split(',')).map(str::trim) {
         match opt.split_once('=') {
-            Some(("overlay", v)) if !v.is_empty() => overlay = Some(PathBuf::from(v)),
-            Some(("commit_level", v)) => level = options::parse_commit_level(v)?,
+            Some(("overlay", v)) if !v.is_empty() => o.overlay = Some(PathBuf::from(v)),
+            Some(("commit_level", v)) => o.level = options::parse_commit_level(v)?,
+            Some(("sign_key", v)) if !v.is_empty() => o.sign_key = Some(PathBuf::from(v)),
+            Some(("sign_cert", v)) if !v.is_empty() => o.sign_cert = Some(PathBuf::from(v)),
             _ if opt.is_empty() => {}
             _ => return Err(Error::usage(format!("unknown commit option '{opt}'"))),
         }
     }
-    Ok((overlay, level))
+    if o.sign_cert.is_some() && o.sign_key.is_none() {
+        return Err(Error::usage("sign_cert= needs sign_key="));
+    }
+    Ok(o)
 }
 
 /// Prints an error as one line and turns a result into an exit code.
