@@ -75,6 +75,8 @@ pub struct Editor {
     descriptor_path: String,
     manifest_path: Option<String>,
     certificate_path: Option<String>,
+    /// Where a certificate that a re-signing commit created is shown (the package had none).
+    created_certificate_path: OnceLock<String>,
     members: Vec<String>,
     /// Permission bits of the descriptor, manifest and certificate members.
     descriptor_mode: u32,
@@ -151,10 +153,12 @@ impl Editor {
             descriptor_path,
             manifest_path: manifest.map(|(n, _)| n),
             certificate_path: certificate.map(|(n, _)| n),
+            created_certificate_path: OnceLock::new(),
             members: package.members.iter().map(|m| m.name.clone()).collect(),
             descriptor_mode: mode_of(Some(package.descriptor_member)),
             manifest_mode: mode_of(package.manifest_member),
-            certificate_mode: mode_of(package.certificate_member),
+            // A certificate created by re-signing is written like the manifest.
+            certificate_mode: mode_of(package.certificate_member.or(package.manifest_member)),
             relocation: package.relocation.clone(),
             shown: OnceLock::new(),
         })
@@ -187,6 +191,14 @@ impl Editor {
             self.state.clear_poison();
             st
         })
+    }
+
+    /// Where the certificate is shown: its member's place, or that of the one a re-signing
+    /// commit created.
+    fn certificate_path(&self) -> Option<&str> {
+        self.certificate_path
+            .as_deref()
+            .or_else(|| self.created_certificate_path.get().map(String::as_str))
     }
 
     fn writable(&self) -> bool {
@@ -262,6 +274,17 @@ impl Editor {
             log::warn!("{name} no longer matches the manifest and was removed");
             st.certificate = None;
         }
+        if let (crate::commit::CertificateFate::Signed(name), Some(bytes)) =
+            (&report.certificate, &report.certificate_bytes)
+        {
+            if self.certificate_path.is_none() {
+                // Set once: every later re-signing writes the same member.
+                let _ = self
+                    .created_certificate_path
+                    .set(layout::shown_path(name).into_owned());
+            }
+            st.certificate = Some(Arc::from(bytes.as_slice()));
+        }
         st.descriptor = new;
         st.values = None;
         st.prepared = None;
@@ -324,8 +347,8 @@ impl Editor {
         if let Some(p) = &self.manifest_path {
             out.push((p.clone(), read_only.clone()));
         }
-        if let (Some(p), Some(_)) = (&self.certificate_path, &st.certificate) {
-            out.push((p.clone(), read_only));
+        if let (Some(p), Some(_)) = (self.certificate_path(), &st.certificate) {
+            out.push((p.to_string(), read_only));
         }
         for e in settings::tree(&st.descriptor) {
             let kind = match e.kind {
@@ -351,7 +374,7 @@ impl Editor {
         if Some(path) == self.manifest_path.as_deref() {
             return st.manifest.clone().ok_or_else(|| gone(path));
         }
-        if Some(path) == self.certificate_path.as_deref() {
+        if Some(path) == self.certificate_path() {
             return st.certificate.clone().ok_or_else(|| gone(path));
         }
         let values = st.values.get_or_insert_with(|| {
@@ -443,7 +466,7 @@ impl Editor {
     fn mode_ceiling(&self, path: &str) -> u32 {
         if Some(path) == self.manifest_path.as_deref() {
             self.manifest_mode
-        } else if Some(path) == self.certificate_path.as_deref() {
+        } else if Some(path) == self.certificate_path() {
             self.certificate_mode
         } else {
             // The descriptor and every settings file read from it.

@@ -157,11 +157,36 @@ fn describe(s: &DiskState) -> String {
     line
 }
 
+/// What `ovafs commit -o` was given.
+#[derive(Debug)]
+pub struct CommitArgs {
+    /// `overlay=DIR`.
+    pub overlay: Option<PathBuf>,
+    /// `commit_level=N`.
+    pub level: i32,
+    /// `sign_key=PEM`: re-sign (a package no mount serves; a mount re-signs as it was told).
+    pub sign_key: Option<PathBuf>,
+    /// `sign_cert=PEM`.
+    pub sign_cert: Option<PathBuf>,
+}
+
 /// `ovafs commit TARGET`.
-pub fn commit(target: &Path, overlay: Option<PathBuf>, level: i32) -> Result<i32> {
+pub fn commit(target: &Path, args: &CommitArgs) -> Result<i32> {
     crate::logging::init_stderr(false);
+    // Read first: a bad key refuses the commit before anything is opened.
+    let signer = args
+        .sign_key
+        .as_deref()
+        .map(|k| super::sign::load_signer(k, args.sign_cert.as_deref()))
+        .transpose()?;
     let bar = Progress::new();
     let summary = match resolve(target)? {
+        Target::Mount(m) if signer.is_some() => {
+            return Err(Error::usage(format!(
+                "sign_key= is for a package no mount serves: the mount of {} re-signs its commits when it was mounted with -o sign_key=",
+                m.display()
+            )));
+        }
         Target::Mount(m) => {
             let mut progress = |disk: &str, done: u64, total: u64| bar.show(disk, done, total);
             match control::ask(&m, &Request::Commit, &mut progress)? {
@@ -170,7 +195,8 @@ pub fn commit(target: &Path, overlay: Option<PathBuf>, level: i32) -> Result<i32
             }
         }
         Target::Package(p) => {
-            let offline = open_offline(&p, options_for(overlay, level)?)?;
+            let mut offline = open_offline(&p, options_for(args.overlay.clone(), args.level)?)?;
+            offline.committer.resign_with(signer);
             let committer = OfflineCommit::new(&offline.appliance.package, offline.committer);
             let mut progress = |p: CommitProgress<'_>| bar.show(p.disk, p.grains_done, p.grains);
             offline.disks.commit(&committer, &mut progress)?

@@ -3,6 +3,15 @@
 //! Opens the package and every disk's headers (metadata only, like a mount), but unlike a
 //! mount it reports a broken disk instead of failing, so it can be used to find out what is
 //! wrong with a package. Exit status 1 when a disk is broken.
+//!
+//! Properties (DSP0243 ProductSection) are listed with their type, qualifiers and the value
+//! a deployment starts from: the `Value` of the default configuration, else `ovf:value`.
+//! Password values are never printed (text: `(hidden)`; JSON: `null` with `password`
+//! true); the settings files give them to who may read them. Deployment configurations
+//! (DeploymentOptionSection) are listed with what each sets differently from the default
+//! configuration, compared through the settings layer's per-configuration files
+//! (`vms/ID/configs/CONFIG/`: cpus, cores per socket, memory, NICs, property values), so
+//! `ovafs info` and a mount agree.
 
 use std::path::Path;
 
@@ -26,6 +35,7 @@ struct Summary {
     manifest: Option<String>,
     certificate: Option<String>,
     systems: Vec<SystemSummary>,
+    configurations: Vec<ConfigurationSummary>,
     disks: Vec<DiskSummary>,
     networks: Vec<NetworkSummary>,
     warnings: Vec<String>,
@@ -44,7 +54,50 @@ struct SystemSummary {
     memory_mib: Option<u64>,
     nics: Vec<NicSummary>,
     product: Option<String>,
-    properties: usize,
+    properties: Vec<PropertySummary>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PropertySummary {
+    /// `[class.]key[.instance]`, as the guest sees it.
+    key: String,
+    #[serde(rename = "type")]
+    type_name: Option<String>,
+    qualifiers: Option<String>,
+    /// The value in the default configuration (`None` for a password).
+    value: Option<String>,
+    user_configurable: bool,
+    password: bool,
+    label: Option<String>,
+    description: Option<String>,
+    /// The configurations it is limited to (`ovf:configuration`), if any.
+    configurations: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigurationSummary {
+    id: String,
+    label: Option<String>,
+    description: Option<String>,
+    default: bool,
+    /// What differs from the default configuration.
+    changes: Vec<ConfigChange>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigChange {
+    /// The VirtualSystem or collection.
+    content: String,
+    /// The setting, as under `vms/ID/configs/CONFIG/` (`cpus`, `properties/KEY`).
+    setting: String,
+    /// Its value in this configuration (`None`: not set here, or a password).
+    value: Option<String>,
+    /// Its value in the default configuration (`None`: not set there, or a password).
+    default_value: Option<String>,
+    password: bool,
 }
 
 #[derive(Serialize)]
@@ -122,6 +175,7 @@ fn summarise(source: &Path, package: &Package, statuses: &[DiskStatus]) -> Summa
         manifest: member_name(package.manifest_member),
         certificate: member_name(package.certificate_member),
         systems: d.systems.iter().map(|s| system_summary(d, s)).collect(),
+        configurations: configuration_summaries(d),
         disks: package
             .disks
             .iter()
@@ -140,7 +194,7 @@ fn summarise(source: &Path, package: &Package, statuses: &[DiskStatus]) -> Summa
     }
 }
 
-fn system_summary(_d: &Descriptor, s: &VirtualSystem) -> SystemSummary {
+fn system_summary(d: &Descriptor, s: &VirtualSystem) -> SystemSummary {
     SystemSummary {
         id: s.id.to_string(),
         name: s.name.as_ref().map(|n| n.to_string()),
@@ -170,8 +224,104 @@ fn system_summary(_d: &Descriptor, s: &VirtualSystem) -> SystemSummary {
                 None => name,
             })
         }),
-        properties: s.properties.len(),
+        properties: s
+            .properties
+            .iter()
+            .map(|p| property_summary(d, p))
+            .collect(),
     }
+}
+
+fn property_summary(d: &Descriptor, p: &crate::ovf::Property) -> PropertySummary {
+    let default = d.default_configuration().map(|c| c.id.value.as_str());
+    let text = |x: Option<&crate::ovf::Spanned<String>>| x.map(|v| v.value.clone());
+    PropertySummary {
+        key: p.full_key(),
+        type_name: text(p.type_name.as_ref()),
+        qualifiers: text(p.qualifiers.as_ref()),
+        value: if p.is_password() {
+            None
+        } else {
+            text(p.value_for(default))
+        },
+        user_configurable: p.is_user_configurable(),
+        password: p.is_password(),
+        label: text(p.label.as_ref()),
+        description: text(p.description.as_ref()),
+        configurations: p.configurations.as_ref().map(|l| l.value.clone()),
+    }
+}
+
+/// The deployment configurations, each with what it sets differently from the default one.
+fn configuration_summaries(d: &Descriptor) -> Vec<ConfigurationSummary> {
+    let per = crate::settings::per_configuration(d);
+    let default = d.default_configuration().map(|c| c.id.value.as_str());
+    d.configurations
+        .iter()
+        .enumerate()
+        .map(|(ci, c)| {
+            let is_default = Some(c.id.value.as_str()) == default;
+            ConfigurationSummary {
+                id: c.id.value.clone(),
+                label: c.label.as_ref().map(|l| l.value.clone()),
+                description: c.description.as_ref().map(|l| l.value.clone()),
+                default: is_default,
+                changes: if is_default {
+                    Vec::new()
+                } else {
+                    per.iter()
+                        .flat_map(|content| changes_of(content, ci, default))
+                        .collect()
+                },
+            }
+        })
+        .collect()
+}
+
+/// The files of one configuration by path.
+fn setting_map(
+    c: Option<&(String, Vec<crate::settings::ConfigSetting>)>,
+) -> std::collections::BTreeMap<&str, &crate::settings::ConfigSetting> {
+    c.map(|(_, v)| v.iter().map(|s| (s.path.as_str(), s)).collect())
+        .unwrap_or_default()
+}
+
+/// What configuration `ci` of `content` sets differently from configuration `default`.
+fn changes_of(
+    content: &crate::settings::ContentConfigs,
+    ci: usize,
+    default: Option<&str>,
+) -> Vec<ConfigChange> {
+    let here = setting_map(content.configurations.get(ci));
+    let base = setting_map(
+        content
+            .configurations
+            .iter()
+            .find(|(id, _)| Some(id.as_str()) == default),
+    );
+    let mut paths: Vec<&str> = here.keys().chain(base.keys()).copied().collect();
+    paths.sort_unstable();
+    paths.dedup();
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let (a, b) = (here.get(path), base.get(path));
+            if a.map(|s| &s.value) == b.map(|s| &s.value) {
+                return None;
+            }
+            let password = a.or(b).is_some_and(|s| s.secret);
+            let shown = |s: Option<&&crate::settings::ConfigSetting>| {
+                s.filter(|_| !password).map(|s| s.value.clone())
+            };
+            Some(ConfigChange {
+                content: content.id.clone(),
+                setting: path.to_string(),
+                value: shown(a),
+                default_value: shown(b),
+                password,
+            })
+        })
+        .collect()
 }
 
 fn disk_summary(
@@ -202,6 +352,88 @@ fn disk_summary(
         DiskStatus::Broken { error, .. } => s.problem = Some(format!("broken: {error}")),
     }
     s
+}
+
+/// `key: type, qualifiers Q, user-configurable, password = "value" (label)`, the value
+/// quoted with escapes (a hostile descriptor's value may hold control characters).
+fn property_line(p: &PropertySummary) -> String {
+    let mut facts: Vec<String> = Vec::new();
+    facts.push(
+        p.type_name
+            .as_deref()
+            .map_or_else(|| "no type".into(), shown),
+    );
+    if let Some(q) = &p.qualifiers {
+        facts.push(format!("qualifiers {q:?}"));
+    }
+    if p.user_configurable {
+        facts.push("user-configurable".into());
+    }
+    if p.password {
+        facts.push("password".into());
+    }
+    if let Some(c) = &p.configurations {
+        facts.push(format!("only in {}", shown(&c.join(" "))));
+    }
+    let value = match (&p.value, p.password) {
+        (_, true) => "(hidden)".to_string(),
+        (Some(v), false) => format!("{v:?}"),
+        (None, false) => "(no value)".to_string(),
+    };
+    let mut line = format!("{}: {} = {value}", shown(&p.key), facts.join(", "));
+    if let Some(l) = &p.label {
+        line += &format!(" ({l:?})");
+    }
+    line
+}
+
+/// A name from the descriptor with its control characters escaped, so that it cannot
+/// move the terminal's cursor or forge lines.
+fn shown(name: &str) -> String {
+    name.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+fn print_configurations(configs: &[ConfigurationSummary]) {
+    if configs.is_empty() {
+        return;
+    }
+    println!("\nDeployment configurations ({}):", configs.len());
+    for c in configs {
+        let mut line = format!("  {}", shown(&c.id));
+        if let Some(l) = &c.label {
+            line += &format!(" {l:?}");
+        }
+        if c.default {
+            line += " (default)";
+        }
+        println!("{line}");
+        if !c.default && c.changes.is_empty() {
+            println!("    same settings as the default");
+        }
+        for ch in &c.changes {
+            let value = |v: &Option<String>| match (v, ch.password) {
+                (_, true) => "(hidden)".to_string(),
+                (Some(v), false) => format!("{v:?}"),
+                (None, false) => "(not set)".to_string(),
+            };
+            println!(
+                "    {}/{}: {} (default {})",
+                shown(&ch.content),
+                shown(&ch.setting),
+                value(&ch.value),
+                value(&ch.default_value)
+            );
+        }
+    }
 }
 
 fn print_text(s: &Summary) {
@@ -246,12 +478,18 @@ fn print_text(s: &Summary) {
                     .unwrap_or_else(|| "no network".into())
             );
         }
+        let n = v.properties.len();
+        let plural = if n == 1 { "property" } else { "properties" };
         if let Some(p) = &v.product {
-            println!("    product {p}, {} properties", v.properties);
-        } else if v.properties > 0 {
-            println!("    {} properties", v.properties);
+            println!("    product {p}, {n} {plural}");
+        } else if n > 0 {
+            println!("    {n} {plural}");
+        }
+        for p in &v.properties {
+            println!("      {}", property_line(p));
         }
     }
+    print_configurations(&s.configurations);
     println!("\nDisks ({}):", s.disks.len());
     for d in &s.disks {
         let mut line = format!("  {}", d.id);

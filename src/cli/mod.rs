@@ -1,6 +1,6 @@
 //! The command line: argument parsing into validated configurations, and the commands.
 //!
-//! `ovafs mount|umount|status|commit|discard|info|verify|demo`, and the same binary called as `mount.ovafs SOURCE DIR -o
+//! `ovafs mount|umount|status|commit|discard|sign|info|verify|demo`, and the same binary called as `mount.ovafs SOURCE DIR -o
 //! OPTS` by `mount -t ovafs` and fstab. Every command returns an exit code; errors reach the
 //! user as one line on stderr.
 
@@ -13,6 +13,7 @@ mod mount;
 mod mountinfo;
 pub mod options;
 mod record;
+mod sign;
 mod umount;
 mod verify;
 
@@ -113,6 +114,20 @@ enum Command {
         /// The disk: disk1, disk1.raw, or its Disk id.
         disk: String,
     },
+    /// Re-sign a package: its certificate (.cert) regenerated over its manifest with this
+    /// key, as ovftool writes it (atomically, in place).
+    Sign {
+        /// The signer's RSA private key in PEM (unencrypted; mode 0600). The certificate may
+        /// follow the key in the same file.
+        #[arg(short = 'k', long = "key", value_name = "KEY.pem")]
+        key: PathBuf,
+        /// The signer's certificate in PEM (chain certificates may follow it); default: the
+        /// certificates in the key file.
+        #[arg(long, value_name = "CERT.pem")]
+        cert: Option<PathBuf>,
+        /// The package (.ova or .ovf).
+        source: PathBuf,
+    },
     /// List a folder of a disk's guest view without mounting (as below the mount's disks/):
     /// disk1, disk1/p1/etc
     Ls {
@@ -194,34 +209,46 @@ pub fn run(args: Vec<OsString>) -> i32 {
             overlay,
             target,
         } => report(disks::status(&target, json, overlay)),
-        Command::Commit { options, target } => report(
-            commit_options(&options)
-                .and_then(|(overlay, level)| disks::commit(&target, overlay, level)),
-        ),
+        Command::Commit { options, target } => {
+            report(commit_options(&options).and_then(|o| disks::commit(&target, &o)))
+        }
         Command::Discard {
             overlay,
             target,
             disk,
         } => report(disks::discard(&target, &disk, overlay)),
+        Command::Sign { key, cert, source } => {
+            report(sign::run(&sign::SignArgs { key, cert, source }))
+        }
         Command::Ls { long, source, path } => report(guest::ls(&source, &path, long)),
         Command::Cat { source, path } => report(guest::cat(&source, &path)),
         Command::Demo => report(demo::run()),
     }
 }
 
-/// The options `ovafs commit -o` takes: `overlay=DIR` and `commit_level=N`.
-fn commit_options(lists: &[String]) -> Result<(Option<PathBuf>, i32)> {
-    let mut overlay = None;
-    let mut level = crate::writable::WritableOptions::default().commit_level;
+/// The options `ovafs commit -o` takes: `overlay=DIR`, `commit_level=N`, `sign_key=PEM`
+/// and `sign_cert=PEM`.
+fn commit_options(lists: &[String]) -> Result<disks::CommitArgs> {
+    let mut o = disks::CommitArgs {
+        overlay: None,
+        level: crate::writable::WritableOptions::default().commit_level,
+        sign_key: None,
+        sign_cert: None,
+    };
     for opt in lists.iter().flat_map(|l| l.split(',')).map(str::trim) {
         match opt.split_once('=') {
-            Some(("overlay", v)) if !v.is_empty() => overlay = Some(PathBuf::from(v)),
-            Some(("commit_level", v)) => level = options::parse_commit_level(v)?,
+            Some(("overlay", v)) if !v.is_empty() => o.overlay = Some(PathBuf::from(v)),
+            Some(("commit_level", v)) => o.level = options::parse_commit_level(v)?,
+            Some(("sign_key", v)) if !v.is_empty() => o.sign_key = Some(PathBuf::from(v)),
+            Some(("sign_cert", v)) if !v.is_empty() => o.sign_cert = Some(PathBuf::from(v)),
             _ if opt.is_empty() => {}
             _ => return Err(Error::usage(format!("unknown commit option '{opt}'"))),
         }
     }
-    Ok((overlay, level))
+    if o.sign_cert.is_some() && o.sign_key.is_none() {
+        return Err(Error::usage("sign_cert= needs sign_key="));
+    }
+    Ok(o)
 }
 
 /// Prints an error as one line and turns a result into an exit code.

@@ -48,6 +48,9 @@ pub fn run(mut config: MountConfig) -> Result<i32> {
         .map_err(|e| Error::io(format!("cannot resolve {}", config.mountpoint.display()), e))?;
     // A FIFO, device or directory is refused here, at once, before a daemon starts.
     crate::io::open_regular_file(&config.source)?;
+    if config.sign_cert.is_some() && config.sign_key.is_none() {
+        return Err(Error::usage("sign_cert= needs sign_key="));
+    }
     if config.foreground {
         crate::logging::init_stderr(config.debug);
         serve(&config, |read_only| {
@@ -155,6 +158,12 @@ pub(super) fn serve(
         .map_err(|e| Error::io("cannot block signals", e.into()))?;
 
     check_mountpoint(&config.mountpoint)?;
+    // Read once, here: a bad key fails the mount before anything is served.
+    let signer = config
+        .sign_key
+        .as_deref()
+        .map(|key| super::sign::load_signer(key, config.sign_cert.as_deref()))
+        .transpose()?;
     hold_mountpoint_lock_until_exit(&config.mountpoint)?;
 
     // An interrupted commit is completed (or discarded) before anything reads the package;
@@ -175,8 +184,19 @@ pub(super) fn serve(
         ))?),
         _ => None,
     };
-    let (committer, read_only_reason) =
+    let (mut committer, read_only_reason) =
         open_committer(config, &appliance, recovery.read_only_reason())?;
+    match (&mut committer, signer) {
+        (Some(c), Some(signer)) => {
+            log::info!("{}: every commit re-signs", config.source.display());
+            c.resign_with(Some(signer));
+        }
+        (None, Some(_)) => log::warn!(
+            "{}: sign_key= has no effect: the mount is read-only",
+            config.source.display()
+        ),
+        (_, None) => {}
+    }
     let read_only = committer.is_none();
     let editor = Arc::new(Editor::new(&appliance.package, committer)?);
     let cache = Arc::new(UnitCache::new(config.cache_bytes));

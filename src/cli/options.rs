@@ -74,6 +74,13 @@ pub struct MountConfig {
     /// libdeflate level of re-encoded grains (`commit_level=`, 0 to 12).
     #[serde(default = "default_commit_level")]
     pub commit_level: i32,
+    /// Re-sign every commit with this private key (`sign_key=PEM`); read once, by the
+    /// daemon, at mount time (the path goes to the daemon, never the key).
+    #[serde(default)]
+    pub sign_key: Option<PathBuf>,
+    /// The signer's certificate (`sign_cert=PEM`); default: the certificates in the key file.
+    #[serde(default)]
+    pub sign_cert: Option<PathBuf>,
 }
 
 fn default_commit_level() -> i32 {
@@ -108,6 +115,8 @@ impl MountConfig {
             overlay: None,
             commit_at_umount: false,
             commit_level: default_commit_level(),
+            sign_key: None,
+            sign_cert: None,
         }
     }
 
@@ -198,6 +207,17 @@ impl MountConfig {
                     }
                 }
             }
+            "sign_key" | "sign_cert" => {
+                let v = need_value(key, value)?;
+                let path = Some(
+                    std::path::absolute(v).map_err(|e| Error::usage(format!("{key}={v}: {e}")))?,
+                );
+                if key == "sign_key" {
+                    self.sign_key = path;
+                } else {
+                    self.sign_cert = path;
+                }
+            }
             "commit_level" => self.commit_level = parse_commit_level(need_value(key, value)?)?,
             "verify" => {
                 let v = need_value(key, value)?;
@@ -266,6 +286,15 @@ mod tests {
         assert!(c.commit_at_umount);
         assert_eq!(c.commit_level, 9);
         assert_eq!(c.overlay, Some(PathBuf::from("/var/tmp/ov")));
+    }
+
+    #[test]
+    fn signing_options_take_absolute_paths() {
+        let c = cfg(&["sign_key=/k/key.pem,sign_cert=cert.pem"]).unwrap();
+        assert_eq!(c.sign_key, Some(PathBuf::from("/k/key.pem")));
+        assert!(c.sign_cert.as_ref().is_some_and(|p| p.is_absolute()));
+        assert!(cfg(&["sign_key="]).is_err());
+        assert!(cfg(&["sign_cert"]).is_err());
     }
 
     #[test]

@@ -188,6 +188,7 @@ impl FolderCommitter {
                 manifest: old_manifest,
                 manifest_changed: false,
                 certificate_dropped: None,
+                certificate_bytes: None,
                 certificate: cert_now.map_or(CertificateFate::None, CertificateFate::Kept),
                 members_replaced: Vec::new(),
                 members_added: Vec::new(),
@@ -217,6 +218,7 @@ impl FolderCommitter {
         let mut certificate = cert_now
             .clone()
             .map_or(CertificateFate::None, CertificateFate::Kept);
+        let mut certificate_bytes = None;
         let result = (|| -> Result<()> {
             // Members' new contents first: streamed into temporary files, digested on the way.
             let mut values = Vec::with_capacity(members.len());
@@ -336,6 +338,7 @@ impl FolderCommitter {
                         sha256: journal::digest(&cert),
                     });
                     certificate = CertificateFate::Signed(name);
+                    certificate_bytes = Some(cert);
                 }
                 (CertificateAction::Drop, Some(c)) => {
                     ops.push(Op::Remove { name: c.clone() });
@@ -400,6 +403,7 @@ impl FolderCommitter {
             manifest: refresh.map(|r| r.bytes).or(old_manifest),
             manifest_changed,
             certificate_dropped: None,
+            certificate_bytes,
             certificate,
             members_replaced: members
                 .iter()

@@ -306,6 +306,8 @@ pub struct CommitReport {
     pub certificate_dropped: Option<String>,
     /// What became of the certificate.
     pub certificate: CertificateFate,
+    /// The certificate as now stored, when the commit re-signed ([`CertificateFate::Signed`]).
+    pub certificate_bytes: Option<Vec<u8>>,
     /// Members whose content was replaced.
     pub members_replaced: Vec<String>,
     /// Members added.
@@ -494,6 +496,8 @@ pub enum CertificateFate {
 pub struct Committer {
     inner: Inner,
     options: CommitOptions,
+    /// Re-signs every change set that keeps the certificate ([`Committer::resign_with`]).
+    signer: Option<Signer>,
 }
 
 enum Inner {
@@ -526,7 +530,24 @@ impl Committer {
             SourceKind::Ova => Inner::Ova(Box::new(ova::OvaCommitter::open(pkg)?)),
             SourceKind::Folder => Inner::Folder(folder::FolderCommitter::open(pkg)?),
         };
-        Ok(Committer { inner, options })
+        Ok(Committer {
+            inner,
+            options,
+            signer: None,
+        })
+    }
+
+    /// Makes every later commit whose change set keeps the certificate
+    /// ([`CertificateAction::Keep`], what settings edits and disk commits ask) re-sign with
+    /// `signer` instead (`-o sign_key=`); `None` goes back to keeping. A change set that
+    /// asks to drop or re-sign is done as asked.
+    pub fn resign_with(&mut self, signer: Option<Signer>) {
+        self.signer = signer;
+    }
+
+    /// Whether commits re-sign ([`Committer::resign_with`]).
+    pub fn resigns(&self) -> bool {
+        self.signer.is_some()
     }
 
     /// The package file this committer writes (the real path of the `.ova` or `.ovf`).
@@ -552,6 +573,17 @@ impl Committer {
     pub fn commit(&mut self, changes: &ChangeSet) -> Result<CommitReport> {
         let start = Instant::now();
         changes.check()?;
+        let resigned;
+        let changes = match (&self.signer, &changes.certificate) {
+            (Some(signer), CertificateAction::Keep) => {
+                // Contents are shared (`Arc`), so the copy holds no member data.
+                resigned = changes
+                    .clone()
+                    .certificate(CertificateAction::Resign(signer.clone()));
+                &resigned
+            }
+            _ => changes,
+        };
         let mut report = match &mut self.inner {
             Inner::Ova(c) => c.commit(changes, &self.options)?,
             Inner::Folder(c) => c.commit(changes, &self.options)?,

@@ -213,6 +213,8 @@ struct Plan {
     manifest: Option<Vec<u8>>,
     manifest_changed: bool,
     certificate: CertificateFate,
+    /// The re-signed certificate's bytes.
+    certificate_bytes: Option<Vec<u8>>,
 }
 
 /// An entry patched in place: its new size, header and mtime.
@@ -408,6 +410,7 @@ impl OvaCommitter {
                 manifest: self.manifest.clone(),
                 manifest_changed: false,
                 certificate_dropped: None,
+                certificate_bytes: None,
                 certificate: self.certificate_kept(),
                 members_replaced: Vec::new(),
                 members_added: Vec::new(),
@@ -662,13 +665,12 @@ impl OvaCommitter {
         }
         let manifest_now = refresh.map(|m| m.bytes).or_else(|| self.manifest.clone());
         let mut certificate = self.certificate_kept();
-        if let Some(cert) =
-            self.signed_certificate(r, manifest_now.as_deref().unwrap_or_default())?
-        {
+        let signed = self.signed_certificate(r, manifest_now.as_deref().unwrap_or_default())?;
+        if let Some(cert) = &signed {
             let Some(ci) = self.layout.certificate else {
                 return Ok(None);
             };
-            let Some((op, p)) = self.patch(ci, &cert, mtime)? else {
+            let Some((op, p)) = self.patch(ci, cert, mtime)? else {
                 return Ok(None);
             };
             ops.push(op);
@@ -692,6 +694,7 @@ impl OvaCommitter {
             manifest: manifest_now,
             manifest_changed,
             certificate,
+            certificate_bytes: signed,
         }))
     }
 
@@ -794,6 +797,7 @@ impl OvaCommitter {
             manifest: self.manifest.clone(),
             manifest_changed: plan.manifest_changed,
             certificate_dropped: None,
+            certificate_bytes: plan.certificate_bytes,
             certificate: plan.certificate,
             members_replaced: Vec::new(),
             members_added: Vec::new(),
@@ -1010,6 +1014,8 @@ impl OvaCommitter {
 
         // The contents are digested: the manifest and certificate take their real values, in
         // the places their placeholders reserved.
+        // The certificate as finally written (placeholders are filled in below).
+        let mut final_cert = cert_bytes.clone();
         if !r.replace.is_empty() || !r.add.is_empty() {
             let real =
                 self.refresh_manifest(descriptor_changed.then_some(&stored[..]), r, &values)?;
@@ -1022,6 +1028,7 @@ impl OvaCommitter {
                 "manifest",
             )?;
             let cert = self.signed_certificate(r, real.as_deref().unwrap_or_default())?;
+            final_cert = cert.clone();
             fill_in(
                 tmp.as_file(),
                 cert_at,
@@ -1073,6 +1080,7 @@ impl OvaCommitter {
             manifest: self.manifest.clone(),
             manifest_changed,
             certificate_dropped: None,
+            certificate_bytes: final_cert,
             certificate,
             members_replaced: Vec::new(),
             members_added: Vec::new(),

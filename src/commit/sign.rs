@@ -19,6 +19,9 @@ use crate::error::Result;
 use crate::verify::digest::DigestAlgorithm;
 use crate::verify::manifest::to_hex;
 
+/// Most certificates (the signer's and its chain) copied into a `.cert` file.
+const MAX_CHAIN: usize = 16;
+
 /// The key and certificate a commit re-signs the package with.
 #[derive(Clone)]
 pub struct Signer {
@@ -46,6 +49,10 @@ impl Signer {
     /// A signer from a private key in PEM (PKCS#1 or PKCS#8, unencrypted) and the signer's
     /// certificate in PEM (chain certificates may follow it). Refuses a key that is not RSA
     /// or does not match the certificate.
+    ///
+    /// Only the certificates of `cert_pem` go into the `.cert` file, each written again from
+    /// its parsed form: anything else in it (text, a private key when one PEM file holds the
+    /// key and the certificate) is left out, so a key can never be published by mistake.
     pub fn from_pem(key_pem: &[u8], cert_pem: &[u8]) -> Result<Signer> {
         let key = PKey::private_key_from_pem(key_pem)
             .map_err(|e| bad(format!("the private key cannot be read: {e}")))?;
@@ -54,19 +61,25 @@ impl Signer {
                 "the private key is not an RSA key (ovftool signs with RSA)",
             ));
         }
-        let cert = X509::from_pem(cert_pem)
+        let chain = X509::stack_from_pem(cert_pem)
             .map_err(|e| bad(format!("the certificate cannot be read: {e}")))?;
+        let cert = chain
+            .first()
+            .ok_or_else(|| bad("no certificate in the certificate PEM"))?;
         let public = cert
             .public_key()
             .map_err(|e| bad(format!("the certificate's public key cannot be read: {e}")))?;
         if !public.public_eq(&key) {
             return Err(bad("the private key does not belong to the certificate"));
         }
-        let mut cert_pem = cert_pem.to_vec();
-        if !cert_pem.ends_with(b"\n") {
-            cert_pem.push(b'\n');
+        let mut out = Vec::new();
+        for c in chain.iter().take(MAX_CHAIN) {
+            let pem = c
+                .to_pem()
+                .map_err(|e| bad(format!("the certificate cannot be written: {e}")))?;
+            out.extend_from_slice(&pem);
         }
-        Ok(Signer { key, cert_pem })
+        Ok(Signer { key, cert_pem: out })
     }
 
     /// The `.cert` file for `manifest` (named `manifest_name` in the package), signed with
@@ -143,6 +156,22 @@ mod tests {
             .certificate_file("a.mf", b"x", DigestAlgorithm::Sha1)
             .unwrap();
         assert_eq!(other.len(), text.len());
+    }
+
+    #[test]
+    fn only_certificates_reach_the_certificate_file() {
+        let (key, cert) = key_and_cert(2048);
+        let mut both = key.clone();
+        both.extend_from_slice(b"some text\n");
+        both.extend_from_slice(&cert);
+        let s = Signer::from_pem(&both, &both).unwrap();
+        let file = s
+            .certificate_file("a.mf", b"x", DigestAlgorithm::Sha256)
+            .unwrap();
+        let text = String::from_utf8(file).unwrap();
+        assert!(!text.contains("PRIVATE"), "{text}");
+        assert!(text.ends_with(std::str::from_utf8(&cert).unwrap()));
+        assert!(Signer::from_pem(&key, &key).is_err());
     }
 
     #[test]

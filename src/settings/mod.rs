@@ -685,6 +685,87 @@ pub fn read_all(desc: &Descriptor) -> Vec<(String, String)> {
         .collect()
 }
 
+/// One per-configuration settings file of [`per_configuration`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSetting {
+    /// Path under `configs/CONFIG/` (`cpus`, `nics/0/network`, `properties/KEY`).
+    pub path: String,
+    /// What [`read`] returns for it, without the line break.
+    pub value: String,
+    /// Whether it holds a secret (a password property).
+    pub secret: bool,
+}
+
+/// The per-configuration settings of one VirtualSystem or collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentConfigs {
+    /// Its `ovf:id`.
+    pub id: String,
+    /// Whether it is a VirtualSystem (else a collection).
+    pub system: bool,
+    /// For each deployment configuration, in document order: its id and the files of
+    /// `vms/ID/configs/CONFIG/`, sorted by path.
+    pub configurations: Vec<(String, Vec<ConfigSetting>)>,
+}
+
+/// What every deployment configuration sets for every content: the values the files of
+/// `vms/ID/configs/CONFIG/` hold (the same readers), for `ovafs info` to compare. Empty
+/// when the descriptor has no DeploymentOptionSection.
+pub fn per_configuration(desc: &Descriptor) -> Vec<ContentConfigs> {
+    let Ok(ctx) = Ctx::new(desc) else {
+        return Vec::new();
+    };
+    if ctx.configs.is_empty() {
+        return Vec::new();
+    }
+    ctx.contents
+        .iter()
+        .map(|(_, owner)| ContentConfigs {
+            id: match owner {
+                Owner::System(i) => desc.systems.get(*i).map(|s| s.id.value.clone()),
+                Owner::Collection(i) => desc.collections.get(*i).map(|c| c.id.value.clone()),
+            }
+            .unwrap_or_default(),
+            system: matches!(owner, Owner::System(_)),
+            configurations: (0..ctx.configs.len())
+                .map(|ci| {
+                    let id = desc
+                        .configurations
+                        .get(ci)
+                        .map(|c| c.id.value.clone())
+                        .unwrap_or_default();
+                    (id, config_settings(&ctx, *owner, ci))
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The files of `configs/CONFIG/` (configuration index `ci`) of `owner`, sorted by path.
+fn config_settings(ctx: &Ctx<'_>, owner: Owner, ci: usize) -> Vec<ConfigSetting> {
+    let mut t = Target::new(owner);
+    t.config = Some(ci);
+    let mut out = Vec::new();
+    for s in SETTINGS.iter().filter(|s| place_fits(s.place, owner, true)) {
+        for (path, t2) in instances(ctx, s, "", t) {
+            if let Ok(Some(value)) = (s.read)(ctx, &t2) {
+                let secret = s.place == Place::Property
+                    && ctx
+                        .properties(t2.owner)
+                        .get(t2.prop)
+                        .is_some_and(|p| p.is_password());
+                out.push(ConfigSetting {
+                    path: path.trim_start_matches('/').to_string(),
+                    value,
+                    secret,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
 /// The tree with the value of each file.
 fn listing(desc: &Descriptor) -> Vec<(Entry, Option<String>)> {
     let Ok(ctx) = Ctx::new(desc) else {
