@@ -74,6 +74,10 @@ pub struct MountConfig {
     /// libdeflate level of re-encoded grains (`commit_level=`, 0 to 12).
     #[serde(default = "default_commit_level")]
     pub commit_level: i32,
+    /// The deployment configuration the `deploy/` files describe (`deployment=CONFIG`);
+    /// `None`: the descriptor's default.
+    #[serde(default)]
+    pub deployment: Option<String>,
 }
 
 fn default_commit_level() -> i32 {
@@ -108,6 +112,7 @@ impl MountConfig {
             overlay: None,
             commit_at_umount: false,
             commit_level: default_commit_level(),
+            deployment: None,
         }
     }
 
@@ -198,6 +203,7 @@ impl MountConfig {
                     }
                 }
             }
+            "deployment" => self.deployment = Some(need_value(key, value)?.to_string()),
             "commit_level" => self.commit_level = parse_commit_level(need_value(key, value)?)?,
             "verify" => {
                 let v = need_value(key, value)?;

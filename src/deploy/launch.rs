@@ -1,0 +1,1 @@
+//! The virtual machine a launch file starts, from the descriptor's hardware: placeholder.
