@@ -39,13 +39,13 @@
 //! Writing a file's own content back is never an edit.
 
 mod disk_file;
-mod hw;
+pub(crate) mod hw;
 mod os_types;
 mod props;
 mod table;
 mod values;
-mod vbox;
-mod xmlview;
+pub(crate) mod vbox;
+pub(crate) mod xmlview;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
