@@ -133,11 +133,7 @@ fn disks(x: &mut String, m: &Machine) -> Result<(), DeployError> {
         let _ = writeln!(x, "    <disk type='file' device='{device}'>");
         x.push_str("      <driver name='qemu' type='raw'/>\n");
         if let Some(p) = source {
-            let _ = writeln!(
-                x,
-                "      <source file='{}'/>",
-                escape(launch::path_text(p, FILE)?)?
-            );
+            let _ = writeln!(x, "      <source file='{}'/>", path_value(p)?);
         }
         let _ = writeln!(x, "      <target dev='{dev}' bus='{bus}'/>");
         if readonly {
@@ -217,6 +213,20 @@ fn nics(x: &mut String, m: &Machine) -> Result<(), DeployError> {
         x.push_str("    </interface>\n");
     }
     Ok(())
+}
+
+/// A path as an attribute value. libvirt's schema takes a path as `(/|[a-zA-Z]:\\).+`,
+/// whose `.` matches no line break: a path holding one is refused (the read fails and the
+/// log says why) rather than written into a domain libvirt's validation rejects.
+fn path_value(p: &std::path::Path) -> Result<String, DeployError> {
+    let text = launch::path_text(p, FILE)?;
+    if text.contains(['\n', '\r']) {
+        return Err(DeployError::Unusable {
+            file: FILE,
+            reason: format!("{text:?} holds a line break, which libvirt's paths cannot"),
+        });
+    }
+    escape(text)
 }
 
 /// `s` escaped for XML text and attribute values (see the module doc).
