@@ -65,7 +65,11 @@ fn validate_text(xml: &str, what: &str) {
 
 /// `sh -n` must accept `script`.
 fn sh_syntax_ok(script: &Path) {
-    let out = Command::new(tool("sh")).arg("-n").arg(script).output().unwrap();
+    let out = Command::new(tool("sh"))
+        .arg("-n")
+        .arg(script)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "sh -n {}: {}",
@@ -117,7 +121,11 @@ fn fake_qemu_argv(script: &Path, env: &[(&str, &str)], args: &[&str]) -> Vec<Str
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    assert_eq!(left, ["argv", "bin"], "the script ran a command from the descriptor");
+    assert_eq!(
+        left,
+        ["argv", "bin"],
+        "the script ran a command from the descriptor"
+    );
     let bytes = fs::read(&argv).unwrap();
     let text = String::from_utf8(bytes).unwrap();
     let mut v: Vec<String> = text.split('\0').map(str::to_string).collect();
@@ -169,7 +177,10 @@ fn the_sample_appliance_launch_files_validate_and_follow_the_descriptor() {
         let flat = flat_disks(&m);
         assert_eq!(flat.len(), 1);
         let flat = flat[0].to_str().unwrap().to_string();
-        let iso = format!("{}/vms/sample/deploy/ovf-env.iso", m.dir.canonicalize().unwrap().display());
+        let iso = format!(
+            "{}/vms/sample/deploy/ovf-env.iso",
+            m.dir.canonicalize().unwrap().display()
+        );
         for want in [
             "<name>sample</name>",
             "<memory unit='MiB'>1024</memory>",
@@ -200,14 +211,23 @@ fn the_sample_appliance_launch_files_validate_and_follow_the_descriptor() {
         assert_eq!(values_of(&argv, "-machine"), ["q35"]);
         assert_eq!(values_of(&argv, "-accel"), ["tcg"]);
         assert_eq!(values_of(&argv, "-cpu"), ["max"]);
-        assert_eq!(values_of(&argv, "-smp"), ["cpus=2,sockets=2,cores=1,threads=1"]);
+        assert_eq!(
+            values_of(&argv, "-smp"),
+            ["cpus=2,sockets=2,cores=1,threads=1"]
+        );
         assert_eq!(values_of(&argv, "-m"), ["1024"]);
         let snapshot = if writable { "" } else { ",snapshot=on" };
         assert_eq!(
             values_of(&argv, "-drive"),
             [
-                format!("file={},format=raw,if=none,id=drive0{snapshot}", flat.replace(',', ",,")),
-                format!("file={},format=raw,if=none,id=drive1,media=cdrom,readonly=on", iso.replace(',', ",,")),
+                format!(
+                    "file={},format=raw,if=none,id=drive0{snapshot}",
+                    flat.replace(',', ",,")
+                ),
+                format!(
+                    "file={},format=raw,if=none,id=drive1,media=cdrom,readonly=on",
+                    iso.replace(',', ",,")
+                ),
             ]
         );
         assert_eq!(
@@ -374,7 +394,10 @@ fn controllers_disks_nics_and_efi_map_as_the_table_says() {
     }
     assert_eq!(xml.matches("<transient/>").count(), 3, "{xml}");
     assert_eq!(xml.matches("<disk ").count(), 4, "{xml}");
-    assert!(!xml.contains("Floppy -->"), "a comment closed early:\n{xml}");
+    assert!(
+        !xml.contains("Floppy -->"),
+        "a comment closed early:\n{xml}"
+    );
 
     let script = deploy.join("qemu.sh");
     sh_syntax_ok(&script);
@@ -402,14 +425,23 @@ fn controllers_disks_nics_and_efi_map_as_the_table_says() {
     assert_eq!(values_of(&argv, "-machine"), ["pc"]);
     assert_eq!(values_of(&argv, "-accel"), ["kvm"]);
     assert_eq!(values_of(&argv, "-cpu"), ["host"]);
-    assert_eq!(values_of(&argv, "-smp"), ["cpus=4,sockets=2,cores=2,threads=1"]);
+    assert_eq!(
+        values_of(&argv, "-smp"),
+        ["cpus=4,sockets=2,cores=2,threads=1"]
+    );
     let drives = values_of(&argv, "-drive");
     assert_eq!(
         drives[0],
-        format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.to_str().unwrap().replace(',', ",,"))
+        format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            code.to_str().unwrap().replace(',', ",,")
+        )
     );
     assert!(
-        drives[1].starts_with(&format!("if=pflash,format=raw,unit=1,file={}/ovafs-efivars.", vars_dir.display())),
+        drives[1].starts_with(&format!(
+            "if=pflash,format=raw,unit=1,file={}/ovafs-efivars.",
+            vars_dir.display()
+        )),
         "{drives:?}"
     );
     assert_eq!(
@@ -424,7 +456,10 @@ fn controllers_disks_nics_and_efi_map_as_the_table_says() {
             format!("file={},format=raw,if=none,id=drive0,snapshot=on", f(0)),
             format!("file={},format=raw,if=none,id=drive1,snapshot=on", f(1)),
             format!("file={},format=raw,if=none,id=drive2,snapshot=on", f(2)),
-            format!("file={},format=raw,if=none,id=drive3,media=cdrom,readonly=on", iso),
+            format!(
+                "file={},format=raw,if=none,id=drive3,media=cdrom,readonly=on",
+                iso
+            ),
         ]
     );
     assert_eq!(
@@ -485,19 +520,37 @@ fn hostile_names_reach_qemu_intact_and_stay_escaped_in_xml() {
             .arg(&xml_path),
     );
     let got = String::from_utf8(out.stdout).unwrap();
-    let want = |p: &str| format!(" file=\"{}\"", p.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;").replace('>', "&gt;"));
+    let want = |p: &str| {
+        format!(
+            " file=\"{}\"",
+            p.replace('&', "&amp;")
+                .replace('"', "&quot;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        )
+    };
     assert!(got.contains(&want(flat[0].to_str().unwrap())), "{got}");
     assert!(got.contains(&want(&iso)), "{got}");
 
     let script = deploy.join("qemu.sh");
     sh_syntax_ok(&script);
-    let argv = fake_qemu_argv(&script, &[("OVAFS_ACCEL", "tcg")], &["-m", "4096", "a 'b' $c"]);
+    let argv = fake_qemu_argv(
+        &script,
+        &[("OVAFS_ACCEL", "tcg")],
+        &["-m", "4096", "a 'b' $c"],
+    );
     assert_eq!(values_of(&argv, "-name"), [format!("guest={name}")]);
     assert_eq!(
         values_of(&argv, "-drive"),
         [
-            format!("file={},format=raw,if=none,id=drive0", flat[0].to_str().unwrap().replace(',', ",,")),
-            format!("file={},format=raw,if=none,id=drive1,media=cdrom,readonly=on", iso.replace(',', ",,")),
+            format!(
+                "file={},format=raw,if=none,id=drive0",
+                flat[0].to_str().unwrap().replace(',', ",,")
+            ),
+            format!(
+                "file={},format=raw,if=none,id=drive1,media=cdrom,readonly=on",
+                iso.replace(',', ",,")
+            ),
         ]
     );
     // The script's arguments come last, unchanged.
@@ -516,10 +569,20 @@ fn the_accelerator_follows_dev_kvm_when_the_script_runs() {
     let script = m.path("vm/deploy/qemu.sh");
     let usable = sh("[ -r /dev/kvm ] && [ -w /dev/kvm ]").status.success();
     let argv = fake_qemu_argv(&script, &[], &[]);
-    let (accel, cpu) = if usable { ("kvm", "host") } else { ("tcg", "max") };
+    let (accel, cpu) = if usable {
+        ("kvm", "host")
+    } else {
+        ("tcg", "max")
+    };
     assert_eq!(values_of(&argv, "-accel"), [accel]);
     assert_eq!(values_of(&argv, "-cpu"), [cpu]);
-    assert_eq!(values_of(&fake_qemu_argv(&script, &[("OVAFS_ACCEL", "tcg")], &[]), "-accel"), ["tcg"]);
+    assert_eq!(
+        values_of(
+            &fake_qemu_argv(&script, &[("OVAFS_ACCEL", "tcg")], &[]),
+            "-accel"
+        ),
+        ["tcg"]
+    );
     // The file does not depend on the host: its bytes name no accelerator.
     let text = fs::read_to_string(&script).unwrap();
     assert!(text.contains("-accel \"$accel\""), "{text}");
@@ -536,14 +599,23 @@ fn syslinux_disk(dir: &Path, kernel: &Path, initrd: &Path, append: &str) -> Path
         .find(|p| p.is_file())
         .unwrap_or_else(|| tool("mkfs.vfat"));
     // No partition table: the FAT boot sector (syslinux's) is the disk's first sector.
-    run_ok(Command::new(mkfs).arg("-C").arg(&img).arg((64u32 << 10).to_string()));
+    run_ok(
+        Command::new(mkfs)
+            .arg("-C")
+            .arg(&img)
+            .arg((64u32 << 10).to_string()),
+    );
     let cfg = dir.join("syslinux.cfg");
     fs::write(
         &cfg,
         format!("DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL vmlinuz\n  INITRD initrd\n  APPEND {append}\n"),
     )
     .unwrap();
-    for (src, name) in [(kernel, "vmlinuz"), (initrd, "initrd"), (cfg.as_path(), "syslinux.cfg")] {
+    for (src, name) in [
+        (kernel, "vmlinuz"),
+        (initrd, "initrd"),
+        (cfg.as_path(), "syslinux.cfg"),
+    ] {
         run_ok(
             Command::new(tool("mcopy"))
                 .arg("-i")
@@ -601,7 +673,10 @@ fn qemu_boots_the_appliance_with_the_exact_command_of_qemu_sh() {
         .output()
         .unwrap();
     let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-    eprintln!("qemu.sh boot ({accel}): {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "qemu.sh boot ({accel}): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     assert!(
         out.status.success(),
         "qemu.sh exited {}:\n{console}\n--- stderr ---\n{}",
@@ -618,7 +693,10 @@ fn qemu_boots_the_appliance_with_the_exact_command_of_qemu_sh() {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|l| l.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no MemTotal:\n{console}"));
-    assert!((900_000..=1_048_576).contains(&mem_kb), "memory {mem_kb} kB");
+    assert!(
+        (900_000..=1_048_576).contains(&mem_kb),
+        "memory {mem_kb} kB"
+    );
     // The descriptor's LSI Logic SCSI controller and VmxNet3 adapter, on q35.
     for (dev, what) in [
         ("pci 0x1000:0x0012", "LSI 53C895A"),
@@ -640,7 +718,8 @@ fn check_mount(m: &Mount, key: &str) -> usize {
         if !xml.exists() {
             continue; // a collection
         }
-        let text = fs::read_to_string(&xml).unwrap_or_else(|e| panic!("{key}: {}: {e}", xml.display()));
+        let text =
+            fs::read_to_string(&xml).unwrap_or_else(|e| panic!("{key}: {}: {e}", xml.display()));
         validate_text(&text, key);
         sh_syntax_ok(&deploy.join("qemu.sh"));
         n += 1;
@@ -669,7 +748,11 @@ fn every_corpus_libvirt_xml_validates() {
     files.sort();
     let (mut mounted, mut domains) = (0, 0);
     for (i, f) in files.iter().enumerate() {
-        let key = f.strip_prefix(&corpus).unwrap().to_string_lossy().into_owned();
+        let key = f
+            .strip_prefix(&corpus)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         if f.extension().is_some_and(|x| x == "ova") {
             match Mount::new(f, &tmp.path().join(format!("m{i}")), &["ro"]) {
                 Ok(m) => {

@@ -84,6 +84,7 @@ pub struct Row {
     pub note: &'static str,
 }
 
+#[allow(clippy::too_many_arguments)]
 const fn row(
     resource_type: u16,
     subtypes: &'static [&'static str],
@@ -110,59 +111,296 @@ const fn row(
 /// ResourceType the rows with subtypes come first; the row without subtypes catches the
 /// rest. The last row catches every ResourceType not listed.
 pub static MAPPING: &[Row] = &[
-    row(3, &[], "Processor", Kind::Processor, "", "", 0,
-        "VirtualQuantity virtual CPUs (1 to 4096); vmw:CoresPerSocket cores per socket when it divides them, else one core per socket."),
-    row(4, &[], "Memory", Kind::Memory, "", "", 0,
-        "VirtualQuantity in AllocationUnits (MiB when absent), rounded up to whole MiB."),
-    row(5, &["virtio"], "IDE controller of subtype virtio (COT, Cisco IOSv)", Kind::Virtio, "virtio", "virtio-blk-pci", 0,
-        "Its disks are virtio-blk devices, which is what the subtype asks for."),
-    row(5, &[], "IDE controller (PIIX3, PIIX4, ICH6 or none)", Kind::Ide, "ide", "ide-hd", 2,
-        "The machine's own PIIX IDE, so the machine is pc-i440fx (q35 has no IDE): the first IDE controller is the primary channel, the second the secondary; AddressOnParent 0 and 1 are master and slave. A third IDE controller is not mapped (its disks become virtio-blk devices)."),
-    row(6, &["lsilogic"], "SCSI controller, LSI Logic", Kind::Scsi, "lsilogic", "lsi53c895a", 7,
-        "QEMU has no LSI53C1030 (VMware's LSI Logic parallel adapter); the LSI 53C895A is its parallel LSI adapter, and libvirt's name for VMware's lsilogic (Linux driver sym53c8xx). Targets 0 to 6."),
-    row(6, &["lsilogicsas"], "SCSI controller, LSI Logic SAS", Kind::Scsi, "lsisas1068", "mptsas1068", 8,
-        "The LSI SAS1068 of VMware's LSI Logic SAS, which QEMU emulates (Linux driver mptsas)."),
-    row(6, &["virtualscsi", "pvscsi"], "SCSI controller, VMware paravirtual", Kind::Scsi, "vmpvscsi", "pvscsi", 64,
-        "VMware's PVSCSI, which QEMU emulates (Linux driver vmw_pvscsi)."),
-    row(6, &["buslogic"], "SCSI controller, BusLogic", Kind::Scsi, "lsilogic", "lsi53c895a", 7,
-        "QEMU does not emulate BusLogic adapters: the disks are put on an LSI 53C895A instead, which the guest needs a driver for."),
-    row(6, &["virtio", "virtioscsi", "virtio-scsi"], "SCSI controller, virtio", Kind::Scsi, "virtio-scsi", "virtio-scsi-pci", 256,
-        "virtio-scsi."),
-    row(6, &[], "SCSI controller of another or no subtype", Kind::Scsi, "lsilogic", "lsi53c895a", 7,
-        "LSI Logic, VMware's default adapter."),
-    row(20, &["vmware.nvme.controller", "nvme"], "NVMe controller", Kind::Nvme, "virtio", "nvme", 1,
-        "qemu.sh gives each disk its own NVMe controller. libvirt 9 has no NVMe disk bus, so libvirt.xml attaches these disks as virtio-blk devices (the comment in the file says so)."),
-    row(20, &[], "SATA controller (AHCI, vmware.sata.ahci or none)", Kind::Sata, "sata", "ich9-ahci", 6,
-        "Intel ICH9 AHCI, 6 ports (the built-in one of a q35 machine first). AddressOnParent is the port."),
-    row(17, &[], "Disk drive", Kind::Disk, "disk", "", 0,
-        "HostResource ovf:/disk/ID (or ovf:/file/ID of the Disk's file): the mount's flat file disks/NAME.raw, format raw, on the controller its Parent names at the unit of its AddressOnParent (the next free unit when that is taken or out of range). On a read-only mount the disk is transient (libvirt <transient/>, qemu snapshot=on: the guest's writes go to a temporary overlay and the mount's file is only read); on a writable mount it is attached read-write. The first disk is the boot device. A disk with no flat file on the mount (blank, remote or unreadable) is not attached. A disk whose Parent is no controller becomes a virtio-blk device."),
-    row(15, &[], "CD drive", Kind::Cdrom, "cdrom", "", 0,
-        "An empty CD-ROM drive on its controller; the first one holds the OVF environment ISO (deploy/ovf-env.iso) when the system or an enclosing collection has properties, as vSphere delivers the environment through the VM's CD-ROM drive. When there is no drive, one is added for the ISO (on the IDE secondary channel of a pc-i440fx machine, on SATA on q35)."),
-    row(16, &[], "DVD drive", Kind::Cdrom, "cdrom", "", 0, "As a CD drive."),
-    row(10, &["e1000"], "Ethernet adapter, E1000", Kind::Nic, "e1000", "e1000", 0,
-        "Intel 82540EM (VMware's E1000 is an 82545EM; both use the e1000 driver)."),
-    row(10, &["e1000e"], "Ethernet adapter, E1000e", Kind::Nic, "e1000e", "e1000e", 0,
-        "Intel 82574L, the same chip as VMware's."),
-    row(10, &["vmxnet3"], "Ethernet adapter, VmxNet3", Kind::Nic, "vmxnet3", "vmxnet3", 0,
-        "VMware's vmxnet3, which QEMU emulates."),
-    row(10, &["pcnet32", "pcnet"], "Ethernet adapter, PCNet32", Kind::Nic, "pcnet", "pcnet", 0,
-        "AMD PCnet-PCI II, as VMware's and VirtualBox's."),
-    row(10, &["virtio", "virtio-net"], "Ethernet adapter, virtio", Kind::Nic, "virtio", "virtio-net-pci", 0,
-        "virtio-net."),
-    row(10, &[], "Ethernet adapter of another or no subtype (VmxNet, VmxNet2, ...)", Kind::Nic, "e1000", "e1000", 0,
-        "e1000, the adapter most guests have a driver for (QEMU has no vmxnet2). Every adapter uses user-mode networking (libvirt <interface type='user'>, qemu -netdev user), which works without privileges or a host bridge; the MAC address is rasd:Address when that is a unicast MAC, else chosen by the hypervisor."),
-    row(24, &[], "Graphics controller", Kind::Video, "vga", "VGA", 0,
-        "A standard VGA adapter (libvirt adds a VNC display on 127.0.0.1; qemu.sh runs with -nographic). Without a graphics item the machine has none."),
-    row(21, &[], "Serial port", Kind::Serial, "", "", 0,
-        "The machine has one serial port, the console (libvirt pty, qemu.sh stdio); more serial ports are not mapped."),
-    row(14, &[], "Floppy drive", Kind::Unmapped, "", "", 0, "Not mapped."),
-    row(22, &[], "Parallel port", Kind::Unmapped, "", "", 0, "Not mapped."),
-    row(23, &[], "USB controller", Kind::Unmapped, "", "", 0,
-        "Not mapped: the machine has no USB (libvirt <controller type='usb' model='none'/>)."),
-    row(35, &[], "Sound card", Kind::Unmapped, "", "", 0, "Not mapped."),
-    row(1, &[], "Other (VMware VMCI, sound cards)", Kind::Unmapped, "", "", 0, "Not mapped."),
-    row(0, &[], "Any other ResourceType", Kind::Unmapped, "", "", 0,
-        "Not mapped; each such item is named in a comment of both files."),
+    row(
+        3,
+        &[],
+        "Processor",
+        Kind::Processor,
+        "",
+        "",
+        0,
+        "VirtualQuantity virtual CPUs (1 to 4096); vmw:CoresPerSocket cores per socket when it divides them, else one core per socket.",
+    ),
+    row(
+        4,
+        &[],
+        "Memory",
+        Kind::Memory,
+        "",
+        "",
+        0,
+        "VirtualQuantity in AllocationUnits (MiB when absent), rounded up to whole MiB.",
+    ),
+    row(
+        5,
+        &["virtio"],
+        "IDE controller of subtype virtio (COT, Cisco IOSv)",
+        Kind::Virtio,
+        "virtio",
+        "virtio-blk-pci",
+        0,
+        "Its disks are virtio-blk devices, which is what the subtype asks for.",
+    ),
+    row(
+        5,
+        &[],
+        "IDE controller (PIIX3, PIIX4, ICH6 or none)",
+        Kind::Ide,
+        "ide",
+        "ide-hd",
+        2,
+        "The machine's own PIIX IDE, so the machine is pc-i440fx (q35 has no IDE): the first IDE controller is the primary channel, the second the secondary; AddressOnParent 0 and 1 are master and slave. A third IDE controller is not mapped (its disks become virtio-blk devices).",
+    ),
+    row(
+        6,
+        &["lsilogic"],
+        "SCSI controller, LSI Logic",
+        Kind::Scsi,
+        "lsilogic",
+        "lsi53c895a",
+        7,
+        "QEMU has no LSI53C1030 (VMware's LSI Logic parallel adapter); the LSI 53C895A is its parallel LSI adapter, and libvirt's name for VMware's lsilogic (Linux driver sym53c8xx). Targets 0 to 6.",
+    ),
+    row(
+        6,
+        &["lsilogicsas"],
+        "SCSI controller, LSI Logic SAS",
+        Kind::Scsi,
+        "lsisas1068",
+        "mptsas1068",
+        8,
+        "The LSI SAS1068 of VMware's LSI Logic SAS, which QEMU emulates (Linux driver mptsas).",
+    ),
+    row(
+        6,
+        &["virtualscsi", "pvscsi"],
+        "SCSI controller, VMware paravirtual",
+        Kind::Scsi,
+        "vmpvscsi",
+        "pvscsi",
+        64,
+        "VMware's PVSCSI, which QEMU emulates (Linux driver vmw_pvscsi).",
+    ),
+    row(
+        6,
+        &["buslogic"],
+        "SCSI controller, BusLogic",
+        Kind::Scsi,
+        "lsilogic",
+        "lsi53c895a",
+        7,
+        "QEMU does not emulate BusLogic adapters: the disks are put on an LSI 53C895A instead, which the guest needs a driver for.",
+    ),
+    row(
+        6,
+        &["virtio", "virtioscsi", "virtio-scsi"],
+        "SCSI controller, virtio",
+        Kind::Scsi,
+        "virtio-scsi",
+        "virtio-scsi-pci",
+        256,
+        "virtio-scsi.",
+    ),
+    row(
+        6,
+        &[],
+        "SCSI controller of another or no subtype",
+        Kind::Scsi,
+        "lsilogic",
+        "lsi53c895a",
+        7,
+        "LSI Logic, VMware's default adapter.",
+    ),
+    row(
+        20,
+        &["vmware.nvme.controller", "nvme"],
+        "NVMe controller",
+        Kind::Nvme,
+        "virtio",
+        "nvme",
+        1,
+        "qemu.sh gives each disk its own NVMe controller. libvirt 9 has no NVMe disk bus, so libvirt.xml attaches these disks as virtio-blk devices (the comment in the file says so).",
+    ),
+    row(
+        20,
+        &[],
+        "SATA controller (AHCI, vmware.sata.ahci or none)",
+        Kind::Sata,
+        "sata",
+        "ich9-ahci",
+        6,
+        "Intel ICH9 AHCI, 6 ports (the built-in one of a q35 machine first). AddressOnParent is the port.",
+    ),
+    row(
+        17,
+        &[],
+        "Disk drive",
+        Kind::Disk,
+        "disk",
+        "",
+        0,
+        "HostResource ovf:/disk/ID (or ovf:/file/ID of the Disk's file): the mount's flat file disks/NAME.raw, format raw, on the controller its Parent names at the unit of its AddressOnParent (the next free unit when that is taken or out of range). On a read-only mount the disk is transient (libvirt <transient/>, qemu snapshot=on: the guest's writes go to a temporary overlay and the mount's file is only read); on a writable mount it is attached read-write. The first disk is the boot device. A disk with no flat file on the mount (blank, remote or unreadable) is not attached. A disk whose Parent is no controller becomes a virtio-blk device.",
+    ),
+    row(
+        15,
+        &[],
+        "CD drive",
+        Kind::Cdrom,
+        "cdrom",
+        "",
+        0,
+        "An empty CD-ROM drive on its controller; the first one holds the OVF environment ISO (deploy/ovf-env.iso) when the system or an enclosing collection has properties, as vSphere delivers the environment through the VM's CD-ROM drive. When there is no drive, one is added for the ISO (on the IDE secondary channel of a pc-i440fx machine, on SATA on q35).",
+    ),
+    row(
+        16,
+        &[],
+        "DVD drive",
+        Kind::Cdrom,
+        "cdrom",
+        "",
+        0,
+        "As a CD drive.",
+    ),
+    row(
+        10,
+        &["e1000"],
+        "Ethernet adapter, E1000",
+        Kind::Nic,
+        "e1000",
+        "e1000",
+        0,
+        "Intel 82540EM (VMware's E1000 is an 82545EM; both use the e1000 driver).",
+    ),
+    row(
+        10,
+        &["e1000e"],
+        "Ethernet adapter, E1000e",
+        Kind::Nic,
+        "e1000e",
+        "e1000e",
+        0,
+        "Intel 82574L, the same chip as VMware's.",
+    ),
+    row(
+        10,
+        &["vmxnet3"],
+        "Ethernet adapter, VmxNet3",
+        Kind::Nic,
+        "vmxnet3",
+        "vmxnet3",
+        0,
+        "VMware's vmxnet3, which QEMU emulates.",
+    ),
+    row(
+        10,
+        &["pcnet32", "pcnet"],
+        "Ethernet adapter, PCNet32",
+        Kind::Nic,
+        "pcnet",
+        "pcnet",
+        0,
+        "AMD PCnet-PCI II, as VMware's and VirtualBox's.",
+    ),
+    row(
+        10,
+        &["virtio", "virtio-net"],
+        "Ethernet adapter, virtio",
+        Kind::Nic,
+        "virtio",
+        "virtio-net-pci",
+        0,
+        "virtio-net.",
+    ),
+    row(
+        10,
+        &[],
+        "Ethernet adapter of another or no subtype (VmxNet, VmxNet2, ...)",
+        Kind::Nic,
+        "e1000",
+        "e1000",
+        0,
+        "e1000, the adapter most guests have a driver for (QEMU has no vmxnet2). Every adapter uses user-mode networking (libvirt <interface type='user'>, qemu -netdev user), which works without privileges or a host bridge; the MAC address is rasd:Address when that is a unicast MAC, else chosen by the hypervisor.",
+    ),
+    row(
+        24,
+        &[],
+        "Graphics controller",
+        Kind::Video,
+        "vga",
+        "VGA",
+        0,
+        "A standard VGA adapter (libvirt adds a VNC display on 127.0.0.1; qemu.sh runs with -nographic). Without a graphics item the machine has none.",
+    ),
+    row(
+        21,
+        &[],
+        "Serial port",
+        Kind::Serial,
+        "",
+        "",
+        0,
+        "The machine has one serial port, the console (libvirt pty, qemu.sh stdio); more serial ports are not mapped.",
+    ),
+    row(
+        14,
+        &[],
+        "Floppy drive",
+        Kind::Unmapped,
+        "",
+        "",
+        0,
+        "Not mapped.",
+    ),
+    row(
+        22,
+        &[],
+        "Parallel port",
+        Kind::Unmapped,
+        "",
+        "",
+        0,
+        "Not mapped.",
+    ),
+    row(
+        23,
+        &[],
+        "USB controller",
+        Kind::Unmapped,
+        "",
+        "",
+        0,
+        "Not mapped: the machine has no USB (libvirt <controller type='usb' model='none'/>).",
+    ),
+    row(
+        35,
+        &[],
+        "Sound card",
+        Kind::Unmapped,
+        "",
+        "",
+        0,
+        "Not mapped.",
+    ),
+    row(
+        1,
+        &[],
+        "Other (VMware VMCI, sound cards)",
+        Kind::Unmapped,
+        "",
+        "",
+        0,
+        "Not mapped.",
+    ),
+    row(
+        0,
+        &[],
+        "Any other ResourceType",
+        Kind::Unmapped,
+        "",
+        "",
+        0,
+        "Not mapped; each such item is named in a comment of both files.",
+    ),
 ];
 
 /// The row for an item of ResourceType `rt` and subtype `subtype`.
@@ -176,7 +414,16 @@ pub fn row_for(rt: u16, subtype: Option<&str>) -> &'static Row {
 }
 
 /// The catch-all row (the last of [`MAPPING`]).
-static UNKNOWN: Row = row(0, &[], "Any other ResourceType", Kind::Unmapped, "", "", 0, "");
+static UNKNOWN: Row = row(
+    0,
+    &[],
+    "Any other ResourceType",
+    Kind::Unmapped,
+    "",
+    "",
+    0,
+    "",
+);
 
 /// Firmware.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,11 +635,7 @@ impl Item {
             .or_else(|| self.get("Caption"))
             .or_else(|| self.get("Description"))
             .unwrap_or("");
-        format!(
-            "item {} ({})",
-            quote(&self.iid),
-            quote(name)
-        )
+        format!("item {} ({})", quote(&self.iid), quote(name))
     }
 }
 
@@ -479,9 +722,11 @@ impl Builder {
                     memory_seen = true;
                     self.memory(item);
                 }
-                Kind::Processor | Kind::Memory => {
-                    self.note(format!("{}: a second {} item, not mapped", item.label(), row.what))
-                }
+                Kind::Processor | Kind::Memory => self.note(format!(
+                    "{}: a second {} item, not mapped",
+                    item.label(),
+                    row.what
+                )),
                 Kind::Scsi | Kind::Sata | Kind::Ide | Kind::Nvme | Kind::Virtio => {
                     self.controller(item, row)
                 }
@@ -520,13 +765,14 @@ impl Builder {
     }
 
     fn processor(&mut self, item: &Item) {
-        let cpus = match item.get("VirtualQuantity").map(str::parse::<u64>) {
-            Some(Ok(n)) if (1..=MAX_CPUS).contains(&n) => n,
-            other => {
+        let text = item.get("VirtualQuantity").unwrap_or("");
+        let cpus = match text.parse::<u64>() {
+            Ok(n) if (1..=MAX_CPUS).contains(&n) => n,
+            _ => {
                 self.note(format!(
                     "{}: VirtualQuantity {} is not a CPU count from 1 to {MAX_CPUS}: 1 CPU",
                     item.label(),
-                    quote(other.map_or("", |_| item.get("VirtualQuantity").unwrap_or("")))
+                    quote(text)
                 ));
                 1
             }
@@ -553,7 +799,9 @@ impl Builder {
     }
 
     fn memory(&mut self, item: &Item) {
-        let quantity = item.get("VirtualQuantity").and_then(|q| q.parse::<u64>().ok());
+        let quantity = item
+            .get("VirtualQuantity")
+            .and_then(|q| q.parse::<u64>().ok());
         let factor = match item.get("AllocationUnits") {
             None => Some(1 << 20),
             Some(u) => crate::ovf::units::byte_factor(u).ok(),
@@ -620,7 +868,10 @@ impl Builder {
 
     fn disk(&mut self, item: &Item, t: &Target<'_>, ctx: &DeployContext) {
         let Some(host) = item.get("HostResource") else {
-            self.note(format!("{}: disk without HostResource, not attached", item.label()));
+            self.note(format!(
+                "{}: disk without HostResource, not attached",
+                item.label()
+            ));
             return;
         };
         let disk_id = match parse_host_resource(host) {
@@ -696,11 +947,14 @@ impl Builder {
     /// Places the pending drives on their controllers, and the environment ISO.
     fn environment(&mut self, t: &Target<'_>, ctx: &DeployContext) {
         let pending = std::mem::take(&mut self.pending);
-        let ide_used = pending.iter().any(|p| {
-            self.parent_of(p)
-                .is_some_and(|c| c.row.kind == Kind::Ide)
-        });
-        self.m.chipset = if ide_used { Chipset::I440fx } else { Chipset::Q35 };
+        let ide_used = pending
+            .iter()
+            .any(|p| self.parent_of(p).is_some_and(|c| c.row.kind == Kind::Ide));
+        self.m.chipset = if ide_used {
+            Chipset::I440fx
+        } else {
+            Chipset::Q35
+        };
         self.m.firmware = self.firmware;
         let mut used: HashMap<(usize, u32), ()> = HashMap::new();
         let mut boot_given = false;
@@ -779,10 +1033,16 @@ impl Builder {
 
     fn fallback(&mut self, p: &Pending, why: &str) -> Option<Attach> {
         if p.disk {
-            self.note(format!("{}: {why}: attached as a virtio-blk device", p.label));
+            self.note(format!(
+                "{}: {why}: attached as a virtio-blk device",
+                p.label
+            ));
             Some(Attach::Virtio)
         } else {
-            self.note(format!("{}: {why}: the CD-ROM drive is not attached", p.label));
+            self.note(format!(
+                "{}: {why}: the CD-ROM drive is not attached",
+                p.label
+            ));
             None
         }
     }
@@ -811,7 +1071,9 @@ impl Builder {
             }
         }
         for slot in 0..self.m.controllers.len() {
-            let Some(c) = self.m.controllers.get(slot) else { break };
+            let Some(c) = self.m.controllers.get(slot) else {
+                break;
+            };
             if c.row.kind != Kind::Sata {
                 continue;
             }
@@ -919,8 +1181,7 @@ pub fn domain_name(name: &str) -> String {
         })
         .take(64)
         .collect();
-    if !s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        || s.chars().all(|c| c.is_ascii_digit())
+    if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) || s.chars().all(|c| c.is_ascii_digit())
     {
         s.insert_str(0, "vm-");
     }
@@ -1041,7 +1302,7 @@ pub fn man_section() -> String {
     let mut s = String::from(".SH LAUNCH FILES\n");
     let paras = [
         "vms/ID/deploy/libvirt.xml and vms/ID/deploy/qemu.sh (for every VirtualSystem) start the appliance from the mount: virsh define vms/ID/deploy/libvirt.xml, or sh vms/ID/deploy/qemu.sh. Both are made from the same machine: the VirtualSystem's first VirtualHardwareSection in the deployment configuration of -o deployment= (the default configuration otherwise), with the mount's flat disks and, when the system has properties, deploy/ovf-env.iso in a CD-ROM drive. They are generated at their first read and stay byte-identical until the descriptor changes. What a file does not map is listed in a comment at its top.",
-        "libvirt.xml is a domain of type kvm (a host without KVM needs type='qemu': virsh edit), machine pc (i440fx) when anything is on IDE, else q35, with <os firmware='efi'> for EFI, CPU mode host-passthrough, a serial console, no USB and no memory balloon; every value from the descriptor is escaped, and a path XML 1.0 cannot hold (a control character) makes the read fail (EIO).",
+        "libvirt.xml is a domain of type kvm (a host without KVM needs type='qemu': virsh edit), machine pc (i440fx) when anything is on IDE, else q35, with <os firmware='efi'> for EFI, CPU mode host-passthrough, a serial console, no USB and no memory balloon; every value from the descriptor is escaped, and a path it cannot hold (a control character, which XML 1.0 cannot carry, or a line break, which libvirt's path syntax excludes) makes the read fail (EIO, with a log line).",
         "qemu.sh is a POSIX sh script running qemu-system-x86_64 -nodefaults -nographic with the serial console on its standard input and output (Ctrl-A X quits). It uses KVM (-cpu host) when /dev/kvm is readable and writable when it runs, TCG (-cpu max) otherwise; OVAFS_ACCEL=kvm or OVAFS_ACCEL=tcg forces one. For EFI it looks for OVMF (OVAFS_OVMF_CODE and OVAFS_OVMF_VARS, else the Debian, Fedora, Arch and openSUSE locations) and runs with a temporary copy of the variable store. Its arguments are appended to qemu's, so sh qemu.sh -m 4096 overrides the memory. Every path is single-quoted.",
         "Firmware: EFI when the VirtualHardwareSection has vmw:Config vmw:key=\"firmware\" vmw:value=\"efi\" (ovftool, vSphere), when VirtualBox's vbox:Machine has Hardware/Firmware type=\"EFI\", or when the VirtualSystemType is Microsoft:Hyper-V:SubType:2; BIOS otherwise. The name is the VirtualSystem's Name (else its ovf:id) with every character but letters, digits, . _ - + made _.",
         "The mapping of hardware items (CIM ResourceType, ResourceSubType compared without case):",

@@ -63,7 +63,9 @@ pub fn render(m: &Machine) -> Result<String, DeployError> {
     disks(&mut x, m)?;
     nics(&mut x, m)?;
     x.push_str("    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n");
-    x.push_str("    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n");
+    x.push_str(
+        "    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n",
+    );
     if m.video {
         x.push_str("    <graphics type='vnc' autoport='yes' listen='127.0.0.1'/>\n");
         x.push_str("    <video>\n      <model type='vga'/>\n    </video>\n");
@@ -122,7 +124,9 @@ fn disks(x: &mut String, m: &Machine) -> Result<(), DeployError> {
     let mut names = Names { sd: 0, vd: 0 };
     let nvme_note = m.drives.iter().any(|d| d.attach == Attach::Nvme);
     if nvme_note {
-        x.push_str("    <!-- NVMe disks are virtio-blk devices here: libvirt 9 has no NVMe disk bus -->\n");
+        x.push_str(
+            "    <!-- NVMe disks are virtio-blk devices here: libvirt 9 has no NVMe disk bus -->\n",
+        );
     }
     for d in &m.drives {
         let (device, source, readonly) = match &d.media {
@@ -178,7 +182,11 @@ fn target(m: &Machine, a: Attach, names: &mut Names) -> (&'static str, String, O
         Kind::Scsi | Kind::Sata => {
             let dev = dev_name("sd", names.sd);
             names.sd = names.sd.saturating_add(1);
-            let bus = if c.row.kind == Kind::Scsi { "scsi" } else { "sata" };
+            let bus = if c.row.kind == Kind::Scsi {
+                "scsi"
+            } else {
+                "sata"
+            };
             (
                 bus,
                 dev,

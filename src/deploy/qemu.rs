@@ -201,7 +201,12 @@ pub fn render(m: &Machine) -> Result<String, DeployError> {
 }
 
 /// The `-drive` and `-device` of drive `n`.
-fn drive(words: &mut Vec<String>, m: &Machine, n: usize, d: &launch::Drive) -> Result<(), DeployError> {
+fn drive(
+    words: &mut Vec<String>,
+    m: &Machine,
+    n: usize,
+    d: &launch::Drive,
+) -> Result<(), DeployError> {
     let id = format!("drive{n}");
     let (spec, cd) = match &d.media {
         Media::Disk(p) => {
