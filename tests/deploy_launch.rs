@@ -829,3 +829,47 @@ fn man_page_carries_the_generated_launch_files_section() {
         "man/ovafs.1 is out of date: run this test with OVAFS_REGENERATE_MAN=1"
     );
 }
+
+#[test]
+fn the_deployed_configuration_chooses_the_hardware() {
+    let tmp = tempdir();
+    let vmdk = small_vmdk(tmp.path(), "disk1");
+    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "dep")
+        .disk(&vmdk, 4 << 20, STREAM)
+        .edit_descriptor(
+            "  <VirtualSystem ovf:id=\"dep\">",
+            "  <DeploymentOptionSection>\n    <Info>Sizes</Info>\n    <Configuration ovf:default=\"true\" ovf:id=\"small\">\n      <Label>Small</Label>\n      <Description>Small</Description>\n    </Configuration>\n    <Configuration ovf:id=\"big\">\n      <Label>Big</Label>\n      <Description>Big</Description>\n    </Configuration>\n  </DeploymentOptionSection>\n  <VirtualSystem ovf:id=\"dep\">",
+        )
+        .edit_descriptor(
+            "<rasd:VirtualQuantity>2</rasd:VirtualQuantity>\n      </Item>",
+            &format!(
+                "<rasd:VirtualQuantity>2</rasd:VirtualQuantity>\n      </Item>\n      <Item ovf:configuration=\"big\">\n        <rasd:InstanceID>1</rasd:InstanceID>\n        <rasd:ResourceType>3</rasd:ResourceType>\n        <rasd:VirtualQuantity>8</rasd:VirtualQuantity>\n        <vmw:CoresPerSocket xmlns:vmw=\"{VMW}\" ovf:required=\"false\">4</vmw:CoresPerSocket>\n      </Item>"
+            ),
+        )
+        .build();
+    for (opts, vcpus, topology) in [
+        (&[][..], "2", "sockets='2' cores='1'"),
+        (&["deployment=small"][..], "2", "sockets='2' cores='1'"),
+        (&["deployment=big"][..], "8", "sockets='2' cores='4'"),
+    ] {
+        let m = Mount::ok(&ova, &tmp.path().join("mnt"), opts);
+        let xml = fs::read_to_string(m.path("vm/deploy/libvirt.xml")).unwrap();
+        validate(&m.path("vm/deploy/libvirt.xml"));
+        assert!(
+            xml.contains(&format!("<vcpu placement='static'>{vcpus}</vcpu>")),
+            "{opts:?}:\n{xml}"
+        );
+        assert!(
+            xml.contains(&format!("<topology {topology} threads='1'/>")),
+            "{opts:?}:\n{xml}"
+        );
+        let config = opts
+            .first()
+            .map_or("small", |o| o.trim_start_matches("deployment="));
+        assert!(
+            xml.contains(&format!("deployment configuration \"{config}\"")),
+            "{opts:?}:\n{xml}"
+        );
+        m.umount();
+    }
+}
