@@ -873,3 +873,36 @@ fn the_deployed_configuration_chooses_the_hardware() {
         m.umount();
     }
 }
+
+#[test]
+fn a_line_break_in_a_path_reaches_qemu_and_fails_libvirt_xml_cleanly() {
+    let tmp = tempdir();
+    let vmdk = small_vmdk(tmp.path(), "disk1");
+    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "nl")
+        .disk(&vmdk, 4 << 20, STREAM)
+        .edit_descriptor(
+            "<VirtualSystem ovf:id=\"nl\">",
+            "<VirtualSystem ovf:id=\"a&#10;b'$(touch PWNED)\">",
+        )
+        .build();
+    let m = Mount::ok(&ova, &tmp.path().join("mnt"), &[]);
+    let vm = only_vm(&m);
+    let folder = vm.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(folder.contains('\n'), "{folder:?}");
+    // libvirt's schema cannot take the ISO's path: the read fails (EIO), it is not
+    // written out wrong.
+    let err = fs::read_to_string(vm.join("deploy/libvirt.xml")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let script = vm.join("deploy/qemu.sh");
+    sh_syntax_ok(&script);
+    let argv = fake_qemu_argv(&script, &[("OVAFS_ACCEL", "tcg")], &[]);
+    let iso = format!(
+        "{}/vms/{folder}/deploy/ovf-env.iso",
+        m.dir.canonicalize().unwrap().display()
+    );
+    assert_eq!(
+        values_of(&argv, "-drive")[1],
+        format!("file={iso},format=raw,if=none,id=drive1,media=cdrom,readonly=on")
+    );
+    m.umount();
+}
