@@ -14,6 +14,9 @@
 //!   test guest's kernel and initramfs (tests/common/guest.rs); the guest prints what it
 //!   sees (CPU count, memory, PCI devices) on the serial console, which is qemu.sh's stdout.
 //!   TCG (`OVAFS_ACCEL=tcg`) unless `OVAFS_GUEST_ACCEL=kvm`, like the other guest tests.
+//!   An EFI appliance (vmw:Config firmware=efi, AHCI disk) boots the same way through OVMF
+//!   (Debian's `ovmf`, found by the script itself) and syslinux's EFI loader.
+//! - `-o deployment=CONFIG` picks the configuration's hardware.
 //! - The man page carries the generated LAUNCH FILES section (the mapping table).
 
 mod common;
@@ -903,6 +906,151 @@ fn a_line_break_in_a_path_reaches_qemu_and_fails_libvirt_xml_cleanly() {
     assert_eq!(
         values_of(&argv, "-drive")[1],
         format!("file={iso},format=raw,if=none,id=drive1,media=cdrom,readonly=on")
+    );
+    m.umount();
+}
+
+/// A raw FAT image of 64 MiB that OVMF boots from its removable-media path
+/// (`EFI/BOOT/BOOTX64.EFI`, syslinux's EFI loader) into `kernel` and `initrd`.
+fn syslinux_efi_disk(dir: &Path, kernel: &Path, initrd: &Path, append: &str) -> PathBuf {
+    let img = dir.join("efi.img");
+    let mkfs = ["/usr/sbin/mkfs.vfat", "/sbin/mkfs.vfat"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| tool("mkfs.vfat"));
+    run_ok(
+        Command::new(mkfs)
+            .arg("-C")
+            .arg(&img)
+            .arg((64u32 << 10).to_string()),
+    );
+    let loader = Path::new("/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi");
+    let ldlinux = Path::new("/usr/lib/syslinux/modules/efi64/ldlinux.e64");
+    for p in [loader, ldlinux] {
+        assert!(
+            p.is_file(),
+            "{} is missing: install syslinux-efi and syslinux-common",
+            p.display()
+        );
+    }
+    let cfg = dir.join("syslinux.cfg");
+    fs::write(
+        &cfg,
+        format!("DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL /vmlinuz\n  INITRD /initrd\n  APPEND {append}\n"),
+    )
+    .unwrap();
+    run_ok(
+        Command::new(tool("mmd"))
+            .arg("-i")
+            .arg(&img)
+            .arg("::EFI")
+            .arg("::EFI/BOOT"),
+    );
+    for (src, name) in [
+        (loader, "EFI/BOOT/BOOTX64.EFI"),
+        (ldlinux, "EFI/BOOT/ldlinux.e64"),
+        (cfg.as_path(), "EFI/BOOT/syslinux.cfg"),
+        (kernel, "vmlinuz"),
+        (initrd, "initrd"),
+    ] {
+        run_ok(
+            Command::new(tool("mcopy"))
+                .arg("-i")
+                .arg(&img)
+                .arg(src)
+                .arg(format!("::{name}")),
+        );
+    }
+    img
+}
+
+#[test]
+fn qemu_sh_boots_an_efi_appliance_with_ovmf() {
+    let ovmf = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
+    assert!(
+        ovmf.is_file(),
+        "{} is missing: install ovmf",
+        ovmf.display()
+    );
+    let guest = Guest::build();
+    let tmp = tempdir();
+    let initrd = tmp.path().join("initrd");
+    guest.initrd_with_script(
+        "echo efi-marker\nls /sys/firmware/efi >/dev/null && echo efi-firmware\n",
+        tmp.path(),
+        &initrd,
+    );
+    let img = syslinux_efi_disk(
+        tmp.path(),
+        &guest.kernel,
+        &initrd,
+        "console=ttyS0 quiet panic=-1 mitigations=off tsc=reliable no_timer_check ovafs.root=none",
+    );
+    let vmdk = tmp.path().join("efi.vmdk");
+    to_stream_vmdk(&img, &vmdk);
+    // An AHCI controller (OVMF has no driver for the LSI 53C895A) and VMware's EFI switch.
+    let ova = OvaBuilder::new(&tmp.path().join("pkg"), "efi")
+        .disk(&vmdk, 64 << 20, STREAM)
+        .edit_descriptor(
+            "<rasd:ResourceSubType>lsilogic</rasd:ResourceSubType>\n        <rasd:ResourceType>6</rasd:ResourceType>",
+            "<rasd:ResourceSubType>AHCI</rasd:ResourceSubType>\n        <rasd:ResourceType>20</rasd:ResourceType>",
+        )
+        .edit_descriptor(
+            "<Property ovf:key=\"hostname\" ovf:type=\"string\" ovf:userConfigurable=\"true\" ovf:value=\"sample\">\n        <Label>Host name</Label>\n      </Property>",
+            "",
+        )
+        .edit_descriptor(
+            "\n    </VirtualHardwareSection>",
+            &format!("\n      <vmw:Config xmlns:vmw=\"{VMW}\" ovf:required=\"false\" vmw:key=\"firmware\" vmw:value=\"efi\"/>\n    </VirtualHardwareSection>"),
+        )
+        .build();
+    let m = Mount::ok(&ova, &tmp.path().join("mnt"), &["ro"]);
+    let xml = m.path("vm/deploy/libvirt.xml");
+    validate(&xml);
+    assert!(
+        fs::read_to_string(&xml)
+            .unwrap()
+            .contains("<os firmware='efi'>")
+    );
+    let accel = match std::env::var("OVAFS_GUEST_ACCEL").as_deref() {
+        Ok("kvm") => "kvm",
+        _ => "tcg",
+    };
+    let vars_dir = tmp.path().join("vars");
+    fs::create_dir(&vars_dir).unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(tool("timeout"))
+        .arg("180")
+        .arg(tool("sh"))
+        .arg(m.path("vm/deploy/qemu.sh"))
+        .env("OVAFS_ACCEL", accel)
+        .env("TMPDIR", &vars_dir)
+        .env_remove("OVAFS_OVMF_CODE")
+        .env_remove("OVAFS_OVMF_VARS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    eprintln!(
+        "qemu.sh EFI boot ({accel}): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        out.status.success(),
+        "qemu.sh exited {}:\n{console}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        console
+            .contains("@@ovafs-guest-begin@@\nefi-marker\nefi-firmware\n@@ovafs-guest-end rc=0@@"),
+        "{console}"
+    );
+    assert_eq!(
+        fs::read_dir(&vars_dir).unwrap().count(),
+        0,
+        "the EFI variable copy is removed"
     );
     m.umount();
 }
