@@ -369,7 +369,9 @@ fn controllers_disks_nics_and_efi_map_as_the_table_says() {
         "<type arch='x86_64' machine='pc'>hvm</type>",
         "<vcpu placement='static'>4</vcpu>",
         "<topology sockets='2' cores='2' threads='1'/>",
-        "<controller type='scsi' index='0' model='vmpvscsi'/>",
+        // EFI: the PVSCSI adapter is virtio-scsi (OVMF has no PVSCSI driver).
+        "<controller type='scsi' index='0' model='virtio-scsi'/>",
+        "EFI firmware (OVMF) has no driver for the pvscsi",
         "<controller type='sata' index='0'/>",
         "<controller type='ide' index='0'/>",
         "<target dev='sda' bus='scsi'/>",
@@ -468,7 +470,7 @@ fn controllers_disks_nics_and_efi_map_as_the_table_says() {
     assert_eq!(
         values_of(&argv, "-device"),
         [
-            "pvscsi,id=scsi0",
+            "virtio-scsi-pci,id=scsi0",
             "ich9-ahci,id=sata0",
             "scsi-hd,drive=drive0,bus=scsi0.0,channel=0,scsi-id=0,lun=0,bootindex=1",
             "ide-hd,drive=drive1,bus=ide.0,unit=1",

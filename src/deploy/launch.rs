@@ -946,6 +946,8 @@ impl Builder {
 
     /// Places the pending drives on their controllers, and the environment ISO.
     fn environment(&mut self, t: &Target<'_>, ctx: &DeployContext) {
+        self.m.firmware = self.firmware;
+        self.efi_scsi();
         let pending = std::mem::take(&mut self.pending);
         let ide_used = pending
             .iter()
@@ -955,7 +957,6 @@ impl Builder {
         } else {
             Chipset::Q35
         };
-        self.m.firmware = self.firmware;
         let mut used: HashMap<(usize, u32), ()> = HashMap::new();
         let mut boot_given = false;
         for p in pending {
@@ -989,6 +990,29 @@ impl Builder {
             attach,
             boot: false,
         });
+    }
+
+    /// With EFI, SCSI adapters other than virtio-scsi become virtio-scsi: OVMF (as Debian
+    /// builds it, measured: no boot from lsi53c895a, mptsas1068 or pvscsi, a boot from
+    /// virtio-scsi-pci) has no driver for them, so nothing on them could boot. SeaBIOS has
+    /// all of them, so BIOS machines keep the table's adapter.
+    fn efi_scsi(&mut self) {
+        if self.m.firmware != Firmware::Efi {
+            return;
+        }
+        let virtio = row_for(6, Some("virtio"));
+        let mut changed = Vec::new();
+        for c in &mut self.m.controllers {
+            if c.row.kind == Kind::Scsi && !std::ptr::eq(c.row, virtio) {
+                changed.push((c.index, c.row.qemu));
+                c.row = virtio;
+            }
+        }
+        for (index, qemu) in changed {
+            self.note(format!(
+                "SCSI controller {index}: EFI firmware (OVMF) has no driver for the {qemu} it would be, so it is virtio-scsi"
+            ));
+        }
     }
 
     fn parent_of(&self, p: &Pending) -> Option<&Controller> {
@@ -1304,7 +1328,7 @@ pub fn man_section() -> String {
         "vms/ID/deploy/libvirt.xml and vms/ID/deploy/qemu.sh (for every VirtualSystem) start the appliance from the mount: virsh define vms/ID/deploy/libvirt.xml, or sh vms/ID/deploy/qemu.sh. Both are made from the same machine: the VirtualSystem's first VirtualHardwareSection in the deployment configuration of -o deployment= (the default configuration otherwise), with the mount's flat disks and, when the system has properties, deploy/ovf-env.iso in a CD-ROM drive. They are generated at their first read and stay byte-identical until the descriptor changes. What a file does not map is listed in a comment at its top.",
         "libvirt.xml is a domain of type kvm (a host without KVM needs type='qemu': virsh edit), machine pc (i440fx) when anything is on IDE, else q35, with <os firmware='efi'> for EFI, CPU mode host-passthrough, a serial console, no USB and no memory balloon; every value from the descriptor is escaped, and a path it cannot hold (a control character, which XML 1.0 cannot carry, or a line break, which libvirt's path syntax excludes) makes the read fail (EIO, with a log line).",
         "qemu.sh is a POSIX sh script running qemu-system-x86_64 -nodefaults -nographic with the serial console on its standard input and output (Ctrl-A X quits). It uses KVM (-cpu host) when /dev/kvm is readable and writable when it runs, TCG (-cpu max) otherwise; OVAFS_ACCEL=kvm or OVAFS_ACCEL=tcg forces one. For EFI it looks for OVMF (OVAFS_OVMF_CODE and OVAFS_OVMF_VARS, else the Debian, Fedora, Arch and openSUSE locations) and runs with a temporary copy of the variable store. Its arguments are appended to qemu's, so sh qemu.sh -m 4096 overrides the memory. Every path is single-quoted.",
-        "Firmware: EFI when the VirtualHardwareSection has vmw:Config vmw:key=\"firmware\" vmw:value=\"efi\" (ovftool, vSphere), when VirtualBox's vbox:Machine has Hardware/Firmware type=\"EFI\", or when the VirtualSystemType is Microsoft:Hyper-V:SubType:2; BIOS otherwise. The name is the VirtualSystem's Name (else its ovf:id) with every character but letters, digits, . _ - + made _.",
+        "Firmware: EFI when the VirtualHardwareSection has vmw:Config vmw:key=\"firmware\" vmw:value=\"efi\" (ovftool, vSphere), when VirtualBox's vbox:Machine has Hardware/Firmware type=\"EFI\", or when the VirtualSystemType is Microsoft:Hyper-V:SubType:2; BIOS otherwise. With EFI every SCSI controller is virtio-scsi (a comment says so): OVMF has no driver for the LSI 53C895A, SAS1068 or PVSCSI adapters, so nothing on them could boot; with BIOS, SeaBIOS boots from all of them. The name is the VirtualSystem's Name (else its ovf:id) with every character but letters, digits, . _ - + made _.",
         "The mapping of hardware items (CIM ResourceType, ResourceSubType compared without case):",
     ];
     for (i, p) in paras.iter().enumerate() {
