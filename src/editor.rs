@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use crate::commit::{ChangeSet, CommitReport, Committer};
+use crate::deploy::{self, DeployContext, DeployError};
 use crate::error::{Error, ErrorKind, Refusal, Result};
 use crate::node::folder::{Folder, FolderChanges, LiveTree};
 use crate::node::layout;
@@ -48,6 +49,9 @@ struct State {
     /// after a change: a `stat` or `cat` of a setting then reads a map instead of building
     /// the settings view of the whole descriptor again.
     values: Option<HashMap<String, Arc<[u8]>>>,
+    /// Deployment files made since the last change: each is generated at its first read
+    /// and then served from here, byte-stable until the descriptor changes.
+    deploy_files: HashMap<String, Arc<[u8]>>,
 }
 
 /// A change checked at write() time: the descriptor it makes, kept so that the store at
@@ -85,6 +89,8 @@ pub struct Editor {
     relocation: Arc<Relocation>,
     /// Where its nodes are shown, once [`Editor::show_in`] was called.
     shown: OnceLock<Shown>,
+    /// What the deployment files need besides the descriptor; `None`: no `deploy/` folders.
+    deploy: Option<DeployContext>,
 }
 
 /// Where the editor's nodes are shown.
@@ -144,6 +150,7 @@ impl Editor {
             state: Mutex::new(State {
                 descriptor: package.descriptor.clone(),
                 values: None,
+                deploy_files: HashMap::new(),
                 stored_descriptor: stored,
                 manifest: manifest.as_ref().map(|(_, b)| b.clone()),
                 certificate: certificate.as_ref().map(|(_, b)| b.clone()),
@@ -161,7 +168,14 @@ impl Editor {
             certificate_mode: mode_of(package.certificate_member.or(package.manifest_member)),
             relocation: package.relocation.clone(),
             shown: OnceLock::new(),
+            deploy: None,
         })
+    }
+
+    /// Shows `vms/ID/deploy/` (the OVF environment and launch files) made for `ctx`.
+    pub fn with_deploy(mut self, ctx: DeployContext) -> Self {
+        self.deploy = Some(ctx);
+        self
     }
 
     /// The package members this editor serves as live files (so the static tree skips them).
@@ -287,6 +301,7 @@ impl Editor {
         }
         st.descriptor = new;
         st.values = None;
+        st.deploy_files.clear();
         st.prepared = None;
         st.stored_descriptor = Arc::from(report.descriptor.clone());
         if let Some(m) = &report.manifest {
@@ -361,6 +376,19 @@ impl Editor {
             };
             out.push((e.path, kind));
         }
+        if self.deploy.is_some() {
+            for e in deploy::tree(&st.descriptor) {
+                let kind = if e.folder {
+                    LiveKind::Dir
+                } else {
+                    LiveKind::File {
+                        writable: false,
+                        secret: e.secret,
+                    }
+                };
+                out.push((e.path, kind));
+            }
+        }
         out
     }
 
@@ -385,6 +413,20 @@ impl Editor {
         });
         if let Some(v) = values.get(path) {
             return Ok(v.clone());
+        }
+        if let Some(ctx) = &self.deploy
+            && deploy::is_deploy_path(path)
+        {
+            if let Some(v) = st.deploy_files.get(path) {
+                return Ok(v.clone());
+            }
+            let bytes: Arc<[u8]> = match deploy::read(&st.descriptor, path, ctx) {
+                Some(Ok(b)) => Arc::from(b),
+                Some(Err(e)) => return Err(deploy_error(path, e)),
+                None => return Err(gone(path)),
+            };
+            st.deploy_files.insert(path.to_string(), bytes.clone());
+            return Ok(bytes);
         }
         let text = settings::read(&st.descriptor, path).map_err(setting_error)?;
         Ok(Arc::from(text.into_bytes()))
@@ -610,6 +652,13 @@ impl FolderChanges for SettingsFolders {
         }
         self.editor.rmdir(path)
     }
+}
+
+/// A deployment file that cannot be made from the descriptor as it is: its reads fail (EIO)
+/// and the log says why.
+fn deploy_error(path: &str, e: DeployError) -> Error {
+    log::warn!("{path}: {e}");
+    Error::layer(e).context(path.to_string())
 }
 
 fn gone(path: &str) -> Error {

@@ -12,6 +12,7 @@ pub mod archive;
 pub mod cache;
 pub mod cli;
 pub mod commit;
+pub mod deploy;
 pub mod disk;
 pub mod editor;
 pub mod error;

@@ -23,6 +23,7 @@ use super::{EXIT_FAILURE, EXIT_OK};
 use crate::appliance::Appliance;
 use crate::cache::UnitCache;
 use crate::commit::{self, Committer};
+use crate::deploy::{self, DeployContext, FlatDiskPath};
 use crate::editor::Editor;
 use crate::error::{Error, Result};
 use crate::fs::{FsOptions, OvaFs};
@@ -198,7 +199,8 @@ pub(super) fn serve(
         (_, None) => {}
     }
     let read_only = committer.is_none();
-    let editor = Arc::new(Editor::new(&appliance.package, committer)?);
+    let deploy = deploy_context(config, &appliance, !read_only)?;
+    let editor = Arc::new(Editor::new(&appliance.package, committer)?.with_deploy(deploy));
     let cache = Arc::new(UnitCache::new(config.cache_bytes));
     let package_stat = nix::sys::stat::stat(&config.source)
         .map_err(|e| Error::io(format!("stat {}", config.source.display()), e.into()))?;
@@ -544,4 +546,32 @@ fn raise_read_ahead(mountpoint: &Path) {
     if let Err(e) = std::fs::write(&path, "1024") {
         log::debug!("could not raise read-ahead ({path}): {e}");
     }
+}
+
+/// What the mount's `deploy/` files need: the mount point (absolute, as launch files name
+/// the flat disks by absolute path), the flat disks and the deployed configuration, which
+/// must exist (a typo in `-o deployment=` fails the mount, not every later read).
+fn deploy_context(
+    config: &MountConfig,
+    appliance: &Appliance,
+    writable_disks: bool,
+) -> Result<DeployContext> {
+    let mountpoint = std::fs::canonicalize(&config.mountpoint)
+        .map_err(|e| Error::io(format!("cannot resolve {}", config.mountpoint.display()), e))?;
+    let ctx = DeployContext {
+        mountpoint,
+        disks: appliance
+            .disks
+            .iter()
+            .map(|d| FlatDiskPath {
+                disk_id: d.disk_id.clone(),
+                path: format!("{}/{}.raw", crate::appliance::DISKS_DIR, d.stem),
+            })
+            .collect(),
+        configuration: config.deployment.clone(),
+        writable_disks,
+    };
+    deploy::selected_configuration(&appliance.package.descriptor, &ctx)
+        .map_err(|e| Error::usage(format!("-o deployment: {e}")))?;
+    Ok(ctx)
 }

@@ -81,6 +81,10 @@ pub struct MountConfig {
     /// The signer's certificate (`sign_cert=PEM`); default: the certificates in the key file.
     #[serde(default)]
     pub sign_cert: Option<PathBuf>,
+    /// The deployment configuration the `deploy/` files describe (`deployment=CONFIG`);
+    /// `None`: the descriptor's default.
+    #[serde(default)]
+    pub deployment: Option<String>,
 }
 
 fn default_commit_level() -> i32 {
@@ -117,6 +121,7 @@ impl MountConfig {
             commit_level: default_commit_level(),
             sign_key: None,
             sign_cert: None,
+            deployment: None,
         }
     }
 
@@ -218,6 +223,7 @@ impl MountConfig {
                     self.sign_cert = path;
                 }
             }
+            "deployment" => self.deployment = Some(need_value(key, value)?.to_string()),
             "commit_level" => self.commit_level = parse_commit_level(need_value(key, value)?)?,
             "verify" => {
                 let v = need_value(key, value)?;

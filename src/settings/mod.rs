@@ -39,13 +39,13 @@
 //! Writing a file's own content back is never an edit.
 
 mod disk_file;
-mod hw;
+pub(crate) mod hw;
 mod os_types;
 mod props;
 mod table;
 mod values;
-mod vbox;
-mod xmlview;
+pub(crate) mod vbox;
+pub(crate) mod xmlview;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -222,7 +222,7 @@ impl Applied {
 
 /// A VirtualSystem or a collection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Owner {
+pub enum Owner {
     /// Index in [`Descriptor::systems`].
     System(usize),
     /// Index in [`Descriptor::collections`].
@@ -282,25 +282,7 @@ impl<'d> Ctx<'d> {
 
     fn with_view(view: View<'d>) -> Ctx<'d> {
         let desc = view.desc;
-        let mut owners: Vec<(usize, Owner, &str)> = desc
-            .systems
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.element.start, Owner::System(i), s.id.value.as_str()))
-            .chain(
-                desc.collections
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (c.element.start, Owner::Collection(i), c.id.value.as_str())),
-            )
-            .collect();
-        owners.sort_by_key(|(start, _, _)| *start);
-        let ids: Vec<&str> = owners.iter().map(|(_, _, id)| *id).collect();
-        let names = unique_names(&ids);
-        let contents = names
-            .into_iter()
-            .zip(owners.iter().map(|(_, o, _)| *o))
-            .collect();
+        let contents = content_folders(desc);
         let networks = unique_names(
             &desc
                 .networks
@@ -462,6 +444,29 @@ impl<'d> Ctx<'d> {
             .map(|(_, v)| v.len())
             .unwrap_or(0)
     }
+}
+
+/// The folder name under `vms/` of every VirtualSystem and VirtualSystemCollection, with
+/// what it is, in document order (the names the settings tree and the deploy files use).
+pub fn content_folders(desc: &Descriptor) -> Vec<(String, Owner)> {
+    let mut owners: Vec<(usize, Owner, &str)> = desc
+        .systems
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.element.start, Owner::System(i), s.id.value.as_str()))
+        .chain(
+            desc.collections
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.element.start, Owner::Collection(i), c.id.value.as_str())),
+        )
+        .collect();
+    owners.sort_by_key(|(start, _, _)| *start);
+    let ids: Vec<&str> = owners.iter().map(|(_, _, id)| *id).collect();
+    unique_names(&ids)
+        .into_iter()
+        .zip(owners.iter().map(|(_, o, _)| *o))
+        .collect()
 }
 
 /// A name made safe as one path component (see the module doc).

@@ -71,7 +71,7 @@ fn set_hardware_attr(
 }
 
 /// The `Hardware` element of the `vbox:Machine` of content element `system`.
-fn machine_hardware(v: &View<'_>, system: usize) -> Option<usize> {
+pub(crate) fn machine_hardware(v: &View<'_>, system: usize) -> Option<usize> {
     let machine = v.node(system).children.iter().copied().find(|&c| {
         let n = v.node(c);
         n.ns == Ns::Vbox && n.local == "Machine"

@@ -182,7 +182,7 @@ impl Guest {
 
     /// Writes the initramfs followed by a second cpio archive holding `/ovafs-script` (the
     /// kernel unpacks concatenated archives in order) to `out`.
-    fn initrd_with_script(&self, script: &str, tmp: &Path, out: &Path) {
+    pub fn initrd_with_script(&self, script: &str, tmp: &Path, out: &Path) {
         let stage = tmp.join("script-stage");
         fs::create_dir_all(&stage).unwrap();
         fs::write(stage.join("ovafs-script"), script).unwrap();
