@@ -240,7 +240,7 @@ const SECTOR_U32: u32 = 2048;
 /// system-use areas here are constants of this module: at most 33 + 13 + 1 + 52 bytes).
 fn record(r: &Record) -> Vec<u8> {
     let name_len = r.name.len();
-    let pad = usize::from(name_len % 2 == 0);
+    let pad = usize::from(name_len.is_multiple_of(2));
     let mut v = Vec::with_capacity(34 + name_len + r.system_use.len());
     v.push(0); // length, set below
     v.push(0); // extended attribute record length
@@ -256,7 +256,7 @@ fn record(r: &Record) -> Vec<u8> {
     v.extend(&r.name);
     v.extend(std::iter::repeat_n(0, pad));
     v.extend(&r.system_use);
-    if v.len() % 2 == 1 {
+    if !v.len().is_multiple_of(2) {
         v.push(0); // records have even length (§9.1.13)
     }
     let len = u8::try_from(v.len()).unwrap_or(0);
