@@ -33,6 +33,8 @@
 //!
 //! Byte-stable: a pure function of the descriptor and the configuration; no time, no host data.
 
+use std::collections::HashSet;
+
 use super::{DeployError, Target};
 use crate::ovf::Descriptor;
 use crate::ovf::model::Property;
@@ -121,6 +123,8 @@ fn seen_properties<'d>(
     config: Option<&str>,
 ) -> Vec<(String, &'d Property)> {
     let mut out: Vec<(String, &Property)> = Vec::new();
+    // Keys already listed: a set, since a hostile descriptor may hold many thousands.
+    let mut seen: HashSet<String> = HashSet::new();
     let parent = parent(desc, node);
     let inherited = parent.map(|p| p.properties).unwrap_or(&[]);
     for p in node.properties.iter().chain(inherited) {
@@ -128,7 +132,7 @@ fn seen_properties<'d>(
             continue;
         }
         let key = p.full_key();
-        if !out.iter().any(|(k, _)| *k == key) {
+        if seen.insert(key.clone()) {
             out.push((key, p));
         }
     }
@@ -393,5 +397,25 @@ mod tests {
         let e = env_of(&d, Owner::System(0), None);
         assert!(e.contains("  <PropertySection/>\n"), "{e}");
         assert!(!e.contains("<Entity"), "{e}");
+    }
+
+    #[test]
+    fn a_value_xml_cannot_carry_fails_the_document() {
+        let props = "<Property ovf:key=\"bell\" ovf:type=\"string\" ovf:value=\"a&#7;b\"/>";
+        let d = doc(&vs("vm", props));
+        // The descriptor parser decodes the reference (XML 1.0 forbids it; it is lenient).
+        assert_eq!(
+            d.systems[0].properties[0].value.as_ref().unwrap().value,
+            "a\u{7}b"
+        );
+        let t = Target {
+            desc: &d,
+            owner: Owner::System(0),
+            folder: "vm",
+            configuration: None,
+        };
+        let e = environment_xml(&t).unwrap_err();
+        assert!(e.to_string().contains("app.bell"), "{e}");
+        assert!(e.to_string().contains("U+0007"), "{e}");
     }
 }
