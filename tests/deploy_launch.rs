@@ -594,41 +594,61 @@ fn the_accelerator_follows_dev_kvm_when_the_script_runs() {
     m.umount();
 }
 
-/// A raw FAT image of `mib` MiB that SeaBIOS boots with syslinux into `kernel` and
-/// `initrd`, with `append` as the kernel command line.
-fn syslinux_disk(dir: &Path, kernel: &Path, initrd: &Path, append: &str) -> PathBuf {
-    let img = dir.join("boot.img");
+/// An empty 64 MiB FAT image file `name` in `dir`, made by mkfs.vfat (no partition table).
+fn fat_image(dir: &Path, name: &str) -> PathBuf {
+    let img = dir.join(name);
     let mkfs = ["/usr/sbin/mkfs.vfat", "/sbin/mkfs.vfat"]
         .into_iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
         .unwrap_or_else(|| tool("mkfs.vfat"));
-    // No partition table: the FAT boot sector (syslinux's) is the disk's first sector.
     run_ok(
         Command::new(mkfs)
             .arg("-C")
             .arg(&img)
             .arg((64u32 << 10).to_string()),
     );
+    img
+}
+
+/// A syslinux.cfg in `dir` booting `kernel_path` with `initrd_path` and `append`.
+fn syslinux_cfg(dir: &Path, kernel_path: &str, initrd_path: &str, append: &str) -> PathBuf {
     let cfg = dir.join("syslinux.cfg");
     fs::write(
         &cfg,
-        format!("DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL vmlinuz\n  INITRD initrd\n  APPEND {append}\n"),
+        format!("DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL {kernel_path}\n  INITRD {initrd_path}\n  APPEND {append}\n"),
     )
     .unwrap();
-    for (src, name) in [
-        (kernel, "vmlinuz"),
-        (initrd, "initrd"),
-        (cfg.as_path(), "syslinux.cfg"),
-    ] {
+    cfg
+}
+
+/// Copies each (source, name) into the FAT image `img` with mcopy.
+fn mcopy_into(img: &Path, files: &[(&Path, &str)]) {
+    for (src, name) in files {
         run_ok(
             Command::new(tool("mcopy"))
                 .arg("-i")
-                .arg(&img)
+                .arg(img)
                 .arg(src)
                 .arg(format!("::{name}")),
         );
     }
+}
+
+/// A raw FAT image that SeaBIOS boots with syslinux into `kernel` and `initrd`, with
+/// `append` as the kernel command line. No partition table: the FAT boot sector
+/// (syslinux's) is the disk's first sector.
+fn syslinux_disk(dir: &Path, kernel: &Path, initrd: &Path, append: &str) -> PathBuf {
+    let img = fat_image(dir, "boot.img");
+    let cfg = syslinux_cfg(dir, "vmlinuz", "initrd", append);
+    mcopy_into(
+        &img,
+        &[
+            (kernel, "vmlinuz"),
+            (initrd, "initrd"),
+            (&cfg, "syslinux.cfg"),
+        ],
+    );
     run_ok(Command::new(tool("syslinux")).arg("--install").arg(&img));
     img
 }
@@ -915,18 +935,7 @@ fn a_line_break_in_a_path_reaches_qemu_and_fails_libvirt_xml_cleanly() {
 /// A raw FAT image of 64 MiB that OVMF boots from its removable-media path
 /// (`EFI/BOOT/BOOTX64.EFI`, syslinux's EFI loader) into `kernel` and `initrd`.
 fn syslinux_efi_disk(dir: &Path, kernel: &Path, initrd: &Path, append: &str) -> PathBuf {
-    let img = dir.join("efi.img");
-    let mkfs = ["/usr/sbin/mkfs.vfat", "/sbin/mkfs.vfat"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| tool("mkfs.vfat"));
-    run_ok(
-        Command::new(mkfs)
-            .arg("-C")
-            .arg(&img)
-            .arg((64u32 << 10).to_string()),
-    );
+    let img = fat_image(dir, "efi.img");
     let loader = Path::new("/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi");
     let ldlinux = Path::new("/usr/lib/syslinux/modules/efi64/ldlinux.e64");
     for p in [loader, ldlinux] {
@@ -936,12 +945,7 @@ fn syslinux_efi_disk(dir: &Path, kernel: &Path, initrd: &Path, append: &str) -> 
             p.display()
         );
     }
-    let cfg = dir.join("syslinux.cfg");
-    fs::write(
-        &cfg,
-        format!("DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL /vmlinuz\n  INITRD /initrd\n  APPEND {append}\n"),
-    )
-    .unwrap();
+    let cfg = syslinux_cfg(dir, "/vmlinuz", "/initrd", append);
     run_ok(
         Command::new(tool("mmd"))
             .arg("-i")
@@ -949,21 +953,16 @@ fn syslinux_efi_disk(dir: &Path, kernel: &Path, initrd: &Path, append: &str) -> 
             .arg("::EFI")
             .arg("::EFI/BOOT"),
     );
-    for (src, name) in [
-        (loader, "EFI/BOOT/BOOTX64.EFI"),
-        (ldlinux, "EFI/BOOT/ldlinux.e64"),
-        (cfg.as_path(), "EFI/BOOT/syslinux.cfg"),
-        (kernel, "vmlinuz"),
-        (initrd, "initrd"),
-    ] {
-        run_ok(
-            Command::new(tool("mcopy"))
-                .arg("-i")
-                .arg(&img)
-                .arg(src)
-                .arg(format!("::{name}")),
-        );
-    }
+    mcopy_into(
+        &img,
+        &[
+            (loader, "EFI/BOOT/BOOTX64.EFI"),
+            (ldlinux, "EFI/BOOT/ldlinux.e64"),
+            (&cfg, "EFI/BOOT/syslinux.cfg"),
+            (kernel, "vmlinuz"),
+            (initrd, "initrd"),
+        ],
+    );
     img
 }
 

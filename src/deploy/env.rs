@@ -228,55 +228,13 @@ fn siblings<'d>(desc: &'d Descriptor, node: Node<'d>) -> Vec<Node<'d>> {
 /// `s` escaped for a double-quoted XML 1.0 attribute value; `what` names it in the error
 /// when it holds a character XML 1.0 cannot carry.
 pub(crate) fn attr(s: &str, what: &str) -> Result<String, DeployError> {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\t' => out.push_str("&#9;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            c if is_xml_char(c) => out.push(c),
-            c => {
-                return Err(DeployError::Unusable {
-                    file: FILE,
-                    reason: format!(
-                        "{what} holds U+{:04X}, which XML 1.0 cannot carry",
-                        u32::from(c)
-                    ),
-                });
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// XML 1.0 `Char` (§2.2) minus the three controls handled by [`attr`] (a Rust `char` is never
-/// a surrogate).
-fn is_xml_char(c: char) -> bool {
-    !(c < '\u{20}' || c == '\u{FFFE}' || c == '\u{FFFF}')
+    super::xml::escape(s, FILE, what)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attribute_values_are_escaped() {
-        assert_eq!(
-            attr("a<b>&\"c'\n\t\r", "x").unwrap(),
-            "a&lt;b&gt;&amp;&quot;c&apos;&#10;&#9;&#13;"
-        );
-        assert_eq!(attr("héllo ✓ 𝄞", "x").unwrap(), "héllo ✓ 𝄞");
-        for bad in ["\u{0}", "a\u{1}b", "\u{1F}", "\u{FFFE}", "\u{FFFF}"] {
-            let e = attr(bad, "property k").unwrap_err();
-            assert!(e.to_string().contains("property k"), "{e}");
-        }
-    }
 
     const NS: &str = r#"xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1""#;
 

@@ -237,54 +237,12 @@ fn path_value(p: &std::path::Path) -> Result<String, DeployError> {
     escape(text)
 }
 
-/// `s` escaped for XML text and attribute values (see the module doc).
+/// `s` escaped for XML text and attribute values (see [`super::xml`]).
 pub fn escape(s: &str) -> Result<String, DeployError> {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            '\t' => out.push_str("&#9;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            c if c < ' ' || c == '\u{FFFE}' || c == '\u{FFFF}' => {
-                return Err(DeployError::Unusable {
-                    file: FILE,
-                    reason: format!(
-                        "{s:?} holds the control character U+{:04X}, which XML cannot hold",
-                        u32::from(c)
-                    ),
-                });
-            }
-            c => out.push(c),
-        }
-    }
-    Ok(out)
+    super::xml::escape(s, FILE, &format!("{s:?}"))
 }
 
-/// `s` as the inside of an XML comment: characters XML cannot hold and line breaks become
-/// `?` and spaces, `--` is split, and it never ends with `-`.
-pub fn comment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        let c = match c {
-            '\t' | '\n' | '\r' => ' ',
-            c if c < ' ' || c == '\u{FFFE}' || c == '\u{FFFF}' => '?',
-            c => c,
-        };
-        if c == '-' && out.ends_with('-') {
-            out.push(' ');
-        }
-        out.push(c);
-    }
-    if out.ends_with('-') {
-        out.push(' ');
-    }
-    out
-}
+use super::xml::comment;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -22,6 +22,7 @@ pub mod iso;
 pub mod launch;
 pub mod libvirt;
 pub mod qemu;
+mod xml;
 
 use std::path::PathBuf;
 
