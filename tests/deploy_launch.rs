@@ -12,7 +12,9 @@
 //! - qemu boots the test appliance with the exact command of `qemu.sh` (`timeout 180 sh
 //!   MNT/vm/deploy/qemu.sh`): its disk is a FAT image made bootable by syslinux holding the
 //!   test guest's kernel and initramfs (tests/common/guest.rs); the guest prints what it
-//!   sees (CPU count, memory, PCI devices) on the serial console, which is qemu.sh's stdout.
+//!   sees (CPU count, memory, PCI devices, and the edited property from `ovf-env.iso`, which
+//!   qemu.sh put in the appliance's IDE CD-ROM drive) on the serial console, which is
+//!   qemu.sh's stdout.
 //!   TCG (`OVAFS_ACCEL=tcg`) unless `OVAFS_GUEST_ACCEL=kvm`, like the other guest tests.
 //!   An EFI appliance (vmw:Config firmware=efi, AHCI disk) boots the same way through OVMF
 //!   (Debian's `ovmf`, found by the script itself) and syslinux's EFI loader.
@@ -662,7 +664,10 @@ fn qemu_boots_the_appliance_with_the_exact_command_of_qemu_sh() {
         "echo launch-marker\n\
          grep -c ^processor /proc/cpuinfo\n\
          grep MemTotal /proc/meminfo\n\
-         for d in /sys/bus/pci/devices/*; do echo pci $(cat $d/vendor):$(cat $d/device); done\n",
+         for d in /sys/bus/pci/devices/*; do echo pci $(cat $d/vendor):$(cat $d/device); done\n\
+         n=0; while [ ! -b /dev/sr0 ] && [ $n -lt 250 ]; do usleep 20000; n=$((n + 1)); done\n\
+         mkdir -p /cd && mount -t iso9660 -o ro /dev/sr0 /cd\n\
+         grep -o 'oe:key=\"hostname\" oe:value=\"[^\"]*\"' /cd/ovf-env.xml\n",
         tmp.path(),
         &initrd,
     );
@@ -670,19 +675,24 @@ fn qemu_boots_the_appliance_with_the_exact_command_of_qemu_sh() {
         tmp.path(),
         &guest.kernel,
         &initrd,
-        "console=ttyS0 quiet panic=-1 mitigations=off tsc=reliable no_timer_check ovafs.root=none",
+        "console=ttyS0 quiet panic=-1 mitigations=off tsc=reliable no_timer_check ovafs.root=none \
+         ovafs.modules=ata_piix,sr_mod,isofs",
     );
     let vmdk = tmp.path().join("boot.vmdk");
     to_stream_vmdk(&img, &vmdk);
-    // Without properties there is no environment ISO to attach.
+    // The sample has a property, so deploy/ovf-env.iso goes into the CD-ROM drive added here
+    // on an IDE controller (the test kernel has IDE and CD-ROM drivers, no AHCI), which also
+    // makes the machine an i440fx.
     let ova = OvaBuilder::new(&tmp.path().join("pkg"), "bootable")
         .disk(&vmdk, 64 << 20, STREAM)
         .edit_descriptor(
-            "<Property ovf:key=\"hostname\" ovf:type=\"string\" ovf:userConfigurable=\"true\" ovf:value=\"sample\">\n        <Label>Host name</Label>\n      </Property>",
-            "",
+            "\n    </VirtualHardwareSection>",
+            "\n      <Item>\n        <rasd:Address>1</rasd:Address>\n        <rasd:ElementName>IDE 1</rasd:ElementName>\n        <rasd:InstanceID>90</rasd:InstanceID>\n        <rasd:ResourceType>5</rasd:ResourceType>\n      </Item>\n      <Item ovf:required=\"false\">\n        <rasd:AddressOnParent>0</rasd:AddressOnParent>\n        <rasd:ElementName>CD-ROM 1</rasd:ElementName>\n        <rasd:InstanceID>91</rasd:InstanceID>\n        <rasd:Parent>90</rasd:Parent>\n        <rasd:ResourceType>15</rasd:ResourceType>\n      </Item>\n    </VirtualHardwareSection>",
         )
         .build();
-    let m = Mount::ok(&ova, &tmp.path().join("mnt"), &["ro"]);
+    let m = Mount::ok(&ova, &tmp.path().join("mnt"), &["rw"]);
+    // The guest reads the property as edited through the mount.
+    fs::write(m.path("vm/properties/hostname"), "edge-7\n").unwrap();
     let script = m.path("vm/deploy/qemu.sh");
     let accel = match std::env::var("OVAFS_GUEST_ACCEL").as_deref() {
         Ok("kvm") => "kvm",
@@ -722,14 +732,19 @@ fn qemu_boots_the_appliance_with_the_exact_command_of_qemu_sh() {
         (900_000..=1_048_576).contains(&mem_kb),
         "memory {mem_kb} kB"
     );
-    // The descriptor's LSI Logic SCSI controller and VmxNet3 adapter, on q35.
+    // The descriptor's LSI Logic SCSI controller and VmxNet3 adapter, on i440fx (IDE).
     for (dev, what) in [
         ("pci 0x1000:0x0012", "LSI 53C895A"),
         ("pci 0x15ad:0x07b0", "vmxnet3"),
-        ("pci 0x8086:0x29c0", "q35 host bridge"),
+        ("pci 0x8086:0x1237", "i440fx host bridge"),
     ] {
         assert!(body.contains(dev), "no {what} ({dev}):\n{console}");
     }
+    // The environment ISO in the CD-ROM drive, with the value edited through the mount.
+    assert!(
+        body.contains("oe:key=\"hostname\" oe:value=\"edge-7\""),
+        "the guest did not read the edited property from its CD-ROM:\n{console}"
+    );
     assert!(body.contains("@@ovafs-guest-end rc=0@@"), "{console}");
     m.umount();
 }
