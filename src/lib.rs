@@ -25,6 +25,7 @@ pub mod node;
 pub mod overlay;
 pub mod ovf;
 pub mod package;
+pub mod roff;
 pub mod sample;
 pub mod settings;
 pub mod units;

@@ -655,6 +655,37 @@ fn syslinux_disk(dir: &Path, kernel: &Path, initrd: &Path, append: &str) -> Path
     img
 }
 
+/// Runs `timeout 180 sh SCRIPT` (a mount's qemu.sh, nothing added) with TCG, or KVM when
+/// `OVAFS_GUEST_ACCEL=kvm` as for the other guest tests, and `env` applied to the command;
+/// asserts it exits 0 and returns the serial console (its standard output).
+fn boot_with_qemu_sh(script: &Path, what: &str, env: impl FnOnce(&mut Command)) -> String {
+    let accel = match std::env::var("OVAFS_GUEST_ACCEL").as_deref() {
+        Ok("kvm") => "kvm",
+        _ => "tcg",
+    };
+    let mut cmd = Command::new(tool("timeout"));
+    cmd.arg("180")
+        .arg(tool("sh"))
+        .arg(script)
+        .env("OVAFS_ACCEL", accel)
+        .stdin(Stdio::null());
+    env(&mut cmd);
+    let started = std::time::Instant::now();
+    let out = cmd.output().unwrap();
+    let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    eprintln!(
+        "qemu.sh {what} boot ({accel}): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        out.status.success(),
+        "qemu.sh exited {}:\n{console}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    console
+}
+
 #[test]
 fn qemu_boots_the_appliance_with_the_exact_command_of_qemu_sh() {
     let guest = Guest::build();
@@ -693,31 +724,7 @@ fn qemu_boots_the_appliance_with_the_exact_command_of_qemu_sh() {
     let m = Mount::ok(&ova, &tmp.path().join("mnt"), &["rw"]);
     // The guest reads the property as edited through the mount.
     fs::write(m.path("vm/properties/hostname"), "edge-7\n").unwrap();
-    let script = m.path("vm/deploy/qemu.sh");
-    let accel = match std::env::var("OVAFS_GUEST_ACCEL").as_deref() {
-        Ok("kvm") => "kvm",
-        _ => "tcg",
-    };
-    let started = std::time::Instant::now();
-    let out = Command::new(tool("timeout"))
-        .arg("180")
-        .arg(tool("sh"))
-        .arg(&script)
-        .env("OVAFS_ACCEL", accel)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-    eprintln!(
-        "qemu.sh boot ({accel}): {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        out.status.success(),
-        "qemu.sh exited {}:\n{console}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let console = boot_with_qemu_sh(&m.path("vm/deploy/qemu.sh"), "BIOS", |_| {});
     let body = console
         .split("@@ovafs-guest-begin@@\n")
         .nth(1)
@@ -1029,35 +1036,13 @@ fn qemu_sh_boots_an_efi_appliance_with_ovmf() {
             .unwrap()
             .contains("<os firmware='efi'>")
     );
-    let accel = match std::env::var("OVAFS_GUEST_ACCEL").as_deref() {
-        Ok("kvm") => "kvm",
-        _ => "tcg",
-    };
     let vars_dir = tmp.path().join("vars");
     fs::create_dir(&vars_dir).unwrap();
-    let started = std::time::Instant::now();
-    let out = Command::new(tool("timeout"))
-        .arg("180")
-        .arg(tool("sh"))
-        .arg(m.path("vm/deploy/qemu.sh"))
-        .env("OVAFS_ACCEL", accel)
-        .env("TMPDIR", &vars_dir)
-        .env_remove("OVAFS_OVMF_CODE")
-        .env_remove("OVAFS_OVMF_VARS")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-    eprintln!(
-        "qemu.sh EFI boot ({accel}): {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        out.status.success(),
-        "qemu.sh exited {}:\n{console}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let console = boot_with_qemu_sh(&m.path("vm/deploy/qemu.sh"), "EFI", |c| {
+        c.env("TMPDIR", &vars_dir)
+            .env_remove("OVAFS_OVMF_CODE")
+            .env_remove("OVAFS_OVMF_VARS");
+    });
     assert!(
         console
             .contains("@@ovafs-guest-begin@@\nefi-marker\nefi-firmware\n@@ovafs-guest-end rc=0@@"),

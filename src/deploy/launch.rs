@@ -20,6 +20,7 @@
 //! type="EFI*"`, or when the VirtualSystemType names a Hyper-V generation 2 machine
 //! (`Microsoft:Hyper-V:SubType:2`); BIOS otherwise.
 
+use crate::roff::escape as roff_escape;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -1274,21 +1275,6 @@ pub fn header_lines(m: &Machine, file: &str) -> Vec<String> {
     } else {
         out.push("Not mapped or changed:".into());
         out.extend(m.notes.iter().map(|n| format!("- {n}")));
-    }
-    out
-}
-
-fn roff_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for ch in text.chars() {
-        match ch {
-            '\\' => out.push_str("\\e"),
-            '-' => out.push_str("\\-"),
-            other => out.push(other),
-        }
-    }
-    if out.starts_with('.') || out.starts_with('\'') {
-        out.insert_str(0, "\\&");
     }
     out
 }

@@ -5,6 +5,7 @@
 use crate::ovf::edit::Edit;
 use crate::ovf::units::byte_factor;
 use crate::ovf::{Property, section_name};
+use crate::roff::escape as roff_escape;
 use crate::units::parse_size;
 
 use super::hw::{
@@ -1378,22 +1379,6 @@ pub(crate) fn remove_network(ctx: &Ctx<'_>, index: usize) -> Result<Vec<Edit>, S
 
 // ---------------------------------------------------------------------------------------
 // The man page section
-
-/// Escapes plain text for roff.
-fn roff_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for ch in text.chars() {
-        match ch {
-            '\\' => out.push_str("\\e"),
-            '-' => out.push_str("\\-"),
-            other => out.push(other),
-        }
-    }
-    if out.starts_with('.') || out.starts_with('\'') {
-        out.insert_str(0, "\\&");
-    }
-    out
-}
 
 /// The man page's SETTINGS FILES section, generated from the settings table.
 pub fn man_section() -> String {
